@@ -1,0 +1,93 @@
+"""The one interface every authorizer implements, and the registry that maps a config `type` to it.
+
+An authorizer identifies the caller (`authenticate`), or raises `Denied`. Slow shared state (JWKS documents,
+credential stores) lives in objects the authorizer owns and refreshes in the background between `start()` and
+`stop()`; `authenticate` only reads it. Each authorizer type registers a pydantic settings model, so its config
+keys are validated with file/line errors like the rest of the config, and a `build` function that compiles the
+settings once into a ready-to-serve instance.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..request import Principal, Request
+
+if TYPE_CHECKING:
+    from ..config import ApiSettings
+
+
+class AuthorizerSettings(BaseModel):
+    """Base of every authorizer's config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What an authorizer may need from the surrounding config when it is built."""
+
+    name: str
+    base_dir: Path
+    """Directory of the config file: relative paths in authorizer settings resolve against it."""
+    api: ApiSettings
+
+
+class Authorizer(abc.ABC):
+    """Identifies callers for the routes that name it."""
+
+    kind: ClassVar[str] = ""
+    """The config `type` this class serves; also the `kind` of the Principals it returns."""
+    challenge: ClassVar[str] = "Bearer"
+    """The `WWW-Authenticate` value sent with 401 denials."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abc.abstractmethod
+    async def authenticate(self, request: Request) -> Principal:
+        """Return who the caller is, or raise `sidecar.reasons.Denied`."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, most authorizers hold no background state
+        """Begin background work (key fetches, file watches). Called once before serving."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work. Called when a newer config replaces this one, or at shutdown."""
+
+    def is_ready(self) -> bool:
+        """Whether this authorizer can decide requests yet (e.g. its keys have loaded)."""
+        return True
+
+
+BuildFunc = Callable[[Any, BuildContext], Authorizer]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizerType:
+    """A registry entry: the settings model for `type: NAME` and how to build an authorizer from it."""
+
+    name: str
+    settings: type[AuthorizerSettings]
+    build: BuildFunc
+
+
+_REGISTRY: dict[str, AuthorizerType] = {}
+
+
+def register(name: str, settings: type[AuthorizerSettings], build: BuildFunc) -> None:
+    """Make `type: name` usable in config files."""
+    _REGISTRY[name] = AuthorizerType(name=name, settings=settings, build=build)
+
+
+def registry() -> dict[str, AuthorizerType]:
+    """All registered authorizer types, loading the built-in ones on first use."""
+    from . import builtin  # noqa: F401 - importing registers the built-in types
+
+    return _REGISTRY

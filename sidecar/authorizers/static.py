@@ -1,0 +1,56 @@
+"""The two authorizers that need no credentials: `none` (anonymous allow) and `deny` (always refuse)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ..reasons import ROUTE_DENY, STATUS_FORBIDDEN, Denied
+from ..request import ANONYMOUS, Principal, Request
+from .base import Authorizer, AuthorizerSettings, BuildContext
+
+
+class NoneSettings(AuthorizerSettings):
+    """`type: none`: every caller is the anonymous principal (policies may still deny)."""
+
+    type: Literal["none"]
+
+
+class DenySettings(AuthorizerSettings):
+    """`type: deny`: every request is refused with 403, e.g. to close a route without deleting it."""
+
+    type: Literal["deny"]
+    message: str = "Forbidden"
+
+
+class NoneAuthorizer(Authorizer):
+    """Lets everyone in as the anonymous principal."""
+
+    kind = "none"
+
+    async def authenticate(self, request: Request) -> Principal:
+        return ANONYMOUS
+
+
+class DenyAuthorizer(Authorizer):
+    """Refuses every request."""
+
+    kind = "deny"
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(name)
+        self._message = message
+
+    async def authenticate(self, request: Request) -> Principal:
+        # A fresh exception each time: re-raising one shared instance would grow its traceback forever.
+        raise Denied(ROUTE_DENY, self._message, STATUS_FORBIDDEN)
+
+
+def build_none(settings: Any, ctx: BuildContext) -> Authorizer:
+    """Build a `none` authorizer."""
+    return NoneAuthorizer(ctx.name)
+
+
+def build_deny(settings: Any, ctx: BuildContext) -> Authorizer:
+    """Build a `deny` authorizer."""
+    assert isinstance(settings, DenySettings)
+    return DenyAuthorizer(ctx.name, settings.message)

@@ -1,0 +1,332 @@
+"""Config files: YAML in, validated typed settings out, with every mistake reported as `file:line:col: field: why`.
+
+Parsing and validation happen once per load; nothing here runs per request. `runtime.py` compiles the validated
+`Config` into the immutable objects the hot path reads. The schema is pydantic v2 (chosen over msgspec for its
+error locations and discriminated models; config load is off the hot path, so its speed does not matter).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .authorizers.base import AuthorizerSettings, registry
+
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+_API_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_hostport(value: str | None) -> str | None:
+    if value is None:
+        return None
+    match = _HOSTPORT.match(value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:9191, got {value!r}")
+    return value
+
+
+class ListenSettings(_Frozen):
+    """Where the sidecar listens. `admin` serves /metrics, /healthz and /readyz; null turns a listener off."""
+
+    grpc: str | None = "127.0.0.1:9191"
+    admin: str | None = "127.0.0.1:9190"
+    http: str | None = None
+
+    _hostports = field_validator("grpc", "admin", "http")(_check_hostport)
+
+
+class ApiSettings(_Frozen):
+    """The API these routes belong to; it names resources in policies (`arn:aws:execute-api:...`)."""
+
+    id: str = "local"
+    stage: str = "prod"
+    account: str = "000000000000"
+    region: str = "us-east-1"
+
+    @field_validator("id", "stage")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _API_ID.match(value):
+            raise ValueError("use 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not _ACCOUNT.match(value):
+            raise ValueError("an AWS account id is 12 digits")
+        return value
+
+
+class LocalCacheSettings(_Frozen):
+    """The in-process decision cache."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=100_000, ge=0, le=10_000_000)
+
+
+class RedisCacheSettings(_Frozen):
+    """The shared decision cache (optional)."""
+
+    url: str
+    timeout_ms: float = Field(default=5.0, gt=0, le=1000)
+
+
+class CacheSettings(_Frozen):
+    """Decision caching: `local` in front of an optional `redis`."""
+
+    local: LocalCacheSettings = LocalCacheSettings()
+    redis: RedisCacheSettings | None = None
+
+
+class UpstreamHeaderSettings(_Frozen):
+    """Headers set on allowed requests for the upstream; each overwrites whatever the client sent. null: off."""
+
+    principal: str | None = "x-authz-principal"
+    authorizer: str | None = "x-authz-authorizer"
+    route: str | None = None
+
+    @field_validator("principal", "authorizer", "route")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else None
+
+
+class RouteSettings(_Frozen):
+    """One route: `match` is `METHOD /path/{param}/{proxy+}` (API Gateway's syntax) or `$default`."""
+
+    match: str
+    authorizer: str
+    scopes: tuple[str, ...] = ()
+
+
+class ServerSettings(_Frozen):
+    """Process behaviour."""
+
+    grace_period: float = Field(default=10.0, ge=0, le=300)
+    """Seconds in-flight Checks get to finish after SIGTERM."""
+    watch_config: bool = True
+    """Reload when the config file changes (SIGHUP always reloads)."""
+    watch_interval: float = Field(default=2.0, gt=0, le=60)
+
+
+class Config(_Frozen):
+    """A whole config file, validated. `source` is where it came from (for error messages and relative paths)."""
+
+    listen: ListenSettings = ListenSettings()
+    api: ApiSettings = ApiSettings()
+    cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
+    upstream_headers: UpstreamHeaderSettings = UpstreamHeaderSettings()
+    authorizers: dict[str, AuthorizerSettings] = {}
+    resource_policy: str | None = None
+    routes: tuple[RouteSettings, ...] = ()
+    source: str = Field(default="<memory>", exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in this config resolve against."""
+        return Path(self.source).resolve().parent if not self.source.startswith("<") else Path.cwd()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One thing wrong with a config file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `issues` lists every problem found, each with file, line and field."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    """`("routes", 1, "match")` -> `routes[1].match`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Locator:
+    """Maps a path inside the loaded data back to the YAML node it came from, for line numbers."""
+
+    def __init__(self, file: str, root: yaml.Node | None) -> None:
+        self.file = file
+        self.root = root
+
+    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
+        node = self._find(loc)
+        line = node.start_mark.line + 1 if node is not None else 0
+        column = node.start_mark.column + 1 if node is not None else 0
+        return ConfigIssue(self.file, line, column, format_loc(loc), message)
+
+    def _find(self, loc: Sequence[str | int]) -> yaml.Node | None:
+        node = self.root
+        best = node
+        for part in loc:
+            child = self._child(node, part)
+            if child is None:
+                break
+            node = best = child
+        return best
+
+    @staticmethod
+    def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    return value  # type: ignore[no-any-return]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            return node.value[part]  # type: ignore[no-any-return]
+        return None
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML keeping the node tree (for line numbers); syntax errors become a `ConfigError`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise ConfigError([ConfigIssue(file, line, column, "", f"invalid YAML: {exc.problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+    return data, node
+
+
+def _validate_authorizers(raw: Any, locator: _Locator) -> tuple[dict[str, AuthorizerSettings], list[ConfigIssue]]:
+    """Validate each `authorizers.<name>` against the settings model its `type` registered."""
+    issues: list[ConfigIssue] = []
+    out: dict[str, AuthorizerSettings] = {}
+    if raw is None:
+        return out, issues
+    if not isinstance(raw, dict):
+        return out, [locator.issue(("authorizers",), "expected a mapping of name -> settings")]
+    types = registry()
+    for name, spec in raw.items():
+        loc: tuple[str | int, ...] = ("authorizers", str(name))
+        if not isinstance(spec, dict):
+            issues.append(locator.issue(loc, "expected a mapping with at least a `type`"))
+            continue
+        kind = spec.get("type")
+        entry = types.get(str(kind)) if kind is not None else None
+        if entry is None:
+            known = ", ".join(sorted(types))
+            issues.append(locator.issue((*loc, "type"), f"unknown authorizer type {kind!r} (known: {known})"))
+            continue
+        try:
+            out[str(name)] = entry.settings.model_validate(spec)
+        except ValidationError as exc:
+            issues.extend(_pydantic_issues(exc, locator, loc))
+    return out, issues
+
+
+def _pydantic_issues(exc: ValidationError, locator: _Locator, prefix: tuple[str | int, ...]) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = (*prefix, *err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        issues.append(locator.issue(loc, message))
+    return issues
+
+
+def _cross_check(config: Config, locator: _Locator) -> list[ConfigIssue]:
+    """Checks that span sections: routes name existing authorizers and parse as routes."""
+    from .routes import RouteSyntaxError, parse_match
+
+    issues = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, route in enumerate(config.routes):
+        if route.authorizer not in config.authorizers:
+            known = ", ".join(sorted(config.authorizers)) or "none defined"
+            issues.append(
+                locator.issue(("routes", index, "authorizer"), f"unknown authorizer {route.authorizer!r} ({known})")
+            )
+        try:
+            key = parse_match(route.match).key
+        except RouteSyntaxError as exc:
+            issues.append(locator.issue(("routes", index, "match"), str(exc)))
+            continue
+        if key in seen:
+            issues.append(locator.issue(("routes", index, "match"), f"duplicates routes[{seen[key]}]"))
+        seen[key] = index
+    return issues
+
+
+def parse_config(text: str, file: str = "<memory>") -> Config:
+    """Validate config text; raise `ConfigError` listing every problem with its location."""
+    data, node = _parse_yaml(text, file)
+    locator = _Locator(file, node)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([locator.issue((), "the top level must be a mapping")])
+    raw_authorizers = data.pop("authorizers", None)
+    authorizers, issues = _validate_authorizers(raw_authorizers, locator)
+    try:
+        config = Config.model_validate({**data, "authorizers": {}, "source": file})
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, locator, ()))
+        raise ConfigError(issues) from None
+    config = config.model_copy(update={"authorizers": authorizers})
+    issues.extend(_cross_check(config, locator))
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read: {exc}")]) from None
+    return parse_config(text, file)
+
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+
+
+def default_config_text() -> str:
+    """The embedded default config (documented in docs/configuration.md)."""
+    return resources.files("sidecar").joinpath("defaults/default.yaml").read_text(encoding="utf-8")
+
+
+def default_config() -> Config:
+    """The config `authz-sidecar serve` uses when given none."""
+    return parse_config(default_config_text(), DEFAULT_CONFIG_NAME)

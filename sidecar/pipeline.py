@@ -1,0 +1,72 @@
+"""One request, one direction: route -> authorizer (identify) -> scopes and policies (authorize) -> Decision.
+
+The pipeline knows nothing of transports: the gRPC and HTTP adapters both call `Pipeline.check(request)` and
+render the `Decision` it returns. It never raises: every failure, including a bug in an authorizer, becomes a
+deny with a reason code (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+
+from . import reasons
+from .config import UpstreamHeaderSettings
+from .reasons import Denied
+from .request import Decision, Principal, Request
+from .runtime import CompiledRoute, RuntimeHolder
+
+log = logging.getLogger(__name__)
+
+NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
+INTERNAL = Decision(allowed=False, status=500, reason=reasons.INTERNAL_ERROR, message="Internal authorization error")
+
+
+def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
+    """The allow `Decision` for `principal` on `route`, with the upstream identity headers configured."""
+    headers = list(principal.upstream_headers)
+    if names.principal:
+        headers.append((names.principal, principal.id))
+    if names.authorizer:
+        headers.append((names.authorizer, route.authorizer.name))
+    if names.route:
+        headers.append((names.route, route.key))
+    return Decision(
+        allowed=True,
+        status=200,
+        reason=reasons.ALLOWED if principal.kind != "anonymous" else reasons.ANONYMOUS,
+        headers=tuple(headers),
+        metadata=MappingProxyType({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
+        principal=principal,
+        route=route.key,
+        ttl=None,
+    )
+
+
+class Pipeline:
+    """Decides requests against whatever runtime the holder currently serves."""
+
+    def __init__(self, holder: RuntimeHolder) -> None:
+        self.holder = holder
+
+    async def check(self, request: Request) -> Decision:
+        """Decide one request. Never raises."""
+        runtime = self.holder.current
+        match = runtime.routes.match(request.method, request.path)
+        if match is None:
+            return NO_ROUTE
+        route = match.target
+        try:
+            principal = await route.authorizer.authenticate(request)
+            if route.scopes and not route.scopes & principal.scopes:
+                raise Denied(
+                    reasons.INSUFFICIENT_SCOPE,
+                    "The token lacks a scope this route requires",
+                    reasons.STATUS_FORBIDDEN,
+                )
+        except Denied as denied:
+            return denied.decision(route=route.key, challenge=route.authorizer.challenge)
+        except Exception:
+            log.exception("authorizer %s failed on route %s; denying", route.authorizer.name, route.key)
+            return INTERNAL
+        return allow_decision(route, principal, runtime.upstream_headers)

@@ -1,0 +1,68 @@
+"""Reason codes and the `Denied` exception every stage raises to stop a request.
+
+Reason codes are part of our public contract: they appear in deny bodies, decision logs and the
+`authz_decisions_total{reason=...}` metric, so they are a closed, documented set (docs/reasons.md). Where API
+Gateway or AWS has a name for the failure we reuse it, so users can keep their runbooks.
+"""
+
+from __future__ import annotations
+
+from .request import Decision
+
+# Routing / generic
+MISSING_AUTHENTICATION_TOKEN = "MissingAuthenticationToken"  # no route matched (API Gateway's wording)
+ACCESS_DENIED = "AccessDenied"  # policy or authorizer said no
+ALLOWED = "Allowed"
+ANONYMOUS = "Anonymous"
+ROUTE_DENY = "RouteDeny"  # route uses the `deny` authorizer
+INSUFFICIENT_SCOPE = "InsufficientScope"
+MALFORMED_REQUEST = "MalformedRequest"  # the CheckRequest itself is unusable
+INTERNAL_ERROR = "InternalError"  # a bug or an unexpected exception: fail closed
+NOT_READY = "NotReady"  # config or keys not loaded yet
+UNAUTHORIZED = "Unauthorized"  # missing or invalid credentials, no more specific code
+
+STATUS_UNAUTHORIZED = 401
+STATUS_FORBIDDEN = 403
+
+
+class Denied(Exception):
+    """Raised by an authorizer or policy stage; the pipeline turns it into a deny `Decision`.
+
+    `status` 401 means "who are you?" (missing or bad credentials) and carries a `WWW-Authenticate` challenge;
+    403 means "I know who you are and the answer is no".
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        status: int = STATUS_UNAUTHORIZED,
+        headers: tuple[tuple[str, str], ...] = (),
+        explanation: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.headers = headers
+        self.explanation = explanation
+
+    def decision(self, route: str = "", challenge: str = "") -> Decision:
+        """The deny `Decision` for this exception; 401s get a `WWW-Authenticate` challenge."""
+        headers = self.headers
+        if self.status == STATUS_UNAUTHORIZED and not any(k == "www-authenticate" for k, _ in headers):
+            headers = (*headers, ("www-authenticate", challenge or "Bearer"))
+        return Decision(
+            allowed=False,
+            status=self.status,
+            reason=self.reason,
+            message=self.message,
+            headers=headers,
+            route=route,
+            explanation=self.explanation,
+        )
+
+
+def deny(reason: str, message: str, status: int = STATUS_FORBIDDEN, route: str = "") -> Decision:
+    """A deny `Decision` built directly, for stages that do not raise."""
+    return Denied(reason, message, status).decision(route=route)

@@ -1,0 +1,114 @@
+"""The value types every stage of the pipeline shares: Request in, Principal in the middle, Decision out.
+
+They are transport-neutral on purpose: the gRPC adapter (`ext_authz.py`) and the HTTP adapter build the same
+`Request`, and no authorizer, policy or cache code ever sees protobuf. All three are immutable so that a cached
+Decision or Principal can be handed to many concurrent requests without copying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qsl
+
+EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
+EMPTY_ANY_MAP: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One HTTP request as the authorizers see it.
+
+    `headers` are lower-cased, pseudo-headers removed, `host` taken from `:authority`; repeated headers arrive
+    joined with "," (Envoy joins them before it sends the CheckRequest). `raw_path` is exactly what the client
+    sent (undecoded, with the query); `path` is `raw_path` without the query. The query multi-map is parsed on
+    first use only, because most authorizers never read it.
+    """
+
+    method: str
+    raw_path: str
+    path: str
+    headers: Mapping[str, str]
+    host: str = ""
+    scheme: str = "http"
+    protocol: str = ""
+    source_address: str = ""
+    source_port: int = 0
+    peer_certificate: str = ""
+    body: bytes = b""
+    context_extensions: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP)
+    request_id: str = ""
+    time: float = 0.0
+    """Seconds since the epoch at which Envoy received the request (our clock if Envoy did not say)."""
+
+    @property
+    def query_string(self) -> str:
+        """The raw query string, without the leading `?` (empty when there is none)."""
+        _, sep, query = self.raw_path.partition("?")
+        return query if sep else ""
+
+    @property
+    def query(self) -> Mapping[str, tuple[str, ...]]:
+        """The decoded query as a multi-map (key -> values in order of appearance)."""
+        cached: Mapping[str, tuple[str, ...]] | None = self.__dict__.get("_query")
+        if cached is None:
+            pairs: dict[str, list[str]] = {}
+            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+                pairs.setdefault(key, []).append(value)
+            cached = MappingProxyType({k: tuple(v) for k, v in pairs.items()})
+            self.__dict__["_query"] = cached  # a memo of derived data: the request itself stays immutable
+        return cached
+
+    def header(self, name: str, default: str = "") -> str:
+        """A header by its lower-case name."""
+        return self.headers.get(name, default)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Principal:
+    """Who the caller is, as established by an authorizer.
+
+    `context` holds the policy condition keys this identity contributes (`aws:PrincipalArn`, `jwt:sub`, ...);
+    `policies` are the identity-based policies attached to it (compiled, opaque to this module);
+    `expires_at` bounds how long any decision about this principal may be cached.
+    """
+
+    kind: str
+    id: str
+    authorizer: str = ""
+    arn: str = ""
+    account: str = ""
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=lambda: EMPTY_ANY_MAP)
+    context: Mapping[str, Any] = field(default_factory=lambda: EMPTY_ANY_MAP)
+    upstream_headers: tuple[tuple[str, str], ...] = ()
+    policies: tuple[Any, ...] = ()
+    expires_at: float | None = None
+
+
+ANONYMOUS = Principal(kind="anonymous", id="anonymous")
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Decision:
+    """The verdict on one request, and everything the adapters need to render it.
+
+    On allow, `headers` are added to the upstream request; on deny, they go to the client with `status` and a
+    JSON body `{"message": message, "reason": reason}`. `explanation` is for `check --explain` and decision
+    logs, never for the client.
+    """
+
+    allowed: bool
+    status: int
+    reason: str
+    message: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    headers_to_remove: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=lambda: EMPTY_ANY_MAP)
+    principal: Principal | None = None
+    route: str = ""
+    explanation: tuple[str, ...] = ()
+    ttl: float | None = field(default=None)
+    """How long this decision may be reused for an identical request (None: the cache's default)."""

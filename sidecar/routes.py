@@ -1,0 +1,196 @@
+"""The route table: API Gateway-style route keys compiled once into a segment trie.
+
+Syntax: `GET /orders/{id}`, `ANY /admin/{proxy+}`, `$default`. Precedence follows API Gateway's "most specific
+route wins": segment by segment, a literal beats `{param}`, which beats the greedy `{proxy+}`; for the same path,
+an explicit method beats `ANY`. `$default` catches what nothing else matches. Matching costs one dict lookup for
+literal paths and a short trie walk for templates; nothing is parsed per request except splitting the path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Generic, TypeVar
+from urllib.parse import unquote
+
+T = TypeVar("T")
+
+DEFAULT_ROUTE = "$default"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "ANY"})
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_.-]*)\}$")
+_GREEDY = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_.-]*)\+\}$")
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class RouteSyntaxError(ValueError):
+    """A route key that is not `METHOD /path` or `$default`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteKey:
+    """A parsed route key. `segments` are literals, `{name}` or `{name+}` (last only)."""
+
+    method: str
+    segments: tuple[str, ...]
+    is_default: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity for duplicate detection: method and normalized template."""
+        return (self.method, "/" + "/".join(self.segments)) if not self.is_default else ("*", DEFAULT_ROUTE)
+
+
+def parse_match(text: str) -> RouteKey:
+    """Parse `METHOD /path` or `$default`, raising `RouteSyntaxError` with the reason."""
+    text = text.strip()
+    if text == DEFAULT_ROUTE:
+        return RouteKey(method="ANY", segments=(), is_default=True)
+    method, _, path = text.partition(" ")
+    method = method.upper()
+    path = path.strip()
+    if method not in METHODS:
+        raise RouteSyntaxError(f"unknown method {method!r}: use one of {', '.join(sorted(METHODS))} or $default")
+    if not path.startswith("/"):
+        raise RouteSyntaxError("the path must start with '/', e.g. 'GET /orders/{id}'")
+    segments = tuple(s for s in path.split("/") if s)
+    names = set()
+    for index, segment in enumerate(segments):
+        param = _PARAM.match(segment) or _GREEDY.match(segment)
+        if param:
+            if param.group(1) in names:
+                raise RouteSyntaxError(f"parameter {{{param.group(1)}}} appears twice")
+            names.add(param.group(1))
+            if _GREEDY.match(segment) and index != len(segments) - 1:
+                raise RouteSyntaxError("a greedy {name+} parameter must be the last segment")
+        elif "{" in segment or "}" in segment:
+            raise RouteSyntaxError(f"malformed segment {segment!r}: parameters are {{name}} or {{name+}}")
+    return RouteKey(method=method, segments=segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Match(Generic[T]):
+    """A matched route: its target (whatever the table was built with) and the path parameters."""
+
+    target: T
+    key: str
+    params: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(slots=True)
+class _Node(Generic[T]):
+    literal: dict[str, _Node[T]] = field(default_factory=dict)
+    param: tuple[str, _Node[T]] | None = None
+    greedy: dict[str, tuple[str, str, T]] = field(default_factory=dict)  # method -> (name, key, target)
+    ends: dict[str, tuple[str, T]] = field(default_factory=dict)  # method -> (key, target)
+
+
+def path_segments(path: str) -> list[str]:
+    """Segments of a request path as an upstream would resolve them.
+
+    Percent-escapes are decoded (an encoded `/` counts as a separator) and `.`/`..` segments are resolved, so
+    `/%61dmin/../admin/x` cannot dodge the route for `/admin/{proxy+}`.
+    """
+    if "%" in path:
+        path = unquote(path)
+    out: list[str] = []
+    for segment in path.split("/"):
+        if not segment or segment == ".":
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    return out
+
+
+class RouteTable(Generic[T]):
+    """Compiled routes; `match(method, path)` returns the most specific `Match` or None. Immutable once built."""
+
+    def __init__(self, routes: list[tuple[str, T]]) -> None:
+        self._exact: dict[tuple[str, str], Match[T]] = {}
+        self._root: _Node[T] = _Node()
+        self._default: Match[T] | None = None
+        self._has_templates = False
+        for text, target in routes:
+            self._add(parse_match(text), text.strip(), target)
+
+    def _add(self, key: RouteKey, text: str, target: T) -> None:
+        if key.is_default:
+            self._default = Match(target, DEFAULT_ROUTE)
+            return
+        node = self._root
+        templated = False
+        for index, segment in enumerate(key.segments):
+            greedy = _GREEDY.match(segment)
+            if greedy and index == len(key.segments) - 1:
+                node.greedy[key.method] = (greedy.group(1), text, target)
+                self._has_templates = True
+                return
+            param = _PARAM.match(segment)
+            if param:
+                templated = True
+                if node.param is None:
+                    node.param = (param.group(1), _Node())
+                elif node.param[0] != param.group(1):
+                    # API Gateway forbids two names at one position; keep the first name, it binds the value.
+                    pass
+                node = node.param[1]
+            else:
+                node = node.literal.setdefault(segment, _Node())
+        node.ends[key.method] = (text, target)
+        if templated:
+            self._has_templates = True
+        else:
+            self._exact[(key.method, "/" + "/".join(key.segments))] = Match(target, text)
+
+    def match(self, method: str, path: str) -> Match[T] | None:
+        """The most specific route for this request, `$default`, or None."""
+        if "%" in path or "/." in path or "//" in path:
+            segments = path_segments(path)
+            canonical = "/" + "/".join(segments)
+        else:
+            canonical = path.rstrip("/") or "/"
+            segments = None
+        # A route of literals only is always the most specific match, so a hit here ends the search.
+        found = self._exact.get((method, canonical)) or self._exact.get(("ANY", canonical))
+        if found is not None or not self._has_templates:
+            return found or self._default
+        if segments is None:
+            segments = canonical.split("/")[1:] if canonical != "/" else []
+        params: dict[str, str] = {}
+        hit = self._walk(self._root, segments, 0, method, params)
+        if hit is not None:
+            key, target = hit
+            return Match(target, key, MappingProxyType(params) if params else _EMPTY)
+        return self._default
+
+    def _walk(
+        self, node: _Node[T], segments: list[str], index: int, method: str, params: dict[str, str]
+    ) -> tuple[str, T] | None:
+        """Depth-first in precedence order: literal, then {param}, then {proxy+}; first full match wins."""
+        if index == len(segments):
+            end = node.ends.get(method) or node.ends.get("ANY")
+            if end is not None:
+                return end
+        else:
+            child = node.literal.get(segments[index])
+            if child is not None:
+                hit = self._walk(child, segments, index + 1, method, params)
+                if hit is not None:
+                    return hit
+            if node.param is not None:
+                name, child = node.param
+                params[name] = segments[index]
+                hit = self._walk(child, segments, index + 1, method, params)
+                if hit is not None:
+                    return hit
+                del params[name]
+        greedy = node.greedy.get(method) or node.greedy.get("ANY")
+        if greedy is not None and index < len(segments):
+            name, key, target = greedy
+            params[name] = "/".join(segments[index:])
+            return key, target
+        return None
