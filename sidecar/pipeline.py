@@ -19,7 +19,6 @@ from .runtime import CompiledRoute, RuntimeHolder
 log = logging.getLogger(__name__)
 
 NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
-INTERNAL = Decision(allowed=False, status=500, reason=reasons.INTERNAL_ERROR, message="Internal authorization error")
 
 
 def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
@@ -68,5 +67,5 @@ class Pipeline:
             return denied.decision(route=route.key, challenge=route.authorizer.challenge)
         except Exception:
             log.exception("authorizer %s failed on route %s; denying", route.authorizer.name, route.key)
-            return INTERNAL
+            return reasons.INTERNAL
         return allow_decision(route, principal, runtime.upstream_headers)

@@ -66,3 +66,7 @@ class Denied(Exception):
 def deny(reason: str, message: str, status: int = STATUS_FORBIDDEN, route: str = "") -> Decision:
     """A deny `Decision` built directly, for stages that do not raise."""
     return Denied(reason, message, status).decision(route=route)
+
+
+INTERNAL = Decision(allowed=False, status=500, reason=INTERNAL_ERROR, message="Internal authorization error")
+"""The decision for an unexpected failure: deny (fail closed) and say it is our fault, not the caller's."""

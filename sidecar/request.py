@@ -91,7 +91,7 @@ class Principal:
 ANONYMOUS = Principal(kind="anonymous", id="anonymous")
 
 
-@dataclass(frozen=True, eq=False, slots=True)
+@dataclass(frozen=True, eq=False, slots=True, weakref_slot=True)
 class Decision:
     """The verdict on one request, and everything the adapters need to render it.
 

@@ -45,6 +45,15 @@ class Runtime:
         """True once every authorizer can decide (keys loaded and so on)."""
         return all(a.is_ready() for a in self.authorizers.values())
 
+    async def wait_ready(self, limit: float) -> bool:
+        """Wait up to `limit` seconds for every authorizer to be ready; True if they all are."""
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.gather(*(a.wait_ready() for a in self.authorizers.values()))
+        except TimeoutError:
+            return False
+        return True
+
     async def start(self) -> None:
         """Start the authorizers' background work (key fetches, file watches)."""
         await asyncio.gather(*(a.start() for a in self.authorizers.values()))

@@ -10,6 +10,7 @@ settings once into a ready-to-serve instance.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,11 @@ class Authorizer(abc.ABC):
     def is_ready(self) -> bool:
         """Whether this authorizer can decide requests yet (e.g. its keys have loaded)."""
         return True
+
+    async def wait_ready(self) -> None:
+        """Return once `is_ready()`; authorizers with a readiness event should override this poll."""
+        while not self.is_ready():  # noqa: ASYNC110 - generic fallback; subclasses can await an Event
+            await asyncio.sleep(0.05)
 
 
 BuildFunc = Callable[[Any, BuildContext], Authorizer]

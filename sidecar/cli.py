@@ -1,0 +1,111 @@
+"""`authz-sidecar serve | validate | check | demo`: the command line, kept thin over the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, default_config, load_config
+
+EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz-sidecar", description="Envoy ext_authz with API Gateway's controls.")
+    parser.add_argument("--version", action="version", version=f"authz-sidecar {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_authz server")
+    serve.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
+
+    validate = sub.add_parser("validate", help="check a config file; exit 0 valid, 1 invalid")
+    validate.add_argument("file", type=Path)
+
+    check = sub.add_parser("check", help="decide one request offline, exactly as the server would")
+    check.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
+    source = check.add_mutually_exclusive_group(required=True)
+    source.add_argument("--http", type=Path, metavar="FILE.req", help="a raw HTTP/1.1 request")
+    source.add_argument("--check-request", type=Path, metavar="FILE.json", help="a CheckRequest in protobuf JSON")
+    check.add_argument("--at", help="evaluate as of this time (epoch seconds or ISO 8601)")
+    check.add_argument("--source-ip", default="127.0.0.1", help="client address for --http (default 127.0.0.1)")
+    check.add_argument("--scheme", default="http", choices=["http", "https"], help="scheme for --http")
+    check.add_argument("--output", default="text", choices=["text", "json"])
+    check.add_argument("--explain", action="store_true", help="print the explanation (always in json)")
+
+    demo = sub.add_parser("demo", help="sidecar + real Envoy + upstream on loopback, scripted requests")
+    demo.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `authz-sidecar` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    command = {"serve": _serve, "validate": _validate, "check": _check, "demo": _demo}[args.command]
+    return command(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .server import serve
+
+    return uvloop.run(serve(args.config))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .runtime import compile_runtime
+
+    try:
+        compile_runtime(load_config(args.file))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .offline import InputError, dumps, evaluate, load_check_request, parse_http_request, parse_time
+
+    try:
+        config = load_config(args.config) if args.config else default_config()
+        at = parse_time(args.at) if args.at else None
+        if args.http:
+            check = parse_http_request(args.http.read_bytes(), source_ip=args.source_ip, scheme=args.scheme)
+        else:
+            check = load_check_request(args.check_request)
+        result = asyncio.run(evaluate(config, check, at))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    except (InputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output == "json":
+        print(dumps(result))
+    else:
+        text = result.as_text()
+        if not args.explain:
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("explain:"))
+        print(text)
+    return EXIT_ALLOW if result.decision.allowed else EXIT_DENY
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    config_text = args.config.read_text(encoding="utf-8") if args.config else None
+    try:
+        return run_demo(config_text)
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,234 @@
+"""`authz-sidecar demo`: the sidecar, a real Envoy and a small upstream on loopback, a scripted set of requests.
+
+It runs the embedded default config (or the one given), prints what each request got, and leaves no process
+behind. Each authorizer adds its scenarios to `SCENARIOS`; a scenario states what it expects, so the demo
+doubles as a smoke test (exit 1 when any expectation fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import default_config_text
+from .envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, wait_for_http
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    """Answers every request with JSON describing what reached the upstream."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _echo(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        payload = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body_bytes": len(body),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _echo
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request logging."""
+
+
+class EchoUpstream:
+    """A threaded HTTP server on loopback that echoes each request as JSON; a context manager."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), _EchoHandler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, name="echo-upstream", daemon=True)
+
+    def __enter__(self) -> EchoUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SidecarProcess:
+    """`authz-sidecar serve` in a child process with the given config text; a context manager."""
+
+    def __init__(self, config_text: str, admin_port: int, extra_args: tuple[str, ...] = ()) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="authz-sidecar-")
+        self.config_path = Path(self._dir.name) / "config.yaml"
+        self.config_path.write_text(config_text, encoding="utf-8")
+        self.log_path = Path(self._dir.name) / "sidecar.log"
+        self.admin_port = admin_port
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> SidecarProcess:
+        """Start and wait for /readyz."""
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), *self.extra_args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_http(f"http://127.0.0.1:{self.admin_port}/readyz", timeout, proc=self.proc)
+        except (TimeoutError, RuntimeError):
+            self.stop()
+            raise RuntimeError(f"sidecar did not become ready:\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        """What the sidecar has printed so far."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-8000:]
+        return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait (kill after `timeout`), clean up; returns the exit code."""
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            code = self.proc.returncode
+        return code
+
+    def cleanup(self) -> None:
+        """Remove the temporary config and log."""
+        self._dir.cleanup()
+
+    def __enter__(self) -> SidecarProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.cleanup()
+
+
+def config_with_ports(config_text: str, grpc_port: int, admin_port: int) -> str:
+    """The config text with its listeners moved to the given loopback ports."""
+    data = yaml.safe_load(config_text) or {}
+    listen = dict(data.get("listen") or {})
+    listen.update({"grpc": f"127.0.0.1:{grpc_port}", "admin": f"127.0.0.1:{admin_port}"})
+    data["listen"] = listen
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One scripted request and what it should get."""
+
+    title: str
+    method: str
+    path: str
+    expect_status: int
+    expect_reason: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("anonymous route", "GET", "/public/hello", 200),
+    Scenario("anonymous route, POST with a body", "POST", "/public/orders", 200, body=b'{"item": 1}'),
+    Scenario("closed route", "GET", "/admin/users", 403, "RouteDeny"),
+    Scenario("dot segments cannot dodge a route", "GET", "/public/../admin/users", 403, "RouteDeny"),
+    Scenario("unknown route", "GET", "/nothing/here", 403, "MissingAuthenticationToken"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one scenario got."""
+
+    scenario: Scenario
+    status: int
+    reason: str
+    principal: str
+
+    @property
+    def ok(self) -> bool:
+        s = self.scenario
+        return self.status == s.expect_status and (not s.expect_reason or self.reason == s.expect_reason)
+
+
+def send(base: str, scenario: Scenario) -> Outcome:
+    """Send one scenario through Envoy."""
+    request = urllib.request.Request(  # noqa: S310 - loopback URL we built
+        base + scenario.path, data=scenario.body or None, method=scenario.method, headers=scenario.headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    reason, principal = "", ""
+    with contextlib.suppress(ValueError):
+        payload = json.loads(body or b"{}")
+        reason = str(payload.get("reason", ""))
+        principal = str(payload.get("headers", {}).get("x-authz-principal", ""))
+    return Outcome(scenario, status, reason, principal)
+
+
+@contextlib.contextmanager
+def stack(config_text: str) -> Iterator[str]:
+    """Sidecar + upstream + Envoy on free loopback ports; yields Envoy's base URL."""
+    grpc_port, admin_port = free_port(), free_port()
+    with (
+        SidecarProcess(config_with_ports(config_text, grpc_port, admin_port), admin_port),
+        EchoUpstream() as upstream,
+    ):
+        ports = EnvoyPorts(
+            listen_port=free_port(), authz_port=grpc_port, upstream_port=upstream.port, admin_port=free_port()
+        )
+        with EnvoyProcess(render_envoy_config(ports), ports.admin_port):
+            yield f"http://127.0.0.1:{ports.listen_port}"
+
+
+def format_table(outcomes: list[Outcome]) -> str:
+    """A plain-text table of the outcomes."""
+    rows = [("", "request", "status", "reason", "upstream saw principal", "scenario")]
+    for o in outcomes:
+        mark = "ok" if o.ok else "FAIL"
+        rows.append(
+            (mark, f"{o.scenario.method} {o.scenario.path}", str(o.status), o.reason, o.principal, o.scenario.title)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = None) -> int:
+    """Run the demo and print the table; 0 when every scenario got what it expected."""
+    print("starting authz-sidecar, Envoy and an echo upstream on 127.0.0.1 ...", flush=True)
+    with stack(config_text or default_config_text()) as base:
+        outcomes = [send(base, s) for s in (scenarios or SCENARIOS)]
+    print(format_table(outcomes))
+    failed = sum(not o.ok for o in outcomes)
+    print(f"\n{len(outcomes) - failed} of {len(outcomes)} scenarios as expected; all processes stopped.")
+    return 0 if failed == 0 else 1

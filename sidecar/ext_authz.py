@@ -1,0 +1,169 @@
+"""The gRPC ext_authz adapter: the only code that knows Envoy's protobuf messages.
+
+`to_request` turns a `CheckRequest` into our immutable `Request`; `encode_decision` turns a `Decision` into the
+wire bytes of a `CheckResponse`. Encoded responses are memoized per Decision object (weakly), so a decision served
+from a cache or a constant deny costs one dictionary lookup to render instead of building and serializing
+protobuf messages again. The servicer registers with an identity response serializer to return those bytes as is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from google.protobuf.struct_pb2 import Struct
+
+from . import reasons
+from .request import EMPTY_MAP, Decision, Request
+
+SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+_OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_GRPC_OK = 0
+_GRPC_PERMISSION_DENIED = 7
+_GRPC_UNAUTHENTICATED = 16
+_MAX_MEMO = 4096
+
+
+class MalformedRequest(ValueError):
+    """A CheckRequest that lacks what any decision needs (method, path): denied, never raised to gRPC."""
+
+
+def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> Request:
+    """Build our `Request` from Envoy's `CheckRequest` (raises `MalformedRequest`)."""
+    attributes = check.attributes
+    http = attributes.request.http
+    method = http.method
+    raw_path = http.path
+    if not method or not raw_path:
+        raise MalformedRequest("the CheckRequest carries no HTTP method or path")
+    if http.headers:
+        headers = {k: v for k, v in http.headers.items() if k[0] != ":"}
+        authority = http.headers.get(":authority") or http.host
+    else:
+        headers = _headers_from_map(http)
+        authority = headers.pop(":authority", "") or http.host
+        headers = {k: v for k, v in headers.items() if k[0] != ":"}
+    if authority:
+        headers["host"] = authority
+    stamp = attributes.request.time
+    when = stamp.seconds + stamp.nanos / 1e9 if stamp.seconds else clock()
+    source = attributes.source
+    return Request(
+        method=method,
+        raw_path=raw_path,
+        path=raw_path.partition("?")[0],
+        headers=headers,
+        host=authority,
+        scheme=http.scheme or "http",
+        protocol=http.protocol,
+        source_address=source.address.socket_address.address,
+        source_port=source.address.socket_address.port_value,
+        peer_certificate=source.certificate,
+        body=http.raw_body or http.body.encode("utf-8", "surrogateescape"),
+        context_extensions=dict(attributes.context_extensions) if attributes.context_extensions else EMPTY_MAP,
+        request_id=headers.get("x-request-id", "") or http.id,
+        time=when,
+    )
+
+
+def _headers_from_map(http: Any) -> dict[str, str]:
+    """Headers from `header_map` (sent instead of `headers` when Envoy is told to), repeats joined by ','."""
+    out: dict[str, str] = {}
+    for entry in http.header_map.headers:
+        key = entry.key.lower()
+        value = entry.raw_value.decode("utf-8", "surrogateescape") if entry.raw_value else entry.value
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def _header_options(headers: tuple[tuple[str, str], ...]) -> list[HeaderValueOption]:
+    return [HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE) for k, v in headers]
+
+
+def build_response(decision: Decision) -> CheckResponse:
+    """The `CheckResponse` for a decision (see `encode_decision` for the memoized wire form)."""
+    response = CheckResponse()
+    if decision.metadata:
+        metadata = Struct()
+        metadata.update(dict(decision.metadata))
+        response.dynamic_metadata.CopyFrom(metadata)
+    if decision.allowed:
+        response.status.code = _GRPC_OK
+        response.ok_response.headers.extend(_header_options(decision.headers))
+        response.ok_response.headers_to_remove.extend(decision.headers_to_remove)
+        return response
+    response.status.code = (
+        _GRPC_UNAUTHENTICATED if decision.status == reasons.STATUS_UNAUTHORIZED else _GRPC_PERMISSION_DENIED
+    )
+    denied = response.denied_response
+    denied.status.code = decision.status  # HttpStatus enum values are the HTTP codes
+    denied.headers.extend(_header_options((*decision.headers, ("content-type", "application/json"))))
+    denied.body = deny_body(decision)
+    return response
+
+
+def deny_body(decision: Decision) -> str:
+    """The JSON body a denied client sees: message and reason code, nothing internal."""
+    return json.dumps({"message": decision.message, "reason": decision.reason}, separators=(",", ":"))
+
+
+class ResponseEncoder:
+    """Renders Decisions to CheckResponse bytes, remembering the bytes for Decisions that are reused."""
+
+    def __init__(self) -> None:
+        self._memo: weakref.WeakKeyDictionary[Decision, bytes] = weakref.WeakKeyDictionary()
+
+    def encode(self, decision: Decision) -> bytes:
+        """Wire bytes of the CheckResponse for `decision`."""
+        memo = self._memo
+        wire = memo.get(decision)
+        if wire is None:
+            wire = build_response(decision).SerializeToString()
+            if len(memo) < _MAX_MEMO:
+                memo[decision] = wire
+        return wire
+
+
+MALFORMED = reasons.deny(reasons.MALFORMED_REQUEST, "Malformed authorization request", status=400)
+
+CheckFunc = Callable[[Request], Awaitable[Decision]]
+
+
+class AuthorizationService:
+    """`envoy.service.auth.v3.Authorization/Check` over any `check(request) -> Decision` callable."""
+
+    def __init__(self, check: CheckFunc, clock: Callable[[], float] = time.time) -> None:
+        self._check = check
+        self._clock = clock
+        self._encoder = ResponseEncoder()
+
+    async def check(self, message: CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
+        """The RPC handler: never raises, every failure is a deny."""
+        try:
+            request = to_request(message, self._clock)
+        except MalformedRequest:
+            return self._encoder.encode(MALFORMED)
+        try:
+            decision = await self._check(request)
+        except Exception:  # the pipeline never raises; this is a last line of defence
+            decision = reasons.INTERNAL
+        return self._encoder.encode(decision)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """A generic handler serving Check with pre-encoded response bytes."""
+        method = grpc.unary_unary_rpc_method_handler(
+            self.check,
+            request_deserializer=CheckRequest.FromString,
+            response_serializer=_identity,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": method})
+
+
+def _identity(wire: bytes) -> bytes:
+    return wire

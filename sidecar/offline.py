@@ -1,0 +1,155 @@
+"""Offline evaluation for `authz-sidecar check`: one request, decided exactly as the server would decide it.
+
+Inputs become a real `CheckRequest` first (a raw HTTP/1.1 request is converted the way Envoy converts it), then
+go through the same adapter and pipeline the server uses, so `check` cannot drift from `serve`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from google.protobuf import json_format
+
+from .config import Config
+from .ext_authz import MALFORMED, MalformedRequest, to_request
+from .pipeline import Pipeline
+from .request import Decision
+from .runtime import RuntimeHolder, compile_runtime
+
+
+class InputError(ValueError):
+    """The request file cannot be read or parsed."""
+
+
+def parse_time(text: str) -> float:
+    """`--at`: epoch seconds or an ISO 8601 time (`2015-08-30T12:36:00Z`, `20150830T123600Z`)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    for fmt in ("%Y%m%dT%H%M%SZ",):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--at: not a timestamp: {text!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _split_head(raw: bytes) -> tuple[list[str], bytes]:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        head, found, body = raw.partition(sep)
+        if found:
+            return head.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n"), body
+    return raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").rstrip("\n").split("\n"), b""
+
+
+def parse_http_request(raw: bytes, source_ip: str = "127.0.0.1", scheme: str = "http") -> CheckRequest:
+    """A raw HTTP/1.1 request (request line, headers, blank line, body) as the CheckRequest Envoy would send."""
+    lines, body = _split_head(raw)
+    request_line = lines[0].split(" ")
+    if len(request_line) < 2 or not request_line[0] or not request_line[1]:
+        raise InputError(f"not an HTTP request line: {lines[0]!r}")
+    method, target = request_line[0], request_line[1]
+    headers: dict[str, str] = {}
+    last = ""
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and last:  # obs-fold continuation
+            headers[last] = f"{headers[last]} {line.strip()}"
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise InputError(f"not a header line: {line!r}")
+        last = name.strip().lower()
+        value = value.strip()
+        headers[last] = f"{headers[last]},{value}" if last in headers else value
+    authority = headers.pop("host", "")
+    check = CheckRequest()
+    http = check.attributes.request.http
+    http.method, http.path, http.host, http.scheme, http.protocol = method, target, authority, scheme, "HTTP/1.1"
+    http.headers.update({":authority": authority, ":method": method, ":path": target, ":scheme": scheme, **headers})
+    http.raw_body = body
+    http.size = len(body)
+    check.attributes.source.address.socket_address.address = source_ip
+    return check
+
+
+def load_check_request(path: Path) -> CheckRequest:
+    """A CheckRequest in protobuf JSON form."""
+    try:
+        return json_format.Parse(path.read_text(encoding="utf-8"), CheckRequest())
+    except (OSError, json_format.ParseError) as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A decision plus the facts `check` prints about it."""
+
+    decision: Decision
+    method: str
+    path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.decision
+        principal = d.principal
+        return {
+            "decision": "allow" if d.allowed else "deny",
+            "status": d.status,
+            "reason": d.reason,
+            "message": d.message,
+            "route": d.route,
+            "principal": None if principal is None else {"kind": principal.kind, "id": principal.id},
+            "headers": [list(h) for h in d.headers],
+            "explanation": list(d.explanation),
+            "request": f"{self.method} {self.path}",
+        }
+
+    def as_text(self) -> str:
+        data = self.as_dict()
+        lines = [
+            f"request:   {data['request']}",
+            f"decision:  {data['decision']} ({data['status']})",
+            f"reason:    {data['reason']}" + (f" - {data['message']}" if data["message"] else ""),
+            f"route:     {data['route'] or '(none)'}",
+        ]
+        if data["principal"]:
+            lines.append(f"principal: {data['principal']['kind']} {data['principal']['id']}")
+        for name, value in data["headers"]:
+            lines.append(f"header:    {name}: {value}")
+        lines.extend(f"explain:   {line}" for line in data["explanation"])
+        return "\n".join(lines)
+
+
+async def evaluate(
+    config: Config, check: CheckRequest, at: float | None = None, ready_timeout: float = 10.0
+) -> CheckResult:
+    """Decide one CheckRequest with a fresh runtime for `config` (starting and stopping its authorizers)."""
+    if at is not None:
+        check.attributes.request.time.FromNanoseconds(int(at * 1e9))
+    runtime = compile_runtime(config)
+    await runtime.start()
+    try:
+        await runtime.wait_ready(ready_timeout)
+        try:
+            request = to_request(check)
+        except MalformedRequest:
+            http = check.attributes.request.http
+            return CheckResult(MALFORMED, http.method, http.path)
+        decision = await Pipeline(RuntimeHolder(runtime)).check(request)
+        return CheckResult(decision, request.method, request.raw_path)
+    finally:
+        await runtime.stop()
+
+
+def dumps(result: CheckResult) -> str:
+    """JSON output for `--output json`."""
+    return json.dumps(result.as_dict(), indent=2)

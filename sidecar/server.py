@@ -1,0 +1,273 @@
+"""The serving process: gRPC ext_authz + health + reflection, the admin listener, reloads and graceful shutdown.
+
+Lifecycle: load and compile the config (a bad one stops start-up with file:line errors), bind every listener
+(a taken port is a clear error, never a silently shared one), mark SERVING once every authorizer is ready,
+reload on SIGHUP or file change (a bad reload is logged and the old runtime keeps serving), and on SIGTERM/SIGINT
+turn NOT_SERVING, stop accepting, let in-flight Checks finish within the grace period, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from .admin import AdminResponse, AdminServer, json_response
+from .config import Config, ConfigError, default_config, load_config
+from .ext_authz import SERVICE_NAME, AuthorizationService
+from .pipeline import Pipeline
+from .runtime import Runtime, RuntimeHolder, compile_runtime
+
+log = logging.getLogger(__name__)
+
+_READY_POLL = 0.1
+
+
+class BindError(RuntimeError):
+    """A listener could not bind its address (taken, or not an address of this host)."""
+
+
+@dataclass(slots=True)
+class _ConfigSource:
+    """Where the config comes from, and the fingerprint of what was last loaded (to skip no-op reloads)."""
+
+    path: Path | None
+    digest: str = ""
+    stat: tuple[int, int] = (0, 0)
+
+    def read(self) -> tuple[Config, str]:
+        if self.path is None:
+            return default_config(), "embedded"
+        config = load_config(self.path)
+        return config, hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def changed_on_disk(self) -> bool:
+        if self.path is None:
+            return False
+        try:
+            st = self.path.stat()
+        except OSError:
+            return False
+        current = (st.st_mtime_ns, st.st_size)
+        if current == self.stat:
+            return False
+        self.stat = current
+        return True
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What probes report."""
+
+    draining: bool = False
+    ready: bool = False
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_reload_error: str = ""
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9191` / `[::1]:9191` -> host and port."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Sidecar:
+    """One sidecar process's servers around one `RuntimeHolder`."""
+
+    def __init__(self, config: Config, config_path: Path | None = None, reuse_port: bool = False) -> None:
+        self.source = _ConfigSource(config_path)
+        self.holder = RuntimeHolder(compile_runtime(config))
+        self.pipeline = Pipeline(self.holder)
+        self.state = ServerState()
+        self.reuse_port = reuse_port
+        self.health = HealthServicer()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.admin: AdminServer | None = None
+        self.grpc_port = 0
+        self._stopped = asyncio.Event()
+        self._signal_tasks: set[asyncio.Future[object]] = set()
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime currently serving."""
+        return self.holder.current
+
+    async def start(self) -> None:
+        """Start authorizers and listeners; raises `BindError` if a port is taken."""
+        config = self.runtime.config
+        if self.source.path is not None:
+            self.source.changed_on_disk()  # remember the current stat so the watcher only sees later edits
+            self.source.digest = hashlib.sha256(self.source.path.read_bytes()).hexdigest()
+        await self.runtime.start()
+        if config.listen.grpc:
+            await self._start_grpc(config.listen.grpc)
+        if config.listen.admin:
+            self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz})
+            host, port = split_hostport(config.listen.admin)
+            try:
+                await self.admin.start(host, port)
+            except OSError as exc:
+                raise BindError(f"cannot listen on {config.listen.admin} (admin): {exc.strerror or exc}") from None
+        self.state.tasks.append(asyncio.create_task(self._watch_readiness()))
+        if config.server.watch_config and self.source.path is not None:
+            self.state.tasks.append(asyncio.create_task(self._watch_file(config.server.watch_interval)))
+
+    async def _start_grpc(self, address: str) -> None:
+        options = [("grpc.so_reuseport", 1 if self.reuse_port else 0)]
+        server = grpc.aio.server(options=options)
+        service = AuthorizationService(self.pipeline.check)
+        server.add_generic_rpc_handlers((service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise BindError(f"cannot listen on {address} (grpc): address in use or unavailable ({exc})") from None
+        if self.grpc_port == 0:
+            raise BindError(f"cannot listen on {address} (grpc): address in use or unavailable")
+        await server.start()
+        self.grpc_server = server
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _watch_readiness(self) -> None:
+        """Flip health to SERVING when every authorizer is ready, and back if one stops being ready."""
+        while not self.state.draining:
+            ready = self.runtime.is_ready()
+            if ready != self.state.ready:
+                self.state.ready = ready
+                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self.health.set("", status)
+                await self.health.set(SERVICE_NAME, status)
+                log.info("readiness: %s", "ready" if ready else "not ready")
+            await asyncio.sleep(_READY_POLL)
+
+    async def _watch_file(self, interval: float) -> None:
+        while not self.state.draining:
+            await asyncio.sleep(interval)
+            if self.source.changed_on_disk():
+                await self.reload("file change")
+
+    async def reload(self, why: str) -> bool:
+        """Load, compile and swap in the config; on any error keep serving the old one. True on success."""
+        try:
+            config, digest = self.source.read()
+            if digest == self.source.digest:
+                return True
+            runtime = compile_runtime(config)
+        except ConfigError as exc:
+            self.state.reloads_failed += 1
+            self.state.last_reload_error = str(exc)
+            log.error("reload (%s) rejected; still serving config %s:\n%s", why, self.runtime.version, exc)
+            return False
+        except Exception as exc:
+            self.state.reloads_failed += 1
+            self.state.last_reload_error = repr(exc)
+            log.exception("reload (%s) failed; still serving config %s", why, self.runtime.version)
+            return False
+        await self.holder.swap(runtime)
+        self.source.digest = digest
+        self.state.reloads_ok += 1
+        log.info("reload (%s): now serving config %s", why, runtime.version)
+        return True
+
+    def _healthz(self) -> AdminResponse:
+        return json_response(200, {"status": "alive"})
+
+    def _readyz(self) -> AdminResponse:
+        runtime = self.runtime
+        waiting = sorted(name for name, a in runtime.authorizers.items() if not a.is_ready())
+        ready = not self.state.draining and not waiting
+        body: dict[str, object] = {
+            "ready": ready,
+            "draining": self.state.draining,
+            "config_version": runtime.version,
+            "waiting_for": waiting,
+        }
+        if self.state.last_reload_error:
+            body["last_reload_error"] = self.state.last_reload_error
+        return json_response(200 if ready else 503, body)
+
+    async def drain_and_stop(self) -> None:
+        """Stop accepting Checks, finish in-flight ones within the grace period, then close everything."""
+        if self.state.draining:
+            return
+        self.state.draining = True
+        grace = self.runtime.config.server.grace_period
+        log.info("draining: finishing in-flight checks (grace %.1fs)", grace)
+        await self.health.enter_graceful_shutdown()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        if self.admin is not None:
+            await self.admin.stop()
+        for task in self.state.tasks:
+            task.cancel()
+        for task in self.state.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.runtime.stop()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once `drain_and_stop` has finished."""
+        await self._stopped.wait()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT drain and stop; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_signal, signal.SIGHUP)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        coro = self.reload(sig.name) if sig == signal.SIGHUP else self.drain_and_stop()
+        self._spawn(coro, sig.name)
+
+    def _spawn(self, coro: Coroutine[object, object, object], why: str) -> None:
+        log.info("received %s", why)
+        task = asyncio.ensure_future(coro)
+        self._signal_tasks.add(task)  # keep a reference until done, or the task may be collected mid-flight
+        task.add_done_callback(self._signal_tasks.discard)
+
+
+async def serve(config_path: Path | None, reuse_port: bool = False) -> int:
+    """Run one sidecar until SIGTERM/SIGINT. Returns the process exit code."""
+    try:
+        config = load_config(config_path) if config_path is not None else default_config()
+        sidecar = Sidecar(config, config_path, reuse_port=reuse_port)
+    except ConfigError as exc:
+        log.error("invalid config:\n%s", exc)
+        return 1
+    try:
+        await sidecar.start()
+    except BindError as exc:
+        log.error("%s", exc)
+        await sidecar.drain_and_stop()
+        return 1
+    sidecar.install_signal_handlers()
+    config = sidecar.runtime.config
+    log.info(
+        "authz-sidecar serving config %s (%s): grpc=%s admin=%s",
+        sidecar.runtime.version,
+        config.source,
+        config.listen.grpc,
+        config.listen.admin,
+    )
+    await sidecar.wait_stopped()
+    log.info("stopped")
+    return 0
