@@ -7,6 +7,7 @@ error locations and discriminated models; config load is off the hot path, so it
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,8 @@ class Config(_Frozen):
     cache: CacheSettings = CacheSettings()
     server: ServerSettings = ServerSettings()
     upstream_headers: UpstreamHeaderSettings = UpstreamHeaderSettings()
+    plugins: tuple[str, ...] = ()
+    """Python modules imported before validation; each may `register` its own authorizer types."""
     authorizers: dict[str, AuthorizerSettings] = {}
     resource_policy: str | None = None
     routes: tuple[RouteSettings, ...] = ()
@@ -226,6 +229,21 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
     return data, node
 
 
+def _import_plugins(raw: Any, locator: _Locator) -> list[ConfigIssue]:
+    """Import `plugins` modules so the authorizer types they register validate like built-in ones."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+        return [locator.issue(("plugins",), "expected a list of Python module names")]
+    issues = []
+    for index, module in enumerate(raw):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            issues.append(locator.issue(("plugins", index), f"cannot import plugin {module!r}: {exc}"))
+    return issues
+
+
 def _validate_authorizers(raw: Any, locator: _Locator) -> tuple[dict[str, AuthorizerSettings], list[ConfigIssue]]:
     """Validate each `authorizers.<name>` against the settings model its `type` registered."""
     issues: list[ConfigIssue] = []
@@ -295,14 +313,16 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([locator.issue((), "the top level must be a mapping")])
+    issues = _import_plugins(data.get("plugins"), locator)
     raw_authorizers = data.pop("authorizers", None)
-    authorizers, issues = _validate_authorizers(raw_authorizers, locator)
+    authorizer_settings, authorizer_issues = _validate_authorizers(raw_authorizers, locator)
+    issues.extend(authorizer_issues)
     try:
         config = Config.model_validate({**data, "authorizers": {}, "source": file})
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, locator, ()))
         raise ConfigError(issues) from None
-    config = config.model_copy(update={"authorizers": authorizers})
+    config = config.model_copy(update={"authorizers": authorizer_settings})
     issues.extend(_cross_check(config, locator))
     if issues:
         raise ConfigError(issues)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -76,13 +77,20 @@ class EchoUpstream:
 class SidecarProcess:
     """`authz-sidecar serve` in a child process with the given config text; a context manager."""
 
-    def __init__(self, config_text: str, admin_port: int, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        config_text: str,
+        admin_port: int,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="authz-sidecar-")
         self.config_path = Path(self._dir.name) / "config.yaml"
         self.config_path.write_text(config_text, encoding="utf-8")
         self.log_path = Path(self._dir.name) / "sidecar.log"
         self.admin_port = admin_port
         self.extra_args = extra_args
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> SidecarProcess:
@@ -92,6 +100,7 @@ class SidecarProcess:
                 [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), *self.extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if self.env is None else {**os.environ, **self.env},
             )
         try:
             wait_for_http(f"http://127.0.0.1:{self.admin_port}/readyz", timeout, proc=self.proc)

@@ -1,0 +1,34 @@
+# Quick start:  make demo   (set up, then run the sidecar + a real Envoy on the embedded default config)
+#               make test   (set up, then lint, type-check and run every test)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: setup demo serve lint test bench-smoke clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/authz-sidecar demo
+
+serve: setup
+	$(BIN)/authz-sidecar serve
+
+lint: setup
+	$(BIN)/ruff check sidecar tests benchmarks
+	$(BIN)/ruff format --check sidecar tests benchmarks
+	$(BIN)/mypy sidecar
+
+test: setup
+	bash scripts/ensure-system-deps.sh
+	$(MAKE) lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

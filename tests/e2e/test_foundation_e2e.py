@@ -1,0 +1,177 @@
+"""Through a real Envoy: allow reaches the upstream with our headers, denials carry our body, failure is closed,
+SIGTERM drains in-flight Checks, SIGHUP reloads, `check` agrees with the server, shipped Envoy configs validate."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from sidecar.config import default_config_text
+from sidecar.envoy import render_envoy_config, validate_envoy_config
+from tests.conftest import REPO
+from tests.e2e.conftest import StackFactory
+
+pytestmark = pytest.mark.e2e
+
+
+def test_allow_reaches_upstream_with_identity_headers(authz_stack: StackFactory) -> None:
+    stack = authz_stack(default_config_text())
+    response = stack.client.post("/public/orders?x=1", content=b"payload", headers={"x-authz-principal": "spoofed"})
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["path"] == "/public/orders?x=1"
+    assert seen["body_bytes"] == 7
+    assert seen["headers"]["x-authz-principal"] == "anonymous"  # overwritten, not appended to the spoof
+    assert seen["headers"]["x-authz-authorizer"] == "public"
+
+
+def test_denials_carry_status_and_reason(authz_stack: StackFactory) -> None:
+    stack = authz_stack(default_config_text())
+    closed = stack.client.get("/admin/users")
+    assert closed.status_code == 403
+    assert closed.headers["content-type"] == "application/json"
+    assert closed.json() == {"message": "This route is closed", "reason": "RouteDeny"}
+    unknown = stack.client.get("/no/route")
+    assert unknown.status_code == 403
+    assert unknown.json()["reason"] == "MissingAuthenticationToken"
+
+
+def test_sidecar_down_fails_closed(authz_stack: StackFactory) -> None:
+    stack = authz_stack(default_config_text())
+    assert stack.client.get("/public/x").status_code == 200
+    assert stack.sidecar.stop() == 0
+    response = stack.client.get("/public/x")
+    assert response.status_code == 503  # status_on_error, never the upstream
+    assert "headers" not in response.text
+
+
+SLOW = """\
+plugins: [tests.e2e.plugins.slow]
+server: {grace_period: 10, watch_config: false}
+authorizers:
+  slow: {type: slow, delay: 1.5}
+routes:
+  - {match: "ANY /{proxy+}", authorizer: slow}
+"""
+
+
+def test_sigterm_lets_in_flight_checks_finish(authz_stack: StackFactory) -> None:
+    stack = authz_stack(SLOW, authz_timeout="10s")
+    in_flight = 4
+    with ThreadPoolExecutor(in_flight) as pool:
+        futures = [pool.submit(stack.client.get, f"/slow/{i}") for i in range(in_flight)]
+        deadline = time.monotonic() + 10
+        while stack.envoy.stats().get("cluster.authz.upstream_rq_active", 0) < in_flight:
+            assert time.monotonic() < deadline, "checks never became in flight"
+            time.sleep(0.01)
+        assert stack.sidecar.proc is not None
+        stack.sidecar.proc.send_signal(signal.SIGTERM)
+        statuses = [f.result(timeout=15).status_code for f in futures]
+    assert statuses == [200] * in_flight
+    assert stack.sidecar.proc.wait(15) == 0
+    assert "draining" in stack.sidecar.log()
+
+
+def test_sighup_reload_and_bad_reload_keeps_old(authz_stack: StackFactory) -> None:
+    stack = authz_stack(default_config_text())
+    path = stack.sidecar.config_path
+    before = httpx.get(f"{stack.admin_url}/readyz").json()["config_version"]
+    assert stack.client.get("/admin/x").status_code == 403
+    path.write_text(path.read_text().replace("authorizer: closed", "authorizer: public"))
+    assert stack.sidecar.proc is not None
+    stack.sidecar.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: httpx.get(f"{stack.admin_url}/readyz").json()["config_version"] != before)
+    assert stack.client.get("/admin/x").status_code == 200
+    good = httpx.get(f"{stack.admin_url}/readyz").json()["config_version"]
+    data = yaml.safe_load(path.read_text())
+    data["routes"].append({"match": "GET /x", "authorizer": "nobody"})
+    path.write_text(yaml.safe_dump(data))
+    stack.sidecar.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "last_reload_error" in httpx.get(f"{stack.admin_url}/readyz").json())
+    ready = httpx.get(f"{stack.admin_url}/readyz").json()
+    assert ready["config_version"] == good
+    assert "routes[3].authorizer" in ready["last_reload_error"]
+    assert stack.client.get("/admin/x").status_code == 200  # still the last good config
+
+
+def test_file_change_reloads(authz_stack: StackFactory) -> None:
+    text = default_config_text() + "server: {watch_interval: 0.2}\n"
+    stack = authz_stack(text)
+    assert stack.client.get("/admin/x").status_code == 403
+    path = stack.sidecar.config_path
+    path.write_text(path.read_text().replace("authorizer: closed", "authorizer: public"))
+    wait_until(lambda: stack.client.get("/admin/x").status_code == 200)
+
+
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+CASES = [
+    ("GET", "/public/a?q=1", b""),
+    ("POST", "/public/orders", b"body"),
+    ("GET", "/admin/users", b""),
+    ("DELETE", "/nowhere", b""),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CASES)
+def test_check_cli_agrees_with_server(authz_stack: StackFactory, tmp_path: Path, method: str, path: str, body: bytes) -> None:
+    stack = authz_stack(default_config_text())
+    served = stack.client.request(method, path, content=body or None)
+    raw = f"{method} {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    req = tmp_path / "request.req"
+    req.write_bytes(raw)
+    result = run_cli("check", "--config", str(stack.sidecar.config_path), "--http", str(req), "--output", "json")
+    offline = json.loads(result.stdout)
+    assert offline["status"] == served.status_code
+    assert result.returncode == (0 if served.status_code == 200 else 1)
+    if served.status_code != 200:
+        assert offline["reason"] == served.json()["reason"]
+    # The same request as a CheckRequest JSON document.
+    doc = {
+        "attributes": {
+            "request": {"http": {"method": method, "path": path, "headers": {":authority": "example.com"}}},
+            "source": {"address": {"socketAddress": {"address": "127.0.0.1"}}},
+        }
+    }
+    as_json = tmp_path / "check.json"
+    as_json.write_text(json.dumps(doc))
+    result2 = run_cli("check", "--config", str(stack.sidecar.config_path), "--check-request", str(as_json), "--output", "json")
+    assert json.loads(result2.stdout)["status"] == served.status_code
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=60, cwd=REPO, check=False
+    )
+
+
+def test_shipped_envoy_configs_validate() -> None:
+    shipped = sorted((REPO / "deploy" / "envoy").glob("*.yaml"))
+    assert shipped, "no Envoy configs shipped"
+    for path in shipped:
+        result = validate_envoy_config(path)
+        assert result.returncode == 0, f"{path}: {result.stdout}{result.stderr}"
+
+
+def test_deploy_envoy_yaml_is_the_rendered_template() -> None:
+    assert (REPO / "deploy" / "envoy" / "envoy.yaml").read_text() == render_envoy_config()
+
+
+def test_demo_runs_and_leaves_nothing_behind() -> None:
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 of 5 scenarios as expected" in result.stdout

@@ -1,0 +1,90 @@
+"""Route precedence and syntax, API Gateway style."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.routes import RouteSyntaxError, RouteTable, parse_match, path_segments
+
+ROUTES = [
+    "GET /orders",
+    "GET /orders/{id}",
+    "GET /orders/latest",
+    "ANY /orders/{id}",
+    "DELETE /orders/{id}",
+    "GET /orders/{id}/items/{item}",
+    "ANY /orders/{proxy+}",
+    "ANY /admin/{proxy+}",
+    "POST /admin/login",
+    "GET /",
+    "$default",
+]
+
+
+@pytest.fixture(scope="module")
+def table() -> RouteTable[str]:
+    return RouteTable([(r, r) for r in ROUTES])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected", "params"),
+    [
+        ("GET", "/orders", "GET /orders", {}),
+        ("GET", "/orders/", "GET /orders", {}),
+        ("GET", "/orders/latest", "GET /orders/latest", {}),  # literal beats {param}
+        ("GET", "/orders/42", "GET /orders/{id}", {"id": "42"}),  # method beats ANY on the same path
+        ("PUT", "/orders/42", "ANY /orders/{id}", {"id": "42"}),
+        ("DELETE", "/orders/42", "DELETE /orders/{id}", {"id": "42"}),
+        ("GET", "/orders/42/items/7", "GET /orders/{id}/items/{item}", {"id": "42", "item": "7"}),
+        ("POST", "/orders/42/items/7", "ANY /orders/{proxy+}", {"proxy": "42/items/7"}),  # {param} path lacks POST
+        ("GET", "/orders/42/x/y/z", "ANY /orders/{proxy+}", {"proxy": "42/x/y/z"}),
+        ("POST", "/admin/login", "POST /admin/login", {}),
+        ("GET", "/admin/login", "ANY /admin/{proxy+}", {"proxy": "login"}),
+        ("GET", "/admin", "$default", {}),  # {proxy+} needs at least one segment
+        ("GET", "/", "GET /", {}),
+        ("GET", "/elsewhere", "$default", {}),
+        ("GET", "/%61dmin/x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # escapes decoded
+        ("GET", "/orders/../admin/x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # dot segments resolved
+        ("GET", "//admin//x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # empty segments merged
+        ("GET", "/orders/%2e%2e/admin/x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # encoded dots too
+    ],
+)
+def test_precedence(table: RouteTable[str], method: str, path: str, expected: str, params: dict[str, str]) -> None:
+    match = table.match(method, path)
+    assert match is not None
+    assert (match.target, dict(match.params)) == (expected, params)
+
+
+def test_no_default_means_no_match() -> None:
+    table = RouteTable([("GET /a", "a")])
+    assert table.match("GET", "/b") is None
+    assert table.match("POST", "/a") is None
+    assert table.match("GET", "/a") is not None
+
+
+def test_literal_only_table_still_normalizes() -> None:
+    table = RouteTable([("GET /a/b", "ab")])
+    assert table.match("GET", "/a/./b") is not None
+    assert table.match("GET", "/a/%62") is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("FETCH /a", "unknown method"),
+        ("GET a", "must start with '/'"),
+        ("GET /{proxy+}/a", "must be the last segment"),
+        ("GET /{id}/{id}", "appears twice"),
+        ("GET /a{b}", "malformed segment"),
+        ("GET", "must start with '/'"),
+    ],
+)
+def test_syntax_errors(text: str, why: str) -> None:
+    with pytest.raises(RouteSyntaxError, match=why):
+        parse_match(text)
+
+
+def test_path_segments() -> None:
+    assert path_segments("/a/b/../c/./d/") == ["a", "c", "d"]
+    assert path_segments("/../../x") == ["x"]
+    assert path_segments("/a%2Fb") == ["a", "b"]

@@ -1,0 +1,126 @@
+"""The server in-process on loopback: Check, health, reflection, port exclusivity, reload and drain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from sidecar.config import load_config
+from sidecar.envoy import free_port
+from sidecar.server import BindError, Sidecar
+
+CONFIG = """\
+listen: {{grpc: "127.0.0.1:{grpc}", admin: "127.0.0.1:{admin}"}}
+server: {{watch_config: false, grace_period: 2}}
+authorizers:
+  open: {{type: none}}
+  closed: {{type: deny}}
+routes:
+  - {{match: "GET /open", authorizer: {open_route}}}
+"""
+
+
+def write_config(path: Path, grpc_port: int, admin_port: int, open_route: str = "open") -> None:
+    path.write_text(CONFIG.format(grpc=grpc_port, admin=admin_port, open_route=open_route))
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Path]]:
+    path = tmp_path / "config.yaml"
+    write_config(path, free_port(), free_port())
+    sidecar = Sidecar(load_config(path), path)
+    await sidecar.start()
+    await sidecar.runtime.wait_ready(5)
+    try:
+        yield sidecar, path
+    finally:
+        await sidecar.drain_and_stop()
+
+
+async def check(port: int, path: str) -> CheckResponse:
+    request = CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "GET", path
+    http.headers[":authority"] = "example.com"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            "/envoy.service.auth.v3.Authorization/Check",
+            request_serializer=CheckRequest.SerializeToString,
+            response_deserializer=CheckResponse.FromString,
+        )
+        response: CheckResponse = await call(request, timeout=5)
+        return response
+
+
+async def test_check_over_grpc(running: tuple[Sidecar, Path]) -> None:
+    sidecar, _ = running
+    allowed = await check(sidecar.grpc_port, "/open")
+    assert allowed.status.code == 0
+    denied = await check(sidecar.grpc_port, "/elsewhere")
+    assert denied.denied_response.status.code == 403
+    assert json.loads(denied.denied_response.body)["reason"] == "MissingAuthenticationToken"
+
+
+async def test_health_and_reflection(running: tuple[Sidecar, Path]) -> None:
+    sidecar, _ = running
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        # SERVING is set by the readiness watcher; Watch streams until it arrives (no sleeping).
+        async for reply in health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5):
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="envoy.service.auth.v3.Authorization"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        names: set[str] = set()
+        async for response in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+            names |= {s.name for s in response.list_services_response.service}
+    assert {"envoy.service.auth.v3.Authorization", "grpc.health.v1.Health"} <= names
+
+
+async def test_second_instance_on_same_port_fails_clearly(running: tuple[Sidecar, Path], tmp_path: Path) -> None:
+    sidecar, _ = running
+    other = tmp_path / "other.yaml"
+    write_config(other, sidecar.grpc_port, free_port())
+    second = Sidecar(load_config(other), other)
+    with pytest.raises(BindError, match=f"cannot listen on 127.0.0.1:{sidecar.grpc_port}"):
+        await second.start()
+    await second.drain_and_stop()
+    assert (await check(sidecar.grpc_port, "/open")).status.code == 0  # the first one is unharmed
+
+
+async def test_reload_good_then_bad(running: tuple[Sidecar, Path]) -> None:
+    sidecar, path = running
+    first = sidecar.runtime.version
+    grpc_port, admin_port = sidecar.grpc_port, sidecar.admin.port if sidecar.admin else 0
+    write_config(path, grpc_port, admin_port, open_route="closed")
+    assert await sidecar.reload("test") is True
+    assert sidecar.runtime.version != first
+    assert (await check(grpc_port, "/open")).denied_response.status.code == 403
+    second = sidecar.runtime.version
+    path.write_text(path.read_text() + "  - {match: 'GET /x', authorizer: missing}\n")
+    assert await sidecar.reload("test") is False
+    assert sidecar.runtime.version == second  # the old config keeps serving
+    assert "routes[1].authorizer" in sidecar.state.last_reload_error
+    assert (await check(grpc_port, "/open")).denied_response.status.code == 403
+
+
+async def test_drain_flips_health(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    write_config(path, free_port(), free_port())
+    sidecar = Sidecar(load_config(path), path)
+    await sidecar.start()
+    await sidecar.drain_and_stop()
+    assert sidecar.state.draining
+    readyz = sidecar._readyz()
+    assert readyz.status == 503
+    assert json.loads(readyz.body)["draining"] is True
+    with pytest.raises(grpc.aio.AioRpcError):
+        await check(sidecar.grpc_port, "/open")
