@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, replace
 import httpx
 import pytest
 
-from tests.conftest import REPO
-
 from sidecar.demo import EchoUpstream, SidecarProcess, config_with_ports
 from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
+from tests.conftest import REPO
 
 
 @dataclass

@@ -128,7 +128,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("method", "path", "body"), CASES)
-def test_check_cli_agrees_with_server(authz_stack: StackFactory, tmp_path: Path, method: str, path: str, body: bytes) -> None:
+def test_check_cli_agrees_with_server(
+    authz_stack: StackFactory, tmp_path: Path, method: str, path: str, body: bytes
+) -> None:
     stack = authz_stack(default_config_text())
     served = stack.client.request(method, path, content=body or None)
     raw = f"{method} {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
@@ -149,7 +151,9 @@ def test_check_cli_agrees_with_server(authz_stack: StackFactory, tmp_path: Path,
     }
     as_json = tmp_path / "check.json"
     as_json.write_text(json.dumps(doc))
-    result2 = run_cli("check", "--config", str(stack.sidecar.config_path), "--check-request", str(as_json), "--output", "json")
+    result2 = run_cli(
+        "check", "--config", str(stack.sidecar.config_path), "--check-request", str(as_json), "--output", "json"
+    )
     assert json.loads(result2.stdout)["status"] == served.status_code
 
 

@@ -80,7 +80,9 @@ async def test_health_and_reflection(running: tuple[Sidecar, Path]) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         names: set[str] = set()
-        async for response in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+        async for response in stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ):
             names |= {s.name for s in response.list_services_response.service}
     assert {"envoy.service.auth.v3.Authorization", "grpc.health.v1.Health"} <= names
 
