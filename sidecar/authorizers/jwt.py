@@ -1,0 +1,816 @@
+"""The `jwt` and `cognito` authorizers: bearer tokens verified against an issuer's published keys.
+
+A request's token is found through the configured identity source, checked structurally (size, compact form,
+strict base64url, JSON objects without duplicate names, `alg` on the allowlist and never `none`, no `crit`, no key
+material or key URLs in the header), verified with the issuer's key named by `kid` (keys come from `jwks.py`; the
+key's type and JWK `alg` decide which algorithms it may verify, so an RSA key can never serve as an HMAC secret),
+and only then are its claims validated: `iss` exact, `aud` any-of (or `client_id`), `exp` required, `nbf`/`iat`
+not in the future, all with a leeway. The `cognito` type is the same machinery with Cognito's rules: issuer
+derived from region and pool, `token_use`, access tokens matched by `client_id`, ID tokens by `aud`.
+
+The hot path for a token seen before is a SHA-256 of the token and one dictionary lookup: verified tokens are kept
+in a bounded LRU until `min(exp + leeway, key staleness)` and dropped when their key leaves the key set. PyJWT
+supplies the signature algorithms (`jwt.algorithms`); its decoder is not used, because its parsing alone costs
+more than our whole budget for a cached token and because we need a distinct reason for every failure.
+
+Every failure raises `Denied` with one of the reason codes below (documented in docs/jwt.md). Tokens are never
+logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
+
+from jwt.algorithms import Algorithm, get_default_algorithms
+from pydantic import Field, field_validator, model_validator
+
+from ..reasons import STATUS_UNAUTHORIZED, Denied
+from ..request import Principal, Request
+from .base import Authorizer, AuthorizerSettings, BuildContext
+from .jwks import (
+    SUPPORTED_ALGORITHMS,
+    CachePolicy,
+    Clock,
+    KeySet,
+    KeySource,
+    StaticKeySource,
+    VerificationKey,
+    check_key_url,
+    shared_cache,
+)
+
+log = logging.getLogger(__name__)
+
+# -- reason codes (see docs/jwt.md) ---------------------------------------------------------------------------
+TOKEN_MISSING = "TokenMissing"
+TOKEN_MALFORMED = "TokenMalformed"
+TOKEN_TOO_LARGE = "TokenTooLarge"
+ALGORITHM_NONE = "AlgorithmNone"
+ALGORITHM_NOT_ALLOWED = "AlgorithmNotAllowed"
+KEY_ALGORITHM_MISMATCH = "KeyAlgorithmMismatch"
+UNSUPPORTED_CRITICAL = "UnsupportedCritical"
+UNTRUSTED_KEY_HEADER = "UntrustedKeyHeader"
+UNKNOWN_KEY = "UnknownKey"
+INVALID_SIGNATURE = "InvalidSignature"
+KEYS_UNAVAILABLE = "KeysUnavailable"
+TOKEN_EXPIRED = "TokenExpired"
+TOKEN_NOT_YET_VALID = "TokenNotYetValid"
+TOKEN_ISSUED_IN_FUTURE = "TokenIssuedInFuture"
+CLAIM_MISSING = "ClaimMissing"
+INVALID_CLAIM = "InvalidClaim"
+INVALID_ISSUER = "InvalidIssuer"
+INVALID_AUDIENCE = "InvalidAudience"
+INVALID_TOKEN_USE = "InvalidTokenUse"
+
+REASONS = frozenset(
+    {
+        TOKEN_MISSING,
+        TOKEN_MALFORMED,
+        TOKEN_TOO_LARGE,
+        ALGORITHM_NONE,
+        ALGORITHM_NOT_ALLOWED,
+        KEY_ALGORITHM_MISMATCH,
+        UNSUPPORTED_CRITICAL,
+        UNTRUSTED_KEY_HEADER,
+        UNKNOWN_KEY,
+        INVALID_SIGNATURE,
+        KEYS_UNAVAILABLE,
+        TOKEN_EXPIRED,
+        TOKEN_NOT_YET_VALID,
+        TOKEN_ISSUED_IN_FUTURE,
+        CLAIM_MISSING,
+        INVALID_CLAIM,
+        INVALID_ISSUER,
+        INVALID_AUDIENCE,
+        INVALID_TOKEN_USE,
+    }
+)
+
+STATUS_UNAVAILABLE = 503
+INVALID_TOKEN_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
+
+UNTRUSTED_HEADERS = ("jku", "x5u", "jwk")
+"""Header parameters that would let the token choose its own key. A token carrying one is refused outright;
+`x5c`/`x5t` are ignored (never used to find or trust a key)."""
+
+ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType(
+    {name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS}
+)
+
+
+class JwtError(Exception):
+    """A token failed a check; `reason` is one of the codes above. Turned into `Denied` by the authorizer."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+# -- structure ----------------------------------------------------------------------------------------------
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64url_decode(segment: str, what: str) -> bytes:
+    """Strict base64url (RFC 7515 2): URL alphabet only, no padding, no whitespace, zero unused bits.
+
+    Strictness matters: lenient decoders let many different strings carry one signature, which breaks token
+    caches and blocklists keyed by the token text.
+    """
+    if len(segment) % 4 == 1 or not _B64URL.fullmatch(segment):
+        raise JwtError(TOKEN_MALFORMED, f"the {what} is not base64url")
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise JwtError(TOKEN_MALFORMED, f"the {what} is not base64url") from None
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise JwtError(TOKEN_MALFORMED, f"the {what} is not canonical base64url")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member name")
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object with unique member names (RFC 7515 5.2, RFC 7519 4); anything else is malformed."""
+    try:
+        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise JwtError(TOKEN_MALFORMED, f"the {what} is not a JSON object") from None
+    if not isinstance(value, dict):
+        raise JwtError(TOKEN_MALFORMED, f"the {what} is not a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A compact JWS that passed every structural check, before any cryptography."""
+
+    header: Mapping[str, Any]
+    alg: str
+    kid: str | None
+    signing_input: bytes
+    signature: bytes
+    payload_segment: str
+
+
+def parse_token(token: str, algorithms: frozenset[str], max_bytes: int) -> ParsedToken:
+    """Check a compact JWS's structure and header; raise `JwtError` with a specific reason on the first problem."""
+    if len(token) > max_bytes:
+        raise JwtError(TOKEN_TOO_LARGE, f"the token is longer than {max_bytes} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JwtError(TOKEN_MALFORMED, "a token is three base64url segments separated by '.'")
+    header_segment, payload_segment, signature_segment = parts
+    header = parse_json_object(b64url_decode(header_segment, "header"), "header")
+    b64url_decode(payload_segment, "payload")  # decoded again (once) after the signature verifies
+    signature = b64url_decode(signature_segment, "signature")
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise JwtError(TOKEN_MALFORMED, "the header has no 'alg'")
+    if alg.lower() == "none":
+        raise JwtError(ALGORITHM_NONE, "unsigned tokens (alg none) are never accepted")
+    if alg not in algorithms:
+        raise JwtError(ALGORITHM_NOT_ALLOWED, f"algorithm {alg[:16]!r} is not allowed here")
+    for name in UNTRUSTED_HEADERS:
+        if name in header:
+            raise JwtError(UNTRUSTED_KEY_HEADER, f"the header names its own key ({name}); keys come from the issuer")
+    if "crit" in header:
+        raise JwtError(UNSUPPORTED_CRITICAL, "the header marks extensions critical; none are supported")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise JwtError(TOKEN_MALFORMED, "'kid' must be a string")
+    return ParsedToken(
+        header=header,
+        alg=alg,
+        kid=kid,
+        signing_input=f"{header_segment}.{payload_segment}".encode("ascii"),
+        signature=signature,
+        payload_segment=payload_segment,
+    )
+
+
+def verify_signature(parsed: ParsedToken, keyset: KeySet) -> VerificationKey:
+    """The key that verifies `parsed`, or `JwtError`: UnknownKey (may be worth a refetch), KeyAlgorithmMismatch
+    (the key exists but is bound to other algorithms) or InvalidSignature."""
+    candidates = keyset.candidates(parsed.kid, parsed.alg)
+    if not candidates:
+        if parsed.kid is not None and keyset.has_kid(parsed.kid):
+            raise JwtError(KEY_ALGORITHM_MISMATCH, f"key {parsed.kid[:64]!r} may not verify {parsed.alg}")
+        if parsed.kid is None:
+            raise JwtError(UNKNOWN_KEY, "the token names no key (kid) and no single key fits its algorithm")
+        raise JwtError(UNKNOWN_KEY, "the token names a key the issuer does not publish")
+    algorithm = ALGORITHMS[parsed.alg]
+    for key in candidates:
+        try:
+            if algorithm.verify(parsed.signing_input, key.key, parsed.signature):
+                return key
+        except (ValueError, TypeError):  # malformed signature bytes: simply not a valid signature
+            continue
+    raise JwtError(INVALID_SIGNATURE, "the signature does not verify")
+
+
+def verify_jws(token: str, keyset: KeySet, algorithms: frozenset[str], max_bytes: int = 65536) -> bytes:
+    """Verify a compact JWS and return its payload bytes (any payload, not only JWT claims).
+
+    The synchronous core the authorizer builds on, exposed for conformance tests and tools.
+    """
+    parsed = parse_token(token, algorithms, max_bytes)
+    verify_signature(parsed, keyset)
+    return b64url_decode(parsed.payload_segment, "payload")
+
+
+# -- claims -------------------------------------------------------------------------------------------------
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise JwtError(INVALID_CLAIM, f"'{name}' must be a NumericDate")
+    return float(value)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A claim that may be one string or a list of strings (aud, scp); anything else yields nothing."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from `scope` (space-separated, RFC 8693) and `scp` (list or string, as Okta and Azure AD send)."""
+    scopes: set[str] = set()
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        scopes.update(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, str):
+        scopes.update(scp.split())
+    elif isinstance(scp, list):
+        scopes.update(s for s in scp if isinstance(s, str))
+    return frozenset(scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRules:
+    """What a verified token's claims must say. `token_uses` is Cognito's rule set (None for plain `jwt`)."""
+
+    issuer: str
+    audiences: frozenset[str]
+    leeway: float
+    token_uses: frozenset[str] | None = None
+
+    def check(self, claims: Mapping[str, Any], now: float) -> float:
+        """Validate the claims at time `now`; return `exp`."""
+        exp = _number(claims, "exp")
+        if exp is None:
+            raise JwtError(CLAIM_MISSING, "the token has no 'exp'")
+        nbf = _number(claims, "nbf")
+        iat = _number(claims, "iat")
+        if now >= exp + self.leeway:
+            raise JwtError(TOKEN_EXPIRED, "the token has expired")
+        if nbf is not None and nbf > now + self.leeway:
+            raise JwtError(TOKEN_NOT_YET_VALID, "the token is not valid yet (nbf)")
+        if iat is not None and iat > now + self.leeway:
+            raise JwtError(TOKEN_ISSUED_IN_FUTURE, "the token was issued in the future (iat)")
+        if claims.get("iss") != self.issuer:
+            raise JwtError(INVALID_ISSUER, "the token comes from another issuer")
+        if self.token_uses is None:
+            self._check_audience(claims)
+        else:
+            self._check_cognito(claims)
+        return exp
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        """API Gateway's rule: any `aud` value, or else `client_id`, must be a configured audience."""
+        if self.audiences.intersection(_strings(claims.get("aud"))):
+            return
+        client_id = claims.get("client_id")
+        if isinstance(client_id, str) and client_id in self.audiences:
+            return
+        raise JwtError(INVALID_AUDIENCE, "the token is not meant for this API (aud/client_id)")
+
+    def _check_cognito(self, claims: Mapping[str, Any]) -> None:
+        """Cognito access tokens carry `client_id` and no `aud`; ID tokens carry `aud`."""
+        assert self.token_uses is not None
+        use = claims.get("token_use")
+        if use not in self.token_uses:
+            raise JwtError(INVALID_TOKEN_USE, f"token_use must be {' or '.join(sorted(self.token_uses))}")
+        if use == "access":
+            client = claims.get("client_id")
+            if not isinstance(client, str) or client not in self.audiences:
+                raise JwtError(INVALID_AUDIENCE, "the access token was issued to another app client (client_id)")
+        elif not self.audiences.intersection(_strings(claims.get("aud"))):
+            raise JwtError(INVALID_AUDIENCE, "the ID token was issued to another app client (aud)")
+
+
+# -- identity sources and principals -------------------------------------------------------------------------
+
+_SOURCE = re.compile(r"^(?:\$request\.)?(header|query|querystring|cookie)\.([!#$%&'*+.^_`|~0-9A-Za-z-]+)$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySource:
+    """Where the token is: `header.NAME` (a `Bearer ` prefix is stripped), `query.NAME` or `cookie.NAME`.
+
+    API Gateway's spelling (`$request.header.Authorization`, `$request.querystring.token`) is accepted too.
+    """
+
+    where: Literal["header", "query", "cookie"]
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> IdentitySource:
+        match = _SOURCE.match(text.strip())
+        if not match:
+            raise ValueError(f"identity source {text!r}: expected header.NAME, query.NAME or cookie.NAME")
+        kind, name = match.groups()
+        if kind == "header":
+            return cls("header", name.lower())
+        return cls("query" if kind in ("query", "querystring") else "cookie", name)
+
+    def extract(self, request: Request) -> str | None:
+        """The token in `request`, or None when this source holds none."""
+        if self.where == "header":
+            value = request.headers.get(self.name)
+            if not value:
+                return None
+            scheme, sep, rest = value.strip().partition(" ")
+            if not sep:
+                return scheme or None  # a bare token, as API Gateway accepts
+            if scheme.lower() != "bearer":
+                return None  # another scheme (Basic, AWS4-HMAC-SHA256, ...): not ours
+            return rest.strip() or None
+        if self.where == "query":
+            values = request.query.get(self.name)
+            return values[0] if values and values[0] else None
+        return _cookie(request.headers.get("cookie", ""), self.name)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"') or None
+    return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_value(value: Any) -> str:
+    """Render a claim for an upstream header: strings as they are, lists comma-joined, objects as JSON; control
+    characters removed so a claim can never split or forge headers."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, list):
+        text = ",".join(header_value(v) for v in value)
+    elif isinstance(value, dict):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = str(value)
+    return _CONTROL.sub("", text)
+
+
+def _context_value(value: Any) -> Any:
+    """Claims become policy keys when they are scalars or lists of scalars (lists become tuples)."""
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
+        return tuple(value)
+    return None
+
+
+CONTEXT_PREFIX = "jwt:"
+
+
+def claim_context(claims: Mapping[str, Any], scopes: frozenset[str], prefix: str = CONTEXT_PREFIX) -> dict[str, Any]:
+    """Policy condition keys from verified claims: `jwt:<claim>` for each scalar or list claim, `jwt:scope` as the
+    sorted tuple of scopes."""
+    context: dict[str, Any] = {}
+    for name, value in claims.items():
+        converted = _context_value(value)
+        if converted is not None:
+            context[prefix + name] = converted
+    context[prefix + "scope"] = tuple(sorted(scopes))
+    return context
+
+
+# -- the authorizers ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _Verified:
+    """A cached verification: reusable until `valid_until` while `keyset` is still the serving key set."""
+
+    principal: Principal
+    valid_until: float
+    expires_at: float
+    keyset: KeySet
+    key: VerificationKey
+
+
+class JwtAuthorizer(Authorizer):
+    """Bearer JWTs from one issuer (type `jwt`)."""
+
+    kind: ClassVar[str] = "jwt"
+    challenge: ClassVar[str] = "Bearer"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        rules: ClaimRules,
+        keys: KeySource,
+        algorithms: frozenset[str],
+        sources: tuple[IdentitySource, ...] = (IdentitySource("header", "authorization"),),
+        claim_to_headers: Mapping[str, str] | None = None,
+        max_token_bytes: int = 16384,
+        cache_size: int = 10_000,
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__(name)
+        self.rules = rules
+        self.keys = keys
+        self.algorithms = algorithms
+        self.sources = sources
+        self.claim_to_headers = tuple((claims_name, header) for claims_name, header in (claim_to_headers or {}).items())
+        self.max_token_bytes = max_token_bytes
+        self.cache_size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+
+    # lifecycle
+    async def start(self) -> None:
+        await self.keys.start()
+
+    async def stop(self) -> None:
+        self._cache.clear()
+        await self.keys.stop()
+
+    def is_ready(self) -> bool:
+        return self.keys.is_ready()
+
+    # hot path
+    def _token(self, request: Request) -> str:
+        for source in self.sources:
+            token = source.extract(request)
+            if token is not None:
+                return token
+        raise Denied(TOKEN_MISSING, "A bearer token is required", STATUS_UNAUTHORIZED)
+
+    async def authenticate(self, request: Request) -> Principal:
+        token = self._token(request)
+        now = self._clock()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        entry = self._cache.get(digest)
+        if entry is not None:
+            if now < entry.valid_until and entry.keyset is self.keys.keyset:
+                self._cache.move_to_end(digest)
+                return entry.principal
+            entry = self._revalidate(digest, entry, now)
+            if entry is not None:
+                return entry.principal
+        try:
+            return await self._verify(token, digest, now)
+        except JwtError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("authorizer %s: token refused: %s", self.name, exc.reason)
+            raise self._denied(exc) from None
+
+    def _denied(self, exc: JwtError) -> Denied:
+        if exc.reason == KEYS_UNAVAILABLE:
+            return Denied(exc.reason, exc.message, STATUS_UNAVAILABLE)
+        return Denied(exc.reason, exc.message, STATUS_UNAUTHORIZED, headers=INVALID_TOKEN_CHALLENGE)
+
+    def _revalidate(self, digest: bytes, entry: _Verified, now: float) -> _Verified | None:
+        """A cached token whose key set was refreshed: still good if its key survived the refresh."""
+        keyset = self.keys.usable(now)
+        if now < entry.expires_at + self.rules.leeway and keyset is not None and keyset.contains(entry.key):
+            fresh = _Verified(
+                principal=entry.principal,
+                valid_until=min(entry.expires_at + self.rules.leeway, keyset.fetched_at + self.keys.max_staleness),
+                expires_at=entry.expires_at,
+                keyset=keyset,
+                key=entry.key,
+            )
+            if now < fresh.valid_until:
+                self._cache[digest] = fresh
+                self._cache.move_to_end(digest)
+                return fresh
+        del self._cache[digest]
+        return None
+
+    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+        parsed = parse_token(token, self.algorithms, self.max_token_bytes)
+        keyset = self.keys.usable(now)
+        if keyset is None:
+            keyset = await self._refetch()
+            if keyset is None:
+                raise JwtError(KEYS_UNAVAILABLE, "the issuer's signing keys are not available")
+        try:
+            key = verify_signature(parsed, keyset)
+        except JwtError as exc:
+            if exc.reason != UNKNOWN_KEY or parsed.kid is None:
+                raise
+            newer = await self._refetch()
+            if newer is None or newer is keyset:
+                raise
+            keyset = newer
+            key = verify_signature(parsed, keyset)
+        claims = parse_json_object(b64url_decode(parsed.payload_segment, "payload"), "payload")
+        exp = self.rules.check(claims, now)
+        principal = self._principal(claims, exp)
+        self._remember(digest, principal, exp, keyset, key)
+        return principal
+
+    async def _refetch(self) -> KeySet | None:
+        try:
+            return await self.keys.refetch_for_unknown_kid()
+        except Exception:  # a broken fetch must not turn a deny into an internal error
+            log.exception("authorizer %s: key refetch failed", self.name)
+            return self.keys.usable(self._clock())
+
+    def _remember(self, digest: bytes, principal: Principal, exp: float, keyset: KeySet, key: VerificationKey) -> None:
+        if self.cache_size <= 0:
+            return
+        valid_until = min(exp + self.rules.leeway, keyset.fetched_at + self.keys.max_staleness)
+        self._cache[digest] = _Verified(principal, valid_until, exp, keyset, key)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # principals
+    def _identity(self, claims: Mapping[str, Any]) -> str:
+        for name in ("sub", "client_id"):
+            value = claims.get(name)
+            if isinstance(value, str) and value:
+                return value
+        raise JwtError(CLAIM_MISSING, "the token has neither 'sub' nor 'client_id'")
+
+    def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
+        return claim_context(claims, scopes)
+
+    def _principal(self, claims: dict[str, Any], exp: float) -> Principal:
+        scopes = scopes_of(claims)
+        headers = tuple(
+            (header, header_value(claims[claim]) if claim in claims else "") for claim, header in self.claim_to_headers
+        )
+        return Principal(
+            kind=self.kind,
+            id=self._identity(claims),
+            authorizer=self.name,
+            scopes=scopes,
+            claims=MappingProxyType(claims),
+            context=MappingProxyType(self._context(claims, scopes)),
+            upstream_headers=headers,
+            expires_at=exp,
+        )
+
+
+class CognitoAuthorizer(JwtAuthorizer):
+    """Amazon Cognito user pool tokens (type `cognito`): Cognito's claim rules and `cognito:*` policy keys."""
+
+    kind: ClassVar[str] = "cognito"
+
+    def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
+        context = claim_context(claims, scopes)
+        groups = claims.get("cognito:groups")
+        context["cognito:groups"] = tuple(_strings(groups))
+        for name in ("username", "client_id", "token_use"):
+            value = claims.get(name)
+            if isinstance(value, str):
+                context["cognito:" + name] = value
+        username = claims.get("cognito:username")
+        if isinstance(username, str):
+            context["cognito:username"] = username
+        return context
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+class TokenSettings(AuthorizerSettings):
+    """Keys shared by `jwt` and `cognito` (see docs/jwt.md)."""
+
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    identity_source: tuple[str, ...] = ("header.authorization",)
+    """Where to look for the token, in order: `header.NAME`, `query.NAME`, `cookie.NAME` (one string or a list)."""
+    leeway: float = Field(default=60.0, ge=0, le=600)
+    """Seconds of clock skew tolerated on exp, nbf and iat."""
+    claim_to_headers: dict[str, str] = {}
+    """Claim name -> upstream header name. A header whose claim is absent is sent empty, so a client cannot
+    supply it."""
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    """A local JWKS file instead of fetching keys (relative to the config file)."""
+    allow_http: bool = False
+    """Accept plain-http key URLs to non-loopback hosts (keys could be replaced in transit)."""
+    max_token_bytes: int = Field(default=16384, ge=256, le=65536)
+    token_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    """Verified tokens remembered (0 turns the cache off)."""
+    jwks_refresh_min: float = Field(default=60.0, ge=1, le=86400)
+    jwks_refresh_max: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    jwks_max_staleness: float = Field(default=21600.0, ge=0, le=30 * 86400)
+    jwks_unknown_kid_interval: float = Field(default=30.0, ge=0, le=3600)
+
+    @field_validator("identity_source", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("identity_source")
+    @classmethod
+    def _sources(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one identity source is required")
+        for text in value:
+            IdentitySource.parse(text)
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        for alg in value:
+            if alg.lower() == "none" or alg.upper().startswith("HS"):
+                raise ValueError(f"{alg} is never accepted: only asymmetric signatures are verified")
+            if alg not in SUPPORTED_ALGORITHMS:
+                raise ValueError(f"unsupported algorithm {alg!r} (supported: {', '.join(DEFAULT_ALGORITHMS)})")
+        return value
+
+    @field_validator("claim_to_headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for claim, header in value.items():
+            name = header.strip().lower()
+            if not _HEADER_NAME.match(name) or name in ("host", "authorization", "cookie", "content-length"):
+                raise ValueError(f"claim {claim!r}: {header!r} is not a header name that may be set")
+            out[claim] = name
+        return out
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TokenSettings:
+        if self.jwks_refresh_min > self.jwks_refresh_max:
+            raise ValueError("jwks_refresh_min must not exceed jwks_refresh_max")
+        if self.jwks_uri and self.jwks_file:
+            raise ValueError("set jwks_uri or jwks_file, not both")
+        if self.jwks_uri:
+            check_key_url(self.jwks_uri, self.allow_http)
+        return self
+
+    def cache_policy(self) -> CachePolicy:
+        """The JWKS cache bounds these settings ask for."""
+        return CachePolicy(
+            refresh_min=self.jwks_refresh_min,
+            refresh_max=self.jwks_refresh_max,
+            max_staleness=self.jwks_max_staleness,
+            unknown_kid_interval=self.jwks_unknown_kid_interval,
+        )
+
+
+class JwtSettings(TokenSettings):
+    """`type: jwt`: any OIDC / OAuth 2 issuer."""
+
+    type: Literal["jwt"]
+    issuer: str = Field(min_length=1)
+    """Exactly the `iss` the tokens carry; also where keys are discovered when no jwks_uri/jwks_file is set."""
+    audiences: tuple[str, ...] = Field(min_length=1)
+    """A token passes when any `aud` value, or else its `client_id`, is listed."""
+
+    @model_validator(mode="after")
+    def _discovery(self) -> JwtSettings:
+        if not self.jwks_uri and not self.jwks_file:
+            check_key_url(self.issuer, self.allow_http)
+        return self
+
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_POOL = re.compile(r"^[\w-]+_[0-9a-zA-Z]+$")
+
+
+class CognitoSettings(TokenSettings):
+    """`type: cognito`: an Amazon Cognito user pool."""
+
+    type: Literal["cognito"]
+    region: str
+    user_pool_id: str
+    client_ids: tuple[str, ...] = Field(min_length=1)
+    token_use: tuple[Literal["access", "id"], ...] = ("access",)
+    algorithms: tuple[str, ...] = ("RS256",)
+
+    @field_validator("token_use", mode="before")
+    @classmethod
+    def _one_or_many_uses(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError(f"{value!r} is not an AWS region name")
+        return value
+
+    @field_validator("user_pool_id")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        if not _POOL.match(value):
+            raise ValueError(f"{value!r} is not a user pool id (like us-east-1_AbC123)")
+        return value
+
+    @property
+    def issuer(self) -> str:
+        """Cognito's issuer for this pool."""
+        return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
+
+
+# -- building -----------------------------------------------------------------------------------------------
+
+
+def _key_source(settings: TokenSettings, issuer: str, default_uri: str | None, base_dir: Path) -> KeySource:
+    if settings.jwks_file:
+        path = Path(settings.jwks_file)
+        return StaticKeySource.from_file(str(path if path.is_absolute() else base_dir / path))
+    uri = settings.jwks_uri or default_uri
+    return shared_cache(jwks_uri=uri, issuer=issuer, policy=settings.cache_policy(), allow_http=settings.allow_http)
+
+
+def _common(settings: TokenSettings) -> dict[str, Any]:
+    return {
+        "algorithms": frozenset(settings.algorithms),
+        "sources": tuple(IdentitySource.parse(s) for s in settings.identity_source),
+        "claim_to_headers": dict(settings.claim_to_headers),
+        "max_token_bytes": settings.max_token_bytes,
+        "cache_size": settings.token_cache_size,
+    }
+
+
+def build_jwt(settings: Any, ctx: BuildContext) -> Authorizer:
+    """Build a `jwt` authorizer (loading a static JWKS file now, if one is configured)."""
+    assert isinstance(settings, JwtSettings)
+    rules = ClaimRules(issuer=settings.issuer, audiences=frozenset(settings.audiences), leeway=settings.leeway)
+    keys = _key_source(settings, settings.issuer, None, ctx.base_dir)
+    return JwtAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings))
+
+
+def build_cognito(settings: Any, ctx: BuildContext) -> Authorizer:
+    """Build a `cognito` authorizer; keys default to the pool's `/.well-known/jwks.json`."""
+    assert isinstance(settings, CognitoSettings)
+    issuer = settings.issuer
+    rules = ClaimRules(
+        issuer=issuer,
+        audiences=frozenset(settings.client_ids),
+        leeway=settings.leeway,
+        token_uses=frozenset(settings.token_use),
+    )
+    keys = _key_source(settings, issuer, issuer + "/.well-known/jwks.json", ctx.base_dir)
+    return CognitoAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings))
+
+
+__all__ = [
+    "REASONS",
+    "ClaimRules",
+    "CognitoAuthorizer",
+    "CognitoSettings",
+    "IdentitySource",
+    "JwtAuthorizer",
+    "JwtError",
+    "JwtSettings",
+    "build_cognito",
+    "build_jwt",
+    "parse_token",
+    "verify_jws",
+    "verify_signature",
+]
