@@ -18,6 +18,7 @@ from .runtime import CompiledRoute, RuntimeHolder
 
 log = logging.getLogger(__name__)
 
+_MAX_ALLOW_MEMO = 4096
 NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
 
 
@@ -47,6 +48,9 @@ class Pipeline:
 
     def __init__(self, holder: RuntimeHolder) -> None:
         self.holder = holder
+        # Allow decisions by (route, principal object). Authorizers hand out the same Principal object for a
+        # repeated credential (token caches), so a warm request reuses the Decision and its encoded response.
+        self._allowed: dict[tuple[CompiledRoute, Principal], Decision] = {}
 
     async def check(self, request: Request) -> Decision:
         """Decide one request. Never raises."""
@@ -68,4 +72,11 @@ class Pipeline:
         except Exception:
             log.exception("authorizer %s failed on route %s; denying", route.authorizer.name, route.key)
             return reasons.INTERNAL
-        return allow_decision(route, principal, runtime.upstream_headers)
+        key = (route, principal)
+        decision = self._allowed.get(key)
+        if decision is None:
+            decision = allow_decision(route, principal, runtime.upstream_headers)
+            if len(self._allowed) >= _MAX_ALLOW_MEMO:
+                self._allowed.clear()  # crude but O(1) and rare; the decision cache proper is LRU
+            self._allowed[key] = decision
+        return decision

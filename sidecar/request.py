@@ -9,22 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 EMPTY_ANY_MAP: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, eq=False)
-class Request:
+class Request(NamedTuple):
     """One HTTP request as the authorizers see it.
 
     `headers` are lower-cased, pseudo-headers removed, `host` taken from `:authority`; repeated headers arrive
     joined with "," (Envoy joins them before it sends the CheckRequest). `raw_path` is exactly what the client
-    sent (undecoded, with the query); `path` is `raw_path` without the query. The query multi-map is parsed on
-    first use only, because most authorizers never read it.
+    sent (undecoded, with the query); `path` is `raw_path` without the query.
+
+    A NamedTuple rather than a frozen dataclass: it is truly immutable and three times cheaper to build
+    (~1 us against ~3 us, measured by benchmarks/micro_adapter.py), and one is built for every Check.
     """
 
     method: str
@@ -38,7 +40,7 @@ class Request:
     source_port: int = 0
     peer_certificate: str = ""
     body: bytes = b""
-    context_extensions: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP)
+    context_extensions: Mapping[str, str] = EMPTY_MAP
     request_id: str = ""
     time: float = 0.0
     """Seconds since the epoch at which Envoy received the request (our clock if Envoy did not say)."""
@@ -51,19 +53,21 @@ class Request:
 
     @property
     def query(self) -> Mapping[str, tuple[str, ...]]:
-        """The decoded query as a multi-map (key -> values in order of appearance)."""
-        cached: Mapping[str, tuple[str, ...]] | None = self.__dict__.get("_query")
-        if cached is None:
-            pairs: dict[str, list[str]] = {}
-            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
-                pairs.setdefault(key, []).append(value)
-            cached = MappingProxyType({k: tuple(v) for k, v in pairs.items()})
-            self.__dict__["_query"] = cached  # a memo of derived data: the request itself stays immutable
-        return cached
+        """The decoded query as a multi-map (key -> values in order of appearance); parsed on first use."""
+        return parse_query(self.query_string)
 
     def header(self, name: str, default: str = "") -> str:
         """A header by its lower-case name."""
         return self.headers.get(name, default)
+
+
+@lru_cache(maxsize=1024)
+def parse_query(query: str) -> Mapping[str, tuple[str, ...]]:
+    """Decode a query string into an immutable multi-map (memoized: the same query costs one lookup)."""
+    pairs: dict[str, list[str]] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        pairs.setdefault(key, []).append(value)
+    return MappingProxyType({k: tuple(v) for k, v in pairs.items()})
 
 
 @dataclass(frozen=True, eq=False, slots=True)
