@@ -1,0 +1,120 @@
+"""ARNs and wildcard patterns: validation, API Gateway's short resource form, and compilation to regexes.
+
+IAM matches ARNs segment by segment: in the first five colon-separated parts (`arn`, partition, service, region,
+account) a `*` or `?` never crosses a colon; in the resource part it matches anything, `/` and `:` included.
+`Action` patterns are plain globs, case-insensitive; `Resource` and `Arn*` condition values are case-sensitive.
+Every pattern is turned into one anchored regex at load time; the hot path only calls `fullmatch`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import ApiSettings
+
+SHORT_PREFIX = "execute-api:/"
+_ARN_PARTS = 6
+_ACTION = re.compile(r"^(\*|[A-Za-z0-9*?\-]+:[A-Za-z0-9*?]+)$")
+
+Pieces = Iterable[tuple[str, bool]]
+"""A pattern as `(text, exact)` pieces: exact text matches literally even if it holds `*` or `?`."""
+
+
+def expand_short_form(resource: str, api: ApiSettings | None) -> str:
+    """`execute-api:/prod/GET/pets` -> `arn:aws:execute-api:{region}:{account}:{api-id}/prod/GET/pets`.
+
+    API Gateway rewrites the short form to the API's own ARN when a resource policy is saved. Without API
+    settings the region, account and API id become wildcards.
+    """
+    if not resource.startswith(SHORT_PREFIX):
+        return resource
+    rest = resource[len(SHORT_PREFIX) :]
+    if api is None:
+        return f"arn:aws:execute-api:*:*:*/{rest}"
+    return f"arn:aws:execute-api:{api.region}:{api.account}:{api.id}/{rest}"
+
+
+def arn_problem(text: str) -> str | None:
+    """Why `text` is not an ARN pattern (None if it is). `*` alone is accepted: it matches every resource."""
+    if text == "*":
+        return None
+    if not text.startswith("arn:"):
+        return f"malformed ARN {text!r}: expected arn:partition:service:region:account:resource or *"
+    parts = text.split(":", _ARN_PARTS - 1)
+    if len(parts) < _ARN_PARTS and not parts[-1].endswith("*"):
+        return f"malformed ARN {text!r}: expected arn:partition:service:region:account:resource (6 parts)"
+    if not parts[1] or not parts[2]:
+        return f"malformed ARN {text!r}: the partition and service must not be empty"
+    return None
+
+
+def action_problem(text: str) -> str | None:
+    """Why `text` is not an action pattern like `execute-api:Invoke` (None if it is)."""
+    if _ACTION.match(text):
+        return None
+    return f"malformed action {text!r}: expected service:action (wildcards * and ? allowed) or *"
+
+
+def glob_regex(pieces: Pieces, arn: bool) -> str:
+    """Regex source (unanchored) for a wildcard pattern; with `arn`, wildcards stay within the first 5 segments."""
+    tokens: list[str] = []
+    colons = 0
+    last_star = -1
+    for text, exact in pieces:
+        for char in text:
+            if not exact and char in "*?":
+                if arn and colons < _ARN_PARTS - 1:
+                    tokens.append("[^:]*" if char == "*" else "[^:]")
+                else:
+                    tokens.append(".*" if char == "*" else ".")
+                last_star = len(tokens) - 1 if char == "*" else -1
+                continue
+            if char == ":":
+                colons += 1
+            tokens.append(re.escape(char))
+            last_star = -1
+    if arn and colons < _ARN_PARTS - 1 and last_star >= 0:
+        tokens[last_star] = ".*"  # `arn:aws:execute-api:*`: a trailing star covers the parts left out
+    return "".join(tokens)
+
+
+@lru_cache(maxsize=4096)
+def compile_glob(pattern: tuple[tuple[str, bool], ...], arn: bool, ignore_case: bool) -> re.Pattern[str]:
+    """Compiled anchored regex for a rendered pattern; cached because templated patterns recur per principal."""
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    return re.compile(glob_regex(pattern, arn), flags)
+
+
+def compile_alternatives(patterns: Iterable[str], arn: bool, ignore_case: bool) -> re.Pattern[str]:
+    """One regex matching any of several plain patterns (so a statement's list costs one `fullmatch`)."""
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    body = "|".join(f"(?:{glob_regex(((p, False),), arn)})" for p in patterns)
+    return re.compile(body, flags)
+
+
+def literal_prefix(pattern: str) -> str:
+    """Text before the first wildcard or variable: every matching value starts with it."""
+    end = len(pattern)
+    for mark in ("*", "?", "${"):
+        found = pattern.find(mark)
+        if 0 <= found < end:
+            end = found
+    return pattern[:end]
+
+
+def literal_suffix(pattern: str) -> str:
+    """Text after the last wildcard or variable: every matching value ends with it."""
+    marks = ("*", "?", "}") if "${" in pattern else ("*", "?")
+    start = max(pattern.rfind(mark) + 1 for mark in marks)
+    return pattern[start:]
+
+
+def resource_arn(api: ApiSettings, method: str, path: str) -> str:
+    """The execute-api ARN API Gateway evaluates for a request: `...:{api-id}/{stage}/{METHOD}/{path}`."""
+    if not path.startswith("/"):
+        path = "/" + path
+    return f"arn:aws:execute-api:{api.region}:{api.account}:{api.id}/{api.stage}/{method}{path}"

@@ -1,0 +1,434 @@
+"""Compiling a validated `PolicyDocument` into an indexed, closure-based evaluator: the policy hot path.
+
+Each statement becomes a tuple of checks (principal, resource, one per condition key) that read the lazy
+`EvalContext`. Statements are filtered by action once per action (requests almost always carry
+`execute-api:Invoke`), then indexed by resource so a request only visits statements that could match it:
+
+- `exact`: resource patterns without wildcards, one dict lookup on the request's ARN;
+- `prefix`: the pattern's literal text before its first wildcard, cut back to a `:` or `/` boundary
+  (`...:api-id/prod/GET/orders/`); the request probes its own prefixes at each boundary length in use;
+- `suffix`: the literal text after the last wildcard, for patterns like `.../prod/*/orders/7` whose prefix
+  says little; probed the same way from the end;
+- `always`: `Resource: "*"`, `NotResource` and other patterns with no usable literal.
+
+A statement goes into whichever of prefix/suffix names more path segments, so the number of candidates depends on
+how many statements share the request's resource, not on the policy size. Evaluation then applies the IAM rule:
+an explicit Deny wins, then an Allow, else the policy has no opinion ("Neither", an implicit deny).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import ConfigError, ConfigIssue
+from .arn import compile_alternatives, compile_glob, literal_prefix, literal_suffix
+from .conditions import Check, compile_condition, template_keys
+from .context import INVOKE, EvalContext
+from .document import RESOURCE_POLICY_MAX, Kind, PolicyDocument, PrincipalSpec, StatementSpec, parse_document
+from .variables import Template, has_variables, parse_template
+
+if TYPE_CHECKING:
+    from ..config import ApiSettings
+
+_BOUNDARY = frozenset(":/")
+_BASE_BOUNDARIES = 7  # arn:aws:execute-api:region:account:api-id/stage/ holds 5 colons and 2 slashes
+
+
+class Effect(StrEnum):
+    """A policy's verdict on one request. `NEITHER` is IAM's implicit deny: no statement applied."""
+
+    ALLOW = "Allow"
+    DENY = "Deny"
+    NEITHER = "Neither"
+
+
+@dataclass(frozen=True, slots=True)
+class StatementRef:
+    """Names a statement in explanations and decision logs: its Sid when it has one, else its JSON path."""
+
+    index: int
+    sid: str | None
+    effect: str
+    path: str
+
+    @property
+    def label(self) -> str:
+        """`Sid` or `Statement[i]`."""
+        return self.sid if self.sid else self.path
+
+
+class CompiledStatement:
+    """One statement as checks over the context. `checks` are what the hot path runs (action is pre-filtered)."""
+
+    __slots__ = ("action_match", "checks", "deny", "labels", "ref", "spec")
+
+    def __init__(
+        self,
+        spec: StatementSpec,
+        action_match: Callable[[str], bool],
+        checks: Sequence[tuple[str, Check]],
+    ) -> None:
+        self.spec = spec
+        self.ref = StatementRef(spec.index, spec.sid, spec.effect, spec.path)
+        self.deny = spec.effect == "Deny"
+        self.action_match = action_match
+        self.labels = tuple(label for label, _ in checks)
+        self.checks = tuple(check for _, check in checks)
+
+    def matches(self, ctx: EvalContext) -> bool:
+        """Whether every element applies (the action was checked by the index)."""
+        for check in self.checks:  # noqa: SIM110 - a plain loop beats all() over a generator on the hot path
+            if not check(ctx):
+                return False
+        return True
+
+    def first_failure(self, ctx: EvalContext) -> str | None:
+        """The first element that does not apply, in document order (None if the statement matches)."""
+        if not self.action_match(ctx.action):
+            return "NotAction" if self.spec.not_action else "Action"
+        for label, check in zip(self.labels, self.checks, strict=True):
+            if not check(ctx):
+                return label
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """One policy's (or one authorizer's) verdict: effect, deciding statement, the statements that matched.
+
+    `explain()` recomputes the full trace (every statement, first failing element) only when asked, so the hot
+    path pays for nothing but the verdict.
+    """
+
+    effect: Effect
+    deciding: StatementRef | None = None
+    matched: tuple[StatementRef, ...] = ()
+    source: str = ""
+    policy: CompiledPolicy | None = field(default=None, repr=False)
+    context: EvalContext | None = field(default=None, repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        """An explicit Allow."""
+        return self.effect is Effect.ALLOW
+
+    @property
+    def denied(self) -> bool:
+        """An explicit Deny."""
+        return self.effect is Effect.DENY
+
+    def explain(self) -> tuple[str, ...]:
+        """Human-readable lines: the verdict, the deciding statement, and why each other statement did not match."""
+        from .explain import explain_evaluation
+
+        return explain_evaluation(self)
+
+
+AUTHENTICATED = Evaluation(Effect.ALLOW, source="authorizer")
+"""The identity-side result of an authorizer that authenticates without policies (JWT, Cognito): an Allow."""
+NOT_AUTHENTICATED = Evaluation(Effect.NEITHER, source="authorizer")
+
+
+class _Index:
+    """Candidate statements for a resource ARN (see the module docstring)."""
+
+    __slots__ = ("always", "exact", "multi", "prefix", "prefix_lengths", "suffix", "suffix_lengths")
+
+    def __init__(self, statements: Iterable[CompiledStatement]) -> None:
+        always: list[CompiledStatement] = []
+        buckets: dict[str, dict[str, list[CompiledStatement]]] = {"exact": {}, "prefix": {}, "suffix": {}}
+        self.multi = False
+        for statement in statements:
+            keys = _index_keys(statement.spec)
+            if keys is None:
+                always.append(statement)
+                continue
+            self.multi = self.multi or len(keys) > 1
+            for kind, key in keys:
+                buckets[kind].setdefault(key, []).append(statement)
+        self.always = tuple(always)
+        self.exact = {k: tuple(v) for k, v in buckets["exact"].items()}
+        self.prefix = {k: tuple(v) for k, v in buckets["prefix"].items()}
+        self.suffix = {k: tuple(v) for k, v in buckets["suffix"].items()}
+        self.prefix_lengths = tuple(sorted({len(k) for k in self.prefix}))
+        self.suffix_lengths = tuple(sorted({len(k) for k in self.suffix}))
+
+    def candidates(self, resource: str) -> list[CompiledStatement]:
+        out = list(self.always)
+        hit = self.exact.get(resource)
+        if hit:
+            out.extend(hit)
+        size = len(resource)
+        for n in self.prefix_lengths:
+            if n > size:
+                break
+            if resource[n - 1] in _BOUNDARY:
+                hit = self.prefix.get(resource[:n])
+                if hit:
+                    out.extend(hit)
+        for n in self.suffix_lengths:
+            if n >= size:
+                break
+            if resource[-n - 1] in _BOUNDARY:
+                hit = self.suffix.get(resource[-n:])
+                if hit:
+                    out.extend(hit)
+        if self.multi:
+            out = list({id(s): s for s in out}.values())
+        return out
+
+
+def _boundaries(text: str) -> int:
+    return text.count(":") + text.count("/")
+
+
+def _index_keys(spec: StatementSpec) -> list[tuple[str, str]] | None:
+    """Where a statement lives in the index; None for the `always` list."""
+    if spec.not_resource or not spec.resources:
+        return None
+    keys: list[tuple[str, str]] = []
+    for pattern in spec.resources:
+        key = _pattern_key(pattern)
+        if key is None:
+            return None
+        keys.append(key)
+    return keys
+
+
+def _pattern_key(pattern: str) -> tuple[str, str] | None:
+    prefix = literal_prefix(pattern)
+    if prefix == pattern:
+        return "exact", pattern
+    cut = max(prefix.rfind(":"), prefix.rfind("/"))
+    prefix_key = prefix[: cut + 1]
+    suffix = literal_suffix(pattern)
+    first = min((i for i in (suffix.find(":"), suffix.find("/")) if i >= 0), default=-1)
+    suffix_key = suffix[first + 1 :] if first >= 0 else ""
+    prefix_score = _boundaries(prefix_key) - _BASE_BOUNDARIES
+    suffix_score = _boundaries(suffix_key) + 1 if suffix_key else -(10**9)
+    if suffix_score > prefix_score:
+        return "suffix", suffix_key
+    return ("prefix", prefix_key) if prefix_key else None
+
+
+class CompiledPolicy:
+    """A policy ready to evaluate. Immutable after construction; safe to share between requests and tasks."""
+
+    def __init__(self, document: PolicyDocument, warnings: tuple[ConfigIssue, ...] = ()) -> None:
+        self.document = document
+        self.warnings = warnings
+        self.source = document.source
+        self.kind: Kind = document.kind
+        self.statements = tuple(_compile_statement(s, document.variables) for s in document.statements)
+        self.context_keys = _context_keys(document)
+        """Lower-cased condition keys and variables this policy reads (decision caches key on them)."""
+        self.fingerprint = hashlib.sha256(document.text.encode()).hexdigest()[:16]
+        self._indexes: dict[str, _Index] = {}
+        self._index_for(INVOKE)
+
+    def __repr__(self) -> str:
+        return f"<CompiledPolicy {self.kind} {self.source} {len(self.statements)} statements>"
+
+    def _index_for(self, action: str) -> _Index:
+        index = self._indexes.get(action)
+        if index is None:
+            index = _Index(s for s in self.statements if s.action_match(action))
+            if len(self._indexes) < 64:  # actions come from code, not clients; bound it anyway
+                self._indexes[action] = index
+        return index
+
+    def evaluate(self, ctx: EvalContext) -> Evaluation:
+        """This policy's verdict for one request: Deny if any Deny statement matches, else Allow, else Neither."""
+        index = self._indexes.get(ctx.action) or self._index_for(ctx.action)
+        deny: StatementRef | None = None
+        allow: StatementRef | None = None
+        matched: list[StatementRef] = []
+        for statement in index.candidates(ctx.resource):
+            if statement.matches(ctx):
+                ref = statement.ref
+                matched.append(ref)
+                if statement.deny:
+                    if deny is None or ref.index < deny.index:
+                        deny = ref
+                elif allow is None or ref.index < allow.index:
+                    allow = ref
+        if deny is not None:
+            effect, deciding = Effect.DENY, deny
+        elif allow is not None:
+            effect, deciding = Effect.ALLOW, allow
+        else:
+            effect, deciding = Effect.NEITHER, None
+        if len(matched) > 1:
+            matched.sort(key=lambda r: r.index)
+        return Evaluation(effect, deciding, tuple(matched), f"{self.kind} policy {self.source}", self, ctx)
+
+
+def _compile_statement(spec: StatementSpec, variables: bool) -> CompiledStatement:
+    checks: list[tuple[str, Check]] = []
+    if spec.principal is not None:
+        label = "NotPrincipal" if spec.not_principal else "Principal"
+        checks.append((label, _principal_check(spec.principal, spec.not_principal)))
+    if spec.resources:
+        label = "NotResource" if spec.not_resource else "Resource"
+        checks.append((label, _resource_check(spec.resources, spec.not_resource, variables)))
+    for condition in spec.conditions:
+        check = compile_condition(condition.operator, condition.key.lower(), condition.values, variables)
+        checks.append((f"Condition.{condition.operator.text}.{condition.key}", check))
+    return CompiledStatement(spec, _action_match(spec.actions, spec.not_action), checks)
+
+
+def _action_match(actions: tuple[str, ...], negated: bool) -> Callable[[str], bool]:
+    regex = compile_alternatives(actions, arn=False, ignore_case=True)
+    if negated:
+        return lambda action: regex.fullmatch(action) is None
+    return lambda action: regex.fullmatch(action) is not None
+
+
+def _resource_check(resources: tuple[str, ...], negated: bool, variables: bool) -> Check:
+    templates: list[Template] = []
+    static: list[str] = []
+    for pattern in resources:
+        if variables and has_variables(pattern):
+            templates.append(parse_template(pattern))
+        else:
+            static.append(pattern)
+    if "*" in static:
+        return (lambda ctx: False) if negated else (lambda ctx: True)
+    match = compile_alternatives(static, arn=True, ignore_case=False).fullmatch if static else None
+
+    def matches(ctx: EvalContext) -> bool:
+        resource = ctx.resource
+        if match is not None and match(resource) is not None:
+            return True
+        for template in templates:
+            rendered = template.render(ctx.get)
+            if rendered is not None and compile_glob(rendered, True, False).fullmatch(resource) is not None:
+                return True
+        return False
+
+    if negated:
+        return lambda ctx: not matches(ctx)
+    return matches
+
+
+def _normalize_issuer(issuer: str) -> str:
+    return issuer.lower().removeprefix("https://").removeprefix("http://").rstrip("/")
+
+
+def _principal_check(spec: PrincipalSpec, negated: bool) -> Check:
+    if spec.wildcard:
+        return (lambda ctx: False) if negated else (lambda ctx: True)
+    accounts = frozenset(spec.accounts)
+    arns = frozenset(spec.arns)
+    federated = frozenset(_normalize_issuer(f) for f in spec.federated)
+    services = frozenset(spec.services)
+
+    def matches(ctx: EvalContext) -> bool:
+        principal = ctx.principal
+        if principal.account and principal.account in accounts:
+            return True
+        arn = principal.arn
+        if arn and (arn in arns or (":assumed-role/" in arn and _role_arn(arn) in arns)):
+            return True
+        if federated:
+            issuer = principal.context.get("aws:FederatedProvider") or principal.claims.get("iss")
+            if isinstance(issuer, str) and _normalize_issuer(issuer) in federated:
+                return True
+        return bool(services) and principal.kind == "service" and principal.id in services
+
+    if negated:
+        return lambda ctx: not matches(ctx)
+    return matches
+
+
+def _role_arn(assumed: str) -> str:
+    """`arn:aws:sts::1:assumed-role/R/session` -> `arn:aws:iam::1:role/R` (role principals match their sessions)."""
+    head, _, rest = assumed.partition(":assumed-role/")
+    role = rest.split("/", 1)[0]
+    return head.replace(":sts:", ":iam:", 1) + ":role/" + role
+
+
+def _context_keys(document: PolicyDocument) -> frozenset[str]:
+    keys: set[str] = set()
+    for statement in document.statements:
+        for condition in statement.conditions:
+            keys.add(condition.key.lower())
+            keys |= template_keys(condition.values, condition.operator.family, document.variables)
+        if document.variables:
+            for resource in statement.resources:
+                if has_variables(resource):
+                    keys |= parse_template(resource).keys
+    return frozenset(keys)
+
+
+def parse_policy(
+    text: str,
+    source: str = "<memory>",
+    *,
+    kind: Kind = "resource",
+    api: ApiSettings | None = None,
+    max_size: int | None = RESOURCE_POLICY_MAX,
+) -> CompiledPolicy:
+    """Validate and compile policy text. `max_size` applies to resource policies only (None: no limit).
+
+    `api` expands the short `execute-api:/stage/METHOD/path` form to this API's ARN and sharpens the
+    never-matches warnings; without it the short form matches that path in any API.
+    """
+    limit = max_size if kind == "resource" else None
+    document, warnings = parse_document(text, source, kind, api, limit)
+    return CompiledPolicy(document, warnings)
+
+
+def load_policy(
+    path_or_text: str | Path,
+    source: str | None = None,
+    *,
+    kind: Kind = "resource",
+    api: ApiSettings | None = None,
+    max_size: int | None = RESOURCE_POLICY_MAX,
+) -> CompiledPolicy:
+    """Load a policy from a file (a `Path`, or a string not starting with `{`) or from JSON text.
+
+    Raises `sidecar.config.ConfigError` whose issues name the file, JSON path, line and column.
+    """
+    text: str
+    if isinstance(path_or_text, Path) or not path_or_text.lstrip().startswith("{"):
+        file = str(path_or_text)
+        try:
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([ConfigIssue(source or file, 0, 0, "", f"cannot read policy: {exc}")]) from None
+        return parse_policy(text, source or file, kind=kind, api=api, max_size=max_size)
+    return parse_policy(path_or_text, source or "<memory>", kind=kind, api=api, max_size=max_size)
+
+
+def evaluate_all(policies: Iterable[Any], ctx: EvalContext, source: str = "identity policies") -> Evaluation | None:
+    """Combine several policies (e.g. a principal's identity policies) by the IAM rule; None if there are none.
+
+    Items that are not `CompiledPolicy` are ignored, so `Principal.policies` may carry other authorizer data.
+    """
+    deny: Evaluation | None = None
+    allow: Evaluation | None = None
+    seen = False
+    for policy in policies:
+        if not isinstance(policy, CompiledPolicy):
+            continue
+        seen = True
+        result = policy.evaluate(ctx)
+        if result.effect is Effect.DENY:
+            deny = result
+            break
+        if result.effect is Effect.ALLOW and allow is None:
+            allow = result
+    if not seen:
+        return None
+    if deny is not None:
+        return deny
+    if allow is not None:
+        return allow
+    return Evaluation(Effect.NEITHER, source=source, context=ctx)

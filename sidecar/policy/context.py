@@ -1,0 +1,266 @@
+"""The per-request evaluation context: the resource ARN up front, every condition key computed only when read.
+
+Building an `EvalContext` costs one f-string (the resource ARN). Condition keys (`aws:SourceIp`,
+`aws:CurrentTime`, `jwt:sub`, `request:header/x-foo`, ...) are resolved the first time a statement reads them and
+memoized for the rest of the request, so a policy that only looks at `aws:SourceIp` never formats a timestamp.
+Key names are case-insensitive, as in IAM; callers pass them lower-cased (the compiler does).
+
+Values are `str`, a tuple of `str` for multi-valued keys (`jwt:scope`, `cognito:groups`), or None when absent.
+Request-derived keys (source IP, time, transport, headers) can never be overridden by an authorizer's
+`Principal.context`: an identity must not be able to claim a network location.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import time as _now
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from .arn import resource_arn
+
+if TYPE_CHECKING:
+    from ..config import ApiSettings
+    from ..request import Principal, Request
+
+Value = str | tuple[str, ...] | None
+INVOKE = "execute-api:invoke"
+HEADER_PREFIX = "request:header/"
+JWT_PREFIX = "jwt:"
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSettings:
+    """Knobs from the config that shape context keys.
+
+    `trusted_proxy_hops`: how many proxies in front of Envoy append to `X-Forwarded-For`; 0 means
+    `aws:SourceIp` is Envoy's peer address. `vpce_header` / `vpc_header`: headers the network layer sets (and
+    strips from clients) carrying the VPC endpoint / VPC id; None leaves `aws:SourceVpce` / `aws:SourceVpc` absent.
+    """
+
+    trusted_proxy_hops: int = 0
+    vpce_header: str | None = None
+    vpc_header: str | None = None
+
+
+DEFAULT_SETTINGS = ContextSettings()
+
+
+def normalize(value: Any) -> Value:
+    """A claim or context value as a policy value: strings stay, bools become `true`/`false`, lists tuples."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = tuple(v for v in (normalize(x) for x in value) if isinstance(v, str))
+        return items
+    return None
+
+
+def parse_ip(text: str) -> tuple[int, int] | None:
+    """`(version, integer)` for an IP address (IPv4-mapped IPv6 folds to IPv4); None if unparseable."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.version, int(address)
+
+
+def parse_date(text: str) -> float | None:
+    """Epoch seconds for an ISO 8601 date/time or an epoch-seconds string; None if neither."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def decode_binary(text: str) -> bytes | None:
+    """Base64 text as bytes, None if it is not base64."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def client_ip(request: Request, hops: int) -> str | None:
+    """`aws:SourceIp`: Envoy's peer, or with N trusted hops the Nth `X-Forwarded-For` entry from the right."""
+    source = request.source_address
+    if hops > 0:
+        forwarded = [p.strip() for p in request.header("x-forwarded-for").split(",") if p.strip()]
+        if forwarded:
+            source = forwarded[-hops] if len(forwarded) >= hops else forwarded[0]
+    parsed = parse_ip(source) if source else None
+    if parsed is None:
+        return None
+    return str(ipaddress.ip_address(parsed[1]) if parsed[0] == 4 else ipaddress.IPv6Address(parsed[1]))
+
+
+def principal_type(principal: Principal) -> str | None:
+    """`aws:PrincipalType` from the principal's ARN (Account, User, AssumedRole, FederatedUser) or kind."""
+    arn = principal.arn
+    if principal.kind == "anonymous":
+        return "Anonymous"
+    if arn.endswith(":root"):
+        return "Account"
+    if ":user/" in arn:
+        return "User"
+    if ":assumed-role/" in arn:
+        return "AssumedRole"
+    if ":federated-user/" in arn or principal.claims:
+        return "FederatedUser"
+    return None
+
+
+def _username(principal: Principal) -> str | None:
+    _, sep, rest = principal.arn.partition(":user/")
+    return rest.rsplit("/", 1)[-1] if sep and ":iam::" in principal.arn else None
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Resolver = Callable[["EvalContext"], Value]
+
+_REQUEST_KEYS: dict[str, Resolver] = {
+    "aws:sourceip": lambda c: client_ip(c.request, c.settings.trusted_proxy_hops),
+    "aws:currenttime": lambda c: _iso(c.now),
+    "aws:epochtime": lambda c: str(int(c.now)),
+    "aws:securetransport": lambda c: "true" if c.request.scheme == "https" else "false",
+    "aws:referer": lambda c: c.request.headers.get("referer"),
+    "aws:useragent": lambda c: c.request.headers.get("user-agent"),
+    "aws:sourcevpce": lambda c: c.request.headers.get(c.settings.vpce_header) if c.settings.vpce_header else None,
+    "aws:sourcevpc": lambda c: c.request.headers.get(c.settings.vpc_header) if c.settings.vpc_header else None,
+    "aws:requestedregion": lambda c: c.api.region,
+}
+
+_PRINCIPAL_KEYS: dict[str, Resolver] = {
+    "aws:principalarn": lambda c: c.principal.arn or None,
+    "aws:principalaccount": lambda c: c.principal.account or None,
+    "aws:principaltype": lambda c: principal_type(c.principal),
+    "aws:userid": lambda c: c.principal.id or None,
+    "aws:username": lambda c: _username(c.principal),
+    "jwt:scope": lambda c: tuple(sorted(c.principal.scopes)) if c.principal.scopes else None,
+}
+
+REQUEST_KEYS = frozenset(_REQUEST_KEYS)
+PROVIDED_KEYS = REQUEST_KEYS | frozenset(_PRINCIPAL_KEYS)
+"""Context keys the sidecar itself computes (lower-cased)."""
+
+
+class EvalContext:
+    """Everything one request exposes to policies. Build one per request; it is not shared across requests."""
+
+    request: Request
+    principal: Principal
+    api: ApiSettings
+    settings: ContextSettings
+    action: str
+    resource: str
+    now: float
+
+    __slots__ = (
+        "_claims",
+        "_dates",
+        "_ips",
+        "_pctx",
+        "_values",
+        "action",
+        "api",
+        "now",
+        "principal",
+        "request",
+        "resource",
+        "settings",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        principal: Principal,
+        api: ApiSettings,
+        settings: ContextSettings = DEFAULT_SETTINGS,
+        action: str = INVOKE,
+    ) -> None:
+        self.request = request
+        self.principal = principal
+        self.api = api
+        self.settings = settings
+        self.action = action.lower()
+        path = request.path
+        if "%" in path:
+            path = unquote(path)  # the same decoding the route table applies, so policy and route agree
+        self.resource = resource_arn(api, request.method.upper(), path)
+        self.now = request.time or _now()
+        self._values: dict[str, Value] = {}
+        self._dates: dict[str, float | None] = {}
+        self._ips: dict[str, tuple[int, int] | None] = {}
+        self._pctx: Mapping[str, Any] | None = None
+        self._claims: Mapping[str, Any] | None = None
+
+    def get(self, key: str) -> Value:
+        """The value of a lower-cased condition key, computed on first use."""
+        value = self._values.get(key, _UNSET)
+        if value is _UNSET:
+            value = self._values[key] = self._resolve(key)
+        return value  # type: ignore[no-any-return]
+
+    def _resolve(self, key: str) -> Value:
+        resolver = _REQUEST_KEYS.get(key)
+        if resolver is not None:
+            return resolver(self)
+        if key.startswith(HEADER_PREFIX):
+            return self.request.headers.get(key[len(HEADER_PREFIX) :])
+        if self._pctx is None:
+            self._pctx = {k.lower(): v for k, v in self.principal.context.items()}
+        if key in self._pctx:
+            return normalize(self._pctx[key])
+        resolver = _PRINCIPAL_KEYS.get(key)
+        if resolver is not None:
+            return resolver(self)
+        if self._claims is None:
+            self._claims = {k.lower(): v for k, v in self.principal.claims.items()}
+        claim = key[len(JWT_PREFIX) :] if key.startswith(JWT_PREFIX) else key
+        if claim in self._claims:
+            value = self._claims[claim]
+            if claim in ("scope", "scp") and isinstance(value, str):
+                return tuple(value.split())
+            return normalize(value)
+        return None
+
+    def date(self, text: str) -> float | None:
+        """`text` as epoch seconds, memoized (time keys are compared by several statements)."""
+        value = self._dates.get(text, _UNSET)
+        if value is _UNSET:
+            value = self._dates[text] = parse_date(text)
+        return value  # type: ignore[no-any-return]
+
+    def ip(self, text: str) -> tuple[int, int] | None:
+        """`text` as `(version, integer)`, memoized."""
+        value = self._ips.get(text, _UNSET)
+        if value is _UNSET:
+            value = self._ips[text] = parse_ip(text)
+        return value  # type: ignore[no-any-return]
+
+    def lookup(self, key: str) -> Value:
+        """Alias of `get` for policy-variable rendering."""
+        return self.get(key)
