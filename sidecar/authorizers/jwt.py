@@ -202,6 +202,8 @@ def parse_token(token: str, algorithms: frozenset[str], max_bytes: int) -> Parse
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise JwtError(TOKEN_MALFORMED, "'kid' must be a string")
+    if not signature:
+        raise JwtError(TOKEN_MALFORMED, "the token has no signature")
     return ParsedToken(
         header=header,
         alg=alg,

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jwt_testkit import DATA
 
 from sidecar.authorizers.jwks import JwksError, KeyRejected, StaticKeySource, parse_jwk, parse_jwks
 from sidecar.authorizers.jwt import (
@@ -19,6 +18,7 @@ from sidecar.authorizers.jwt import (
     JwtError,
     verify_jws,
 )
+from tests.unit.jwt.jwt_testkit import DATA
 
 ALL_ALGS = frozenset(DEFAULT_ALGORITHMS)
 WYCHEPROOF = json.loads((DATA / "wycheproof" / "json_web_signature_test.json").read_text())

@@ -1,0 +1,307 @@
+"""The known JWT attacks, each refused with its own reason code, through the real authorizer and real keys."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from sidecar.authorizers import jwt as jwtmod
+from sidecar.authorizers.jwks import StaticKeySource, parse_jwks
+from sidecar.authorizers.jwt import ClaimRules, CognitoAuthorizer, JwtAuthorizer
+from sidecar.reasons import Denied
+from tests.unit.jwt.jwt_testkit import (
+    AUDIENCE,
+    ISSUER,
+    NOW,
+    FakeClock,
+    Issuer,
+    b64,
+    ec_key,
+    public_jwk,
+    request,
+    rsa_key,
+    unsigned,
+)
+
+ISS = Issuer.default()
+ATTACKER = Issuer(ISSUER, {"rsa-1": (rsa_key(7), "RS256")})  # same kid, another key
+
+
+def authorizer(max_token_bytes: int = 4096) -> JwtAuthorizer:
+    keys = StaticKeySource(parse_jwks(ISS.jwks(), fetched_at=NOW))
+    rules = ClaimRules(issuer=ISSUER, audiences=frozenset({AUDIENCE}), leeway=30)
+    return JwtAuthorizer(
+        "corp",
+        rules=rules,
+        keys=keys,
+        algorithms=frozenset(jwtmod.DEFAULT_ALGORITHMS),
+        max_token_bytes=max_token_bytes,
+        clock=FakeClock(),
+    )
+
+
+async def reason_for(token: str, auth: JwtAuthorizer | None = None) -> str:
+    with pytest.raises(Denied) as info:
+        await (auth or authorizer()).authenticate(request(token))
+    denied = info.value
+    assert denied.status == 401
+    assert ("www-authenticate", 'Bearer error="invalid_token"') in denied.headers
+    assert token not in denied.message  # never echo the token
+    return denied.reason
+
+
+def header_of(token: str) -> dict[str, Any]:
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+
+
+def hs256(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
+    signing_input = f"{b64(json.dumps(header))}.{b64(json.dumps(claims))}"
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+async def test_honest_token_passes() -> None:
+    principal = await authorizer().authenticate(request(ISS.token()))
+    assert principal.id == "user-123"
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+@pytest.mark.parametrize("signature", [b"", b"sig"])
+async def test_alg_none_in_every_spelling(alg: str, signature: bytes) -> None:
+    token = unsigned({"alg": alg, "kid": "rsa-1", "typ": "JWT"}, ISS.claims(), signature)
+    assert await reason_for(token) == jwtmod.ALGORITHM_NONE
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        lambda k: k.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
+        lambda k: k.public_bytes(Encoding.PEM, PublicFormat.PKCS1),
+        lambda k: k.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+        lambda k: json.dumps(public_jwk(rsa_key(0), "rsa-1")).encode(),
+    ],
+    ids=["pem-spki", "pem-pkcs1", "der", "jwk-json"],
+)
+async def test_rs256_to_hs256_confusion_with_the_public_key_as_secret(encoding: Any) -> None:
+    secret = encoding(rsa_key(0).public_key())
+    token = hs256({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}, ISS.claims(), secret)
+    assert await reason_for(token) == jwtmod.ALGORITHM_NOT_ALLOWED
+
+
+async def test_hs256_cannot_be_allowed_even_by_config() -> None:
+    from pydantic import ValidationError
+
+    from sidecar.authorizers.jwt import JwtSettings
+
+    with pytest.raises(ValidationError, match="never accepted"):
+        JwtSettings(type="jwt", issuer=ISSUER, audiences=(AUDIENCE,), algorithms=("HS256",))
+    with pytest.raises(ValidationError, match="never accepted"):
+        JwtSettings(type="jwt", issuer=ISSUER, audiences=(AUDIENCE,), algorithms=("none",))
+
+
+async def test_ec_key_cannot_verify_rsa_algorithms() -> None:
+    """A key's type decides its algorithms: a token labelled RS256 but naming the EC key is refused."""
+    header = {"alg": "RS256", "kid": "ec-1", "typ": "JWT"}
+    forged = unsigned(header, ISS.claims(), b"x" * 256)
+    assert await reason_for(forged) == jwtmod.KEY_ALGORITHM_MISMATCH
+
+
+@pytest.mark.parametrize(
+    "kid",
+    [
+        "../../../../dev/null",
+        "/etc/passwd",
+        "..\\..\\windows\\win.ini",
+        "' OR '1'='1",
+        "x' UNION SELECT 'secret' --",
+        "rsa-1\x00",
+        "rsa-1; ls",
+        "k" * 5000,
+    ],
+)
+async def test_kid_holding_path_or_sql_text_names_no_key(kid: str) -> None:
+    private, _ = ISS.keys["rsa-1"]
+    import jwt as pyjwt
+
+    token = pyjwt.encode(ISS.claims(), private, algorithm="RS256", headers={"kid": kid})
+    assert await reason_for(token, authorizer(max_token_bytes=16384)) == jwtmod.UNKNOWN_KEY
+
+
+@pytest.mark.parametrize("name", ["jku", "x5u", "jwk"])
+async def test_header_pointing_at_attacker_key(name: str) -> None:
+    attacker_jwk = public_jwk(rsa_key(7), "rsa-1")
+    value: Any = attacker_jwk if name == "jwk" else "https://attacker.example/keys.json"
+    token = ATTACKER.token(kid="rsa-1", **{name: value})
+    assert await reason_for(token) == jwtmod.UNTRUSTED_KEY_HEADER
+
+
+async def test_x5c_is_never_trusted() -> None:
+    """An embedded certificate chain is ignored: the attacker's signature fails against the issuer's key."""
+    token = ATTACKER.token(kid="rsa-1", x5c=["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"])
+    assert await reason_for(token) == jwtmod.INVALID_SIGNATURE
+
+
+async def test_signature_from_another_key_with_the_same_kid() -> None:
+    assert await reason_for(ATTACKER.token(kid="rsa-1")) == jwtmod.INVALID_SIGNATURE
+
+
+async def test_expired() -> None:
+    assert await reason_for(ISS.token(ISS.claims(exp=int(NOW) - 31, iat=int(NOW) - 600))) == jwtmod.TOKEN_EXPIRED
+
+
+async def test_expiry_within_leeway_passes() -> None:
+    await authorizer().authenticate(request(ISS.token(ISS.claims(exp=int(NOW) - 29))))
+
+
+async def test_nbf_in_the_future() -> None:
+    assert await reason_for(ISS.token(ISS.claims(nbf=int(NOW) + 120))) == jwtmod.TOKEN_NOT_YET_VALID
+
+
+async def test_iat_in_the_future() -> None:
+    assert await reason_for(ISS.token(ISS.claims(iat=int(NOW) + 120))) == jwtmod.TOKEN_ISSUED_IN_FUTURE
+
+
+async def test_exp_is_required() -> None:
+    assert await reason_for(ISS.token(ISS.claims(exp=None))) == jwtmod.CLAIM_MISSING
+
+
+@pytest.mark.parametrize("exp", ["1900000000", True, None, [1], 1e400])
+async def test_exp_must_be_a_number(exp: Any) -> None:
+    claims = ISS.claims()
+    claims["exp"] = exp
+    token = ISS.token(claims) if exp != 1e400 else _raw_claims_token('{"exp": 1e400}')
+    reason = await reason_for(token)
+    assert reason in ({jwtmod.CLAIM_MISSING} if exp is None else {jwtmod.INVALID_CLAIM})
+
+
+def _raw_claims_token(payload_json: str) -> str:
+    import jwt as pyjwt
+
+    private, _ = ISS.keys["rsa-1"]
+    return pyjwt.api_jws.encode(payload_json.encode(), private, algorithm="RS256", headers={"kid": "rsa-1"})
+
+
+@pytest.mark.parametrize("iss", ["https://evil.example", ISSUER + "/", ISSUER.upper(), None])
+async def test_wrong_issuer(iss: str | None) -> None:
+    assert await reason_for(ISS.token(ISS.claims(iss=iss))) == jwtmod.INVALID_ISSUER
+
+
+@pytest.mark.parametrize("aud", ["other-api", ["other-api", "third"], None, 7])
+async def test_wrong_audience(aud: Any) -> None:
+    assert await reason_for(ISS.token(ISS.claims(aud=aud))) == jwtmod.INVALID_AUDIENCE
+
+
+async def test_audience_any_of_or_client_id() -> None:
+    auth = authorizer()
+    await auth.authenticate(request(ISS.token(ISS.claims(aud=["x", AUDIENCE]))))
+    await auth.authenticate(request(ISS.token(ISS.claims(aud=None, client_id=AUDIENCE))))
+
+
+async def test_wrong_token_use_for_cognito() -> None:
+    pool = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Abc"
+    issuer = Issuer(pool, ISS.keys)
+    auth = CognitoAuthorizer(
+        "pool",
+        rules=ClaimRules(pool, frozenset({"client-1"}), 30, token_uses=frozenset({"access"})),
+        keys=StaticKeySource(parse_jwks(ISS.jwks(), fetched_at=NOW)),
+        algorithms=frozenset({"RS256"}),
+        clock=FakeClock(),
+    )
+    id_token = issuer.token(issuer.claims(aud="client-1", token_use="id"))
+    assert await reason_for(id_token, auth) == jwtmod.INVALID_TOKEN_USE
+    assert await reason_for(issuer.token(issuer.claims(aud=None)), auth) == jwtmod.INVALID_TOKEN_USE
+
+
+async def test_oversized_token() -> None:
+    big = ISS.token(ISS.claims(padding="x" * 5000))
+    assert await reason_for(big) == jwtmod.TOKEN_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-jwt",
+        "a.b",
+        "a.b.c.d",
+        "....",
+        "eyJhbGciOiJSUzI1NiJ9..",
+        "e30.e30.",  # {} header: no alg
+        "W10.e30.AA",  # [] header
+        "eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.AA",  # payload not JSON (checked after signature -> see below)
+        "eyJhbGciOiJSUzI1NiIsImFsZyI6Im5vbmUifQ.e30.AA",  # duplicate "alg"
+        "eyJhbGciOiJSUzI1NiJ9 .e30.AA",
+        "eyJhbGciOiJSUzI1NiJ9.e30=.AA",
+        "eyJhbGciOiJSUzI1NiJ9.e30.A+/A",
+        '{"payload":"e30","signatures":[]}',
+        "eyJhbGciOjF9.e30.AA",  # alg is a number
+        "eyJhbGciOiJSUzI1NiIsImtpZCI6MX0.e30.AA",  # kid is a number
+    ],
+)
+async def test_malformed_tokens(token: str) -> None:
+    reason = await reason_for(token)
+    if token.startswith("eyJhbGciOiJSUzI1NiJ9.bm90"):
+        assert reason == jwtmod.INVALID_SIGNATURE  # the only RSA key is tried; the payload is read only after
+    else:
+        assert reason == jwtmod.TOKEN_MALFORMED
+
+
+async def test_payload_that_is_not_json_after_a_valid_signature() -> None:
+    import jwt as pyjwt
+
+    private, _ = ISS.keys["rsa-1"]
+    token = pyjwt.api_jws.encode(b"not json", private, algorithm="RS256", headers={"kid": "rsa-1"})
+    assert await reason_for(token) == jwtmod.TOKEN_MALFORMED
+
+
+async def test_crit_with_unknown_extension() -> None:
+    token = ISS.token(kid="rsa-1", crit=["exp-ext"], **{"exp-ext": 1})
+    assert await reason_for(token) == jwtmod.UNSUPPORTED_CRITICAL
+    b64_false = ISS.token(kid="rsa-1", crit=["b64"], b64=False)
+    assert await reason_for(b64_false) == jwtmod.UNSUPPORTED_CRITICAL
+
+
+async def test_missing_token_is_a_bearer_challenge() -> None:
+    for req in (request(None), request(headers={"authorization": "Basic dXNlcjpwYXNz"})):
+        with pytest.raises(Denied) as info:
+            await authorizer().authenticate(req)
+        assert info.value.reason == jwtmod.TOKEN_MISSING
+        decision = info.value.decision(challenge=JwtAuthorizer.challenge)
+        assert decision.status == 401
+        assert ("www-authenticate", "Bearer") in decision.headers
+
+
+async def test_every_attack_has_its_own_reason() -> None:
+    """The codes exercised above are pairwise distinct: an operator can tell the attacks apart in metrics."""
+    codes = [
+        jwtmod.ALGORITHM_NONE,
+        jwtmod.ALGORITHM_NOT_ALLOWED,
+        jwtmod.UNKNOWN_KEY,
+        jwtmod.UNTRUSTED_KEY_HEADER,
+        jwtmod.TOKEN_EXPIRED,
+        jwtmod.TOKEN_NOT_YET_VALID,
+        jwtmod.TOKEN_ISSUED_IN_FUTURE,
+        jwtmod.INVALID_ISSUER,
+        jwtmod.INVALID_AUDIENCE,
+        jwtmod.INVALID_TOKEN_USE,
+        jwtmod.TOKEN_TOO_LARGE,
+        jwtmod.TOKEN_MALFORMED,
+        jwtmod.UNSUPPORTED_CRITICAL,
+        jwtmod.INVALID_SIGNATURE,
+        jwtmod.KEY_ALGORITHM_MISMATCH,
+        jwtmod.TOKEN_MISSING,
+    ]
+    assert len(set(codes)) == len(codes)
+    assert set(codes) <= jwtmod.REASONS
+
+
+async def test_ec_signature_confusion_between_curves() -> None:
+    """An ES256 key cannot verify an ES384-labelled token, even with a well-formed signature length."""
+    token = unsigned({"alg": "ES384", "kid": "ec-1"}, ISS.claims(), b"\x01" * 96)
+    assert await reason_for(token) == jwtmod.KEY_ALGORITHM_MISMATCH
+    assert ec_key(0) is ISS.keys["ec-1"][0]
