@@ -1,0 +1,484 @@
+"""Who holds which AWS-style access key: the credential store the `sigv4` authorizer verifies against.
+
+The store is an interface (`CredentialStore`) so that other backends (a database, Secrets Manager, Vault) can
+follow; the one shipped here reads a YAML or JSON file and reloads it when it, or any secret / policy file it
+references, changes. A reload parses into a complete new `CredentialSet` and swaps one reference, so the hot path
+reads a consistent snapshot without locks; a bad file is reported and the previous snapshot keeps serving.
+
+File shape (extend, don't rename)::
+
+    credentials:
+      - access_key_id: AKIDEXAMPLE
+        secret_access_key: "..."            # or secret_access_key_env: VAR / secret_access_key_file: path
+        principal_arn: arn:aws:iam::123456789012:user/alice
+        session_token: "..."                # optional (or session_token_env / session_token_file):
+                                            #   temporary credentials must present it on every request
+        expires: 2027-01-01T00:00:00Z       # optional
+        enabled: true                       # optional, default true
+        user_id: AIDAEXAMPLE                # optional: the value of aws:userid
+        policies: [ {IAM policy document}, "path/to/policy.json" ]
+
+Secrets never appear in reprs, logs or error messages: errors name the file, line and field only.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import ConfigError, ConfigIssue, format_loc
+from . import sigv4a
+
+log = logging.getLogger(__name__)
+
+_ARN = re.compile(r"arn:(aws[a-z\-]*):(iam|sts)::(\d{12}):(.+)\Z")
+DEFAULT_SIGNING_KEY_CACHE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One access key and the identity it proves. Secrets are excluded from repr."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    principal_arn: str
+    account: str
+    principal_type: str
+    user_id: str
+    username: str
+    session_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None
+    enabled: bool = True
+    policies: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def is_temporary(self) -> bool:
+        """Temporary (STS-style) credentials carry a session token that every request must present."""
+        return self.session_token is not None
+
+
+class CredentialSet:
+    """An immutable snapshot of credentials, with the derived keys cached alongside it.
+
+    The caches live here (not in the authorizer) so that a reload, which may rotate a secret, starts from empty
+    caches automatically. They are plain dicts bounded by `max_signing_keys`: SigV4 signing keys are derived
+    once per (access key, date, region, service), SigV4a public keys once per access key.
+    """
+
+    def __init__(
+        self,
+        credentials: Mapping[str, Credential],
+        source: str = "<memory>",
+        max_signing_keys: int = DEFAULT_SIGNING_KEY_CACHE,
+    ) -> None:
+        self.credentials: Mapping[str, Credential] = MappingProxyType(dict(credentials))
+        self.source = source
+        self.max_signing_keys = max(1, max_signing_keys)
+        self._signing_keys: dict[tuple[str, str, str, str], bytes] = {}
+        self._ecdsa_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self.memo: dict[Any, Any] = {}
+        """Per-snapshot memo for callers (e.g. the authorizer's prebuilt Principals)."""
+
+    def get(self, access_key_id: str) -> Credential | None:
+        """The credential for an access key id, if any."""
+        return self.credentials.get(access_key_id)
+
+    def __len__(self) -> int:
+        return len(self.credentials)
+
+    def signing_key(self, credential: Credential, date: str, region: str, service: str) -> bytes:
+        """The SigV4 signing key `HMAC(HMAC(HMAC(HMAC("AWS4"+secret, date), region), service), "aws4_request")`."""
+        cache_key = (credential.access_key_id, date, region, service)
+        key = self._signing_keys.get(cache_key)
+        if key is None:
+            key = derive_signing_key(credential.secret_access_key, date, region, service)
+            if len(self._signing_keys) >= self.max_signing_keys:
+                self._signing_keys.pop(next(iter(self._signing_keys)))  # oldest first: dicts keep insert order
+            self._signing_keys[cache_key] = key
+        return key
+
+    def ecdsa_public_key(self, credential: Credential) -> ec.EllipticCurvePublicKey:
+        """The SigV4a public key of a credential (derived on first use, then kept)."""
+        key = self._ecdsa_keys.get(credential.access_key_id)
+        if key is None:
+            key = sigv4a.derive_public_key(credential.access_key_id, credential.secret_access_key)
+            self._ecdsa_keys[credential.access_key_id] = key
+        return key
+
+
+def derive_signing_key(secret_access_key: str, date: str, region: str, service: str) -> bytes:
+    """The SigV4 key derivation (AWS documentation, "Calculate the signature")."""
+    key = hmac.new(("AWS4" + secret_access_key).encode(), date.encode(), hashlib.sha256).digest()
+    key = hmac.new(key, region.encode(), hashlib.sha256).digest()
+    key = hmac.new(key, service.encode(), hashlib.sha256).digest()
+    return hmac.new(key, b"aws4_request", hashlib.sha256).digest()
+
+
+class CredentialStore(abc.ABC):
+    """Where the `sigv4` authorizer looks up access keys. `current` must be cheap: it runs on every request."""
+
+    @property
+    @abc.abstractmethod
+    def current(self) -> CredentialSet:
+        """The snapshot to verify the next request against."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Begin background refresh."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Stop background refresh."""
+
+
+class StaticCredentialStore(CredentialStore):
+    """A fixed set of credentials (tests, `check` tooling, embedding)."""
+
+    def __init__(self, credentials: Sequence[Credential], max_signing_keys: int = DEFAULT_SIGNING_KEY_CACHE) -> None:
+        self._set = CredentialSet({c.access_key_id: c for c in credentials}, max_signing_keys=max_signing_keys)
+
+    @property
+    def current(self) -> CredentialSet:
+        return self._set
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The file format
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Entry(BaseModel):
+    """One `credentials[]` item as written in the file (before secrets and policy paths are resolved)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    access_key_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\s/]+$")
+    secret_access_key: str | None = Field(default=None, min_length=1)
+    secret_access_key_env: str | None = Field(default=None, min_length=1)
+    secret_access_key_file: str | None = Field(default=None, min_length=1)
+    principal_arn: str
+    user_id: str | None = Field(default=None, min_length=1)
+    session_token: str | None = Field(default=None, min_length=1)
+    session_token_env: str | None = Field(default=None, min_length=1)
+    session_token_file: str | None = Field(default=None, min_length=1)
+    expires: datetime | None = None
+    enabled: bool = True
+    policies: tuple[dict[str, Any] | str, ...] = ()
+
+    @field_validator("principal_arn")
+    @classmethod
+    def _arn(cls, value: str) -> str:
+        if not _ARN.match(value):
+            raise ValueError(
+                "expected an IAM or STS principal ARN, e.g. arn:aws:iam::123456789012:user/alice "
+                "or arn:aws:sts::123456789012:assumed-role/Role/session"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> _Entry:
+        given = [self.secret_access_key, self.secret_access_key_env, self.secret_access_key_file]
+        if sum(v is not None for v in given) != 1:
+            raise ValueError("give exactly one of secret_access_key, secret_access_key_env, secret_access_key_file")
+        tokens = [self.session_token, self.session_token_env, self.session_token_file]
+        if sum(v is not None for v in tokens) > 1:
+            raise ValueError("give at most one of session_token, session_token_env, session_token_file")
+        return self
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    credentials: tuple[dict[str, Any], ...] = ()
+
+
+def principal_details(arn: str) -> tuple[str, str, str, str]:
+    """(account, aws:PrincipalType, default aws:userid suffix, aws:username) for a principal ARN."""
+    match = _ARN.match(arn)
+    if match is None:
+        return "", "", "", ""
+    _, service, account, resource = match.groups()
+    if service == "iam" and resource == "root":
+        return account, "Account", account, ""
+    if service == "iam" and resource.startswith("user/"):
+        name = resource.rsplit("/", 1)[-1]
+        return account, "User", "", name
+    if service == "sts" and resource.startswith("federated-user/"):
+        return account, "FederatedUser", f"{account}:{resource.split('/', 1)[1]}", ""
+    if resource.startswith(("assumed-role/", "role/")):
+        parts = resource.split("/")
+        role_session = ":".join(parts[1:3]) if len(parts) >= 3 else parts[-1]
+        return account, "AssumedRole", role_session, ""
+    return account, "User", "", resource.rsplit("/", 1)[-1]
+
+
+class _Locator:
+    """Maps a location inside the loaded data back to its YAML node, for file:line:column errors."""
+
+    def __init__(self, file: str, root: yaml.Node | None) -> None:
+        self.file = file
+        self.root = root
+
+    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
+        node = self.root
+        for part in loc:
+            child = self._child(node, part)
+            if child is None:
+                break
+            node = child
+        line = node.start_mark.line + 1 if node is not None else 0
+        column = node.start_mark.column + 1 if node is not None else 0
+        return ConfigIssue(self.file, line, column, format_loc(loc), message)
+
+    @staticmethod
+    def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    return value  # type: ignore[no-any-return]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            return node.value[part]  # type: ignore[no-any-return]
+        return None
+
+
+def _read_yaml(path: Path) -> tuple[Any, _Locator]:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            [ConfigIssue(file, 0, 0, "", f"cannot read credentials file: {exc.__class__.__name__}")]
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise ConfigError([ConfigIssue(file, line, column, "", f"invalid YAML/JSON: {exc.problem}")]) from None
+    except yaml.YAMLError:
+        raise ConfigError([ConfigIssue(file, 0, 0, "", "invalid YAML/JSON")]) from None
+    finally:
+        loader.dispose()
+    return data, _Locator(file, node)
+
+
+def _pydantic_issues(exc: ValidationError, prefix: tuple[str | int, ...], locator: _Locator) -> list[ConfigIssue]:
+    # Only `msg` is used: pydantic's `input` could be a secret.
+    return [locator.issue((*prefix, *err["loc"]), err["msg"]) for err in exc.errors(include_input=False)]
+
+
+@dataclass(slots=True)
+class _Loaded:
+    credentials: dict[str, Credential]
+    watched: list[Path]
+
+
+class _EntryResolver:
+    """Turns a validated `_Entry` into a `Credential`: reads env vars, secret files and policy files."""
+
+    def __init__(self, base_dir: Path, locator: _Locator, watched: list[Path]) -> None:
+        self.base_dir = base_dir
+        self.locator = locator
+        self.watched = watched
+        self.issues: list[ConfigIssue] = []
+
+    def _fail(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.issues.append(self.locator.issue(loc, message))
+
+    def _secret(self, loc: tuple[str | int, ...], value: str | None, env: str | None, file: str | None) -> str | None:
+        if value is not None:
+            return value
+        if env is not None:
+            resolved = os.environ.get(env)
+            if not resolved:
+                self._fail((*loc[:-1], f"{loc[-1]}_env"), f"environment variable {env} is not set or empty")
+            return resolved or None
+        if file is not None:
+            path = (self.base_dir / file).resolve()
+            self.watched.append(path)
+            try:
+                resolved = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                self._fail((*loc[:-1], f"{loc[-1]}_file"), f"cannot read {path}: {exc.__class__.__name__}")
+                return None
+            if not resolved:
+                self._fail((*loc[:-1], f"{loc[-1]}_file"), f"{path} is empty")
+            return resolved or None
+        return None
+
+    def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str, ...]) -> list[Mapping[str, Any]]:
+        out: list[Mapping[str, Any]] = []
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                out.append(MappingProxyType(item))
+                continue
+            path = (self.base_dir / item).resolve()
+            self.watched.append(path)
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                self._fail((*loc, "policies", index), f"cannot load policy {path}: {exc.__class__.__name__}")
+                continue
+            if not isinstance(document, dict):
+                self._fail((*loc, "policies", index), f"policy {path} must be a JSON object")
+                continue
+            out.append(MappingProxyType(document))
+        return out
+
+    def resolve(self, loc: tuple[str | int, ...], entry: _Entry) -> Credential | None:
+        before = len(self.issues)
+        secret = self._secret(
+            (*loc, "secret_access_key"),
+            entry.secret_access_key,
+            entry.secret_access_key_env,
+            entry.secret_access_key_file,
+        )
+        token = self._secret(
+            (*loc, "session_token"), entry.session_token, entry.session_token_env, entry.session_token_file
+        )
+        policies = self._policies(loc, entry.policies)
+        if len(self.issues) != before or secret is None:
+            return None
+        expires_at = None
+        if entry.expires is not None:
+            expires = entry.expires if entry.expires.tzinfo else entry.expires.replace(tzinfo=UTC)
+            expires_at = expires.timestamp()
+        account, principal_type, user_id, username = principal_details(entry.principal_arn)
+        return Credential(
+            access_key_id=entry.access_key_id,
+            secret_access_key=secret,
+            principal_arn=entry.principal_arn,
+            account=account,
+            principal_type=principal_type,
+            user_id=entry.user_id or user_id or entry.access_key_id,
+            username=username,
+            session_token=token,
+            expires_at=expires_at,
+            enabled=entry.enabled,
+            policies=tuple(policies),
+        )
+
+
+def load_credentials_file(path: Path) -> _Loaded:
+    """Parse and validate a credentials file; `ConfigError` lists every problem with file:line:field."""
+    data, locator = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([locator.issue((), "expected a mapping with a `credentials:` list")])
+    try:
+        parsed = _File.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_issues(exc, (), locator)) from None
+    watched = [path.resolve()]
+    resolver = _EntryResolver(path.resolve().parent, locator, watched)
+    credentials: dict[str, Credential] = {}
+    for index, raw in enumerate(parsed.credentials):
+        loc: tuple[str | int, ...] = ("credentials", index)
+        try:
+            entry = _Entry.model_validate(raw)
+        except ValidationError as exc:
+            resolver.issues.extend(_pydantic_issues(exc, loc, locator))
+            continue
+        if entry.access_key_id in credentials:
+            resolver.issues.append(locator.issue((*loc, "access_key_id"), "duplicate access_key_id"))
+            continue
+        credential = resolver.resolve(loc, entry)
+        if credential is not None:
+            credentials[credential.access_key_id] = credential
+    if resolver.issues:
+        raise ConfigError(resolver.issues)
+    return _Loaded(credentials, watched)
+
+
+def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((str(path), -1, -1, -1))
+    return tuple(out)
+
+
+class FileCredentialStore(CredentialStore):
+    """Credentials from a YAML/JSON file, reloaded when it (or a secret/policy file it names) changes.
+
+    The first load happens in the constructor and raises `ConfigError`, so a bad file fails config validation;
+    later reloads that fail are logged (file:line:field, never values) and the last good snapshot keeps serving.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        reload_interval: float = 2.0,
+        max_signing_keys: int = DEFAULT_SIGNING_KEY_CACHE,
+    ) -> None:
+        self.path = path
+        self.reload_interval = reload_interval
+        self.max_signing_keys = max_signing_keys
+        loaded = load_credentials_file(path)
+        self._set = CredentialSet(loaded.credentials, str(path), max_signing_keys)
+        self._watched = loaded.watched
+        self._fingerprint = _fingerprint(self._watched)
+        self._task: asyncio.Task[None] | None = None
+        self.reloads = 0
+        self.reload_errors = 0
+
+    @property
+    def current(self) -> CredentialSet:
+        return self._set
+
+    def reload_if_changed(self) -> bool:
+        """Reload when any watched file changed; True if a new snapshot was installed. Never raises ConfigError."""
+        fingerprint = _fingerprint(self._watched)
+        if fingerprint == self._fingerprint:
+            return False
+        self._fingerprint = fingerprint
+        try:
+            loaded = load_credentials_file(self.path)
+        except ConfigError as exc:
+            self.reload_errors += 1
+            log.error("credentials file %s rejected, keeping the previous one:\n%s", self.path, exc)
+            return False
+        self._set = CredentialSet(loaded.credentials, str(self.path), self.max_signing_keys)
+        self._watched = loaded.watched
+        self._fingerprint = _fingerprint(self._watched)
+        self.reloads += 1
+        log.info("credentials file %s reloaded (%d keys)", self.path, len(self._set))
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            try:
+                await asyncio.to_thread(self.reload_if_changed)
+            except Exception:  # a watcher that dies would silently freeze credentials
+                log.exception("credentials watcher for %s failed; will retry", self.path)
+
+    async def start(self) -> None:
+        if self._task is None and self.reload_interval > 0:
+            self._task = asyncio.create_task(self._watch(), name=f"credentials-watch:{self.path}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
