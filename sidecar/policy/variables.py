@@ -97,6 +97,8 @@ def parse_template(text: str) -> Template:
         pos = match.end()
     if pos < len(text):
         pieces.append(Piece(text=text[pos:]))
+    if any("${" in piece.text for piece in pieces if not piece.exact):
+        raise VariableError("unterminated policy variable: '${' without a closing '}'")
     return Template(text, tuple(pieces))
 
 

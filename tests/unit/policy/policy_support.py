@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from sidecar.config import ApiSettings
-from sidecar.policy import CompiledPolicy, ContextSettings, EvalContext, Evaluation, parse_policy
+from sidecar.policy import RESOURCE_POLICY_MAX, CompiledPolicy, ContextSettings, EvalContext, Evaluation, parse_policy
 from sidecar.request import ANONYMOUS, Principal, Request
 
 API = ApiSettings(id="a1b2c3d4e5", stage="prod", account="123456789012", region="us-east-1")
@@ -46,12 +46,18 @@ def jwt_user(sub: str = "user-1", **claims: Any) -> Principal:
     return Principal(kind="jwt", id=sub, claims=merged, scopes=scopes)
 
 
-def policy(*statements: dict[str, Any], version: str | None = "2012-10-17", kind: str = "resource") -> CompiledPolicy:
+def policy(
+    *statements: dict[str, Any],
+    version: str | None = "2012-10-17",
+    kind: str = "resource",
+    max_size: int | None = RESOURCE_POLICY_MAX,
+) -> CompiledPolicy:
     """Compile a policy made of `statements`."""
     doc: dict[str, Any] = {"Statement": list(statements)}
     if version is not None:
         doc["Version"] = version
-    return parse_policy(json.dumps(doc, indent=2), "test.json", kind=kind, api=API)  # type: ignore[arg-type]
+    text = json.dumps(doc, indent=2)
+    return parse_policy(text, "test.json", kind=kind, api=API, max_size=max_size)  # type: ignore[arg-type]
 
 
 def allow(**extra: Any) -> dict[str, Any]:
