@@ -93,8 +93,9 @@ class Issuer:
         return {k: v for k, v in base.items() if v is not None}
 
     def token(
-        self, claims: dict[str, Any] | None = None, kid: str = "rsa-1", alg: str | None = None, **headers: Any
+        self, claims: dict[str, Any] | None = None, kid: str | None = None, alg: str | None = None, **headers: Any
     ) -> str:
+        kid = kid or next(iter(self.keys))
         private, key_alg = self.keys[kid]
         return pyjwt.encode(
             claims if claims is not None else self.claims(),
