@@ -105,6 +105,16 @@ class UpstreamHeaderSettings(_Frozen):
         return value.lower() if value else None
 
 
+class DecisionLogSettings(_Frozen):
+    """Structured decision logs (JSON lines). Denials are always logged; allows are sampled."""
+
+    enabled: bool = True
+    output: str = "stdout"
+    """`stdout`, `stderr`, or a file path (appended to)."""
+    allow_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    flush_interval: float = Field(default=0.2, gt=0, le=10)
+
+
 class RouteSettings(_Frozen):
     """One route: `match` is `METHOD /path/{param}/{proxy+}` (API Gateway's syntax) or `$default`."""
 
@@ -131,6 +141,7 @@ class Config(_Frozen):
     cache: CacheSettings = CacheSettings()
     server: ServerSettings = ServerSettings()
     upstream_headers: UpstreamHeaderSettings = UpstreamHeaderSettings()
+    decision_log: DecisionLogSettings = DecisionLogSettings()
     plugins: tuple[str, ...] = ()
     """Python modules imported before validation; each may `register` its own authorizer types."""
     authorizers: dict[str, AuthorizerSettings] = {}

@@ -12,6 +12,7 @@ import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import grpc
@@ -20,6 +21,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.protobuf.struct_pb2 import Struct
 
 from . import reasons
+from .metrics import RECORDER, Recorder
 from .request import EMPTY_MAP, Decision, Request
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -138,22 +140,28 @@ CheckFunc = Callable[[Request], Awaitable[Decision]]
 class AuthorizationService:
     """`envoy.service.auth.v3.Authorization/Check` over any `check(request) -> Decision` callable."""
 
-    def __init__(self, check: CheckFunc, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, check: CheckFunc, clock: Callable[[], float] = time.time, recorder: Recorder = RECORDER) -> None:
         self._check = check
         self._clock = clock
         self._encoder = ResponseEncoder()
+        self._stage = recorder.stage
 
     async def check(self, message: CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
         """The RPC handler: never raises, every failure is a deny."""
+        start = perf_counter()
         try:
             request = to_request(message, self._clock)
         except MalformedRequest:
             return self._encoder.encode(MALFORMED)
+        parsed = perf_counter()
         try:
             decision = await self._check(request)
         except Exception:  # the pipeline never raises; this is a last line of defence
             decision = reasons.INTERNAL
-        return self._encoder.encode(decision)
+        decided = perf_counter()
+        wire = self._encoder.encode(decision)
+        self._stage("adapter", parsed - start + perf_counter() - decided)
+        return wire
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler serving Check with pre-encoded response bytes."""

@@ -2,16 +2,20 @@
 
 The pipeline knows nothing of transports: the gRPC and HTTP adapters both call `Pipeline.check(request)` and
 render the `Decision` it returns. It never raises: every failure, including a bug in an authorizer, becomes a
-deny with a reason code (fail closed).
+deny with a reason code (fail closed). It also records what every transport needs recorded (latency histograms,
+decision counters, decision logs), so a new transport gets observability for free.
 """
 
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from types import MappingProxyType
 
 from . import reasons
 from .config import UpstreamHeaderSettings
+from .logs import DecisionLogger
+from .metrics import IN_FLIGHT, RECORDER, Recorder
 from .reasons import Denied
 from .request import Decision, Principal, Request
 from .runtime import CompiledRoute, RuntimeHolder
@@ -39,6 +43,7 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
         metadata=MappingProxyType({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
         principal=principal,
         route=route.key,
+        authorizer=route.authorizer.name,
         ttl=None,
     )
 
@@ -46,37 +51,62 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
 class Pipeline:
     """Decides requests against whatever runtime the holder currently serves."""
 
-    def __init__(self, holder: RuntimeHolder) -> None:
+    def __init__(
+        self,
+        holder: RuntimeHolder,
+        decision_log: DecisionLogger | None = None,
+        recorder: Recorder = RECORDER,
+    ) -> None:
         self.holder = holder
+        self.decision_log = decision_log
+        self.recorder = recorder
         # Allow decisions by (route, principal object). Authorizers hand out the same Principal object for a
         # repeated credential (token caches), so a warm request reuses the Decision and its encoded response.
         self._allowed: dict[tuple[CompiledRoute, Principal], Decision] = {}
 
     async def check(self, request: Request) -> Decision:
-        """Decide one request. Never raises."""
+        """Decide one request and record it. Never raises."""
+        IN_FLIGHT.inc()
+        start = perf_counter()
+        try:
+            decision = await self.decide(request)
+        finally:
+            IN_FLIGHT.dec()
+        elapsed = perf_counter() - start
+        self.recorder.check(decision.authorizer, decision.allowed, decision.reason, elapsed)
+        if self.decision_log is not None:
+            self.decision_log.record(request, decision, elapsed)
+        return decision
+
+    async def decide(self, request: Request) -> Decision:
+        """Decide one request without recording it. Never raises."""
         runtime = self.holder.current
         match = runtime.routes.match(request.method, request.path)
         if match is None:
             return NO_ROUTE
         route = match.target
+        authorizer = route.authorizer
         try:
-            principal = await route.authorizer.authenticate(request)
+            start = perf_counter()
+            principal = await authorizer.authenticate(request)
+            self.recorder.stage("authenticate", perf_counter() - start)
             if route.scopes and not route.scopes & principal.scopes:
                 raise Denied(
-                    reasons.INSUFFICIENT_SCOPE,
-                    "The token lacks a scope this route requires",
-                    reasons.STATUS_FORBIDDEN,
+                    reasons.INSUFFICIENT_SCOPE, "The token lacks a scope this route requires", reasons.STATUS_FORBIDDEN
                 )
         except Denied as denied:
-            return denied.decision(route=route.key, challenge=route.authorizer.challenge)
+            return denied.decision(route=route.key, challenge=authorizer.challenge, authorizer=authorizer.name)
         except Exception:
-            log.exception("authorizer %s failed on route %s; denying", route.authorizer.name, route.key)
+            log.exception("authorizer %s failed on route %s; denying", authorizer.name, route.key)
             return reasons.INTERNAL
+        return self._allow(route, principal, runtime.upstream_headers)
+
+    def _allow(self, route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
         key = (route, principal)
         decision = self._allowed.get(key)
         if decision is None:
-            decision = allow_decision(route, principal, runtime.upstream_headers)
+            decision = allow_decision(route, principal, names)
             if len(self._allowed) >= _MAX_ALLOW_MEMO:
-                self._allowed.clear()  # crude but O(1) and rare; the decision cache proper is LRU
+                self._allowed.clear()  # crude but O(1) and rare; the decision cache proper is an LRU
             self._allowed[key] = decision
         return decision

@@ -47,7 +47,7 @@ class Denied(Exception):
         self.headers = headers
         self.explanation = explanation
 
-    def decision(self, route: str = "", challenge: str = "") -> Decision:
+    def decision(self, route: str = "", challenge: str = "", authorizer: str = "") -> Decision:
         """The deny `Decision` for this exception; 401s get a `WWW-Authenticate` challenge."""
         headers = self.headers
         if self.status == STATUS_UNAUTHORIZED and not any(k == "www-authenticate" for k, _ in headers):
@@ -59,6 +59,7 @@ class Denied(Exception):
             message=self.message,
             headers=headers,
             route=route,
+            authorizer=authorizer,
             explanation=self.explanation,
         )
 

@@ -113,6 +113,9 @@ class Decision:
     metadata: Mapping[str, Any] = field(default_factory=lambda: EMPTY_ANY_MAP)
     principal: Principal | None = None
     route: str = ""
+    authorizer: str = ""
+    statement: str = ""
+    """The policy statement (Sid or index) that decided, for decision logs."""
     explanation: tuple[str, ...] = ()
     ttl: float | None = field(default=None)
     """How long this decision may be reused for an identical request (None: the cache's default)."""

@@ -13,9 +13,11 @@ import contextlib
 import hashlib
 import logging
 import signal
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from .admin import AdminResponse, AdminServer, json_response
 from .config import Config, ConfigError, default_config, load_config
 from .ext_authz import SERVICE_NAME, AuthorizationService
+from .logs import DecisionLogger
+from .metrics import CONFIG_RELOADS, exposition
 from .pipeline import Pipeline
 from .runtime import Runtime, RuntimeHolder, compile_runtime
 
@@ -77,6 +81,26 @@ class ServerState:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+def _metrics() -> AdminResponse:
+    body, content_type = exposition()
+    return AdminResponse(200, body, content_type)
+
+
+def _decision_logger(config: Config) -> DecisionLogger | None:
+    """The decision logger `decision_log` asks for (None when disabled)."""
+    settings = config.decision_log
+    if not settings.enabled:
+        return None
+    if settings.output in ("stdout", "stderr"):
+        stream: IO[str] = sys.stdout if settings.output == "stdout" else sys.stderr
+    else:
+        path = Path(settings.output)
+        if not path.is_absolute():
+            path = config.base_dir / path
+        stream = path.open("a", encoding="utf-8")
+    return DecisionLogger(stream, settings.allow_sample_rate, settings.flush_interval)
+
+
 def split_hostport(value: str) -> tuple[str, int]:
     """`127.0.0.1:9191` / `[::1]:9191` -> host and port."""
     host, _, port = value.rpartition(":")
@@ -89,7 +113,8 @@ class Sidecar:
     def __init__(self, config: Config, config_path: Path | None = None, reuse_port: bool = False) -> None:
         self.source = _ConfigSource(config_path)
         self.holder = RuntimeHolder(compile_runtime(config))
-        self.pipeline = Pipeline(self.holder)
+        self.decision_log = _decision_logger(config)
+        self.pipeline = Pipeline(self.holder, self.decision_log)
         self.state = ServerState()
         self.reuse_port = reuse_port
         self.health = HealthServicer()
@@ -111,10 +136,12 @@ class Sidecar:
             self.source.changed_on_disk()  # remember the current stat so the watcher only sees later edits
             self.source.digest = hashlib.sha256(self.source.path.read_bytes()).hexdigest()
         await self.runtime.start()
+        if self.decision_log is not None:
+            self.decision_log.start()
         if config.listen.grpc:
             await self._start_grpc(config.listen.grpc)
         if config.listen.admin:
-            self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz})
+            self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": _metrics})
             host, port = split_hostport(config.listen.admin)
             try:
                 await self.admin.start(host, port)
@@ -171,17 +198,22 @@ class Sidecar:
                 return True
             runtime = compile_runtime(config)
         except ConfigError as exc:
+            CONFIG_RELOADS.labels("rejected").inc()
             self.state.reloads_failed += 1
             self.state.last_reload_error = str(exc)
             log.error("reload (%s) rejected; still serving config %s:\n%s", why, self.runtime.version, exc)
             return False
         except Exception as exc:
+            CONFIG_RELOADS.labels("rejected").inc()
             self.state.reloads_failed += 1
             self.state.last_reload_error = repr(exc)
             log.exception("reload (%s) failed; still serving config %s", why, self.runtime.version)
             return False
         await self.holder.swap(runtime)
         self.source.digest = digest
+        if self.decision_log is not None:
+            self.decision_log.allow_sample_rate = config.decision_log.allow_sample_rate
+        CONFIG_RELOADS.labels("ok").inc()
         self.state.reloads_ok += 1
         log.info("reload (%s): now serving config %s", why, runtime.version)
         return True
@@ -221,6 +253,8 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.runtime.stop()
+        if self.decision_log is not None:
+            await self.decision_log.stop()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
