@@ -1,0 +1,76 @@
+"""Metrics and decision logs in-process: the dashboard uses real metric names; the logger samples and bounds."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+from sidecar import metrics
+from sidecar.logs import FIELDS, DecisionLogger
+from sidecar.reasons import Denied
+from sidecar.request import Decision, Request
+
+REQUEST = Request(method="GET", raw_path="/a?token=secret", path="/a", headers={"authorization": "Bearer x"})
+ALLOW = Decision(allowed=True, status=200, reason="Anonymous", route="GET /a", authorizer="open")
+DENY = Denied("RouteDeny", "closed", 403).decision(route="GET /a", authorizer="closed")
+
+
+def known_metric_names() -> set[str]:
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        names |= {sample.name for sample in family.samples} | {family.name}
+    return names
+
+
+def test_dashboard_uses_only_metrics_we_export(repo_root: Path) -> None:
+    metrics.RECORDER.check("x", True, "Allowed", 0.001)  # make labelled families produce samples
+    metrics.RECORDER.stage("adapter", 0.001)
+    metrics.CACHE_REQUESTS.labels("local", "hit").inc(0)
+    metrics.JWKS_FETCHES.labels("x", "ok").inc(0)
+    metrics.REDIS_ERRORS.labels("get").inc(0)
+    metrics.CONFIG_RELOADS.labels("ok").inc(0)
+    dashboard = (repo_root / "deploy" / "grafana" / "authz-sidecar.json").read_text()
+    used = set(re.findall(r"\b(authz_[a-z_]+)", dashboard))
+    assert used
+    assert used <= known_metric_names(), used - known_metric_names()
+
+
+def test_exposition_is_prometheus_text() -> None:
+    body, content_type = metrics.exposition()
+    assert content_type.startswith("text/plain")
+    assert b"# TYPE authz_check_duration_seconds histogram" in body
+
+
+def test_logger_samples_allows_keeps_denials() -> None:
+    stream = io.StringIO()
+    logger = DecisionLogger(stream, allow_sample_rate=0.5, rng=random.Random(7))
+    for _ in range(200):
+        logger.record(REQUEST, ALLOW, 0.0001)
+    logger.record(REQUEST, DENY, 0.0001)
+    logger.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    allows = sum(entry["decision"] == "allow" for entry in lines)
+    assert 60 < allows < 140
+    assert lines[-1]["decision"] == "deny"
+    assert all(tuple(entry) == FIELDS for entry in lines)
+    assert "secret" not in stream.getvalue()
+    assert "Bearer" not in stream.getvalue()
+
+
+def test_logger_bounds_its_buffer() -> None:
+    logger = DecisionLogger(io.StringIO(), allow_sample_rate=1.0)
+    for _ in range(5000):
+        logger.record(REQUEST, DENY, 0.0001)
+    assert logger.dropped == 5000 - 4096
+
+
+def test_logger_survives_a_closed_stream() -> None:
+    stream = io.StringIO()
+    logger = DecisionLogger(stream)
+    logger.record(REQUEST, DENY, 0.0001)
+    stream.close()
+    logger.flush()
+    assert logger.dropped == 1
