@@ -16,7 +16,7 @@ File shape (extend, don't rename)::
         expires: 2027-01-01T00:00:00Z       # optional
         enabled: true                       # optional, default true
         user_id: AIDAEXAMPLE                # optional: the value of aws:userid
-        policies: [ {IAM policy document}, "path/to/policy.json" ]
+        policies: [ {IAM policy document}, "path/to/policy.json" ]   # compiled at load
 
 Secrets never appear in reprs, logs or error messages: errors name the file, line and field only.
 """
@@ -43,7 +43,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ConfigError, ConfigIssue, format_loc
+from ..config import ApiSettings, ConfigError, ConfigIssue, format_loc
 from . import sigv4a
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class Credential:
     session_token: str | None = field(default=None, repr=False)
     expires_at: float | None = None
     enabled: bool = True
-    policies: tuple[Mapping[str, Any], ...] = ()
+    policies: tuple[Any, ...] = ()
+    """Compiled identity policies (`sidecar.policy.CompiledPolicy`)."""
 
     @property
     def is_temporary(self) -> bool:
@@ -293,7 +294,8 @@ class _Loaded:
 class _EntryResolver:
     """Turns a validated `_Entry` into a `Credential`: reads env vars, secret files and policy files."""
 
-    def __init__(self, base_dir: Path, locator: _Locator, watched: list[Path]) -> None:
+    def __init__(self, base_dir: Path, locator: _Locator, watched: list[Path], api: ApiSettings | None) -> None:
+        self.api = api
         self.base_dir = base_dir
         self.locator = locator
         self.watched = watched
@@ -323,23 +325,24 @@ class _EntryResolver:
             return resolved or None
         return None
 
-    def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str, ...]) -> list[Mapping[str, Any]]:
-        out: list[Mapping[str, Any]] = []
+    def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str, ...]) -> list[Any]:
+        """Compile each identity policy (inline document or file) with the policy engine, once, at load."""
+        from ..policy import load_policy, parse_policy  # late: the policy package imports config, as we do
+
+        out: list[Any] = []
         for index, item in enumerate(items):
-            if isinstance(item, dict):
-                out.append(MappingProxyType(item))
-                continue
-            path = (self.base_dir / item).resolve()
-            self.watched.append(path)
+            where = (*loc, "policies", index)
             try:
-                document = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                self._fail((*loc, "policies", index), f"cannot load policy {path}: {exc.__class__.__name__}")
-                continue
-            if not isinstance(document, dict):
-                self._fail((*loc, "policies", index), f"policy {path} must be a JSON object")
-                continue
-            out.append(MappingProxyType(document))
+                if isinstance(item, dict):
+                    source = f"{self.locator.file} {format_loc(where)}"
+                    out.append(parse_policy(json.dumps(item), source, kind="identity", api=self.api))
+                    continue
+                path = (self.base_dir / item).resolve()
+                self.watched.append(path)
+                out.append(load_policy(path, kind="identity", api=self.api))
+            except ConfigError as exc:
+                self.issues.append(self.locator.issue(where, "invalid identity policy (details follow)"))
+                self.issues.extend(exc.issues)
         return out
 
     def resolve(self, loc: tuple[str | int, ...], entry: _Entry) -> Credential | None:
@@ -376,8 +379,12 @@ class _EntryResolver:
         )
 
 
-def load_credentials_file(path: Path) -> _Loaded:
-    """Parse and validate a credentials file; `ConfigError` lists every problem with file:line:field."""
+def load_credentials_file(path: Path, api: ApiSettings | None = None) -> _Loaded:
+    """Parse and validate a credentials file; `ConfigError` lists every problem with file:line:field.
+
+    Identity policies are compiled with the policy engine (`api` expands the short resource form); the
+    Principal carries the compiled policies.
+    """
     data, locator = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([locator.issue((), "expected a mapping with a `credentials:` list")])
@@ -386,7 +393,7 @@ def load_credentials_file(path: Path) -> _Loaded:
     except ValidationError as exc:
         raise ConfigError(_pydantic_issues(exc, (), locator)) from None
     watched = [path.resolve()]
-    resolver = _EntryResolver(path.resolve().parent, locator, watched)
+    resolver = _EntryResolver(path.resolve().parent, locator, watched, api)
     credentials: dict[str, Credential] = {}
     for index, raw in enumerate(parsed.credentials):
         loc: tuple[str | int, ...] = ("credentials", index)
@@ -429,11 +436,13 @@ class FileCredentialStore(CredentialStore):
         path: Path,
         reload_interval: float = 2.0,
         max_signing_keys: int = DEFAULT_SIGNING_KEY_CACHE,
+        api: ApiSettings | None = None,
     ) -> None:
         self.path = path
+        self.api = api
         self.reload_interval = reload_interval
         self.max_signing_keys = max_signing_keys
-        loaded = load_credentials_file(path)
+        loaded = load_credentials_file(path, api)
         self._set = CredentialSet(loaded.credentials, str(path), max_signing_keys)
         self._watched = loaded.watched
         self._fingerprint = _fingerprint(self._watched)
@@ -452,7 +461,7 @@ class FileCredentialStore(CredentialStore):
             return False
         self._fingerprint = fingerprint
         try:
-            loaded = load_credentials_file(self.path)
+            loaded = load_credentials_file(self.path, self.api)
         except ConfigError as exc:
             self.reload_errors += 1
             log.error("credentials file %s rejected, keeping the previous one:\n%s", self.path, exc)

@@ -617,6 +617,7 @@ def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
         path,
         reload_interval=settings.credentials.reload_interval,
         max_signing_keys=settings.signing_key_cache_size,
+        api=ctx.api,
     )
     options = VerifierOptions.from_settings(settings, ctx.api.region)
     guard = LocalReplayGuard(settings.replay_cache_size) if settings.replay_guard else None
