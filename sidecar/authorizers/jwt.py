@@ -28,7 +28,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -123,6 +123,9 @@ class JwtError(Exception):
 # -- structure ----------------------------------------------------------------------------------------------
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_UNUSED_BITS_MASK = {2: 0b1111, 3: 0b11}
+"""For a segment whose length is 2 or 3 mod 4, how many low bits of its last character encode nothing."""
 
 
 def b64url_decode(segment: str, what: str) -> bytes:
@@ -131,15 +134,15 @@ def b64url_decode(segment: str, what: str) -> bytes:
     Strictness matters: lenient decoders let many different strings carry one signature, which breaks token
     caches and blocklists keyed by the token text.
     """
-    if len(segment) % 4 == 1 or not _B64URL.fullmatch(segment):
+    remainder = len(segment) % 4
+    if remainder == 1 or not _B64URL.fullmatch(segment):
         raise JwtError(TOKEN_MALFORMED, f"the {what} is not base64url")
-    try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise JwtError(TOKEN_MALFORMED, f"the {what} is not base64url") from None
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+    if remainder and _ALPHABET.index(segment[-1]) & _UNUSED_BITS_MASK[remainder]:
         raise JwtError(TOKEN_MALFORMED, f"the {what} is not canonical base64url")
-    return data
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):  # pragma: no cover - the checks above admit only decodable text
+        raise JwtError(TOKEN_MALFORMED, f"the {what} is not base64url") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -153,11 +156,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+"""Built once: `json.loads` with hooks would construct a decoder per call (several microseconds)."""
+
+
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """A JSON object with unique member names (RFC 7515 5.2, RFC 7519 4); anything else is malformed."""
     try:
-        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        value = _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise JwtError(TOKEN_MALFORMED, f"the {what} is not a JSON object") from None
     if not isinstance(value, dict):
         raise JwtError(TOKEN_MALFORMED, f"the {what} is not a JSON object")
@@ -176,17 +183,18 @@ class ParsedToken:
     payload_segment: str
 
 
-def parse_token(token: str, algorithms: frozenset[str], max_bytes: int) -> ParsedToken:
-    """Check a compact JWS's structure and header; raise `JwtError` with a specific reason on the first problem."""
-    if len(token) > max_bytes:
-        raise JwtError(TOKEN_TOO_LARGE, f"the token is longer than {max_bytes} bytes")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise JwtError(TOKEN_MALFORMED, "a token is three base64url segments separated by '.'")
-    header_segment, payload_segment, signature_segment = parts
-    header = parse_json_object(b64url_decode(header_segment, "header"), "header")
-    b64url_decode(payload_segment, "payload")  # decoded again (once) after the signature verifies
-    signature = b64url_decode(signature_segment, "signature")
+@dataclass(frozen=True, slots=True)
+class CheckedHeader:
+    """A protected header that passed every check for one algorithm allowlist."""
+
+    fields: Mapping[str, Any]
+    alg: str
+    kid: str | None
+
+
+def check_header(segment: str, algorithms: frozenset[str]) -> CheckedHeader:
+    """Decode and check a protected header: `alg` allowed (never `none`), no key-bearing parameters, no `crit`."""
+    header = parse_json_object(b64url_decode(segment, "header"), "header")
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise JwtError(TOKEN_MALFORMED, "the header has no 'alg'")
@@ -202,12 +210,43 @@ def parse_token(token: str, algorithms: frozenset[str], max_bytes: int) -> Parse
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise JwtError(TOKEN_MALFORMED, "'kid' must be a string")
+    return CheckedHeader(MappingProxyType(header), alg, kid)
+
+
+HEADER_CACHE_SIZE = 256
+"""Distinct protected headers remembered per authorizer. An issuer's tokens share a handful (one per key), so a
+new token usually skips header decoding; the bound keeps a flood of odd headers from growing memory."""
+
+
+def parse_token(
+    token: str, algorithms: frozenset[str], max_bytes: int, headers: dict[str, CheckedHeader] | None = None
+) -> ParsedToken:
+    """Check a compact JWS's structure and header; raise `JwtError` with a specific reason on the first problem.
+
+    `headers` memoizes `check_header` results (only successes) for one allowlist.
+    """
+    if len(token) > max_bytes:
+        raise JwtError(TOKEN_TOO_LARGE, f"the token is longer than {max_bytes} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JwtError(TOKEN_MALFORMED, "a token is three base64url segments separated by '.'")
+    header_segment, payload_segment, signature_segment = parts
+    header = headers.get(header_segment) if headers is not None else None
+    if header is None:
+        header = check_header(header_segment, algorithms)
+        if headers is not None:
+            if len(headers) >= HEADER_CACHE_SIZE:
+                headers.clear()
+            headers[header_segment] = header
+    if not _B64URL.fullmatch(payload_segment):  # decoded (strictly) once the signature verifies
+        raise JwtError(TOKEN_MALFORMED, "the payload is not base64url")
+    signature = b64url_decode(signature_segment, "signature")
     if not signature:
         raise JwtError(TOKEN_MALFORMED, "the token has no signature")
     return ParsedToken(
-        header=header,
-        alg=alg,
-        kid=kid,
+        header=header.fields,
+        alg=header.alg,
+        kid=header.kid,
         signing_input=f"{header_segment}.{payload_segment}".encode("ascii"),
         signature=signature,
         payload_segment=payload_segment,
@@ -427,6 +466,37 @@ def claim_context(claims: Mapping[str, Any], scopes: frozenset[str], prefix: str
     return context
 
 
+class LazyContext(Mapping[str, Any]):
+    """A read-only mapping built on first access. Most requests never read policy condition keys (routes without
+    claim conditions), so a cold token does not pay for building them; once built, the mapping is kept with the
+    cached principal."""
+
+    __slots__ = ("_build", "_data")
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build: Callable[[], dict[str, Any]] | None = build
+        self._data: dict[str, Any] = {}
+
+    def _resolved(self) -> dict[str, Any]:
+        build = self._build
+        if build is not None:
+            self._data = build()
+            self._build = None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._resolved()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __repr__(self) -> str:
+        return f"LazyContext({self._resolved()!r})"
+
+
 # -- the authorizers ----------------------------------------------------------------------------------------
 
 
@@ -470,6 +540,7 @@ class JwtAuthorizer(Authorizer):
         self.cache_size = cache_size
         self._clock = clock
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._headers: dict[str, CheckedHeader] = {}
 
     # lifecycle
     async def start(self) -> None:
@@ -533,7 +604,7 @@ class JwtAuthorizer(Authorizer):
         return None
 
     async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
-        parsed = parse_token(token, self.algorithms, self.max_token_bytes)
+        parsed = parse_token(token, self.algorithms, self.max_token_bytes, self._headers)
         keyset = self.keys.usable(now)
         if keyset is None:
             keyset = await self._refetch()
@@ -592,7 +663,7 @@ class JwtAuthorizer(Authorizer):
             authorizer=self.name,
             scopes=scopes,
             claims=MappingProxyType(claims),
-            context=MappingProxyType(self._context(claims, scopes)),
+            context=LazyContext(lambda: self._context(claims, scopes)),
             upstream_headers=headers,
             expires_at=exp,
         )

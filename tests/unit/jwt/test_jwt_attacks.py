@@ -305,3 +305,15 @@ async def test_ec_signature_confusion_between_curves() -> None:
     token = unsigned({"alg": "ES384", "kid": "ec-1"}, ISS.claims(), b"\x01" * 96)
     assert await reason_for(token) == jwtmod.KEY_ALGORITHM_MISMATCH
     assert ec_key(0) is ISS.keys["ec-1"][0]
+
+
+async def test_remembered_header_does_not_vouch_for_a_forged_token() -> None:
+    """The header memo only skips decoding a header already checked; signature and claims are checked anew."""
+    auth = authorizer()
+    honest = ISS.token(kid="rsa-1")
+    forged = ATTACKER.token(kid="rsa-1")
+    assert honest.split(".")[0] == forged.split(".")[0]
+    await auth.authenticate(request(honest))
+    assert await reason_for(forged, auth) == jwtmod.INVALID_SIGNATURE
+    expired = ISS.token(ISS.claims(exp=int(NOW) - 100, iat=int(NOW) - 200), kid="rsa-1")
+    assert await reason_for(expired, auth) == jwtmod.TOKEN_EXPIRED

@@ -53,8 +53,8 @@ def test_wycheproof_jws(jwk: dict[str, Any], test: dict[str, Any]) -> None:
     with pytest.raises(JwtError) as info:
         verify_jws(token, keyset, ALL_ALGS)
     assert info.value.reason in REASONS
-    if test["tcId"] in NOT_BASE64URL:
-        assert info.value.reason == TOKEN_MALFORMED
+    if test["tcId"] in NOT_BASE64URL:  # the header is checked first: HS256 there, a bad header here
+        assert info.value.reason in (TOKEN_MALFORMED, ALGORITHM_NOT_ALLOWED)
     elif symmetric and test["result"] == "valid":
         assert info.value.reason == ALGORITHM_NOT_ALLOWED  # HS256 is never accepted
     if test["tcId"] in KEY_BOUND_TO_OTHER_ALG:
@@ -209,3 +209,22 @@ def test_unchanged_keys_are_reused_across_refreshes() -> None:
     changed["keys"][0]["kid"] = "rotated"
     third = parse_jwks(changed, fetched_at=120.0, previous=second)
     assert third.keys[0] is not first.keys[0]
+
+
+def test_strict_base64url_on_an_otherwise_valid_rs256_token() -> None:
+    """Wycheproof's base64 group is HS256 only; the same edits on a valid RS256 token are malformed."""
+    group = next(g for g in WYCHEPROOF["testGroups"] if g["tests"][0]["tcId"] == 259)
+    keyset = parse_jwks({"keys": [group["public"]]}, fetched_at=0.0)
+    valid = group["tests"][3]["jws"]
+    verify_jws(valid, keyset, ALL_ALGS)
+    header, payload, signature = valid.split(".")
+    for edited in (
+        f"{header}.{payload}?.{signature}",
+        f"{header}.{payload} .{signature}",
+        f"{header}.{payload}.{signature}=",
+        f"{header}=.{payload}.{signature}",
+        f"{header}.{payload}.+{signature[1:]}",
+    ):
+        with pytest.raises(JwtError) as info:
+            verify_jws(edited, keyset, ALL_ALGS)
+        assert info.value.reason == TOKEN_MALFORMED, edited
