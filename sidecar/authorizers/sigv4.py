@@ -148,6 +148,10 @@ class SigV4Settings(AuthorizerSettings):
     clock_skew: float = Field(default=300, ge=0, le=3600)
     allow_unsigned_payload: bool = False
     replay_guard: bool = False
+    """Deny a signature seen before while it is still valid (beyond API Gateway; off by default)."""
+    replay_redis_url: str | None = None
+    """Share the replay guard between sidecars through this Redis (`SET NX PX`); local only when null."""
+    replay_redis_timeout_ms: float = Field(default=5.0, gt=0, le=1000)
     replay_cache_size: int = Field(default=1_000_000, ge=1, le=100_000_000)
     upstream_headers: SigV4UpstreamHeaders = SigV4UpstreamHeaders()
     max_expires: int = Field(default=MAX_EXPIRES, ge=1, le=MAX_EXPIRES)
@@ -217,6 +221,9 @@ class ReplayGuard(abc.ABC):
     async def first_use(self, key: str, ttl: float, now: float) -> bool:
         """Record `key` for `ttl` seconds; True if it was not already recorded (the request is not a replay)."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (called when the authorizer stops)."""
+
 
 class LocalReplayGuard(ReplayGuard):
     """An in-process replay guard: a dict of key -> expiry, bounded by `max_entries`.
@@ -273,6 +280,12 @@ class RedisReplayGuard(ReplayGuard):
             log.warning("replay guard: redis unavailable (%s); using the local guard", exc.__class__.__name__)
             return local_first
         return bool(stored) and local_first
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except Exception as exc:  # closing a broken connection must not fail a config swap
+            log.debug("replay guard: closing redis failed: %s", exc.__class__.__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -605,6 +618,15 @@ class SigV4Authorizer(Authorizer):
 
     async def stop(self) -> None:
         await self.store.stop()
+        if self.replay_guard is not None:
+            await self.replay_guard.close()
+
+
+def redis_client(url: str, timeout: float) -> Any:
+    """An asyncio Redis client with tight timeouts (connections are made lazily, on first use)."""
+    import redis.asyncio as redis_asyncio
+
+    return redis_asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
@@ -620,5 +642,12 @@ def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
         api=ctx.api,
     )
     options = VerifierOptions.from_settings(settings, ctx.api.region)
-    guard = LocalReplayGuard(settings.replay_cache_size) if settings.replay_guard else None
+    guard: ReplayGuard | None = None
+    if settings.replay_guard:
+        local = LocalReplayGuard(settings.replay_cache_size)
+        guard = local
+        if settings.replay_redis_url:
+            guard = RedisReplayGuard(
+                redis_client(settings.replay_redis_url, settings.replay_redis_timeout_ms / 1000), fallback=local
+            )
     return SigV4Authorizer(ctx.name, SigV4Verifier(store, options), settings.upstream_headers, guard)
