@@ -144,7 +144,7 @@ async def evaluate(
         except MalformedRequest:
             http = check.attributes.request.http
             return CheckResult(MALFORMED, http.method, http.path)
-        decision = await Pipeline(RuntimeHolder(runtime)).check(request)
+        decision = await Pipeline(RuntimeHolder(runtime), explain=True).decide(request)
         return CheckResult(decision, request.method, request.raw_path)
     finally:
         await runtime.stop()

@@ -9,6 +9,7 @@ decision counters, decision logs), so a new transport gets observability for fre
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from time import perf_counter
 from types import MappingProxyType
 
@@ -16,13 +17,16 @@ from . import reasons
 from .config import UpstreamHeaderSettings
 from .logs import DecisionLogger
 from .metrics import IN_FLIGHT, RECORDER, Recorder
+from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
 from .request import Decision, Principal, Request
-from .runtime import CompiledRoute, RuntimeHolder
+from .runtime import CompiledRoute, Runtime, RuntimeHolder
 
 log = logging.getLogger(__name__)
 
 _MAX_ALLOW_MEMO = 4096
+POLICY_KINDS = frozenset({"sigv4"})
+"""Principal kinds whose identity side is their IAM policies: with none attached they are not allowed."""
 NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
 
 
@@ -56,13 +60,16 @@ class Pipeline:
         holder: RuntimeHolder,
         decision_log: DecisionLogger | None = None,
         recorder: Recorder = RECORDER,
+        explain: bool = False,
     ) -> None:
         self.holder = holder
         self.decision_log = decision_log
         self.recorder = recorder
         # Allow decisions by (route, principal object). Authorizers hand out the same Principal object for a
         # repeated credential (token caches), so a warm request reuses the Decision and its encoded response.
-        self._allowed: dict[tuple[CompiledRoute, Principal], Decision] = {}
+        self._allowed: dict[tuple[CompiledRoute, Principal, str], Decision] = {}
+        self.explain = explain
+        """Attach full policy explanations to decisions (for `check --explain`; costly, off when serving)."""
 
     async def check(self, request: Request) -> Decision:
         """Decide one request and record it. Never raises."""
@@ -94,18 +101,55 @@ class Pipeline:
                 raise Denied(
                     reasons.INSUFFICIENT_SCOPE, "The token lacks a scope this route requires", reasons.STATUS_FORBIDDEN
                 )
+            statement = ""
+            explanation: tuple[str, ...] = ()
+            if runtime.resource_policy is not None or principal.policies or principal.kind in POLICY_KINDS:
+                start = perf_counter()
+                outcome = self._authorize(runtime, request, principal)
+                self.recorder.stage("policy", perf_counter() - start)
+                deciding = outcome.deciding
+                statement = deciding.label if deciding is not None else ""
+                explanation = outcome.explain() if self.explain else ()
+                if not outcome.allowed:
+                    denied = outcome.to_denied(explain=self.explain)
+                    return replace(
+                        denied.decision(route=route.key, authorizer=authorizer.name),
+                        principal=principal,
+                        statement=statement,
+                    )
         except Denied as denied:
             return denied.decision(route=route.key, challenge=authorizer.challenge, authorizer=authorizer.name)
         except Exception:
             log.exception("authorizer %s failed on route %s; denying", authorizer.name, route.key)
             return reasons.INTERNAL
-        return self._allow(route, principal, runtime.upstream_headers)
+        if self.explain:
+            decision = allow_decision(route, principal, runtime.upstream_headers)
+            return replace(decision, statement=statement, explanation=explanation)
+        return self._allow(route, principal, runtime.upstream_headers, statement)
 
-    def _allow(self, route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
-        key = (route, principal)
+    def _authorize(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome:
+        """Evaluate the identity side and the resource policy, combined as API Gateway combines them."""
+        ctx = EvalContext(request, principal, runtime.config.api, runtime.context_settings)
+        identity: Evaluation | None
+        if principal.policies or principal.kind in POLICY_KINDS:
+            identity = evaluate_all(principal.policies, ctx) or NOT_AUTHENTICATED
+        elif principal.kind == "anonymous":
+            identity = None  # an open route: only the resource policy can allow
+        else:
+            identity = AUTHENTICATED  # JWT/Cognito: authenticated callers are allowed unless a policy denies
+        resource = runtime.resource_policy.evaluate(ctx) if runtime.resource_policy is not None else None
+        same_account = not principal.account or principal.account == runtime.config.api.account
+        return authorize(identity, resource, same_account=same_account, private_api=runtime.private_api)
+
+    def _allow(
+        self, route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings, statement: str
+    ) -> Decision:
+        key = (route, principal, statement)
         decision = self._allowed.get(key)
         if decision is None:
             decision = allow_decision(route, principal, names)
+            if statement:
+                decision = replace(decision, statement=statement)
             if len(self._allowed) >= _MAX_ALLOW_MEMO:
                 self._allowed.clear()  # crude but O(1) and rare; the decision cache proper is an LRU
             self._allowed[key] = decision

@@ -13,10 +13,13 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from .authorizers.base import Authorizer, BuildContext, registry
 from .config import Config, ConfigError, ConfigIssue, UpstreamHeaderSettings
+from .policy import CompiledPolicy, ContextSettings, load_policy
+from .policy.context import DEFAULT_SETTINGS
 from .routes import RouteTable
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,15 @@ class Runtime:
     routes: RouteTable[CompiledRoute]
     authorizers: Mapping[str, Authorizer]
     upstream_headers: UpstreamHeaderSettings
+    resource_policy: CompiledPolicy | None = None
+    context_settings: ContextSettings = DEFAULT_SETTINGS
+    watched: tuple[Path, ...] = ()
+    """Files besides the config file whose changes should trigger a reload (e.g. the resource policy)."""
+
+    @property
+    def private_api(self) -> bool:
+        """Whether only an explicit resource-policy Allow lets a request in."""
+        return self.config.policy.private_api
 
     def is_ready(self) -> bool:
         """True once every authorizer can decide (keys loaded and so on)."""
@@ -63,10 +75,24 @@ class Runtime:
         await asyncio.gather(*(a.stop() for a in self.authorizers.values()), return_exceptions=True)
 
 
-def config_version(config: Config) -> str:
-    """A short fingerprint of the config: it keys cached decisions, so a reload invalidates them all."""
-    blob = config.model_dump_json().encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def config_version(config: Config, *files: Path) -> str:
+    """A short fingerprint of the config and the files it names: it keys cached decisions, so any change
+    (config or policy file) invalidates them all."""
+    digest = hashlib.sha256(config.model_dump_json().encode())
+    for path in files:
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()[:16]
+
+
+def policy_path(config: Config) -> Path | None:
+    """Where `resource_policy` points, resolved against the config file's directory."""
+    if config.resource_policy is None:
+        return None
+    path = Path(config.resource_policy)
+    return path if path.is_absolute() else config.base_dir / path
 
 
 def compile_runtime(config: Config) -> Runtime:
@@ -82,6 +108,8 @@ def compile_runtime(config: Config) -> Runtime:
             issues.extend(exc.issues)
         except (OSError, ValueError) as exc:
             issues.append(ConfigIssue(config.source, 0, 0, f"authorizers.{name}", str(exc)))
+    resource_policy = _load_resource_policy(config, issues)
+    watched = tuple(p for p in (policy_path(config),) if p is not None)
     if issues:
         raise ConfigError(issues)
     routes = RouteTable(
@@ -95,11 +123,33 @@ def compile_runtime(config: Config) -> Runtime:
     )
     return Runtime(
         config=config,
-        version=config_version(config),
+        version=config_version(config, *watched),
         routes=routes,
         authorizers=MappingProxyType(authorizers),
         upstream_headers=config.upstream_headers,
+        resource_policy=resource_policy,
+        watched=watched,
+        context_settings=ContextSettings(
+            trusted_proxy_hops=config.policy.trusted_proxy_hops,
+            vpce_header=config.policy.vpce_header,
+            vpc_header=config.policy.vpc_header,
+        ),
     )
+
+
+def _load_resource_policy(config: Config, issues: list[ConfigIssue]) -> CompiledPolicy | None:
+    """Compile `resource_policy` (a path relative to the config file); problems are appended to `issues`."""
+    path = policy_path(config)
+    if path is None:
+        return None
+    try:
+        policy = load_policy(path, kind="resource", api=config.api, max_size=config.policy.max_resource_policy_size)
+    except ConfigError as exc:
+        issues.extend(exc.issues)
+        return None
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+    return policy
 
 
 class RuntimeHolder:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import signal
 import sys
@@ -43,30 +42,31 @@ class BindError(RuntimeError):
 
 @dataclass(slots=True)
 class _ConfigSource:
-    """Where the config comes from, and the fingerprint of what was last loaded (to skip no-op reloads)."""
+    """Where the config comes from, and what the watcher last saw of the files it depends on."""
 
     path: Path | None
-    digest: str = ""
-    stat: tuple[int, int] = (0, 0)
+    seen: tuple[tuple[int, int], ...] = ()
 
-    def read(self) -> tuple[Config, str]:
-        if self.path is None:
-            return default_config(), "embedded"
-        config = load_config(self.path)
-        return config, hashlib.sha256(self.path.read_bytes()).hexdigest()
+    def read(self) -> Config:
+        return load_config(self.path) if self.path is not None else default_config()
 
-    def changed_on_disk(self) -> bool:
+    def changed_on_disk(self, extra: tuple[Path, ...] = ()) -> bool:
+        """Whether the config file or any `extra` file (e.g. the resource policy) changed since last asked."""
         if self.path is None:
             return False
-        try:
-            st = self.path.stat()
-        except OSError:
+        current = tuple(_stat(p) for p in (self.path, *extra))
+        if current == self.seen:
             return False
-        current = (st.st_mtime_ns, st.st_size)
-        if current == self.stat:
-            return False
-        self.stat = current
+        self.seen = current
         return True
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
 
 
 @dataclass(slots=True)
@@ -132,9 +132,7 @@ class Sidecar:
     async def start(self) -> None:
         """Start authorizers and listeners; raises `BindError` if a port is taken."""
         config = self.runtime.config
-        if self.source.path is not None:
-            self.source.changed_on_disk()  # remember the current stat so the watcher only sees later edits
-            self.source.digest = hashlib.sha256(self.source.path.read_bytes()).hexdigest()
+        self.source.changed_on_disk(self.runtime.watched)  # remember the files as they are now
         await self.runtime.start()
         if self.decision_log is not None:
             self.decision_log.start()
@@ -187,16 +185,16 @@ class Sidecar:
     async def _watch_file(self, interval: float) -> None:
         while not self.state.draining:
             await asyncio.sleep(interval)
-            if self.source.changed_on_disk():
+            if self.source.changed_on_disk(self.runtime.watched):
                 await self.reload("file change")
 
     async def reload(self, why: str) -> bool:
         """Load, compile and swap in the config; on any error keep serving the old one. True on success."""
         try:
-            config, digest = self.source.read()
-            if digest == self.source.digest:
-                return True
+            config = self.source.read()
             runtime = compile_runtime(config)
+            if runtime.version == self.runtime.version:
+                return True  # nothing that matters changed (e.g. only a comment)
         except ConfigError as exc:
             CONFIG_RELOADS.labels("rejected").inc()
             self.state.reloads_failed += 1
@@ -210,7 +208,6 @@ class Sidecar:
             log.exception("reload (%s) failed; still serving config %s", why, self.runtime.version)
             return False
         await self.holder.swap(runtime)
-        self.source.digest = digest
         if self.decision_log is not None:
             self.decision_log.allow_sample_rate = config.decision_log.allow_sample_rate
         CONFIG_RELOADS.labels("ok").inc()
