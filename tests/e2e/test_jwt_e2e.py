@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import StackFactory
 from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, ec_key, ed_key, rsa_key
+from tests.unit.jwt.moto_cognito import REGION, MotoCognito
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +138,37 @@ def test_key_rotation_through_envoy(authz_stack: StackFactory, key_server: KeySe
     response = stack.client.get("/orders/1", headers=bearer(issuer.token(issuer.claims(now), kid="new")))
     assert response.status_code == 200, stack.logs()
     assert key_server.hits == fetched + 1  # one refetch for the unknown kid
+
+
+COGNITO = """\
+server: {{watch_config: false}}
+authorizers:
+  pool:
+    type: cognito
+    region: {region}
+    user_pool_id: {pool_id}
+    client_ids: [{client_id}]
+    token_use: access
+    jwks_uri: "{jwks_uri}"
+    claim_to_headers: {{username: x-user, "cognito:groups": x-groups}}
+routes:
+  - {{match: "ANY /{{proxy+}}", authorizer: pool}}
+"""
+
+
+def test_moto_cognito_tokens_through_envoy(authz_stack: StackFactory) -> None:
+    moto = MotoCognito().start()
+    try:
+        pool = moto.pool()
+        stack = authz_stack(
+            COGNITO.format(region=REGION, pool_id=pool.id, client_id=pool.client_id, jwks_uri=pool.jwks_uri)
+        )
+        allowed = stack.client.get("/orders", headers=bearer(pool.access_token))
+        assert allowed.status_code == 200, stack.logs()
+        seen = allowed.json()["headers"]
+        assert seen["x-user"] == "alice" and seen["x-groups"] == "admins"
+        refused = stack.client.get("/orders", headers=bearer(pool.id_token))
+        assert refused.status_code == 401
+        assert refused.json()["reason"] == "InvalidTokenUse"
+    finally:
+        moto.stop()
