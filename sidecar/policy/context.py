@@ -101,17 +101,30 @@ def decode_binary(text: str) -> bytes | None:
         return None
 
 
-def client_ip(request: Request, hops: int) -> str | None:
-    """`aws:SourceIp`: Envoy's peer, or with N trusted hops the Nth `X-Forwarded-For` entry from the right."""
+def client_address(request: Request, hops: int) -> str:
+    """The raw client address: Envoy's peer, or with N trusted hops the Nth `X-Forwarded-For` entry from the right.
+
+    Each trusted proxy appends the address it received the request from, so entries further left were written by
+    the client and are ignored.
+    """
     source = request.source_address
     if hops > 0:
-        forwarded = [p.strip() for p in request.header("x-forwarded-for").split(",") if p.strip()]
+        forwarded = [p.strip() for p in request.headers.get("x-forwarded-for", "").split(",") if p.strip()]
         if forwarded:
             source = forwarded[-hops] if len(forwarded) >= hops else forwarded[0]
-    parsed = parse_ip(source) if source else None
+    return source.strip()
+
+
+def _source_ip(ctx: EvalContext) -> str | None:
+    """`aws:SourceIp`, validated (None if not an address); IPv4-mapped IPv6 is shown as IPv4."""
+    source = client_address(ctx.request, ctx.settings.trusted_proxy_hops)
+    parsed = ctx.ip(source) if source else None
     if parsed is None:
         return None
-    return str(ipaddress.ip_address(parsed[1]) if parsed[0] == 4 else ipaddress.IPv6Address(parsed[1]))
+    if parsed[0] == 4 and ":" in source:
+        source = str(ipaddress.IPv4Address(parsed[1]))
+        ctx.ip(source)
+    return source
 
 
 def principal_type(principal: Principal) -> str | None:
@@ -142,7 +155,7 @@ def _iso(seconds: float) -> str:
 Resolver = Callable[["EvalContext"], Value]
 
 _REQUEST_KEYS: dict[str, Resolver] = {
-    "aws:sourceip": lambda c: client_ip(c.request, c.settings.trusted_proxy_hops),
+    "aws:sourceip": _source_ip,
     "aws:currenttime": lambda c: _iso(c.now),
     "aws:epochtime": lambda c: str(int(c.now)),
     "aws:securetransport": lambda c: "true" if c.request.scheme == "https" else "false",
