@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the ext_authz server")
     serve.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the gRPC port (SO_REUSEPORT) under a supervisor"
+    )
 
     validate = sub.add_parser("validate", help="check a config file; exit 0 valid, 1 invalid")
     validate.add_argument("file", type=Path)
@@ -55,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
+
+    if args.workers > 1:
+        from .supervisor import run_supervisor
+
+        return run_supervisor(args.config, args.workers, args.log_level)
 
     from .server import serve
 

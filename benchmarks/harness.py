@@ -1,0 +1,436 @@
+"""The load harness: starts every process itself on loopback, measures the floors and the scenarios in one run,
+and stops everything it started.
+
+Stacks, in order: Envoy alone (no ext_authz); Envoy + the no-op grpc.aio server; Envoy + the sidecar serving
+every scenario; and the sidecar under `--workers 2` to measure how Envoy's calls split over the workers.
+Envoy is the shipped bootstrap (`sidecar/defaults/envoy.yaml` through `render_envoy_config`) with one change:
+its route answers with `direct_response`, so no upstream server sits in the measurement. Each scenario is
+checked once (a 200 through Envoy, an OK straight at gRPC) before it is loaded, so no figure is of denials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+from sidecar.demo import SidecarProcess, config_with_ports
+from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
+
+from . import procs, scenarios
+from .load import LoadResult, ensure_tools, grpc_frame, run_h2load, run_wrk
+from .scenarios import Scenario
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+GRPC_HEADERS = (("content-type", "application/grpc"), ("te", "trailers"))
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How long and how hard each measurement runs."""
+
+    name: str
+    seconds: float
+    warmup: float
+    connections: int
+    rate: int
+    rate_clients: int
+    direct_clients: int
+    direct_streams: int
+    cold_tokens: int
+    workers: bool
+    only: frozenset[str] | None = None
+
+
+PROFILES = {
+    "smoke": Profile("smoke", 1, 0, 4, 100, 2, 2, 2, 20, workers=False, only=frozenset({"anonymous"})),
+    "quick": Profile("quick", 8, 2, 16, 1000, 10, 4, 4, 2000, workers=True),
+    "full": Profile("full", 30, 5, 32, 1000, 10, 4, 8, 10000, workers=True),
+}
+
+
+@dataclass
+class Row:
+    """One measurement: a scenario on a transport in a mode."""
+
+    scenario: str
+    title: str
+    transport: str  # "envoy" (wrk/h2load through Envoy) | "grpc-direct" (h2load at the gRPC port)
+    mode: str  # "saturation" | "fixed-rate"
+    result: LoadResult | None = None
+    sidecar_cpu_us: float | None = None
+    envoy_cpu_us: float | None = None
+    floor: bool = False
+    note: str = ""
+    ratios: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "scenario": self.scenario,
+            "title": self.title,
+            "transport": self.transport,
+            "mode": self.mode,
+            "floor": self.floor,
+            "sidecar_cpu_us_per_check": _round(self.sidecar_cpu_us),
+            "envoy_cpu_us_per_check": _round(self.envoy_cpu_us),
+            "ratios": self.ratios,
+            "note": self.note,
+        }
+        if self.result is not None:
+            out |= self.result.as_dict()
+        return out
+
+
+@dataclass
+class RunResult:
+    """Everything one run measured."""
+
+    profile: Profile
+    rows: list[Row] = field(default_factory=list)
+    pending: list[dict[str, str]] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+# -- processes ----------------------------------------------------------------------------------------------
+
+
+def envoy_config(ports: EnvoyPorts, ext_authz: bool = True) -> str:
+    """The shipped bootstrap, answering from Envoy itself (`direct_response`), optionally without ext_authz."""
+    doc = yaml.safe_load(render_envoy_config(ports))
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        route.pop("route", None)
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
+    if not ext_authz:
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"]
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+@contextlib.contextmanager
+def envoy(listen_port: int, authz_port: int | None, max_streams: int = 100) -> Iterator[EnvoyProcess]:
+    """A real Envoy (one worker thread) in front of `authz_port`, or with no ext_authz when it is None."""
+    ports = EnvoyPorts(
+        listen_port=listen_port,
+        authz_port=authz_port or 1,
+        upstream_port=1,
+        admin_port=free_port(),
+        authz_max_streams=max_streams,
+    )
+    with EnvoyProcess(envoy_config(ports, authz_port is not None), ports.admin_port) as proc:
+        yield proc
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    """Poll until something accepts on 127.0.0.1:port (or `proc` died)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def noop_grpc_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The no-op grpc.aio floor in a child process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.noop_grpc_authz", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def sidecar(config_text: str, grpc_port: int, workers: int = 1) -> Iterator[SidecarProcess]:
+    """`authz-sidecar serve` (under the supervisor when workers > 1), waiting for /readyz."""
+    admin = free_port()
+    args = ("--workers", str(workers)) if workers > 1 else ()
+    with SidecarProcess(config_with_ports(config_text, grpc_port, admin), admin, args) as proc:
+        yield proc
+
+
+# -- checks before loading ----------------------------------------------------------------------------------
+
+
+def first_headers(scenario: Scenario) -> tuple[tuple[str, str], ...]:
+    """The headers of the first request the scenario sends."""
+    headers = scenario.headers()
+    if scenario.rotation is not None:
+        with open(scenario.rotation.values_file) as values:
+            first = values.readline().strip()
+        headers = (*headers, (scenario.rotation.header, scenario.rotation.prefix + first))
+    return headers
+
+
+def precheck_envoy(base: str, scenario: Scenario) -> str:
+    """'' when one request of the scenario gets 200 through Envoy, else what it got."""
+    request = urllib.request.Request(base + scenario.path, headers=dict(first_headers(scenario)))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return "" if response.status == 200 else f"status {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"status {exc.code}: {exc.read()[:200]!r}"
+    except OSError as exc:
+        return f"error: {exc}"
+
+
+def check_request(scenario: Scenario, host: str) -> bytes:
+    """The CheckRequest Envoy would send for this scenario's request, serialized."""
+    check = CheckRequest()
+    http = check.attributes.request.http
+    http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
+        "1",
+        "GET",
+        scenario.path,
+        host,
+        "http",
+        "HTTP/1.1",
+    )
+    http.headers.update({":authority": host, ":method": "GET", ":path": scenario.path, ":scheme": "http"})
+    http.headers.update({"user-agent": "bench", "x-request-id": "00000000-0000-0000-0000-000000000001"})
+    http.headers.update(dict(first_headers(scenario)))
+    check.attributes.source.address.socket_address.address = "127.0.0.1"
+    check.attributes.source.address.socket_address.port_value = 40000
+    wire: bytes = check.SerializeToString()
+    return wire
+
+
+def precheck_grpc(port: int, message: bytes) -> str:
+    """'' when the Check straight at the gRPC port answers OK."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(CHECK_PATH, request_serializer=None, response_deserializer=CheckResponse.FromString)
+        try:
+            response = call(message, timeout=5)
+        except grpc.RpcError as exc:
+            return f"rpc error: {exc}"
+    return "" if response.status.code == 0 else f"grpc status {response.status.code}"
+
+
+# -- measuring ----------------------------------------------------------------------------------------------
+
+
+def measured(
+    run: Callable[[], LoadResult], server_pid: int | None, envoy_pid: int | None
+) -> tuple[LoadResult, float | None, float | None]:
+    """Run the load and return it with the server's and Envoy's CPU microseconds per request."""
+    server_before = sum(procs.tree_cpu(server_pid).values()) if server_pid else 0.0
+    envoy_before = procs.cpu_seconds(envoy_pid) if envoy_pid else 0.0
+    result = run()
+    n = max(result.requests, 1)
+    server = (sum(procs.tree_cpu(server_pid).values()) - server_before) * 1e6 / n if server_pid else None
+    envoy_us = (procs.cpu_seconds(envoy_pid) - envoy_before) * 1e6 / n if envoy_pid else None
+    return result, server, envoy_us
+
+
+class Harness:
+    """Runs one profile and collects a `RunResult`; `log` gets one line per step."""
+
+    def __init__(self, profile: Profile, log: Callable[[str], None] = print) -> None:
+        self.profile = profile
+        self.log = log
+        self.result = RunResult(profile)
+        self.listen_port = free_port()
+        self.host = f"127.0.0.1:{self.listen_port}"
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}"
+
+    def run(self) -> RunResult:
+        ensure_tools()
+        with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
+            fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens)
+            planned = scenarios.build(fixtures, set(self.profile.only) if self.profile.only else None)
+            runnable = [s for s in planned if not s.pending]
+            self.result.pending = [
+                {"scenario": s.name, "title": s.title, "why": s.pending} for s in planned if s.pending
+            ]
+            for scenario in runnable:
+                if scenario.stack == "envoy-only":
+                    with envoy(self.listen_port, None) as proxy:
+                        self.scenario(scenario, proxy, None, None)
+                elif scenario.stack == "noop-grpc":
+                    port = free_port()
+                    with noop_grpc_server(port) as server, envoy(self.listen_port, port) as proxy:
+                        self.scenario(scenario, proxy, server.pid, port)
+            on_sidecar = [s for s in runnable if s.stack == "sidecar"]
+            if on_sidecar:
+                config = scenarios.sidecar_config(on_sidecar)
+                port = free_port()
+                with sidecar(config, port) as side, envoy(self.listen_port, port) as proxy:
+                    assert side.proc is not None
+                    for scenario in on_sidecar:
+                        self.scenario(scenario, proxy, side.proc.pid, port)
+                if self.profile.workers:
+                    anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)
+                    if anonymous is not None:
+                        self.workers_split(config, anonymous)
+        add_ratios(self.result.rows)
+        return self.result
+
+    def scenario(self, scenario: Scenario, proxy: EnvoyProcess, server_pid: int | None, grpc_port: int | None) -> None:
+        """Every mode and transport of one scenario on a running stack."""
+        p = self.profile
+        url = self.base + scenario.path
+        envoy_pid = proxy.proc.pid if proxy.proc else None
+        problem = precheck_envoy(self.base, scenario)
+        if problem:
+            self.log(f"  {scenario.name}: skipped, a request through Envoy got {problem}")
+            self.add(Row(scenario.name, scenario.title, "envoy", "saturation", floor=scenario.is_floor, note=problem))
+            return
+        headers = scenario.headers()
+        if p.warmup:
+            run_wrk(url, p.connections, p.warmup, headers, scenario.rotation)
+        self.add(
+            self.row(
+                scenario,
+                "envoy",
+                "saturation",
+                lambda: run_wrk(url, p.connections, p.seconds, headers, scenario.rotation),
+                server_pid,
+                envoy_pid,
+            )
+        )
+        if scenario.fixed_rate:
+            per_client = max(1, p.rate // p.rate_clients)
+            self.add(
+                self.row(
+                    scenario,
+                    "envoy",
+                    "fixed-rate",
+                    lambda: run_h2load(url, p.rate_clients, p.seconds, rate_per_client=per_client, headers=headers),
+                    server_pid,
+                    envoy_pid,
+                )
+            )
+        if scenario.direct and grpc_port is not None:
+            message = check_request(scenario, self.host)
+            problem = precheck_grpc(grpc_port, message)
+            if problem:
+                self.log(f"  {scenario.name}: gRPC-direct skipped: {problem}")
+                return
+            frame = grpc_frame(message)
+            direct = f"http://127.0.0.1:{grpc_port}{CHECK_PATH}"
+            self.add(
+                self.row(
+                    scenario,
+                    "grpc-direct",
+                    "saturation",
+                    lambda: run_h2load(
+                        direct, p.direct_clients, p.seconds, streams=p.direct_streams, headers=GRPC_HEADERS, body=frame
+                    ),
+                    server_pid,
+                    None,
+                )
+            )
+
+    def row(
+        self,
+        scenario: Scenario,
+        transport: str,
+        mode: str,
+        run: Callable[[], LoadResult],
+        server_pid: int | None,
+        envoy_pid: int | None,
+    ) -> Row:
+        result, server_us, envoy_us = measured(run, server_pid, envoy_pid)
+        return Row(scenario.name, scenario.title, transport, mode, result, server_us, envoy_us, scenario.is_floor)
+
+    def add(self, row: Row) -> None:
+        self.result.rows.append(row)
+        r = row.result
+        if r is None:
+            return
+        cpu = f"{row.sidecar_cpu_us:.0f}" if row.sidecar_cpu_us is not None else "-"
+        self.log(
+            f"  {row.scenario:<16} {row.transport:<11} {row.mode:<10} {r.rps:8.0f} rps  "
+            f"p50 {r.p50_us / 1000:6.2f} ms  p99 {r.p99_us / 1000:6.2f} ms  server {cpu} us/check  errors {r.errors}"
+        )
+
+    def workers_split(self, config: str, scenario: Scenario) -> None:
+        """`--workers 2`: saturate through Envoy and see how calls (CPU) and connections spread over workers."""
+        p = self.profile
+        for max_streams in (100, 4, 1):
+            port = free_port()
+            with sidecar(config, port, workers=2) as side, envoy(self.listen_port, port, max_streams) as proxy:
+                assert side.proc is not None
+                supervisor = side.proc.pid
+                workers = [w for w in procs.children(supervisor) if "spawn_main" in procs.cmdline(w)]
+                if p.warmup:
+                    run_wrk(self.base + scenario.path, p.connections, p.warmup)
+                before = {w: procs.cpu_seconds(w) for w in workers}
+                row = self.row(
+                    scenario,
+                    "envoy",
+                    f"workers-2/streams-{max_streams}",
+                    lambda: run_wrk(self.base + scenario.path, p.connections, p.seconds),
+                    supervisor,
+                    proxy.proc.pid if proxy.proc else None,
+                )
+                spent = {w: procs.cpu_seconds(w) - before[w] for w in workers}
+                connections = procs.established_on_port(workers, port)
+                total = sum(spent.values()) or 1.0
+                self.result.workers.append(
+                    {
+                        "authz_max_streams": max_streams,
+                        "connections": p.connections,
+                        "rps": round(row.result.rps, 1) if row.result else None,
+                        "sidecar_cpu_us_per_check": _round(row.sidecar_cpu_us),
+                        "per_worker": [
+                            {"cpu_share": round(spent[w] / total, 3), "authz_connections": connections[w]}
+                            for w in workers
+                        ],
+                    }
+                )
+                self.add(row)
+                shares = ", ".join(f"{spent[w] / total:.0%} ({connections[w]} conn)" for w in workers)
+                self.log(f"  workers split with max_concurrent_streams={max_streams}: {shares}")
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Each row's figures over the floor of its transport and mode (the no-op grpc.aio server)."""
+    floors = {(r.transport, r.mode): r for r in rows if r.scenario == "noop-grpc" and r.result is not None}
+    for row in rows:
+        floor = floors.get((row.transport, row.mode.split("/")[0] if row.mode.startswith("workers") else row.mode))
+        if row.mode.startswith("workers"):
+            floor = floors.get(("envoy", "saturation"))
+        if floor is None or row.result is None or floor.result is None or row is floor:
+            continue
+        ratios = {"rps": row.result.rps / floor.result.rps if floor.result.rps else 0.0}
+        if floor.result.p99_us:
+            ratios["p99"] = row.result.p99_us / floor.result.p99_us
+        if row.sidecar_cpu_us is not None and floor.sidecar_cpu_us:
+            ratios["sidecar_cpu"] = row.sidecar_cpu_us / floor.sidecar_cpu_us
+        row.ratios = {k: round(v, 3) for k, v in ratios.items()}

@@ -1,0 +1,61 @@
+"""The gRPC floor: a grpc.aio ext_authz server on uvloop that answers OK to every Check and does nothing else.
+
+It is what any Python grpc.aio ext_authz server costs before it decides anything: HTTP/2 framing, the grpc.aio
+call machinery and one event-loop round per call. The request bytes are not even parsed and the response is one
+pre-serialized `CheckResponse`, so every microsecond the real sidecar spends above this floor is ours.
+
+Run: `python -m benchmarks.noop_grpc_authz --port 9191 [--reuse-port]`; SIGTERM/SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Sequence
+
+import grpc
+import uvloop
+from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+
+OK_RESPONSE: bytes = CheckResponse(status={"code": 0}).SerializeToString()
+CHECK_METHOD = "Check"
+SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+async def _check(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return OK_RESPONSE
+
+
+def _handler() -> grpc.GenericRpcHandler:
+    method = grpc.unary_unary_rpc_method_handler(_check)  # no (de)serializers: raw bytes in and out
+    return grpc.method_handlers_generic_handler(SERVICE, {CHECK_METHOD: method})
+
+
+async def serve(host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+    server.add_generic_rpc_handlers((_handler(),))
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise SystemExit(f"cannot listen on {host}:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"noop grpc authz listening on {host}:{port}", flush=True)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9191)
+    parser.add_argument("--reuse-port", action="store_true")
+    args = parser.parse_args(argv)
+    uvloop.run(serve(args.host, args.port, args.reuse_port))
+
+
+if __name__ == "__main__":
+    main()

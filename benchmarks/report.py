@@ -1,0 +1,232 @@
+"""The run's outputs: `results.json` (everything), `results.md` (tables and target checks), `latency.png`.
+
+Every figure of ours is also given as a ratio to the floor of the same transport and mode measured in the same
+run, so the machine's speed and noise cancel out; the machine is described next to the numbers anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sidecar.envoy import envoy_binary
+
+from .harness import REPO, Row, RunResult
+
+# (scenario, ratio key, limit, "max"|"min", mode, transport): the targets of issue 8 that this run can check.
+TARGETS = [
+    ("anonymous", "sidecar_cpu", 1.10, "max", "saturation", "envoy"),
+    ("anonymous", "rps", 0.90, "min", "saturation", "envoy"),
+    ("jwt-warm", "sidecar_cpu", 1.10, "max", "saturation", "envoy"),
+    ("jwt-warm", "rps", 0.90, "min", "saturation", "envoy"),
+    ("jwt-cold-rs256", "sidecar_cpu", 1.30, "max", "saturation", "envoy"),
+    ("sigv4", "sidecar_cpu", 1.25, "max", "saturation", "envoy"),
+    ("policy-1000", "sidecar_cpu", 1.15, "max", "saturation", "envoy"),
+    ("anonymous", "p99", 1.30, "max", "fixed-rate", "envoy"),
+    ("jwt-warm", "p99", 1.30, "max", "fixed-rate", "envoy"),
+    ("sigv4", "p99", 1.30, "max", "fixed-rate", "envoy"),
+]
+
+
+def _run(cmd: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+        return (done.stdout or done.stderr).strip()
+    return "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    envoy_build = _run([envoy_binary(), "--version"]).split("version:")[-1].strip().split("/")
+    envoy_version = [part for part in envoy_build if part[:1].isdigit() and part.count(".") == 2]
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": _version("grpcio"),
+        "protobuf": _version("protobuf"),
+        "uvloop": _version("uvloop"),
+        "envoy": envoy_version[0] if envoy_version else "unknown",
+        "wrk": _run(["wrk", "-v"]).splitlines()[0] if _run(["wrk", "-v"]) else "unknown",
+        "h2load": _run(["h2load", "--version"]),
+        "commit": _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def _x(row: Row, key: str) -> str:
+    value = row.ratios.get(key)
+    return f"{value:.2f}x" if value is not None else ("floor" if row.scenario == "noop-grpc" else "")
+
+
+def _cpu(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None else "-"
+
+
+def _table(rows: list[Row], fixed: bool) -> list[str]:
+    head = "| scenario | rps | rps vs floor | p50 ms | p90 ms | p99 ms | p99 vs floor | sidecar CPU us/Check"
+    lines = [head + " | CPU vs floor | Envoy CPU us/Check | errors |", "|" + "---|" * 11]
+    for row in rows:
+        r = row.result
+        if r is None:
+            lines.append(f"| {row.title} | not measured: {row.note} |" + " |" * 9)
+            continue
+        lines.append(
+            f"| {row.title} | {r.rps:.0f} | {'' if fixed else _x(row, 'rps')} | {_ms(r.p50_us)} | {_ms(r.p90_us)} | "
+            f"{_ms(r.p99_us)} | {_x(row, 'p99')} | {_cpu(row.sidecar_cpu_us)} | {_x(row, 'sidecar_cpu')} | "
+            f"{_cpu(row.envoy_cpu_us)} | {r.errors} |"
+        )
+    return lines
+
+
+def _targets(result: RunResult) -> list[str]:
+    index = {(r.scenario, r.mode, r.transport): r for r in result.rows}
+    pending = {p["scenario"] for p in result.pending}
+    lines = ["| target | limit | measured | verdict |", "|---|---|---|---|"]
+    for scenario, key, limit, kind, mode, transport in TARGETS:
+        what = f"{scenario}: {key.replace('_', ' ')} vs floor ({mode})"
+        sign = "<=" if kind == "max" else ">="
+        row = index.get((scenario, mode, transport))
+        value = row.ratios.get(key) if row is not None else None
+        if value is None:
+            lines.append(f"| {what} | {sign} {limit:.2f}x | - | {'pending' if scenario in pending else 'not run'} |")
+            continue
+        ok = value <= limit if kind == "max" else value >= limit
+        miss = "" if ok else f" (by {abs(value - limit) / limit:.0%})"
+        lines.append(f"| {what} | {sign} {limit:.2f}x | {value:.2f}x | {'met' if ok else 'missed' + miss} |")
+    return lines
+
+
+def markdown(result: RunResult, host: dict[str, Any]) -> str:
+    """The human-readable report."""
+    p = result.profile
+    out = [
+        f"# authz-sidecar load benchmark ({p.name})",
+        "",
+        f"Machine: {host['cpu_model']}, {host['cores']} cores ({host['cores_usable']} usable), Linux {host['kernel']};"
+        f" Python {host['python']}, grpcio {host['grpcio']}, protobuf {host['protobuf']}, uvloop {host['uvloop']},"
+        f" Envoy {host['envoy']}; {host['wrk']}; {host['h2load']}. Commit {host['commit']}, {host['date']}.",
+        "",
+        "Everything ran on this one machine over loopback: load generator, Envoy (`--concurrency 1`, the shipped"
+        " bootstrap answering with `direct_response`), and the authz server. The floor is the no-op grpc.aio"
+        " ext_authz server (`benchmarks/noop_grpc_authz.py`) measured in the same run; ratios divide by it.",
+        "CPU us/Check = (utime+stime delta from /proc of the server's process tree, or of Envoy) / requests.",
+        "",
+        f"## Through Envoy, saturation (wrk, {p.connections} connections,"
+        f" {p.seconds:g} s after {p.warmup:g} s warm-up)",
+        "",
+        *_table([r for r in result.rows if r.transport == "envoy" and r.mode == "saturation"], fixed=False),
+        "",
+        f"## Through Envoy, fixed rate {p.rate} rps (h2load --rps, {p.rate_clients} HTTP/2 clients, {p.seconds:g} s)",
+        "",
+        *_table([r for r in result.rows if r.transport == "envoy" and r.mode == "fixed-rate"], fixed=True),
+        "",
+        f"## Straight at the gRPC port, saturation (h2load, {p.direct_clients} connections x {p.direct_streams}"
+        " streams, one pre-encoded CheckRequest)",
+        "",
+        *_table([r for r in result.rows if r.transport == "grpc-direct"], fixed=False),
+        "",
+    ]
+    if result.workers:
+        out += [
+            "## `--workers 2`: how Envoy's calls spread over the workers",
+            "",
+            "The kernel spreads connections (SO_REUSEPORT), not calls; Envoy opens another HTTP/2 connection to the"
+            " authz cluster only when `max_concurrent_streams` streams are in flight on the ones it has. Calls per"
+            " worker are read as each worker's share of the CPU (every call here costs the same).",
+            "",
+            "| authz_max_streams | rps | sidecar CPU us/Check (all processes)"
+            " | per worker: CPU share (authz connections) |",
+            "|---|---|---|---|",
+        ]
+        for w in result.workers:
+            split = ", ".join(f"{x['cpu_share']:.0%} ({x['authz_connections']})" for x in w["per_worker"])
+            out.append(f"| {w['authz_max_streams']} | {w['rps']} | {w['sidecar_cpu_us_per_check']} | {split} |")
+        out.append("")
+    out += ["## Targets (issue 8) this run can check", "", *_targets(result), ""]
+    if result.pending:
+        out += ["## Not measured yet", "", "| scenario | waiting for |", "|---|---|"]
+        out += [f"| {p['title']} | {p['why']} |" for p in result.pending]
+        out.append("")
+    out.append("Plot: `latency.png`. Raw figures: `results.json`.")
+    return "\n".join(out) + "\n"
+
+
+def plot(result: RunResult, path: Path) -> None:
+    """Latency percentiles per scenario, one panel per (transport, mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("envoy", "saturation", "through Envoy, saturation"),
+        ("envoy", "fixed-rate", f"through Envoy, {result.profile.rate} rps"),
+        ("grpc-direct", "saturation", "straight at gRPC, saturation"),
+    ]
+    panels = [p for p in panels if any(r.transport == p[0] and r.mode == p[1] and r.result for r in result.rows)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 5), squeeze=False)
+    for ax, (transport, mode, title) in zip(axes[0], panels, strict=False):
+        rows = [r for r in result.rows if r.transport == transport and r.mode == mode and r.result is not None]
+        names = [r.scenario for r in rows]
+        width = 0.27
+        for i, (label, attr) in enumerate((("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"))):
+            xs = [j + (i - 1) * width for j in range(len(rows))]
+            ax.bar(xs, [getattr(r.result, attr) / 1000 for r in rows], width, label=label)
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"authz-sidecar latency percentiles ({result.profile.name} run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(result: RunResult, directory: Path) -> list[Path]:
+    """Write results.json, results.md and latency.png into `directory`; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    host = machine()
+    data = {
+        "profile": {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in vars_of(result.profile).items()},
+        "machine": host,
+        "rows": [r.as_dict() for r in result.rows],
+        "workers": result.workers,
+        "pending": result.pending,
+    }
+    paths = [directory / "results.json", directory / "results.md", directory / "latency.png"]
+    paths[0].write_text(json.dumps(data, indent=2) + "\n")
+    paths[1].write_text(markdown(result, host))
+    plot(result, paths[2])
+    return paths
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    """Fields of a slotted dataclass."""
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -1,0 +1,251 @@
+"""What the benchmark measures: the floors and the scenarios, and the key material and sidecar config they need.
+
+A `Scenario` names the request that is sent (path and headers, or a header whose value rotates over a file of
+fresh credentials) and what it adds to the one sidecar config every scenario shares (authorizers and routes).
+To add a scenario, write a function `(Fixtures) -> Scenario` and append it to `SCENARIOS`; a scenario that cannot
+run yet sets `pending` to say what it waits for, and is listed in the report instead of being measured.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .load import Rotation
+
+ISSUER = "https://issuer.bench.local"
+AUDIENCE = "bench-api"
+SIGV4_KEY_ID = "AKIDBENCHMARK0000001"
+SIGV4_SECRET = "bench/secret/0123456789abcdefghijklmnopqrstuv"
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One measured request shape. `stack` says what serves it: a floor or the sidecar."""
+
+    name: str
+    title: str
+    stack: str  # "envoy-only" | "noop-grpc" | "noop-http" | "sidecar"
+    path: str = "/anon/item"
+    headers: Callable[[], Headers] = lambda: ()
+    rotation: Rotation | None = None
+    authorizers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: tuple[dict[str, str], ...] = ()
+    pending: str = ""
+    fixed_rate: bool = True
+    """Also measured at the fixed rate (h2load sends constant headers, so not with a rotation)."""
+    direct: bool = True
+    """Also measured straight at the gRPC port (a constant pre-encoded CheckRequest, so not with a rotation)."""
+
+    @property
+    def is_floor(self) -> bool:
+        return self.stack != "sidecar"
+
+
+@dataclass
+class Fixtures:
+    """Keys, tokens and files every scenario draws on, created once per run in `directory`."""
+
+    directory: Path
+    envoy_host: str
+    cold_tokens: int
+    rsa_key: rsa.RSAPrivateKey = field(init=False)
+    ec_key: ec.EllipticCurvePrivateKey = field(init=False)
+    jwks_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec_key = ec.generate_private_key(ec.SECP256R1())
+        self.jwks_file = self.directory / "jwks.json"
+        keys = [
+            {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa_key.public_key())), "kid": "rsa", "alg": "RS256"},
+            {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec_key.public_key())), "kid": "ec", "alg": "ES256"},
+        ]
+        self.jwks_file.write_text(json.dumps({"keys": [{**k, "use": "sig"} for k in keys]}))
+
+    def token(self, alg: str, subject: str) -> str:
+        """A valid JWT for the benchmark issuer, signed with the RSA (RS256) or EC (ES256) key."""
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "iat": now, "exp": now + 6 * 3600, "scope": "read"}
+        key, kid = (self.rsa_key, "rsa") if alg == "RS256" else (self.ec_key, "ec")
+        return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+    def token_file(self, alg: str) -> Path:
+        """`cold_tokens` distinct tokens, one a line."""
+        path = self.directory / f"tokens-{alg}.txt"
+        if not path.exists():
+            path.write_text("\n".join(self.token(alg, f"user-{i}") for i in range(self.cold_tokens)) + "\n")
+        return path
+
+    def credentials_file(self) -> Path:
+        """The SigV4 credential store: one access key."""
+        path = self.directory / "credentials.yaml"
+        entry = {
+            "access_key_id": SIGV4_KEY_ID,
+            "secret_access_key": SIGV4_SECRET,
+            "principal_arn": "arn:aws:iam::000000000000:user/bench",
+        }
+        path.write_text(yaml.safe_dump({"credentials": [entry]}))
+        return path
+
+
+def _jwt_authorizer(fx: Fixtures, cache_size: int) -> dict[str, Any]:
+    return {
+        "type": "jwt",
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "algorithms": ["RS256", "ES256"],
+        "jwks_file": str(fx.jwks_file),
+        "token_cache_size": cache_size,
+    }
+
+
+def envoy_only(fx: Fixtures) -> Scenario:
+    return Scenario("envoy-only", "floor: Envoy alone (no ext_authz)", "envoy-only", direct=False)
+
+
+def noop_grpc(fx: Fixtures) -> Scenario:
+    return Scenario("noop-grpc", "floor: Envoy + no-op grpc.aio ext_authz (uvloop)", "noop-grpc")
+
+
+def noop_http(fx: Fixtures) -> Scenario:
+    here = Path(__file__).with_name("noop_http_authz.py")
+    template = Path(__file__).parents[1] / "sidecar" / "defaults" / "envoy-http.yaml"
+    pending = "" if here.exists() and template.exists() else "needs benchmarks/noop_http_authz.py + envoy-http.yaml"
+    return Scenario("noop-http", "floor: Envoy + no-op HTTP authz (httptools)", "noop-http", pending=pending)
+
+
+def anonymous(fx: Fixtures) -> Scenario:
+    return Scenario(
+        "anonymous",
+        "anonymous route (type: none)",
+        "sidecar",
+        path="/anon/item",
+        authorizers={"public": {"type": "none"}},
+        routes=({"match": "ANY /anon/{proxy+}", "authorizer": "public"},),
+    )
+
+
+def jwt_warm(fx: Fixtures) -> Scenario:
+    token = fx.token("RS256", "warm-user")
+    return Scenario(
+        "jwt-warm",
+        "JWT RS256, warm (token cache hit)",
+        "sidecar",
+        path="/jwt/item",
+        headers=lambda: (("authorization", f"Bearer {token}"),),
+        authorizers={"jwt_warm": _jwt_authorizer(fx, 10_000)},
+        routes=({"match": "ANY /jwt/{proxy+}", "authorizer": "jwt_warm"},),
+    )
+
+
+def _jwt_cold(fx: Fixtures, alg: str) -> Scenario:
+    return Scenario(
+        f"jwt-cold-{alg.lower()}",
+        f"JWT {alg}, cold (a new token each request, token cache off)",
+        "sidecar",
+        path="/jwt-cold/item",
+        rotation=Rotation("Authorization", "Bearer ", fx.token_file(alg)),
+        authorizers={"jwt_cold": _jwt_authorizer(fx, 0)},
+        routes=({"match": "ANY /jwt-cold/{proxy+}", "authorizer": "jwt_cold"},),
+        fixed_rate=False,
+        direct=False,
+    )
+
+
+def jwt_cold_rs256(fx: Fixtures) -> Scenario:
+    return _jwt_cold(fx, "RS256")
+
+
+def jwt_cold_es256(fx: Fixtures) -> Scenario:
+    return _jwt_cold(fx, "ES256")
+
+
+def _sigv4_headers(host: str, path: str) -> Headers:
+    """SigV4 header auth for GET http://host/path, signed now (botocore, as an AWS SDK would)."""
+    from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+    from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+    from botocore.credentials import Credentials  # type: ignore[import-untyped]
+
+    request = AWSRequest(method="GET", url=f"http://{host}{path}", headers={"host": host})
+    SigV4Auth(Credentials(SIGV4_KEY_ID, SIGV4_SECRET), "execute-api", "us-east-1").add_auth(request)
+    return tuple((k.lower(), str(v)) for k, v in request.headers.items() if k.lower() != "host")
+
+
+def sigv4_header(fx: Fixtures) -> Scenario:
+    from sidecar.authorizers.base import registry
+
+    pending = "" if "sigv4" in registry() else "needs the sigv4 authorizer"
+    path = "/sigv4/item"
+    return Scenario(
+        "sigv4",
+        "SigV4 header (HMAC-SHA256, signing key cached)",
+        "sidecar",
+        path=path,
+        headers=lambda: _sigv4_headers(fx.envoy_host, path),
+        authorizers={
+            "iam": {
+                "type": "sigv4",
+                "region": "us-east-1",
+                "credentials": {"file": str(fx.credentials_file()), "reload_interval": 0},
+            }
+        },
+        routes=({"match": "ANY /sigv4/{proxy+}", "authorizer": "iam"},),
+        pending=pending,
+        direct=False,  # the signature covers the Host Envoy sees; the direct frame would need its own
+    )
+
+
+def _pending(name: str, title: str, why: str) -> Callable[[Fixtures], Scenario]:
+    def make(fx: Fixtures) -> Scenario:
+        return Scenario(name, title, "sidecar", pending=why)
+
+    return make
+
+
+SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
+    envoy_only,
+    noop_grpc,
+    noop_http,
+    anonymous,
+    jwt_warm,
+    jwt_cold_rs256,
+    jwt_cold_es256,
+    sigv4_header,
+    _pending("policy-1000", "1,000-statement resource policy", "policies are not wired into the pipeline yet"),
+    _pending("redis-l2-hit", "Redis L2 hit, L1 off", "the Redis decision cache is a later issue"),
+    _pending("redis-down", "Redis down (decisions computed)", "the Redis decision cache is a later issue"),
+]
+
+
+def build(fx: Fixtures, only: set[str] | None = None) -> list[Scenario]:
+    """The scenarios of this run: every floor, and the sidecar scenarios named in `only` (default: all)."""
+    scenarios = [make(fx) for make in SCENARIOS]
+    return [s for s in scenarios if only is None or s.is_floor or s.name in only]
+
+
+def sidecar_config(scenarios: list[Scenario]) -> str:
+    """The one sidecar config serving every runnable scenario (listeners are set by the harness)."""
+    authorizers: dict[str, dict[str, Any]] = {}
+    routes: list[dict[str, str]] = []
+    for s in scenarios:
+        if s.stack == "sidecar" and not s.pending:
+            authorizers.update(s.authorizers)
+            routes.extend(r for r in s.routes if r not in routes)
+    config = {
+        "listen": {"grpc": "127.0.0.1:9191", "admin": "127.0.0.1:9190"},
+        "server": {"watch_config": False, "grace_period": 2},
+        "authorizers": authorizers or {"public": {"type": "none"}},
+        "routes": routes or [{"match": "ANY /anon/{proxy+}", "authorizer": "public"}],
+    }
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,291 @@
+"""`authz-sidecar serve --workers N`: N serving processes on one gRPC port, watched by a supervisor.
+
+Each worker is a fresh interpreter (multiprocessing "spawn": gRPC's core must never be forked) running the same
+`Sidecar` with `reuse_port=True`, so the kernel spreads incoming connections over the workers (SO_REUSEPORT).
+Workers do not bind the admin listener: the supervisor serves `/healthz` (it is alive) and `/readyz` (every
+worker is alive and ready), so probes see the group. The supervisor, modelled on uvicorn's multiprocess
+supervisor, keeps N workers running:
+
+- a worker that exits before it ever became ready during start-up means the config or the port is bad for
+  everyone: all workers are stopped and `serve` exits 1 instead of crash-looping;
+- a worker that dies later is restarted (after a short back-off when it keeps dying);
+- SIGTERM/SIGINT drains every worker (each finishes in-flight Checks within the grace period) and exits 0;
+  SIGHUP is passed on, so every worker reloads its config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+
+from .admin import AdminResponse, AdminServer, json_response
+from .config import Config, ConfigError, default_config, load_config
+from .runtime import compile_runtime
+from .server import BindError, split_hostport
+
+log = logging.getLogger(__name__)
+
+_POLL = 0.1
+_STOP_MARGIN = 5.0
+_BACKOFF_MAX = 10.0
+_STABLE_AFTER = 30.0
+
+WorkerTarget = Callable[[str | None, Any, str], None]
+
+
+def _ctx() -> Any:
+    return multiprocessing.get_context("spawn")
+
+
+def worker_main(config_path: str | None, ready: Synchronized[int], log_level: str) -> None:
+    """Entry point of one worker process: serve with SO_REUSEPORT, report readiness through `ready`."""
+    import uvloop
+
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s"
+    )
+    code = uvloop.run(_serve_worker(Path(config_path) if config_path else None, ready))
+    raise SystemExit(code)
+
+
+def worker_config(config: Config) -> Config:
+    """The config a worker serves: the same, without the admin listener (the supervisor owns it)."""
+    return config.model_copy(update={"listen": config.listen.model_copy(update={"admin": None})})
+
+
+async def _serve_worker(config_path: Path | None, ready: Synchronized[int]) -> int:
+    from .server import Sidecar
+
+    try:
+        config = load_config(config_path) if config_path is not None else default_config()
+        sidecar = Sidecar(worker_config(config), config_path, reuse_port=True)
+    except ConfigError as exc:
+        log.error("invalid config:\n%s", exc)
+        return 1
+    try:
+        await sidecar.start()
+    except BindError as exc:
+        log.error("%s", exc)
+        await sidecar.drain_and_stop()
+        return 1
+    sidecar.install_signal_handlers()
+    stopped = asyncio.ensure_future(sidecar.wait_stopped())
+    while not stopped.done():
+        ready.value = 1 if sidecar.state.ready and not sidecar.state.draining else 0
+        await asyncio.wait({stopped}, timeout=_POLL)
+    ready.value = 0
+    return 0
+
+
+@dataclass
+class Worker:
+    """One supervised worker process."""
+
+    index: int
+    process: multiprocessing.process.BaseProcess
+    ready: Synchronized[int]
+    started: float
+    became_ready: bool = False
+    failures: int = 0
+    generation: int = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+class StartupFailed(RuntimeError):
+    """A worker exited before it ever became ready: the config or the port is unusable."""
+
+
+class Supervisor:
+    """Runs `workers` processes of `target` and keeps them running; see the module docstring."""
+
+    def __init__(
+        self,
+        config_path: Path | None,
+        workers: int,
+        admin_address: str | None,
+        *,
+        grace_period: float = 10.0,
+        log_level: str = "INFO",
+        target: WorkerTarget = worker_main,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.config_path = config_path
+        self.count = workers
+        self.admin_address = admin_address
+        self.grace_period = grace_period
+        self.log_level = log_level
+        self.target = target
+        self.workers: list[Worker] = []
+        self.restarts = 0
+        self.admin: AdminServer | None = None
+        self._stopping = asyncio.Event()
+        self._hup = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    async def run(self, install_signals: bool = True) -> int:
+        """Start the workers, supervise until asked to stop, drain them; returns the exit code."""
+        if install_signals:
+            self._install_signal_handlers()
+        try:
+            await self._start_admin()
+        except OSError as exc:
+            log.error("cannot listen on %s (admin): %s", self.admin_address, exc.strerror or exc)
+            return 1
+        self.workers = [self._spawn(i) for i in range(self.count)]
+        log.info("supervisor %d: started %d workers %s", os.getpid(), self.count, [w.pid for w in self.workers])
+        code = 0
+        try:
+            await self._supervise()
+        except StartupFailed as exc:
+            log.error("%s; stopping", exc)
+            code = 1
+        await self._stop_workers()
+        if self.admin is not None:
+            await self.admin.stop()
+        log.info("supervisor: all workers stopped")
+        return code
+
+    def stop(self) -> None:
+        """Ask the supervisor to drain every worker and return (what SIGTERM does)."""
+        self._stopping.set()
+
+    def reload(self) -> None:
+        """Ask every worker to reload its config (what SIGHUP does)."""
+        self._hup = True
+
+    def is_ready(self) -> bool:
+        """Every worker alive and ready, and not stopping."""
+        workers = self.workers
+        return (
+            not self._stopping.is_set()
+            and len(workers) == self.count
+            and all(w.process.is_alive() and w.ready.value for w in workers)
+        )
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _spawn(self, index: int, failures: int = 0, generation: int = 0) -> Worker:
+        ctx = _ctx()
+        ready = ctx.Value("b", 0, lock=False)
+        path = str(self.config_path) if self.config_path is not None else None
+        process = ctx.Process(
+            target=self.target, args=(path, ready, self.log_level), name=f"authz-worker-{index}", daemon=False
+        )
+        process.start()
+        return Worker(index, process, ready, time.monotonic(), failures=failures, generation=generation)
+
+    async def _supervise(self) -> None:
+        restart_at: dict[int, float] = {}
+        while not self._stopping.is_set():
+            if self._hup:
+                self._hup = False
+                self._signal_workers(signal.SIGHUP)
+            now = time.monotonic()
+            for i, worker in enumerate(self.workers):
+                if worker.ready.value:
+                    worker.became_ready = True
+                if worker.process.is_alive():
+                    continue
+                if not worker.became_ready and worker.generation == 0:
+                    raise StartupFailed(f"worker {worker.index} exited with {worker.process.exitcode} while starting")
+                if i not in restart_at:
+                    stable = now - worker.started > _STABLE_AFTER
+                    failures = 0 if stable else worker.failures + 1
+                    delay = 0.0 if failures <= 1 else min(_BACKOFF_MAX, 0.5 * 2 ** (failures - 2))
+                    log.warning(
+                        "worker %d (pid %s) exited with %s; restarting in %.1fs",
+                        worker.index,
+                        worker.pid,
+                        worker.process.exitcode,
+                        delay,
+                    )
+                    restart_at[i] = now + delay
+                    worker.failures = failures
+                if now >= restart_at[i]:
+                    del restart_at[i]
+                    worker.process.join(0)
+                    self.workers[i] = self._spawn(worker.index, worker.failures, worker.generation + 1)
+                    self.restarts += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _POLL)
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        for worker in self.workers:
+            if worker.process.is_alive() and worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, sig)
+
+    async def _stop_workers(self) -> None:
+        """SIGTERM every worker, wait for them to drain, kill what is left after the grace period."""
+        self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_period + _STOP_MARGIN
+        for worker in self.workers:
+            await asyncio.to_thread(worker.process.join, max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            if worker.process.is_alive():
+                log.warning("worker %d (pid %s) did not drain in time; killing it", worker.index, worker.pid)
+                worker.process.kill()
+            worker.process.join(5)
+
+    async def _start_admin(self) -> None:
+        if not self.admin_address:
+            return
+        self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz})
+        host, port = split_hostport(self.admin_address)
+        await self.admin.start(host, port)
+
+    def _healthz(self) -> AdminResponse:
+        return json_response(200, {"status": "alive", "workers": self.count})
+
+    def _readyz(self) -> AdminResponse:
+        workers = [{"pid": w.pid, "alive": w.process.is_alive(), "ready": bool(w.ready.value)} for w in self.workers]
+        ready = self.is_ready()
+        body: dict[str, object] = {
+            "ready": ready,
+            "draining": self._stopping.is_set(),
+            "workers": workers,
+            "restarts": self.restarts,
+        }
+        return json_response(200 if ready else 503, body)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+
+def run_supervisor(config_path: Path | None, workers: int, log_level: str = "INFO") -> int:
+    """`serve --workers N`: validate the config once here (so a bad one fails fast), then supervise."""
+    import uvloop
+
+    try:
+        config = load_config(config_path) if config_path is not None else default_config()
+        compile_runtime(config)
+    except ConfigError as exc:
+        log.error("invalid config:\n%s", exc)
+        return 1
+    supervisor = Supervisor(
+        config_path,
+        workers,
+        config.listen.admin,
+        grace_period=config.server.grace_period,
+        log_level=log_level,
+    )
+    return uvloop.run(supervisor.run())
