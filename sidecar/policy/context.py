@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import time as _now
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
+from ..routes import path_segments
 from .arn import resource_arn
 
 if TYPE_CHECKING:
@@ -127,6 +127,18 @@ def _source_ip(ctx: EvalContext) -> str | None:
     return source
 
 
+def resource_path(path: str) -> str:
+    """The path as the route table and the upstream see it: percent-decoded, `.`/`..` resolved, `//` collapsed.
+
+    Without this, `/public/../admin/x` or `/%61dmin/x` would dodge a Deny on `execute-api:/prod/*/admin/*`.
+    A trailing slash is kept, since API Gateway resources `/pets` and `/pets/` are distinct ARNs.
+    """
+    if "%" not in path and "/." not in path and "//" not in path:
+        return path
+    segments = path_segments(path)
+    return "/" + "/".join(segments) + ("/" if segments and path.endswith("/") else "")
+
+
 def principal_type(principal: Principal) -> str | None:
     """`aws:PrincipalType` from the principal's ARN (Account, User, AssumedRole, FederatedUser) or kind."""
     arn = principal.arn
@@ -219,10 +231,7 @@ class EvalContext:
         self.api = api
         self.settings = settings
         self.action = action.lower()
-        path = request.path
-        if "%" in path:
-            path = unquote(path)  # the same decoding the route table applies, so policy and route agree
-        self.resource = resource_arn(api, request.method.upper(), path)
+        self.resource = resource_arn(api, request.method.upper(), resource_path(request.path))
         self.now = request.time or _now()
         self._values: dict[str, Value] = {}
         self._dates: dict[str, float | None] = {}

@@ -243,6 +243,14 @@ def test_root_path_and_encoded_path() -> None:
     assert effect(compiled, req=request(path="/ab")) == "Neither"
 
 
+@pytest.mark.parametrize(
+    "path", ["/admin/x", "/public/../admin/x", "/%61dmin/x", "//admin//x", "/./admin/x", "/public/%2e%2e/admin/x"]
+)
+def test_path_tricks_do_not_dodge_a_deny(path: str) -> None:
+    compiled = policy(allow(), deny(Resource="execute-api:/prod/*/admin/*"))
+    assert effect(compiled, req=request(path=path)) == "Deny"
+
+
 def test_query_string_is_not_part_of_the_resource() -> None:
     compiled = policy(allow(Resource="execute-api:/prod/GET/pets"))
     assert effect(compiled, req=request(path="/pets?type=dog")) == "Allow"
