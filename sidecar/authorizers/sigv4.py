@@ -494,6 +494,8 @@ class SigV4Verifier:
             return self._verify(request)
         except MalformedSignature as exc:
             raise self._deny(INCOMPLETE_SIGNATURE, str(exc)) from None
+        except UnicodeError:  # text that is not encodable (lone surrogates): nothing a real signer produces
+            raise self._deny(INCOMPLETE_SIGNATURE, "The request contains characters that cannot be signed") from None
 
     def _verify(self, request: Request) -> Verified:
         now = request.time or time.time()

@@ -119,10 +119,11 @@ def canonical_query(query: str, *, drop_signature: bool = False, drop_token: boo
         if not piece:
             continue
         key, _, value = piece.partition("=")
-        key = _canonical_component(key)
+        # Compare the raw key, as `query_auth_params` read it: an encoded look-alike (`X%2DAmz-Signature`)
+        # stays in the canonical query, so it cannot ride along unsigned.
         if drop_signature and (key == "X-Amz-Signature" or (drop_token and key == "X-Amz-Security-Token")):
             continue
-        pairs.append((key, _canonical_component(value)))
+        pairs.append((_canonical_component(key), _canonical_component(value)))
     pairs.sort()
     return "&".join([f"{key}={value}" for key, value in pairs])
 
@@ -179,7 +180,7 @@ def parse_http_date(value: str) -> tuple[float, str]:
     """Epoch seconds and the ISO 8601 basic form of an HTTP `Date` header (used when X-Amz-Date is absent)."""
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         raise MalformedSignature("Date header is not a valid HTTP date") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)

@@ -451,3 +451,39 @@ def test_wrong_secret_is_invalid_signature() -> None:
     request = self_sign("GET", "/", {}, secret=SECRET + "x")
     assert deny_reason(verifier(), request) == INVALID_SIGNATURE
     assert AKID in request.headers["authorization"]
+
+
+def test_encoded_lookalike_of_the_signature_parameter_is_not_dropped() -> None:
+    request = presigned()
+    smuggled = request._replace(raw_path=request.raw_path + "&X%2DAmz-Signature=anything")
+    assert deny_reason(verifier(), smuggled) == INVALID_SIGNATURE
+    extra_token = request._replace(raw_path=request.raw_path + "&X%2DAmz-Security-Token=x")
+    assert deny_reason(verifier(), extra_token) == INVALID_SIGNATURE
+
+
+@pytest.mark.parametrize("target", ["/\ud800", "/ok?\udfff=1", "/ok?a=\ud800"])
+def test_unencodable_text_is_a_deny_not_a_crash(target: str) -> None:
+    headers = {**BASE_HEADERS, "authorization": GOOD_AUTH}
+    assert deny_reason(verifier(), req(headers, target=target)) in {INCOMPLETE_SIGNATURE, INVALID_SIGNATURE}
+    surrogate_header = {**headers, "x-amz-date": "20150830T123600Z", "host": "\ud800"}
+    assert deny_reason(verifier(), req(surrogate_header)) in {INCOMPLETE_SIGNATURE, INVALID_SIGNATURE}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    date=st.text(max_size=40),
+    host=st.text(max_size=40),
+    extra=st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=4),
+    target=st.text(max_size=40),
+    body=st.binary(max_size=64),
+)
+def test_fuzz_whole_request_never_crashes(
+    date: str, host: str, extra: dict[str, str], target: str, body: bytes
+) -> None:
+    headers = {k.lower(): v for k, v in extra.items()}
+    headers.update({"date": date, "host": host})
+    headers["authorization"] = GOOD_AUTH.replace("host;x-amz-date", ";".join(sorted({"date", "host", *headers})))
+    request = Request("POST", "/" + target, "/" + target.partition("?")[0], headers, body=body, time=VECTOR_TIME)
+    with pytest.raises(Denied) as info:
+        verifier().verify(request)
+    assert info.value.reason in REASONS
