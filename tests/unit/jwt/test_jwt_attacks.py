@@ -6,10 +6,13 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.authorizers import jwt as jwtmod
 from sidecar.authorizers.jwks import StaticKeySource, parse_jwks
@@ -317,3 +320,74 @@ async def test_remembered_header_does_not_vouch_for_a_forged_token() -> None:
     assert await reason_for(forged, auth) == jwtmod.INVALID_SIGNATURE
     expired = ISS.token(ISS.claims(exp=int(NOW) - 100, iat=int(NOW) - 200), kid="rsa-1")
     assert await reason_for(expired, auth) == jwtmod.TOKEN_EXPIRED
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+header_values = st.dictionaries(
+    st.sampled_from(["alg", "kid", "typ", "crit", "jku", "x5c", "b64", "cty", "zip"]) | st.text(max_size=6), json_values
+) | st.fixed_dictionaries(
+    {"alg": st.sampled_from(["RS256", "ES256", "EdDSA", "none", "HS256", "PS512"])},
+    optional={"kid": st.sampled_from(["rsa-1", "ec-1", "ed-1", "x"]) | json_values},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(token=st.text(max_size=300) | st.from_regex(r"[A-Za-z0-9_\-.=+/ ]{0,120}", fullmatch=True))
+async def test_arbitrary_text_is_a_deny_never_a_crash(token: str) -> None:
+    auth = authorizer()
+    with pytest.raises(Denied) as info:
+        await auth.authenticate(request(headers={"authorization": f"Bearer {token}"}))
+    assert info.value.reason in jwtmod.REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=header_values,
+    claims=st.dictionaries(
+        st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub", "scope", "scp", "client_id"]), json_values
+    ),
+    signature=st.binary(max_size=300),
+)
+async def test_arbitrary_headers_and_claims_are_a_deny_never_a_crash(
+    header: dict[str, Any], claims: dict[str, Any], signature: bytes
+) -> None:
+    token = unsigned(header, claims, signature)
+    with pytest.raises(Denied) as info:
+        await authorizer(max_token_bytes=65536).authenticate(request(token))
+    assert info.value.reason in jwtmod.REASONS
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    claims=st.dictionaries(
+        st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub", "scope", "scp", "client_id", "x"]), json_values
+    )
+)
+async def test_arbitrary_signed_claims_are_checked_not_crashed(claims: dict[str, Any]) -> None:
+    """Validly signed garbage claims: each is allowed only when it satisfies every rule, else a reasoned deny."""
+    import jwt as pyjwt
+
+    token = pyjwt.api_jws.encode(json.dumps(claims).encode(), ec_key(0), algorithm="ES256", headers={"kid": "ec-1"})
+    try:
+        principal = await authorizer(max_token_bytes=65536).authenticate(request(token))
+    except Denied as denied:
+        assert denied.reason in jwtmod.REASONS
+    else:
+        assert claims["iss"] == ISSUER and claims["exp"] + 30 > NOW
+        assert principal.id in (claims.get("sub"), claims.get("client_id"))
+
+
+async def test_tokens_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    tokens = [ISS.token(ISS.claims(aud="x")), ATTACKER.token(kid="rsa-1"), ISS.token(ISS.claims(exp=1))]
+    for token in tokens:
+        with pytest.raises(Denied):
+            await authorizer().authenticate(request(token))
+    assert caplog.records  # the refusals were logged ...
+    for token in tokens:
+        for part in token.split("."):
+            assert part not in caplog.text  # ... without any part of the token
