@@ -500,6 +500,10 @@ class LazyContext(Mapping[str, Any]):
 # -- the authorizers ----------------------------------------------------------------------------------------
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class _Verified:
     """A cached verification: reusable until `valid_until` while `keyset` is still the serving key set."""
@@ -561,10 +565,22 @@ class JwtAuthorizer(Authorizer):
                 return token
         raise Denied(TOKEN_MISSING, "A bearer token is required", STATUS_UNAUTHORIZED)
 
+    def fingerprint(self, request: Request) -> bytes | None:
+        """SHA-256 of the presented token (the key of the verified-token cache), or None when there is none.
+
+        A decision about a bearer token depends only on the token (and on time and keys, which the decision's TTL
+        and `Principal.expires_at` bound), so the pipeline may cache decisions on this before authenticating.
+        """
+        for source in self.sources:
+            token = source.extract(request)
+            if token is not None:
+                return _digest(token)
+        return None
+
     async def authenticate(self, request: Request) -> Principal:
         token = self._token(request)
         now = self._clock()
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = _digest(token)
         entry = self._cache.get(digest)
         if entry is not None:
             if now < entry.valid_until and entry.keyset is self.keys.keyset:

@@ -334,3 +334,13 @@ def test_missing_jwks_file_is_a_config_error(tmp_path: Path) -> None:
     config = parse_config(CONFIG, str(tmp_path / "sidecar.yaml"))
     with pytest.raises(ConfigError, match="cannot read JWKS file"):
         compile_runtime(config)
+
+
+def test_fingerprint_is_the_token_digest() -> None:
+    auth = make(sources=("header.x-token", "header.authorization"))
+    one, two = ISS.token(ISS.claims(jti="1")), ISS.token(ISS.claims(jti="2"))
+    assert auth.fingerprint(request(one)) == auth.fingerprint(request(None, headers={"x-token": one}))
+    assert auth.fingerprint(request(one)) != auth.fingerprint(request(two))
+    assert len(auth.fingerprint(request(one)) or b"") == 32
+    assert auth.fingerprint(request(None)) is None
+    assert auth.fingerprint(request(None, headers={"authorization": "Basic abc"})) is None
