@@ -272,8 +272,9 @@ class Harness:
         ensure_tools()
         with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
             fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens)
-            planned = scenarios.build(fixtures, set(self.profile.only) if self.profile.only else None)
-            runnable = [s for s in planned if not s.pending]
+            planned = scenarios.build(fixtures)
+            only = self.profile.only
+            runnable = [s for s in planned if not s.pending and (only is None or s.is_floor or s.name in only)]
             self.result.pending = [
                 {"scenario": s.name, "title": s.title, "why": s.pending} for s in planned if s.pending
             ]

@@ -94,6 +94,12 @@ class Fixtures:
             "access_key_id": SIGV4_KEY_ID,
             "secret_access_key": SIGV4_SECRET,
             "principal_arn": "arn:aws:iam::000000000000:user/bench",
+            "policies": [
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "*"}],
+                }
+            ],
         }
         path.write_text(yaml.safe_dump({"credentials": [entry]}))
         return path

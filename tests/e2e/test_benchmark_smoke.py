@@ -1,0 +1,44 @@
+"""The load harness in smoke mode against the real stack (sidecar, Envoy, wrk, h2load): the run completes and
+writes its three outputs with a row per floor and scenario. Nothing here is about speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_smoke_run_writes_results(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--smoke", "--output", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["scenario"], r["transport"], r["mode"]): r for r in data["rows"]}
+    for key in [
+        ("envoy-only", "envoy", "saturation"),
+        ("noop-grpc", "envoy", "saturation"),
+        ("noop-grpc", "envoy", "fixed-rate"),
+        ("noop-grpc", "grpc-direct", "saturation"),
+        ("anonymous", "envoy", "saturation"),
+        ("anonymous", "envoy", "fixed-rate"),
+        ("anonymous", "grpc-direct", "saturation"),
+    ]:
+        assert key in rows, key
+        assert rows[key]["requests"] > 0 and rows[key]["errors"] == 0, rows[key]
+    anonymous = rows[("anonymous", "envoy", "saturation")]
+    assert anonymous["sidecar_cpu_us_per_check"] > 0 and anonymous["envoy_cpu_us_per_check"] > 0
+    assert set(anonymous["ratios"]) == {"rps", "p99", "sidecar_cpu"}
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu_model"]
+    assert {p["scenario"] for p in data["pending"]} >= {"redis-l2-hit", "redis-down"}
+    report = (tmp_path / "results.md").read_text()
+    assert "anonymous route" in report and "Targets" in report
+    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
