@@ -91,9 +91,53 @@ def compile_glob(pattern: tuple[tuple[str, bool], ...], arn: bool, ignore_case: 
 
 def compile_alternatives(patterns: Iterable[str], arn: bool, ignore_case: bool) -> re.Pattern[str]:
     """One regex matching any of several plain patterns (so a statement's list costs one `fullmatch`)."""
+    return _alternatives(tuple(patterns), arn, ignore_case)
+
+
+@lru_cache(maxsize=2048)
+def _alternatives(patterns: tuple[str, ...], arn: bool, ignore_case: bool) -> re.Pattern[str]:
     flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
     body = "|".join(f"(?:{glob_regex(((p, False),), arn)})" for p in patterns)
     return re.compile(body, flags)
+
+
+class ArnSet:
+    """Several ARN patterns, matched without a long regex where possible.
+
+    Literal ARNs go into a set. Patterns whose literal prefix already covers the five leading colons (the usual
+    `arn:aws:execute-api:region:account:api/stage/...`) become `startswith(prefix)` plus a short regex for the
+    rest, which compiles far faster than the whole ARN as a regex (a 10,000-statement policy loads in a fraction
+    of the time) and runs no slower. Anything else falls back to one segment-aware regex.
+    """
+
+    __slots__ = ("exact", "full", "prefixed")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        exact: set[str] = set()
+        groups: dict[str, list[str]] = {}
+        full: list[str] = []
+        for pattern in patterns:
+            prefix = literal_prefix(pattern)
+            if prefix == pattern:
+                exact.add(pattern)
+            elif prefix.count(":") >= _ARN_PARTS - 1:
+                groups.setdefault(prefix, []).append(pattern[len(prefix) :])
+            else:
+                full.append(pattern)
+        self.exact = frozenset(exact)
+        self.prefixed = tuple(
+            (prefix, _alternatives(tuple(rests), False, False).fullmatch) for prefix, rests in groups.items()
+        )
+        self.full = _alternatives(tuple(full), True, False).fullmatch if full else None
+
+    def matches(self, value: str) -> bool:
+        """Whether `value` matches any of the patterns."""
+        if value in self.exact:
+            return True
+        for prefix, match in self.prefixed:
+            if value.startswith(prefix) and match(value, len(prefix)) is not None:
+                return True
+        return self.full is not None and self.full(value) is not None
 
 
 def literal_prefix(pattern: str) -> str:

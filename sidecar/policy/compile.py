@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config import ConfigError, ConfigIssue
-from .arn import compile_alternatives, compile_glob, literal_prefix, literal_suffix
+from .arn import ArnSet, compile_alternatives, compile_glob, literal_prefix, literal_suffix
 from .conditions import Check, compile_condition, template_keys
 from .context import INVOKE, EvalContext
 from .document import RESOURCE_POLICY_MAX, Kind, PolicyDocument, PrincipalSpec, StatementSpec, parse_document
@@ -313,11 +313,11 @@ def _resource_check(resources: tuple[str, ...], negated: bool, variables: bool) 
             static.append(pattern)
     if "*" in static:
         return (lambda ctx: False) if negated else (lambda ctx: True)
-    match = compile_alternatives(static, arn=True, ignore_case=False).fullmatch if static else None
+    match = ArnSet(static).matches if static else None
 
     def matches(ctx: EvalContext) -> bool:
         resource = ctx.resource
-        if match is not None and match(resource) is not None:
+        if match is not None and match(resource):
             return True
         for template in templates:
             rendered = template.render(ctx.get)

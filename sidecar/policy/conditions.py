@@ -21,7 +21,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .arn import arn_problem, compile_alternatives, compile_glob
+from .arn import ArnSet, arn_problem, compile_alternatives, compile_glob
 from .context import EvalContext, decode_binary, parse_date
 from .variables import Template, VariableError, has_variables, parse_template
 
@@ -249,8 +249,10 @@ def _static_test(family: str, values: list[str]) -> Test | None:
     if family == "string_ic":
         folded = frozenset(v.casefold() for v in values)
         return lambda ctx, v: v.casefold() in folded
-    regex = compile_alternatives(values, arn=family == "arn", ignore_case=False)
-    match = regex.fullmatch
+    if family == "arn":
+        arns = ArnSet(values).matches
+        return lambda ctx, v: arns(v)
+    match = compile_alternatives(values, arn=False, ignore_case=False).fullmatch
     return lambda ctx, v: match(v) is not None
 
 
