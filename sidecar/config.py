@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .authorizers.base import AuthorizerSettings, registry
 
@@ -78,18 +78,44 @@ class LocalCacheSettings(_Frozen):
     max_entries: int = Field(default=100_000, ge=0, le=10_000_000)
 
 
-class RedisCacheSettings(_Frozen):
-    """The shared decision cache (optional)."""
+class SentinelSettings(_Frozen):
+    """Redis Sentinel: the master's name and the sentinels to ask for it."""
 
-    url: str
+    master: str
+    nodes: tuple[str, ...]
+
+    _hostports = field_validator("nodes")(lambda cls, v: tuple(_check_hostport(n) or n for n in v))
+
+
+class RedisCacheSettings(_Frozen):
+    """The shared decision cache (optional). `url` may carry a password and `rediss://` for TLS."""
+
+    url: SecretStr
+    signing_key: SecretStr | None = None
+    """HMAC key every replica shares, so entries are trusted only if a replica wrote them."""
+    signing_key_file: str | None = None
+    signing_key_env: str | None = None
     timeout_ms: float = Field(default=5.0, gt=0, le=1000)
+    """Per-operation limit; a slower Redis counts as a failure."""
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    cluster: bool = False
+    """Use redis-py's RedisCluster client."""
+    sentinel: SentinelSettings | None = None
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    """Consecutive failures that open the circuit breaker."""
+    breaker_cooldown: float = Field(default=1.0, gt=0, le=300)
+    """Seconds before the first probe; doubles while Redis keeps failing (up to 30 s)."""
 
 
 class CacheSettings(_Frozen):
-    """Decision caching: `local` in front of an optional `redis`."""
+    """Decision caching: `local` in front of an optional `redis`; TTLs in seconds (API Gateway: 300, max 3600)."""
 
     local: LocalCacheSettings = LocalCacheSettings()
     redis: RedisCacheSettings | None = None
+    ttl: float = Field(default=300.0, ge=0, le=3600)
+    """How long an allow is reused; 0 turns caching off."""
+    deny_ttl: float = Field(default=30.0, ge=0, le=3600)
+    """How long a policy or scope denial is reused; authentication failures are never cached."""
 
 
 class UpstreamHeaderSettings(_Frozen):
@@ -141,6 +167,8 @@ class RouteSettings(_Frozen):
     match: str
     authorizer: str
     scopes: tuple[str, ...] = ()
+    cache_ttl: float | None = Field(default=None, ge=0, le=3600)
+    """Overrides `cache.ttl` for this route (0: never cache its decisions)."""
 
 
 class ServerSettings(_Frozen):

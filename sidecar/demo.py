@@ -109,10 +109,11 @@ class SidecarProcess:
             raise RuntimeError(f"sidecar did not become ready:\n{self.log()}") from None
         return self
 
-    def log(self) -> str:
-        """What the sidecar has printed so far."""
+    def log(self, tail: int | None = 8000) -> str:
+        """What the sidecar has printed so far (the last `tail` characters; None: all of it)."""
         with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-8000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         return ""
 
     def stop(self, timeout: float = 15.0) -> int | None:

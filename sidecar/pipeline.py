@@ -19,7 +19,7 @@ from .logs import DecisionLogger
 from .metrics import IN_FLIGHT, RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
-from .request import Decision, Principal, Request
+from .request import ANONYMOUS, Decision, Principal, Request
 from .runtime import CompiledRoute, Runtime, RuntimeHolder
 
 log = logging.getLogger(__name__)
@@ -76,22 +76,51 @@ class Pipeline:
         IN_FLIGHT.inc()
         start = perf_counter()
         try:
-            decision = await self.decide(request)
+            decision, layer = await self._decide(request)
         finally:
             IN_FLIGHT.dec()
         elapsed = perf_counter() - start
         self.recorder.check(decision.authorizer, decision.allowed, decision.reason, elapsed)
         if self.decision_log is not None:
-            self.decision_log.record(request, decision, elapsed)
+            self.decision_log.record(request, decision, elapsed, layer)
         return decision
 
     async def decide(self, request: Request) -> Decision:
         """Decide one request without recording it. Never raises."""
+        return (await self._decide(request))[0]
+
+    async def _decide(self, request: Request) -> tuple[Decision, str]:
+        """The decision and the cache layer that supplied it ("" when computed)."""
         runtime = self.holder.current
         match = runtime.routes.match(request.method, request.path)
         if match is None:
-            return NO_ROUTE
+            return NO_ROUTE, ""
         route = match.target
+        cache, plan = runtime.cache, route.cache_plan
+        if cache is None or plan is None or self.explain:
+            return await self._compute(runtime, route, request), ""
+        fingerprint = route.authorizer.fingerprint(request)
+        if fingerprint is None:
+            return await self._compute(runtime, route, request), ""
+        start = perf_counter()
+        context = (
+            EvalContext(request, ANONYMOUS, runtime.config.api, runtime.context_settings) if plan.request_keys else None
+        )
+        key = plan.key(request, fingerprint, context)
+        found = cache.get_local(key)
+        layer = "local"
+        if found is None and cache.remote is not None:
+            found = await cache.get_remote(key, plan)
+            layer = "redis"
+        self.recorder.stage("cache", perf_counter() - start)
+        if found is not None:
+            return found, layer
+        decision = await self._compute(runtime, route, request)
+        cache.put(key, decision, plan)
+        return decision, ""
+
+    async def _compute(self, runtime: Runtime, route: CompiledRoute, request: Request) -> Decision:
+        """Authenticate and authorize, with no cache involved."""
         authorizer = route.authorizer
         try:
             start = perf_counter()

@@ -17,9 +17,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .authorizers.base import Authorizer, BuildContext, registry
-from .config import Config, ConfigError, ConfigIssue, UpstreamHeaderSettings
+from .cache import TIME_KEYS, DecisionCache, KeyPlan, LocalCache, RemoteCache
+from .cache.remote import Breaker, Signer, redis_client, signing_key
+from .config import Config, ConfigError, ConfigIssue, RouteSettings, UpstreamHeaderSettings
 from .policy import CompiledPolicy, ContextSettings, load_policy
-from .policy.context import DEFAULT_SETTINGS
+from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
+from .request import Decision
 from .routes import RouteTable
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ class CompiledRoute:
     key: str
     authorizer: Authorizer
     scopes: frozenset[str]
+    cache_plan: KeyPlan | None = None
+    """How to key this route's decisions; None: never cached."""
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -45,6 +50,7 @@ class Runtime:
     upstream_headers: UpstreamHeaderSettings
     resource_policy: CompiledPolicy | None = None
     context_settings: ContextSettings = DEFAULT_SETTINGS
+    cache: DecisionCache | None = None
     watched: tuple[Path, ...] = ()
     """Files besides the config file whose changes should trigger a reload (e.g. the resource policy)."""
 
@@ -71,14 +77,18 @@ class Runtime:
         await asyncio.gather(*(a.start() for a in self.authorizers.values()))
 
     async def stop(self) -> None:
-        """Stop the authorizers' background work."""
+        """Stop the authorizers' background work and close the cache's connections."""
         await asyncio.gather(*(a.stop() for a in self.authorizers.values()), return_exceptions=True)
+        if self.cache is not None:
+            await self.cache.close()
 
 
 def config_version(config: Config, *files: Path) -> str:
     """A short fingerprint of the config and the files it names: it keys cached decisions, so any change
     (config or policy file) invalidates them all."""
-    digest = hashlib.sha256(config.model_dump_json().encode())
+    # Only what decisions depend on: replicas that differ in ports or logging still share cached decisions.
+    decisive = config.model_dump_json(exclude={"listen": True, "server": True, "decision_log": True})
+    digest = hashlib.sha256(decisive.encode())
     for path in files:
         try:
             digest.update(path.read_bytes())
@@ -112,18 +122,26 @@ def compile_runtime(config: Config) -> Runtime:
     watched = tuple(p for p in (policy_path(config),) if p is not None)
     if issues:
         raise ConfigError(issues)
+    version = config_version(config, *watched)
+    cache = build_cache(config)
     routes = RouteTable(
         [
             (
                 r.match,
-                CompiledRoute(key=r.match.strip(), authorizer=authorizers[r.authorizer], scopes=frozenset(r.scopes)),
+                CompiledRoute(
+                    key=r.match.strip(),
+                    authorizer=authorizers[r.authorizer],
+                    scopes=frozenset(r.scopes),
+                    cache_plan=key_plan(config, r, version, resource_policy) if cache is not None else None,
+                ),
             )
             for r in config.routes
         ]
     )
     return Runtime(
         config=config,
-        version=config_version(config, *watched),
+        version=version,
+        cache=cache,
         routes=routes,
         authorizers=MappingProxyType(authorizers),
         upstream_headers=config.upstream_headers,
@@ -134,6 +152,52 @@ def compile_runtime(config: Config) -> Runtime:
             vpce_header=config.policy.vpce_header,
             vpc_header=config.policy.vpc_header,
         ),
+    )
+
+
+def build_cache(config: Config) -> DecisionCache | None:
+    """The decision cache `cache` asks for, or None when every layer is off."""
+    settings = config.cache
+    if settings.ttl <= 0 and settings.deny_ttl <= 0:
+        return None
+    local = LocalCache[Decision](settings.local.max_entries) if settings.local.enabled else None
+    remote = None
+    if settings.redis is not None:
+        r = settings.redis
+        key = signing_key(
+            r.signing_key.get_secret_value() if r.signing_key else None,
+            r.signing_key_file,
+            r.signing_key_env,
+            config.base_dir,
+        )
+        remote = RemoteCache(
+            redis_client(r),
+            Signer(key),
+            timeout=r.timeout_ms / 1000,
+            breaker=Breaker(threshold=r.breaker_threshold, cooldown=r.breaker_cooldown),
+        )
+    if local is None and remote is None:
+        return None
+    return DecisionCache(local, remote)
+
+
+def key_plan(config: Config, route: RouteSettings, version: str, policy: CompiledPolicy | None) -> KeyPlan | None:
+    """How decisions on `route` are keyed, or None when they must not be cached (TTL 0, clock-reading policy)."""
+    ttl = config.cache.ttl if route.cache_ttl is None else route.cache_ttl
+    if ttl <= 0 and config.cache.deny_ttl <= 0:
+        return None
+    request_keys: tuple[str, ...] = ()
+    if policy is not None:
+        if policy.context_keys & TIME_KEYS:
+            return None
+        request_keys = tuple(sorted(k for k in policy.context_keys if k in REQUEST_KEYS or k.startswith(HEADER_PREFIX)))
+    return KeyPlan(
+        version=version,
+        route=route.match.strip(),
+        with_resource=policy is not None,
+        request_keys=request_keys,
+        ttl=ttl,
+        deny_ttl=config.cache.deny_ttl,
     )
 
 

@@ -56,6 +56,15 @@ class Authorizer(abc.ABC):
     async def authenticate(self, request: Request) -> Principal:
         """Return who the caller is, or raise `sidecar.reasons.Denied`."""
 
+    def fingerprint(self, request: Request) -> bytes | None:
+        """A digest of the credential this request presents, or None if decisions about it must not be cached.
+
+        Offer one only when `authenticate`'s verdict is a pure function of that credential (a bearer token is;
+        a SigV4 signature, which covers the whole request, is not). The decision cache keys on it *before*
+        authenticating, so a repeated token skips verification entirely.
+        """
+        return None
+
     async def start(self) -> None:  # noqa: B027 - optional hook, most authorizers hold no background state
         """Begin background work (key fetches, file watches). Called once before serving."""
 

@@ -27,6 +27,9 @@ class NoneAuthorizer(Authorizer):
 
     kind = "none"
 
+    def fingerprint(self, request: Request) -> bytes | None:
+        return b"anonymous"
+
     async def authenticate(self, request: Request) -> Principal:
         return ANONYMOUS
 
@@ -35,6 +38,9 @@ class DenyAuthorizer(Authorizer):
     """Refuses every request."""
 
     kind = "deny"
+
+    def fingerprint(self, request: Request) -> bytes | None:
+        return b"-"
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(name)

@@ -64,7 +64,7 @@ def test_metrics_and_decision_logs(authz_stack: StackFactory) -> None:
     assert stack.sidecar.proc is not None
     stack.sidecar.proc.send_signal(signal.SIGTERM)
     assert stack.sidecar.proc.wait(15) == 0
-    output = stack.sidecar.log()
+    output = stack.sidecar.log(tail=None)
     for secret in [*SECRETS.values(), QUERY_SECRET, "presigned-secret", "cookie-secret", "apikey-secret"]:
         assert secret not in output
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
@@ -90,7 +90,7 @@ def test_allows_sampled_denials_always(authz_stack: StackFactory) -> None:
     assert stack.sidecar.proc is not None
     stack.sidecar.proc.send_signal(signal.SIGTERM)
     assert stack.sidecar.proc.wait(15) == 0
-    lines = [json.loads(line) for line in stack.sidecar.log().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in stack.sidecar.log(tail=None).splitlines() if line.startswith("{")]
     assert [entry["decision"] for entry in lines] == ["deny"]
 
 

@@ -1,0 +1,107 @@
+"""The decision cache: L1 in-process (`local.py`) in front of L2 Redis (`remote.py`), keyed by what a decision
+depends on.
+
+A key is `(config version, route, credential fingerprint, [method, path, values of the request attributes the
+policies read])`. The credential fingerprint comes from the authorizer *before* verification (a token's hash), so
+only authorizers whose verdict is a pure function of that credential offer one (JWT, Cognito, none); SigV4 does
+not, because a signature covers the whole request and must be checked every time. A policy that reads the clock
+(`aws:CurrentTime`, `aws:EpochTime`) makes its routes uncacheable. TTLs never outlive the credential
+(`Principal.expires_at`); allow and deny TTLs are separate; errors and authentication failures are never cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .. import reasons
+from ..metrics import CACHE_REQUESTS
+from ..request import Decision, Request
+from .local import LocalCache
+from .remote import RemoteCache
+
+TIME_KEYS = frozenset({"aws:currenttime", "aws:epochtime"})
+CACHEABLE_DENIALS = frozenset({reasons.ACCESS_DENIED, reasons.INSUFFICIENT_SCOPE, reasons.ROUTE_DENY})
+"""Denials that follow from who the caller is and what the policy says; anything transient is recomputed."""
+
+__all__ = ["CACHEABLE_DENIALS", "DecisionCache", "KeyPlan", "LocalCache", "RemoteCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlan:
+    """How to key decisions on one route, worked out at config load."""
+
+    version: str
+    route: str
+    with_resource: bool
+    """A policy applies: the resource (method and path) is part of the decision."""
+    request_keys: tuple[str, ...]
+    """Policy condition keys computed from the request (e.g. `aws:sourceip`), in a fixed order."""
+    ttl: float
+    deny_ttl: float
+
+    def key(self, request: Request, fingerprint: bytes, context: object | None = None) -> Hashable:
+        """The cache key for `request` presented with a credential whose fingerprint is `fingerprint`."""
+        if not self.with_resource:
+            return (self.version, self.route, fingerprint)
+        values: tuple[object, ...] = ()
+        if self.request_keys and context is not None:
+            get = context.get  # type: ignore[attr-defined]
+            values = tuple(get(k) for k in self.request_keys)
+        return (self.version, self.route, fingerprint, request.method, request.path, *values)
+
+
+class DecisionCache:
+    """L1 then L2 lookups, and the rules for what may be stored and for how long."""
+
+    def __init__(self, local: LocalCache[Decision] | None, remote: RemoteCache | None) -> None:
+        self.local = local
+        self.remote = remote
+        self._local_hit = CACHE_REQUESTS.labels("local", "hit").inc
+        self._local_miss = CACHE_REQUESTS.labels("local", "miss").inc
+
+    def get_local(self, key: Hashable) -> Decision | None:
+        """L1 lookup (synchronous: no await on the warm path)."""
+        if self.local is None:
+            return None
+        found = self.local.get(key)
+        if found is None:
+            self._local_miss()
+        else:
+            self._local_hit()
+        return found
+
+    async def get_remote(self, key: Hashable, plan: KeyPlan) -> Decision | None:
+        """L2 lookup; a hit is copied into L1 for the rest of its lifetime there."""
+        if self.remote is None:
+            return None
+        found = await self.remote.get(key)
+        if found is not None and self.local is not None:
+            self.local.set(key, found, plan.ttl if found.allowed else plan.deny_ttl)
+        return found
+
+    def put(self, key: Hashable, decision: Decision, plan: KeyPlan, now: float | None = None) -> None:
+        """Store a decision if it may be cached, for at most its TTL and never past the credential's expiry."""
+        if decision.allowed:
+            ttl = plan.ttl
+        elif decision.reason in CACHEABLE_DENIALS:
+            ttl = plan.deny_ttl
+        else:
+            return
+        principal = decision.principal
+        if principal is not None and principal.expires_at is not None:
+            ttl = min(ttl, principal.expires_at - (time.time() if now is None else now))
+        if decision.ttl is not None:
+            ttl = min(ttl, decision.ttl)
+        if ttl <= 0:
+            return
+        if self.local is not None:
+            self.local.set(key, decision, ttl)
+        if self.remote is not None:
+            self.remote.put(key, decision, ttl)
+
+    async def close(self) -> None:
+        """Flush background writes and close the Redis client."""
+        if self.remote is not None:
+            await self.remote.close()

@@ -1,0 +1,284 @@
+"""L2: decisions shared by every replica through Redis, signed, bounded in time, and never trusted blindly.
+
+Redis is a trust boundary. Each entry is `version byte + HMAC-SHA256(key || payload) + payload` under the cluster
+signing key, so whoever can write to Redis can neither forge an allow nor move a real entry under another key;
+an entry that fails the check is ignored and counted. Every operation has a few-millisecond timeout; a circuit
+breaker stops asking a Redis that keeps failing, so an outage costs no per-request wait, and probes it until it
+answers again. Redis trouble degrades to computing decisions locally: never to an allow, never to an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from time import monotonic
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+from ..metrics import CACHE_REQUESTS, REDIS_BREAKER_OPEN, REDIS_ERRORS
+from ..request import Decision, Principal
+
+log = logging.getLogger(__name__)
+
+_FORMAT = b"\x01"
+_MAC_BYTES = 32
+T = TypeVar("T")
+
+
+class RedisLike(Protocol):
+    """The two commands the cache uses (redis.asyncio.Redis, RedisCluster and Sentinel clients all fit)."""
+
+    def get(self, name: str) -> Awaitable[Any]: ...
+
+    def set(self, name: str, value: bytes, px: int | None = None) -> Awaitable[Any]: ...
+
+
+def encode_decision(decision: Decision) -> bytes:
+    """The cacheable part of a Decision as compact JSON (no explanations, no claims, no policies)."""
+    principal = decision.principal
+    return json.dumps(
+        {
+            "a": decision.allowed,
+            "s": decision.status,
+            "r": decision.reason,
+            "m": decision.message,
+            "h": decision.headers,
+            "x": decision.headers_to_remove,
+            "d": dict(decision.metadata),
+            "ro": decision.route,
+            "au": decision.authorizer,
+            "st": decision.statement,
+            "p": None
+            if principal is None
+            else [principal.kind, principal.id, principal.authorizer, principal.arn, principal.account],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_decision(payload: bytes) -> Decision:
+    """Inverse of `encode_decision` (raises ValueError/KeyError/TypeError on junk)."""
+    data = json.loads(payload)
+    p = data["p"]
+    principal = None if p is None else Principal(kind=p[0], id=p[1], authorizer=p[2], arn=p[3], account=p[4])
+    return Decision(
+        allowed=bool(data["a"]),
+        status=int(data["s"]),
+        reason=str(data["r"]),
+        message=str(data["m"]),
+        headers=tuple((str(k), str(v)) for k, v in data["h"]),
+        headers_to_remove=tuple(str(h) for h in data["x"]),
+        metadata=MappingProxyType(dict(data["d"])),
+        principal=principal,
+        route=str(data["ro"]),
+        authorizer=str(data["au"]),
+        statement=str(data["st"]),
+    )
+
+
+class Signer:
+    """HMAC-SHA256 over (key, payload) with the cluster's signing key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def seal(self, redis_key: str, payload: bytes) -> bytes:
+        mac = hmac.new(self._key, redis_key.encode() + b"\x00" + payload, hashlib.sha256).digest()
+        return _FORMAT + mac + payload
+
+    def open(self, redis_key: str, blob: bytes) -> bytes | None:
+        """The payload if the entry is ours and was stored under this key; None otherwise."""
+        if len(blob) <= 1 + _MAC_BYTES or blob[:1] != _FORMAT:
+            return None
+        mac, payload = blob[1 : 1 + _MAC_BYTES], blob[1 + _MAC_BYTES :]
+        expected = hmac.new(self._key, redis_key.encode() + b"\x00" + payload, hashlib.sha256).digest()
+        return payload if hmac.compare_digest(mac, expected) else None
+
+
+def signing_key(value: str | None, file: str | None, env: str | None, base_dir: Path) -> bytes:
+    """The configured signing key, or a random per-process one (with a warning: replicas cannot share)."""
+    if value:
+        return value.encode()
+    if file:
+        path = Path(file) if Path(file).is_absolute() else base_dir / file
+        return path.read_bytes().strip()
+    if env:
+        from_env = os.environ.get(env)
+        if not from_env:
+            raise ValueError(f"cache.redis.signing_key_env: environment variable {env} is not set")
+        return from_env.encode()
+    log.warning(
+        "cache.redis has no signing_key: using a random per-process key, so replicas cannot share cached decisions"
+    )
+    return secrets.token_bytes(32)
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Opens after `threshold` consecutive failures; after `cooldown` lets one probe through (half-open)."""
+
+    threshold: int = 5
+    cooldown: float = 1.0
+    max_cooldown: float = 30.0
+    failures: int = 0
+    open_until: float = 0.0
+    current_cooldown: float = 0.0
+    probing: bool = False
+    is_open: bool = False
+
+    def allow(self, now: float) -> bool:
+        """Whether to try Redis now."""
+        if not self.is_open:
+            return True
+        if now >= self.open_until and not self.probing:
+            self.probing = True  # half-open: exactly one request probes
+            return True
+        return False
+
+    def success(self) -> None:
+        if self.is_open:
+            log.warning("redis breaker closed: Redis answers again")
+            REDIS_BREAKER_OPEN.set(0)
+        self.failures = 0
+        self.is_open = self.probing = False
+        self.current_cooldown = 0.0
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.is_open:
+            self.current_cooldown = min(self.current_cooldown * 2, self.max_cooldown)
+            self.open_until = now + self.current_cooldown
+        elif self.failures >= self.threshold:
+            self.is_open = True
+            self.current_cooldown = self.cooldown
+            self.open_until = now + self.cooldown
+            log.warning("redis breaker open after %d failures: deciding locally until Redis answers", self.failures)
+            REDIS_BREAKER_OPEN.set(1)
+
+
+class RemoteCache:
+    """Signed decisions in Redis under `prefix + sha256(key)`, each operation bounded by `timeout`."""
+
+    def __init__(
+        self,
+        client: RedisLike,
+        signer: Signer,
+        timeout: float,
+        prefix: str = "authz:d:",
+        breaker: Breaker | None = None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.client = client
+        self.signer = signer
+        self.timeout = timeout
+        self.prefix = prefix
+        self.breaker = breaker or Breaker()
+        self.clock = clock
+        self._pending: set[asyncio.Task[None]] = set()
+        self._hit = CACHE_REQUESTS.labels("redis", "hit").inc
+        self._miss = CACHE_REQUESTS.labels("redis", "miss").inc
+        self._error = CACHE_REQUESTS.labels("redis", "error").inc
+        self._rejected = CACHE_REQUESTS.labels("redis", "rejected").inc
+        self._skipped = CACHE_REQUESTS.labels("redis", "skipped").inc
+
+    def redis_key(self, key: object) -> str:
+        """A fixed-size key with nothing readable in it (no paths, addresses or ids in Redis)."""
+        return self.prefix + hashlib.sha256(repr(key).encode()).hexdigest()
+
+    async def get(self, key: object) -> Decision | None:
+        """The decision stored for `key`, if Redis answers in time and the entry verifies."""
+        if not self.breaker.allow(self.clock()):
+            self._skipped()
+            return None
+        name = self.redis_key(key)
+        blob = await self._call("get", lambda: self.client.get(name))
+        if blob is _FAILED:
+            return None
+        if blob is None:
+            self._miss()
+            return None
+        payload = self.signer.open(name, bytes(blob))
+        if payload is None:
+            self._rejected()
+            log.warning("ignored a redis cache entry that failed its integrity check")
+            return None
+        try:
+            decision = decode_decision(payload)
+        except (ValueError, KeyError, TypeError, IndexError):
+            self._rejected()
+            return None
+        self._hit()
+        return decision
+
+    def put(self, key: object, decision: Decision, ttl: float) -> None:
+        """Store in the background; the request never waits for Redis to acknowledge."""
+        if ttl <= 0 or not self.breaker.allow(self.clock()):
+            return
+        name = self.redis_key(key)
+        blob = self.signer.seal(name, encode_decision(decision))
+        task = asyncio.ensure_future(self._set(name, blob, int(ttl * 1000)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _set(self, name: str, blob: bytes, ttl_ms: int) -> None:
+        await self._call("set", lambda: self.client.set(name, blob, px=max(ttl_ms, 1)))
+
+    async def _call(self, operation: str, command: Callable[[], Awaitable[T]]) -> T | Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await command()
+        except Exception as exc:  # timeouts, connection errors, pool exhaustion: all mean "no answer"
+            self.breaker.failure(self.clock())
+            REDIS_ERRORS.labels(operation).inc()
+            self._error()
+            log.debug("redis %s failed: %r", operation, exc)
+            return _FAILED
+        self.breaker.success()
+        return result
+
+    async def close(self) -> None:
+        """Wait briefly for background writes, then close the client."""
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=self.timeout * 2)
+        close = getattr(self.client, "aclose", None)
+        if close is not None:
+            await close()
+
+
+_FAILED: Any = object()
+
+
+def redis_client(settings: Any) -> RedisLike:
+    """A redis-py asyncio client for `cache.redis`: plain (BlockingConnectionPool), cluster or sentinel.
+
+    The pool blocks (up to the operation timeout) instead of raising when all connections are busy: redis-py's
+    default pool raises `MaxConnectionsError` past its limit, which under load would count as Redis failures.
+    """
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.sentinel import Sentinel
+
+    url = settings.url.get_secret_value()
+    timeout = settings.timeout_ms / 1000
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": max(timeout, 0.05)}
+    if settings.cluster:
+        cluster = RedisCluster.from_url(url, max_connections=settings.max_connections, **options)
+        return cluster  # type: ignore[return-value]  # wider signatures than the Protocol states
+    if settings.sentinel is not None:
+        nodes = [(h.rpartition(":")[0].strip("[]"), int(h.rpartition(":")[2])) for h in settings.sentinel.nodes]
+        sentinel = Sentinel(nodes, **options)  # type: ignore[no-untyped-call]
+        master: RedisLike = sentinel.master_for(settings.sentinel.master, **options)
+        return master
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.max_connections, timeout=timeout, **options
+    )
+    return aioredis.Redis(connection_pool=pool)  # type: ignore[return-value]  # wider signatures
