@@ -351,7 +351,8 @@ class SigV4Verifier:
         if amz_date is not None:
             if "x-amz-date" not in params.signed_headers:
                 raise MalformedSignature("'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.")
-            return amz_date, parse_amz_date(amz_date.strip())
+            amz_date = amz_date.strip()
+            return amz_date, parse_amz_date(amz_date)
         http_date = request.headers.get("date")
         if http_date is None:
             raise MalformedSignature(
@@ -394,19 +395,18 @@ class SigV4Verifier:
     def _check_time(self, params: SignatureParams, signed_at: float, now: float) -> float:
         """Clock-skew and expiry checks; returns how long the signature stays valid from `now` (the replay TTL)."""
         skew = self.options.clock_skew
-        minutes = f"{skew / 60:g} min."
         if signed_at - now > skew:
             raise self._deny(
                 REQUEST_TIME_TOO_SKEWED,
                 f"Signature not yet current: {_iso(signed_at)} is still later "
-                f"than {_iso(now + skew)} ({_iso(now)} + {minutes})",
+                f"than {_iso(now + skew)} ({_iso(now)} + {skew / 60:g} min.)",
             )
         if not params.presigned:
             if now - signed_at > skew:
                 raise self._deny(
                     SIGNATURE_EXPIRED,
                     f"Signature expired: {_iso(signed_at)} is now earlier than "
-                    f"{_iso(now - skew)} ({_iso(now)} - {minutes})",
+                    f"{_iso(now - skew)} ({_iso(now)} - {skew / 60:g} min.)",
                 )
             return signed_at + skew - now
         if not _DIGITS.match(params.expires):
