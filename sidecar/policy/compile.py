@@ -256,6 +256,11 @@ class CompiledPolicy:
                 self._indexes[action] = index
         return index
 
+    def candidates(self, ctx: EvalContext) -> tuple[StatementRef, ...]:
+        """The statements the index hands to `evaluate` for this request (diagnostics, tests, benchmarks)."""
+        index = self._indexes.get(ctx.action) or self._index_for(ctx.action)
+        return tuple(s.ref for s in index.candidates(ctx.resource))
+
     def evaluate(self, ctx: EvalContext) -> Evaluation:
         """This policy's verdict for one request: Deny if any Deny statement matches, else Allow, else Neither."""
         index = self._indexes.get(ctx.action) or self._index_for(ctx.action)

@@ -456,3 +456,60 @@ def test_other_actions_use_their_own_index() -> None:
     ctx = EvalContext(request(), ANONYMOUS, API, action="execute-api:ManageConnections")
     assert compiled.evaluate(ctx).effect is Effect.ALLOW
     assert effect(compiled) == "Deny"
+
+
+# --- The index: few candidates whatever the policy size, and never a wrong answer ----------------------------
+
+
+def _big_policy(size: int) -> Any:
+    statements = []
+    for i in range(size):
+        shape = i % 4
+        if shape == 0:
+            statements.append(allow(Sid=f"P{i}", Resource=f"execute-api:/prod/GET/items/{i}/*"))
+        elif shape == 1:
+            statements.append(allow(Sid=f"S{i}", Resource=f"execute-api:/prod/*/orders/{i}"))
+        elif shape == 2:
+            statements.append(deny(Sid=f"E{i}", Resource=f"{ARN_BASE}/DELETE/items/{i}"))
+        else:
+            statements.append(
+                deny(Sid=f"M{i}", Resource=[f"execute-api:/prod/POST/items/{i}/*", f"execute-api:/*/PUT/x{i}"])
+            )
+    return policy(*statements, max_size=None)
+
+
+BIG = _big_policy(4000)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected", "sid"),
+    [
+        ("GET", "/items/400/a", "Allow", "P400"),
+        ("GET", "/orders/401", "Allow", "S401"),
+        ("PATCH", "/x/y/orders/401", "Allow", "S401"),  # `*` spans segments
+        ("DELETE", "/items/402", "Deny", "E402"),
+        ("POST", "/items/403/z", "Deny", "M403"),
+        ("PUT", "/x403", "Deny", "M403"),
+        ("GET", "/items/401/a", "Neither", None),
+        ("GET", "/orders/400", "Neither", None),
+    ],
+)
+def test_index_finds_the_one_statement_among_thousands(method: str, path: str, expected: str, sid: str | None) -> None:
+    ctx = EvalContext(request(method=method, path=path), ANONYMOUS, API)
+    result = BIG.evaluate(ctx)
+    assert result.effect.value == expected
+    assert (result.deciding.sid if result.deciding else None) == sid
+    assert len(BIG.candidates(ctx)) <= 2  # not 4,000: cost does not grow with the policy
+
+
+def test_index_memo_is_bounded_and_stays_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.policy import compile as compile_module
+
+    monkeypatch.setattr(compile_module, "MEMO_ENTRIES", 3)
+    compiled = _big_policy(40)
+    for _ in range(2):
+        for i in range(0, 40, 4):
+            assert effect(compiled, req=request(path=f"/items/{i}/q")) == "Allow"
+            assert effect(compiled, req=request(path=f"/items/{i + 1}/q")) == "Neither"
+    index = compiled._indexes["execute-api:invoke"]
+    assert len(index._memo) <= 3
