@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
+from ..metrics import JWKS_FETCHES
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
@@ -379,7 +381,9 @@ class JwksCache:
         allow_http: bool = False,
         background: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        name: str = "jwks",
     ) -> None:
+        """`name` labels this cache's `authz_jwks_fetches_total` (the first authorizer that asked for it)."""
         if jwks_uri is None and issuer is None:
             raise ValueError("a JWKS cache needs a jwks_uri or an issuer to discover it from")
         self.policy = policy or CachePolicy()
@@ -407,6 +411,8 @@ class JwksCache:
         self._task: asyncio.Task[None] | None = None
         self._users = 0
         self._retry_delay = self.policy.retry_min
+        self._fetched_ok = JWKS_FETCHES.labels(name, "ok")
+        self._fetch_failed = JWKS_FETCHES.labels(name, "error")
 
     # -- reading (hot path) -------------------------------------------------------------------------------
 
@@ -516,11 +522,13 @@ class JwksCache:
             if not keyset.keys:
                 raise JwksError(f"no usable key ({'; '.join(keyset.skipped) or 'empty key set'})")
         except JwksError as exc:
+            self._fetch_failed.inc()
             self.last_error = str(exc)
             self.next_refresh_at = now + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, self.policy.refresh_min)
             log.warning("JWKS fetch for %s failed: %s (keeping %s)", self.describe(), exc, self._held())
             return False
+        self._fetched_ok.inc()
         for reason in keyset.skipped:
             log.info("JWKS %s: skipped %s", self.jwks_uri, reason)
         self.keyset = keyset
@@ -596,7 +604,13 @@ _SHARED: weakref.WeakValueDictionary[tuple[Any, ...], JwksCache] = weakref.WeakV
 
 
 def shared_cache(
-    *, jwks_uri: str | None, issuer: str | None, policy: CachePolicy, allow_http: bool, clock: Clock = time.time
+    *,
+    jwks_uri: str | None,
+    issuer: str | None,
+    policy: CachePolicy,
+    allow_http: bool,
+    clock: Clock = time.time,
+    name: str = "jwks",
 ) -> JwksCache:
     """The process-wide cache for this key location and policy, created on first use.
 
@@ -606,6 +620,8 @@ def shared_cache(
     key = (jwks_uri, issuer if jwks_uri is None else None, policy, allow_http, clock)
     cache = _SHARED.get(key)
     if cache is None:
-        cache = JwksCache(jwks_uri=jwks_uri, issuer=issuer, policy=policy, clock=clock, allow_http=allow_http)
+        cache = JwksCache(
+            jwks_uri=jwks_uri, issuer=issuer, policy=policy, clock=clock, allow_http=allow_http, name=name
+        )
         _SHARED[key] = cache
     return cache

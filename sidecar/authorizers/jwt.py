@@ -848,12 +848,14 @@ class CognitoSettings(TokenSettings):
 # -- building -----------------------------------------------------------------------------------------------
 
 
-def _key_source(settings: TokenSettings, issuer: str, default_uri: str | None, base_dir: Path) -> KeySource:
+def _key_source(settings: TokenSettings, issuer: str, default_uri: str | None, ctx: BuildContext) -> KeySource:
     if settings.jwks_file:
         path = Path(settings.jwks_file)
-        return StaticKeySource.from_file(str(path if path.is_absolute() else base_dir / path))
+        return StaticKeySource.from_file(str(path if path.is_absolute() else ctx.base_dir / path))
     uri = settings.jwks_uri or default_uri
-    return shared_cache(jwks_uri=uri, issuer=issuer, policy=settings.cache_policy(), allow_http=settings.allow_http)
+    return shared_cache(
+        jwks_uri=uri, issuer=issuer, policy=settings.cache_policy(), allow_http=settings.allow_http, name=ctx.name
+    )
 
 
 def _common(settings: TokenSettings) -> dict[str, Any]:
@@ -870,7 +872,7 @@ def build_jwt(settings: Any, ctx: BuildContext) -> Authorizer:
     """Build a `jwt` authorizer (loading a static JWKS file now, if one is configured)."""
     assert isinstance(settings, JwtSettings)
     rules = ClaimRules(issuer=settings.issuer, audiences=frozenset(settings.audiences), leeway=settings.leeway)
-    keys = _key_source(settings, settings.issuer, None, ctx.base_dir)
+    keys = _key_source(settings, settings.issuer, None, ctx)
     return JwtAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings))
 
 
@@ -884,7 +886,7 @@ def build_cognito(settings: Any, ctx: BuildContext) -> Authorizer:
         leeway=settings.leeway,
         token_uses=frozenset(settings.token_use),
     )
-    keys = _key_source(settings, issuer, issuer + "/.well-known/jwks.json", ctx.base_dir)
+    keys = _key_source(settings, issuer, issuer + "/.well-known/jwks.json", ctx)
     return CognitoAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings))
 
 

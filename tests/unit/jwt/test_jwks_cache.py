@@ -315,3 +315,23 @@ def test_plain_http_only_to_loopback() -> None:
     JwksCache(jwks_uri="https://keys.example.test/jwks.json")
     with pytest.raises(ValueError):
         JwksCache(jwks_uri="file:///etc/passwd")
+
+
+async def test_fetches_are_counted_in_metrics(server: JwksServer) -> None:
+    from sidecar.metrics import REGISTRY
+
+    def count(outcome: str) -> float:
+        labels = {"authorizer": "metrics-test", "outcome": outcome}
+        return REGISTRY.get_sample_value("authz_jwks_fetches_total", labels) or 0.0
+
+    before = count("ok"), count("error")
+    iss = issuer_for(server)
+    server.serve(iss.jwks())
+    cache = JwksCache(jwks_uri=server.jwks_uri, policy=POLICY, clock=FakeClock(), background=False, name="metrics-test")
+    await cache.start()
+    try:
+        server.serve(iss.jwks(), status=500)
+        await cache.refresh()
+        assert (count("ok"), count("error")) == (before[0] + 1, before[1] + 1)
+    finally:
+        await cache.stop()
