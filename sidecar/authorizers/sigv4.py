@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..reasons import Denied
+from ..reasons import ACCESS_DENIED, MISSING_AUTHENTICATION_TOKEN, Denied
 from ..request import Principal, Request
 from . import sigv4a
 from .base import Authorizer, AuthorizerSettings, BuildContext
@@ -58,8 +58,8 @@ from .sigv4_canonical import (
 
 log = logging.getLogger(__name__)
 
-# Reason codes (AWS / API Gateway names). Kept here rather than in reasons.py: they belong to this authorizer.
-MISSING_AUTHENTICATION_TOKEN = "MissingAuthenticationToken"
+# Reason codes (AWS / API Gateway names). The shared ones come from reasons.py; the rest are kept here because
+# only this authorizer raises them.
 INCOMPLETE_SIGNATURE = "IncompleteSignature"
 INVALID_SIGNATURE = "InvalidSignature"
 SIGNATURE_EXPIRED = "SignatureExpired"
@@ -67,7 +67,6 @@ REQUEST_TIME_TOO_SKEWED = "RequestTimeTooSkewed"
 UNRECOGNIZED_CLIENT = "UnrecognizedClient"
 INVALID_CLIENT_TOKEN_ID = "InvalidClientTokenId"
 EXPIRED_TOKEN = "ExpiredToken"
-ACCESS_DENIED = "AccessDenied"
 CONTENT_SHA256_MISMATCH = "XAmzContentSHA256Mismatch"
 UNSIGNED_PAYLOAD_NOT_ALLOWED = "UnsignedPayloadNotAllowed"
 PARTIAL_BODY = "PartialBody"
