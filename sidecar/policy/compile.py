@@ -411,15 +411,15 @@ def load_policy(
     api: ApiSettings | None = None,
     max_size: int | None = RESOURCE_POLICY_MAX,
 ) -> CompiledPolicy:
-    """Load a policy from a file (a `Path`, or a string not starting with `{`) or from JSON text.
+    """Load a policy from a file (a `Path`, or a string not starting with `{` or `[`) or from JSON text.
 
     Raises `sidecar.config.ConfigError` whose issues name the file, JSON path, line and column.
     """
     text: str
-    if isinstance(path_or_text, Path) or not path_or_text.lstrip().startswith("{"):
+    if isinstance(path_or_text, Path) or not path_or_text.lstrip().startswith(("{", "[")):
         file = str(path_or_text)
         try:
-            text = Path(path_or_text).read_text(encoding="utf-8")
+            text = Path(path_or_text).read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([ConfigIssue(source or file, 0, 0, "", f"cannot read policy: {exc}")]) from None
         return parse_policy(text, source or file, kind=kind, api=api, max_size=max_size)

@@ -435,7 +435,7 @@ class _Validator:
         if len(parts) < 6:
             return True  # `arn:aws:execute-api:*`: the trailing star covers the rest
         head = compile_alternatives([":".join(parts[:5])], arn=True, ignore_case=False)
-        if self.api is None:
+        if self.api is None or self.kind == "identity":  # one identity policy often covers several APIs
             return compile_alternatives([parts[2]], arn=False, ignore_case=False).fullmatch("execute-api") is not None
         if head.fullmatch(f"arn:aws:execute-api:{self.api.region}:{self.api.account}") is None:
             return False

@@ -291,6 +291,20 @@ def test_load_policy_from_a_file_names_the_file(tmp_path: Path) -> None:
         load_policy(tmp_path / "missing.json")
 
 
+def test_load_policy_tolerates_a_byte_order_mark(tmp_path: Path) -> None:
+    file = tmp_path / "bom.json"
+    file.write_bytes(b"\xef\xbb\xbf" + json.dumps(_doc(allow())).encode())
+    assert len(load_policy(file, api=API).statements) == 1
+
+
+def test_identity_policies_may_name_other_apis_without_warnings() -> None:
+    statement = {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "arn:aws:execute-api:*:*:other/*"}
+    compiled = parse_policy(json.dumps(_doc(statement)), kind="identity", api=API)
+    assert compiled.warnings == ()
+    s3 = {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "arn:aws:s3:::bucket"}
+    assert parse_policy(json.dumps(_doc(s3)), kind="identity", api=API).warnings
+
+
 def test_load_policy_accepts_text_with_a_source_name() -> None:
     compiled = load_policy(json.dumps(_doc(allow())), source="inline", api=API)
     assert compiled.source == "inline" and len(compiled.statements) == 1
