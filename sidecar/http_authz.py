@@ -229,6 +229,29 @@ class _Reject(Exception):
         self.response = response
 
 
+_NAMES: dict[bytes, str] = {}
+"""Raw header name -> lower-case str. Proxies send the same few dozen names over and over."""
+
+
+def _name(raw: bytes) -> str:
+    """Decode and remember a header name (the memo stops growing at 4096 distinct spellings)."""
+    name = raw.decode("latin-1").lower()
+    if len(_NAMES) < 4096:
+        _NAMES[raw] = name
+    return name
+
+
+def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers with repeated names joined by "," in order of arrival (what Envoy does before a CheckRequest)."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = _NAMES.get(name) or _name(name)
+        text = value.decode("utf-8", "surrogateescape")
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous},{text}"
+    return headers
+
+
 def _strip_prefix(url: str, prefix: str) -> str | None:
     """`url` without the configured prefix; None if it does not carry it (the proxy is misconfigured)."""
     if not url.startswith(prefix):
@@ -370,6 +393,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._trusted = False
         # the message being parsed
         self._url = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._body_len = 0
@@ -454,7 +478,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._msg_seq += 1
         self._msg_start = self._loop.time()
         self._url = b""
-        self._headers = {}
+        self._raw_headers = []
         self._body = []
         self._body_len = 0
         self._head_len = 0
@@ -467,18 +491,24 @@ class HttpAuthzProtocol(asyncio.Protocol):
             raise _Reject(_HEADERS_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_len += len(name) + len(value) + 4
-        if self._head_len > self._settings.max_header_bytes:
-            raise _Reject(_HEADERS_TOO_LARGE)
-        key = name.decode("latin-1").lower()
-        text = value.decode("utf-8", "surrogateescape")  # as the gRPC adapter decodes raw header values
-        headers = self._headers
-        previous = headers.get(key)
-        headers[key] = text if previous is None else f"{previous},{text}"
+        # Called once per header, so it only collects; on_headers_complete decodes them all in one loop.
+        self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False  # body phase: on_body counts the body exactly
-        length = self._headers.get("content-length")
+        raw = self._raw_headers
+        size = self._head_len
+        for name, value in raw:
+            size += len(name) + len(value)
+        if size > self._settings.max_header_bytes:
+            raise _Reject(_HEADERS_TOO_LARGE)
+        # Raw values decode as the gRPC adapter decodes them (UTF-8, undecodable bytes kept as surrogates).
+        names = _NAMES
+        headers = {names.get(name) or _name(name): value.decode("utf-8", "surrogateescape") for name, value in raw}
+        if len(headers) != len(raw):
+            headers = _joined(raw)
+        self._headers = headers
+        length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._settings.max_body_bytes:
             raise _Reject(_TOO_LARGE)
         if (
@@ -554,7 +584,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
                 self._busy = True
                 self._task = self._loop.create_task(self._finish(coro, first, pending))
                 return
-        self._update_reading()
+        if self._reading_paused:
+            self._update_reading()
 
     async def _finish(self, coro: Coroutine[Any, Any, Decision], first: Any, pending: _Pending) -> None:
         """Complete a check that suspended, answer it, then carry on with the queue."""
