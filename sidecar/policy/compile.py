@@ -113,6 +113,8 @@ class Evaluation(NamedTuple):
     source: str = ""
     policy: CompiledPolicy | None = None
     context: EvalContext | None = None
+    parts: tuple[Evaluation, ...] = ()
+    """For a combined result with no single deciding policy: each policy's own evaluation (for explanations)."""
 
     @property
     def allowed(self) -> bool:
@@ -431,23 +433,21 @@ def evaluate_all(policies: Iterable[Any], ctx: EvalContext, source: str = "ident
 
     Items that are not `CompiledPolicy` are ignored, so `Principal.policies` may carry other authorizer data.
     """
-    deny: Evaluation | None = None
     allow: Evaluation | None = None
-    seen = False
+    results: list[Evaluation] = []
     for policy in policies:
         if not isinstance(policy, CompiledPolicy):
             continue
-        seen = True
         result = policy.evaluate(ctx)
         if result.effect is Effect.DENY:
-            deny = result
-            break
+            return result
         if result.effect is Effect.ALLOW and allow is None:
             allow = result
-    if not seen:
+        results.append(result)
+    if not results:
         return None
-    if deny is not None:
-        return deny
     if allow is not None:
         return allow
-    return Evaluation(Effect.NEITHER, source=source, context=ctx)
+    if len(results) == 1:
+        return results[0]
+    return Evaluation(Effect.NEITHER, source=source, context=ctx, parts=tuple(results))

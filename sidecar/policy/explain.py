@@ -26,6 +26,8 @@ def explain_evaluation(evaluation: Evaluation) -> tuple[str, ...]:
     elif evaluation.policy is not None:
         head += " (no statement matched: implicit deny)"
     policy, ctx = evaluation.policy, evaluation.context
+    if evaluation.parts:
+        return (head, *(line for part in evaluation.parts for line in explain_evaluation(part)))
     if policy is None or ctx is None:
         return (head,)
     lines = [head, f"  action {ctx.action} on {ctx.resource}"]

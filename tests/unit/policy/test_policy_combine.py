@@ -120,6 +120,11 @@ def test_evaluate_all_combines_identity_policies() -> None:
     assert result is not None and result.effect is Effect.DENY and result.deciding is not None
     assert result.deciding.sid == "B"
     assert evaluate_all([nothing], get_ctx).effect is Effect.NEITHER  # type: ignore[union-attr]
+    both = evaluate_all([nothing, nothing], get_ctx)
+    assert both is not None and both.effect is Effect.NEITHER
+    lines = both.explain()
+    assert lines[0] == "identity policies: Neither"
+    assert sum("Statement[0] (Allow): no match at Action" in line for line in lines) == 2
 
 
 def test_explanation_names_deciding_statement_and_first_failures() -> None:
