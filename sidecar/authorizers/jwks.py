@@ -117,6 +117,33 @@ def _check_usage(jwk: Mapping[str, Any]) -> None:
         raise KeyRejected("key_ops does not include 'verify'")
 
 
+_ROCA_PRIMES: tuple[int, ...] = (
+    *(3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101, 103),
+    *(107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167),
+)
+
+
+def _powers_of_65537(p: int) -> frozenset[int]:
+    powers = {1}
+    value = 65537 % p
+    while value not in powers:
+        powers.add(value)
+        value = value * 65537 % p
+    return frozenset(powers)
+
+
+_ROCA_SUBGROUPS = tuple((p, _powers_of_65537(p)) for p in _ROCA_PRIMES)
+
+
+def has_roca_fingerprint(modulus: int) -> bool:
+    """Whether an RSA modulus has the structure of keys from the Infineon library broken by ROCA (CVE-2017-15361).
+
+    Such primes are built as k*M + (65537^a mod M), so the modulus is a power of 65537 modulo each small prime of
+    M. A random modulus passes this for all 38 primes with probability about 4e-9.
+    """
+    return all(modulus % p in powers for p, powers in _ROCA_SUBGROUPS)
+
+
 def _load_public_key(kty: str, public: dict[str, Any]) -> Any:
     loaders: dict[str, Callable[[dict[str, Any]], Any]] = {
         "RSA": RSAAlgorithm.from_jwk,
@@ -127,8 +154,11 @@ def _load_public_key(kty: str, public: dict[str, Any]) -> Any:
         key = loaders[kty](public)
     except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         raise KeyRejected(f"invalid {kty} key: {exc}") from None
-    if isinstance(key, RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise KeyRejected(f"RSA key of {key.key_size} bits is shorter than {MIN_RSA_BITS}")
+    if isinstance(key, RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise KeyRejected(f"RSA key of {key.key_size} bits is shorter than {MIN_RSA_BITS}")
+        if has_roca_fingerprint(key.public_numbers().n):
+            raise KeyRejected("RSA key has the ROCA fingerprint (CVE-2017-15361): its private key can be recovered")
     return key
 
 

@@ -228,3 +228,45 @@ def test_strict_base64url_on_an_otherwise_valid_rs256_token() -> None:
         with pytest.raises(JwtError) as info:
             verify_jws(edited, keyset, ALL_ALGS)
         assert info.value.reason == TOKEN_MALFORMED, edited
+
+
+WYCHEPROOF_JWK = json.loads((DATA / "wycheproof" / "json_web_key_test.json").read_text())
+
+
+def _jwk_cases() -> list[Any]:
+    return [
+        pytest.param(group, test, id=f"tc{test['tcId']}-{group['comment']}-{test['comment']}")
+        for group in WYCHEPROOF_JWK["testGroups"]
+        for test in group["tests"]
+    ]
+
+
+@pytest.mark.parametrize(("group", "test"), _jwk_cases())
+def test_wycheproof_jwk(group: dict[str, Any], test: dict[str, Any]) -> None:
+    """Key-set handling: every key that must not be used (ROCA, 1024-bit, e=1, wrong use/kty/curve/alg, invalid
+    point, any symmetric key) is skipped, so its tokens are refused; the one valid asymmetric case verifies."""
+    keyset = parse_jwks(group.get("public") or group["private"], fetched_at=0.0)
+    symmetric = all(k.get("kty") == "oct" for k in (group.get("public") or group["private"])["keys"])
+    if test["result"] == "valid" and not symmetric:
+        assert verify_jws(test["jws"], keyset, ALL_ALGS) == b"foo"
+        return
+    with pytest.raises(JwtError) as info:
+        verify_jws(test["jws"], keyset, ALL_ALGS)
+    assert info.value.reason in REASONS
+    if test["comment"] not in ("rejectsModifiedSignature", "rejectsValid"):  # (those two: HMAC tokens)
+        assert keyset.keys == ()  # the key itself was refused
+
+
+def test_wycheproof_jwk_reasons_for_skipped_keys() -> None:
+    reasons = {
+        g["comment"]: parse_jwks(g.get("public") or g["private"], fetched_at=0.0).skipped
+        for g in WYCHEPROOF_JWK["testGroups"]
+    }
+    assert "ROCA" in reasons["jws_rsa_roca_key"][0]
+    assert "shorter than 2048" in reasons["keysize_too_small"][0]
+    assert "e" in reasons["exponentOne"][0]
+    assert "does not fit" in reasons["wrong_algorithm"][0]
+    assert "unknown" in reasons["invalid_algorithm"][0]
+    assert "use" in reasons["invalid_use"][0]
+    assert "invalid EC key" in reasons["invalid_point"][0]
+    assert "symmetric" in reasons["jws_mixedSymmetryKeyset"][0]
