@@ -393,3 +393,8 @@ async def test_tokens_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> 
     for token in tokens:
         for part in token.split("."):
             assert part not in caplog.text  # ... without any part of the token
+
+
+@pytest.mark.parametrize("token", ["\ud800abc.def.ghi", "é.é.é", "\x00", "a" * 3 + "\udcff"])
+async def test_non_ascii_tokens_are_malformed(token: str) -> None:
+    assert await reason_for(token) == jwtmod.TOKEN_MALFORMED
