@@ -232,7 +232,7 @@ def _pattern_key(pattern: str) -> tuple[str, str] | None:
 
 
 class CompiledPolicy:
-    """A policy ready to evaluate. Immutable after construction; safe to share between requests and tasks."""
+    """A policy ready to evaluate; safe to share between requests and tasks (only internal memos ever change)."""
 
     def __init__(self, document: PolicyDocument, warnings: tuple[ConfigIssue, ...] = ()) -> None:
         self.document = document

@@ -308,3 +308,17 @@ def test_identity_policies_may_name_other_apis_without_warnings() -> None:
 def test_load_policy_accepts_text_with_a_source_name() -> None:
     compiled = load_policy(json.dumps(_doc(allow())), source="inline", api=API)
     assert compiled.source == "inline" and len(compiled.statements) == 1
+
+
+def test_positions_for_deeply_nested_but_valid_json_do_not_crash() -> None:
+    deep: Any = "x"
+    for _ in range(40):
+        deep = [deep]
+    issue = _one(_doc(allow(Condition={"StringEquals": {"jwt:sub": deep}})))
+    assert issue.field == "Statement[0].Condition.StringEquals.jwt:sub[0]"
+    assert issue.line > 1
+
+
+def test_nan_is_not_json() -> None:
+    issue = _one('{"Version": "2012-10-17", "Statement": NaN}')
+    assert (issue.line, issue.column) == (1, 40) and "invalid JSON" in issue.message
