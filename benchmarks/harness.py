@@ -30,7 +30,7 @@ from sidecar.demo import SidecarProcess, config_with_ports
 from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
 
 from . import procs, scenarios
-from .load import LoadResult, ensure_tools, grpc_frame, run_h2load, run_wrk
+from .load import LoadResult, ensure_tools, grpc_frame, run_h2load, run_paced, run_wrk
 from .scenarios import Scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ class Profile:
     warmup: float
     connections: int
     rate: int
-    rate_clients: int
+    rate_connections: int
     direct_clients: int
     direct_streams: int
     cold_tokens: int
@@ -56,9 +56,9 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", 1, 0, 4, 100, 2, 2, 2, 20, workers=False, only=frozenset({"anonymous"})),
-    "quick": Profile("quick", 8, 2, 16, 1000, 10, 4, 4, 2000, workers=True),
-    "full": Profile("full", 30, 5, 32, 1000, 10, 4, 8, 10000, workers=True),
+    "smoke": Profile("smoke", 1, 0, 4, 200, 4, 2, 2, 20, workers=False, only=frozenset({"anonymous"})),
+    "quick": Profile("quick", 8, 2, 16, 1000, 16, 4, 4, 2000, workers=True),
+    "full": Profile("full", 30, 5, 32, 1000, 16, 4, 8, 10000, workers=True),
 }
 
 
@@ -287,17 +287,19 @@ class Harness:
                     with noop_grpc_server(port) as server, envoy(self.listen_port, port) as proxy:
                         self.scenario(scenario, proxy, server.pid, port)
             on_sidecar = [s for s in runnable if s.stack == "sidecar"]
-            if on_sidecar:
-                config = scenarios.sidecar_config(on_sidecar)
+            groups: dict[str, list[Scenario]] = {}
+            for s in on_sidecar:
+                groups.setdefault(scenarios.settings_key(s), []).append(s)
+            for group in groups.values():
+                config = scenarios.sidecar_config(group)
                 port = free_port()
                 with sidecar(config, port) as side, envoy(self.listen_port, port) as proxy:
                     assert side.proc is not None
-                    for scenario in on_sidecar:
+                    for scenario in group:
                         self.scenario(scenario, proxy, side.proc.pid, port)
-                if self.profile.workers:
-                    anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)
-                    if anonymous is not None:
-                        self.workers_split(config, anonymous)
+            anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)
+            if self.profile.workers and anonymous is not None:
+                self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
         return self.result
 
@@ -325,13 +327,12 @@ class Harness:
             )
         )
         if scenario.fixed_rate:
-            per_client = max(1, p.rate // p.rate_clients)
             self.add(
                 self.row(
                     scenario,
                     "envoy",
                     "fixed-rate",
-                    lambda: run_h2load(url, p.rate_clients, p.seconds, rate_per_client=per_client, headers=headers),
+                    lambda: run_paced(url, p.rate, p.seconds, headers, scenario.rotation, p.rate_connections),
                     server_pid,
                     envoy_pid,
                 )

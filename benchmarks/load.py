@@ -1,10 +1,11 @@
-"""Load generators: `wrk` (HTTP/1.1 through Envoy, saturation) and `h2load` (HTTP/2: fixed rate through Envoy, and
-saturation straight at a gRPC port with a pre-encoded CheckRequest frame).
+"""Load generators: `wrk` (HTTP/1.1 through Envoy, saturation), `h2load` (HTTP/2 saturation straight at a gRPC
+port with a pre-encoded CheckRequest frame) and our paced client (`paced.py`: fixed rate through Envoy).
 
-Both are C programs so the client never is the bottleneck of a Python server. wrk reports its own latency
-percentiles through a Lua `done()` hook (written as JSON); h2load writes one line per request to `--log-file`
-and the percentiles are computed here from those lines. Debian's `wrk` and `nghttp2-client` are installed with
-apt-get when missing (and we are root), otherwise the error says what to install.
+wrk and h2load are C programs, so the client is never the bottleneck of a Python server. wrk reports its own
+latency percentiles through a Lua `done()` hook (written as JSON); h2load writes one line per request to
+`--log-file` and the percentiles are computed here. h2load's own `--rps` is not used for the fixed rate: it
+sends in bursts (see paced.py). Debian's `wrk` and `nghttp2-client` are installed with apt-get when missing
+(and we are root), otherwise the error says what to install.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client"}
+REPO = Path(__file__).resolve().parents[1]
 
 _WRK_DONE = """
 done = function(summary, latency, requests)
@@ -120,6 +123,37 @@ def run_wrk(
         requests=data["requests"],
         seconds=data["duration_us"] / 1e6,
         errors=data["errors"] + data["status_errors"],
+        p50_us=data["p50_us"],
+        p90_us=data["p90_us"],
+        p99_us=data["p99_us"],
+        max_us=data["max_us"],
+    )
+
+
+def run_paced(
+    url: str,
+    rate: int,
+    seconds: float,
+    headers: Sequence[tuple[str, str]] = (),
+    rotation: Rotation | None = None,
+    connections: int = 16,
+) -> LoadResult:
+    """Fixed-rate load with latency from the schedule (`benchmarks/paced.py`, in its own process)."""
+    cmd = [sys.executable, "-m", "benchmarks.paced", url, "--rate", str(rate), "--seconds", str(seconds)]
+    cmd += ["--connections", str(connections)]
+    for name, value in headers:
+        cmd += ["-H", f"{name}: {value}"]
+    if rotation is not None:
+        cmd += ["--rotate-file", str(rotation.values_file), "--rotate-header", rotation.header]
+        cmd += ["--rotate-prefix", rotation.prefix]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"paced client failed ({done.returncode}): {done.stderr[-2000:]}")
+    data = json.loads(done.stdout)
+    return LoadResult(
+        requests=data["requests"],
+        seconds=data["seconds"],
+        errors=data["errors"],
         p50_us=data["p50_us"],
         p90_us=data["p90_us"],
         p99_us=data["p99_us"],

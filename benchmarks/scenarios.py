@@ -41,9 +41,11 @@ class Scenario:
     rotation: Rotation | None = None
     authorizers: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: tuple[dict[str, str], ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Top-level config settings this scenario needs (scenarios with different settings get their own sidecar)."""
     pending: str = ""
     fixed_rate: bool = True
-    """Also measured at the fixed rate (h2load sends constant headers, so not with a rotation)."""
+    """Also measured at the fixed rate (benchmarks/paced.py)."""
     direct: bool = True
     """Also measured straight at the gRPC port (a constant pre-encoded CheckRequest, so not with a rotation)."""
 
@@ -142,6 +144,20 @@ def anonymous(fx: Fixtures) -> Scenario:
     )
 
 
+def anonymous_no_decision_log(fx: Fixtures) -> Scenario:
+    """The anonymous route with decision logging off: what logging every allowed request costs."""
+    return Scenario(
+        "anonymous-nolog",
+        "anonymous route, decision_log off",
+        "sidecar",
+        path="/anon/item",
+        authorizers={"public": {"type": "none"}},
+        routes=({"match": "ANY /anon/{proxy+}", "authorizer": "public"},),
+        settings={"decision_log": {"enabled": False}},
+        direct=False,
+    )
+
+
 def jwt_warm(fx: Fixtures) -> Scenario:
     token = fx.token("RS256", "warm-user")
     return Scenario(
@@ -164,7 +180,6 @@ def _jwt_cold(fx: Fixtures, alg: str) -> Scenario:
         rotation=Rotation("Authorization", "Bearer ", fx.token_file(alg)),
         authorizers={"jwt_cold": _jwt_authorizer(fx, 0)},
         routes=({"match": "ANY /jwt-cold/{proxy+}", "authorizer": "jwt_cold"},),
-        fixed_rate=False,
         direct=False,
     )
 
@@ -224,6 +239,7 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     noop_grpc,
     noop_http,
     anonymous,
+    anonymous_no_decision_log,
     jwt_warm,
     jwt_cold_rs256,
     jwt_cold_es256,
@@ -240,8 +256,13 @@ def build(fx: Fixtures, only: set[str] | None = None) -> list[Scenario]:
     return [s for s in scenarios if only is None or s.is_floor or s.name in only]
 
 
+def settings_key(scenario: Scenario) -> str:
+    """Scenarios with the same key share one sidecar process."""
+    return json.dumps(scenario.settings, sort_keys=True)
+
+
 def sidecar_config(scenarios: list[Scenario]) -> str:
-    """The one sidecar config serving every runnable scenario (listeners are set by the harness)."""
+    """The sidecar config serving these scenarios (one settings group; listeners are set by the harness)."""
     authorizers: dict[str, dict[str, Any]] = {}
     routes: list[dict[str, str]] = []
     for s in scenarios:
@@ -254,4 +275,6 @@ def sidecar_config(scenarios: list[Scenario]) -> str:
         "authorizers": authorizers or {"public": {"type": "none"}},
         "routes": routes or [{"match": "ANY /anon/{proxy+}", "authorizer": "public"}],
     }
+    for s in scenarios:
+        config.update(s.settings)
     return yaml.safe_dump(config, sort_keys=False)
