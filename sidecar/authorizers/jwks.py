@@ -410,6 +410,7 @@ class JwksCache:
         clock: Clock = time.time,
         allow_http: bool = False,
         background: bool = True,
+        poll_interval: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "jwks",
     ) -> None:
@@ -435,6 +436,8 @@ class JwksCache:
         self.fetch_count = 0
         self._clock = clock
         self._background = background
+        self._poll_interval = poll_interval
+        self._fetched = asyncio.Condition()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._inflight: asyncio.Task[bool] | None = None
@@ -489,9 +492,11 @@ class JwksCache:
             self._client = None
 
     async def _run(self) -> None:
+        # Sleep until the refresh is due, but never longer than `poll_interval`: the clock is re-read on each
+        # wake-up, so a wall-clock step (or a test's clock) cannot postpone a refresh by more than that.
         while True:
-            delay = max(0.05, self.next_refresh_at - self._clock())
-            await asyncio.sleep(min(delay, self.policy.refresh_max))
+            delay = max(0.01, self.next_refresh_at - self._clock())
+            await asyncio.sleep(min(delay, self._poll_interval))
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -542,7 +547,19 @@ class JwksCache:
         """Whether a fetch is in flight right now."""
         return self._inflight is not None and not self._inflight.done()
 
+    async def wait_for_fetches(self, count: int) -> None:
+        """Wait until `fetch_count` reaches `count` (for tests and tools observing the background refresher)."""
+        async with self._fetched:
+            await self._fetched.wait_for(lambda: self.fetch_count >= count)
+
     async def _fetch_and_swap(self) -> bool:
+        try:
+            return await self._fetch_and_swap_once()
+        finally:
+            async with self._fetched:
+                self._fetched.notify_all()
+
+    async def _fetch_and_swap_once(self) -> bool:
         now = self._clock()
         self.last_attempt_at = now
         self.fetch_count += 1

@@ -335,3 +335,26 @@ async def test_fetches_are_counted_in_metrics(server: JwksServer) -> None:
         assert (count("ok"), count("error")) == (before[0] + 1, before[1] + 1)
     finally:
         await cache.stop()
+
+
+async def test_background_refresher_follows_the_clock_and_rotates(server: JwksServer) -> None:
+    clock = FakeClock()
+    iss = issuer_for(server)
+    server.serve(iss.jwks(), cache_control="max-age=600")
+    cache = JwksCache(jwks_uri=server.jwks_uri, policy=POLICY, clock=clock, background=True, poll_interval=0.01)
+    await cache.start()
+    auth = authorizer(cache, iss, clock)
+    try:
+        assert cache.fetch_count == 1
+        iss.keys["k2"] = (ec_key(0), "ES256")
+        del iss.keys["k1"]
+        server.serve(iss.jwks(), cache_control="max-age=600")
+        clock.advance(600)  # the scheduled refresh is due: the background task performs it
+        await asyncio.wait_for(cache.wait_for_fetches(2), 10)
+        assert cache.keyset is not None and [k.kid for k in cache.keyset.keys] == ["k2"]
+        await auth.authenticate(request(iss.token(iss.claims(clock.now), kid="k2")))
+        assert cache.fetch_count == 2  # the new key was already there: no refetch on the request path
+        assert cache.next_refresh_at == clock.now + 600
+    finally:
+        await cache.stop()
+    assert cache._task is None
