@@ -472,7 +472,10 @@ class JwksCache:
             timeout=self.policy.fetch_timeout, follow_redirects=False, transport=self._transport
         )
         if self.keyset is None:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug while fetching must not fail the config that uses these keys
+                log.exception("first JWKS fetch for %s failed unexpectedly", self.describe())
         if self._background:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="jwks-refresh")
 

@@ -358,3 +358,26 @@ async def test_background_refresher_follows_the_clock_and_rotates(server: JwksSe
     finally:
         await cache.stop()
     assert cache._task is None
+
+
+async def test_unexpected_fetch_errors_never_escape_start_or_requests() -> None:
+    import httpx
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug in a transport")
+
+    clock = FakeClock()
+    cache = JwksCache(
+        jwks_uri="https://keys.example.test/jwks.json",
+        policy=POLICY,
+        clock=clock,
+        background=False,
+        transport=httpx.MockTransport(broken),
+    )
+    await cache.start()
+    try:
+        assert not cache.is_ready()
+        iss = Issuer("https://keys.example.test", {"k1": (rsa_key(0), "RS256")})
+        assert await deny_reason(authorizer(cache, iss, clock), iss.token()) == (jwtmod.KEYS_UNAVAILABLE, 503)
+    finally:
+        await cache.stop()
