@@ -5,6 +5,8 @@ Each bad input must be a `Denied` with the right AWS reason, never another excep
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -487,3 +489,16 @@ def test_fuzz_whole_request_never_crashes(
     with pytest.raises(Denied) as info:
         verifier().verify(request)
     assert info.value.reason in REASONS
+
+
+def test_replay_ttl_covers_exactly_the_validity_window() -> None:
+    header = req({**BASE_HEADERS, "authorization": GOOD_AUTH}, at=VECTOR_TIME + 100)
+    assert verifier().verify(header).replay_ttl == 200  # valid until X-Amz-Date + 300 s
+    assert verifier().verify(presigned()._replace(time=VECTOR_TIME + 600)).replay_ttl == 3000  # + X-Amz-Expires
+
+
+def test_missing_request_time_falls_back_to_the_clock() -> None:
+    fresh = self_sign("GET", "/", {}, at=time.time())._replace(time=0.0)
+    verifier().verify(fresh)
+    stale = req({**BASE_HEADERS, "authorization": GOOD_AUTH}, at=0.0)
+    assert deny_reason(verifier(), stale) == SIGNATURE_EXPIRED
