@@ -6,8 +6,8 @@ if the compiled, indexed evaluator ever disagrees with this, the compiled one is
 
 Supported subset (what the property test generates): Principal/NotPrincipal with "*" or {"AWS": [...]},
 Action/NotAction, Resource/NotResource (full ARNs with 6 parts, "*", the short execute-api:/ form, and
-`${...}` variables in resources), and the String*, Numeric*, IpAddress/NotIpAddress, Bool and Null operators with
-IfExists and ForAllValues:/ForAnyValue:.
+`${...}` variables in resources and in String/Arn condition values), and the String*, Numeric*, Date*, Arn*,
+IpAddress/NotIpAddress, Bool and Null operators with IfExists and ForAllValues:/ForAnyValue:.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 Value = str | list[str] | None
@@ -72,14 +73,17 @@ def plain(pattern: str) -> list[tuple[str, bool]]:
 
 
 def substitute(pattern: str, world: World) -> list[tuple[str, bool]] | None:
-    """Expand `${key}` variables into literal characters; None when a variable has no value."""
+    """Expand `${key}` / `${key, 'default'}` variables into literal characters; None when one has no value."""
     out: list[tuple[str, bool]] = []
     rest = pattern
     while "${" in rest:
         before, _, after = rest.partition("${")
         name, _, rest = after.partition("}")
         out.extend(plain(before))
+        name, comma, default = name.partition(",")
         value = world.values.get(name.strip().lower())
+        if value is None and comma:
+            value = default.strip().strip("'")
         if not isinstance(value, str):
             return None
         out.extend((c, False) for c in value)
@@ -149,14 +153,47 @@ def principal_ok(statement: dict[str, Any], world: World) -> bool:
     return True
 
 
-def single_test(base: str, request_value: str, policy_value: str) -> bool:
+def when(text: str) -> float | None:
+    """Epoch seconds from epoch text or ISO 8601 (UTC when no zone is given)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def single_test(base: str, request_value: str, policy_value: str, world: World) -> bool:
     """The positive form of operator `base` for one request value against one policy value."""
-    if base in ("StringEquals", "StringNotEquals"):
-        return request_value == policy_value
-    if base in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
-        return request_value.lower() == policy_value.lower()
-    if base in ("StringLike", "StringNotLike"):
-        return glob(plain(policy_value), request_value)
+    if base.startswith(("String", "Arn")):
+        tokens = substitute(policy_value, world)
+        if tokens is None:
+            return False
+        text = "".join(c for c, _ in tokens)
+        if base in ("StringEquals", "StringNotEquals"):
+            return request_value == text
+        if base in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
+            return request_value.lower() == text.lower()
+        if base in ("StringLike", "StringNotLike"):
+            return glob(tokens, request_value)
+        return arn_match(tokens, request_value)
+    if base.startswith("Date"):
+        mine, theirs = when(request_value), when(policy_value)
+        if mine is None or theirs is None:
+            return False
+        return {
+            "DateEquals": mine == theirs,
+            "DateNotEquals": mine == theirs,
+            "DateLessThan": mine < theirs,
+            "DateLessThanEquals": mine <= theirs,
+            "DateGreaterThan": mine > theirs,
+            "DateGreaterThanEquals": mine >= theirs,
+        }[base]
     if base.startswith("Numeric"):
         try:
             number = float(request_value)
@@ -187,6 +224,9 @@ NEGATED = {
     "StringNotLike",
     "NumericNotEquals",
     "NotIpAddress",
+    "DateNotEquals",
+    "ArnNotEquals",
+    "ArnNotLike",
 }
 
 
@@ -203,7 +243,7 @@ def condition_ok(operator: str, key: str, raw_values: Any, world: World) -> bool
     negated = base in NEGATED
 
     def matches(item: str) -> bool:
-        return any(single_test(base, item, v) for v in policy_values)
+        return any(single_test(base, item, v, world) for v in policy_values)
 
     if qualifier == "ForAllValues":
         if value is None:

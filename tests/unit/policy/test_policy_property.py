@@ -58,7 +58,20 @@ NUMERIC_OPS = ["NumericEquals", "NumericNotEquals", "NumericLessThan", "NumericG
 # key -> (operators, candidate values)
 CONDITION_KEYS: dict[str, tuple[list[str], list[str]]] = {
     "aws:SourceIp": (["IpAddress", "NotIpAddress"], ["10.0.0.0/8", "192.0.2.0/24", "10.1.2.3", "2001:db8::/32"]),
-    "request:header/x-a": (STRING_OPS, ["abc", "ABC", "a*", "10", "1?"]),
+    "request:header/x-a": (STRING_OPS, ["abc", "ABC", "a*", "10", "1?", "${aws:username}", "${jwt:tenant, 'a1'}"]),
+    "aws:PrincipalArn": (
+        ["ArnLike", "ArnNotLike", "ArnEquals", "ArnNotEquals"],
+        [
+            "arn:aws:iam::111111111111:*",
+            "arn:aws:iam::*:user/alice",
+            "arn:aws:sts::*:assumed-role/*",
+            "arn:aws:iam::${aws:PrincipalAccount}:user/*",
+        ],
+    ),
+    "aws:CurrentTime": (
+        ["DateLessThan", "DateGreaterThanEquals", "DateEquals", "DateNotEquals"],
+        ["999999999", "1000000000", "2001-09-09T01:46:40Z", "1000000001", "2001-09-09"],
+    ),
     "request:header/x-n": (NUMERIC_OPS, ["10", "5", "-1.5"]),
     "cognito:groups": (["StringEquals", "StringNotEquals", "StringLike", "StringNotLike"], ["admins", "devs", "a*"]),
     "jwt:flag": (["Bool"], ["true", "false"]),
@@ -117,7 +130,7 @@ def worlds(draw: st.DrawFn) -> tuple[Request, Principal, World]:
     method = draw(st.sampled_from(["GET", "POST", "DELETE"]))
     path = draw(st.sampled_from(["/pets", "/pets/1", "/orders", "/", "/alice/x", "/acme", "/orders/1", "/cats"]))
     source = draw(st.sampled_from(["10.1.2.3", "192.0.2.7", "203.0.113.9", "2001:db8::5"]))
-    header_a = draw(st.sampled_from([None, "abc", "ABC", "10", "a1", "xyz"]))
+    header_a = draw(st.sampled_from([None, "abc", "ABC", "10", "a1", "xyz", "alice", "acme"]))
     header_n = draw(st.sampled_from([None, "10", "5", "-1.5", "12", "nan-ish"]))
     groups = draw(st.sampled_from([None, [], ["admins"], ["devs", "admins"], ["ops"]]))
     flag = draw(st.sampled_from([None, True, False]))
@@ -138,6 +151,9 @@ def worlds(draw: st.DrawFn) -> tuple[Request, Principal, World]:
         "jwt:flag": None if flag is None else str(flag).lower(),
         "jwt:tenant": tenant,
         "aws:username": "alice" if arn.endswith(":user/alice") else "bob" if arn.endswith(":user/bob") else None,
+        "aws:principalarn": arn or None,
+        "aws:principalaccount": account or None,
+        "aws:currenttime": "2001-09-09T01:46:40Z",  # time=1e9 below
     }
     resource = f"{API_PREFIX}{API.stage}/{method}{path}"
     return request, principal, World("execute-api:Invoke", resource, Caller(arn, account), values)
