@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections import deque
 from collections.abc import Coroutine, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON: Final = b"content-type: application/json\r\ncontent-length: "
 _UNSAFE_VALUE = re.compile("[\x00\r\n]").search
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
+
+_MAX_RENDERED: Final = 4096
 
 INTERNAL: Final = Decision(
     allowed=False, status=500, reason=reasons.INTERNAL_ERROR, message="Internal authorization error"
@@ -196,7 +199,7 @@ def _compile_networks(peers: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipa
 class _Shared:
     """What every connection of one listener reads: settings in their fast form, the pipeline, live conns."""
 
-    __slots__ = ("checked_names", "connections", "networks", "pipeline", "prefix", "settings")
+    __slots__ = ("checked_names", "connections", "networks", "pipeline", "prefix", "rendered", "settings")
 
     def __init__(self, pipeline: Checker, settings: HttpSettings) -> None:
         self.pipeline = pipeline
@@ -205,6 +208,9 @@ class _Shared:
         self.networks = _compile_networks(settings.trusted_peers)
         self.checked_names: set[str] = set()
         self.connections: set[HttpAuthzProtocol] = set()
+        # Decisions are reused (constant denies, the pipeline's memoized allows): keep their wire form while
+        # they live. Weak keys, so a dropped Decision takes its bytes with it.
+        self.rendered: weakref.WeakKeyDictionary[Decision, bytes] = weakref.WeakKeyDictionary()
 
     def is_trusted(self, address: str) -> bool:
         """True if `address` (the TCP peer) may vouch for the client's address and certificate."""
@@ -606,11 +612,18 @@ class HttpAuthzProtocol(asyncio.Protocol):
 
     def _respond(self, decision: Decision, pending: _Pending) -> None:
         connection = pending.connection
-        try:
-            data = render(decision, pending.head_only, connection, self._shared.checked_names)
-        except _RenderError as bad:
-            log.error("decision header %r cannot be sent; answering 500 instead", str(bad))
-            data = render(INTERNAL, pending.head_only, connection, self._shared.checked_names)
+        common = not connection and not pending.head_only  # HTTP/1.1 keep-alive: the case worth remembering
+        memo = self._shared.rendered
+        data = memo.get(decision) if common else None
+        if data is None:
+            try:
+                data = render(decision, pending.head_only, connection, self._shared.checked_names)
+            except _RenderError as bad:
+                log.error("decision header %r cannot be sent; answering 500 instead", str(bad))
+                data = render(INTERNAL, pending.head_only, connection, self._shared.checked_names)
+            else:
+                if common and len(memo) < _MAX_RENDERED:
+                    memo[decision] = data
         self._respond_bytes(data, pending.keep_alive)
 
     def _respond_bytes(self, data: bytes, keep_alive: bool) -> None:

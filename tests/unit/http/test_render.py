@@ -94,3 +94,25 @@ async def test_unrenderable_decision_becomes_500_on_the_wire(serve: Serve) -> No
     assert response.status == 500
     assert "x-evil" not in response.headers
     await conn.close()
+
+
+async def test_reused_decision_renders_right_for_every_connection_kind(serve: Serve) -> None:
+    """A Decision reused across requests is remembered in its wire form only for the plain keep-alive case."""
+    deny = reasons.Denied(reasons.ACCESS_DENIED, "no", 403).decision()
+
+    class Constant:
+        async def check(self, request: object) -> Decision:
+            return deny
+
+    server = await serve(Constant())
+    conn = await Conn.open(server.port)
+    await conn.send(get("/a") + get("/b"))
+    first, second = await conn.responses(2)
+    assert first.status == second.status == 403 and first.body == second.body != b""
+    await conn.send(get("/head", method="HEAD") + get("/old", version="1.0"))
+    raw = await conn.raw_until_closed()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 ") and b"connection" not in head
+    assert rest.startswith(b"HTTP/1.1 403 ")  # no HEAD body in between
+    assert b"connection: close\r\n" in rest
+    assert rest.endswith(b'{"message":"no","reason":"AccessDenied"}')
