@@ -74,6 +74,7 @@ class Row:
     sidecar_cpu_us: float | None = None
     envoy_cpu_us: float | None = None
     floor: bool = False
+    load_avg: float = 0.0
     note: str = ""
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -84,6 +85,7 @@ class Row:
             "transport": self.transport,
             "mode": self.mode,
             "floor": self.floor,
+            "load_avg_1m": self.load_avg,
             "sidecar_cpu_us_per_check": _round(self.sidecar_cpu_us),
             "envoy_cpu_us_per_check": _round(self.envoy_cpu_us),
             "ratios": self.ratios,
@@ -368,7 +370,17 @@ class Harness:
         envoy_pid: int | None,
     ) -> Row:
         result, server_us, envoy_us = measured(run, server_pid, envoy_pid)
-        return Row(scenario.name, scenario.title, transport, mode, result, server_us, envoy_us, scenario.is_floor)
+        return Row(
+            scenario.name,
+            scenario.title,
+            transport,
+            mode,
+            result,
+            server_us,
+            envoy_us,
+            scenario.is_floor,
+            procs.load_average(),
+        )
 
     def add(self, row: Row) -> None:
         self.result.rows.append(row)
@@ -379,6 +391,7 @@ class Harness:
         self.log(
             f"  {row.scenario:<16} {row.transport:<11} {row.mode:<10} {r.rps:8.0f} rps  "
             f"p50 {r.p50_us / 1000:6.2f} ms  p99 {r.p99_us / 1000:6.2f} ms  server {cpu} us/check  errors {r.errors}"
+            f"  load {row.load_avg:.1f}"
         )
 
     def workers_split(self, config: str, scenario: Scenario) -> None:

@@ -14,6 +14,14 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def load_average() -> float:
+    """The 1-minute load average: how busy the machine was, our processes and everyone else's."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _stat_fields(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
     return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on; comm may hold spaces
