@@ -261,13 +261,25 @@ class EvalContext:
             return resolver(self)
         if self._claims is None:
             self._claims = {k.lower(): v for k, v in self.principal.claims.items()}
-        claim = key[len(JWT_PREFIX) :] if key.startswith(JWT_PREFIX) else key
-        if claim in self._claims:
+        claim: str | None = key[len(JWT_PREFIX) :] if key.startswith(JWT_PREFIX) else key
+        if claim not in self._claims:
+            claim = self._provider_claim(key)
+        if claim is not None and claim in self._claims:
             value = self._claims[claim]
             if claim in ("scope", "scp") and isinstance(value, str):
                 return tuple(value.split())
             return normalize(value)
         return None
+
+    def _provider_claim(self, key: str) -> str | None:
+        """IAM's web-identity keys name the provider: `cognito-identity.amazonaws.com:sub`,
+        `accounts.google.com:sub`. They read the token's claim when the token's issuer is that provider."""
+        provider, _, claim = key.rpartition(":")
+        issuer = self._claims.get("iss") if self._claims is not None else None
+        if not provider or not isinstance(issuer, str):
+            return None
+        issuer = issuer.lower().removeprefix("https://").removeprefix("http://").rstrip("/")
+        return claim if issuer == provider else None
 
     def date(self, text: str) -> float | None:
         """`text` as epoch seconds, memoized (time keys are compared by several statements)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from policy_support import API, NOON, allow, iam_user, jwt_user, policy, request
+from policy_support import API, NOON, allow, effect, iam_user, jwt_user, policy, request
 
 from sidecar.policy import ContextSettings, EvalContext
 from sidecar.request import ANONYMOUS, Principal
@@ -95,6 +95,17 @@ def test_claim_keys() -> None:
     assert ctx.get("jwt:n") == "3"
     assert ctx.get("jwt:nothing") is None
     assert ctx.get("aws:principaltype") == "FederatedUser"
+
+
+def test_web_identity_provider_keys_read_the_token_of_that_provider() -> None:
+    cognito = jwt_user("us-east-1:1234-abcd", iss="https://cognito-identity.amazonaws.com", amr=["authenticated"])
+    ctx = _ctx(cognito)
+    assert ctx.get("cognito-identity.amazonaws.com:sub") == "us-east-1:1234-abcd"
+    assert ctx.get("cognito-identity.amazonaws.com:amr") == ("authenticated",)
+    assert ctx.get("accounts.google.com:sub") is None  # another provider's key is absent
+    compiled = policy(allow(Resource="execute-api:/prod/GET/users/${cognito-identity.amazonaws.com:sub}"))
+    assert effect(compiled, req=request(path="/users/us-east-1:1234-abcd"), principal=cognito) == "Allow"
+    assert effect(compiled, req=request(path="/users/someone-else"), principal=cognito) == "Neither"
 
 
 def test_principal_context_adds_keys_but_cannot_fake_the_network() -> None:
