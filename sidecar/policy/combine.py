@@ -15,7 +15,7 @@ Cross-account callers (`same_account=False`) need an explicit Allow on both side
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import reasons
 from ..reasons import Denied
@@ -26,9 +26,11 @@ EXPLICIT_DENY = "ExplicitDeny"
 IMPLICIT_DENY = "ImplicitDeny"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The combined verdict. `decided_by` is `identity`, `resource`, `private-api`, `cross-account` or `none`."""
+class Outcome(NamedTuple):
+    """The combined verdict. `decided_by` is `identity`, `resource`, `private-api`, `cross-account` or `none`.
+
+    A NamedTuple: one is built per request, and that is several times cheaper than a frozen dataclass.
+    """
 
     allowed: bool
     effect: str
