@@ -658,6 +658,9 @@ class HttpAuthzProtocol(asyncio.Protocol):
         """
         length = self._headers.get("content-length", "0")
         if length not in ("", "0") or self._headers.get("transfer-encoding"):
+            queue = self._queue
+            if queue and queue[-1].request is not None:
+                queue.pop()  # llhttp completed it without its body: never decide on a truncated request
             self._fail(_BAD_REQUEST)
             return
         self._parser = httptools.HttpRequestParser(self)

@@ -343,3 +343,13 @@ async def test_shutdown_lets_in_flight_checks_answer(serve: Serve, fake: FakePip
     await shutdown
     assert await busy.closed()
     assert not server.is_serving()
+
+
+async def test_upgrade_request_with_a_body_is_refused_not_decided_without_it(serve: Serve, fake: FakePipeline) -> None:
+    server = await serve()
+    conn = await Conn.open(server.port)
+    await conn.send(get("/async/ok") + get("/up", "Upgrade: h2c", "Connection: Upgrade", method="POST", body=b"abc"))
+    first, second = await conn.responses(2)
+    assert (first.status, second.status) == (200, 400)
+    assert await conn.closed()
+    assert [r.path for r in fake.seen] == ["/async/ok"]
