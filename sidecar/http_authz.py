@@ -110,9 +110,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 
 _MAX_RENDERED: Final = 4096
 
-INTERNAL: Final = Decision(
-    allowed=False, status=500, reason=reasons.INTERNAL_ERROR, message="Internal authorization error"
-)
+INTERNAL: Final = reasons.INTERNAL  # the same 500 deny the gRPC adapter sends for a pipeline that raised
 
 
 def _status_line(status: int) -> bytes:
@@ -388,6 +386,37 @@ class _Resume:
 
 class HttpAuthzProtocol(asyncio.Protocol):
     """One proxy connection: parse requests, decide them in order, answer them in order."""
+
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_busy",
+        "_close_after_flush",
+        "_head_len",
+        "_head_raw",
+        "_headers",
+        "_in_head",
+        "_in_message",
+        "_last_activity",
+        "_loop",
+        "_msg_seq",
+        "_msg_start",
+        "_out",
+        "_parser",
+        "_peer",
+        "_queue",
+        "_raw_headers",
+        "_reading_paused",
+        "_settings",
+        "_shared",
+        "_stop_reading",
+        "_task",
+        "_timer",
+        "_transport",
+        "_trusted",
+        "_url",
+        "_writing_paused",
+    )
 
     def __init__(self, shared: _Shared) -> None:
         self._shared = shared
