@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ INVOKE = "execute-api:invoke"
 HEADER_PREFIX = "request:header/"
 JWT_PREFIX = "jwt:"
 _UNSET: Any = object()
+_MAPPED_V4 = 0xFFFF  # ::ffff:a.b.c.d
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +69,26 @@ def normalize(value: Any) -> Value:
 
 
 def parse_ip(text: str) -> tuple[int, int] | None:
-    """`(version, integer)` for an IP address (IPv4-mapped IPv6 folds to IPv4); None if unparseable."""
+    """`(version, integer)` for an IP address (IPv4-mapped IPv6 folds to IPv4); None if unparseable.
+
+    `inet_pton` first: it is ten times faster than `ipaddress` and just as strict (no leading zeros); only
+    scoped IPv6 addresses (`fe80::1%eth0`) need the slow path.
+    """
+    text = text.strip()
     try:
-        address = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.version, int(address)
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        pass
+    try:
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
+        try:
+            number = int(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    if number >> 32 == _MAPPED_V4:
+        return 4, number & 0xFFFFFFFF
+    return 6, number
 
 
 def parse_date(text: str) -> float | None:
@@ -122,7 +136,7 @@ def _source_ip(ctx: EvalContext) -> str | None:
     if parsed is None:
         return None
     if parsed[0] == 4 and ":" in source:
-        source = str(ipaddress.IPv4Address(parsed[1]))
+        source = socket.inet_ntop(socket.AF_INET, parsed[1].to_bytes(4, "big"))
         ctx.ip(source)
     return source
 

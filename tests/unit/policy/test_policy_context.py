@@ -8,6 +8,7 @@ import pytest
 from policy_support import API, NOON, allow, effect, iam_user, jwt_user, policy, request
 
 from sidecar.policy import ContextSettings, EvalContext
+from sidecar.policy.context import parse_ip
 from sidecar.request import ANONYMOUS, Principal
 
 
@@ -41,6 +42,25 @@ def test_source_ip(source: str, xff: str, hops: int, expected: str | None) -> No
     headers = {"x-forwarded-for": xff} if xff else {}
     ctx = _ctx(settings=ContextSettings(trusted_proxy_hops=hops), source=source, headers=headers)
     assert ctx.get("aws:sourceip") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.1", (4, 0x0A000001)),
+        (" 10.0.0.1 ", (4, 0x0A000001)),
+        ("::ffff:10.0.0.1", (4, 0x0A000001)),
+        ("2001:db8::1", (6, 0x20010DB8 << 96 | 1)),
+        ("fe80::1%eth0", (6, 0xFE80 << 112 | 1)),
+        ("010.0.0.1", None),
+        ("10.0.0", None),
+        ("300.0.0.1", None),
+        ("", None),
+        ("example.com", None),
+    ],
+)
+def test_parse_ip(text: str, expected: tuple[int, int] | None) -> None:
+    assert parse_ip(text) == expected
 
 
 def test_request_keys() -> None:
