@@ -76,7 +76,7 @@ def main(iterations: int) -> None:
     for alg in keys:
         requests = [req(token(alg, i)) for i in range(iterations)]
         cold = authorizer(cache_size=iterations + 1)
-        micros = median_us(lambda i, a=cold, r=requests: run(a.authenticate(r[i])), iterations)  # type: ignore[misc]
+        micros = median_us(lambda i, a=cold, r=requests: run(a.authenticate(r[i])), iterations)
         print(f"  cold {alg:6} (new token each call) : {micros:8.2f}")
 
     warm = authorizer(cache_size=10_000)
