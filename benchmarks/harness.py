@@ -11,6 +11,7 @@ checked once (a 200 through Envoy, an OK straight at gRPC) before it is loaded, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -299,11 +300,23 @@ class Harness:
                     assert side.proc is not None
                     for scenario in group:
                         self.scenario(scenario, proxy, side.proc.pid, port)
+            noop = next((s for s in runnable if s.stack == "noop-grpc"), None)
+            if noop is not None and on_sidecar and self.profile.workers:
+                self.floor_again(noop)
             anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)
             if self.profile.workers and anonymous is not None:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
         return self.result
+
+    def floor_again(self, noop: Scenario) -> None:
+        """The gRPC floor once more at the end: its ratio to the first shows how much the machine drifted."""
+        again = dataclasses.replace(
+            noop, name="noop-grpc-again", title="floor again, end of run (drift check)", fixed_rate=False, direct=False
+        )
+        port = free_port()
+        with noop_grpc_server(port) as server, envoy(self.listen_port, port) as proxy:
+            self.scenario(again, proxy, server.pid, port)
 
     def scenario(self, scenario: Scenario, proxy: EnvoyProcess, server_pid: int | None, grpc_port: int | None) -> None:
         """Every mode and transport of one scenario on a running stack."""

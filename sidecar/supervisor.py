@@ -80,9 +80,14 @@ async def _serve_worker(config_path: Path | None, ready: Synchronized[int]) -> i
         await sidecar.drain_and_stop()
         return 1
     sidecar.install_signal_handlers()
+    parent = os.getppid()
+    orphaned: asyncio.Future[None] | None = None
     stopped = asyncio.ensure_future(sidecar.wait_stopped())
     while not stopped.done():
         ready.value = 1 if sidecar.state.ready and not sidecar.state.draining else 0
+        if orphaned is None and os.getppid() != parent and not sidecar.state.draining:
+            log.warning("supervisor %d is gone; draining", parent)  # never outlive it holding the port
+            orphaned = asyncio.ensure_future(sidecar.drain_and_stop())
         await asyncio.wait({stopped}, timeout=_POLL)
     ready.value = 0
     return 0

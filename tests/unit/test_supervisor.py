@@ -229,6 +229,20 @@ def test_real_workers_share_the_port_survive_a_crash_and_drain(serve_workers: An
     assert not any(alive(p) for p in current)
 
 
+def test_workers_do_not_outlive_a_killed_supervisor(serve_workers: Any) -> None:
+    proc, grpc_port, admin = serve_workers()
+    url = f"http://127.0.0.1:{admin}/readyz"
+    poll(lambda: ready_body(url) is not None)
+    body = ready_body(url)
+    assert body is not None
+    pids = [w["pid"] for w in body["workers"]]
+    proc.kill()
+    proc.wait(10)
+    poll(lambda: not any(alive(p) for p in pids))
+    with socket.socket() as probe:  # the port is free again
+        probe.bind(("127.0.0.1", grpc_port))
+
+
 def test_port_taken_by_another_program_exits_1(serve_workers: Any) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
