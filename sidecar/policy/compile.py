@@ -64,16 +64,32 @@ class StatementRef:
         return self.sid if self.sid else self.path
 
 
-class CompiledStatement:
-    """One statement as checks over the context. `checks` are what the hot path runs (action is pre-filtered)."""
+def _always(ctx: EvalContext) -> bool:
+    """The check of an element that matches everything (`"*"`); the hot path leaves it out."""
+    return True
 
-    __slots__ = ("action_match", "checks", "deny", "labels", "ref", "spec")
+
+def _never(ctx: EvalContext) -> bool:
+    """The check of an element that matches nothing (`NotPrincipal: "*"`)."""
+    return False
+
+
+class CompiledStatement:
+    """One statement as checks over the context.
+
+    `checks` (with `labels`) are every element in document order, for explanations. `fast` is what the hot path
+    runs: the action was already filtered by the index, `"*"` elements are dropped, and so is the resource check
+    when the index only offers this statement for exactly its literal ARNs.
+    """
+
+    __slots__ = ("action_match", "checks", "deny", "fast", "labels", "ref", "spec")
 
     def __init__(
         self,
         spec: StatementSpec,
         action_match: Callable[[str], bool],
         checks: Sequence[tuple[str, Check]],
+        implied: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
         self.ref = StatementRef(spec.index, spec.sid, spec.effect, spec.path)
@@ -81,10 +97,11 @@ class CompiledStatement:
         self.action_match = action_match
         self.labels = tuple(label for label, _ in checks)
         self.checks = tuple(check for _, check in checks)
+        self.fast = tuple(check for label, check in checks if check is not _always and label not in implied)
 
     def matches(self, ctx: EvalContext) -> bool:
         """Whether every element applies (the action was checked by the index)."""
-        for check in self.checks:  # noqa: SIM110 - a plain loop beats all() over a generator on the hot path
+        for check in self.fast:  # noqa: SIM110 - a plain loop beats all() over a generator on the hot path
             if not check(ctx):
                 return False
         return True
@@ -300,7 +317,9 @@ def _compile_statement(spec: StatementSpec, variables: bool) -> CompiledStatemen
     for condition in spec.conditions:
         check = compile_condition(condition.operator, condition.key.lower(), condition.values, variables)
         checks.append((f"Condition.{condition.operator.text}.{condition.key}", check))
-    return CompiledStatement(spec, _action_match(spec.actions, spec.not_action), checks)
+    literal = not spec.not_resource and all(literal_prefix(r) == r for r in spec.resources)
+    implied = frozenset({"Resource"}) if spec.resources and literal else frozenset()
+    return CompiledStatement(spec, _action_match(spec.actions, spec.not_action), checks, implied)
 
 
 def _action_match(actions: tuple[str, ...], negated: bool) -> Callable[[str], bool]:
@@ -319,7 +338,7 @@ def _resource_check(resources: tuple[str, ...], negated: bool, variables: bool) 
         else:
             static.append(pattern)
     if "*" in static:
-        return (lambda ctx: False) if negated else (lambda ctx: True)
+        return _never if negated else _always
     match = ArnSet(static).matches if static else None
 
     def matches(ctx: EvalContext) -> bool:
@@ -343,7 +362,7 @@ def _normalize_issuer(issuer: str) -> str:
 
 def _principal_check(spec: PrincipalSpec, negated: bool) -> Check:
     if spec.wildcard:
-        return (lambda ctx: False) if negated else (lambda ctx: True)
+        return _never if negated else _always
     accounts = frozenset(spec.accounts)
     arns = frozenset(spec.arns)
     federated = frozenset(_normalize_issuer(f) for f in spec.federated)
