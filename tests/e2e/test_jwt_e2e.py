@@ -1,6 +1,6 @@
-"""JWT through a real Envoy: an OIDC-style issuer (keys made with `cryptography`, JWKS served over HTTP on
-127.0.0.1) signs RS256, ES256 and EdDSA tokens; the sidecar fetches the keys itself, becomes ready only once it has
-them, and follows a key rotation."""
+"""JWT through a real Envoy: an OIDC-style issuer (keys made with `cryptography`; discovery document and JWKS
+served over HTTP on 127.0.0.1) signs RS256, ES256 and EdDSA tokens; the sidecar discovers and fetches the keys
+itself, becomes ready only once it has them, and follows a key rotation. Moto's Cognito issues real Cognito tokens."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 
 
 class KeyServer:
-    """A JWKS endpoint on 127.0.0.1 in a thread (the sidecar under test is another process)."""
+    """An OIDC issuer's discovery document and JWKS on 127.0.0.1, served from a thread (the sidecar under test is
+    another process). `hits` counts JWKS fetches."""
 
     def __init__(self) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
@@ -30,8 +31,11 @@ class KeyServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                outer.hits += 1
-                body = json.dumps(outer.jwks).encode()
+                if self.path == "/.well-known/openid-configuration":
+                    body = json.dumps({"issuer": outer.url, "jwks_uri": f"{outer.url}/jwks.json"}).encode()
+                else:
+                    outer.hits += 1
+                    body = json.dumps(outer.jwks).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("cache-control", "max-age=3600")
@@ -69,7 +73,6 @@ authorizers:
     issuer: "{issuer}"
     audiences: [{audience}]
     algorithms: [RS256, ES256, EdDSA]
-    jwks_uri: "{issuer}/jwks.json"
     claim_to_headers: {{sub: x-user, groups: x-groups}}
     jwks_unknown_kid_interval: 0
 routes:
