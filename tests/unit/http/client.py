@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import httptools
 
@@ -52,10 +52,20 @@ class Conn:
         self._collector.parser = httptools.HttpResponseParser(self._collector)
         self._taken = 0
 
+    opened: ClassVar[list[Conn]] = []
+    """Every connection opened; `close_all()` closes them at the end of a test."""
+
     @classmethod
     async def open(cls, port: int, host: str = "127.0.0.1") -> Conn:
         reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+        conn = cls(reader, writer)
+        cls.opened.append(conn)
+        return conn
+
+    @classmethod
+    async def close_all(cls) -> None:
+        while cls.opened:
+            await cls.opened.pop().close()
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -96,6 +106,8 @@ class Conn:
         return b"".join(chunks)
 
     async def close(self) -> None:
+        if self.writer.is_closing():
+            return
         self.writer.close()
         with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()

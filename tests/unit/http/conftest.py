@@ -11,6 +11,8 @@ from sidecar import reasons
 from sidecar.http_authz import HttpAuthzServer, HttpSettings, start_http_server
 from sidecar.request import Decision, Request
 
+from .client import Conn
+
 
 class FakePipeline:
     """Allows everything, echoing what it saw in upstream headers, unless a path says otherwise.
@@ -76,6 +78,7 @@ class Servers:
         return server
 
     async def close(self) -> None:
+        await Conn.close_all()
         for server in self.started:
             server.close()
             await server.wait_closed()
