@@ -77,11 +77,11 @@ def parse_ip(text: str) -> tuple[int, int] | None:
     text = text.strip()
     try:
         return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         pass
     try:
         number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-    except OSError:
+    except (OSError, ValueError):
         try:
             number = int(ipaddress.IPv6Address(text))
         except ValueError:

@@ -57,6 +57,8 @@ def test_source_ip(source: str, xff: str, hops: int, expected: str | None) -> No
         ("300.0.0.1", None),
         ("", None),
         ("example.com", None),
+        ("10.0.0.1\x00", None),
+        ("::1\x00", None),
     ],
 )
 def test_parse_ip(text: str, expected: tuple[int, int] | None) -> None:
