@@ -174,8 +174,11 @@ def _username(principal: Principal) -> str | None:
     return rest.rsplit("/", 1)[-1] if sep and ":iam::" in principal.arn else None
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _iso(seconds: float) -> str | None:
+    try:
+        return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # a nonsensical request time: the key is absent
+        return None
 
 
 Resolver = Callable[["EvalContext"], Value]
@@ -267,14 +270,14 @@ class EvalContext:
         if key.startswith(HEADER_PREFIX):
             return self.request.headers.get(key[len(HEADER_PREFIX) :])
         if self._pctx is None:
-            self._pctx = {k.lower(): v for k, v in self.principal.context.items()}
+            self._pctx = {str(k).lower(): v for k, v in self.principal.context.items()}
         if key in self._pctx:
             return normalize(self._pctx[key])
         resolver = _PRINCIPAL_KEYS.get(key)
         if resolver is not None:
             return resolver(self)
         if self._claims is None:
-            self._claims = {k.lower(): v for k, v in self.principal.claims.items()}
+            self._claims = {str(k).lower(): v for k, v in self.principal.claims.items()}
         claim: str | None = key[len(JWT_PREFIX) :] if key.startswith(JWT_PREFIX) else key
         if claim not in self._claims:
             claim = self._provider_claim(key)

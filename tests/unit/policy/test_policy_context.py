@@ -143,6 +143,12 @@ def test_principal_context_adds_keys_but_cannot_fake_the_network() -> None:
     assert ctx.get("aws:sourceip") == "203.0.113.1"  # but never its network location
 
 
+def test_absurd_request_time_leaves_time_keys_absent() -> None:
+    ctx = _ctx(time=1e300)
+    assert ctx.get("aws:currenttime") is None
+    assert ctx.get("aws:epochtime") == str(int(1e300))
+
+
 def test_context_is_lazy_and_memoized() -> None:
     compiled = policy(allow(Condition={"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}))
     assert compiled.context_keys == frozenset({"aws:sourceip"})
