@@ -10,18 +10,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import jwt
 import yaml
 
 from .config import default_config_text
@@ -162,6 +165,8 @@ class Scenario:
     expect_reason: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    sign: Callable[[str, str, bytes], dict[str, str]] | None = None
+    """Given (method, url, body), the headers that authenticate the request (SigV4 signs the final URL)."""
 
 
 SCENARIOS: list[Scenario] = [
@@ -190,8 +195,12 @@ class Outcome:
 
 def send(base: str, scenario: Scenario) -> Outcome:
     """Send one scenario through Envoy."""
+    url = base + scenario.path
+    headers = dict(scenario.headers)
+    if scenario.sign is not None:
+        headers.update(scenario.sign(scenario.method, url, scenario.body))
     request = urllib.request.Request(  # noqa: S310 - loopback URL we built
-        base + scenario.path, data=scenario.body or None, method=scenario.method, headers=scenario.headers
+        url, data=scenario.body or None, method=scenario.method, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
@@ -202,8 +211,163 @@ def send(base: str, scenario: Scenario) -> Outcome:
     with contextlib.suppress(ValueError):
         payload = json.loads(body or b"{}")
         reason = str(payload.get("reason", ""))
-        principal = str(payload.get("headers", {}).get("x-authz-principal", ""))
+        principal = str(payload.get("headers", {}).get("x-authz-principal", "")) if status == 200 else ""
     return Outcome(scenario, status, reason, principal)
+
+
+class _JwksHandler(BaseHTTPRequestHandler):
+    """Serves the demo issuer's JWKS document."""
+
+    jwks: bytes = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.jwks)))
+        self.end_headers()
+        self.wfile.write(self.jwks)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request logging."""
+
+
+class DemoIdentities:
+    """A JWT issuer and a SigV4 credential for the demo, made fresh on every run (nothing secret is shipped)."""
+
+    ACCESS_KEY = "AKIDDEMO00000000"
+    AUDIENCE = "demo-api"
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._secret = secrets.token_urlsafe(30)
+        self._dir = tempfile.TemporaryDirectory(prefix="authz-demo-idp-")
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key()))
+        handler = type(
+            "Handler",
+            (_JwksHandler,),
+            {"jwks": json.dumps({"keys": [{**jwk, "kid": "demo-1", "alg": "RS256", "use": "sig"}]}).encode()},
+        )
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.issuer = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-jwks", daemon=True)
+
+    def __enter__(self) -> DemoIdentities:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._dir.cleanup()
+
+    def config(self, base_text: str) -> str:
+        """`base_text` with a `jwt` authorizer, a `sigv4` authorizer and their routes added."""
+        credentials = Path(self._dir.name) / "credentials.yaml"
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "*"}],
+        }
+        entry = {
+            "access_key_id": self.ACCESS_KEY,
+            "secret_access_key": self._secret,
+            "principal_arn": "arn:aws:iam::000000000000:user/demo-robot",
+            "policies": [policy],
+        }
+        credentials.write_text(yaml.safe_dump({"credentials": [entry]}), encoding="utf-8")
+        data = yaml.safe_load(base_text)
+        data["authorizers"]["corp"] = {
+            "type": "jwt",
+            "issuer": self.issuer,
+            "audiences": [self.AUDIENCE],
+            "algorithms": ["RS256"],
+            "jwks_uri": f"{self.issuer}/jwks.json",
+        }
+        data["authorizers"]["iam"] = {
+            "type": "sigv4",
+            "service": "execute-api",
+            "region": "us-east-1",
+            "credentials": {"file": str(credentials)},
+        }
+        data["routes"] += [
+            {"match": "GET /orders/{id}", "authorizer": "corp", "scopes": ["orders.read"]},
+            {"match": "ANY /iam/{proxy+}", "authorizer": "iam"},
+        ]
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def token(self, subject: str, scope: str, lifetime: float = 300) -> str:
+        """A token from the demo issuer."""
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": self.AUDIENCE, "sub": subject, "scope": scope, "iat": now}
+        claims["exp"] = now + int(lifetime)
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": "demo-1"})
+
+    def sigv4(self, secret: str | None = None) -> Callable[[str, str, bytes], dict[str, str]]:
+        """A signer for the demo credential (or, with `secret`, for a wrong secret)."""
+
+        def sign(method: str, url: str, body: bytes) -> dict[str, str]:
+            from botocore.auth import SigV4Auth
+            from botocore.awsrequest import AWSRequest
+            from botocore.credentials import Credentials
+
+            request = AWSRequest(method=method, url=url, data=body)
+            SigV4Auth(Credentials(self.ACCESS_KEY, secret or self._secret), "execute-api", "us-east-1").add_auth(
+                request
+            )
+            return dict(request.headers.items())
+
+        return sign
+
+    def scenarios(self) -> list[Scenario]:
+        """What the JWT and SigV4 authorizers add to the demo."""
+        bearer = "Bearer "
+        out = [
+            Scenario(
+                "JWT with the route's scope",
+                "GET",
+                "/orders/42",
+                200,
+                headers={"authorization": bearer + self.token("alice", "orders.read")},
+            ),
+            Scenario(
+                "JWT without the route's scope",
+                "GET",
+                "/orders/42",
+                403,
+                "InsufficientScope",
+                headers={"authorization": bearer + self.token("bob", "profile")},
+            ),
+            Scenario(
+                "expired JWT",
+                "GET",
+                "/orders/42",
+                401,
+                "TokenExpired",
+                headers={"authorization": bearer + self.token("carol", "orders.read", lifetime=-600)},
+            ),
+            Scenario("no token", "GET", "/orders/42", 401, "TokenMissing"),
+        ]
+        try:
+            import botocore  # noqa: F401 - the SigV4 scenarios sign with botocore, AWS's own signer
+        except ImportError:
+            print("(SigV4 scenarios not run: pip install botocore)")
+            return out
+        return [
+            *out,
+            Scenario(
+                "SigV4-signed request (botocore)", "POST", "/iam/reports", 200, body=b'{"month": 11}', sign=self.sigv4()
+            ),
+            Scenario(
+                "SigV4 with a wrong secret",
+                "GET",
+                "/iam/reports",
+                403,
+                "InvalidSignature",
+                sign=self.sigv4(secret="not-the-secret"),
+            ),
+        ]
 
 
 @contextlib.contextmanager
@@ -234,9 +398,18 @@ def format_table(outcomes: list[Outcome]) -> str:
 
 
 def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = None) -> int:
-    """Run the demo and print the table; 0 when every scenario got what it expected."""
-    print("starting authz-sidecar, Envoy and an echo upstream on 127.0.0.1 ...", flush=True)
-    with stack(config_text or default_config_text()) as base:
+    """Run the demo and print the table; 0 when every scenario got what it expected.
+
+    With no config, the embedded default runs with two demo identity providers added beside it: a JWT issuer
+    (RSA key made now, JWKS served on 127.0.0.1) and a SigV4 credential with an identity policy.
+    """
+    print("starting authz-sidecar, Envoy, an echo upstream and demo identity providers on 127.0.0.1 ...", flush=True)
+    with contextlib.ExitStack() as resources:
+        if config_text is None:
+            idp = resources.enter_context(DemoIdentities())
+            config_text = idp.config(default_config_text())
+            scenarios = scenarios or [*SCENARIOS, *idp.scenarios()]
+        base = resources.enter_context(stack(config_text))
         outcomes = [send(base, s) for s in (scenarios or SCENARIOS)]
     print(format_table(outcomes))
     failed = sum(not o.ok for o in outcomes)

@@ -178,4 +178,4 @@ def test_deploy_envoy_yaml_is_the_rendered_template() -> None:
 def test_demo_runs_and_leaves_nothing_behind() -> None:
     result = run_cli("demo")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 of 5 scenarios as expected" in result.stdout
+    assert "11 of 11 scenarios as expected" in result.stdout
