@@ -231,16 +231,16 @@ async def test_slow_client_gets_408_and_close(serve: Serve, fake: FakePipeline) 
 
 
 async def test_active_connection_is_not_idled_out(serve: Serve) -> None:
-    server = await serve(idle_timeout=0.3, request_timeout=0.3)
+    server = await serve(idle_timeout=0.5, request_timeout=0.5)
     conn = await Conn.open(server.port)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 0.9  # three idle periods, with a request every ~0.05 s
+    deadline = loop.time() + 1.5  # three idle periods, with a request every ~0.02 s
     count = 0
     while loop.time() < deadline:
         await conn.send(get(f"/tick/{count}"))
         assert (await conn.response()).status == 200
         count += 1
-        await asyncio.sleep(0.05)  # pacing the client, not synchronizing with the server
+        await asyncio.sleep(0.02)  # pacing the client, not synchronizing with the server
     assert server.connections == 1
     await conn.close()
 
