@@ -13,10 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .authorizers.base import AuthorizerSettings, registry
 
@@ -161,6 +161,28 @@ class PolicySettings(_Frozen):
         return value.lower() if value else None
 
 
+class HttpModeSettings(_Frozen):
+    """The HTTP ext_authz listener (`listen.http`): what Envoy's `http_service` (or nginx/Traefik) sends."""
+
+    flavor: Literal["envoy", "nginx", "traefik"] = "envoy"
+    path_prefix: str = ""
+    """Envoy's `http_service.path_prefix`, stripped before routing (the shipped config uses `/authz`)."""
+    trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")
+    """Addresses/CIDRs whose x-authz-source-address / x-authz-peer-certificate headers are believed."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    idle_timeout: float = Field(default=60.0, gt=0, le=3600)
+    request_timeout: float = Field(default=10.0, gt=0, le=600)
+    max_pipelined: int = Field(default=64, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpModeSettings:
+        from .http_authz import settings_from_mapping
+
+        settings_from_mapping(self.model_dump())  # the listener's own checks (prefix shape, CIDRs)
+        return self
+
+
 class RouteSettings(_Frozen):
     """One route: `match` is `METHOD /path/{param}/{proxy+}` (API Gateway's syntax) or `$default`."""
 
@@ -191,6 +213,7 @@ class Config(_Frozen):
     upstream_headers: UpstreamHeaderSettings = UpstreamHeaderSettings()
     decision_log: DecisionLogSettings = DecisionLogSettings()
     policy: PolicySettings = PolicySettings()
+    http: HttpModeSettings = HttpModeSettings()
     plugins: tuple[str, ...] = ()
     """Python modules imported before validation; each may `register` its own authorizer types."""
     authorizers: dict[str, AuthorizerSettings] = {}

@@ -145,11 +145,14 @@ class SidecarProcess:
         self.cleanup()
 
 
-def config_with_ports(config_text: str, grpc_port: int, admin_port: int) -> str:
-    """The config text with its listeners moved to the given loopback ports."""
+def config_with_ports(config_text: str, grpc_port: int, admin_port: int, http_port: int | None = None) -> str:
+    """The config text with its listeners moved to the given loopback ports (`http_port`: HTTP mode too)."""
     data = yaml.safe_load(config_text) or {}
     listen = dict(data.get("listen") or {})
     listen.update({"grpc": f"127.0.0.1:{grpc_port}", "admin": f"127.0.0.1:{admin_port}"})
+    if http_port is not None:
+        listen["http"] = f"127.0.0.1:{http_port}"
+        data["http"] = {**(data.get("http") or {}), "path_prefix": "/authz"}  # as the shipped envoy-http.yaml
     data["listen"] = listen
     return yaml.safe_dump(data, sort_keys=False)
 

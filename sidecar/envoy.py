@@ -24,7 +24,7 @@ from string import Template
 
 @dataclass(frozen=True, slots=True)
 class EnvoyPorts:
-    """Addresses the rendered bootstrap uses; the defaults are the shipped deploy/envoy/envoy.yaml."""
+    """Addresses the rendered bootstrap uses: loopback by default; `SHIPPED` has the deploy/envoy/ ones."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 10000
@@ -34,12 +34,19 @@ class EnvoyPorts:
     upstream_port: int = 8080
     admin_port: int = 9901
     authz_timeout: str = "0.5s"
-    max_request_bytes: int = 65536
+    max_request_bytes: int = 1048576
     authz_max_streams: int = 100
 
 
+SHIPPED = {
+    "envoy.yaml": EnvoyPorts(listen_host="0.0.0.0"),
+    "envoy-http.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_port=9192),
+}
+"""The files in deploy/envoy/ and the addresses they are rendered with (tests and demos use loopback)."""
+
+
 def render_envoy_config(ports: EnvoyPorts = EnvoyPorts(), template: str = "envoy.yaml") -> str:
-    """The Envoy bootstrap YAML for these addresses."""
+    """The Envoy bootstrap YAML for these addresses (`template`: envoy.yaml for gRPC, envoy-http.yaml for HTTP)."""
     text = resources.files("sidecar").joinpath(f"defaults/{template}").read_text(encoding="utf-8")
     return Template(text).substitute({k: str(v) for k, v in asdict(ports).items()})
 

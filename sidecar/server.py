@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from .admin import AdminResponse, AdminServer, json_response
 from .config import Config, ConfigError, default_config, load_config
 from .ext_authz import SERVICE_NAME, AuthorizationService
+from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from .logs import DecisionLogger
 from .metrics import CONFIG_RELOADS, exposition
 from .pipeline import Pipeline
@@ -120,6 +121,7 @@ class Sidecar:
         self.health = HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.admin: AdminServer | None = None
+        self.http_server: HttpAuthzServer | None = None
         self.grpc_port = 0
         self._stopped = asyncio.Event()
         self._signal_tasks: set[asyncio.Future[object]] = set()
@@ -138,6 +140,8 @@ class Sidecar:
             self.decision_log.start()
         if config.listen.grpc:
             await self._start_grpc(config.listen.grpc)
+        if config.listen.http:
+            await self._start_http(config)
         if config.listen.admin:
             self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": _metrics})
             host, port = split_hostport(config.listen.admin)
@@ -169,6 +173,15 @@ class Sidecar:
         self.grpc_server = server
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _start_http(self, config: Config) -> None:
+        assert config.listen.http is not None
+        host, port = split_hostport(config.listen.http)
+        settings = settings_from_mapping(config.http.model_dump())
+        try:
+            self.http_server = await start_http_server(host, port, self.pipeline, settings, reuse_port=self.reuse_port)
+        except OSError as exc:
+            raise BindError(f"cannot listen on {config.listen.http} (http): {exc.strerror or exc}") from None
 
     async def _watch_readiness(self) -> None:
         """Flip health to SERVING when every authorizer is ready, and back if one stops being ready."""
@@ -240,8 +253,12 @@ class Sidecar:
         grace = self.runtime.config.server.grace_period
         log.info("draining: finishing in-flight checks (grace %.1fs)", grace)
         await self.health.enter_graceful_shutdown()
+        stopping = []
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            stopping.append(self.grpc_server.stop(grace))
+        if self.http_server is not None:
+            stopping.append(self.http_server.shutdown(grace))
+        await asyncio.gather(*stopping)
         if self.admin is not None:
             await self.admin.stop()
         for task in self.state.tasks:
@@ -293,10 +310,11 @@ async def serve(config_path: Path | None, reuse_port: bool = False) -> int:
     sidecar.install_signal_handlers()
     config = sidecar.runtime.config
     log.info(
-        "authz-sidecar serving config %s (%s): grpc=%s admin=%s",
+        "authz-sidecar serving config %s (%s): grpc=%s http=%s admin=%s",
         sidecar.runtime.version,
         config.source,
         config.listen.grpc,
+        config.listen.http,
         config.listen.admin,
     )
     await sidecar.wait_stopped()

@@ -21,7 +21,7 @@ from tests.conftest import REPO
 
 @dataclass
 class Stack:
-    """A running sidecar + Envoy + upstream."""
+    """A running sidecar + Envoy + upstream (Envoy asks over gRPC, or over HTTP with template envoy-http.yaml)."""
 
     sidecar: SidecarProcess
     envoy: EnvoyProcess
@@ -63,8 +63,9 @@ def authz_stack() -> Iterator[StackFactory]:
             **envoy_options: object,
         ) -> Stack:
             grpc_port, admin_port = free_port(), free_port()
+            http_port = free_port() if template == "envoy-http.yaml" else None
             sidecar = SidecarProcess(
-                config_with_ports(config_text, grpc_port, admin_port),
+                config_with_ports(config_text, grpc_port, admin_port, http_port),
                 admin_port,
                 sidecar_args,
                 env={"PYTHONPATH": str(REPO)},  # so `plugins:` can name test modules
@@ -76,7 +77,7 @@ def authz_stack() -> Iterator[StackFactory]:
             ports = replace(
                 EnvoyPorts(),
                 listen_port=free_port(),
-                authz_port=grpc_port,
+                authz_port=http_port or grpc_port,
                 upstream_port=upstream.port,
                 admin_port=free_port(),
                 **envoy_options,  # type: ignore[arg-type]

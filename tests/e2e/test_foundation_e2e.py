@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sidecar.config import default_config_text
-from sidecar.envoy import render_envoy_config, validate_envoy_config
+from sidecar.envoy import SHIPPED, render_envoy_config, validate_envoy_config
 from tests.conftest import REPO
 from tests.e2e.conftest import StackFactory
 
@@ -171,11 +171,36 @@ def test_shipped_envoy_configs_validate() -> None:
         assert result.returncode == 0, f"{path}: {result.stdout}{result.stderr}"
 
 
-def test_deploy_envoy_yaml_is_the_rendered_template() -> None:
-    assert (REPO / "deploy" / "envoy" / "envoy.yaml").read_text() == render_envoy_config()
+def test_shipped_envoy_configs_are_the_rendered_templates() -> None:
+    for name, ports in SHIPPED.items():
+        assert (REPO / "deploy" / "envoy" / name).read_text() == render_envoy_config(ports, name), name
 
 
 def test_demo_runs_and_leaves_nothing_behind() -> None:
     result = run_cli("demo")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "11 of 11 scenarios as expected" in result.stdout
+
+
+TRANSPORT_CASES = [
+    ("GET", "/public/a?x=1", 200, ""),
+    ("POST", "/public/b", 200, ""),
+    ("GET", "/admin/users", 403, "RouteDeny"),
+    ("GET", "/nowhere", 403, "MissingAuthenticationToken"),
+    ("GET", "/public/../admin/x", 403, "RouteDeny"),
+]
+
+
+@pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
+def test_both_transports_decide_alike(authz_stack: StackFactory, template: str) -> None:
+    stack = authz_stack(default_config_text(), template=template)
+    for method, path, status, reason in TRANSPORT_CASES:
+        response = stack.client.request(method, path, content=b"x" if method == "POST" else None)
+        assert response.status_code == status, (template, path, response.text)
+        if reason:
+            assert response.json()["reason"] == reason
+        else:
+            seen = response.json()["headers"]
+            assert seen["x-authz-principal"] == "anonymous"
+            assert seen["x-authz-authorizer"] == "public"
+            assert "x-authz-source-address" not in seen  # the trusted headers stop at the sidecar
