@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..config import ConfigError, ConfigIssue, format_loc
 from .arn import SHORT_PREFIX, action_problem, arn_problem, compile_alternatives, expand_short_form, literal_prefix
 from .conditions import ConditionError, Operator, parse_operator, value_problem
-from .context import PROVIDED_KEYS
+from .context import PROVIDED_KEYS, parse_date
 from .jsonpos import JsonSyntaxError, Located, Path, parse_located
 from .variables import VariableError, has_variables, parse_template
 
@@ -424,6 +424,9 @@ class _Validator:
             self.warn((*path, "NotPrincipal"), 'this statement never matches: NotPrincipal "*" excludes everyone')
         elif principal is not None and not spec.not_principal and _only_canonical(principal):
             self.warn((*path, "Principal"), "this statement never matches: CanonicalUser principals are S3-only")
+        for condition, why in _contradictions(spec.conditions):
+            where = (*path, "Condition", condition.operator.text, condition.key)
+            self.warn(where, f"this statement never matches: {why}")
 
     def could_match(self, resource: str) -> bool:
         """Whether an ARN pattern can name some method/path of this API (or of any API when none is given)."""
@@ -442,6 +445,43 @@ class _Validator:
         base = f"{self.api.id}/{self.api.stage}/"
         prefix = literal_prefix(parts[5])
         return prefix.startswith(base) or base.startswith(prefix)
+
+
+_TIME_KEYS = frozenset({"aws:currenttime", "aws:epochtime"})
+_LOWER_BOUNDS = frozenset({"date_gt", "date_ge", "num_gt", "num_ge"})
+_UPPER_BOUNDS = frozenset({"date_lt", "date_le", "num_lt", "num_le"})
+
+
+def _contradictions(conditions: tuple[ConditionSpec, ...]) -> list[tuple[ConditionSpec, str]]:
+    """Condition pairs that cannot both hold: `Null: true` with an operator that needs the key, and empty time
+    windows (`DateGreaterThan` after `DateLessThan` on the request time, which is single-valued)."""
+    out: list[tuple[ConditionSpec, str]] = []
+    absent = {
+        c.key.lower() for c in conditions if c.operator.family == "null" and {v.lower() for v in c.values} == {"true"}
+    }
+    lower: dict[str, tuple[float, bool, ConditionSpec]] = {}
+    upper: dict[str, tuple[float, bool, ConditionSpec]] = {}
+    for condition in conditions:
+        op, key = condition.operator, condition.key.lower()
+        demanding = not (op.negated or op.if_exists or op.qualifier == "ForAllValues" or op.family == "null")
+        if key in absent and demanding:
+            out.append((condition, f"Null requires {condition.key} to be absent, but {op.text} requires it present"))
+        if key not in _TIME_KEYS or op.if_exists or op.qualifier or not op.family.startswith(("date_", "num_")):
+            continue
+        bounds = [b for b in (parse_date(v) for v in condition.values) if b is not None]
+        if not bounds:
+            continue
+        strict = op.family.endswith(("_gt", "_lt"))
+        if op.family in _LOWER_BOUNDS:
+            lower[key] = (min(bounds), strict, condition)
+        elif op.family in _UPPER_BOUNDS:
+            upper[key] = (max(bounds), strict, condition)
+    for key, (low, low_strict, _) in lower.items():
+        if key in upper:
+            high, high_strict, condition = upper[key]
+            if low > high or (low == high and (low_strict or high_strict)):
+                out.append((condition, f"the window on {condition.key} is empty (it ends before it starts)"))
+    return out
 
 
 def _covers_invoke(actions: tuple[str, ...], negated: bool) -> bool:

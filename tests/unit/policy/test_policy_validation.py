@@ -258,6 +258,47 @@ def test_warnings(statement: dict[str, Any], path: str, fragment: str) -> None:
     assert any(w.field == path and fragment in w.message for w in compiled.warnings), compiled.warnings
 
 
+@pytest.mark.parametrize(
+    ("condition", "path", "fragment"),
+    [
+        (
+            {"Null": {"jwt:sub": "true"}, "StringEquals": {"jwt:sub": "x"}},
+            "Statement[1].Condition.StringEquals.jwt:sub",
+            "Null requires jwt:sub to be absent",
+        ),
+        (
+            {"DateGreaterThan": {"aws:CurrentTime": "2026-02-01"}, "DateLessThan": {"aws:CurrentTime": "2026-01-01"}},
+            "Statement[1].Condition.DateLessThan.aws:CurrentTime",
+            "window on aws:CurrentTime is empty",
+        ),
+        (
+            {"NumericGreaterThan": {"aws:EpochTime": 100}, "NumericLessThanEquals": {"aws:EpochTime": 100}},
+            "Statement[1].Condition.NumericLessThanEquals.aws:EpochTime",
+            "is empty",
+        ),
+    ],
+)
+def test_contradictory_conditions_warn(condition: dict[str, Any], path: str, fragment: str) -> None:
+    compiled = parse_policy(json.dumps(_doc(allow(), allow(Condition=condition)), indent=2), "p.json", api=API)
+    assert any(w.field == path and fragment in w.message for w in compiled.warnings), compiled.warnings
+    assert all(w.line > 1 for w in compiled.warnings)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"Null": {"jwt:sub": "true"}, "StringNotEquals": {"jwt:sub": "x"}},  # negated: fine when absent
+        {"Null": {"jwt:sub": "true"}, "StringEqualsIfExists": {"jwt:sub": "x"}},
+        {"Null": {"jwt:sub": "false"}, "StringEquals": {"jwt:sub": "x"}},
+        {"DateGreaterThan": {"aws:CurrentTime": "2026-01-01"}, "DateLessThan": {"aws:CurrentTime": "2026-02-01"}},
+        {"NumericGreaterThan": {"jwt:n": 5}, "NumericLessThan": {"jwt:n": 3}},  # multi-valued keys may satisfy both
+    ],
+)
+def test_satisfiable_conditions_do_not_warn(condition: dict[str, Any]) -> None:
+    compiled = parse_policy(json.dumps(_doc(allow(Condition=condition))), "p.json", api=API)
+    assert compiled.warnings == ()
+
+
 def test_no_warnings_for_a_clean_policy() -> None:
     compiled = parse_policy(
         json.dumps(_doc(allow(Resource=["execute-api:/prod/GET/*", "arn:aws:execute-api:*:*:*/prod/*"]))), api=API
