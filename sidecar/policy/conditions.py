@@ -86,11 +86,6 @@ class Operator:
     if_exists: bool
 
 
-def known_operators() -> tuple[str, ...]:
-    """All base operator names, for error messages and docs."""
-    return tuple(_OPERATORS)
-
-
 def parse_operator(text: str) -> Operator:
     """Parse an operator; raise `ConditionError` naming the problem."""
     qualifier: str | None = None

@@ -311,7 +311,3 @@ class EvalContext:
         if value is _UNSET:
             value = self._ips[text] = parse_ip(text)
         return value  # type: ignore[no-any-return]
-
-    def lookup(self, key: str) -> Value:
-        """Alias of `get` for policy-variable rendering."""
-        return self.get(key)

@@ -71,15 +71,6 @@ class Template:
         rendered = self.render(lookup)
         return None if rendered is None else "".join(text for text, _ in rendered)
 
-    def literal_prefix(self) -> str:
-        """The leading literal pattern text (stops at the first variable or escape)."""
-        out = ""
-        for piece in self.pieces:
-            if piece.key or piece.exact:
-                break
-            out += piece.text
-        return out
-
 
 def has_variables(text: str) -> bool:
     """Whether `text` contains a `${...}` (cheap pre-check before `parse_template`)."""
