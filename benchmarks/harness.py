@@ -76,6 +76,7 @@ class Row:
     envoy_cpu_us: float | None = None
     floor: bool = False
     load_avg: float = 0.0
+    other_cores: float = 0.0
     note: str = ""
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ class Row:
             "mode": self.mode,
             "floor": self.floor,
             "load_avg_1m": self.load_avg,
+            "other_cores": self.other_cores,
             "sidecar_cpu_us_per_check": _round(self.sidecar_cpu_us),
             "envoy_cpu_us_per_check": _round(self.envoy_cpu_us),
             "ratios": self.ratios,
@@ -244,17 +246,35 @@ def precheck_grpc(port: int, message: bytes) -> str:
 # -- measuring ----------------------------------------------------------------------------------------------
 
 
-def measured(
-    run: Callable[[], LoadResult], server_pid: int | None, envoy_pid: int | None
-) -> tuple[LoadResult, float | None, float | None]:
-    """Run the load and return it with the server's and Envoy's CPU microseconds per request."""
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A load run with the CPU it cost: per request for the server and Envoy, and what everything else used."""
+
+    result: LoadResult
+    server_us: float | None
+    envoy_us: float | None
+    other_cores: float
+    """Cores' worth of CPU used during the run by processes that are not part of it (other work on the machine)."""
+
+
+def measured(run: Callable[[], LoadResult], server_pid: int | None, envoy_pid: int | None) -> Measured:
+    """Run the load; CPU from /proc for the server tree and Envoy, and the machine's remaining busy time."""
     server_before = sum(procs.tree_cpu(server_pid).values()) if server_pid else 0.0
     envoy_before = procs.cpu_seconds(envoy_pid) if envoy_pid else 0.0
+    busy_before, ours_before, wall_before = procs.machine_busy_seconds(), procs.own_and_children_seconds(), time.time()
     result = run()
+    wall = max(time.time() - wall_before, 1e-3)
+    server_s = sum(procs.tree_cpu(server_pid).values()) - server_before if server_pid else 0.0
+    envoy_s = procs.cpu_seconds(envoy_pid) - envoy_before if envoy_pid else 0.0
+    ours = procs.own_and_children_seconds() - ours_before + server_s + envoy_s
+    other = max(0.0, procs.machine_busy_seconds() - busy_before - ours) / wall
     n = max(result.requests, 1)
-    server = (sum(procs.tree_cpu(server_pid).values()) - server_before) * 1e6 / n if server_pid else None
-    envoy_us = (procs.cpu_seconds(envoy_pid) - envoy_before) * 1e6 / n if envoy_pid else None
-    return result, server, envoy_us
+    return Measured(
+        result,
+        server_s * 1e6 / n if server_pid else None,
+        envoy_s * 1e6 / n if envoy_pid else None,
+        other,
+    )
 
 
 class Harness:
@@ -382,17 +402,18 @@ class Harness:
         server_pid: int | None,
         envoy_pid: int | None,
     ) -> Row:
-        result, server_us, envoy_us = measured(run, server_pid, envoy_pid)
+        m = measured(run, server_pid, envoy_pid)
         return Row(
             scenario.name,
             scenario.title,
             transport,
             mode,
-            result,
-            server_us,
-            envoy_us,
+            m.result,
+            m.server_us,
+            m.envoy_us,
             scenario.is_floor,
             procs.load_average(),
+            round(m.other_cores, 2),
         )
 
     def add(self, row: Row) -> None:
@@ -404,7 +425,7 @@ class Harness:
         self.log(
             f"  {row.scenario:<16} {row.transport:<11} {row.mode:<10} {r.rps:8.0f} rps  "
             f"p50 {r.p50_us / 1000:6.2f} ms  p99 {r.p99_us / 1000:6.2f} ms  server {cpu} us/check  errors {r.errors}"
-            f"  load {row.load_avg:.1f}"
+            f"  others {row.other_cores:.2f} cores"
         )
 
     def workers_split(self, config: str, scenario: Scenario) -> None:

@@ -14,6 +14,24 @@ from pathlib import Path
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every CPU of the machine has spent busy since boot (from the `cpu` line of /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def own_and_children_seconds() -> float:
+    """CPU seconds of this process plus its waited-for children (the load generators it ran)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def load_average() -> float:
     """The 1-minute load average: how busy the machine was, our processes and everyone else's."""
     try:

@@ -92,7 +92,7 @@ def _cpu(value: float | None) -> str:
 
 def _table(rows: list[Row], fixed: bool) -> list[str]:
     head = "| scenario | rps | rps vs floor | p50 ms | p90 ms | p99 ms | p99 vs floor | sidecar CPU us/Check"
-    lines = [head + " | CPU vs floor | Envoy CPU us/Check | errors | load avg |", "|" + "---|" * 12]
+    lines = [head + " | CPU vs floor | Envoy CPU us/Check | errors | other work (cores) |", "|" + "---|" * 12]
     for row in rows:
         r = row.result
         if r is None:
@@ -101,7 +101,7 @@ def _table(rows: list[Row], fixed: bool) -> list[str]:
         lines.append(
             f"| {row.title} | {r.rps:.0f} | {'' if fixed else _x(row, 'rps')} | {_ms(r.p50_us)} | {_ms(r.p90_us)} | "
             f"{_ms(r.p99_us)} | {_x(row, 'p99')} | {_cpu(row.sidecar_cpu_us)} | {_x(row, 'sidecar_cpu')} | "
-            f"{_cpu(row.envoy_cpu_us)} | {r.errors} | {row.load_avg:.1f} |"
+            f"{_cpu(row.envoy_cpu_us)} | {r.errors} | {row.other_cores:.2f} |"
         )
     return lines
 
@@ -138,8 +138,9 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         " bootstrap answering with `direct_response`), and the authz server. The floor is the no-op grpc.aio"
         " ext_authz server (`benchmarks/noop_grpc_authz.py`) measured in the same run; ratios divide by it.",
         "CPU us/Check = (utime+stime delta from /proc of the server's process tree, or of Envoy) / requests."
-        " `load avg` is the machine's 1-minute load average after the measurement: above the core count, other"
-        " work was competing and the row is noisier.",
+        " `other work` is the CPU that processes outside the benchmark used during the measurement (machine busy"
+        " time from /proc/stat minus the server, Envoy, the load generator and the harness), in cores: where it is"
+        " well above 0 the row competed with other work and is noisier.",
         "",
         f"## Through Envoy, saturation (wrk, {p.connections} connections,"
         f" {p.seconds:g} s after {p.warmup:g} s warm-up)",

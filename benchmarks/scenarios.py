@@ -194,9 +194,9 @@ def jwt_cold_es256(fx: Fixtures) -> Scenario:
 
 def _sigv4_headers(host: str, path: str) -> Headers:
     """SigV4 header auth for GET http://host/path, signed now (botocore, as an AWS SDK would)."""
-    from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
-    from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-    from botocore.credentials import Credentials  # type: ignore[import-untyped]
+    from botocore.auth import SigV4Auth  # type: ignore[import-untyped, unused-ignore]
+    from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped, unused-ignore]
+    from botocore.credentials import Credentials  # type: ignore[import-untyped, unused-ignore]
 
     request = AWSRequest(method="GET", url=f"http://{host}{path}", headers={"host": host})
     SigV4Auth(Credentials(SIGV4_KEY_ID, SIGV4_SECRET), "execute-api", "us-east-1").add_auth(request)
