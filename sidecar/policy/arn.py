@@ -82,11 +82,83 @@ def glob_regex(pieces: Pieces, arn: bool) -> str:
     return "".join(tokens)
 
 
+LONG_PATTERN = 256
+"""Rendered patterns longer than this (a variable filled from a long header or claim) skip the regex caches."""
+
+
+def rendered_matches(pattern: tuple[tuple[str, bool], ...], value: str, arn: bool) -> bool:
+    """Whether `value` matches a rendered (variables substituted) pattern, case-sensitively.
+
+    Short patterns use a cached regex: they recur for every request of the same principal. Long ones come from
+    request data and would fill both our cache and `re`'s with large entries, so they are matched directly.
+    """
+    if sum(len(text) for text, _ in pattern) <= LONG_PATTERN:
+        return _compile_glob(pattern, arn).fullmatch(value) is not None
+    return glob_match(pattern, value, arn)
+
+
 @lru_cache(maxsize=4096)
-def compile_glob(pattern: tuple[tuple[str, bool], ...], arn: bool, ignore_case: bool) -> re.Pattern[str]:
-    """Compiled anchored regex for a rendered pattern; cached because templated patterns recur per principal."""
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.compile(glob_regex(pattern, arn), flags)
+def _compile_glob(pattern: tuple[tuple[str, bool], ...], arn: bool) -> re.Pattern[str]:
+    return re.compile(glob_regex(pattern, arn), re.DOTALL)
+
+
+_LIT, _ONE, _STAR, _ANY = 0, 1, 2, 3  # token kinds: literal char, `?`, `*`, a trailing `*` that may cross colons
+
+
+def glob_match(pattern: Pieces, value: str, arn: bool) -> bool:
+    """Wildcard matching without regexes, with exactly `glob_regex`'s semantics (the tests hold them together).
+
+    With `arn`, the first five colon-separated parts are matched one by one and their wildcards never match a
+    colon; in a full six-part ARN the resource part's wildcards match anything. A short ARN pattern ending in `*`
+    (`arn:aws:execute-api:*`) lets that final star cover the parts left out.
+    """
+    tokens = [(char, _ONE if char == "?" else _STAR) if not exact and char in "*?" else (char, _LIT)
+              for text, exact in pattern for char in text]  # fmt: skip
+    if not arn:
+        return _match_tokens(tokens, value, no_colon=False)
+    parts: list[list[tuple[str, int]]] = [[]]
+    for char, kind in tokens:
+        if char == ":" and kind == _LIT and len(parts) < _ARN_PARTS:
+            parts.append([])
+        else:
+            parts[-1].append((char, kind))
+    short = len(parts) < _ARN_PARTS
+    if short and parts[-1] and parts[-1][-1][1] == _STAR:
+        parts[-1][-1] = ("*", _ANY)
+    values = value.split(":", len(parts) - 1)  # the last part keeps any further colons
+    if len(values) != len(parts):
+        return False
+    last = len(parts) - 1
+    return all(
+        _match_tokens(part, text, no_colon=short or i < last)
+        for i, (part, text) in enumerate(zip(parts, values, strict=True))
+    )
+
+
+def _match_tokens(tokens: list[tuple[str, int]], value: str, no_colon: bool) -> bool:
+    """The classic two-pointer wildcard match: linear unless the pattern has many stars."""
+    t = v = 0
+    star = -1
+    resume = 0
+    size = len(tokens)
+    while v < len(value):
+        char = value[v]
+        kind = tokens[t][1] if t < size else -1
+        if (kind == _LIT and tokens[t][0] == char) or (kind == _ONE and not (no_colon and char == ":")):
+            t += 1
+            v += 1
+        elif kind in (_STAR, _ANY):
+            star, resume = t, v
+            t += 1
+        elif star >= 0 and (tokens[star][1] == _ANY or not (no_colon and value[resume] == ":")):
+            t = star + 1
+            resume += 1
+            v = resume
+        else:
+            return False
+    while t < size and tokens[t][1] in (_STAR, _ANY):
+        t += 1
+    return t == size
 
 
 def compile_alternatives(patterns: Iterable[str], arn: bool, ignore_case: bool) -> re.Pattern[str]:

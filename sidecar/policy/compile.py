@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config import ConfigError, ConfigIssue
-from .arn import ArnSet, compile_alternatives, compile_glob, literal_prefix, literal_suffix
+from .arn import ArnSet, compile_alternatives, literal_prefix, literal_suffix, rendered_matches
 from .conditions import Check, compile_condition, template_keys
 from .context import INVOKE, EvalContext
 from .document import RESOURCE_POLICY_MAX, Kind, PolicyDocument, PrincipalSpec, StatementSpec, parse_document
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 _BOUNDARY = frozenset(":/")
 MEMO_ENTRIES = 4096
 """Resource ARNs whose candidate lists each index remembers."""
+MEMO_KEY_CHARS = 512
+"""Longer ARNs are looked up every time rather than remembered (bounds the memo to about 2 MB)."""
 _BASE_BOUNDARIES = 7  # arn:aws:execute-api:region:account:api-id/stage/ holds 5 colons and 2 slashes
 
 
@@ -185,6 +187,8 @@ class _Index:
         hit = self._memo.get(resource)
         if hit is None:
             hit = self._lookup(resource)
+            if len(resource) > MEMO_KEY_CHARS:
+                return hit  # clients choose paths: long unique ones must not pin megabytes of memo
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.clear()  # cheap and bounded; an LRU would cost more per hit than it saves
             self._memo[resource] = hit
@@ -347,7 +351,7 @@ def _resource_check(resources: tuple[str, ...], negated: bool, variables: bool) 
             return True
         for template in templates:
             rendered = template.render(ctx.get)
-            if rendered is not None and compile_glob(rendered, True, False).fullmatch(resource) is not None:
+            if rendered is not None and rendered_matches(rendered, resource, arn=True):
                 return True
         return False
 

@@ -21,7 +21,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .arn import ArnSet, arn_problem, compile_alternatives, compile_glob
+from .arn import ArnSet, arn_problem, compile_alternatives, rendered_matches
 from .context import EvalContext, decode_binary, parse_date
 from .variables import Template, VariableError, has_variables, parse_template
 
@@ -272,7 +272,7 @@ def _template_matches(template: Template, family: str, ctx: EvalContext, value: 
     rendered = template.render(ctx.get)
     if rendered is None:
         return False
-    return compile_glob(rendered, family == "arn", False).fullmatch(value) is not None
+    return rendered_matches(rendered, value, arn=family == "arn")
 
 
 def _numeric(compare: Callable[[float, float], bool], numbers: list[float]) -> Test:

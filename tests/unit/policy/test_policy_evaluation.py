@@ -513,3 +513,6 @@ def test_index_memo_is_bounded_and_stays_correct(monkeypatch: pytest.MonkeyPatch
             assert effect(compiled, req=request(path=f"/items/{i + 1}/q")) == "Neither"
     index = compiled._indexes["execute-api:invoke"]
     assert len(index._memo) <= 3
+    index._memo.clear()
+    assert effect(compiled, req=request(path="/items/0/" + "x" * 600)) == "Allow"
+    assert index._memo == {}  # long client-chosen paths are not remembered

@@ -1,0 +1,29 @@
+"""Wildcard matching: the regex path and the direct matcher for long patterns agree, ARN parts included."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.policy.arn import LONG_PATTERN, glob_match, glob_regex, rendered_matches
+
+PIECES = st.lists(st.tuples(st.text(alphabet="ab:/*?", max_size=6), st.booleans()), max_size=6)
+VALUES = st.text(alphabet="ab:/*?", max_size=16)
+
+
+@settings(max_examples=500, deadline=None)
+@given(PIECES, VALUES, st.booleans())
+def test_direct_matcher_agrees_with_regex(pieces: list[tuple[str, bool]], value: str, arn: bool) -> None:
+    regex = re.compile(glob_regex(pieces, arn), re.DOTALL)
+    assert glob_match(pieces, value, arn) == (regex.fullmatch(value) is not None)
+
+
+def test_long_rendered_patterns_are_matched_without_regex_caches() -> None:
+    long_value = "x" * (LONG_PATTERN + 10)
+    pattern = (("arn:aws:execute-api:*:*:api/prod/GET/", False), (long_value, True), ("/*", False))
+    assert rendered_matches(pattern, f"arn:aws:execute-api:us-east-1:123456789012:api/prod/GET/{long_value}/a", True)
+    assert not rendered_matches(pattern, f"arn:aws:execute-api:us-east-1:123456789012:api/prod/GET/{long_value}", True)
+    assert not rendered_matches(((long_value, True),), long_value[:-1] + "*", False)  # exact text stays literal
+    assert rendered_matches(((long_value, True), ("*", False)), long_value + "tail", False)
