@@ -8,6 +8,7 @@ Every pattern is turned into one anchored regex at load time; the hot path only 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -60,26 +61,39 @@ def action_problem(text: str) -> str | None:
 
 
 def glob_regex(pieces: Pieces, arn: bool) -> str:
-    """Regex source (unanchored) for a wildcard pattern; with `arn`, wildcards stay within the first 5 segments."""
-    tokens: list[str] = []
+    """Regex source (unanchored, for `fullmatch`) for a wildcard pattern; with `arn`, wildcards stay within the
+    first 5 segments.
+
+    A naive translation (`*` -> `.*`) backtracks polynomially: `*a*a*a*b` against 800 `a`s takes seconds, and
+    clients choose paths and headers. Every star but the last is therefore emitted as an atomic lazy group
+    `(?>.*?CHUNK)`: it commits to the earliest occurrence of the fixed-length chunk that follows, which is always
+    safe for globs (an earlier chunk leaves more room for the rest). Matching is then linear in practice.
+    """
+    tokens: list[tuple[str, bool]] = []  # (regex, is_star)
     colons = 0
-    last_star = -1
     for text, exact in pieces:
         for char in text:
             if not exact and char in "*?":
-                if arn and colons < _ARN_PARTS - 1:
-                    tokens.append("[^:]*" if char == "*" else "[^:]")
+                bounded = arn and colons < _ARN_PARTS - 1
+                if char == "*":
+                    tokens.append(("[^:]*" if bounded else ".*", True))
                 else:
-                    tokens.append(".*" if char == "*" else ".")
-                last_star = len(tokens) - 1 if char == "*" else -1
+                    tokens.append(("[^:]" if bounded else ".", False))
                 continue
             if char == ":":
                 colons += 1
-            tokens.append(re.escape(char))
-            last_star = -1
-    if arn and colons < _ARN_PARTS - 1 and last_star >= 0:
-        tokens[last_star] = ".*"  # `arn:aws:execute-api:*`: a trailing star covers the parts left out
-    return "".join(tokens)
+            tokens.append((re.escape(char), False))
+    if arn and colons < _ARN_PARTS - 1 and tokens and tokens[-1][1]:
+        tokens[-1] = (".*", True)  # `arn:aws:execute-api:*`: a trailing star covers the parts left out
+    stars = [i for i, (_, is_star) in enumerate(tokens) if is_star]
+    if not stars:
+        return "".join(regex for regex, _ in tokens)
+    out = [regex for regex, _ in tokens[: stars[0]]]
+    for here, following in itertools.pairwise(stars):
+        chunk = "".join(regex for regex, _ in tokens[here + 1 : following])
+        out.append(f"(?>{tokens[here][0]}?{chunk})")
+    out.extend(regex for regex, _ in tokens[stars[-1] :])
+    return "".join(out)
 
 
 LONG_PATTERN = 256

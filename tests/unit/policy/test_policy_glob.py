@@ -27,3 +27,12 @@ def test_long_rendered_patterns_are_matched_without_regex_caches() -> None:
     assert not rendered_matches(pattern, f"arn:aws:execute-api:us-east-1:123456789012:api/prod/GET/{long_value}", True)
     assert not rendered_matches(((long_value, True),), long_value[:-1] + "*", False)  # exact text stays literal
     assert rendered_matches(((long_value, True), ("*", False)), long_value + "tail", False)
+
+
+def test_many_stars_against_a_long_hostile_value_stay_linear() -> None:
+    # A naive `.*` translation backtracks polynomially here (seconds at 800 chars); this must finish at once.
+    value = "a" * 50_000
+    assert not re.fullmatch(glob_regex([("*a*a*a*a*b", False)], False), value, re.DOTALL)
+    assert re.fullmatch(glob_regex([("*a*a*a*a*", False)], False), value, re.DOTALL)
+    arn = "arn:aws:execute-api:us-east-1:123456789012:api/prod/GET/" + "/x" * 20_000
+    assert not re.fullmatch(glob_regex([("arn:aws:execute-api:*:*:*/*/*/x/*/x/*/y", False)], True), arn, re.DOTALL)
