@@ -36,3 +36,13 @@ def test_many_stars_against_a_long_hostile_value_stay_linear() -> None:
     assert re.fullmatch(glob_regex([("*a*a*a*a*", False)], False), value, re.DOTALL)
     arn = "arn:aws:execute-api:us-east-1:123456789012:api/prod/GET/" + "/x" * 20_000
     assert not re.fullmatch(glob_regex([("arn:aws:execute-api:*:*:*/*/*/x/*/x/*/y", False)], True), arn, re.DOTALL)
+
+
+def test_direct_matcher_with_a_long_substituted_chunk_stays_linear() -> None:
+    # A variable filled from a header can make one chunk as long as the value; a naive two-pointer scan is
+    # quadratic here (billions of steps), the chunked matcher is one `str.find`.
+    chunk = "a" * 30_000 + "b"
+    pattern = (("*", False), (chunk, True), ("*", False))
+    assert not glob_match(pattern, "a" * 60_000, False)
+    assert glob_match(pattern, "a" * 40_000 + "b" + "tail", False)
+    assert rendered_matches(pattern, "x" + chunk, False)
