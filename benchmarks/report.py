@@ -142,13 +142,15 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         " time from /proc/stat minus the server, Envoy, the load generator and the harness), in cores: where it is"
         " well above 0 the row competed with other work and is noisier.",
         "",
-        f"## Through Envoy, saturation (wrk, {p.connections} connections,"
-        f" {p.seconds:g} s after {p.warmup:g} s warm-up)",
+        f"Each measurement ran {p.rounds} time(s) for {p.seconds:g} s; the round during which other work used the"
+        " least CPU is reported (all rounds are in results.json).",
+        "",
+        f"## Through Envoy, saturation (wrk, {p.connections} connections, after a {p.warmup:g} s warm-up)",
         "",
         *_table([r for r in result.rows if r.transport == "envoy" and r.mode == "saturation"], fixed=False),
         "",
-        f"## Through Envoy, fixed rate {p.rate} rps (benchmarks/paced.py, open loop, up to {p.rate_connections}+"
-        f" keep-alive HTTP/1.1 connections, {p.seconds:g} s)",
+        f"## Through Envoy, fixed rate {p.rate} rps (benchmarks/paced.py, open loop, {p.rate_connections} or more"
+        " keep-alive HTTP/1.1 connections)",
         "",
         *_table([r for r in result.rows if r.transport == "envoy" and r.mode == "fixed-rate"], fixed=True),
         "",
