@@ -34,13 +34,13 @@ class EnvoyPorts:
     upstream_port: int = 8080
     admin_port: int = 9901
     authz_timeout: str = "0.5s"
-    max_request_bytes: int = 1048576
+    max_request_bytes: int = 65536
     authz_max_streams: int = 100
 
 
 SHIPPED = {
     "envoy.yaml": EnvoyPorts(listen_host="0.0.0.0"),
-    "envoy-http.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_port=9192),
+    "envoy-http.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_port=9192, max_request_bytes=1048576),
 }
 """The files in deploy/envoy/ and the addresses they are rendered with (tests and demos use loopback)."""
 

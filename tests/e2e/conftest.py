@@ -88,3 +88,17 @@ def authz_stack() -> Iterator[StackFactory]:
             return result
 
         yield start
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        sample, _, label_text = series.partition("{")
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if sample == name and got == want:
+            return float(value)
+    return 0.0

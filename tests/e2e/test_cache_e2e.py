@@ -13,8 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
-from tests.e2e.conftest import StackFactory
-from tests.e2e.test_observability_e2e import metric
+from tests.e2e.conftest import StackFactory, metric
 
 pytestmark = pytest.mark.e2e
 

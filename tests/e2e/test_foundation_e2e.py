@@ -18,7 +18,7 @@ import yaml
 from sidecar.config import default_config_text
 from sidecar.envoy import SHIPPED, render_envoy_config, validate_envoy_config
 from tests.conftest import REPO
-from tests.e2e.conftest import StackFactory
+from tests.e2e.conftest import StackFactory, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,8 @@ def test_sigterm_lets_in_flight_checks_finish(authz_stack: StackFactory) -> None
     with ThreadPoolExecutor(in_flight) as pool:
         futures = [pool.submit(stack.client.get, f"/slow/{i}") for i in range(in_flight)]
         deadline = time.monotonic() + 10
-        while stack.envoy.stats().get("cluster.authz.upstream_rq_active", 0) < in_flight:
+        # In flight means inside the sidecar's pipeline (its own gauge), not merely sent by Envoy.
+        while metric(httpx.get(f"{stack.admin_url}/metrics").text, "authz_checks_in_flight") < in_flight:
             assert time.monotonic() < deadline, "checks never became in flight"
             time.sleep(0.01)
         assert stack.sidecar.proc is not None

@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.config import default_config_text
 from sidecar.logs import FIELDS
-from tests.e2e.conftest import StackFactory
+from tests.e2e.conftest import StackFactory, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -21,20 +21,6 @@ SECRETS = {
     "x-api-key": "apikey-secret-77d2e0",
 }
 QUERY_SECRET = "X-Amz-Signature=presigned-secret-0b8e1f"
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        sample, _, label_text = series.partition("{")
-        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-        if sample == name and got == want:
-            return float(value)
-    return 0.0
 
 
 def test_metrics_and_decision_logs(authz_stack: StackFactory) -> None:
