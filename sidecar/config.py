@@ -261,7 +261,7 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return out
 
 
-class _Locator:
+class YamlLocator:
     """Maps a path inside the loaded data back to the YAML node it came from, for line numbers."""
 
     def __init__(self, file: str, root: yaml.Node | None) -> None:
@@ -295,8 +295,8 @@ class _Locator:
         return None
 
 
-def _parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
-    """Parse YAML keeping the node tree (for line numbers); syntax errors become a `ConfigError`."""
+def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocator]:
+    """Parse YAML (or JSON) keeping the node tree for line numbers; syntax errors become a `ConfigError`."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -304,15 +304,15 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise ConfigError([ConfigIssue(file, line, column, "", f"invalid YAML: {exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid YAML: {exc}")]) from None
+        raise ConfigError([ConfigIssue(file, line, column, "", f"invalid {what}: {exc.problem}")]) from None
+    except yaml.YAMLError:
+        raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}")]) from None
     finally:
         loader.dispose()
-    return data, node
+    return data, YamlLocator(file, node)
 
 
-def _import_plugins(raw: Any, locator: _Locator) -> list[ConfigIssue]:
+def _import_plugins(raw: Any, locator: YamlLocator) -> list[ConfigIssue]:
     """Import `plugins` modules so the authorizer types they register validate like built-in ones."""
     if raw is None:
         return []
@@ -327,7 +327,7 @@ def _import_plugins(raw: Any, locator: _Locator) -> list[ConfigIssue]:
     return issues
 
 
-def _validate_authorizers(raw: Any, locator: _Locator) -> tuple[dict[str, AuthorizerSettings], list[ConfigIssue]]:
+def _validate_authorizers(raw: Any, locator: YamlLocator) -> tuple[dict[str, AuthorizerSettings], list[ConfigIssue]]:
     """Validate each `authorizers.<name>` against the settings model its `type` registered."""
     issues: list[ConfigIssue] = []
     out: dict[str, AuthorizerSettings] = {}
@@ -350,13 +350,14 @@ def _validate_authorizers(raw: Any, locator: _Locator) -> tuple[dict[str, Author
         try:
             out[str(name)] = entry.settings.model_validate(spec)
         except ValidationError as exc:
-            issues.extend(_pydantic_issues(exc, locator, loc))
+            issues.extend(pydantic_issues(exc, locator, loc))
     return out, issues
 
 
-def _pydantic_issues(exc: ValidationError, locator: _Locator, prefix: tuple[str | int, ...]) -> list[ConfigIssue]:
+def pydantic_issues(exc: ValidationError, locator: YamlLocator, prefix: tuple[str | int, ...]) -> list[ConfigIssue]:
+    """Located issues for a pydantic error (only its message: the input could be a secret)."""
     issues = []
-    for err in exc.errors(include_url=False):
+    for err in exc.errors(include_url=False, include_input=False):
         loc = (*prefix, *err["loc"])
         message = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -365,7 +366,7 @@ def _pydantic_issues(exc: ValidationError, locator: _Locator, prefix: tuple[str 
     return issues
 
 
-def _cross_check(config: Config, locator: _Locator) -> list[ConfigIssue]:
+def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
     """Checks that span sections: routes name existing authorizers and parse as routes."""
     from .routes import RouteSyntaxError, parse_match
 
@@ -390,8 +391,7 @@ def _cross_check(config: Config, locator: _Locator) -> list[ConfigIssue]:
 
 def parse_config(text: str, file: str = "<memory>") -> Config:
     """Validate config text; raise `ConfigError` listing every problem with its location."""
-    data, node = _parse_yaml(text, file)
-    locator = _Locator(file, node)
+    data, locator = parse_yaml(text, file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -403,7 +403,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     try:
         config = Config.model_validate({**data, "authorizers": {}, "source": file})
     except ValidationError as exc:
-        issues.extend(_pydantic_issues(exc, locator, ()))
+        issues.extend(pydantic_issues(exc, locator, ()))
         raise ConfigError(issues) from None
     config = config.model_copy(update={"authorizers": authorizer_settings})
     issues.extend(_cross_check(config, locator))

@@ -39,11 +39,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ApiSettings, ConfigError, ConfigIssue, format_loc
+from ..config import ApiSettings, ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
 from . import sigv4a
 
 log = logging.getLogger(__name__)
@@ -228,36 +227,7 @@ def principal_details(arn: str) -> tuple[str, str, str, str]:
     return account, "User", "", resource.rsplit("/", 1)[-1]
 
 
-class _Locator:
-    """Maps a location inside the loaded data back to its YAML node, for file:line:column errors."""
-
-    def __init__(self, file: str, root: yaml.Node | None) -> None:
-        self.file = file
-        self.root = root
-
-    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
-        node = self.root
-        for part in loc:
-            child = self._child(node, part)
-            if child is None:
-                break
-            node = child
-        line = node.start_mark.line + 1 if node is not None else 0
-        column = node.start_mark.column + 1 if node is not None else 0
-        return ConfigIssue(self.file, line, column, format_loc(loc), message)
-
-    @staticmethod
-    def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if str(key.value) == str(part):
-                    return value  # type: ignore[no-any-return]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            return node.value[part]  # type: ignore[no-any-return]
-        return None
-
-
-def _read_yaml(path: Path) -> tuple[Any, _Locator]:
+def _read_yaml(path: Path) -> tuple[Any, YamlLocator]:
     file = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -265,24 +235,11 @@ def _read_yaml(path: Path) -> tuple[Any, _Locator]:
         raise ConfigError(
             [ConfigIssue(file, 0, 0, "", f"cannot read credentials file: {exc.__class__.__name__}")]
         ) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise ConfigError([ConfigIssue(file, line, column, "", f"invalid YAML/JSON: {exc.problem}")]) from None
-    except yaml.YAMLError:
-        raise ConfigError([ConfigIssue(file, 0, 0, "", "invalid YAML/JSON")]) from None
-    finally:
-        loader.dispose()
-    return data, _Locator(file, node)
+    return parse_yaml(text, file, what="YAML/JSON")
 
 
-def _pydantic_issues(exc: ValidationError, prefix: tuple[str | int, ...], locator: _Locator) -> list[ConfigIssue]:
-    # Only `msg` is used: pydantic's `input` could be a secret.
-    return [locator.issue((*prefix, *err["loc"]), err["msg"]) for err in exc.errors(include_input=False)]
+def _pydantic_issues(exc: ValidationError, prefix: tuple[str | int, ...], locator: YamlLocator) -> list[ConfigIssue]:
+    return pydantic_issues(exc, locator, prefix)
 
 
 @dataclass(slots=True)
@@ -294,7 +251,7 @@ class _Loaded:
 class _EntryResolver:
     """Turns a validated `_Entry` into a `Credential`: reads env vars, secret files and policy files."""
 
-    def __init__(self, base_dir: Path, locator: _Locator, watched: list[Path], api: ApiSettings | None) -> None:
+    def __init__(self, base_dir: Path, locator: YamlLocator, watched: list[Path], api: ApiSettings | None) -> None:
         self.api = api
         self.base_dir = base_dir
         self.locator = locator
