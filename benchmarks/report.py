@@ -83,7 +83,7 @@ def _ms(us: float) -> str:
 
 def _x(row: Row, key: str) -> str:
     value = row.ratios.get(key)
-    return f"{value:.2f}x" if value is not None else ("floor" if row.scenario == "noop-grpc" else "")
+    return f"{value:.2f}x" if value is not None else ("floor" if row.note == "floor" else "")
 
 
 def _cpu(value: float | None) -> str:
@@ -136,11 +136,12 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         "",
         "Everything ran on this one machine over loopback: load generator, Envoy (`--concurrency 1`, the shipped"
         " bootstrap answering with `direct_response`), and the authz server. The floor is the no-op grpc.aio"
-        " ext_authz server (`benchmarks/noop_grpc_authz.py`) measured in the same run; ratios divide by it.",
+        " ext_authz server (`benchmarks/noop_grpc_authz.py`), measured at the start and at the end of the run;"
+        " ratios divide by whichever of the two competed least with other work (marked `floor`).",
         "CPU us/Check = (utime+stime delta from /proc of the server's process tree, or of Envoy) / requests."
-        " `other work` is the CPU that processes outside the benchmark used during the measurement (machine busy"
-        " time from /proc/stat minus the server, Envoy, the load generator and the harness), in cores: where it is"
-        " well above 0 the row competed with other work and is noisier.",
+        " `other work` is the CPU that processes outside the benchmark used during the measurement (process and"
+        " steal time from /proc/stat minus the server, Envoy, the load generator and the harness), in cores: where"
+        " it is well above 0 the row competed with other work and is noisier.",
         "",
         f"Each measurement ran {p.rounds} time(s) for {p.seconds:g} s; the round during which other work used the"
         " least CPU is reported (all rounds are in results.json).",
