@@ -137,14 +137,15 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         "Everything ran on this one machine over loopback: load generator, Envoy (`--concurrency 1`, the shipped"
         " bootstrap answering with `direct_response`), and the authz server. The floor is the no-op grpc.aio"
         " ext_authz server (`benchmarks/noop_grpc_authz.py`), measured at the start and at the end of the run;"
-        " ratios divide by whichever of the two competed least with other work (marked `floor`).",
+        " ratios divide by whichever of the two competed less with other work, or else the faster one (marked"
+        " `floor`; the conservative choice).",
         "CPU us/Check = (utime+stime delta from /proc of the server's process tree, or of Envoy) / requests."
         " `other work` is the CPU that processes outside the benchmark used during the measurement (process and"
         " steal time from /proc/stat minus the server, Envoy, the load generator and the harness), in cores: where"
         " it is well above 0 the row competed with other work and is noisier.",
         "",
-        f"Each measurement ran {p.rounds} time(s) for {p.seconds:g} s; the round during which other work used the"
-        " least CPU is reported (all rounds are in results.json).",
+        f"Each measurement ran {p.rounds} time(s) for {p.seconds:g} s; each figure is the median over the rounds"
+        " that competed least with other work (every round is in results.json).",
         "",
         f"## Through Envoy, saturation (wrk, {p.connections} connections, after a {p.warmup:g} s warm-up)",
         "",
