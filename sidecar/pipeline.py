@@ -130,31 +130,36 @@ class Pipeline:
                 raise Denied(
                     reasons.INSUFFICIENT_SCOPE, "The token lacks a scope this route requires", reasons.STATUS_FORBIDDEN
                 )
-            statement = ""
-            explanation: tuple[str, ...] = ()
-            if runtime.resource_policy is not None or principal.policies or principal.kind in POLICY_KINDS:
-                start = perf_counter()
-                outcome = self._authorize(runtime, request, principal)
-                self.recorder.stage("policy", perf_counter() - start)
-                deciding = outcome.deciding
-                statement = deciding.label if deciding is not None else ""
-                explanation = outcome.explain() if self.explain else ()
-                if not outcome.allowed:
-                    denied = outcome.to_denied(explain=self.explain)
-                    return replace(
-                        denied.decision(route=route.key, authorizer=authorizer.name),
-                        principal=principal,
-                        statement=statement,
-                    )
+            outcome = self._policy_outcome(runtime, request, principal)
         except Denied as denied:
             return denied.decision(route=route.key, challenge=authorizer.challenge, authorizer=authorizer.name)
         except Exception:
             log.exception("authorizer %s failed on route %s; denying", authorizer.name, route.key)
             return reasons.INTERNAL
+        deciding = outcome.deciding if outcome is not None else None
+        statement = deciding.label if deciding is not None else ""
+        if outcome is not None and not outcome.allowed:
+            refusal = outcome.to_denied(explain=self.explain).decision(route=route.key, authorizer=authorizer.name)
+            return replace(refusal, principal=principal, statement=statement)
         if self.explain:
+            explanation = outcome.explain() if outcome is not None else ("no policy applies: the authorizer decides",)
             decision = allow_decision(route, principal, runtime.upstream_headers)
             return replace(decision, statement=statement, explanation=explanation)
         return self._allow(route, principal, runtime.upstream_headers, statement)
+
+    def _policy_outcome(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome | None:
+        """The policy verdict, or None when no policy can apply (then the authorizer's word is final)."""
+        if not (
+            runtime.resource_policy is not None
+            or runtime.private_api
+            or principal.policies
+            or principal.kind in POLICY_KINDS
+        ):
+            return None
+        start = perf_counter()
+        outcome = self._authorize(runtime, request, principal)
+        self.recorder.stage("policy", perf_counter() - start)
+        return outcome
 
     def _authorize(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome:
         """Evaluate the identity side and the resource policy, combined as API Gateway combines them."""

@@ -1,0 +1,73 @@
+"""The pipeline's combination of authorizers, scopes and policies, with in-memory authorizers and real policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sidecar.config import parse_config
+from sidecar.pipeline import Pipeline
+from sidecar.request import Request
+from sidecar.runtime import RuntimeHolder, compile_runtime
+
+ARN = "arn:aws:execute-api:us-east-1:000000000000:local/prod"
+
+
+def pipeline(tmp_path: Path, extra: str = "", policy: dict[str, object] | None = None) -> Pipeline:
+    text = "authorizers:\n  open: {type: none}\nroutes:\n  - {match: 'ANY /{proxy+}', authorizer: open}\n" + extra
+    if policy is not None:
+        path = tmp_path / "policy.json"
+        path.write_text(json.dumps(policy))
+        text += f"resource_policy: {path}\n"
+    return Pipeline(RuntimeHolder(compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))))
+
+
+def request(path: str = "/x", source: str = "127.0.0.1") -> Request:
+    return Request(method="GET", raw_path=path, path=path, headers={"host": "h"}, source_address=source, time=1e9)
+
+
+async def test_open_route_without_policy_allows(tmp_path: Path) -> None:
+    decision = await pipeline(tmp_path).decide(request())
+    assert decision.allowed
+    assert dict(decision.headers)["x-authz-principal"] == "anonymous"
+
+
+async def test_private_api_without_resource_policy_denies(tmp_path: Path) -> None:
+    decision = await pipeline(tmp_path, "policy: {private_api: true}\n").decide(request())
+    assert not decision.allowed
+    assert (decision.status, decision.reason) == (403, "AccessDenied")
+
+
+async def test_private_api_with_allowing_policy(tmp_path: Path) -> None:
+    statement = {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": f"{ARN}/*"}
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    p = pipeline(tmp_path, "policy: {private_api: true}\n", policy)
+    assert (await p.decide(request())).allowed
+
+
+async def test_policy_deny_names_statement_and_keeps_principal(tmp_path: Path) -> None:
+    allow = {"Sid": "All", "Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": f"{ARN}/*"}
+    deny = {
+        "Sid": "NoTen",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "*",
+        "Resource": f"{ARN}/*",
+        "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}},
+    }
+    p = pipeline(tmp_path, policy={"Version": "2012-10-17", "Statement": [allow, deny]})
+    denied = await p.decide(request(source="10.1.2.3"))
+    assert (denied.allowed, denied.statement, denied.reason) == (False, "NoTen", "AccessDenied")
+    assert denied.principal is not None and denied.principal.id == "anonymous"
+    allowed = await p.decide(request(source="192.0.2.1"))
+    assert (allowed.allowed, allowed.statement) == (True, "All")
+    assert await p.decide(request(source="192.0.2.1")) is allowed  # warm: the same Decision object
+
+
+async def test_explain_mode_attaches_explanations(tmp_path: Path) -> None:
+    statement = {"Sid": "All", "Effect": "Allow", "Principal": "*", "Action": "*", "Resource": f"{ARN}/*"}
+    p = pipeline(tmp_path, policy={"Version": "2012-10-17", "Statement": [statement]})
+    p.explain = True
+    decision = await p.decide(request())
+    assert decision.allowed
+    assert any("All" in line for line in decision.explanation)
