@@ -57,12 +57,14 @@ class Profile:
     only: frozenset[str] | None = None
     rounds: int = 1
     """Each measurement runs this many times; see `combine`."""
+    memory_tokens: int = 0
+    """Distinct tokens the memory step fills the caches with (0: no memory step)."""
 
 
 PROFILES = {
     "smoke": Profile("smoke", 1, 0, 4, 200, 4, 2, 2, 20, workers=False, only=frozenset({"anonymous"})),
-    "quick": Profile("quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3),
-    "full": Profile("full", 10, 5, 32, 1000, 16, 4, 8, 10000, workers=True, rounds=5),
+    "quick": Profile("quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3, memory_tokens=100_000),
+    "full": Profile("full", 10, 5, 32, 1000, 16, 4, 8, 10000, workers=True, rounds=5, memory_tokens=100_000),
 }
 
 
@@ -112,6 +114,7 @@ class RunResult:
     rows: list[Row] = field(default_factory=list)
     pending: list[dict[str, str]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
 
 
 def _round(value: float | None) -> float | None:
@@ -357,11 +360,43 @@ class Harness:
             noop = next((s for s in runnable if s.stack == "noop-grpc"), None)
             if noop is not None and on_sidecar and self.profile.workers:
                 self.floor_again(noop)
+            if self.profile.memory_tokens and (only is None or "memory" in only):
+                self.memory(scenarios.memory_fill(fixtures, self.profile.memory_tokens))
             anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)
             if self.profile.workers and anonymous is not None:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
         return self.result
+
+    def memory(self, scenario: Scenario) -> None:
+        """RSS of one sidecar process before and after it has verified and cached `memory_tokens` distinct JWTs."""
+        n = self.profile.memory_tokens
+        self.log(f"  memory: filling the caches with {n:,} distinct ES256 tokens ...")
+        port = free_port()
+        with sidecar(scenarios.sidecar_config([scenario]), port) as side, envoy(self.listen_port, port):
+            assert side.proc is not None
+            problem = precheck_envoy(self.base, scenario)
+            if problem:
+                self.log(f"  memory: skipped, a request through Envoy got {problem}")
+                return
+            before = procs.rss_bytes(side.proc.pid)
+            rate = 1500
+            fill = run_paced(self.base + scenario.path, rate, n / rate, (), scenario.rotation, 64)
+            after = procs.rss_bytes(side.proc.pid)
+        cached = max(fill.requests - fill.errors, 1)  # a request that failed left nothing cached
+        per_entry = (after - before) / cached
+        self.result.memory = {
+            "tokens_sent": fill.requests,
+            "errors": fill.errors,
+            "tokens_cached": cached,
+            "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "bytes_per_cached_token": round(per_entry),
+        }
+        self.log(
+            f"  memory: RSS {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB after {cached:,} distinct tokens"
+            f" ({per_entry:.0f} bytes each), errors {fill.errors}"
+        )
 
     def floor_again(self, noop: Scenario) -> None:
         """The gRPC floor once more at the end: its ratio to the first shows how much the machine drifted."""

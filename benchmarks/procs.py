@@ -36,6 +36,17 @@ def own_and_children_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def load_average() -> float:
     """The 1-minute load average: how busy the machine was, our processes and everyone else's."""
     try:

@@ -178,6 +178,19 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
             split = ", ".join(f"{x['cpu_share']:.0%} ({x['authz_connections']})" for x in w["per_worker"])
             out.append(f"| {w['authz_max_streams']} | {w['rps']} | {w['sidecar_cpu_us_per_check']} | {split} |")
         out.append("")
+    if result.memory:
+        m = result.memory
+        verdict = "met" if m["rss_after_mb"] <= 150 else f"missed (by {(m['rss_after_mb'] - 150) / 150:.0%})"
+        out += [
+            "## Memory",
+            "",
+            f"One sidecar process was sent {m['tokens_sent']:,} distinct ES256 JWTs once each through Envoy at 1,500"
+            f" rps ({m['errors']} failed, mostly Envoy's 0.5 s authz timeout while it fell behind), so it holds"
+            f" {m['tokens_cached']:,} verified tokens (token cache) and as many cached decisions (decision cache): RSS"
+            f" {m['rss_before_mb']} MB before, {m['rss_after_mb']} MB after ({m['bytes_per_cached_token']:,} bytes per"
+            f" cached token). Target RSS <= 150 MB per worker with 100,000 cached decisions: {verdict}.",
+            "",
+        ]
     out += ["## Targets (issue 8) this run can check", "", *_targets(result), ""]
     if result.pending:
         out += ["## Not measured yet", "", "| scenario | waiting for |", "|---|---|"]
@@ -227,6 +240,7 @@ def write(result: RunResult, directory: Path) -> list[Path]:
         "machine": host,
         "rows": [r.as_dict() for r in result.rows],
         "workers": result.workers,
+        "memory": result.memory,
         "pending": result.pending,
     }
     paths = [directory / "results.json", directory / "results.md", directory / "latency.png"]

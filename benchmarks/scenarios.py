@@ -82,11 +82,12 @@ class Fixtures:
         key, kid = (self.rsa_key, "rsa") if alg == "RS256" else (self.ec_key, "ec")
         return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
 
-    def token_file(self, alg: str) -> Path:
-        """`cold_tokens` distinct tokens, one a line."""
-        path = self.directory / f"tokens-{alg}.txt"
+    def token_file(self, alg: str, count: int | None = None) -> Path:
+        """`count` (default `cold_tokens`) distinct tokens, one a line."""
+        count = self.cold_tokens if count is None else count
+        path = self.directory / f"tokens-{alg}-{count}.txt"
         if not path.exists():
-            path.write_text("\n".join(self.token(alg, f"user-{i}") for i in range(self.cold_tokens)) + "\n")
+            path.write_text("\n".join(self.token(alg, f"user-{i}") for i in range(count)) + "\n")
         return path
 
     def credentials_file(self) -> Path:
@@ -224,6 +225,22 @@ def sigv4_header(fx: Fixtures) -> Scenario:
         routes=({"match": "ANY /sigv4/{proxy+}", "authorizer": "iam"},),
         pending=pending,
         direct=False,  # the signature covers the Host Envoy sees; the direct frame would need its own
+    )
+
+
+def memory_fill(fx: Fixtures, tokens: int) -> Scenario:
+    """Not in SCENARIOS: the harness's memory step sends each of `tokens` distinct ES256 tokens once, so the
+    sidecar ends up holding that many verified tokens and cached decisions."""
+    return Scenario(
+        "memory",
+        f"{tokens:,} distinct JWTs cached",
+        "sidecar",
+        path="/jwt-mem/item",
+        rotation=Rotation("Authorization", "Bearer ", fx.token_file("ES256", tokens)),
+        authorizers={"jwt_mem": _jwt_authorizer(fx, tokens + 1000)},
+        routes=({"match": "ANY /jwt-mem/{proxy+}", "authorizer": "jwt_mem"},),
+        settings={"cache": {"local": {"enabled": True, "max_entries": max(100_000, tokens + 1000)}}},
+        direct=False,
     )
 
 
