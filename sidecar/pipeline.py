@@ -20,6 +20,7 @@ from .metrics import IN_FLIGHT, RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
 from .request import ANONYMOUS, Decision, Principal, Request
+from .routes import AmbiguousPath
 from .runtime import CompiledRoute, Runtime, RuntimeHolder
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ _MAX_ALLOW_MEMO = 4096
 POLICY_KINDS = frozenset({"sigv4"})
 """Principal kinds whose identity side is their IAM policies: with none attached they are not allowed."""
 NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
+AMBIGUOUS_PATH = reasons.deny(
+    reasons.MALFORMED_REQUEST, "The request path is ambiguous (encoded '/', '\\' or '.')", 400
+)
 
 
 def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
@@ -92,7 +96,10 @@ class Pipeline:
     async def _decide(self, request: Request) -> tuple[Decision, str]:
         """The decision and the cache layer that supplied it ("" when computed)."""
         runtime = self.holder.current
-        match = runtime.routes.match(request.method, request.path)
+        try:
+            match = runtime.routes.match(request.method, request.path)
+        except AmbiguousPath:
+            return AMBIGUOUS_PATH, ""
         if match is None:
             return NO_ROUTE, ""
         route = match.target

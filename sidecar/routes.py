@@ -86,24 +86,45 @@ class _Node(Generic[T]):
     ends: dict[str, tuple[str, T]] = field(default_factory=dict)  # method -> (key, target)
 
 
-def path_segments(path: str) -> list[str]:
-    """Segments of a request path as an upstream would resolve them.
+class AmbiguousPath(ValueError):
+    """A path whose meaning depends on who decodes it (`%2F`, `%2e%2e`, `%5C`, NUL): denied, never guessed."""
 
-    Percent-escapes are decoded (an encoded `/` counts as a separator) and `.`/`..` segments are resolved, so
-    `/%61dmin/../admin/x` cannot dodge the route for `/admin/{proxy+}`.
+
+_UNSAFE = ("/", "\\", "\x00")
+
+
+def path_segments(path: str) -> list[str]:
+    """Segments of a request path, resolved the way RFC 3986 resolves them, then percent-decoded.
+
+    Dot segments are removed and empty segments dropped on the raw path, exactly as Envoy's `normalize_path` and
+    `merge_slashes` do, so the result names the resource the upstream will serve. Each segment is then decoded so
+    that `/%61dmin` matches `/admin`. A segment that would *change the path's structure* once decoded (an encoded
+    `/` or `\\`, a NUL, or an encoded `.`/`..`) raises `AmbiguousPath`: some upstreams decode it and some do not,
+    and an authorizer that guesses differently from the upstream is a bypass.
     """
-    if "%" in path:
-        path = unquote(path)
     out: list[str] = []
-    for segment in path.split("/"):
-        if not segment or segment == ".":
+    for raw in path.split("/"):
+        if not raw or raw == ".":
             continue
-        if segment == "..":
+        if raw == "..":
             if out:
                 out.pop()
             continue
+        try:
+            segment = unquote(raw, errors="strict") if "%" in raw else raw
+        except UnicodeDecodeError:
+            raise AmbiguousPath(f"path segment {raw!r} is not UTF-8 once decoded") from None
+        if segment in (".", "..") or any(c in segment for c in _UNSAFE):
+            raise AmbiguousPath(f"ambiguous path segment {raw!r}")
         out.append(segment)
     return out
+
+
+def canonical_path(path: str) -> str:
+    """The path routes and policies judge: `/` + canonical segments (no empty segments, no trailing slash)."""
+    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
+        return path.rstrip("/") or "/"
+    return "/" + "/".join(path_segments(path))
 
 
 class RouteTable(Generic[T]):
@@ -147,10 +168,10 @@ class RouteTable(Generic[T]):
             self._exact[(key.method, "/" + "/".join(key.segments))] = Match(target, text)
 
     def match(self, method: str, path: str) -> Match[T] | None:
-        """The most specific route for this request, `$default`, or None."""
-        if "%" in path or "/." in path or "//" in path:
-            segments = path_segments(path)
-            canonical = "/" + "/".join(segments)
+        """The most specific route for this request, `$default`, or None; raises `AmbiguousPath`."""
+        if "%" in path or "/." in path or "//" in path or "\\" in path:
+            segments: list[str] | None = path_segments(path)  # may raise AmbiguousPath
+            canonical = "/" + "/".join(segments or ())
         else:
             canonical = path.rstrip("/") or "/"
             segments = None

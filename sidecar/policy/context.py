@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
-from ..routes import path_segments
+from ..routes import canonical_path
 from .arn import resource_arn
 
 if TYPE_CHECKING:
@@ -142,15 +142,10 @@ def _source_ip(ctx: EvalContext) -> str | None:
 
 
 def resource_path(path: str) -> str:
-    """The path as the route table and the upstream see it: percent-decoded, `.`/`..` resolved, `//` collapsed.
-
-    Without this, `/public/../admin/x` or `/%61dmin/x` would dodge a Deny on `execute-api:/prod/*/admin/*`.
-    A trailing slash is kept, since API Gateway resources `/pets` and `/pets/` are distinct ARNs.
-    """
-    if "%" not in path and "/." not in path and "//" not in path:
-        return path
-    segments = path_segments(path)
-    return "/" + "/".join(segments) + ("/" if segments and path.endswith("/") else "")
+    """The path as the route table judged it (`routes.canonical_path`): dot segments resolved, escapes decoded,
+    empty segments and the trailing slash dropped, so `/public/../admin/x`, `/%61dmin/x` and `/admin/x/` cannot
+    dodge a Deny on `execute-api:/prod/*/admin/*` while matching the `admin` route."""
+    return canonical_path(path)
 
 
 def principal_type(principal: Principal) -> str | None:

@@ -205,3 +205,12 @@ def test_both_transports_decide_alike(authz_stack: StackFactory, template: str) 
             assert seen["x-authz-principal"] == "anonymous"
             assert seen["x-authz-authorizer"] == "public"
             assert "x-authz-source-address" not in seen  # the trusted headers stop at the sidecar
+
+
+@pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
+def test_encoded_separators_never_reach_the_upstream(authz_stack: StackFactory, template: str) -> None:
+    stack = authz_stack(default_config_text(), template=template)
+    for path in ("/admin/x%2F..%2F..%2Fpublic/a", "/public/a%5C..%5C..%5Cadmin", "/public/%2e%2e/admin/x"):
+        response = stack.client.get(path)
+        assert response.status_code in (400, 403), (path, response.status_code)
+        assert "headers" not in response.text  # the echo upstream never answered

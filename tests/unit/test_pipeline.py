@@ -71,3 +71,9 @@ async def test_explain_mode_attaches_explanations(tmp_path: Path) -> None:
     decision = await p.decide(request())
     assert decision.allowed
     assert any("All" in line for line in decision.explanation)
+
+
+async def test_ambiguous_path_is_a_malformed_request(tmp_path: Path) -> None:
+    for path in ("/admin/x%2F..%2F..%2Fpublic/a", "/a/%2e%2e/b", "/a%5Cb"):
+        decision = await pipeline(tmp_path).decide(request(path))
+        assert (decision.allowed, decision.status, decision.reason) == (False, 400, "MalformedRequest")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.routes import RouteSyntaxError, RouteTable, parse_match, path_segments
+from sidecar.routes import AmbiguousPath, RouteSyntaxError, RouteTable, parse_match, path_segments
 
 ROUTES = [
     "GET /orders",
@@ -46,7 +46,6 @@ def table() -> RouteTable[str]:
         ("GET", "/%61dmin/x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # escapes decoded
         ("GET", "/orders/../admin/x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # dot segments resolved
         ("GET", "//admin//x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # empty segments merged
-        ("GET", "/orders/%2e%2e/admin/x", "ANY /admin/{proxy+}", {"proxy": "x"}),  # encoded dots too
     ],
 )
 def test_precedence(table: RouteTable[str], method: str, path: str, expected: str, params: dict[str, str]) -> None:
@@ -87,4 +86,14 @@ def test_syntax_errors(text: str, why: str) -> None:
 def test_path_segments() -> None:
     assert path_segments("/a/b/../c/./d/") == ["a", "c", "d"]
     assert path_segments("/../../x") == ["x"]
-    assert path_segments("/a%2Fb") == ["a", "b"]
+    assert path_segments("/a%20b/%7Ec") == ["a b", "~c"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/admin/x%2F..%2F..%2Fpublic/a", "/orders/%2e%2e/admin/x", "/a/%2E/b", "/a%5Cb", "/a\\b", "/a%00b", "/a%FFb"],
+)
+def test_ambiguous_paths_are_refused(table: RouteTable[str], path: str) -> None:
+    # Encoded separators and dots mean different things to different upstreams: refuse rather than guess.
+    with pytest.raises(AmbiguousPath):
+        table.match("GET", path)

@@ -22,6 +22,7 @@ from policy_support import (
 
 from sidecar.policy import ContextSettings, Effect, EvalContext
 from sidecar.request import ANONYMOUS, Principal
+from sidecar.routes import AmbiguousPath
 
 OTHER_ACCOUNT = "444455556666"
 
@@ -244,11 +245,18 @@ def test_root_path_and_encoded_path() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/admin/x", "/public/../admin/x", "/%61dmin/x", "//admin//x", "/./admin/x", "/public/%2e%2e/admin/x"]
+    "path", ["/admin/x", "/public/../admin/x", "/%61dmin/x", "//admin//x", "/./admin/x", "/admin/x/"]
 )
 def test_path_tricks_do_not_dodge_a_deny(path: str) -> None:
     compiled = policy(allow(), deny(Resource="execute-api:/prod/*/admin/*"))
     assert effect(compiled, req=request(path=path)) == "Deny"
+
+
+@pytest.mark.parametrize("path", ["/public/%2e%2e/admin/x", "/admin/x%2F..%2F..%2Fpublic/a", "/a%5Cb", "/a%FFb"])
+def test_ambiguous_paths_are_refused_before_evaluation(path: str) -> None:
+    compiled = policy(allow(), deny(Resource="execute-api:/prod/*/admin/*"))
+    with pytest.raises(AmbiguousPath):
+        effect(compiled, req=request(path=path))
 
 
 def test_query_string_is_not_part_of_the_resource() -> None:
