@@ -77,9 +77,14 @@ class DecisionCache:
         if self.remote is None:
             return None
         found = await self.remote.get(key)
-        if found is not None and self.local is not None:
-            self.local.set(key, found, plan.ttl if found.allowed else plan.deny_ttl)
-        return found
+        if found is None:
+            return None
+        decision, expires_at = found
+        if self.local is not None:
+            # Never longer than the entry has left: the writer already capped it at the credential's expiry.
+            remaining = expires_at - time.time()
+            self.local.set(key, decision, min(plan.ttl if decision.allowed else plan.deny_ttl, remaining))
+        return decision
 
     def put(self, key: Hashable, decision: Decision, plan: KeyPlan, now: float | None = None) -> None:
         """Store a decision if it may be cached, for at most its TTL and never past the credential's expiry."""

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,13 @@ class RedisLike(Protocol):
     def set(self, name: str, value: bytes, px: int | None = None) -> Awaitable[Any]: ...
 
 
-def encode_decision(decision: Decision) -> bytes:
-    """The cacheable part of a Decision as compact JSON (no explanations, no claims, no policies)."""
+def encode_decision(decision: Decision, expires_at: float) -> bytes:
+    """The cacheable part of a Decision as compact JSON (no explanations, no claims, no policies), with the wall
+    time after which no replica may serve it (the TTL, already capped by the credential's expiry)."""
     principal = decision.principal
     return json.dumps(
         {
+            "e": expires_at,
             "a": decision.allowed,
             "s": decision.status,
             "r": decision.reason,
@@ -64,12 +67,17 @@ def encode_decision(decision: Decision) -> bytes:
     ).encode()
 
 
-def decode_decision(payload: bytes) -> Decision:
-    """Inverse of `encode_decision` (raises ValueError/KeyError/TypeError on junk)."""
+def decode_decision(payload: bytes) -> tuple[Decision, float]:
+    """Inverse of `encode_decision`: the decision and its absolute expiry (raises ValueError/KeyError/TypeError)."""
     data = json.loads(payload)
+    expires_at = float(data["e"])
     p = data["p"]
-    principal = None if p is None else Principal(kind=p[0], id=p[1], authorizer=p[2], arn=p[3], account=p[4])
-    return Decision(
+    principal = (
+        None
+        if p is None
+        else Principal(kind=p[0], id=p[1], authorizer=p[2], arn=p[3], account=p[4], expires_at=expires_at)
+    )
+    decision = Decision(
         allowed=bool(data["a"]),
         status=int(data["s"]),
         reason=str(data["r"]),
@@ -82,6 +90,7 @@ def decode_decision(payload: bytes) -> Decision:
         authorizer=str(data["au"]),
         statement=str(data["st"]),
     )
+    return decision, expires_at
 
 
 class Signer:
@@ -176,6 +185,7 @@ class RemoteCache:
         prefix: str = "authz:d:",
         breaker: Breaker | None = None,
         clock: Callable[[], float] = monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.signer = signer
@@ -183,6 +193,7 @@ class RemoteCache:
         self.prefix = prefix
         self.breaker = breaker or Breaker()
         self.clock = clock
+        self.wall_clock = wall_clock
         self._pending: set[asyncio.Task[None]] = set()
         self._hit = CACHE_REQUESTS.labels("redis", "hit").inc
         self._miss = CACHE_REQUESTS.labels("redis", "miss").inc
@@ -194,8 +205,10 @@ class RemoteCache:
         """A fixed-size key with nothing readable in it (no paths, addresses or ids in Redis)."""
         return self.prefix + hashlib.sha256(repr(key).encode()).hexdigest()
 
-    async def get(self, key: object) -> Decision | None:
-        """The decision stored for `key`, if Redis answers in time and the entry verifies."""
+    async def get(self, key: object) -> tuple[Decision, float] | None:
+        """The decision stored for `key` and its absolute expiry, if Redis answers in time and the entry verifies
+        and has not expired (Redis's own TTL is the first line; the sealed expiry guards against clock-skewed or
+        stale servers)."""
         if not self.breaker.allow(self.clock()):
             self._skipped()
             return None
@@ -212,19 +225,22 @@ class RemoteCache:
             log.warning("ignored a redis cache entry that failed its integrity check")
             return None
         try:
-            decision = decode_decision(payload)
+            decision, expires_at = decode_decision(payload)
         except (ValueError, KeyError, TypeError, IndexError):
             self._rejected()
             return None
+        if expires_at <= self.wall_clock():
+            self._miss()
+            return None
         self._hit()
-        return decision
+        return decision, expires_at
 
     def put(self, key: object, decision: Decision, ttl: float) -> None:
         """Store in the background; the request never waits for Redis to acknowledge."""
         if ttl <= 0 or not self.breaker.allow(self.clock()):
             return
         name = self.redis_key(key)
-        blob = self.signer.seal(name, encode_decision(decision))
+        blob = self.signer.seal(name, encode_decision(decision, self.wall_clock() + ttl))
         task = asyncio.ensure_future(self._set(name, blob, int(ttl * 1000)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

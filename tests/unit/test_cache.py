@@ -79,13 +79,15 @@ def test_what_is_cached_and_for_how_long() -> None:
 
 
 def test_codec_round_trip() -> None:
-    back = decode_decision(encode_decision(ALLOW))
+    back, expires_at = decode_decision(encode_decision(ALLOW, 1234.5))
     assert (back.allowed, back.status, back.headers, back.principal and back.principal.id) == (
         True,
         200,
         ALLOW.headers,
         "alice",
     )
+    assert expires_at == 1234.5
+    assert back.principal is not None and back.principal.expires_at == 1234.5
 
 
 def test_signer_rejects_forged_and_moved_entries() -> None:
@@ -131,7 +133,7 @@ async def test_replicas_share_through_redis(redis_server: RedisServer) -> None:
     writer.put(("v", "r", b"t"), ALLOW, ttl=30)
     await settle(writer)
     found = await reader.get(("v", "r", b"t"))
-    assert found is not None and found.principal is not None and found.principal.id == "alice"
+    assert found is not None and found[0].principal is not None and found[0].principal.id == "alice"
     stranger = remote(redis_server.url, key=b"another-cluster")
     assert await stranger.get(("v", "r", b"t")) is None  # signed with a key it does not share
     await writer.close()
@@ -143,7 +145,7 @@ async def test_forged_entry_in_redis_is_ignored(redis_server: RedisServer) -> No
     cache = remote(redis_server.url)
     key = ("v", "r", b"token")
     raw = aioredis.Redis.from_url(redis_server.url)
-    await raw.set(cache.redis_key(key), b"\x01" + b"0" * 32 + encode_decision(ALLOW))
+    await raw.set(cache.redis_key(key), b"\x01" + b"0" * 32 + encode_decision(ALLOW, time.time() + 60))
     assert await cache.get(key) is None
     cache.put(("v", "r", b"other"), ALLOW, ttl=30)
     await settle(cache)
@@ -194,3 +196,21 @@ def test_non_positive_ttl_is_not_stored(ttl: float) -> None:
     cache: LocalCache[str] = LocalCache(10)
     cache.set("a", "A", ttl)
     assert cache.get("a") is None
+
+
+async def test_a_redis_hit_never_outlives_the_credential(redis_server: RedisServer) -> None:
+    now = time.time()
+    expiring = Decision(True, 200, "Allowed", principal=Principal(kind="jwt", id="eve", expires_at=now + 1.0))
+    writer = DecisionCache(None, remote(redis_server.url))
+    writer.put(("k",), expiring, PLAN, now=now)  # 300 s TTL capped to the token's 1 s
+    assert writer.remote is not None
+    await settle(writer.remote)
+    reader_local: LocalCache[Decision] = LocalCache(10)
+    reader = DecisionCache(reader_local, remote(redis_server.url))
+    assert await reader.get_remote(("k",), PLAN) is not None
+    assert reader_local._data[("k",)][0] - time.monotonic() <= 1.0  # promoted to L1 for what is left, not 300 s
+    late = remote(redis_server.url)
+    late.wall_clock = lambda: now + 2.0  # a replica asking after the token expired
+    assert await late.get(("k",)) is None
+    for cache in (writer.remote, reader.remote, late):
+        await cache.close()
