@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
+
+from pydantic import SecretStr
 
 from .authorizers.base import Authorizer, BuildContext, registry
 from .cache import TIME_KEYS, DecisionCache, KeyPlan, LocalCache, RemoteCache
@@ -45,6 +48,9 @@ class Runtime:
 
     config: Config
     version: str
+    """Public fingerprint of the config and its files (no secrets): what /readyz shows."""
+    cache_version: str
+    """Also covers secrets: keys cached decisions; a reload that leaves it unchanged changes nothing."""
     routes: RouteTable[CompiledRoute]
     authorizers: Mapping[str, Authorizer]
     upstream_headers: UpstreamHeaderSettings
@@ -83,26 +89,69 @@ class Runtime:
             await self.cache.close()
 
 
+_NOT_DECISIVE: Any = {"listen": True, "server": True, "decision_log": True}
+"""Settings no decision depends on: replicas that differ only in ports or logging share cached decisions."""
+
+
 def config_version(config: Config, *files: Path) -> str:
-    """A short fingerprint of the config and the files it names: it keys cached decisions, so any change
-    (config or policy file) invalidates them all."""
-    # Only what decisions depend on: replicas that differ in ports or logging still share cached decisions.
-    decisive = config.model_dump_json(exclude={"listen": True, "server": True, "decision_log": True})
-    digest = hashlib.sha256(decisive.encode())
+    """The public fingerprint of the config and the files it names (shown by /readyz and in logs).
+
+    Secrets appear in it only masked, so publishing it reveals nothing; `cache_version` covers them.
+    """
+    digest = hashlib.sha256(config.model_dump_json(exclude=_NOT_DECISIVE).encode())
+    _hash_files(digest, files)
+    return digest.hexdigest()[:16]
+
+
+def cache_version(config: Config, public: str) -> str:
+    """The fingerprint that keys cached decisions and decides whether a reload changed anything: the public
+    version plus every secret value and secret file, so rotating a signing key or a Redis password is a change."""
+    digest = hashlib.sha256(public.encode())
+    secrets: list[str] = []
+    _collect_secrets(config.model_dump(exclude=_NOT_DECISIVE), secrets)
+    for value in sorted(secrets):
+        digest.update(hashlib.sha256(value.encode()).digest())
+    redis = config.cache.redis
+    if redis is not None and redis.signing_key_file:
+        _hash_files(digest, [_resolve(config, redis.signing_key_file)])
+    return digest.hexdigest()[:32]
+
+
+def _collect_secrets(value: Any, out: list[str]) -> None:
+    if isinstance(value, SecretStr):
+        out.append(value.get_secret_value())
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_secrets(item, out)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_secrets(item, out)
+
+
+def _hash_files(digest: Any, files: Iterable[Path]) -> None:
     for path in files:
         try:
             digest.update(path.read_bytes())
         except OSError:
             digest.update(b"<unreadable>")
-    return digest.hexdigest()[:16]
+
+
+def _resolve(config: Config, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else config.base_dir / path
+
+
+def key_files(config: Config) -> list[Path]:
+    """Key material files authorizers read at load (e.g. a `jwks_file`): a change must reload and invalidate."""
+    names = (getattr(settings, "jwks_file", None) for settings in config.authorizers.values())
+    return [_resolve(config, name) for name in names if isinstance(name, str)]
 
 
 def policy_path(config: Config) -> Path | None:
     """Where `resource_policy` points, resolved against the config file's directory."""
     if config.resource_policy is None:
         return None
-    path = Path(config.resource_policy)
-    return path if path.is_absolute() else config.base_dir / path
+    return _resolve(config, config.resource_policy)
 
 
 def compile_runtime(config: Config) -> Runtime:
@@ -119,10 +168,11 @@ def compile_runtime(config: Config) -> Runtime:
         except (OSError, ValueError) as exc:
             issues.append(ConfigIssue(config.source, 0, 0, f"authorizers.{name}", str(exc)))
     resource_policy = _load_resource_policy(config, issues)
-    watched = tuple(p for p in (policy_path(config),) if p is not None)
+    watched = tuple(p for p in (policy_path(config), *key_files(config)) if p is not None)
     if issues:
         raise ConfigError(issues)
     version = config_version(config, *watched)
+    internal = cache_version(config, version)
     cache = build_cache(config)
     routes = RouteTable(
         [
@@ -132,7 +182,7 @@ def compile_runtime(config: Config) -> Runtime:
                     key=r.match.strip(),
                     authorizer=authorizers[r.authorizer],
                     scopes=frozenset(r.scopes),
-                    cache_plan=key_plan(config, r, version, resource_policy) if cache is not None else None,
+                    cache_plan=key_plan(config, r, internal, resource_policy) if cache is not None else None,
                 ),
             )
             for r in config.routes
@@ -141,6 +191,7 @@ def compile_runtime(config: Config) -> Runtime:
     return Runtime(
         config=config,
         version=version,
+        cache_version=internal,
         cache=cache,
         routes=routes,
         authorizers=MappingProxyType(authorizers),

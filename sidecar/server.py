@@ -206,7 +206,7 @@ class Sidecar:
         try:
             config = self.source.read()
             runtime = compile_runtime(config)
-            if runtime.version == self.runtime.version:
+            if runtime.cache_version == self.runtime.cache_version:
                 return True  # nothing that matters changed (e.g. only a comment)
         except ConfigError as exc:
             CONFIG_RELOADS.labels("rejected").inc()

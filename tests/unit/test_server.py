@@ -126,3 +126,46 @@ async def test_drain_flips_health(tmp_path: Path) -> None:
     assert json.loads(readyz.body)["draining"] is True
     with pytest.raises(grpc.aio.AioRpcError):
         await check(sidecar.grpc_port, "/open")
+
+
+async def test_reload_notices_a_secret_only_change(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    grpc_port, admin_port = free_port(), free_port()
+    base = CONFIG.format(grpc=grpc_port, admin=admin_port, open_route="open")
+    path.write_text(base + "cache: {redis: {url: 'redis://127.0.0.1:1/0', signing_key: first}}\n")
+    sidecar = Sidecar(load_config(path), path)
+    await sidecar.start()
+    try:
+        public, internal = sidecar.runtime.version, sidecar.runtime.cache_version
+        path.write_text(base + "cache: {redis: {url: 'redis://127.0.0.1:1/0', signing_key: second}}\n")
+        assert await sidecar.reload("test")
+        assert sidecar.runtime.cache_version != internal  # cached decisions keyed by the old key are dropped
+        assert sidecar.runtime.version == public  # the published fingerprint reveals nothing about the secret
+        assert sidecar.state.reloads_ok == 1
+    finally:
+        await sidecar.drain_and_stop()
+
+
+def test_jwks_file_change_is_a_change(tmp_path: Path) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from sidecar.runtime import compile_runtime
+
+    def jwks_with_new_key() -> str:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key))
+        return json.dumps({"keys": [{**jwk, "kid": "k", "alg": "RS256", "use": "sig"}]})
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(jwks_with_new_key())
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "authorizers:\n  corp: {type: jwt, issuer: 'https://idp.example.com', audiences: [a], "
+        f"jwks_file: '{jwks}'}}\nroutes:\n  - {{match: 'GET /a', authorizer: corp}}\n"
+    )
+    first = compile_runtime(load_config(path))
+    assert jwks in first.watched  # the file watch reloads on a key rotation
+    jwks.write_text(jwks_with_new_key())
+    second = compile_runtime(load_config(path))
+    assert (second.version, second.cache_version) != (first.version, first.cache_version)
