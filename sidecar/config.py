@@ -367,10 +367,22 @@ def pydantic_issues(exc: ValidationError, locator: YamlLocator, prefix: tuple[st
 
 
 def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
-    """Checks that span sections: routes name existing authorizers and parse as routes."""
+    """Checks that span sections: routes name existing authorizers and parse as routes; in HTTP mode, headers
+    for the upstream start with `x-` (Envoy's shipped http_service config passes only those on)."""
     from .routes import RouteSyntaxError, parse_match
 
     issues = []
+    if config.listen.http:
+        upstream: list[tuple[tuple[str | int, ...], Any]] = [
+            (("upstream_headers", k), v) for k, v in config.upstream_headers.model_dump().items()
+        ]
+        for name, settings in config.authorizers.items():
+            for claim, header in (getattr(settings, "claim_to_headers", None) or {}).items():
+                upstream.append((("authorizers", name, "claim_to_headers", claim), header))
+        for loc, header in upstream:
+            if header and not str(header).startswith("x-"):
+                message = f"with listen.http, upstream header names must start with 'x-' (got {header!r})"
+                issues.append(locator.issue(loc, message))
     seen: dict[tuple[str, str], int] = {}
     for index, route in enumerate(config.routes):
         if route.authorizer not in config.authorizers:

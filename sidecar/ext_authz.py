@@ -45,12 +45,14 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
     if not method or not raw_path:
         raise MalformedRequest("the CheckRequest carries no HTTP method or path")
     if http.headers:
-        headers = {k: v for k, v in http.headers.items() if k[0] != ":"}
+        headers = {k: v for k, v in http.headers.items() if k[:1] != ":"}
         authority = http.headers.get(":authority") or http.host
     else:
         headers = _headers_from_map(http)
         authority = headers.pop(":authority", "") or http.host
-        headers = {k: v for k, v in headers.items() if k[0] != ":"}
+        headers = {k: v for k, v in headers.items() if k[:1] != ":"}
+    if "" in headers:
+        raise MalformedRequest("the CheckRequest carries a header with an empty name")
     if authority:
         headers["host"] = authority
     stamp = attributes.request.time
@@ -151,7 +153,7 @@ class AuthorizationService:
         start = perf_counter()
         try:
             request = to_request(message, self._clock)
-        except MalformedRequest:
+        except Exception:  # MalformedRequest, or anything odd in the message: a reasoned 400, never a crash
             return self._encoder.encode(MALFORMED)
         parsed = perf_counter()
         try:

@@ -34,6 +34,11 @@ AMBIGUOUS_PATH = reasons.deny(
 )
 
 
+IDENTITY_HEADERS = frozenset({"x-authz-principal", "x-authz-authorizer", "x-authz-route"})
+"""Removed from every allowed request unless this decision sets them, whatever the config names, so a client can
+never pass its own value for an identity header that is switched off."""
+
+
 def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
     """The allow `Decision` for `principal` on `route`, with the upstream identity headers configured."""
     headers = list(principal.upstream_headers)
@@ -43,11 +48,13 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
         headers.append((names.authorizer, route.authorizer.name))
     if names.route:
         headers.append((names.route, route.key))
+    setting = {name for name, _ in headers}
     return Decision(
         allowed=True,
         status=200,
         reason=reasons.ALLOWED if principal.kind != "anonymous" else reasons.ANONYMOUS,
         headers=tuple(headers),
+        headers_to_remove=tuple(sorted(IDENTITY_HEADERS - setting)),
         metadata=MappingProxyType({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
         principal=principal,
         route=route.key,

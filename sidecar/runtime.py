@@ -31,7 +31,7 @@ from .routes import RouteTable
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class CompiledRoute:
     """A route ready to serve: its key text, the authorizer instance and the scopes it requires."""
 

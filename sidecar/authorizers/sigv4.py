@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..reasons import ACCESS_DENIED, MISSING_AUTHENTICATION_TOKEN, Denied
 from ..request import Principal, Request
@@ -148,7 +148,7 @@ class SigV4Settings(AuthorizerSettings):
     allow_unsigned_payload: bool = False
     replay_guard: bool = False
     """Deny a signature seen before while it is still valid (beyond API Gateway; off by default)."""
-    replay_redis_url: str | None = None
+    replay_redis_url: SecretStr | None = None
     """Share the replay guard between sidecars through this Redis (`SET NX PX`); local only when null."""
     replay_redis_timeout_ms: float = Field(default=5.0, gt=0, le=1000)
     replay_cache_size: int = Field(default=1_000_000, ge=1, le=100_000_000)
@@ -649,6 +649,7 @@ def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
         guard = local
         if settings.replay_redis_url:
             guard = RedisReplayGuard(
-                redis_client(settings.replay_redis_url, settings.replay_redis_timeout_ms / 1000), fallback=local
+                redis_client(settings.replay_redis_url.get_secret_value(), settings.replay_redis_timeout_ms / 1000),
+                fallback=local,
             )
     return SigV4Authorizer(ctx.name, SigV4Verifier(store, options), settings.upstream_headers, guard)

@@ -148,3 +148,15 @@ async def test_service_denies_malformed_and_survives_exceptions() -> None:
     failed = decode(await service.check(envoy_check(), None))  # type: ignore[arg-type]
     assert failed.denied_response.status.code == 500
     assert json.loads(failed.denied_response.body)["reason"] == "InternalError"
+
+
+async def test_empty_header_names_are_a_reasoned_deny() -> None:
+    async def never(request: Request) -> Decision:
+        raise AssertionError("must not be reached")
+
+    service = AuthorizationService(never)
+    check = envoy_check()
+    check.attributes.request.http.headers[""] = "x"
+    response = decode(await service.check(check, None))  # type: ignore[arg-type]
+    assert response.denied_response.status.code == 400
+    assert json.loads(response.denied_response.body)["reason"] == "MalformedRequest"

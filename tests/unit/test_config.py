@@ -74,6 +74,12 @@ def test_default_config_is_valid() -> None:
         ("routes:\n  - {authorizer: a}\n", 2, "routes[0].match", "Field required"),
         ("cache: {local: {max_entries: -1}}\n", 1, "cache.local.max_entries", "greater than or equal"),
         ("plugins: [no.such.module]\n", 1, "plugins[0]", "cannot import plugin"),
+        (
+            "listen: {http: '127.0.0.1:9192'}\nupstream_headers:\n  principal: remote-user\n",
+            3,
+            "upstream_headers.principal",
+            "must start with 'x-'",
+        ),
     ],
 )
 def test_errors_name_line_and_field(text: str, line: int, field: str, message: str) -> None:

@@ -30,6 +30,14 @@ async def test_open_route_without_policy_allows(tmp_path: Path) -> None:
     decision = await pipeline(tmp_path).decide(request())
     assert decision.allowed
     assert dict(decision.headers)["x-authz-principal"] == "anonymous"
+    assert decision.headers_to_remove == ("x-authz-route",)  # off by default: a client's copy is removed
+
+
+async def test_switched_off_identity_headers_are_removed(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, "upstream_headers: {principal: null, authorizer: null}\n")
+    decision = await p.decide(request())
+    assert decision.headers == ()
+    assert set(decision.headers_to_remove) == {"x-authz-principal", "x-authz-authorizer", "x-authz-route"}
 
 
 async def test_private_api_without_resource_policy_denies(tmp_path: Path) -> None:
