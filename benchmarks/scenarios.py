@@ -40,7 +40,7 @@ class Scenario:
     headers: Callable[[], Headers] = lambda: ()
     rotation: Rotation | None = None
     authorizers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    routes: tuple[dict[str, str], ...] = ()
+    routes: tuple[dict[str, Any], ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
     """Top-level config settings this scenario needs (scenarios with different settings get their own sidecar)."""
     pending: str = ""
@@ -175,12 +175,13 @@ def jwt_warm(fx: Fixtures) -> Scenario:
 def _jwt_cold(fx: Fixtures, alg: str) -> Scenario:
     return Scenario(
         f"jwt-cold-{alg.lower()}",
-        f"JWT {alg}, cold (a new token each request, token cache off)",
+        f"JWT {alg}, cold (a new token each request, token and decision caches off)",
         "sidecar",
         path="/jwt-cold/item",
         rotation=Rotation("Authorization", "Bearer ", fx.token_file(alg)),
         authorizers={"jwt_cold": _jwt_authorizer(fx, 0)},
-        routes=({"match": "ANY /jwt-cold/{proxy+}", "authorizer": "jwt_cold"},),
+        # cache_ttl 0: the decision cache would otherwise answer once the token file has been cycled through
+        routes=({"match": "ANY /jwt-cold/{proxy+}", "authorizer": "jwt_cold", "cache_ttl": 0},),
         direct=False,
     )
 
@@ -281,7 +282,7 @@ def settings_key(scenario: Scenario) -> str:
 def sidecar_config(scenarios: list[Scenario]) -> str:
     """The sidecar config serving these scenarios (one settings group; listeners are set by the harness)."""
     authorizers: dict[str, dict[str, Any]] = {}
-    routes: list[dict[str, str]] = []
+    routes: list[dict[str, Any]] = []
     for s in scenarios:
         if s.stack == "sidecar" and not s.pending:
             authorizers.update(s.authorizers)
