@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo serve lint test bench-smoke clean
+.PHONY: setup demo serve lint test bench-smoke bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ test: setup
 	bash scripts/ensure-system-deps.sh
 	$(MAKE) lint
 	$(BIN)/pytest
+
+bench-smoke: setup
+	$(BIN)/python -m benchmarks run --smoke
+
+bench: setup
+	$(BIN)/python -m benchmarks run --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -35,7 +35,7 @@ class EnvoyPorts:
     admin_port: int = 9901
     authz_timeout: str = "0.5s"
     max_request_bytes: int = 65536
-    authz_max_streams: int = 100
+    authz_max_streams: int = 1
 
 
 SHIPPED = {

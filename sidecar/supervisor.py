@@ -22,6 +22,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,6 +225,7 @@ class Supervisor:
                     worker.failures = failures
                 if now >= restart_at[i]:
                     del restart_at[i]
+                    _forget_worker_metrics(worker.pid)
                     worker.process.join(0)
                     self.workers[i] = self._spawn(worker.index, worker.failures, worker.generation + 1)
                     self.restarts += 1
@@ -251,7 +253,7 @@ class Supervisor:
     async def _start_admin(self) -> None:
         if not self.admin_address:
             return
-        self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz})
+        self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": _metrics})
         host, port = split_hostport(self.admin_address)
         await self.admin.start(host, port)
 
@@ -276,6 +278,32 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
 
+def _metrics() -> AdminResponse:
+    """Every worker's metrics in one scrape (prometheus-client's multiprocess collector over their files)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return AdminResponse(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+
+def _forget_worker_metrics(pid: int | None) -> None:
+    """A dead worker's live gauges (in-flight) must not linger in the sum."""
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _metrics_dir() -> tempfile.TemporaryDirectory[str] | None:
+    """Point workers (spawned with this environment) at a fresh directory for their metric files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None  # the operator chose one (it must be emptied between runs, as prometheus-client documents)
+    directory = tempfile.TemporaryDirectory(prefix="authz-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory.name
+    return directory
+
+
 def run_supervisor(config_path: Path | None, workers: int, log_level: str = "INFO") -> int:
     """`serve --workers N`: validate the config once here (so a bad one fails fast), then supervise."""
     import uvloop
@@ -293,4 +321,9 @@ def run_supervisor(config_path: Path | None, workers: int, log_level: str = "INF
         grace_period=config.server.grace_period,
         log_level=log_level,
     )
-    return uvloop.run(supervisor.run())
+    directory = _metrics_dir()
+    try:
+        return uvloop.run(supervisor.run())
+    finally:
+        if directory is not None:
+            directory.cleanup()
