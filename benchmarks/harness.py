@@ -124,9 +124,12 @@ def _round(value: float | None) -> float | None:
 # -- processes ----------------------------------------------------------------------------------------------
 
 
-def envoy_config(ports: EnvoyPorts, ext_authz: bool = True) -> str:
+HTTP_TEMPLATE = "envoy-http.yaml"
+
+
+def envoy_config(ports: EnvoyPorts, ext_authz: bool = True, template: str = "envoy.yaml") -> str:
     """The shipped bootstrap, answering from Envoy itself (`direct_response`), optionally without ext_authz."""
-    doc = yaml.safe_load(render_envoy_config(ports))
+    doc = yaml.safe_load(render_envoy_config(ports, template))
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
         route.pop("route", None)
@@ -137,7 +140,9 @@ def envoy_config(ports: EnvoyPorts, ext_authz: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def envoy(listen_port: int, authz_port: int | None, max_streams: int = 100) -> Iterator[EnvoyProcess]:
+def envoy(
+    listen_port: int, authz_port: int | None, max_streams: int = 100, template: str = "envoy.yaml"
+) -> Iterator[EnvoyProcess]:
     """A real Envoy (one worker thread) in front of `authz_port`, or with no ext_authz when it is None."""
     ports = EnvoyPorts(
         listen_port=listen_port,
@@ -146,7 +151,7 @@ def envoy(listen_port: int, authz_port: int | None, max_streams: int = 100) -> I
         admin_port=free_port(),
         authz_max_streams=max_streams,
     )
-    with EnvoyProcess(envoy_config(ports, authz_port is not None), ports.admin_port) as proc:
+    with EnvoyProcess(envoy_config(ports, authz_port is not None, template), ports.admin_port) as proc:
         yield proc
 
 
@@ -165,10 +170,10 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> N
 
 
 @contextlib.contextmanager
-def noop_grpc_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """The no-op grpc.aio floor in a child process."""
+def noop_grpc_server(port: int, module: str = "benchmarks.noop_grpc_authz") -> Iterator[subprocess.Popen[bytes]]:
+    """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.noop_grpc_authz", "--port", str(port)],
+        [sys.executable, "-m", module, "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -186,11 +191,13 @@ def noop_grpc_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextlib.contextmanager
-def sidecar(config_text: str, grpc_port: int, workers: int = 1) -> Iterator[SidecarProcess]:
+def sidecar(
+    config_text: str, grpc_port: int, workers: int = 1, http_port: int | None = None
+) -> Iterator[SidecarProcess]:
     """`authz-sidecar serve` (under the supervisor when workers > 1), waiting for /readyz."""
     admin = free_port()
     args = ("--workers", str(workers)) if workers > 1 else ()
-    with SidecarProcess(config_with_ports(config_text, grpc_port, admin), admin, args) as proc:
+    with SidecarProcess(config_with_ports(config_text, grpc_port, admin, http_port), admin, args) as proc:
         yield proc
 
 
@@ -346,23 +353,35 @@ class Harness:
                     port = free_port()
                     with noop_grpc_server(port) as server, envoy(self.listen_port, port) as proxy:
                         self.scenario(scenario, proxy, server.pid, port)
+                elif scenario.stack == "noop-http":
+                    port = free_port()
+                    with (
+                        noop_grpc_server(port, "benchmarks.noop_http_authz") as server,
+                        envoy(self.listen_port, port, template=HTTP_TEMPLATE) as proxy,
+                    ):
+                        self.scenario(scenario, proxy, server.pid, None)
             on_sidecar = [s for s in runnable if s.stack == "sidecar"]
-            groups: dict[str, list[Scenario]] = {}
+            groups: dict[tuple[str, str], list[Scenario]] = {}
             for s in on_sidecar:
-                groups.setdefault(scenarios.settings_key(s), []).append(s)
-            for group in groups.values():
+                groups.setdefault((scenarios.settings_key(s), s.transport), []).append(s)
+            for (_, transport), group in groups.items():
                 config = scenarios.sidecar_config(group)
                 port = free_port()
-                with sidecar(config, port) as side, envoy(self.listen_port, port) as proxy:
+                http_port = free_port() if transport == "envoy-http" else None
+                template = HTTP_TEMPLATE if http_port else "envoy.yaml"
+                with (
+                    sidecar(config, port, http_port=http_port) as side,
+                    envoy(self.listen_port, http_port or port, template=template) as proxy,
+                ):
                     assert side.proc is not None
                     for scenario in group:
-                        self.scenario(scenario, proxy, side.proc.pid, port)
+                        self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
             noop = next((s for s in runnable if s.stack == "noop-grpc"), None)
             if noop is not None and on_sidecar and self.profile.workers:
                 self.floor_again(noop)
             if self.profile.memory_tokens and (only is None or "memory" in only):
                 self.memory(scenarios.memory_fill(fixtures, self.profile.memory_tokens))
-            anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)
+            anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)  # gRPC transport
             if self.profile.workers and anonymous is not None:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
@@ -413,7 +432,16 @@ class Harness:
         problem = precheck_envoy(self.base, scenario)
         if problem:
             self.log(f"  {scenario.name}: skipped, a request through Envoy got {problem}")
-            self.add(Row(scenario.name, scenario.title, "envoy", "saturation", floor=scenario.is_floor, note=problem))
+            self.add(
+                Row(
+                    scenario.name,
+                    scenario.title,
+                    scenario.transport,
+                    "saturation",
+                    floor=scenario.is_floor,
+                    note=problem,
+                )
+            )
             return
         headers = scenario.headers()
         if p.warmup:
@@ -421,7 +449,7 @@ class Harness:
         self.add(
             self.row(
                 scenario,
-                "envoy",
+                scenario.transport,
                 "saturation",
                 lambda: run_wrk(url, p.connections, p.seconds, headers, scenario.rotation),
                 server_pid,
@@ -432,7 +460,7 @@ class Harness:
             self.add(
                 self.row(
                     scenario,
-                    "envoy",
+                    scenario.transport,
                     "fixed-rate",
                     lambda: run_paced(url, p.rate, p.seconds, headers, scenario.rotation, p.rate_connections),
                     server_pid,
@@ -554,7 +582,7 @@ def add_ratios(rows: list[Row]) -> None:
     """
     floors: dict[tuple[str, str], Row] = {}
     for r in rows:
-        if r.scenario in ("noop-grpc", "noop-grpc-again") and r.result is not None:
+        if r.scenario in ("noop-grpc", "noop-grpc-again", "noop-http") and r.result is not None:
             best = floors.get((r.transport, r.mode))
             if best is None or best.result is None or _better_floor(r, r.result, best, best.result):
                 floors[(r.transport, r.mode)] = r

@@ -33,6 +33,8 @@ TARGETS = [
     ("anonymous", "p99", 1.30, "max", "fixed-rate", "envoy"),
     ("jwt-warm", "p99", 1.30, "max", "fixed-rate", "envoy"),
     ("sigv4", "p99", 1.30, "max", "fixed-rate", "envoy"),
+    ("anonymous-http", "rps", 0.85, "min", "saturation", "envoy-http"),
+    ("jwt-warm-http", "rps", 0.85, "min", "saturation", "envoy-http"),
 ]
 
 
@@ -156,6 +158,15 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         "",
         *_table([r for r in result.rows if r.transport == "envoy" and r.mode == "fixed-rate"], fixed=True),
         "",
+        "## HTTP mode through Envoy, saturation (Envoy http_service -> httptools listener; ratios to the no-op HTTP"
+        " floor)",
+        "",
+        *_table([r for r in result.rows if r.transport == "envoy-http" and r.mode == "saturation"], fixed=False),
+        "",
+        "## HTTP mode through Envoy, fixed rate",
+        "",
+        *_table([r for r in result.rows if r.transport == "envoy-http" and r.mode == "fixed-rate"], fixed=True),
+        "",
         f"## Straight at the gRPC port, saturation (h2load, {p.direct_clients} connections x {p.direct_streams}"
         " streams, one pre-encoded CheckRequest)",
         "",
@@ -211,6 +222,7 @@ def plot(result: RunResult, path: Path) -> None:
         ("envoy", "saturation", "through Envoy, saturation"),
         ("envoy", "fixed-rate", f"through Envoy, {result.profile.rate} rps"),
         ("grpc-direct", "saturation", "straight at gRPC, saturation"),
+        ("envoy-http", "saturation", "HTTP mode through Envoy, saturation"),
     ]
     panels = [p for p in panels if any(r.transport == p[0] and r.mode == p[1] and r.result for r in result.rows)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 5), squeeze=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class Scenario:
     """Also measured at the fixed rate (benchmarks/paced.py)."""
     direct: bool = True
     """Also measured straight at the gRPC port (a constant pre-encoded CheckRequest, so not with a rotation)."""
+    transport: str = "envoy"
+    """How Envoy asks: "envoy" (gRPC ext_authz) or "envoy-http" (HTTP ext_authz, the sidecar's listen.http)."""
 
     @property
     def is_floor(self) -> bool:
@@ -131,7 +133,64 @@ def noop_http(fx: Fixtures) -> Scenario:
     here = Path(__file__).with_name("noop_http_authz.py")
     template = Path(__file__).parents[1] / "sidecar" / "defaults" / "envoy-http.yaml"
     pending = "" if here.exists() and template.exists() else "needs benchmarks/noop_http_authz.py + envoy-http.yaml"
-    return Scenario("noop-http", "floor: Envoy + no-op HTTP authz (httptools)", "noop-http", pending=pending)
+    return Scenario(
+        "noop-http",
+        "floor: Envoy + no-op HTTP authz (httptools)",
+        "noop-http",
+        pending=pending,
+        direct=False,
+        transport="envoy-http",
+    )
+
+
+def anonymous_http(fx: Fixtures) -> Scenario:
+    """The anonymous route in HTTP mode (Envoy http_service -> the sidecar's httptools listener)."""
+    return replace(
+        anonymous(fx), name="anonymous-http", title="anonymous route, HTTP mode", direct=False, transport="envoy-http"
+    )
+
+
+def jwt_warm_http(fx: Fixtures) -> Scenario:
+    """Warm JWT in HTTP mode."""
+    return replace(
+        jwt_warm(fx), name="jwt-warm-http", title="JWT RS256 warm, HTTP mode", direct=False, transport="envoy-http"
+    )
+
+
+def policy_1000(fx: Fixtures) -> Scenario:
+    """A 1,000-statement resource policy evaluated on every request (route cache_ttl 0: no decision cache)."""
+    arn = "arn:aws:execute-api:us-east-1:000000000000:local/prod"
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": f"Other{i}",
+            "Effect": "Deny" if i % 3 == 0 else "Allow",
+            "Principal": "*",
+            "Action": "execute-api:Invoke",
+            "Resource": f"{arn}/GET/service{i}/*",
+            "Condition": {"IpAddress": {"aws:SourceIp": f"10.{i % 250}.0.0/16"}},
+        }
+        for i in range(999)
+    ]
+    statements.append(
+        {
+            "Sid": "Policy",
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "execute-api:Invoke",
+            "Resource": f"{arn}/*/policy/*",
+        }
+    )
+    path = fx.directory / "policy-1000.json"
+    path.write_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    return Scenario(
+        "policy-1000",
+        "1,000-statement resource policy (evaluated every request)",
+        "sidecar",
+        path="/policy/item",
+        authorizers={"public": {"type": "none"}},
+        routes=({"match": "ANY /policy/{proxy+}", "authorizer": "public", "cache_ttl": 0},),
+        settings={"resource_policy": str(path), "policy": {"max_resource_policy_size": 1_000_000}},
+    )
 
 
 def anonymous(fx: Fixtures) -> Scenario:
@@ -262,9 +321,11 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     jwt_cold_rs256,
     jwt_cold_es256,
     sigv4_header,
-    _pending("policy-1000", "1,000-statement resource policy", "policies are not wired into the pipeline yet"),
-    _pending("redis-l2-hit", "Redis L2 hit, L1 off", "the Redis decision cache is a later issue"),
-    _pending("redis-down", "Redis down (decisions computed)", "the Redis decision cache is a later issue"),
+    policy_1000,
+    anonymous_http,
+    jwt_warm_http,
+    _pending("redis-l2-hit", "Redis L2 hit, L1 off", "not in the harness yet (tested for correctness in tests/)"),
+    _pending("redis-down", "Redis down (decisions computed)", "not in the harness yet (tested in tests/)"),
 ]
 
 
