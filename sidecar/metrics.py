@@ -51,8 +51,8 @@ MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 CHECK_DURATION = Histogram(
     "authz_check_duration_seconds",
-    "Time to decide one Check, from request in to decision out, by authorizer and decision.",
-    ("authorizer", "decision"),
+    "Time to decide one Check, from request in to decision out, by authorizer, decision and transport.",
+    ("authorizer", "decision", "transport"),
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
@@ -65,8 +65,8 @@ STAGE_DURATION = Histogram(
 )
 DECISIONS = Counter(
     "authz_decisions_total",
-    "Decisions by outcome and reason code.",
-    ("decision", "reason"),
+    "Decisions by outcome, reason code and transport (grpc, http).",
+    ("decision", "reason", "transport"),
     registry=REGISTRY,
 )
 CACHE_REQUESTS = Counter(
@@ -116,9 +116,10 @@ BUILD_INFO.labels(__version__).set(1)
 
 
 class Recorder:
-    """Pre-resolved metric children for the hot path; one per process."""
+    """Pre-resolved metric children for the hot path; one per transport (`grpc`, `http`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "grpc") -> None:
+        self.transport = transport
         self._check: dict[tuple[str, str], Callable[[float], None]] = {}
         self._decisions: dict[tuple[str, str], Callable[[], None]] = {}
         self._stages: dict[str, Callable[[float], None]] = {}
@@ -129,12 +130,12 @@ class Recorder:
         key = (authorizer, decision)
         observe = self._check.get(key)
         if observe is None:
-            observe = self._check[key] = CHECK_DURATION.labels(authorizer or "none", decision).observe
+            observe = self._check[key] = CHECK_DURATION.labels(authorizer or "none", decision, self.transport).observe
         observe(seconds)
         counted = (decision, reason)
         inc = self._decisions.get(counted)
         if inc is None:
-            inc = self._decisions[counted] = DECISIONS.labels(decision, reason).inc
+            inc = self._decisions[counted] = DECISIONS.labels(decision, reason, self.transport).inc
         inc()
 
     def stage(self, stage: str, seconds: float) -> None:
@@ -145,7 +146,8 @@ class Recorder:
         observe(seconds)
 
 
-RECORDER = Recorder()
+RECORDER = Recorder("grpc")
+HTTP_RECORDER = Recorder("http")
 
 
 def exposition() -> tuple[bytes, str]:

@@ -28,7 +28,7 @@ from .config import Config, ConfigError, default_config, load_config
 from .ext_authz import SERVICE_NAME, AuthorizationService
 from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from .logs import DecisionLogger
-from .metrics import CONFIG_RELOADS, exposition
+from .metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
 from .pipeline import Pipeline
 from .runtime import Runtime, RuntimeHolder, compile_runtime
 
@@ -179,7 +179,9 @@ class Sidecar:
         host, port = split_hostport(config.listen.http)
         settings = settings_from_mapping(config.http.model_dump())
         try:
-            self.http_server = await start_http_server(host, port, self.pipeline, settings, reuse_port=self.reuse_port)
+            # Same runtime and decision log, its own metric children: every series carries transport="http".
+            pipeline = Pipeline(self.holder, self.decision_log, recorder=HTTP_RECORDER)
+            self.http_server = await start_http_server(host, port, pipeline, settings, reuse_port=self.reuse_port)
         except OSError as exc:
             raise BindError(f"cannot listen on {config.listen.http} (http): {exc.strerror or exc}") from None
 

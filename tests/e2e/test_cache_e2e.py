@@ -85,7 +85,9 @@ def test_redis_outage_costs_no_failed_or_wrong_check(authz_stack: StackFactory, 
     for j in range(i, i + 10):
         send(j)
     assert [got for got, _ in results] == [want for _, want in results]
-    assert metric(metrics(stack), "authz_decisions_total", decision="error", reason="InternalError") == 0
+    assert (
+        metric(metrics(stack), "authz_decisions_total", decision="error", reason="InternalError", transport="grpc") == 0
+    )
     log = stack.sidecar.log(tail=None)
     assert "redis breaker open" in log
     assert "redis breaker closed" in log

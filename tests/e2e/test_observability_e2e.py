@@ -36,12 +36,16 @@ def test_metrics_and_decision_logs(authz_stack: StackFactory) -> None:
     for method, path, status in sent:
         assert stack.client.request(method, path, headers=SECRETS).status_code == status
     text = httpx.get(f"{stack.admin_url}/metrics").text
-    assert metric(text, "authz_decisions_total", decision="allow", reason="Anonymous") == 3
-    assert metric(text, "authz_decisions_total", decision="deny", reason="RouteDeny") == 2
-    assert metric(text, "authz_decisions_total", decision="deny", reason="MissingAuthenticationToken") == 1
-    assert metric(text, "authz_check_duration_seconds_count", authorizer="public", decision="allow") == 3
-    assert metric(text, "authz_check_duration_seconds_count", authorizer="closed", decision="deny") == 2
-    assert metric(text, "authz_check_duration_seconds_bucket", authorizer="public", decision="allow", le="+Inf") == 3
+    grpc = {"transport": "grpc"}
+    assert metric(text, "authz_decisions_total", decision="allow", reason="Anonymous", **grpc) == 3
+    assert metric(text, "authz_decisions_total", decision="deny", reason="RouteDeny", **grpc) == 2
+    assert metric(text, "authz_decisions_total", decision="deny", reason="MissingAuthenticationToken", **grpc) == 1
+    assert metric(text, "authz_check_duration_seconds_count", authorizer="public", decision="allow", **grpc) == 3
+    assert metric(text, "authz_check_duration_seconds_count", authorizer="closed", decision="deny", **grpc) == 2
+    assert (
+        metric(text, "authz_check_duration_seconds_bucket", authorizer="public", decision="allow", le="+Inf", **grpc)
+        == 3
+    )
     assert metric(text, "authz_stage_duration_seconds_count", stage="adapter") == 6
     assert metric(text, "authz_checks_in_flight") == 0
     assert metric(text, "authz_build_info", version="0.1.0") == 1
@@ -88,3 +92,13 @@ def test_probes(authz_stack: StackFactory) -> None:
     assert ready.json()["ready"] is True
     assert httpx.get(f"{stack.admin_url}/nope").status_code == 404
     assert httpx.post(f"{stack.admin_url}/readyz").status_code == 405
+
+
+def test_http_mode_metrics_carry_their_transport(authz_stack: StackFactory) -> None:
+    stack = authz_stack(default_config_text(), template="envoy-http.yaml")
+    assert stack.client.get("/public/a").status_code == 200
+    assert stack.client.get("/admin/a").status_code == 403
+    text = httpx.get(f"{stack.admin_url}/metrics").text
+    assert metric(text, "authz_decisions_total", decision="allow", reason="Anonymous", transport="http") == 1
+    assert metric(text, "authz_decisions_total", decision="deny", reason="RouteDeny", transport="http") == 1
+    assert metric(text, "authz_decisions_total", decision="allow", reason="Anonymous", transport="grpc") == 0
