@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -295,21 +295,34 @@ class Sidecar:
         task.add_done_callback(self._signal_tasks.discard)
 
 
-async def serve(config_path: Path | None, reuse_port: bool = False) -> int:
-    """Run one sidecar until SIGTERM/SIGINT. Returns the process exit code."""
+async def start_sidecar(
+    config_path: Path | None, reuse_port: bool = False, adjust: Callable[[Config], Config] | None = None
+) -> Sidecar | None:
+    """Load the config (optionally `adjust` it), start serving and install signal handlers.
+
+    A bad config or a taken port is logged and gives None: the caller exits 1.
+    """
     try:
         config = load_config(config_path) if config_path is not None else default_config()
-        sidecar = Sidecar(config, config_path, reuse_port=reuse_port)
+        sidecar = Sidecar(adjust(config) if adjust else config, config_path, reuse_port=reuse_port)
     except ConfigError as exc:
         log.error("invalid config:\n%s", exc)
-        return 1
+        return None
     try:
         await sidecar.start()
     except BindError as exc:
         log.error("%s", exc)
         await sidecar.drain_and_stop()
-        return 1
+        return None
     sidecar.install_signal_handlers()
+    return sidecar
+
+
+async def serve(config_path: Path | None, reuse_port: bool = False) -> int:
+    """Run one sidecar until SIGTERM/SIGINT. Returns the process exit code."""
+    sidecar = await start_sidecar(config_path, reuse_port)
+    if sidecar is None:
+        return 1
     config = sidecar.runtime.config
     log.info(
         "authz-sidecar serving config %s (%s): grpc=%s http=%s admin=%s",

@@ -33,7 +33,7 @@ from typing import Any
 from .admin import AdminResponse, AdminServer, json_response
 from .config import Config, ConfigError, default_config, load_config
 from .runtime import compile_runtime
-from .server import BindError, split_hostport
+from .server import split_hostport
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +66,11 @@ def worker_config(config: Config) -> Config:
 
 
 async def _serve_worker(config_path: Path | None, ready: Synchronized[int]) -> int:
-    from .server import Sidecar
+    from .server import start_sidecar
 
-    try:
-        config = load_config(config_path) if config_path is not None else default_config()
-        sidecar = Sidecar(worker_config(config), config_path, reuse_port=True)
-    except ConfigError as exc:
-        log.error("invalid config:\n%s", exc)
+    sidecar = await start_sidecar(config_path, reuse_port=True, adjust=worker_config)
+    if sidecar is None:
         return 1
-    try:
-        await sidecar.start()
-    except BindError as exc:
-        log.error("%s", exc)
-        await sidecar.drain_and_stop()
-        return 1
-    sidecar.install_signal_handlers()
     parent = os.getppid()
     orphaned: asyncio.Future[None] | None = None
     stopped = asyncio.ensure_future(sidecar.wait_stopped())
