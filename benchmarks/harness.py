@@ -29,7 +29,7 @@ import yaml
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from sidecar.demo import SidecarProcess, config_with_ports
-from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
+from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process
 
 from . import procs, scenarios
 from .load import LoadResult, ensure_tools, grpc_frame, run_h2load, run_paced, run_wrk
@@ -182,12 +182,7 @@ def noop_grpc_server(port: int, module: str = "benchmarks.noop_grpc_authz") -> I
         wait_for_port(port, 30, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import jwt
 import yaml
 
 from .config import default_config_text
-from .envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, wait_for_http
+from .envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process, wait_for_http
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
@@ -120,18 +120,8 @@ class SidecarProcess:
         return ""
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait (kill after `timeout`), clean up; returns the exit code."""
-        code = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            code = self.proc.returncode
-        return code
+        """SIGTERM, wait (kill after `timeout`); returns the exit code."""
+        return stop_process(self.proc, timeout)
 
     def cleanup(self) -> None:
         """Remove the temporary config and log."""

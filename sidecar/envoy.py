@@ -73,6 +73,20 @@ def validate_envoy_config(path: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code (None when there was no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A currently free TCP port on loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -161,13 +175,7 @@ class EnvoyProcess:
 
     def stop(self) -> None:
         """Terminate Envoy (kill after 10 s) and remove its files."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._dir.cleanup()
 
     def __enter__(self) -> EnvoyProcess:

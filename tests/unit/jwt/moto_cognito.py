@@ -16,7 +16,7 @@ from typing import Any
 
 import botocore.session
 
-from sidecar.envoy import free_port, wait_for_http
+from sidecar.envoy import free_port, stop_process, wait_for_http
 
 REGION = "us-east-1"
 
@@ -63,13 +63,7 @@ class MotoCognito:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
 
