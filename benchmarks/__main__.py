@@ -27,11 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level.add_argument(f"--{name}", dest="profile", action="store_const", const=name)
     run.add_argument("--output", type=Path, help="directory for results.{md,json} and latency.png")
     run.add_argument("--only", help="comma-separated sidecar scenario names (the floors always run)")
+    run.add_argument(
+        "--floors", help="comma-separated floors to measure (default all; e.g. noop-grpc), for quick iterations"
+    )
     run.add_argument("--seconds", type=float, help="override the seconds per measurement")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile or "quick"]
     if args.only:
         profile = dataclasses.replace(profile, only=frozenset(n.strip() for n in args.only.split(",") if n.strip()))
+    if args.floors:
+        profile = dataclasses.replace(profile, floors=frozenset(n.strip() for n in args.floors.split(",") if n.strip()))
     if args.seconds:
         profile = dataclasses.replace(profile, seconds=args.seconds)
     output = args.output or REPO / "benchmarks" / "results" / profile.name

@@ -55,6 +55,8 @@ class Profile:
     cold_tokens: int
     workers: bool
     only: frozenset[str] | None = None
+    floors: frozenset[str] | None = None
+    """Floor stacks to measure (None: all). Fewer floors is for iterating on one scenario, never for a report."""
     rounds: int = 1
     """Each measurement runs this many times; see `combine`."""
     memory_tokens: int = 0
@@ -336,7 +338,7 @@ class Harness:
             fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens)
             planned = scenarios.build(fixtures)
             only = self.profile.only
-            runnable = [s for s in planned if not s.pending and (only is None or s.is_floor or s.name in only)]
+            runnable = [s for s in planned if not s.pending and self._wanted(s)]
             self.result.pending = [
                 {"scenario": s.name, "title": s.title, "why": s.pending} for s in planned if s.pending
             ]
@@ -381,6 +383,11 @@ class Harness:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
         return self.result
+
+    def _wanted(self, scenario: Scenario) -> bool:
+        if scenario.is_floor:
+            return self.profile.floors is None or scenario.name in self.profile.floors
+        return self.profile.only is None or scenario.name in self.profile.only
 
     def memory(self, scenario: Scenario) -> None:
         """RSS of one sidecar process before and after it has verified and cached `memory_tokens` distinct JWTs."""

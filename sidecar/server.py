@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from .admin import AdminResponse, AdminServer, json_response
 from .config import Config, ConfigError, default_config, load_config
 from .ext_authz import SERVICE_NAME, AuthorizationService
+from .heap import settle
 from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from .logs import DecisionLogger
 from .metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
@@ -223,6 +224,7 @@ class Sidecar:
             log.exception("reload (%s) failed; still serving config %s", why, self.runtime.version)
             return False
         await self.holder.swap(runtime)
+        settle(config.server, reloading=True)
         if self.decision_log is not None:
             self.decision_log.allow_sample_rate = config.decision_log.allow_sample_rate
         CONFIG_RELOADS.labels("ok").inc()
@@ -315,6 +317,7 @@ async def start_sidecar(
         await sidecar.drain_and_stop()
         return None
     sidecar.install_signal_handlers()
+    settle(sidecar.runtime.config.server)
     return sidecar
 
 
