@@ -64,7 +64,9 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", 1, 0, 4, 200, 4, 2, 2, 20, workers=False, only=frozenset({"anonymous"})),
+    "smoke": Profile(
+        "smoke", 1, 0, 4, 200, 4, 2, 2, 20, workers=False, only=frozenset({"anonymous", "redis-l2-hit", "redis-down"})
+    ),
     "quick": Profile("quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3, memory_tokens=100_000),
     "full": Profile("full", 10, 5, 32, 1000, 16, 4, 8, 10000, workers=True, rounds=5, memory_tokens=100_000),
 }
@@ -177,6 +179,22 @@ def noop_grpc_server(port: int, module: str = "benchmarks.noop_grpc_authz") -> I
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--port", str(port)],
         cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, proc)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
+def redis_server(port: int, directory: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`redis-server` on 127.0.0.1:port without persistence, for the Redis scenarios."""
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    proc = subprocess.Popen(
+        ["redis-server", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -333,12 +351,12 @@ class Harness:
         return f"http://{self.host}"
 
     def run(self) -> RunResult:
-        ensure_tools()
         with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
-            fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens)
+            fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens, free_port())
             planned = scenarios.build(fixtures)
             only = self.profile.only
             runnable = [s for s in planned if not s.pending and self._wanted(s)]
+            ensure_tools(("wrk", "h2load", "redis-server") if any(s.redis for s in runnable) else ("wrk", "h2load"))
             self.result.pending = [
                 {"scenario": s.name, "title": s.title, "why": s.pending} for s in planned if s.pending
             ]
@@ -366,12 +384,16 @@ class Harness:
                 port = free_port()
                 http_port = free_port() if transport == "envoy-http" else None
                 template = HTTP_TEMPLATE if http_port else "envoy.yaml"
-                with (
-                    sidecar(config, port, http_port=http_port) as side,
-                    envoy(self.listen_port, http_port or port, template=template) as proxy,
-                ):
+                with contextlib.ExitStack() as stack:
+                    redis = None
+                    if any(s.redis for s in group):
+                        redis = stack.enter_context(redis_server(fixtures.redis_port, Path(tmp)))
+                    side = stack.enter_context(sidecar(config, port, http_port=http_port))
+                    proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template=template))
                     assert side.proc is not None
                     for scenario in group:
+                        if scenario.redis == "down" and redis is not None:
+                            stop_process(redis)  # killed under a running sidecar, as in an outage
                         self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
             noop = next((s for s in runnable if s.stack == "noop-grpc"), None)
             if noop is not None and on_sidecar and self.profile.workers:

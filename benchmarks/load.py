@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client"}
+TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "redis-server": "redis-server"}
 REPO = Path(__file__).resolve().parents[1]
 
 _WRK_DONE = """

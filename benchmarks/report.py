@@ -36,6 +36,9 @@ TARGETS = [
     ("anonymous-http", "rps", 0.85, "min", "saturation", "envoy-http"),
     ("jwt-warm-http", "rps", 0.85, "min", "saturation", "envoy-http"),
 ]
+# (scenario, against, limit, mode): p99 of one scenario over another's in the same run (issue 6: Redis down
+# changes p99 by at most 1.2x, against the same requests answered from Redis).
+RELATIVE_P99_TARGETS = [("redis-down", "redis-l2-hit", 1.20, "fixed-rate")]
 
 
 def _run(cmd: list[str]) -> str:
@@ -123,7 +126,22 @@ def _targets(result: RunResult) -> list[str]:
         ok = value <= limit if kind == "max" else value >= limit
         miss = "" if ok else f" (by {abs(value - limit) / limit:.0%})"
         lines.append(f"| {what} | {sign} {limit:.2f}x | {value:.2f}x | {'met' if ok else 'missed' + miss} |")
+    for scenario, against, limit, mode in RELATIVE_P99_TARGETS:
+        what = f"{scenario}: p99 vs {against} ({mode})"
+        ratio = relative_p99(index.get((scenario, mode, "envoy")), index.get((against, mode, "envoy")))
+        if ratio is None:
+            lines.append(f"| {what} | <= {limit:.2f}x | - | not run |")
+            continue
+        verdict = "met" if ratio <= limit else f"missed (by {(ratio - limit) / limit:.0%})"
+        lines.append(f"| {what} | <= {limit:.2f}x | {ratio:.2f}x | {verdict} |")
     return lines
+
+
+def relative_p99(row: Row | None, against: Row | None) -> float | None:
+    """p99 of `row` over p99 of `against`, when both were measured."""
+    if row is None or against is None or row.result is None or against.result is None or not against.result.p99_us:
+        return None
+    return row.result.p99_us / against.result.p99_us
 
 
 def markdown(result: RunResult, host: dict[str, Any]) -> str:

@@ -50,6 +50,9 @@ class Scenario:
     """Also measured straight at the gRPC port (a constant pre-encoded CheckRequest, so not with a rotation)."""
     transport: str = "envoy"
     """How Envoy asks: "envoy" (gRPC ext_authz) or "envoy-http" (HTTP ext_authz, the sidecar's listen.http)."""
+    redis: str = ""
+    """"up": the harness runs `redis-server` on `Fixtures.redis_port` for this sidecar; "down": it stops that
+    Redis before measuring this scenario (which must follow an "up" one with the same settings)."""
 
     @property
     def is_floor(self) -> bool:
@@ -63,6 +66,8 @@ class Fixtures:
     directory: Path
     envoy_host: str
     cold_tokens: int
+    redis_port: int = 0
+    """Where the Redis scenarios' `redis-server` listens (picked by the harness)."""
     rsa_key: rsa.RSAPrivateKey = field(init=False)
     ec_key: ec.EllipticCurvePrivateKey = field(init=False)
     jwks_file: Path = field(init=False)
@@ -231,6 +236,44 @@ def jwt_warm(fx: Fixtures) -> Scenario:
     )
 
 
+REDIS_SIGNING_KEY = "bench-signing-key-0123456789abcdef"
+
+
+def _redis_settings(fx: Fixtures) -> dict[str, Any]:
+    """L1 off, so every Check asks Redis; a short Redis timeout and a breaker as shipped."""
+    return {
+        "cache": {
+            "local": {"enabled": False},
+            "redis": {"url": f"redis://127.0.0.1:{fx.redis_port}/0", "signing_key": REDIS_SIGNING_KEY},
+        }
+    }
+
+
+def redis_l2_hit(fx: Fixtures) -> Scenario:
+    token = fx.token("RS256", "redis-user")
+    return Scenario(
+        "redis-l2-hit",
+        "JWT RS256 warm, decision from Redis (L2 hit, L1 off)",
+        "sidecar",
+        path="/jwt-redis/item",
+        headers=lambda: (("authorization", f"Bearer {token}"),),
+        authorizers={"jwt_redis": _jwt_authorizer(fx, 10_000)},
+        routes=({"match": "ANY /jwt-redis/{proxy+}", "authorizer": "jwt_redis"},),
+        settings=_redis_settings(fx),
+        redis="up",
+    )
+
+
+def redis_down(fx: Fixtures) -> Scenario:
+    up = redis_l2_hit(fx)
+    return replace(
+        up,
+        name="redis-down",
+        title="the same with Redis killed (breaker open, decisions computed locally)",
+        redis="down",
+    )
+
+
 def _jwt_cold(fx: Fixtures, alg: str) -> Scenario:
     return Scenario(
         f"jwt-cold-{alg.lower()}",
@@ -304,13 +347,6 @@ def memory_fill(fx: Fixtures, tokens: int) -> Scenario:
     )
 
 
-def _pending(name: str, title: str, why: str) -> Callable[[Fixtures], Scenario]:
-    def make(fx: Fixtures) -> Scenario:
-        return Scenario(name, title, "sidecar", pending=why)
-
-    return make
-
-
 SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     envoy_only,
     noop_grpc,
@@ -324,8 +360,8 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     policy_1000,
     anonymous_http,
     jwt_warm_http,
-    _pending("redis-l2-hit", "Redis L2 hit, L1 off", "not in the harness yet (tested for correctness in tests/)"),
-    _pending("redis-down", "Redis down (decisions computed)", "not in the harness yet (tested in tests/)"),
+    redis_l2_hit,
+    redis_down,
 ]
 
 
