@@ -3,7 +3,9 @@
 What a line may carry is a closed list of fields (below); it never carries headers, tokens, signatures, cookies,
 API keys or the query string (presigned URLs put credentials there), so no secret can reach a log through it.
 Lines are buffered and written by a background task every `flush_interval` (or when the buffer fills), so the
-hot path pays for building a dict and appending it, not for a write system call per request.
+hot path pays for building a tuple and appending it, not for serialization or a write system call per request;
+the writer formats and writes in slices of a few hundred lines per event-loop turn, so a full buffer never
+stalls the Checks behind it (one 700-line flush was a ~7 ms stall at 3,500 rps).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import random
 import sys
 import time
-from typing import IO, Any
+from typing import IO
 
 from .request import Decision, Request
 
@@ -38,6 +40,10 @@ FIELDS = (
     "cache",
 )
 _MAX_BUFFER = 4096
+_SLICE = 256
+"""Entries formatted and written per event-loop turn (~1 ms of work)."""
+_Entry = tuple[float, str, str, str, str, str, str | None, str, bool, int, str, str, float, str]
+_quote = json.encoder.encode_basestring_ascii  # C: a JSON string literal, ASCII-safe
 
 
 class DecisionLogger:
@@ -54,12 +60,17 @@ class DecisionLogger:
         self.allow_sample_rate = allow_sample_rate
         self.flush_interval = flush_interval
         self._random = (rng or random.Random()).random  # noqa: S311 - sampling, not security
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[_Entry] = []
+        self._formatter = _LineFormatter()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
     def record(self, request: Request, decision: Decision, seconds: float, cache: str = "") -> None:
-        """Queue one decision (allows only when sampled)."""
+        """Queue one decision (allows only when sampled).
+
+        The entry is a tuple of strings and numbers: cheap to build, and the cyclic GC stops tracking such a
+        tuple at its first look, so a full buffer adds nothing to what the collector walks.
+        """
         if decision.allowed and (self.allow_sample_rate <= 0 or self._random() >= self.allow_sample_rate):
             return
         if len(self._buffer) >= _MAX_BUFFER:
@@ -67,32 +78,33 @@ class DecisionLogger:
             return
         principal = decision.principal
         self._buffer.append(
-            {
-                "time": request.time,
-                "request_id": request.request_id,
-                "route": decision.route,
-                "method": request.method,
-                "path": request.path,
-                "source_ip": request.source_address,
-                "principal": principal.id if principal is not None else None,
-                "authorizer": decision.authorizer,
-                "decision": "allow" if decision.allowed else "deny",
-                "status": decision.status,
-                "reason": decision.reason,
-                "statement": decision.statement,
-                "latency_us": round(seconds * 1e6, 1),
-                "cache": cache,
-            }
+            (
+                request.time,
+                request.request_id,
+                decision.route,
+                request.method,
+                request.path,
+                request.source_address,
+                principal.id if principal is not None else None,
+                decision.authorizer,
+                decision.allowed,
+                decision.status,
+                decision.reason,
+                decision.statement,
+                seconds,
+                cache,
+            )
         )
 
-    def flush(self) -> None:
-        """Write everything buffered now."""
+    def flush(self, limit: int | None = None) -> None:
+        """Write what is buffered now (at most `limit` entries, oldest first)."""
         if not self._buffer:
             return
-        batch, self._buffer = self._buffer, []
-        for entry in batch:
-            entry["time"] = iso_time(entry["time"])
-        lines = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in batch)
+        if limit is None or len(self._buffer) <= limit:
+            batch, self._buffer = self._buffer, []
+        else:
+            batch, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        lines = self._formatter.lines(batch)
         try:
             self.stream.write(lines)
             self.stream.flush()
@@ -102,7 +114,9 @@ class DecisionLogger:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
-            self.flush()
+            while self._buffer:  # in slices, yielding between them: a long write is a stall on the hot path
+                self.flush(_SLICE)
+                await asyncio.sleep(0)
 
     def start(self) -> None:
         """Start the background writer."""
@@ -117,6 +131,35 @@ class DecisionLogger:
                 await self._task
             self._task = None
         self.flush()
+
+
+class _LineFormatter:
+    """JSON lines for buffered entries, the field order of `FIELDS`.
+
+    Every string goes through the json module's C string encoder, so a client-chosen path or request id cannot
+    break out of its field; the rest is a fixed template. The time prefix is computed once per second.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def _time(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self._second:
+            self._second, self._prefix = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        return f"{self._prefix}.{int(seconds % 1 * 1000):03d}Z"
+
+    def lines(self, batch: list[_Entry]) -> str:
+        q = _quote
+        return "".join(
+            f'{{"time":"{self._time(at)}","request_id":{q(rid)},"route":{q(route)},"method":{q(method)},'
+            f'"path":{q(path)},"source_ip":{q(ip)},"principal":{"null" if who is None else q(who)},'
+            f'"authorizer":{q(authorizer)},"decision":"{"allow" if allowed else "deny"}","status":{status:d},'
+            f'"reason":{q(reason)},"statement":{q(statement)},"latency_us":{round(seconds * 1e6, 1)!r},'
+            f'"cache":{q(cache)}}}\n'
+            for at, rid, route, method, path, ip, who, authorizer, allowed, status, reason, statement, seconds, cache in batch
+        )
 
 
 def iso_time(seconds: float) -> str:

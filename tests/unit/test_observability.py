@@ -74,3 +74,38 @@ def test_logger_survives_a_closed_stream() -> None:
     stream.close()
     logger.flush()
     assert logger.dropped == 1
+
+
+def test_log_lines_are_json_whatever_the_client_put_in_the_request() -> None:
+    tricky = '/a"b\\c\n\x00\u2028é/"}, "decision": "allow'
+    request = Request(
+        method="GET",
+        raw_path=tricky,
+        path=tricky,
+        headers={},
+        request_id='id"\r\n',
+        source_address="10.0.0.1",
+        time=1_700_000_000.2504,
+    )
+    stream = io.StringIO()
+    logger = DecisionLogger(stream)
+    logger.record(request, DENY, 0.000123456)
+    logger.flush()
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert tuple(entry) == FIELDS
+    assert entry["path"] == tricky and entry["request_id"] == 'id"\r\n'
+    assert entry["decision"] == "deny" and entry["principal"] is None and entry["status"] == 403
+    assert entry["time"] == "2023-11-14T22:13:20.250Z"
+    assert entry["latency_us"] == 123.5
+
+
+def test_logger_writes_in_slices() -> None:
+    stream = io.StringIO()
+    logger = DecisionLogger(stream)
+    for _ in range(10):
+        logger.record(REQUEST, DENY, 0.0001)
+    logger.flush(limit=4)
+    assert len(stream.getvalue().splitlines()) == 4
+    logger.flush()
+    assert len(stream.getvalue().splitlines()) == 10
