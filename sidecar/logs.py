@@ -151,14 +151,32 @@ class _LineFormatter:
         return f"{self._prefix}.{int(seconds % 1 * 1000):03d}Z"
 
     def lines(self, batch: list[_Entry]) -> str:
+        return "".join([self.line(*entry) for entry in batch])
+
+    def line(
+        self,
+        at: float,
+        rid: str,
+        route: str,
+        method: str,
+        path: str,
+        ip: str,
+        who: str | None,
+        authorizer: str,
+        allowed: bool,
+        status: int,
+        reason: str,
+        statement: str,
+        seconds: float,
+        cache: str,
+    ) -> str:
         q = _quote
-        return "".join(
+        return (
             f'{{"time":"{self._time(at)}","request_id":{q(rid)},"route":{q(route)},"method":{q(method)},'
             f'"path":{q(path)},"source_ip":{q(ip)},"principal":{"null" if who is None else q(who)},'
             f'"authorizer":{q(authorizer)},"decision":"{"allow" if allowed else "deny"}","status":{status:d},'
             f'"reason":{q(reason)},"statement":{q(statement)},"latency_us":{round(seconds * 1e6, 1)!r},'
             f'"cache":{q(cache)}}}\n'
-            for at, rid, route, method, path, ip, who, authorizer, allowed, status, reason, statement, seconds, cache in batch
         )
 
 

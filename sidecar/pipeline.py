@@ -12,6 +12,7 @@ import logging
 from dataclasses import replace
 from time import perf_counter
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from . import reasons
 from .config import UpstreamHeaderSettings
@@ -45,22 +46,35 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
     if names.principal:
         headers.append((names.principal, principal.id))
     if names.authorizer:
-        headers.append((names.authorizer, route.authorizer.name))
+        headers.append(_shared((names.authorizer, route.authorizer.name)))
     if names.route:
-        headers.append((names.route, route.key))
-    setting = {name for name, _ in headers}
+        headers.append(_shared((names.route, route.key)))
     return Decision(
         allowed=True,
         status=200,
         reason=reasons.ALLOWED if principal.kind != "anonymous" else reasons.ANONYMOUS,
         headers=tuple(headers),
-        headers_to_remove=tuple(sorted(IDENTITY_HEADERS - setting)),
+        headers_to_remove=_shared(tuple(sorted(IDENTITY_HEADERS.difference([name for name, _ in headers])))),
         metadata=MappingProxyType({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
         principal=principal,
         route=route.key,
         authorizer=route.authorizer.name,
         ttl=None,
     )
+
+
+_T = TypeVar("_T", tuple[str, str], tuple[str, ...])
+_SHARED: dict[Any, Any] = {}
+
+
+def _shared(value: _T) -> _T:
+    """One object for a tuple that is the same on every decision of a route (cached decisions hold them)."""
+    found: _T | None = _SHARED.get(value)
+    if found is None:
+        if len(_SHARED) >= _MAX_ALLOW_MEMO:
+            _SHARED.clear()
+        found = _SHARED[value] = value
+    return found
 
 
 class Pipeline:
