@@ -174,14 +174,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> N
 
 
 @contextlib.contextmanager
-def noop_grpc_server(port: int, module: str = "benchmarks.noop_grpc_authz") -> Iterator[subprocess.Popen[bytes]]:
-    """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def listening_child(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process (run from the repository, output discarded), yielded once it accepts on `port`."""
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, 30, proc)
         yield proc
@@ -189,20 +184,17 @@ def noop_grpc_server(port: int, module: str = "benchmarks.noop_grpc_authz") -> I
         stop_process(proc)
 
 
-@contextlib.contextmanager
-def redis_server(port: int, directory: Path) -> Iterator[subprocess.Popen[bytes]]:
+def noop_grpc_server(
+    port: int, module: str = "benchmarks.noop_grpc_authz"
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process."""
+    return listening_child([sys.executable, "-m", module, "--port", str(port)], port)
+
+
+def redis_server(port: int, directory: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """`redis-server` on 127.0.0.1:port without persistence, for the Redis scenarios."""
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
-    proc = subprocess.Popen(
-        ["redis-server", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, 30, proc)
-        yield proc
-    finally:
-        stop_process(proc)
+    return listening_child(["redis-server", *args], port)
 
 
 @contextlib.contextmanager
