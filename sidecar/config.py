@@ -191,6 +191,9 @@ class RouteSettings(_Frozen):
     scopes: tuple[str, ...] = ()
     cache_ttl: float | None = Field(default=None, ge=0, le=3600)
     """Overrides `cache.ttl` for this route (0: never cache its decisions)."""
+    replay_guard: bool | None = None
+    """`sigv4` routes only: deny a signature already used while it is still valid. Null: the authorizer's own
+    `replay_guard` setting decides, so the guard can be on for the routes that move money and off elsewhere."""
 
 
 _Gen0 = Annotated[int, Field(ge=100)]
@@ -401,6 +404,10 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
             issues.append(
                 locator.issue(("routes", index, "authorizer"), f"unknown authorizer {route.authorizer!r} ({known})")
             )
+        authorizer = config.authorizers.get(route.authorizer)
+        if route.replay_guard is not None and authorizer is not None and authorizer.type != "sigv4":
+            message = f"replay_guard applies to sigv4 routes only ({route.authorizer!r} is {authorizer.type})"
+            issues.append(locator.issue(("routes", index, "replay_guard"), message))
         try:
             key = parse_match(route.match).key
         except RouteSyntaxError as exc:

@@ -180,7 +180,7 @@ def compile_runtime(config: Config) -> Runtime:
                 r.match,
                 CompiledRoute(
                     key=r.match.strip(),
-                    authorizer=authorizers[r.authorizer],
+                    authorizer=authorizers[r.authorizer].for_route(r),
                     scopes=frozenset(r.scopes),
                     cache_plan=key_plan(config, r, internal, resource_policy) if cache is not None else None,
                 ),

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from ..request import Principal, Request
 
 if TYPE_CHECKING:
-    from ..config import ApiSettings
+    from ..config import ApiSettings, RouteSettings
 
 
 class AuthorizerSettings(BaseModel):
@@ -55,6 +55,11 @@ class Authorizer(abc.ABC):
     @abc.abstractmethod
     async def authenticate(self, request: Request) -> Principal:
         """Return who the caller is, or raise `sidecar.reasons.Denied`."""
+
+    def for_route(self, route: RouteSettings) -> Authorizer:
+        """The instance that serves `route`: `self`, unless the route changes how this authorizer behaves
+        (a per-route option such as SigV4's `replay_guard`). Called once per route at compile time."""
+        return self
 
     def fingerprint(self, request: Request) -> bytes | None:
         """A digest of the credential this request presents, or None if decisions about it must not be cached.

@@ -19,11 +19,12 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -55,6 +56,9 @@ from .sigv4_canonical import (
     parse_presigned,
     query_auth_params,
 )
+
+if TYPE_CHECKING:
+    from ..config import RouteSettings
 
 log = logging.getLogger(__name__)
 
@@ -590,11 +594,28 @@ class SigV4Authorizer(Authorizer):
         verifier: SigV4Verifier,
         upstream_headers: SigV4UpstreamHeaders | None = None,
         replay_guard: ReplayGuard | None = None,
+        make_guard: Callable[[], ReplayGuard] | None = None,
     ) -> None:
         super().__init__(name)
         self.verifier = verifier
         self.upstream_headers = upstream_headers or SigV4UpstreamHeaders()
         self.replay_guard = replay_guard
+        self._make_guard = make_guard or LocalReplayGuard
+        self._variants: dict[bool, SigV4Authorizer] = {}
+
+    def for_route(self, route: RouteSettings) -> Authorizer:
+        """A route's `replay_guard` overrides the authorizer's: such routes get a sibling instance that shares
+        the verifier (credential store, signing-key cache) and differs only in the guard. Every route that turns
+        the guard on shares one guard; the signature covers the path, so routes cannot collide in it."""
+        wanted = route.replay_guard
+        if wanted is None or wanted == (self.replay_guard is not None):
+            return self
+        variant = self._variants.get(wanted)
+        if variant is None:
+            guard = self._make_guard() if wanted else None
+            variant = SigV4Authorizer(self.name, self.verifier, self.upstream_headers, guard)
+            self._variants[wanted] = variant
+        return variant
 
     @property
     def store(self) -> CredentialStore:
@@ -619,8 +640,9 @@ class SigV4Authorizer(Authorizer):
 
     async def stop(self) -> None:
         await self.store.stop()
-        if self.replay_guard is not None:
-            await self.replay_guard.close()
+        for instance in (self, *self._variants.values()):
+            if instance.replay_guard is not None:
+                await instance.replay_guard.close()
 
 
 def redis_client(url: str, timeout: float) -> Any:
@@ -643,13 +665,13 @@ def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
         api=ctx.api,
     )
     options = VerifierOptions.from_settings(settings, ctx.api.region)
-    guard: ReplayGuard | None = None
-    if settings.replay_guard:
+
+    def make_guard() -> ReplayGuard:
         local = LocalReplayGuard(settings.replay_cache_size)
-        guard = local
-        if settings.replay_redis_url:
-            guard = RedisReplayGuard(
-                redis_client(settings.replay_redis_url.get_secret_value(), settings.replay_redis_timeout_ms / 1000),
-                fallback=local,
-            )
-    return SigV4Authorizer(ctx.name, SigV4Verifier(store, options), settings.upstream_headers, guard)
+        if not settings.replay_redis_url:
+            return local
+        url = settings.replay_redis_url.get_secret_value()
+        return RedisReplayGuard(redis_client(url, settings.replay_redis_timeout_ms / 1000), fallback=local)
+
+    guard = make_guard() if settings.replay_guard else None
+    return SigV4Authorizer(ctx.name, SigV4Verifier(store, options), settings.upstream_headers, guard, make_guard)

@@ -54,6 +54,7 @@ def sigv4_config(tmp_path: Path) -> str:
             credentials: {{file: {credentials}}}
             upstream_headers: {{access_key_id: x-amz-access-key, principal_arn: x-principal-arn}}
         routes:
+          - {{match: "POST /prod/payments", authorizer: iam, replay_guard: true}}
           - {{match: "ANY /{{proxy+}}", authorizer: iam}}
         """
     )
@@ -183,6 +184,19 @@ def test_unsigned_and_unverifiable_requests(stack: Stack) -> None:
     unknown.headers["authorization"] = unknown.headers["authorization"].replace(AKID, "AKIANOBODY")
     response = send(stack, unknown)
     assert response.status_code == 403 and response.json()["reason"] == "UnrecognizedClient"
+
+
+def test_replay_guard_on_one_route(stack: Stack) -> None:
+    """`replay_guard: true` on POST /prod/payments: the same signed request passes once there, and as often as it
+    is sent on routes that leave the guard off."""
+    body = b'{"amount": 10}'
+    payment = signed(stack, "POST", "/prod/payments", body=body, headers={"Content-Type": "application/json"})
+    assert send(stack, payment).status_code == 200, stack.logs()
+    replayed = send(stack, payment)
+    assert replayed.status_code == 403, replayed.text
+    assert replayed.json()["reason"] == "ReplayedRequest"
+    order = signed(stack, "POST", "/prod/orders", body=body, headers={"Content-Type": "application/json"})
+    assert [send(stack, order).status_code for _ in range(3)] == [200, 200, 200]
 
 
 def _h2load(url: str, headers: Mapping[str, str]) -> str:

@@ -245,3 +245,53 @@ async def test_redis_down_degrades_to_the_local_guard() -> None:
         assert await guard.first_use("k", 60, now=1) is False
     finally:
         await guard.close()
+
+
+def route_guard_config(tmp_path: Path, authorizer_guard: bool) -> str:
+    return textwrap.dedent(
+        f"""\
+        api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}
+        authorizers:
+          iam: {{type: sigv4, credentials: {{file: credentials.yaml}}, replay_guard: {str(authorizer_guard).lower()}}}
+        routes:
+          - {{match: "POST /payments", authorizer: iam, replay_guard: true}}
+          - {{match: "POST /refunds", authorizer: iam, replay_guard: false}}
+          - {{match: "ANY /{{proxy+}}", authorizer: iam}}
+        """
+    )
+
+
+@pytest.mark.parametrize("authorizer_guard", [False, True])
+async def test_replay_guard_is_chosen_per_route(tmp_path: Path, authorizer_guard: bool) -> None:
+    """A route's `replay_guard` overrides its authorizer's; routes that leave it unset follow the authorizer."""
+    write_credentials(tmp_path)
+    config = parse_config(route_guard_config(tmp_path, authorizer_guard), str(tmp_path / "config.yaml"))
+    runtime = compile_runtime(config)
+    pipeline = Pipeline(RuntimeHolder(runtime))
+    expected_second = {"/payments": False, "/refunds": True, "/orders": not authorizer_guard}
+    for path, second_allowed in expected_second.items():
+        request = sign("POST", f"https://{HOST}{path}", body=b"{}")
+        first, second = await pipeline.check(request), await pipeline.check(request)
+        assert first.allowed, (path, first)
+        assert second.allowed is second_allowed, (path, second)
+        if not second_allowed:
+            assert (second.status, second.reason) == (403, REPLAYED_REQUEST)
+    await runtime.stop()
+
+
+def test_route_replay_guard_on_a_non_sigv4_authorizer_is_a_config_error(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        authorizers:
+          open: {type: none}
+        routes:
+          - {match: "GET /x", authorizer: open}
+          - {match: "GET /y", authorizer: open,
+             replay_guard: true}
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.yaml")
+    issue = info.value.issues[0]
+    assert (issue.file, issue.field) == ("config.yaml", "routes[1].replay_guard")
+    assert issue.line == 6 and "sigv4 routes only" in issue.message
