@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -120,10 +120,17 @@ class ThreadedSidecar:
         return self.recorder.seen
 
 
+class Proxy(Protocol):
+    """The proxy in front of the listener: all a test needs from it is its log when something fails."""
+
+    def log(self) -> str: ...
+
+
 @dataclass
 class HttpStack:
     sidecar: ThreadedSidecar
-    envoy: EnvoyProcess
+    proxy: Proxy
+    """Envoy here; nginx in test_proxies_e2e.py."""
     base_url: str
     clients: list[httpx.Client] = field(default_factory=list)
 
@@ -200,7 +207,7 @@ def test_jwt_allow_adds_identity_headers_upstream(http_stack: HttpStackFactory, 
         "/orders/7?expand=items",
         headers={"authorization": f"Bearer {token}", "x-user": "spoofed", "x-authz-principal": "spoofed"},
     )
-    assert response.status_code == 200, stack.envoy.log()
+    assert response.status_code == 200, stack.proxy.log()
     upstream = response.json()
     assert upstream["path"] == "/orders/7?expand=items"  # the prefix is Envoy<->sidecar only
     assert upstream["headers"]["x-user"] == "user-123"
@@ -251,9 +258,8 @@ routes:
 """
 
 
-def test_resource_policy_sees_the_address_envoy_forwards(http_stack: HttpStackFactory, tmp_path: Path) -> None:
-    """Clients on 127.0.0.2 are denied by an IP rule; Envoy itself (the TCP peer) is 127.0.0.1, so only the
-    forwarded x-authz-source-address can make this work, and a client cannot forge it."""
+def ip_deny_policy(tmp_path: Path, cidr: str) -> Path:
+    """A resource policy file that allows everyone except callers from `cidr`."""
     policy = tmp_path / "resource.json"
     statements = [
         {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": f"{ARN}/*"},
@@ -263,13 +269,20 @@ def test_resource_policy_sees_the_address_envoy_forwards(http_stack: HttpStackFa
             "Principal": "*",
             "Action": "execute-api:Invoke",
             "Resource": f"{ARN}/*",
-            "Condition": {"IpAddress": {"aws:SourceIp": "127.0.0.2/32"}},
+            "Condition": {"IpAddress": {"aws:SourceIp": cidr}},
         },
     ]
     policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    return policy
+
+
+def test_resource_policy_sees_the_address_envoy_forwards(http_stack: HttpStackFactory, tmp_path: Path) -> None:
+    """Clients on 127.0.0.2 are denied by an IP rule; Envoy itself (the TCP peer) is 127.0.0.1, so only the
+    forwarded x-authz-source-address can make this work, and a client cannot forge it."""
+    policy = ip_deny_policy(tmp_path, "127.0.0.2/32")
     stack = http_stack(POLICY_CONFIG.format(policy=policy))
 
-    assert stack.client("127.0.0.1").get("/items/1").status_code == 200, stack.envoy.log()
+    assert stack.client("127.0.0.1").get("/items/1").status_code == 200, stack.proxy.log()
     blocked = stack.client("127.0.0.2")
     denied = blocked.get("/items/1")
     assert denied.status_code == 403
@@ -327,7 +340,7 @@ def test_sigv4_with_body_and_signed_custom_headers(http_stack: HttpStackFactory,
     body = json.dumps({"order": 7, "items": ["a", "b"], "note": "ünïcode"}).encode()
     custom = {"content-type": "application/json", "x-tenant": "acme", "x-amz-meta-trace": "t-1"}
     ok = client.send(sigv4_request(client, stack.base_url, "POST", "/orders?dry_run=true", body, custom))
-    assert ok.status_code == 200, stack.envoy.log()
+    assert ok.status_code == 200, stack.proxy.log()
     assert ok.json()["body_bytes"] == len(body)
     assert stack.sidecar.seen[-1].body == body  # with_request_body: Envoy forwarded it whole
 
@@ -366,7 +379,7 @@ def test_chunked_client_bodies_and_upgrade_headers_pass_through(http_stack: Http
         yield b"world"
 
     chunked = client.post("/upload", content=chunks())  # no length: httpx sends Transfer-Encoding: chunked
-    assert chunked.status_code == 200, stack.envoy.log()
+    assert chunked.status_code == 200, stack.proxy.log()
     seen = stack.sidecar.seen[-1]
     assert seen.body == b"hello chunked world"
     assert seen.headers["content-length"] == "19"  # Envoy buffers and re-frames: never chunked to the sidecar

@@ -1,0 +1,192 @@
+"""HTTP mode behind a real nginx (Debian's, `auth_request`) running the shipped deploy/nginx/nginx-authz.conf.
+
+The sidecar is the real HTTP listener with `http.flavor: nginx` and the real pipeline, in a thread of the test
+process (as in test_http_mode_e2e.py) so each test also sees the `Request` the adapter built from what nginx sent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.demo import EchoUpstream
+from sidecar.envoy import free_port, stop_process, wait_for_http
+from sidecar.http_authz import HttpSettings
+from tests.conftest import REPO
+from tests.e2e.test_http_mode_e2e import (
+    JWT_CONFIG,
+    POLICY_CONFIG,
+    HttpStack,
+    ThreadedSidecar,
+    ip_deny_policy,
+    sigv4_config,
+    sigv4_request,
+)
+from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+
+pytestmark = pytest.mark.e2e
+
+SHIPPED_NGINX = REPO / "deploy" / "nginx" / "nginx-authz.conf"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    assert found, "nginx is required (scripts/ensure-system-deps.sh installs Debian's nginx-light)"
+    return found
+
+
+def render_nginx(listen: int, authz: int, upstream: int, work: Path) -> str:
+    """The shipped config on loopback ports, with its pid, logs and temp files kept in `work`."""
+    text = SHIPPED_NGINX.read_text(encoding="utf-8")
+    replacements = {
+        "listen 0.0.0.0:10000;": f"listen 127.0.0.1:{listen};",
+        "server 127.0.0.1:9192;": f"server 127.0.0.1:{authz};",
+        "proxy_pass http://127.0.0.1:8080;": f"proxy_pass http://127.0.0.1:{upstream};",
+        "worker_processes 1;": f"worker_processes 1;\npid {work}/nginx.pid;\nerror_log {work}/error.log info;",
+        "access_log off;": (
+            "access_log off;\n"
+            + "".join(f"    {kind}_temp_path {work}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi"))
+            + "".join(f"    {kind}_temp_path {work}/{kind};\n" for kind in ("uwsgi", "scgi"))
+        ),
+    }
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"shipped nginx config changed shape: {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+class NginxProcess:
+    """nginx in the foreground (`daemon off`) with a rendered config; stopped (and reaped) on exit."""
+
+    def __init__(self, config: str, work: Path, port: int) -> None:
+        self.work = work
+        self.port = port
+        self.config_path = work / "nginx.conf"
+        self.config_path.write_text(config, encoding="utf-8")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def args(self, *extra: str) -> list[str]:
+        return [nginx_binary(), "-p", str(self.work), "-c", str(self.config_path), "-e", "stderr", *extra]
+
+    def start(self) -> NginxProcess:
+        with open(self.work / "stderr.log", "wb") as log:
+            self.proc = subprocess.Popen(self.args("-g", "daemon off;"), stdout=log, stderr=subprocess.STDOUT)
+        # /_authz is `internal`: nginx answers 404 itself, without asking the sidecar, once it listens.
+        wait_for_http(f"http://127.0.0.1:{self.port}/_authz", 15, ok=(404,), proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def log(self) -> str:
+        parts = [p.read_text(errors="replace")[-4000:] for p in (self.work / "stderr.log", self.work / "error.log")]
+        return "\n".join(p for p in parts)
+
+
+NginxStackFactory = Callable[[str], HttpStack]
+
+
+def nginx_of(stack: HttpStack) -> NginxProcess:
+    assert isinstance(stack.proxy, NginxProcess)
+    return stack.proxy
+
+
+@pytest.fixture
+def nginx_stack(tmp_path: Path) -> Iterator[NginxStackFactory]:
+    stacks: list[tuple[HttpStack, EchoUpstream]] = []
+
+    def start(config_text: str) -> HttpStack:
+        sidecar = ThreadedSidecar(config_text, tmp_path, HttpSettings(flavor="nginx")).__enter__()
+        upstream = EchoUpstream().__enter__()
+        work = tmp_path / f"nginx-{len(stacks)}"
+        work.mkdir()
+        listen = free_port()
+        nginx = NginxProcess(render_nginx(listen, sidecar.port, upstream.port, work), work, listen)
+        stack = HttpStack(sidecar, nginx, f"http://127.0.0.1:{listen}")
+        stacks.append((stack, upstream))
+        nginx.start()
+        return stack
+
+    yield start
+    for stack, upstream in reversed(stacks):
+        for client in stack.clients:
+            client.close()
+        nginx_of(stack).stop()
+        upstream.__exit__(None, None, None)
+        stack.sidecar.__exit__(None, None, None)
+
+
+def test_shipped_nginx_config_is_valid(tmp_path: Path) -> None:
+    nginx = NginxProcess(render_nginx(free_port(), free_port(), free_port(), tmp_path), tmp_path, 0)
+    result = subprocess.run(nginx.args("-t"), capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def jwt_nginx_stack(nginx_stack: NginxStackFactory, tmp_path: Path) -> tuple[HttpStack, Issuer]:
+    issuer = Issuer("https://idp.example.test", {"rsa": (rsa_key(0), "RS256")})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    return nginx_stack(JWT_CONFIG.format(issuer=issuer.url, audience=AUDIENCE, jwks=jwks)), issuer
+
+
+def test_nginx_jwt_allow_passes_the_identity_upstream(nginx_stack: NginxStackFactory, tmp_path: Path) -> None:
+    stack, issuer = jwt_nginx_stack(nginx_stack, tmp_path)
+    token = issuer.token(issuer.claims(time.time()))
+    response = stack.client().get(
+        "/orders/7?expand=items",
+        headers={"authorization": f"Bearer {token}", "x-authz-principal": "spoofed", "x-original-uri": "/x"},
+    )
+    assert response.status_code == 200, stack.proxy.log()
+    upstream = response.json()
+    assert upstream["path"] == "/orders/7?expand=items"
+    assert upstream["headers"]["x-authz-principal"] == "user-123"  # nginx replaced the client's copy
+    assert upstream["headers"]["x-authz-authorizer"] == "corp"
+    request = stack.sidecar.seen[-1]
+    assert (request.method, request.raw_path, request.path) == ("GET", "/orders/7?expand=items", "/orders/7")
+    assert request.host == stack.base_url.removeprefix("http://")  # $http_host: the port survives
+    assert request.source_address == "127.0.0.1"
+    assert request.body == b""  # auth_request never carries the body
+
+
+def test_nginx_relays_denial_statuses_and_the_challenge(nginx_stack: NginxStackFactory, tmp_path: Path) -> None:
+    stack, issuer = jwt_nginx_stack(nginx_stack, tmp_path)
+    client = stack.client()
+    missing = client.get("/orders/7")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"  # nginx copies it from a 401 subrequest
+    token = issuer.token(issuer.claims(time.time()))
+    scope = client.post("/orders", headers={"authorization": f"Bearer {token}"}, content=b'{"item": 1}')
+    assert scope.status_code == 403
+    assert stack.sidecar.seen[-1].method == "POST"  # from X-Original-Method; nginx asks with GET
+    # A client cannot choose the URI that is judged: nginx overwrites X-Original-URI with the real one.
+    forged = client.post("/orders", headers={"authorization": f"Bearer {token}", "x-original-uri": "/orders/7"})
+    assert forged.status_code == 403
+    assert stack.sidecar.seen[-1].raw_path == "/orders"
+
+
+def test_nginx_forwards_the_client_address_for_ip_policies(nginx_stack: NginxStackFactory, tmp_path: Path) -> None:
+    policy = ip_deny_policy(tmp_path, "127.0.0.2/32")
+    stack = nginx_stack(POLICY_CONFIG.format(policy=policy))
+    assert stack.client("127.0.0.1").get("/items/1").status_code == 200, stack.proxy.log()
+    blocked = stack.client("127.0.0.2")
+    forged = blocked.get("/items/1", headers={"x-authz-source-address": "127.0.0.1"})
+    assert forged.status_code == 403
+    assert stack.sidecar.seen[-1].source_address == "127.0.0.2"
+
+
+def test_nginx_sigv4_without_a_body(nginx_stack: NginxStackFactory, tmp_path: Path) -> None:
+    stack = nginx_stack(sigv4_config(tmp_path))
+    client = stack.client()
+    headers = {"x-tenant": "acme"}
+    ok = client.send(sigv4_request(client, stack.base_url, "GET", "/orders/7?b=2&a=1", b"", headers))
+    assert ok.status_code == 200, stack.proxy.log()
+    assert ok.json()["headers"]["x-authz-principal"] == "arn:aws:iam::123456789012:user/alice"
+    tampered = sigv4_request(client, stack.base_url, "GET", "/orders/7?b=2&a=1", b"", headers)
+    tampered.headers["x-tenant"] = "evil"
+    assert client.send(tampered).status_code == 403
