@@ -1,9 +1,14 @@
 """Prometheus metrics: names, buckets and the cheap per-request recording the hot path uses.
 
 Label values come only from config (authorizer names, route keys) and from closed sets (decision, reason codes,
-cache layers), never from request data, so cardinality is bounded by the config. Labelled children are resolved
-once and memoized (`prometheus_client`'s `.labels()` takes a lock and builds a key on every call), so recording a
-Check costs a dict lookup and an `observe`. Names and meanings are documented in docs/metrics.md.
+cache layers), never from request data, so cardinality is bounded by the config. Names and meanings are
+documented in docs/metrics.md.
+
+The hot path does not call `prometheus_client` at all. Its `observe` and `inc` take a lock and walk the buckets
+in Python (about 0.6 us per observation, 3.2 us per warm Check in all); here a Check adds to plain Python numbers
+held by a `Tally` or `Timings` per labelled child (a bisect and two additions), and `flush()` folds what has
+accumulated into the real metrics: before every `/metrics` exposition and once a second from the server (so the
+files other workers' scrapes read, in multiprocess mode, are at most a second behind).
 
 With `--workers N` the supervisor sets `PROMETHEUS_MULTIPROC_DIR` before workers import this module, and
 `/metrics` aggregates every worker's files (prometheus-client's multiprocess mode).
@@ -12,7 +17,7 @@ With `--workers N` the supervisor sets `PROMETHEUS_MULTIPROC_DIR` before workers
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -115,35 +120,128 @@ BUILD_INFO = Gauge(
 BUILD_INFO.labels(__version__).set(1)
 
 
+_BOUNDS = (*LATENCY_BUCKETS, float("inf"))
+"""Upper bounds as prometheus_client keeps them per child (`le` is inclusive, so `bisect_left` finds the bucket)."""
+
+
+class Tally:
+    """Increments of one counter child, summed locally until `flush()` adds them to the child."""
+
+    __slots__ = ("_child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.n = 0
+        _ACCUMULATORS.append(self)
+
+    def inc(self) -> None:
+        """Count one."""
+        self.n += 1
+
+    def fold(self) -> None:
+        """Move the local count into the prometheus child."""
+        n = self.n
+        if n:
+            self.n = 0
+            self._child.inc(n)
+
+
+class Timings:
+    """Observations of one histogram child, bucketed locally until `flush()` adds them to the child.
+
+    Folding uses the child's per-bucket values (`_buckets`, `_sum`: non-cumulative counts, exactly what
+    `Histogram.observe` increments); tests/unit/test_observability.py compares the exposition with the real
+    `observe`, so a prometheus_client that changes them fails there, not in production.
+    """
+
+    __slots__ = ("_child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        if len(child._upper_bounds) != len(_BOUNDS):
+            raise ValueError("Timings needs a histogram with LATENCY_BUCKETS")
+        self._child = child
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+        _ACCUMULATORS.append(self)
+
+    def observe(self, seconds: float) -> None:
+        """Record one duration."""
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def fold(self) -> None:
+        """Move the local buckets and sum into the prometheus child."""
+        counts = self.counts
+        if not any(counts):
+            return
+        self.counts = [0] * len(_BOUNDS)
+        total, self.total = self.total, 0.0
+        buckets = self._child._buckets
+        for index, count in enumerate(counts):
+            if count:
+                buckets[index].inc(count)
+        self._child._sum.inc(total)
+
+
+_ACCUMULATORS: list[Tally | Timings] = []
+
+
+_TALLIES: dict[tuple[int, tuple[str, ...]], Tally] = {}
+
+
+def tally(counter: Counter, *labels: str) -> Tally:
+    """The hot-path `Tally` for `counter`'s child with these label values (one per child, however many
+    runtimes a reload builds)."""
+    key = (id(counter), labels)
+    found = _TALLIES.get(key)
+    if found is None:
+        found = _TALLIES[key] = Tally(counter.labels(*labels) if labels else counter)
+    return found
+
+
 class Recorder:
-    """Pre-resolved metric children for the hot path; one per transport (`grpc`, `http`)."""
+    """Hot-path recording for one transport (`grpc`, `http`): labelled children resolved once, counts local."""
 
     def __init__(self, transport: str = "grpc") -> None:
         self.transport = transport
-        self._check: dict[tuple[str, str], Callable[[float], None]] = {}
-        self._decisions: dict[tuple[str, str], Callable[[], None]] = {}
-        self._stages: dict[str, Callable[[float], None]] = {}
+        self.in_flight = 0
+        """Checks being decided now; the pipeline counts, `flush()` sets the gauge."""
+        self._check: dict[tuple[str, str], Timings] = {}
+        self._decisions: dict[tuple[str, str], Tally] = {}
+        self._stages: dict[str, Timings] = {}
+        _RECORDERS.append(self)
 
     def check(self, authorizer: str, allowed: bool, reason: str, seconds: float) -> None:
         """Record one decided Check."""
         decision = "allow" if allowed else ("error" if reason == "InternalError" else "deny")
         key = (authorizer, decision)
-        observe = self._check.get(key)
-        if observe is None:
-            observe = self._check[key] = CHECK_DURATION.labels(authorizer or "none", decision, self.transport).observe
-        observe(seconds)
+        timings = self._check.get(key)
+        if timings is None:
+            child = CHECK_DURATION.labels(authorizer or "none", decision, self.transport)
+            timings = self._check[key] = Timings(child)
+        timings.observe(seconds)
         counted = (decision, reason)
-        inc = self._decisions.get(counted)
-        if inc is None:
-            inc = self._decisions[counted] = DECISIONS.labels(decision, reason, self.transport).inc
-        inc()
+        count = self._decisions.get(counted)
+        if count is None:
+            count = self._decisions[counted] = tally(DECISIONS, decision, reason, self.transport)
+        count.n += 1
 
     def stage(self, stage: str, seconds: float) -> None:
         """Record the time one stage took."""
-        observe = self._stages.get(stage)
-        if observe is None:
-            observe = self._stages[stage] = STAGE_DURATION.labels(stage).observe
-        observe(seconds)
+        timings = self._stages.get(stage)
+        if timings is None:
+            timings = self._stages[stage] = Timings(STAGE_DURATION.labels(stage))
+        timings.observe(seconds)
+
+
+_RECORDERS: list[Recorder] = []
+
+
+def flush() -> None:
+    """Fold every local count into the prometheus metrics (runs on the event loop, like the hot path)."""
+    for accumulator in _ACCUMULATORS:
+        accumulator.fold()
+    IN_FLIGHT.set(sum(recorder.in_flight for recorder in _RECORDERS))
 
 
 RECORDER = Recorder("grpc")
@@ -152,6 +250,7 @@ HTTP_RECORDER = Recorder("http")
 
 def exposition() -> tuple[bytes, str]:
     """The `/metrics` body and content type (all workers' metrics in multiprocess mode)."""
+    flush()
     registry: Any = REGISTRY
     if MULTIPROCESS:
         from prometheus_client import multiprocess

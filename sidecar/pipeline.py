@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from . import reasons
 from .config import UpstreamHeaderSettings
 from .logs import DecisionLogger
-from .metrics import IN_FLIGHT, RECORDER, Recorder
+from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
 from .request import ANONYMOUS, Decision, Principal, Request
@@ -98,14 +98,15 @@ class Pipeline:
 
     async def check(self, request: Request) -> Decision:
         """Decide one request and record it. Never raises."""
-        IN_FLIGHT.inc()
+        recorder = self.recorder
+        recorder.in_flight += 1
         start = perf_counter()
         try:
             decision, layer = await self._decide(request)
         finally:
-            IN_FLIGHT.dec()
+            recorder.in_flight -= 1
         elapsed = perf_counter() - start
-        self.recorder.check(decision.authorizer, decision.allowed, decision.reason, elapsed)
+        recorder.check(decision.authorizer, decision.allowed, decision.reason, elapsed)
         if self.decision_log is not None:
             self.decision_log.record(request, decision, elapsed, layer)
         return decision

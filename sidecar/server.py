@@ -30,12 +30,15 @@ from .heap import settle
 from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from .logs import DecisionLogger
 from .metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
+from .metrics import flush as flush_metrics
 from .pipeline import Pipeline
 from .runtime import Runtime, RuntimeHolder, compile_runtime
 
 log = logging.getLogger(__name__)
 
 _READY_POLL = 0.1
+_METRICS_FOLD = 1.0
+"""Seconds between folds of the hot path's local metric counts into prometheus_client (see sidecar/metrics.py)."""
 
 
 class BindError(RuntimeError):
@@ -81,6 +84,13 @@ class ServerState:
     reloads_failed: int = 0
     last_reload_error: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def _fold_metrics() -> None:
+    """Fold the hot path's local counts into the metrics once a second (`sidecar/metrics.py`)."""
+    while True:
+        await asyncio.sleep(_METRICS_FOLD)
+        flush_metrics()
 
 
 def _metrics() -> AdminResponse:
@@ -151,6 +161,7 @@ class Sidecar:
             except OSError as exc:
                 raise BindError(f"cannot listen on {config.listen.admin} (admin): {exc.strerror or exc}") from None
         self.state.tasks.append(asyncio.create_task(self._watch_readiness()))
+        self.state.tasks.append(asyncio.create_task(_fold_metrics()))
         if config.server.watch_config and self.source.path is not None:
             self.state.tasks.append(asyncio.create_task(self._watch_file(config.server.watch_interval)))
 
@@ -273,6 +284,7 @@ class Sidecar:
         await self.runtime.stop()
         if self.decision_log is not None:
             await self.decision_log.stop()
+        flush_metrics()  # the last second of counts reaches the multiprocess files before this worker exits
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

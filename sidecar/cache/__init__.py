@@ -16,7 +16,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from .. import reasons
-from ..metrics import CACHE_REQUESTS
+from ..metrics import CACHE_REQUESTS, tally
 from ..request import Decision, Request
 from .local import LocalCache
 from .remote import RemoteCache
@@ -58,8 +58,8 @@ class DecisionCache:
     def __init__(self, local: LocalCache[Decision] | None, remote: RemoteCache | None) -> None:
         self.local = local
         self.remote = remote
-        self._local_hit = CACHE_REQUESTS.labels("local", "hit").inc
-        self._local_miss = CACHE_REQUESTS.labels("local", "miss").inc
+        self._local_hit = tally(CACHE_REQUESTS, "local", "hit").inc
+        self._local_miss = tally(CACHE_REQUESTS, "local", "miss").inc
 
     def get_local(self, key: Hashable) -> Decision | None:
         """L1 lookup (synchronous: no await on the warm path)."""

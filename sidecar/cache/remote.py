@@ -24,7 +24,7 @@ from time import monotonic
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
-from ..metrics import CACHE_REQUESTS, REDIS_BREAKER_OPEN, REDIS_ERRORS
+from ..metrics import CACHE_REQUESTS, REDIS_BREAKER_OPEN, REDIS_ERRORS, tally
 from ..request import Decision, Principal
 
 log = logging.getLogger(__name__)
@@ -195,11 +195,11 @@ class RemoteCache:
         self.clock = clock
         self.wall_clock = wall_clock
         self._pending: set[asyncio.Task[None]] = set()
-        self._hit = CACHE_REQUESTS.labels("redis", "hit").inc
-        self._miss = CACHE_REQUESTS.labels("redis", "miss").inc
-        self._error = CACHE_REQUESTS.labels("redis", "error").inc
-        self._rejected = CACHE_REQUESTS.labels("redis", "rejected").inc
-        self._skipped = CACHE_REQUESTS.labels("redis", "skipped").inc
+        self._hit = tally(CACHE_REQUESTS, "redis", "hit").inc
+        self._miss = tally(CACHE_REQUESTS, "redis", "miss").inc
+        self._error = tally(CACHE_REQUESTS, "redis", "error").inc
+        self._rejected = tally(CACHE_REQUESTS, "redis", "rejected").inc
+        self._skipped = tally(CACHE_REQUESTS, "redis", "skipped").inc
 
     def redis_key(self, key: object) -> str:
         """A fixed-size key with nothing readable in it (no paths, addresses or ids in Redis)."""

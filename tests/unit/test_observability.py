@@ -8,6 +8,8 @@ import random
 import re
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from sidecar import metrics
 from sidecar.logs import FIELDS, DecisionLogger
 from sidecar.reasons import Denied
@@ -42,6 +44,33 @@ def test_exposition_is_prometheus_text() -> None:
     body, content_type = metrics.exposition()
     assert content_type.startswith("text/plain")
     assert b"# TYPE authz_check_duration_seconds histogram" in body
+
+
+def test_local_timings_and_tallies_fold_into_exactly_what_observe_and_inc_record() -> None:
+    """The hot path's `Timings`/`Tally` must expose the same series as prometheus_client's own `observe`/`inc`,
+    bounds included (`le` is inclusive); this also pins the private child attributes the fold relies on."""
+    registry = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", ("k",), buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    folded = Histogram("folded_seconds", "f", ("k",), buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    direct_count = Counter("direct_things", "d", registry=registry)
+    folded_count = Counter("folded_things", "f", registry=registry)
+    values = [0.0, 1e-7, *metrics.LATENCY_BUCKETS, *(b * 1.0001 for b in metrics.LATENCY_BUCKETS), 99.0, 3e-4] * 3
+    timings, tally = metrics.Timings(folded.labels("a")), metrics.Tally(folded_count)
+    for value in values:
+        direct.labels("a").observe(value)
+        direct_count.inc()
+        timings.observe(value)
+        tally.inc()
+
+    def series(name: str) -> list[tuple[str, dict[str, str], float]]:
+        family = next(f for f in registry.collect() if f.name == name)
+        return [(s.name.split("_", 1)[1], s.labels, s.value) for s in family.samples if not s.name.endswith("_created")]
+
+    assert all(value == 0 for _, _, value in series("folded_seconds"))  # nothing reaches prometheus before the fold
+    metrics.flush()
+    timings.fold()  # a second fold adds nothing
+    assert series("direct_seconds") == series("folded_seconds")
+    assert series("direct_things") == series("folded_things") == [("things_total", {}, len(values))]
 
 
 def test_logger_samples_allows_keeps_denials() -> None:

@@ -209,13 +209,17 @@ def test_real_workers_share_the_port_survive_a_crash_and_drain(serve_workers: An
     assert len(pids) == 2 and all(alive(p) for p in pids)
     for _ in range(6):
         assert grpc_check(grpc_port).status.code == 0
-    # One scrape of the supervisor sees every worker's decisions (prometheus multiprocess mode).
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    counted = sum(
-        float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith("authz_decisions_total{")
-    )
-    assert counted == 6, text
+    # One scrape of the supervisor sees every worker's decisions (prometheus multiprocess mode), once each worker
+    # has folded its local counts into its file (every second).
+    def decisions_counted() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith("authz_decisions_total{")
+        )
+
+    poll(lambda: decisions_counted() >= 6)
+    assert decisions_counted() == 6
     # Both workers listen on the one port (SO_REUSEPORT).
     assert all(listens_on(pid, grpc_port) for pid in pids)
 
