@@ -209,6 +209,7 @@ def test_real_workers_share_the_port_survive_a_crash_and_drain(serve_workers: An
     assert len(pids) == 2 and all(alive(p) for p in pids)
     for _ in range(6):
         assert grpc_check(grpc_port).status.code == 0
+
     # One scrape of the supervisor sees every worker's decisions (prometheus multiprocess mode), once each worker
     # has folded its local counts into its file (every second).
     def decisions_counted() -> float:
