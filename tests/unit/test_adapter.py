@@ -26,6 +26,8 @@ def envoy_check(**http_fields: object) -> CheckRequest:
             ":authority": "api.example.com",
             ":method": "POST",
             ":path": "/orders/7?b=2&a=1&a=3",
+            ":scheme": "https",
+            ":protocol": "websocket",
             "content-type": "application/json",
             "x-request-id": "req-1",
             "x-multi": "one,two",
@@ -51,6 +53,7 @@ def test_to_request_maps_every_field() -> None:
     assert dict(request.query) == {"b": ("2",), "a": ("1", "3")}
     assert request.headers["host"] == "api.example.com"
     assert not any(k.startswith(":") for k in request.headers)
+    assert sorted(request.headers) == ["content-type", "host", "x-multi", "x-request-id"]
     assert request.headers["x-multi"] == "one,two"
     assert request.host == "api.example.com"
     assert request.scheme == "https"

@@ -97,3 +97,21 @@ def test_ambiguous_paths_are_refused(table: RouteTable[str], path: str) -> None:
     # Encoded separators and dots mean different things to different upstreams: refuse rather than guess.
     with pytest.raises(AmbiguousPath):
         table.match("GET", path)
+
+
+def test_repeated_matches_are_remembered_bounded_and_still_exact() -> None:
+    from sidecar import routes
+
+    table = RouteTable([(r, r) for r in ROUTES])
+    first = table.match("GET", "/orders/42/items/7")
+    assert first is not None and dict(first.params) == {"id": "42", "item": "7"}
+    assert table.match("GET", "/orders/42/items/7") is first  # the remembered answer, not a new walk
+    other = table.match("GET", "/orders/43/items/7")
+    assert other is not None and other.params["id"] == "43"  # keyed by the whole path
+    assert table.match("PUT", "/orders/42/items/7").key == "ANY /orders/{proxy+}"  # and by the method
+    for _ in range(2):  # an ambiguous path raises every time; nothing is remembered for it
+        with pytest.raises(AmbiguousPath):
+            table.match("GET", "/orders/a%2Fb")
+    for i in range(routes._MEMO_SIZE + 10):
+        assert table.match("GET", f"/admin/u{i}").key == "ANY /admin/{proxy+}"
+    assert len(table._memo) <= routes._MEMO_SIZE
