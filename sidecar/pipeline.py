@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from time import perf_counter
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 from . import reasons
@@ -20,7 +19,7 @@ from .logs import DecisionLogger
 from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
-from .request import ANONYMOUS, Decision, Principal, Request
+from .request import ANONYMOUS, CompactMap, Decision, Principal, Request
 from .routes import AmbiguousPath
 from .runtime import CompiledRoute, Runtime, RuntimeHolder
 
@@ -55,7 +54,7 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
         reason=reasons.ALLOWED if principal.kind != "anonymous" else reasons.ANONYMOUS,
         headers=tuple(headers),
         headers_to_remove=_shared(tuple(sorted(IDENTITY_HEADERS.difference([name for name, _ in headers])))),
-        metadata=MappingProxyType({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
+        metadata=CompactMap({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
         principal=principal,
         route=route.key,
         authorizer=route.authorizer.name,

@@ -7,7 +7,7 @@ Decision or Principal can be handed to many concurrent requests without copying.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -59,6 +59,52 @@ class Request(NamedTuple):
     def header(self, name: str, default: str = "") -> str:
         """A header by its lower-case name."""
         return self.headers.get(name, default)
+
+
+class CompactMap(Mapping[str, Any]):
+    """A read-only mapping stored compactly: the values in a tuple, the keys in an index shared by every map with
+    the same keys in the same order.
+
+    For what lives as long as a cache entry (a verified token's claims, an allow decision's metadata): with
+    100,000 entries cached their size is the sidecar's size, and a dict behind a MappingProxyType costs about
+    three times as much (~410 bytes against ~140 for six entries).
+    """
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        keys = tuple(items)
+        index = _SHAPES.get(keys)
+        if index is None:
+            index = {key: position for position, key in enumerate(keys)}
+            if len(_SHAPES) < _MAX_SHAPES:
+                _SHAPES[keys] = index
+        self._index = index
+        self._values = tuple(items.values())
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[self._index[key]]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        position = self._index.get(key)
+        return default if position is None else self._values[position]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"CompactMap({dict(zip(self._index, self._values, strict=True))!r})"
+
+
+_SHAPES: dict[tuple[str, ...], dict[str, int]] = {}
+_MAX_SHAPES = 1024
+"""Distinct key sequences whose index is shared; past it, a map gets its own index (correct, just bigger)."""
 
 
 @lru_cache(maxsize=1024)

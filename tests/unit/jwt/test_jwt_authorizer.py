@@ -344,3 +344,30 @@ def test_fingerprint_is_the_token_digest() -> None:
     assert len(auth.fingerprint(request(one)) or b"") == 32
     assert auth.fingerprint(request(None)) is None
     assert auth.fingerprint(request(None, headers={"authorization": "Basic abc"})) is None
+
+
+async def test_authenticate_reuses_the_fingerprint_digest_as_the_token_cache_key() -> None:
+    auth = make()
+    token = ISS.token()
+    digest = auth.fingerprint(request(token))
+    assert digest is not None
+    await auth.authenticate(request(token))
+    assert next(iter(auth._cache)) is digest  # one bytes object keys both caches
+    other = ISS.token(ISS.claims(sub="someone-else"))
+    assert (await auth.authenticate(request(other))).id == "someone-else"  # a stale memo is never used
+    assert list(auth._cache)[-1] == jwtmod._digest(other)
+
+
+async def test_cached_claims_are_compact_and_share_repeated_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar import request as requestmod
+
+    monkeypatch.setattr(requestmod, "_SHAPES", {})  # the process-wide tables may be full from earlier tests
+    monkeypatch.setattr(jwtmod, "_VALUES", {})
+    auth = make()
+    first = await auth.authenticate(request(ISS.token(ISS.claims(sub="u-1", tenant="acme"))))
+    second = await auth.authenticate(request(ISS.token(ISS.claims(sub="u-2", tenant="acme"))))
+    assert type(first.claims).__name__ == "CompactMap"
+    assert dict(first.claims) == {**ISS.claims(sub="u-1", tenant="acme")}
+    assert first.claims["iss"] is second.claims["iss"] and first.claims["tenant"] is second.claims["tenant"]
+    assert first.claims._index is second.claims._index  # one index per claim-name sequence
+    assert first.claims["sub"] == "u-1" and second.claims.get("sub") == "u-2"
