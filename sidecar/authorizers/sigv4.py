@@ -48,13 +48,14 @@ from .sigv4_canonical import (
     MalformedSignature,
     SignatureParams,
     canonical_headers,
-    canonical_path,
     canonical_query,
     parse_amz_date,
     parse_authorization,
     parse_http_date,
     parse_presigned,
     query_auth_params,
+    remembered_path,
+    remembered_query,
 )
 
 if TYPE_CHECKING:
@@ -483,8 +484,11 @@ class SigV4Verifier:
         """
         path, _, query = request.raw_path.partition("?")
         opts = self.options
-        uri = canonical_path(path, normalize=opts.normalize_path, double_encode=opts.double_encode)
-        canonical_qs = canonical_query(query, drop_signature=params.presigned, drop_token=unsigned_token)
+        uri = remembered_path(path, opts.normalize_path, opts.double_encode)
+        if params.presigned:
+            canonical_qs = canonical_query(query, drop_signature=True, drop_token=unsigned_token)
+        else:
+            canonical_qs = remembered_query(query)
         try:
             headers_block = canonical_headers(request.headers, params.signed_headers)
         except KeyError:

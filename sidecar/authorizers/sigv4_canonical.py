@@ -20,9 +20,10 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 HMAC_ALGORITHM = "AWS4-HMAC-SHA256"
@@ -45,9 +46,12 @@ class MalformedSignature(ValueError):
     """The Authorization header or presigned query is not a well-formed SigV4 signature (IncompleteSignature)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureParams:
-    """The parts of a SigV4/SigV4a signature, whether it came in the Authorization header or in the query."""
+class SignatureParams(NamedTuple):
+    """The parts of a SigV4/SigV4a signature, whether it came in the Authorization header or in the query.
+
+    A NamedTuple, built positionally from a remembered template (`_build`): one is built for every signed
+    request, and a frozen dataclass cost 2.6 us to build where this costs a fraction of a microsecond.
+    """
 
     algorithm: str
     access_key_id: str
@@ -104,6 +108,36 @@ def _canonical_component(text: str) -> str:
     if _UNRESERVED.match(text):
         return text
     return quote(unquote_to_bytes(text), safe="")
+
+
+def remembered_path(path: str, normalize: bool, double_encode: bool) -> str:
+    """`canonical_path`, remembered for paths up to `_MEMO_CHARS` long: a client signs the same few paths again
+    and again, and normalizing and re-encoding one costs more than looking it up."""
+    if len(path) > _MEMO_CHARS:
+        return canonical_path(path, normalize=normalize, double_encode=double_encode)
+    return _remembered_path(path, normalize, double_encode)
+
+
+def remembered_query(query: str) -> str:
+    """`canonical_query` of a header-signed request's query, remembered like `remembered_path` (a presigned URL's
+    query holds its signature, different every time: do not use this for those)."""
+    if len(query) > _MEMO_CHARS:
+        return canonical_query(query)
+    return _remembered_query(query)
+
+
+_MEMO_CHARS = 1024
+"""Longer paths and queries are not remembered, so the memos stay small (at most ~2 MB each)."""
+
+
+@lru_cache(maxsize=1024)
+def _remembered_path(path: str, normalize: bool, double_encode: bool) -> str:
+    return canonical_path(path, normalize=normalize, double_encode=double_encode)
+
+
+@lru_cache(maxsize=1024)
+def _remembered_query(query: str) -> str:
+    return canonical_query(query)
 
 
 def canonical_query(query: str, *, drop_signature: bool = False, drop_token: bool = False) -> str:
@@ -164,6 +198,7 @@ def string_to_sign(algorithm: str, amz_date: str, scope: str, canonical_request_
     return f"{algorithm}\n{amz_date}\n{scope}\n{canonical_request_hash}"
 
 
+@lru_cache(maxsize=256)
 def parse_amz_date(value: str) -> float:
     """Epoch seconds of an ISO 8601 basic timestamp (`20150830T123600Z`); MalformedSignature if it is not one."""
     match = _AMZ_DATE.match(value)
@@ -218,22 +253,35 @@ def _split_signed_headers(text: str) -> tuple[str, ...]:
 
 
 def _build(
-    algorithm: str, credential: str, signed_headers: str, signature: str, **extra: str | bool | None
+    algorithm: str,
+    credential: str,
+    signed_headers: str,
+    signature: str,
+    presigned: bool = False,
+    amz_date: str = "",
+    expires: str = "",
+    security_token: str | None = None,
+    region_set: str | None = None,
 ) -> SignatureParams:
-    akid, scope, date, region, service, terminator = _split_credential(credential, algorithm)
-    return SignatureParams(
-        algorithm=algorithm,
-        access_key_id=akid,
-        scope=scope,
-        scope_date=date,
-        scope_region=region,
-        scope_service=service,
-        scope_terminator=terminator,
-        signed_headers=_split_signed_headers(signed_headers),
-        signed_headers_text=signed_headers,
-        signature=signature,
-        **extra,  # type: ignore[arg-type]
-    )
+    """The parsed signature. Everything but the signature itself repeats from one request to the next of the same
+    client (key, scope, signed header list), so that part is parsed once and remembered (bounded: a flood of
+    made-up credentials only restarts the table)."""
+    key = (algorithm, credential, signed_headers)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        akid, scope, date, region, service, terminator = _split_credential(credential, algorithm)
+        names = _split_signed_headers(signed_headers)
+        template = SignatureParams(algorithm, akid, scope, date, region, service, terminator, names, signed_headers, "")
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    if not presigned:
+        return SignatureParams(*template[:9], signature)
+    return SignatureParams(*template[:9], signature, True, amz_date, expires, security_token, region_set)
+
+
+_TEMPLATES: dict[tuple[str, str, str], SignatureParams] = {}
+_MAX_TEMPLATES = 1024
 
 
 _HEADER_PARTS = ("Credential", "SignedHeaders", "Signature")

@@ -502,3 +502,42 @@ def test_missing_request_time_falls_back_to_the_clock() -> None:
     verifier().verify(fresh)
     stale = req({**BASE_HEADERS, "authorization": GOOD_AUTH}, at=0.0)
     assert deny_reason(verifier(), stale) == SIGNATURE_EXPIRED
+
+
+def test_parsed_signature_templates_are_remembered_but_never_mix_signatures_or_hide_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sidecar.authorizers import sigv4_canonical as canonical
+
+    monkeypatch.setattr(canonical, "_TEMPLATES", {})
+    head = (
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date"
+    )
+    one = canonical.parse_authorization(f"{head}, Signature={'a' * 64}")
+    two = canonical.parse_authorization(f"{head}, Signature={'b' * 64}")
+    assert (one.signature, two.signature) == ("a" * 64, "b" * 64)
+    assert one.signed_headers is two.signed_headers and one.scope == "20150830/us-east-1/service/aws4_request"
+    assert len(canonical._TEMPLATES) == 1
+    bad = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/2015/us-east-1/service/aws4_request, SignedHeaders=host, Signature=x"
+    for _ in range(2):  # a malformed credential is refused every time; nothing is remembered for it
+        with pytest.raises(canonical.MalformedSignature):
+            canonical.parse_authorization(bad)
+    for i in range(canonical._MAX_TEMPLATES + 3):
+        canonical.parse_authorization(
+            f"AWS4-HMAC-SHA256 Credential=AKID{i}/20150830/us-east-1/s/aws4_request, SignedHeaders=host, Signature=x"
+        )
+    assert len(canonical._TEMPLATES) <= canonical._MAX_TEMPLATES
+
+
+@pytest.mark.parametrize("length", [10, 2000])
+def test_remembered_path_and_query_equal_the_computed_ones(length: int) -> None:
+    from sidecar.authorizers import sigv4_canonical as canonical
+
+    path = "/a/./b/../c%20d/" + "x" * length
+    query = "b=2&a=1&c=%7e&" + "z=" + "y" * length
+    for normalize, double in ((True, True), (False, False), (True, False)):
+        expected = canonical.canonical_path(path, normalize=normalize, double_encode=double)
+        assert canonical.remembered_path(path, normalize, double) == expected
+        assert canonical.remembered_path(path, normalize, double) == expected  # the second answer is the memo's
+    assert canonical.remembered_query(query) == canonical.canonical_query(query)
+    assert canonical.remembered_query(query) == canonical.canonical_query(query)
