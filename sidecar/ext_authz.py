@@ -37,8 +37,7 @@ class MalformedRequest(ValueError):
 
 
 _PSEUDO_HEADERS = (":method", ":path", ":scheme", ":protocol")
-"""Every request pseudo-header HTTP/2 and HTTP/3 define besides `:authority` (which becomes `host`); Envoy cannot
-add others, so popping these five leaves only real headers without scanning every name."""
+"""Every request pseudo-header HTTP/2 and HTTP/3 define besides `:authority` (which becomes `host`)."""
 
 
 def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> Request:
@@ -58,6 +57,8 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
     authority = headers.pop(":authority", "") or http.host
     for name in _PSEUDO_HEADERS:
         headers.pop(name, None)
+    if ":" in "".join(headers):  # another pseudo-header (not from Envoy): kept out all the same (a C-speed test)
+        headers = {name: value for name, value in headers.items() if name[:1] != ":"}
     if "" in headers:
         raise MalformedRequest("the CheckRequest carries a header with an empty name")
     if authority:

@@ -24,6 +24,7 @@ _GREEDY = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_.-]*)\+\}$")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _UNSEEN = object()
 _MEMO_SIZE = 4096
+_MEMO_PATH_CHARS = 512
 
 
 class RouteSyntaxError(ValueError):
@@ -175,9 +176,12 @@ class RouteTable(Generic[T]):
 
         Answers are remembered per (method, path): a match is a pure function of them and the table, and
         traffic repeats its paths, so a repeat costs one dict lookup instead of a normalization and a trie
-        walk (1.3 us for a `{proxy+}` route). The memo is bounded; when full it starts over, so a stream of
-        unique paths costs one insertion each and never grows memory.
+        walk (1.3 us for a `{proxy+}` route). The memo is bounded in entries (when full it starts over) and in
+        size: paths longer than `_MEMO_PATH_CHARS` are matched every time, so clients choosing long unique
+        paths cannot make it hold more than a few megabytes.
         """
+        if len(path) > _MEMO_PATH_CHARS:
+            return self._match(method, path)
         key = (method, path)
         memo = self._memo
         found = memo.get(key, _UNSEEN)

@@ -93,7 +93,10 @@ async def _fold_metrics() -> None:
     """Fold the hot path's local counts into the metrics once a second (`sidecar/metrics.py`)."""
     while True:
         await asyncio.sleep(_METRICS_FOLD)
-        flush_metrics()
+        try:
+            flush_metrics()
+        except Exception:  # a failed fold must not end the folding (workers' counts would stop reaching scrapes)
+            log.exception("folding metrics failed; trying again in %.0f s", _METRICS_FOLD)
 
 
 def _metrics() -> AdminResponse:
@@ -139,6 +142,8 @@ class Sidecar:
         self.grpc_port = 0
         self._stopped = asyncio.Event()
         self._signal_tasks: set[asyncio.Future[object]] = set()
+        self._readiness_changed = asyncio.Event()
+        """Set by a reload: the readiness watcher looks at the new runtime at once instead of at its next poll."""
 
     @property
     def runtime(self) -> Runtime:
@@ -210,7 +215,9 @@ class Sidecar:
                 await self.health.set("", status)
                 await self.health.set(SERVICE_NAME, status)
                 log.info("readiness: %s", "ready" if ready else "not ready")
-            await asyncio.sleep(_READY_POLL_SERVING if ready else _READY_POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._readiness_changed.wait(), _READY_POLL_SERVING if ready else _READY_POLL)
+            self._readiness_changed.clear()
 
     async def _watch_file(self, interval: float) -> None:
         while not self.state.draining:
@@ -238,6 +245,7 @@ class Sidecar:
             log.exception("reload (%s) failed; still serving config %s", why, self.runtime.version)
             return False
         await self.holder.swap(runtime)
+        self._readiness_changed.set()
         settle(config.server, reloading=True)
         if self.decision_log is not None:
             self.decision_log.allow_sample_rate = config.decision_log.allow_sample_rate
@@ -284,11 +292,13 @@ class Sidecar:
         for task in self.state.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.runtime.stop()
-        if self.decision_log is not None:
-            await self.decision_log.stop()
-        flush_metrics()  # the last second of counts reaches the multiprocess files before this worker exits
-        self._stopped.set()
+        try:
+            await self.runtime.stop()
+            if self.decision_log is not None:
+                await self.decision_log.stop()
+        finally:
+            flush_metrics()  # the last second of counts reaches the multiprocess files before this worker exits
+            self._stopped.set()
 
     async def wait_stopped(self) -> None:
         """Return once `drain_and_stop` has finished."""

@@ -147,25 +147,35 @@ def b64url_decode(segment: str, what: str) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A verified token's claims live on in the token and decision caches, and across 100,000 cached tokens `iss`,
-    # `aud`, `scope` and every claim name are the same few strings: names are interned, and short string values
-    # are shared through a bounded table. Interning values too cost ~100 bytes per token for the ones that never
-    # repeat (`sub`, `jti`): the interpreter's intern table grew by one entry each.
-    out = {_intern(k): _shared_value(v) if type(v) is str and len(v) <= _SHARE_MAX else v for k, v in pairs}
+    # Member names are interned: across 100,000 cached tokens every claim name is the same few strings (interned
+    # strings are freed like any other once nothing holds them). Values are shared later, and only for verified
+    # claims (`shared_values`): this hook also parses the unverified JOSE header.
+    out = {_intern(k): v for k, v in pairs}
     if len(out) != len(pairs):
         raise ValueError("duplicate member name")
     return out
 
 
-def _shared_value(value: str) -> str:
-    """The first equal string seen, while the table has room (it fills with the first distinct values and then
-    stays as it is: what repeats across an issuer's tokens shows up in its first ones)."""
-    found = _VALUES.get(value)
-    if found is not None:
-        return found
-    if len(_VALUES) < _MAX_VALUES:
-        _VALUES[value] = value
-    return value
+def shared_values(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """Verified claims with their short string values replaced by an equal string seen before, so that `iss`,
+    `aud`, `scope` and the like exist once for all cached tokens, not once per token.
+
+    The table is bounded and starts over when full: values that never repeat (`sub`, `jti`) pass through it,
+    values that repeat come back at once. (Interning did the same job but grew the interpreter's intern table
+    by ~100 bytes for every value that never repeats.)
+    """
+    table = _VALUES
+    out: dict[str, Any] = {}
+    for name, value in claims.items():
+        if type(value) is str and len(value) <= _SHARE_MAX:
+            found = table.get(value)
+            if found is None:
+                if len(table) >= _MAX_VALUES:
+                    table.clear()
+                table[value] = found = value
+            value = found
+        out[name] = value
+    return out
 
 
 _intern = sys.intern
@@ -587,7 +597,7 @@ class JwtAuthorizer(Authorizer):
         self.cache_size = cache_size
         self._clock = clock
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
-        self._last_digest: tuple[str | None, bytes] = (None, b"")
+        self._last_digest: tuple[Request | None, bytes] = (None, b"")
         self._build_context = self._context  # one bound method for every LazyContext, not one per cached token
         self._headers: dict[str, CheckedHeader] = {}
 
@@ -620,17 +630,17 @@ class JwtAuthorizer(Authorizer):
             token = source.extract(request)
             if token is not None:
                 digest = _digest(token)
-                self._last_digest = (token, digest)
+                self._last_digest = (request, digest)
                 return digest
         return None
 
     async def authenticate(self, request: Request) -> Principal:
         token = self._token(request)
         now = self._clock()
-        # After a decision-cache miss the pipeline has just hashed this token in `fingerprint`: reuse that digest,
-        # which also makes the token cache and the decision cache share one bytes object as their key.
-        last_token, last_digest = self._last_digest
-        digest = last_digest if last_token == token else _digest(token)
+        # After a decision-cache miss the pipeline has just called `fingerprint` with this very request: reuse its
+        # digest, which also makes the token cache and the decision cache share one bytes object as their key.
+        last_request, last_digest = self._last_digest
+        digest = last_digest if last_request is request else _digest(token)
         entry = self._cache.get(digest)
         if entry is not None:
             if now < entry.valid_until and entry.keyset is self.keys.keyset:
@@ -720,7 +730,7 @@ class JwtAuthorizer(Authorizer):
 
     def _principal(self, verified: dict[str, Any], exp: float) -> Principal:
         # Compact: the claims live as long as the cached token (a dict cost ~410 bytes for six claims, this ~140).
-        claims = CompactMap(verified)
+        claims = CompactMap(shared_values(verified))
         scopes = scopes_of(claims)
         headers = tuple(
             (header, header_value(claims[claim]) if claim in claims else "") for claim, header in self.claim_to_headers

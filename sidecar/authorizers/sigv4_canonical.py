@@ -272,9 +272,10 @@ def _build(
         akid, scope, date, region, service, terminator = _split_credential(credential, algorithm)
         names = _split_signed_headers(signed_headers)
         template = SignatureParams(algorithm, akid, scope, date, region, service, terminator, names, signed_headers, "")
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:
-            _TEMPLATES.clear()
-        _TEMPLATES[key] = template
+        if len(credential) + len(signed_headers) <= _MEMO_CHARS:  # a long made-up one is parsed every time
+            if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
     if not presigned:
         return SignatureParams(*template[:9], signature)
     return SignatureParams(*template[:9], signature, True, amz_date, expires, security_token, region_set)

@@ -28,6 +28,7 @@ def envoy_check(**http_fields: object) -> CheckRequest:
             ":path": "/orders/7?b=2&a=1&a=3",
             ":scheme": "https",
             ":protocol": "websocket",
+            ":made-up": "not from Envoy",
             "content-type": "application/json",
             "x-request-id": "req-1",
             "x-multi": "one,two",

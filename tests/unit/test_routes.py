@@ -115,3 +115,14 @@ def test_repeated_matches_are_remembered_bounded_and_still_exact() -> None:
     for i in range(routes._MEMO_SIZE + 10):
         assert table.match("GET", f"/admin/u{i}").key == "ANY /admin/{proxy+}"
     assert len(table._memo) <= routes._MEMO_SIZE
+
+
+def test_long_paths_are_matched_but_not_remembered() -> None:
+    from sidecar import routes
+
+    table = RouteTable([(r, r) for r in ROUTES])
+    long_path = "/admin/" + "x" * routes._MEMO_PATH_CHARS
+    match = table.match("GET", long_path)
+    assert match is not None and match.key == "ANY /admin/{proxy+}"
+    assert match.params["proxy"] == "x" * routes._MEMO_PATH_CHARS
+    assert table._memo == {}

@@ -169,3 +169,46 @@ def test_jwks_file_change_is_a_change(tmp_path: Path) -> None:
     jwks.write_text(jwks_with_new_key())
     second = compile_runtime(load_config(path))
     assert (second.version, second.cache_version) != (first.version, first.cache_version)
+
+
+async def test_drain_folds_the_last_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the periodic fold an hour away, only the fold at drain can move the Check into prometheus_client."""
+    from sidecar import metrics
+    from sidecar import server as servermod
+
+    monkeypatch.setattr(servermod, "_METRICS_FOLD", 3600.0)
+    metrics.flush()
+    allowed = metrics.DECISIONS.labels("allow", "Anonymous", "grpc")
+    before = allowed._value.get()
+    path = tmp_path / "config.yaml"
+    write_config(path, free_port(), free_port())
+    sidecar = Sidecar(load_config(path), path)
+    await sidecar.start()
+    assert (await check(sidecar.grpc_port, "/open")).status.code == 0
+    assert allowed._value.get() == before  # counted locally, not folded yet
+    await sidecar.drain_and_stop()
+    assert allowed._value.get() == before + 1
+
+
+async def test_a_failing_metrics_fold_does_not_stop_the_folding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from sidecar import server as servermod
+
+    calls: list[int] = []
+    second = asyncio.Event()
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        second.set()
+
+    monkeypatch.setattr(servermod, "flush_metrics", flaky)
+    monkeypatch.setattr(servermod, "_METRICS_FOLD", 0.01)
+    task = asyncio.create_task(servermod._fold_metrics())
+    try:
+        await asyncio.wait_for(second.wait(), 5)
+    finally:
+        task.cancel()
+    assert len(calls) >= 2

@@ -349,10 +349,14 @@ def test_fingerprint_is_the_token_digest() -> None:
 async def test_authenticate_reuses_the_fingerprint_digest_as_the_token_cache_key() -> None:
     auth = make()
     token = ISS.token()
-    digest = auth.fingerprint(request(token))
+    same = request(token)  # the pipeline hands one Request object to fingerprint, then to authenticate
+    digest = auth.fingerprint(same)
     assert digest is not None
-    await auth.authenticate(request(token))
+    await auth.authenticate(same)
     assert next(iter(auth._cache)) is digest  # one bytes object keys both caches
+    auth._cache.clear()
+    await auth.authenticate(request(token))  # another Request with the same token: hashed again, same key
+    assert next(iter(auth._cache)) == digest
     other = ISS.token(ISS.claims(sub="someone-else"))
     assert (await auth.authenticate(request(other))).id == "someone-else"  # a stale memo is never used
     assert list(auth._cache)[-1] == jwtmod._digest(other)
@@ -371,3 +375,16 @@ async def test_cached_claims_are_compact_and_share_repeated_values(monkeypatch: 
     assert first.claims["iss"] is second.claims["iss"] and first.claims["tenant"] is second.claims["tenant"]
     assert first.claims._index is second.claims._index  # one index per claim-name sequence
     assert first.claims["sub"] == "u-1" and second.claims.get("sub") == "u-2"
+
+
+async def test_unverified_tokens_add_nothing_to_the_shared_value_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jwtmod, "_VALUES", {})
+    auth = make()
+    for i in range(50):  # the header parses before the signature check fails
+        signed = ISS.token(ISS.claims(sub=f"forged-{i}", tenant=f"t-{i}"))
+        forged = signed.rsplit(".", 1)[0] + ".AAAA"
+        with pytest.raises(Denied):
+            await auth.authenticate(request(forged))
+    assert jwtmod._VALUES == {}
+    await auth.authenticate(request(ISS.token()))
+    assert ISSUER in jwtmod._VALUES

@@ -295,3 +295,41 @@ def test_route_replay_guard_on_a_non_sigv4_authorizer_is_a_config_error(tmp_path
     issue = info.value.issues[0]
     assert (issue.file, issue.field) == ("config.yaml", "routes[1].replay_guard")
     assert issue.line == 6 and "sigv4 routes only" in issue.message
+
+
+async def test_route_replay_guard_uses_the_authorizers_redis_and_is_closed_with_it(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The authorizer's own guard is off; a route turns it on: that route's guard is built from the authorizer's
+    `replay_redis_url` (shared by every sidecar) and closed when the runtime stops."""
+    write_credentials(tmp_path)
+    text = textwrap.dedent(
+        f"""\
+        api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}
+        authorizers:
+          iam: {{type: sigv4, credentials: {{file: credentials.yaml}}, replay_redis_url: "{redis_url}"}}
+        routes:
+          - {{match: "POST /payments", authorizer: iam, replay_guard: true}}
+        """
+    )
+    config = parse_config(text, str(tmp_path / "config.yaml"))
+    first, second = compile_runtime(config), compile_runtime(config)  # two sidecars, one Redis
+    route = first.routes.match("POST", "/payments")
+    assert route is not None
+    guard = route.target.authorizer.replay_guard  # type: ignore[attr-defined]
+    assert isinstance(guard, RedisReplayGuard)
+    request = sign("POST", f"https://{HOST}/payments", body=b"{}")
+    assert (await Pipeline(RuntimeHolder(first)).check(request)).allowed
+    replayed = await Pipeline(RuntimeHolder(second)).check(request)
+    assert (replayed.allowed, replayed.reason) == (False, REPLAYED_REQUEST)
+    closed: list[bool] = []
+    original = guard.close
+
+    async def close() -> None:
+        closed.append(True)
+        await original()
+
+    guard.close = close  # type: ignore[method-assign]
+    await first.stop()
+    await second.stop()
+    assert closed == [True]
