@@ -36,15 +36,12 @@ class MalformedRequest(ValueError):
     """A CheckRequest that lacks what any decision needs (method, path): denied, never raised to gRPC."""
 
 
-_PSEUDO_HEADERS = (":method", ":path", ":scheme", ":protocol")
-"""Every request pseudo-header HTTP/2 and HTTP/3 define besides `:authority` (which becomes `host`)."""
-
-
 def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> Request:
     """Build our `Request` from Envoy's `CheckRequest` (raises `MalformedRequest`).
 
     Each protobuf field is read once (every access to a sub-message builds a wrapper object) and the `Request`
     is built positionally, in field order: one Check builds one, and keywords cost five times as much.
+    Pseudo-headers are dropped (`:authority` becomes `host`).
     """
     attributes = check.attributes
     http = attributes.request.http
@@ -53,11 +50,14 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
     if not method or not raw_path:
         raise MalformedRequest("the CheckRequest carries no HTTP method or path")
     wire_headers = http.headers
-    headers = dict(wire_headers) if wire_headers else _headers_from_map(http)
-    authority = headers.pop(":authority", "") or http.host
-    for name in _PSEUDO_HEADERS:
-        headers.pop(name, None)
-    if ":" in "".join(headers):  # another pseudo-header (not from Envoy): kept out all the same (a C-speed test)
+    if wire_headers:
+        # A comprehension over upb's map: `dict(map)` goes through collections.abc's Python-level keys() (1.9 us
+        # for a dozen headers against 1.4 us here, pseudo-headers dropped on the way).
+        headers = {name: wire_headers[name] for name in wire_headers if name[:1] != ":"}
+        authority = wire_headers.get(":authority") or http.host
+    else:
+        headers = _headers_from_map(http)
+        authority = headers.pop(":authority", "") or http.host
         headers = {name: value for name, value in headers.items() if name[:1] != ":"}
     if "" in headers:
         raise MalformedRequest("the CheckRequest carries a header with an empty name")
