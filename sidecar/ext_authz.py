@@ -103,10 +103,11 @@ def _header_options(headers: tuple[tuple[str, str], ...]) -> list[HeaderValueOpt
 def build_response(decision: Decision) -> CheckResponse:
     """The `CheckResponse` for a decision (see `encode_decision` for the memoized wire form)."""
     response = CheckResponse()
-    if decision.metadata:
-        metadata = Struct()
-        metadata.update(dict(decision.metadata))
-        response.dynamic_metadata.CopyFrom(metadata)
+    metadata = decision.metadata or identity_metadata(decision)
+    if metadata:
+        struct = Struct()
+        struct.update(dict(metadata))
+        response.dynamic_metadata.CopyFrom(struct)
     if decision.allowed:
         response.status.code = _GRPC_OK
         response.ok_response.headers.extend(_header_options(decision.headers))
@@ -120,6 +121,15 @@ def build_response(decision: Decision) -> CheckResponse:
     denied.headers.extend(_header_options((*decision.headers, ("content-type", "application/json"))))
     denied.body = deny_body(decision)
     return response
+
+
+def identity_metadata(decision: Decision) -> dict[str, str]:
+    """Envoy dynamic metadata for an allow: who, by which authorizer, on which route (for access logs and later
+    filters). Derived when the response is encoded, not stored with every cached Decision (~110 bytes each)."""
+    principal = decision.principal
+    if not decision.allowed or principal is None:
+        return {}
+    return {"principal": principal.id, "authorizer": decision.authorizer, "route": decision.route}
 
 
 def deny_body(decision: Decision) -> str:

@@ -19,7 +19,7 @@ from .logs import DecisionLogger
 from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
-from .request import ANONYMOUS, CompactMap, Decision, Principal, Request
+from .request import ANONYMOUS, Decision, Principal, Request
 from .routes import AmbiguousPath
 from .runtime import CompiledRoute, Runtime, RuntimeHolder
 
@@ -54,7 +54,6 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
         reason=reasons.ALLOWED if principal.kind != "anonymous" else reasons.ANONYMOUS,
         headers=tuple(headers),
         headers_to_remove=_shared(tuple(sorted(IDENTITY_HEADERS.difference([name for name, _ in headers])))),
-        metadata=CompactMap({"principal": principal.id, "authorizer": route.authorizer.name, "route": route.key}),
         principal=principal,
         route=route.key,
         authorizer=route.authorizer.name,

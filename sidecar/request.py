@@ -157,6 +157,8 @@ class Decision:
     headers: tuple[tuple[str, str], ...] = ()
     headers_to_remove: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=lambda: EMPTY_ANY_MAP)
+    """Envoy dynamic metadata to send. When empty, an allow with a principal sends who/authorizer/route, derived
+    by the gRPC adapter at encoding (`ext_authz.identity_metadata`) rather than stored with each decision."""
     principal: Principal | None = None
     route: str = ""
     authorizer: str = ""

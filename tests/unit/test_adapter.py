@@ -121,6 +121,24 @@ def test_encode_allow() -> None:
     assert response.dynamic_metadata["principal"] == "alice"
 
 
+async def test_allows_from_the_pipeline_carry_identity_metadata_and_denials_none() -> None:
+    from sidecar.config import default_config
+    from sidecar.pipeline import Pipeline
+    from sidecar.runtime import RuntimeHolder, compile_runtime
+
+    pipeline = Pipeline(RuntimeHolder(compile_runtime(default_config())))
+    allowed = await pipeline.check(to_request(envoy_check(path="/public/hello", method="GET")))
+    assert allowed.allowed and not allowed.metadata  # nothing stored with the (cached) Decision ...
+    response = decode(ResponseEncoder().encode(allowed))
+    assert dict(response.dynamic_metadata) == {  # ... and all of it on the wire
+        "principal": "anonymous",
+        "authorizer": allowed.authorizer,
+        "route": allowed.route,
+    }
+    denied = await pipeline.check(to_request(envoy_check(path="/nothing/here", method="GET")))
+    assert not denied.allowed and not decode(ResponseEncoder().encode(denied)).HasField("dynamic_metadata")
+
+
 def test_encode_401_and_403() -> None:
     unauth = decode(ResponseEncoder().encode(Denied("InvalidSignature", "bad sig").decision(challenge="AWS4")))
     assert unauth.status.code == 16
