@@ -319,12 +319,22 @@ def verify_jws(token: str, keyset: KeySet, algorithms: frozenset[str], max_bytes
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim. An integer is returned as the claim's own object (no float per cached token); one too
+    large for a float is refused like any other bad value."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if type(value) is int:
+        if abs(value) > _MAX_NUMERIC_DATE:
+            raise JwtError(INVALID_CLAIM, f"'{name}' must be a NumericDate")
+        return value
+    if type(value) is not float or not math.isfinite(value):
         raise JwtError(INVALID_CLAIM, f"'{name}' must be a NumericDate")
-    return float(value)
+    return value
+
+
+_MAX_NUMERIC_DATE = 2**53
+"""Past this an integer is no longer exactly a float; no real date is anywhere near (year ~285 million)."""
 
 
 def _strings(value: Any) -> tuple[str, ...]:
