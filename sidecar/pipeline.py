@@ -91,6 +91,8 @@ class Pipeline:
         # Allow decisions by (route, principal object). Authorizers hand out the same Principal object for a
         # repeated credential (token caches), so a warm request reuses the Decision and its encoded response.
         self._allowed: dict[tuple[CompiledRoute, Principal, str], Decision] = {}
+        self._allowed_for: Runtime | None = None
+        """The runtime whose routes key `_allowed`."""
         self.explain = explain
         """Attach full policy explanations to decisions (for `check --explain`; costly, off when serving)."""
 
@@ -172,6 +174,11 @@ class Pipeline:
             explanation = outcome.explain() if outcome is not None else ("no policy applies: the authorizer decides",)
             decision = allow_decision(route, principal, runtime.upstream_headers)
             return replace(decision, statement=statement, explanation=explanation)
+        if runtime is not self._allowed_for:
+            # A reload: the memo's keys hold the old runtime's routes (and through them its authorizers), which
+            # would stay alive until the memo filled up.
+            self._allowed.clear()
+            self._allowed_for = runtime
         return self._allow(route, principal, runtime.upstream_headers, statement)
 
     def _policy_outcome(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome | None:

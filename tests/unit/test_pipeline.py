@@ -85,3 +85,14 @@ async def test_ambiguous_path_is_a_malformed_request(tmp_path: Path) -> None:
     for path in ("/admin/x%2F..%2F..%2Fpublic/a", "/a/%2e%2e/b", "/a%5Cb"):
         decision = await pipeline(tmp_path).decide(request(path))
         assert (decision.allowed, decision.status, decision.reason) == (False, 400, "MalformedRequest")
+
+
+async def test_a_reload_empties_the_allow_memo_of_the_old_runtimes_routes(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, "cache: {ttl: 0, deny_ttl: 0}\n")  # no decision cache: every Check computes
+    old = p.holder.current
+    assert (await p.decide(request())).allowed
+    assert p._allowed and all(key[0].authorizer is old.authorizers["open"] for key in p._allowed)
+    new = compile_runtime(old.config)
+    await p.holder.swap(new)
+    assert (await p.decide(request())).allowed
+    assert p._allowed and all(key[0].authorizer is new.authorizers["open"] for key in p._allowed)
