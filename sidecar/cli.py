@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="sidecar + real Envoy + upstream on loopback, scripted requests")
     demo.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
+    demo.add_argument("--http", action="store_true", help="Envoy asks over HTTP (http_service) instead of gRPC")
     return parser
 
 
@@ -113,7 +114,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     config_text = args.config.read_text(encoding="utf-8") if args.config else None
     try:
-        return run_demo(config_text)
+        return run_demo(config_text, http=args.http)
     except RuntimeError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return EXIT_ERROR

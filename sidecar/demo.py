@@ -363,18 +363,26 @@ class DemoIdentities:
         ]
 
 
+HTTP_TEMPLATE = "envoy-http.yaml"
+
+
 @contextlib.contextmanager
-def stack(config_text: str) -> Iterator[str]:
-    """Sidecar + upstream + Envoy on free loopback ports; yields Envoy's base URL."""
+def stack(config_text: str, template: str = "envoy.yaml") -> Iterator[str]:
+    """Sidecar + upstream + Envoy on free loopback ports; yields Envoy's base URL. With `HTTP_TEMPLATE`, Envoy
+    asks the sidecar's HTTP listener instead of its gRPC one."""
     grpc_port, admin_port = free_port(), free_port()
+    http_port = free_port() if template == HTTP_TEMPLATE else None
     with (
-        SidecarProcess(config_with_ports(config_text, grpc_port, admin_port), admin_port),
+        SidecarProcess(config_with_ports(config_text, grpc_port, admin_port, http_port), admin_port),
         EchoUpstream() as upstream,
     ):
         ports = EnvoyPorts(
-            listen_port=free_port(), authz_port=grpc_port, upstream_port=upstream.port, admin_port=free_port()
+            listen_port=free_port(),
+            authz_port=http_port or grpc_port,
+            upstream_port=upstream.port,
+            admin_port=free_port(),
         )
-        with EnvoyProcess(render_envoy_config(ports), ports.admin_port):
+        with EnvoyProcess(render_envoy_config(ports, template), ports.admin_port):
             yield f"http://127.0.0.1:{ports.listen_port}"
 
 
@@ -390,19 +398,25 @@ def format_table(outcomes: list[Outcome]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
-def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = None) -> int:
+def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = None, http: bool = False) -> int:
     """Run the demo and print the table; 0 when every scenario got what it expected.
 
     With no config, the embedded default runs with two demo identity providers added beside it: a JWT issuer
-    (RSA key made now, JWKS served on 127.0.0.1) and a SigV4 credential with an identity policy.
+    (RSA key made now, JWKS served on 127.0.0.1) and a SigV4 credential with an identity policy. `http`: Envoy
+    asks over HTTP (`http_service`, the sidecar's HTTP listener) instead of gRPC; the table is the same.
     """
-    print("starting authz-sidecar, Envoy, an echo upstream and demo identity providers on 127.0.0.1 ...", flush=True)
+    transport = "HTTP" if http else "gRPC"
+    print(
+        f"starting authz-sidecar ({transport} ext_authz), Envoy, an echo upstream and demo identity providers"
+        " on 127.0.0.1 ...",
+        flush=True,
+    )
     with contextlib.ExitStack() as resources:
         if config_text is None:
             idp = resources.enter_context(DemoIdentities())
             config_text = idp.config(default_config_text())
             scenarios = scenarios or [*SCENARIOS, *idp.scenarios()]
-        base = resources.enter_context(stack(config_text))
+        base = resources.enter_context(stack(config_text, HTTP_TEMPLATE if http else "envoy.yaml"))
         outcomes = [send(base, s) for s in (scenarios or SCENARIOS)]
     print(format_table(outcomes))
     failed = sum(not o.ok for o in outcomes)

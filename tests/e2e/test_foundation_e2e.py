@@ -177,10 +177,14 @@ def test_shipped_envoy_configs_are_the_rendered_templates() -> None:
         assert (REPO / "deploy" / "envoy" / name).read_text() == render_envoy_config(ports, name), name
 
 
-def test_demo_runs_and_leaves_nothing_behind() -> None:
-    result = run_cli("demo")
+@pytest.mark.parametrize("transport", [(), ("--http",)])
+def test_demo_runs_and_leaves_nothing_behind(transport: tuple[str, ...]) -> None:
+    """The demo's scenario table (anonymous, closed and unknown routes, JWT scopes and expiry, SigV4) through a
+    real Envoy, asking over gRPC and over HTTP: both transports decide the table alike."""
+    result = run_cli("demo", *transport)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "11 of 11 scenarios as expected" in result.stdout
+    assert ("(HTTP ext_authz)" if transport else "(gRPC ext_authz)") in result.stdout
 
 
 TRANSPORT_CASES = [
