@@ -185,10 +185,11 @@ def listening_child(args: list[str], port: int) -> Iterator[subprocess.Popen[byt
 
 
 def noop_grpc_server(
-    port: int, module: str = "benchmarks.noop_grpc_authz"
+    port: int, module: str = "benchmarks.noop_grpc_authz", spin_us: float = 0.0
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process."""
-    return listening_child([sys.executable, "-m", module, "--port", str(port)], port)
+    spin = ["--spin-us", str(spin_us)] if spin_us else []
+    return listening_child([sys.executable, "-m", module, "--port", str(port), *spin], port)
 
 
 def redis_server(port: int, directory: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
@@ -358,7 +359,10 @@ class Harness:
                         self.scenario(scenario, proxy, None, None)
                 elif scenario.stack == "noop-grpc":
                     port = free_port()
-                    with noop_grpc_server(port) as server, envoy(self.listen_port, port) as proxy:
+                    with (
+                        noop_grpc_server(port, spin_us=scenario.spin_us) as server,
+                        envoy(self.listen_port, port) as proxy,
+                    ):
                         self.scenario(scenario, proxy, server.pid, port)
                 elif scenario.stack == "noop-http":
                     port = free_port()
@@ -387,7 +391,7 @@ class Harness:
                         if scenario.redis == "down" and redis is not None:
                             stop_process(redis)  # killed under a running sidecar, as in an outage
                         self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
-            noop = next((s for s in runnable if s.stack == "noop-grpc"), None)
+            noop = next((s for s in runnable if s.name == "noop-grpc"), None)
             if noop is not None and on_sidecar and self.profile.workers:
                 self.floor_again(noop)
             if self.profile.memory_tokens and (only is None or "memory" in only):

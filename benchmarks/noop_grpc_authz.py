@@ -4,7 +4,10 @@ It is what any Python grpc.aio ext_authz server costs before it decides anything
 call machinery and one event-loop round per call. The request bytes are not even parsed and the response is one
 pre-serialized `CheckResponse`, so every microsecond the real sidecar spends above this floor is ours.
 
-Run: `python -m benchmarks.noop_grpc_authz --port 9191 [--reuse-port]`; SIGTERM/SIGINT stop it.
+With `--spin-us N` it also busy-waits N microseconds of pure Python per Check: a calibration floor that shows
+what N microseconds of in-process work cost once they run inside grpc.aio under load.
+
+Run: `python -m benchmarks.noop_grpc_authz --port 9191 [--reuse-port] [--spin-us N]`; SIGTERM/SIGINT stop it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from time import perf_counter
+from typing import Any
 
 import grpc
 import uvloop
@@ -27,15 +32,30 @@ async def _check(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return OK_RESPONSE
 
 
-def _handler() -> grpc.GenericRpcHandler:
-    method = grpc.unary_unary_rpc_method_handler(_check)  # no (de)serializers: raw bytes in and out
+def _spinning(spin_us: float) -> Callable[[bytes, grpc.aio.ServicerContext], Coroutine[Any, Any, bytes]]:
+    """A Check that burns `spin_us` microseconds of CPU in Python before answering."""
+    spin = spin_us / 1e6
+
+    async def check(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        end = perf_counter() + spin
+        while perf_counter() < end:
+            pass
+        return OK_RESPONSE
+
+    return check
+
+
+def _handler(spin_us: float = 0.0) -> grpc.GenericRpcHandler:
+    method = grpc.unary_unary_rpc_method_handler(
+        _spinning(spin_us) if spin_us > 0 else _check
+    )  # no (de)serializers: raw bytes in and out
     return grpc.method_handlers_generic_handler(SERVICE, {CHECK_METHOD: method})
 
 
-async def serve(host: str, port: int, reuse_port: bool = False) -> None:
+async def serve(host: str, port: int, reuse_port: bool = False, spin_us: float = 0.0) -> None:
     """Serve until SIGTERM/SIGINT."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
-    server.add_generic_rpc_handlers((_handler(),))
+    server.add_generic_rpc_handlers((_handler(spin_us),))
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise SystemExit(f"cannot listen on {host}:{port}")
     await server.start()
@@ -53,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9191)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--spin-us", type=float, default=0.0, help="busy-wait this long per Check (calibration)")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.host, args.port, args.reuse_port))
+    uvloop.run(serve(args.host, args.port, args.reuse_port, args.spin_us))
 
 
 if __name__ == "__main__":

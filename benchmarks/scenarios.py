@@ -53,6 +53,8 @@ class Scenario:
     redis: str = ""
     """"up": the harness runs `redis-server` on `Fixtures.redis_port` for this sidecar; "down": it stops that
     Redis before measuring this scenario (which must follow an "up" one with the same settings)."""
+    spin_us: float = 0.0
+    """For the "noop-grpc" stack: microseconds of pure-Python busy work per Check (a calibration row)."""
 
     @property
     def is_floor(self) -> bool:
@@ -132,6 +134,22 @@ def envoy_only(fx: Fixtures) -> Scenario:
 
 def noop_grpc(fx: Fixtures) -> Scenario:
     return Scenario("noop-grpc", "floor: Envoy + no-op grpc.aio ext_authz (uvloop)", "noop-grpc")
+
+
+SPIN_US = 20.0
+
+
+def noop_grpc_spin(fx: Fixtures) -> Scenario:
+    """Calibration: the gRPC floor plus SPIN_US of pure Python per Check. The difference between its CPU per
+    Check and the floor's shows what that much in-process work costs inside grpc.aio under load (the same work
+    in a tight loop costs exactly SPIN_US)."""
+    return Scenario(
+        "noop-grpc-spin",
+        f"calibration: no-op grpc.aio + {SPIN_US:.0f} us of Python per Check",
+        "noop-grpc",
+        spin_us=SPIN_US,
+        direct=False,
+    )
 
 
 def noop_http(fx: Fixtures) -> Scenario:
@@ -350,6 +368,7 @@ def memory_fill(fx: Fixtures, tokens: int) -> Scenario:
 SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     envoy_only,
     noop_grpc,
+    noop_grpc_spin,
     noop_http,
     anonymous,
     anonymous_no_decision_log,

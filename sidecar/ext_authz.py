@@ -9,6 +9,7 @@ protobuf messages again. The servicer registers with an identity response serial
 from __future__ import annotations
 
 import json
+import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,8 @@ from google.protobuf.struct_pb2 import Struct
 from . import reasons
 from .metrics import RECORDER, Recorder
 from .request import EMPTY_MAP, Decision, Request
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
@@ -181,7 +184,13 @@ class AuthorizationService:
         except Exception:  # the pipeline never raises; this is a last line of defence
             decision = reasons.INTERNAL
         decided = perf_counter()
-        wire = self._encoder.encode(decision)
+        try:
+            wire = self._encoder.encode(decision)
+        except Exception as exc:  # e.g. a header value that is not valid UTF-8 text: denied, never a failed RPC
+            log.error(
+                "cannot encode a CheckResponse (%s, reason %s): denied instead", type(exc).__name__, decision.reason
+            )
+            wire = self._encoder.encode(reasons.INTERNAL)
         self._stage("adapter", parsed - start + perf_counter() - decided)
         return wire
 

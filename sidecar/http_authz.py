@@ -150,7 +150,10 @@ def _header_block(headers: Iterable[tuple[str, str]], checked: set[str]) -> byte
         if _UNSAFE_VALUE(value):
             raise _RenderError(name)
         parts.append(f"{name}: {value}\r\n")
-    return "".join(parts).encode()
+    try:
+        return "".join(parts).encode()
+    except UnicodeEncodeError:  # a lone surrogate: not text any client or proxy could read
+        raise _RenderError("a header value that is not UTF-8 text") from None
 
 
 def render(decision: Decision, head_only: bool, connection: bytes, checked: set[str]) -> bytes:

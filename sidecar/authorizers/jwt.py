@@ -195,12 +195,25 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_re
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """A JSON object with unique member names (RFC 7515 5.2, RFC 7519 4); anything else is malformed."""
     try:
-        value = _DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        value = _DECODER.decode(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise JwtError(TOKEN_MALFORMED, f"the {what} is not a JSON object") from None
     if not isinstance(value, dict):
         raise JwtError(TOKEN_MALFORMED, f"the {what} is not a JSON object")
+    if "\\u" in text and not _valid_unicode(value):
+        raise JwtError(TOKEN_MALFORMED, f"the {what} holds an unpaired surrogate (\\uD800-\\uDFFF)")
     return value
+
+
+def _valid_unicode(value: Any) -> bool:
+    """False when a `\\uD800`-style escape left an unpaired surrogate in a string: not Unicode (RFC 8259 8.2),
+    and a claim holding one could not be sent upstream as a header or in a CheckResponse."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

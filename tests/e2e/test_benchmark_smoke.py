@@ -28,6 +28,7 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
         ("noop-grpc", "envoy", "saturation"),
         ("noop-grpc", "envoy", "fixed-rate"),
         ("noop-grpc", "grpc-direct", "saturation"),
+        ("noop-grpc-spin", "envoy", "saturation"),  # the calibration floor: the no-op plus 20 us of Python
         ("anonymous", "envoy", "saturation"),
         ("anonymous", "envoy", "fixed-rate"),
         ("anonymous", "grpc-direct", "saturation"),

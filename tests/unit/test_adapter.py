@@ -172,6 +172,19 @@ async def test_service_denies_malformed_and_survives_exceptions() -> None:
     assert json.loads(failed.denied_response.body)["reason"] == "InternalError"
 
 
+async def test_a_decision_that_cannot_be_encoded_is_a_reasoned_deny() -> None:
+    """A header value that is not UTF-8 text (a lone surrogate) cannot go into a protobuf string: the Check is
+    still answered, with a deny, instead of failing the RPC."""
+
+    async def unencodable(request: Request) -> Decision:
+        return Decision(allowed=True, status=200, reason="Allowed", headers=(("x-authz-principal", "\udc80"),))
+
+    service = AuthorizationService(unencodable)
+    response = decode(await service.check(envoy_check(), None))  # type: ignore[arg-type]
+    assert response.denied_response.status.code == 500
+    assert json.loads(response.denied_response.body)["reason"] == "InternalError"
+
+
 async def test_empty_header_names_are_a_reasoned_deny() -> None:
     async def never(request: Request) -> Decision:
         raise AssertionError("must not be reached")

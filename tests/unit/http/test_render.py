@@ -72,7 +72,13 @@ def test_deny_never_renders_as_200() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [("x-authz-principal", "eve\r\nx-admin: true"), ("x-authz-principal", "nul\x00"), ("bad name", "v"), ("", "v")],
+    [
+        ("x-authz-principal", "eve\r\nx-admin: true"),
+        ("x-authz-principal", "nul\x00"),
+        ("bad name", "v"),
+        ("", "v"),
+        ("x-authz-principal", "lone \udc80 surrogate"),
+    ],
 )
 def test_header_injection_is_refused(header: tuple[str, str]) -> None:
     allow = Decision(allowed=True, status=200, reason=reasons.ALLOWED, headers=(header,))

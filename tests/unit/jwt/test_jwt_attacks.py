@@ -262,6 +262,21 @@ async def test_payload_that_is_not_json_after_a_valid_signature() -> None:
     assert await reason_for(token) == jwtmod.TOKEN_MALFORMED
 
 
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDFFF", "x\\udc80y", "\\ude00\\ud83d"])
+async def test_unpaired_surrogate_in_signed_claims_is_malformed(escape: str) -> None:
+    """`\\uD800` escapes decode to lone surrogates: not Unicode, and no header or CheckResponse could carry them."""
+    payload = json.dumps(ISS.claims()).replace('"sub": "', f'"sub": "{escape}', 1)
+    assert escape in payload
+    assert await reason_for(_raw_claims_token(payload)) == jwtmod.TOKEN_MALFORMED
+
+
+async def test_surrogate_pair_escapes_are_fine() -> None:
+    claims = ISS.claims()
+    payload = json.dumps(claims).replace('"sub": "', '"sub": "\\ud83d\\ude00', 1)
+    principal = await authorizer().authenticate(request(_raw_claims_token(payload)))
+    assert principal.id == "\U0001f600" + claims["sub"]
+
+
 async def test_crit_with_unknown_extension() -> None:
     token = ISS.token(kid="rsa-1", crit=["exp-ext"], **{"exp-ext": 1})
     assert await reason_for(token) == jwtmod.UNSUPPORTED_CRITICAL
