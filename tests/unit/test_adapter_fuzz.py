@@ -1,0 +1,232 @@
+"""Arbitrary CheckRequests through the whole gRPC adapter and pipeline: every one is answered, none is an internal
+error, and nothing but a real credential is ever allowed on a protected route.
+
+The runtime is compiled from a config file as in production: an open route, a JWT route (real keys, a JWKS file,
+a claim passed upstream), a SigV4 route (a credential file) and a resource policy with conditions. Requests mix
+garbage with real credentials (valid JWTs and botocore-signed SigV4 headers) that hypothesis then damages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from sidecar import reasons
+from sidecar.authorizers import jwt as jwtmod
+from sidecar.authorizers import sigv4 as sigv4mod
+from sidecar.config import parse_config
+from sidecar.ext_authz import AuthorizationService
+from sidecar.pipeline import Pipeline
+from sidecar.runtime import RuntimeHolder, compile_runtime
+from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
+
+AKID = "AKIDFUZZEXAMPLE"
+SECRET = "fuzz/secret/key/0123456789abcdefghijklmn"
+HOST = "api.example.test"
+ISS = Issuer.default()
+ARN = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod"
+
+KNOWN_REASONS = (
+    {v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)}
+    | set(jwtmod.REASONS)
+    | {v for k, v in vars(sigv4mod).items() if k.isupper() and isinstance(v, str)}
+)
+
+
+def _config(tmp: Path) -> str:
+    (tmp / "jwks.json").write_text(json.dumps(ISS.jwks()))
+    (tmp / "credentials.yaml").write_text(
+        f"credentials:\n  - access_key_id: {AKID}\n    secret_access_key: {SECRET}\n"
+        "    principal_arn: arn:aws:iam::123456789012:user/alice\n"
+        "    policies:\n      - {Version: '2012-10-17', Statement: [{Effect: Allow, Action: '*', Resource: '*'}]}\n"
+    )
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": f"{ARN}/*"},
+            {
+                "Sid": "NoTen",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "execute-api:Invoke",
+                "Resource": f"{ARN}/*/open/private/*",
+                "Condition": {"NotIpAddress": {"aws:SourceIp": ["127.0.0.0/8", "::1/128"]}},
+            },
+        ],
+    }
+    (tmp / "policy.json").write_text(json.dumps(policy))
+    return f"""
+api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}
+authorizers:
+  open: {{type: none}}
+  jwt:
+    type: jwt
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    algorithms: [RS256, ES256, EdDSA]
+    jwks_file: {tmp / "jwks.json"}
+    claim_to_headers: {{sub: x-user, scope: x-scope}}
+  iam: {{type: sigv4, credentials: {{file: {tmp / "credentials.yaml"}}}}}
+routes:
+  - {{match: "ANY /open/{{proxy+}}", authorizer: open}}
+  - {{match: "ANY /jwt/{{proxy+}}", authorizer: jwt, scopes: [orders.read]}}
+  - {{match: "ANY /iam/{{proxy+}}", authorizer: iam}}
+resource_policy: {tmp / "policy.json"}
+"""
+
+
+Service = tuple[AuthorizationService, asyncio.AbstractEventLoop]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    runtime = compile_runtime(parse_config(_config(tmp), str(tmp / "config.yaml")))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(runtime.start())
+    yield AuthorizationService(Pipeline(RuntimeHolder(runtime)).check), loop
+    loop.run_until_complete(runtime.stop())
+    loop.close()
+
+
+def _tokens() -> list[str]:
+    now = int(time.time())
+    return [ISS.token(ISS.claims(now=now), kid=kid) for kid in ISS.keys] + [
+        ISS.token(ISS.claims(now=now, sub="a\u00e9\U0001f600", scope=None, scp=["orders.read"])),
+        ISS.token(ISS.claims(now=now, scope="orders.write")),  # lacks the route's scope
+    ]
+
+
+def _signed(method: str, path: str, body: bytes) -> dict[str, str]:
+    request = AWSRequest(method=method, url=f"https://{HOST}{path}", data=body, headers={"host": HOST})
+    SigV4Auth(Credentials(AKID, SECRET), "execute-api", "us-east-1").add_auth(request)
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+TOKENS = _tokens()
+SIGNED_PATH = "/iam/orders/1?a=b&c=%20d"
+SIGNED = _signed("POST", SIGNED_PATH, b'{"x": 1}')
+
+texts = st.text(max_size=40)
+header_names = st.one_of(
+    st.sampled_from(["authorization", "x-amz-date", "x-amz-content-sha256", "cookie", "x-forwarded-for", "host"]),
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12).map(str.lower),
+)
+
+
+@st.composite
+def damaged(draw: st.DrawFn, value: str) -> str:
+    """`value` unchanged, or with a slice replaced by arbitrary text."""
+    if draw(st.booleans()):
+        return value
+    start = draw(st.integers(0, len(value)))
+    end = draw(st.integers(start, min(len(value), start + 8)))
+    return value[:start] + draw(st.text(max_size=4)) + value[end:]
+
+
+authorizations = st.one_of(
+    st.none(),
+    texts,
+    texts.map(lambda t: "Bearer " + t),
+    st.sampled_from(TOKENS).flatmap(lambda t: damaged("Bearer " + t)),
+    damaged(SIGNED["authorization"]),
+    st.builds(
+        "AWS4-HMAC-SHA256 Credential={}, SignedHeaders={}, Signature={}".format,
+        st.one_of(texts, st.just(f"{AKID}/20260101/us-east-1/execute-api/aws4_request")),
+        st.one_of(texts, st.just("host;x-amz-date")),
+        st.text(alphabet="0123456789abcdef", max_size=64),
+    ),
+)
+
+
+@st.composite
+def check_requests(draw: st.DrawFn) -> tuple[CheckRequest, bool]:
+    """A CheckRequest, and whether it carries an undamaged real credential."""
+    check = CheckRequest()
+    http = check.attributes.request.http
+    signed = draw(st.booleans())
+    if signed:
+        http.method, path, body = "POST", draw(damaged(SIGNED_PATH)), b'{"x": 1}'
+        headers = {k: draw(damaged(v)) for k, v in SIGNED.items()}
+        headers[":authority"] = headers.pop("host")
+    else:
+        http.method = draw(st.one_of(st.sampled_from(["GET", "POST", "DELETE", "get", "BREW"]), texts))
+        prefix = draw(st.sampled_from(["/open/", "/open/private/", "/jwt/", "/iam/", "/", ""]))
+        path = prefix + draw(st.text(max_size=30))
+        body = draw(st.binary(max_size=30))
+        headers = draw(st.dictionaries(header_names, texts, max_size=6))
+        headers[":authority"] = draw(st.one_of(st.just(HOST), texts))
+        authorization = draw(authorizations)
+        if authorization is not None:
+            headers["authorization"] = authorization
+    http.path = path
+    http.headers.update(headers)
+    http.raw_body = body
+    source = check.attributes.source.address.socket_address
+    source.address = draw(st.one_of(st.sampled_from(["127.0.0.1", "10.1.2.3", "::1", "2001:db8::1"]), texts))
+    source.port_value = draw(st.integers(0, 65535))
+    genuine = signed and path == SIGNED_PATH and all(_same(headers.get(k), v) for k, v in SIGNED.items() if k != "host")
+    return check, genuine
+
+
+def _same(sent: str | None, signed: str) -> bool:
+    """Equal up to whitespace, which SigV4 canonicalization trims and collapses (and HTTP never delivers around a
+    header value anyway)."""
+    return sent is not None and "".join(sent.split()) == "".join(signed.split())
+
+
+def _answer(service: Service, check: CheckRequest) -> CheckResponse:
+    handler, loop = service
+    return CheckResponse.FromString(loop.run_until_complete(handler.check(check, None)))  # type: ignore[arg-type]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=check_requests())
+def test_every_check_is_answered_with_a_reasoned_decision(service: Service, case: tuple[CheckRequest, bool]) -> None:
+    check, genuine = case
+    response = _answer(service, check)
+    path = check.attributes.request.http.path
+    if response.HasField("denied_response"):
+        denied = response.denied_response
+        body = json.loads(denied.body)
+        assert body["reason"] in KNOWN_REASONS and body["reason"] != reasons.INTERNAL_ERROR, body
+        event(f"denied: {body['reason']}")
+        assert 400 <= denied.status.code < 600
+        return
+    assert response.status.code == 0 and response.HasField("ok_response")
+    headers = {o.header.key: o.header.value for o in response.ok_response.headers}
+    event(f"allowed: {path.split('/')[1] if path.count('/') > 1 else path}")
+    if path.startswith("/iam/"):
+        assert genuine and headers["x-authz-principal"] == "arn:aws:iam::123456789012:user/alice"
+    elif path.startswith("/jwt/"):
+        assert headers["x-authz-principal"] in ("user-123", "a\u00e9\U0001f600")
+        assert headers.get("x-scope", "") in ("orders.read orders.write", "")  # the scp-only token has no scope
+
+
+def test_the_generator_reaches_allows(service: Service) -> None:
+    """The property above is only meaningful if real credentials get through: check each kind once."""
+    check = CheckRequest()
+    http = check.attributes.request.http
+    http.method, http.path, http.raw_body = "POST", SIGNED_PATH, b'{"x": 1}'
+    http.headers.update({":authority": HOST, **{k: v for k, v in SIGNED.items() if k != "host"}})
+    assert _answer(service, check).status.code == 0
+    for token in TOKENS[:-1]:
+        check = CheckRequest()
+        http = check.attributes.request.http
+        http.method, http.path = "GET", "/jwt/orders"
+        http.headers.update({":authority": HOST, "authorization": "Bearer " + token})
+        assert _answer(service, check).status.code == 0, token
+    http.headers["authorization"] = "Bearer " + TOKENS[-1]
+    denied = _answer(service, check)
+    assert json.loads(denied.denied_response.body)["reason"] == reasons.INSUFFICIENT_SCOPE
