@@ -118,7 +118,7 @@ class RunResult:
     rows: list[Row] = field(default_factory=list)
     pending: list[dict[str, str]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
-    memory: dict[str, Any] = field(default_factory=dict)
+    memory: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _round(value: float | None) -> float | None:
@@ -395,7 +395,9 @@ class Harness:
             if noop is not None and on_sidecar and self.profile.workers:
                 self.floor_again(noop)
             if self.profile.memory_tokens and (only is None or "memory" in only):
-                self.memory(scenarios.memory_fill(fixtures, self.profile.memory_tokens))
+                n = self.profile.memory_tokens
+                self.memory(scenarios.memory_fill(fixtures, n, token_cache=n + 1000), "both caches full")
+                self.memory(scenarios.memory_fill(fixtures, n), "as shipped (token cache 10,000)")
             anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)  # gRPC transport
             if self.profile.workers and anonymous is not None:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
@@ -407,10 +409,10 @@ class Harness:
             return self.profile.floors is None or scenario.name in self.profile.floors
         return self.profile.only is None or scenario.name in self.profile.only
 
-    def memory(self, scenario: Scenario) -> None:
+    def memory(self, scenario: Scenario, variant: str) -> None:
         """RSS of one sidecar process before and after it has verified and cached `memory_tokens` distinct JWTs."""
         n = self.profile.memory_tokens
-        self.log(f"  memory: filling the caches with {n:,} distinct ES256 tokens ...")
+        self.log(f"  memory ({variant}): filling the caches with {n:,} distinct ES256 tokens ...")
         port = free_port()
         with sidecar(scenarios.sidecar_config([scenario]), port) as side, envoy(self.listen_port, port):
             assert side.proc is not None
@@ -424,17 +426,20 @@ class Harness:
             after = procs.rss_bytes(side.proc.pid)
         cached = max(fill.requests - fill.errors, 1)  # a request that failed left nothing cached
         per_entry = (after - before) / cached
-        self.result.memory = {
-            "tokens_sent": fill.requests,
-            "errors": fill.errors,
-            "tokens_cached": cached,
-            "rss_before_mb": round(before / 2**20, 1),
-            "rss_after_mb": round(after / 2**20, 1),
-            "bytes_per_cached_token": round(per_entry),
-        }
+        self.result.memory.append(
+            {
+                "variant": variant,
+                "tokens_sent": fill.requests,
+                "errors": fill.errors,
+                "decisions_cached": cached,
+                "rss_before_mb": round(before / 2**20, 1),
+                "rss_after_mb": round(after / 2**20, 1),
+                "bytes_per_cached_decision": round(per_entry),
+            }
+        )
         self.log(
-            f"  memory: RSS {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB after {cached:,} distinct tokens"
-            f" ({per_entry:.0f} bytes each), errors {fill.errors}"
+            f"  memory ({variant}): RSS {before / 2**20:.0f} MB -> {after / 2**20:.0f} MB after {cached:,} distinct"
+            f" tokens ({per_entry:.0f} bytes each), errors {fill.errors}"
         )
 
     def floor_again(self, noop: Scenario) -> None:

@@ -349,16 +349,20 @@ def sigv4_header(fx: Fixtures) -> Scenario:
     )
 
 
-def memory_fill(fx: Fixtures, tokens: int) -> Scenario:
+def memory_fill(fx: Fixtures, tokens: int, token_cache: int | None = None) -> Scenario:
     """Not in SCENARIOS: the harness's memory step sends each of `tokens` distinct ES256 tokens once, so the
-    sidecar ends up holding that many verified tokens and cached decisions."""
+    sidecar ends up holding that many cached decisions, and `token_cache` verified tokens (None: the shipped
+    default size, 10,000)."""
+    authorizer = _jwt_authorizer(fx, token_cache or 0)
+    if token_cache is None:
+        del authorizer["token_cache_size"]
     return Scenario(
         "memory",
         f"{tokens:,} distinct JWTs cached",
         "sidecar",
         path="/jwt-mem/item",
         rotation=Rotation("Authorization", "Bearer ", fx.token_file("ES256", tokens)),
-        authorizers={"jwt_mem": _jwt_authorizer(fx, tokens + 1000)},
+        authorizers={"jwt_mem": authorizer},
         routes=({"match": "ANY /jwt-mem/{proxy+}", "authorizer": "jwt_mem"},),
         settings={"cache": {"local": {"enabled": True, "max_entries": max(100_000, tokens + 1000)}}},
         direct=False,
