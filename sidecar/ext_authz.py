@@ -113,7 +113,7 @@ def build_response(decision: Decision) -> CheckResponse:
         response.dynamic_metadata.CopyFrom(struct)
     if decision.allowed:
         response.status.code = _GRPC_OK
-        response.ok_response.headers.extend(_header_options(decision.headers))
+        response.ok_response.headers.extend(_header_options(decision.all_headers()))
         response.ok_response.headers_to_remove.extend(decision.headers_to_remove)
         return response
     response.status.code = (
@@ -121,7 +121,7 @@ def build_response(decision: Decision) -> CheckResponse:
     )
     denied = response.denied_response
     denied.status.code = decision.status  # HttpStatus enum values are the HTTP codes
-    denied.headers.extend(_header_options((*decision.headers, ("content-type", "application/json"))))
+    denied.headers.extend(_header_options((*decision.all_headers(), ("content-type", "application/json"))))
     denied.body = deny_body(decision)
     return response
 

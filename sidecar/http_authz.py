@@ -164,10 +164,11 @@ def render(decision: Decision, head_only: bool, connection: bytes, checked: set[
     would allow), its headers and a JSON body; `head_only` (the original request was HEAD) omits the body, as
     HTTP requires, so the proxy's parser stays in step.
     """
+    headers = decision.all_headers()
     if decision.allowed:
-        if not decision.headers and not decision.headers_to_remove:
+        if not headers and not decision.headers_to_remove:
             return _ALLOW_BARE if not connection else _ALLOW_HEAD + connection + b"\r\n"
-        block = _header_block(decision.headers, checked)
+        block = _header_block(headers, checked)
         if decision.headers_to_remove:
             block += _header_block(((HEADERS_TO_REMOVE_HEADER, ",".join(decision.headers_to_remove)),), checked)
         return b"%s%s%s\r\n" % (_ALLOW_HEAD, block, connection)
@@ -175,7 +176,7 @@ def render(decision: Decision, head_only: bool, connection: bytes, checked: set[
     if not 300 <= status <= 599:
         status = 500 if status < 100 or status > 599 else 403
     body = _json_body(decision.reason, decision.message)
-    block = _header_block(decision.headers, checked) if decision.headers else b""
+    block = _header_block(headers, checked) if headers else b""
     return b"%s%s%d\r\n%s%s\r\n%s" % (
         _status_line(status),
         _JSON,

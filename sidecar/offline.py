@@ -108,7 +108,7 @@ class CheckResult:
             "message": d.message,
             "route": d.route,
             "principal": None if principal is None else {"kind": principal.kind, "id": principal.id},
-            "headers": [list(h) for h in d.headers],
+            "headers": [list(h) for h in d.all_headers()],
             "explanation": list(d.explanation),
             "request": f"{self.method} {self.path}",
         }

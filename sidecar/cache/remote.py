@@ -53,7 +53,7 @@ def encode_decision(decision: Decision, expires_at: float) -> bytes:
             "s": decision.status,
             "r": decision.reason,
             "m": decision.message,
-            "h": decision.headers,
+            "h": decision.all_headers(),
             "x": decision.headers_to_remove,
             "d": dict(decision.metadata),
             "ro": decision.route,

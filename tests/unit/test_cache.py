@@ -90,6 +90,13 @@ def test_codec_round_trip() -> None:
     assert back.principal is not None and back.principal.expires_at == 1234.5
 
 
+def test_codec_keeps_the_identity_header() -> None:
+    """A pipeline allow names its principal header apart from `headers`; from Redis it comes back among them."""
+    allow = Decision(True, 200, "Allowed", headers=(("x-r", "r"),), principal=ALICE, identity_header="x-who")
+    back, _ = decode_decision(encode_decision(allow, 1234.5))
+    assert back.all_headers() == allow.all_headers() == (("x-r", "r"), ("x-who", "alice"))
+
+
 def test_signer_rejects_forged_and_moved_entries() -> None:
     signer = Signer(b"k" * 32)
     sealed = signer.seal("key-1", b"payload")

@@ -29,14 +29,14 @@ def request(path: str = "/x", source: str = "127.0.0.1") -> Request:
 async def test_open_route_without_policy_allows(tmp_path: Path) -> None:
     decision = await pipeline(tmp_path).decide(request())
     assert decision.allowed
-    assert dict(decision.headers)["x-authz-principal"] == "anonymous"
+    assert dict(decision.all_headers())["x-authz-principal"] == "anonymous"
     assert decision.headers_to_remove == ("x-authz-route",)  # off by default: a client's copy is removed
 
 
 async def test_switched_off_identity_headers_are_removed(tmp_path: Path) -> None:
     p = pipeline(tmp_path, "upstream_headers: {principal: null, authorizer: null}\n")
     decision = await p.decide(request())
-    assert decision.headers == ()
+    assert decision.all_headers() == ()
     assert set(decision.headers_to_remove) == {"x-authz-principal", "x-authz-authorizer", "x-authz-route"}
 
 
@@ -96,3 +96,32 @@ async def test_a_reload_empties_the_allow_memo_of_the_old_runtimes_routes(tmp_pa
     await p.holder.swap(new)
     assert (await p.decide(request())).allowed
     assert p._allowed and all(key[0].authorizer is new.authorizers["open"] for key in p._allowed)
+
+
+async def test_allows_keep_a_principal_without_claims_and_share_their_headers(tmp_path: Path) -> None:
+    """Cached decisions are most of the sidecar's memory: what differs per caller is only the principal's
+    identity, never its claims, and the route's headers are one tuple for every caller."""
+    from sidecar.pipeline import allow_decision
+    from sidecar.request import Principal
+
+    p = pipeline(tmp_path, "upstream_headers: {route: x-authz-route}\n")
+    runtime = p.holder.current
+    match = runtime.routes.match("GET", "/x")
+    assert match is not None
+    route = match.target
+    claims = {"sub": "alice", "iat": 1}
+    alice = Principal(kind="jwt", id="alice", claims=claims, context={"jwt:sub": "alice"}, expires_at=5.0)
+    bob = Principal(kind="jwt", id="bob", claims={"sub": "bob"}, expires_at=6.0)
+    first = allow_decision(route, alice, runtime.upstream_headers)
+    second = allow_decision(route, bob, runtime.upstream_headers)
+    assert first.principal is not None and second.principal is not None
+    assert (first.principal.id, first.principal.expires_at, first.principal.kind) == ("alice", 5.0, "jwt")
+    assert not first.principal.claims and not first.principal.context
+    assert first.headers is second.headers  # one tuple per route
+    assert dict(first.all_headers()) == {
+        "x-authz-principal": "alice",
+        "x-authz-authorizer": "open",
+        "x-authz-route": route.key,
+    }
+    assert dict(second.all_headers())["x-authz-principal"] == "bob"
+    assert "x-authz-principal" not in first.headers_to_remove

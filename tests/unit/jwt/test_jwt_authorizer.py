@@ -272,7 +272,7 @@ async def test_config_to_pipeline(tmp_path: Path) -> None:
         now = time.time()  # built from config, the authorizer reads the real clock
         token = ISS.token(ISS.claims(now))
         allowed = await pipeline.check(request(token, path="/orders/1"))
-        assert allowed.allowed and ("x-user", "user-123") in allowed.headers
+        assert allowed.allowed and ("x-user", "user-123") in allowed.all_headers()
         post = request(token, path="/orders")
         post = type(post)(method="POST", raw_path="/orders", path="/orders", headers=post.headers)
         denied = await pipeline.check(post)

@@ -84,7 +84,7 @@ async def test_config_to_pipeline(tmp_path: Path) -> None:
 
     allowed = await pipeline.check(sign("POST", f"https://{HOST}/orders/1?x=y", body=b'{"a": 1}'))
     assert allowed.allowed, allowed
-    headers = dict(allowed.headers)
+    headers = dict(allowed.all_headers())
     assert headers["x-amz-access-key"] == AKID
     assert headers["x-principal-arn"] == headers["x-authz-principal"] == "arn:aws:iam::123456789012:user/alice"
 
