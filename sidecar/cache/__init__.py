@@ -2,7 +2,7 @@
 depends on.
 
 A key is `(config version, route, credential fingerprint, [method, path, values of the request attributes the
-policies read])`. The credential fingerprint comes from the authorizer *before* verification (a token's hash), so
+policies read])`; without a policy, a 12-byte digest of (version, route) followed by the fingerprint. The credential fingerprint comes from the authorizer *before* verification (a token's hash), so
 only authorizers whose verdict is a pure function of that credential offer one (JWT, Cognito, none); SigV4 does
 not, because a signature covers the whole request and must be checked every time. A policy that reads the clock
 (`aws:CurrentTime`, `aws:EpochTime`) makes its routes uncacheable. TTLs never outlive the credential
@@ -11,9 +11,10 @@ not, because a signature covers the whole request and must be checked every time
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import reasons
 from ..metrics import CACHE_REQUESTS, tally
@@ -40,11 +41,19 @@ class KeyPlan:
     """Policy condition keys computed from the request (e.g. `aws:sourceip`), in a fixed order."""
     ttl: float
     deny_ttl: float
+    prefix: bytes = field(init=False, repr=False)
+    """12 bytes of SHA-256 over (version, route): with the fingerprint, the whole key of a route without a
+    policy, in one bytes object (~80 bytes against ~145 for a tuple and the fingerprint it holds; the decision
+    cache holds 100,000 keys)."""
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(f"{self.version}\x00{self.route}".encode("utf-8", "surrogatepass")).digest()
+        object.__setattr__(self, "prefix", digest[:12])
 
     def key(self, request: Request, fingerprint: bytes, context: object | None = None) -> Hashable:
         """The cache key for `request` presented with a credential whose fingerprint is `fingerprint`."""
         if not self.with_resource:
-            return (self.version, self.route, fingerprint)
+            return self.prefix + fingerprint
         values: tuple[object, ...] = ()
         if self.request_keys and context is not None:
             get = context.get  # type: ignore[attr-defined]

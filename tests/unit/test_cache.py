@@ -41,6 +41,7 @@ def test_local_hit_miss_expiry_and_lru() -> None:
 def test_keys_depend_on_everything_the_decision_reads() -> None:
     base = PLAN.key(REQUEST, b"t1")
     assert base == PLAN.key(REQUEST, b"t1")
+    assert base != KeyPlan("v1", "GET /b", False, (), 300, 30).key(REQUEST, b"t1")
     assert base != PLAN.key(REQUEST, b"t2")
     assert base != KeyPlan("v2", "GET /a", False, (), 300, 30).key(REQUEST, b"t1")
     with_policy = KeyPlan("v1", "GET /a", True, ("aws:sourceip",), 300, 30)
