@@ -3,10 +3,11 @@ depends on.
 
 A key is `(config version, route, credential fingerprint, [method, path, values of the request attributes the
 policies read])`; without a policy, a 12-byte digest of (version, route) followed by the fingerprint. The
-credential fingerprint comes from the authorizer *before* verification (a token's hash), so only authorizers whose verdict is a pure function of that credential offer one (JWT, Cognito, none); SigV4 does
-not, because a signature covers the whole request and must be checked every time. A policy that reads the clock
-(`aws:CurrentTime`, `aws:EpochTime`) makes its routes uncacheable. TTLs never outlive the credential
-(`Principal.expires_at`); allow and deny TTLs are separate; errors and authentication failures are never cached.
+credential fingerprint comes from the authorizer *before* verification (a token's hash), so only authorizers whose
+verdict is a pure function of that credential offer one (JWT, Cognito, none); SigV4 does not, because a signature
+covers the whole request and must be checked every time. A policy that reads the clock (`aws:CurrentTime`,
+`aws:EpochTime`) makes its routes uncacheable. TTLs never outlive the credential (`Principal.expires_at`); allow
+and deny TTLs are separate; errors and authentication failures are never cached.
 """
 
 from __future__ import annotations
