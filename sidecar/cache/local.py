@@ -13,6 +13,7 @@ from time import monotonic
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+_MAX_EXPIRIES = 4096
 
 
 class LocalCache(Generic[V]):
@@ -21,6 +22,7 @@ class LocalCache(Generic[V]):
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._data: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self._expiries: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -41,7 +43,7 @@ class LocalCache(Generic[V]):
         if ttl <= 0 or self.max_entries <= 0:
             return
         data = self._data
-        data[key] = ((monotonic() if now is None else now) + ttl, value)
+        data[key] = (self._expiry((monotonic() if now is None else now) + ttl, ttl), value)
         data.move_to_end(key)
         if len(data) > self.max_entries:
             data.popitem(last=False)
@@ -49,3 +51,17 @@ class LocalCache(Generic[V]):
     def clear(self) -> None:
         """Drop everything."""
         self._data.clear()
+
+    def _expiry(self, at: float, ttl: float) -> float:
+        """`at`, or for TTLs of a second or more `at` rounded down to a quarter second and shared: the entries
+        stored in the same quarter second hold one float instead of one each (24 bytes per entry; entries expire
+        at most 0.25 s early, never late)."""
+        if ttl < 1.0:
+            return at
+        quarter = int(at * 4)
+        shared = self._expiries.get(quarter)
+        if shared is None:
+            if len(self._expiries) >= _MAX_EXPIRIES:
+                self._expiries.clear()
+            shared = self._expiries[quarter] = quarter / 4
+        return shared

@@ -79,6 +79,18 @@ def test_what_is_cached_and_for_how_long() -> None:
     assert cache.get_local("expired") is None
 
 
+def test_local_expiry_is_shared_and_never_late() -> None:
+    """Entries stored in the same quarter second share one expiry float; rounding only ever shortens a TTL."""
+    cache: LocalCache[str] = LocalCache(10)
+    cache.set("a", "A", ttl=300, now=1000.05)
+    cache.set("b", "B", ttl=300, now=1000.2)
+    cache.set("short", "S", ttl=0.5, now=1000.2)
+    a, b, short = (cache._data[k][0] for k in ("a", "b", "short"))
+    assert a is b and 1299.75 < a <= 1300.05
+    assert short == 1000.7  # under a second: exact
+    assert cache.get("a", now=1300.0) is None and cache.get("b", now=1299.7) == "B"
+
+
 def test_codec_round_trip() -> None:
     back, expires_at = decode_decision(encode_decision(ALLOW, 1234.5))
     assert (back.allowed, back.status, back.headers, back.principal and back.principal.id) == (
