@@ -226,6 +226,7 @@ def build_cache(config: Config) -> DecisionCache | None:
             Signer(key),
             timeout=r.timeout_ms / 1000,
             breaker=Breaker(threshold=r.breaker_threshold, cooldown=r.breaker_cooldown),
+            batch=not r.cluster,
         )
     if local is None and remote is None:
         return None

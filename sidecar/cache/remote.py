@@ -41,6 +41,8 @@ class RedisLike(Protocol):
 
     def set(self, name: str, value: bytes, px: int | None = None) -> Awaitable[Any]: ...
 
+    def mget(self, keys: list[str]) -> Awaitable[list[Any]]: ...
+
 
 def encode_decision(decision: Decision, expires_at: float) -> bytes:
     """The cacheable part of a Decision as compact JSON (no explanations, no claims, no policies), with the wall
@@ -175,7 +177,12 @@ class Breaker:
 
 
 class RemoteCache:
-    """Signed decisions in Redis under `prefix + sha256(key)`, each operation bounded by `timeout`."""
+    """Signed decisions in Redis under `prefix + sha256(key)`, each operation bounded by `timeout`.
+
+    Lookups made in the same event-loop turn go to Redis as one MGET (`batch`, on except for Redis Cluster, where
+    the keys of one MGET must share a slot): under load a Check arrives with others, and redis-py's per-command
+    cost (pool, stream, timeout: ~150 us of Python) is then paid once per turn instead of once per Check.
+    """
 
     def __init__(
         self,
@@ -186,6 +193,7 @@ class RemoteCache:
         breaker: Breaker | None = None,
         clock: Callable[[], float] = monotonic,
         wall_clock: Callable[[], float] = time.time,
+        batch: bool = True,
     ) -> None:
         self.client = client
         self.signer = signer
@@ -195,6 +203,9 @@ class RemoteCache:
         self.clock = clock
         self.wall_clock = wall_clock
         self._pending: set[asyncio.Task[None]] = set()
+        self.batch = batch
+        self._waiting: dict[str, list[asyncio.Future[Any]]] = {}
+        self._reads: set[asyncio.Task[None]] = set()
         self._hit = tally(CACHE_REQUESTS, "redis", "hit").inc
         self._miss = tally(CACHE_REQUESTS, "redis", "miss").inc
         self._error = tally(CACHE_REQUESTS, "redis", "error").inc
@@ -213,7 +224,10 @@ class RemoteCache:
             self._skipped()
             return None
         name = self.redis_key(key)
-        blob = await self._call("get", lambda: self.client.get(name))
+        if self.batch:
+            blob = await self._batched(name)
+        else:
+            blob = await self._call("get", lambda: self.client.get(name))
         if blob is _FAILED:
             return None
         if blob is None:
@@ -234,6 +248,36 @@ class RemoteCache:
             return None
         self._hit()
         return decision, expires_at
+
+    def _batched(self, name: str) -> asyncio.Future[Any]:
+        """A future for `name`'s value, fetched by the MGET that ends this event-loop turn."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush)
+        self._waiting.setdefault(name, []).append(future)
+        return future
+
+    def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        names = list(waiting)
+        for start in range(0, len(names), _MAX_BATCH):
+            chunk = names[start : start + _MAX_BATCH]
+            task = asyncio.ensure_future(self._mget(chunk, waiting))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _mget(self, names: list[str], waiting: dict[str, list[asyncio.Future[Any]]]) -> None:
+        values: list[Any] = [_FAILED] * len(names)
+        try:
+            found = await self._call("get", lambda: self.client.mget(names))
+            if found is not _FAILED and len(found) == len(names):
+                values = found
+        finally:  # even when cancelled: every waiter gets an answer ("no answer" is a miss)
+            for name, value in zip(names, values):
+                for future in waiting[name]:
+                    if not future.done():
+                        future.set_result(value)
 
     def put(self, key: object, decision: Decision, ttl: float) -> None:
         """Store in the background; the request never waits for Redis to acknowledge."""
@@ -262,15 +306,16 @@ class RemoteCache:
         return result
 
     async def close(self) -> None:
-        """Wait briefly for background writes, then close the client."""
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=self.timeout * 2)
+        """Wait briefly for background reads and writes, then close the client."""
+        if self._pending or self._reads:
+            await asyncio.wait(self._pending | self._reads, timeout=self.timeout * 2)
         close = getattr(self.client, "aclose", None)
         if close is not None:
             await close()
 
 
 _FAILED: Any = object()
+_MAX_BATCH = 128
 
 
 def redis_client(settings: Any) -> RedisLike:

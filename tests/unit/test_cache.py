@@ -161,6 +161,34 @@ async def test_replicas_share_through_redis(redis_server: RedisServer) -> None:
     await stranger.close()
 
 
+async def test_lookups_of_one_loop_turn_share_one_mget(redis_server: RedisServer) -> None:
+    """Concurrent lookups cost one round trip; each gets its own answer (hits, misses, a duplicate key), and a
+    waiter that gives up does not disturb the others."""
+    writer, reader = remote(redis_server.url), remote(redis_server.url)
+    for i in range(0, 10, 2):
+        writer.put(("v", "r", b"t%d" % i), ALLOW, ttl=30)
+    await settle(writer)
+    calls: list[int] = []
+    real_mget = reader.client.mget
+
+    def counting_mget(names: list[str]) -> object:
+        calls.append(len(names))
+        return real_mget(names)
+
+    reader.client.mget = counting_mget  # type: ignore[method-assign]
+    keys = [("v", "r", b"t%d" % i) for i in range(10)] + [("v", "r", b"t0")]
+    abandoned = asyncio.ensure_future(reader.get(("v", "r", b"t2")))
+    results = asyncio.gather(*(reader.get(k) for k in keys))
+    await asyncio.sleep(0)  # one loop turn (not a timed wait): every lookup is now waiting on the batch
+    abandoned.cancel()
+    found = await results
+    assert calls == [10]  # eleven lookups of ten distinct keys (plus the abandoned one): one MGET
+    assert [r is not None for r in found] == [i % 2 == 0 for i in range(10)] + [True]
+    assert abandoned.cancelled()
+    await writer.close()
+    await reader.close()
+
+
 async def test_forged_entry_in_redis_is_ignored(redis_server: RedisServer) -> None:
     cache = remote(redis_server.url)
     key = ("v", "r", b"token")
@@ -186,14 +214,14 @@ async def test_redis_down_degrades_without_waiting(redis_server: RedisServer) ->
         assert await cache.get(("k",)) is None  # errors are misses, never exceptions
     assert cache.breaker.is_open
     attempts = 0
-    real_get = cache.client.get
+    real_mget = cache.client.mget
 
-    def counting_get(name: str) -> object:
+    def counting_mget(names: list[str]) -> object:
         nonlocal attempts
         attempts += 1
-        return real_get(name)
+        return real_mget(names)
 
-    cache.client.get = counting_get  # type: ignore[method-assign]
+    cache.client.mget = counting_mget  # type: ignore[method-assign]
     cache.breaker.open_until = time.monotonic() + 60  # hold the breaker open for this part
     for _ in range(100):
         assert await cache.get(("k",)) is None
