@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -323,7 +323,30 @@ def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocat
         raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}")]) from None
     finally:
         loader.dispose()
-    return data, YamlLocator(file, node)
+    locator = YamlLocator(file, node)
+    if "\\u" in text or "\\U" in text:  # only an escape can produce a lone surrogate
+        bad = list(_unpaired_surrogates(data, ()))
+        if bad:
+            message = "is not valid Unicode text (an unpaired surrogate escape such as \\ud800)"
+            raise ConfigError([locator.issue(path, message) for path in bad])
+    return data, locator
+
+
+def _unpaired_surrogates(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
+    """Paths of strings (keys or values) that UTF-8 cannot encode: they could never be sent in a header, a
+    CheckResponse or a log line, so they are refused when the file is read."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unpaired_surrogates(key, path)
+            yield from _unpaired_surrogates(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unpaired_surrogates(item, (*path, index))
 
 
 def _import_plugins(raw: Any, locator: YamlLocator) -> list[ConfigIssue]:

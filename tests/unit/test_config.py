@@ -80,6 +80,12 @@ def test_default_config_is_valid() -> None:
             "upstream_headers.principal",
             "must start with 'x-'",
         ),
+        (
+            'authorizers:\n  a: {type: none}\nupstream_headers:\n  principal: "x-who\\udc80"\n',
+            4,
+            "upstream_headers.principal",
+            "unpaired surrogate",
+        ),
     ],
 )
 def test_errors_name_line_and_field(text: str, line: int, field: str, message: str) -> None:

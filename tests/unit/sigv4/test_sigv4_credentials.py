@@ -131,6 +131,11 @@ def test_json_file(tmp_path: Path) -> None:
             "credentials[0].policies[0]",
             5,
         ),
+        (
+            f'    secret_access_key: "{SECRET}"\n    principal_arn: "arn:aws:iam::123456789012:user/\\udc80"\n',
+            "credentials[0].principal_arn",
+            4,
+        ),
     ],
     ids=[
         "no-secret",
@@ -142,6 +147,7 @@ def test_json_file(tmp_path: Path) -> None:
         "bad-expires",
         "policy-file-missing",
         "invalid-policy",
+        "lone-surrogate",
     ],
 )
 def test_errors_name_file_line_and_field_never_the_secret(tmp_path: Path, entry: str, field: str, line: int) -> None:
