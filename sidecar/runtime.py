@@ -221,12 +221,15 @@ def build_cache(config: Config) -> DecisionCache | None:
             r.signing_key_env,
             config.base_dir,
         )
+        client = redis_client(r)
         remote = RemoteCache(
-            redis_client(r),
+            client,
             Signer(key),
             timeout=r.timeout_ms / 1000,
             breaker=Breaker(threshold=r.breaker_threshold, cooldown=r.breaker_cooldown),
-            batch=not r.cluster,
+            # MGET batching pays off against redis-py's per-command cost; the lean reader pipelines on one
+            # connection and is cheaper without it while Checks arrive one at a time. Cluster cannot MGET.
+            batch=not r.cluster and not getattr(client, "times_reads", False),
         )
     if local is None and remote is None:
         return None

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..metrics import CACHE_REQUESTS, REDIS_BREAKER_OPEN, REDIS_ERRORS, tally
 from ..request import Decision, Principal
+from .resp import LeanReader
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ class RemoteCache:
         self._waiting: dict[str, list[asyncio.Future[Any]]] = {}
         self._reads: set[asyncio.Task[None]] = set()
         self._flush_due = False
+        self._reads_timed = not getattr(client, "times_reads", False)
         self._hit = tally(CACHE_REQUESTS, "redis", "hit").inc
         self._miss = tally(CACHE_REQUESTS, "redis", "miss").inc
         self._error = tally(CACHE_REQUESTS, "redis", "error").inc
@@ -230,7 +232,7 @@ class RemoteCache:
         if self.batch:
             blob = await self._batched(name)
         else:
-            blob = await self._call("get", lambda: self.client.get(name))
+            blob = await self._call("get", lambda: self.client.get(name), timed=self._reads_timed)
         if blob is _FAILED:
             return None
         if blob is None:
@@ -281,7 +283,7 @@ class RemoteCache:
     async def _mget(self, names: list[str], waiting: dict[str, list[asyncio.Future[Any]]]) -> None:
         values: list[Any] = [_FAILED] * len(names)
         try:
-            found = await self._call("get", lambda: self.client.mget(names))
+            found = await self._call("get", lambda: self.client.mget(names), timed=self._reads_timed)
             if found is not _FAILED and len(found) == len(names):
                 values = found
         finally:  # even when cancelled: every waiter gets an answer ("no answer" is a miss)
@@ -303,9 +305,14 @@ class RemoteCache:
     async def _set(self, name: str, blob: bytes, ttl_ms: int) -> None:
         await self._call("set", lambda: self.client.set(name, blob, px=max(ttl_ms, 1)))
 
-    async def _call(self, operation: str, command: Callable[[], Awaitable[T]]) -> T | Any:
+    async def _call(self, operation: str, command: Callable[[], Awaitable[T]], timed: bool = True) -> T | Any:
+        """Run a Redis command; any failure is "no answer". `timed=False` for a client that times its own reads
+        (`resp.LeanReader`): an `asyncio.timeout` per call costs more CPU than a lean lookup."""
         try:
-            async with asyncio.timeout(self.timeout):
+            if timed:
+                async with asyncio.timeout(self.timeout):
+                    result = await command()
+            else:
                 result = await command()
         except Exception as exc:  # timeouts, connection errors, pool exhaustion: all mean "no answer"
             self.breaker.failure(self.clock())
@@ -354,4 +361,31 @@ def redis_client(settings: Any) -> RedisLike:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=settings.max_connections, timeout=timeout, **options
     )
-    return aioredis.Redis(connection_pool=pool)  # type: ignore[return-value]  # wider signatures
+    client: RedisLike = aioredis.Redis(connection_pool=pool)  # type: ignore[assignment]  # wider signatures
+    reader = LeanReader.from_url(url, timeout) if settings.lean_reads else None
+    return client if reader is None else SplitClient(reader, client)
+
+
+class SplitClient:
+    """Reads through the lean RESP reader (`resp.py`), writes through redis-py."""
+
+    times_reads = True
+
+    def __init__(self, reader: LeanReader, writer: RedisLike) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def get(self, name: str) -> Awaitable[Any]:
+        return self.reader.get(name)
+
+    def mget(self, keys: list[str]) -> Awaitable[list[Any]]:
+        return self.reader.mget(keys)
+
+    def set(self, name: str, value: bytes, px: int | None = None) -> Awaitable[Any]:
+        return self.writer.set(name, value, px=px)
+
+    async def aclose(self) -> None:
+        await self.reader.aclose()
+        close = getattr(self.writer, "aclose", None)
+        if close is not None:
+            await close()
