@@ -103,7 +103,7 @@ class RedisCacheSettings(_Frozen):
     sentinel: SentinelSettings | None = None
     lean_reads: bool = True
     """Read through the sidecar's own pipelined RESP connection (`cache/resp.py`, plain `redis://` URLs only;
-    ~10x less CPU per lookup than redis-py); false reads through redis-py like everything else."""
+    ~2.5x less CPU per lookup than redis-py); false reads through redis-py like everything else."""
     breaker_threshold: int = Field(default=5, ge=1, le=1000)
     """Consecutive failures that open the circuit breaker."""
     breaker_cooldown: float = Field(default=1.0, gt=0, le=300)
