@@ -9,6 +9,7 @@ garbage with real credentials (valid JWTs and botocore-signed SigV4 headers) tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -89,15 +90,23 @@ resource_policy: {tmp / "policy.json"}
 Service = tuple[AuthorizationService, asyncio.AbstractEventLoop]
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("fuzz")
+@contextlib.contextmanager
+def started_pipeline(tmp: Path) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
+    """The fuzz config compiled and started on a loop of its own (shared with the HTTP-mode fuzz test)."""
     runtime = compile_runtime(parse_config(_config(tmp), str(tmp / "config.yaml")))
     loop = asyncio.new_event_loop()
     loop.run_until_complete(runtime.start())
-    yield AuthorizationService(Pipeline(RuntimeHolder(runtime)).check), loop
-    loop.run_until_complete(runtime.stop())
-    loop.close()
+    try:
+        yield Pipeline(RuntimeHolder(runtime)), loop
+    finally:
+        loop.run_until_complete(runtime.stop())
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with started_pipeline(tmp_path_factory.mktemp("fuzz")) as (pipeline, loop):
+        yield AuthorizationService(pipeline.check), loop
 
 
 def _tokens() -> list[str]:

@@ -13,21 +13,18 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sidecar import reasons
-from sidecar.config import parse_config
 from sidecar.http_authz import HttpAuthzServer, HttpSettings, start_http_server
-from sidecar.pipeline import Pipeline
-from sidecar.runtime import RuntimeHolder, compile_runtime
 from tests.unit.test_adapter_fuzz import (
     HOST,
     KNOWN_REASONS,
     SIGNED,
     SIGNED_PATH,
     TOKENS,
-    _config,
     _same,
     authorizations,
     damaged,
     header_names,
+    started_pipeline,
     texts,
 )
 
@@ -39,17 +36,12 @@ SIGNED_BODY = b'{"x": 1}'
 
 @pytest.fixture(scope="module")
 def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
-    tmp = tmp_path_factory.mktemp("http-fuzz")
-    runtime = compile_runtime(parse_config(_config(tmp), str(tmp / "config.yaml")))
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(runtime.start())
-    pipeline = Pipeline(RuntimeHolder(runtime))
-    server = loop.run_until_complete(start_http_server("127.0.0.1", 0, pipeline, HttpSettings(request_timeout=5)))
-    yield server, loop
-    server.close()
-    loop.run_until_complete(server.wait_closed())
-    loop.run_until_complete(runtime.stop())
-    loop.close()
+    with started_pipeline(tmp_path_factory.mktemp("http-fuzz")) as (pipeline, loop):
+        settings = HttpSettings(request_timeout=5)
+        server = loop.run_until_complete(start_http_server("127.0.0.1", 0, pipeline, settings))
+        yield server, loop
+        server.close()
+        loop.run_until_complete(server.wait_closed())
 
 
 header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
