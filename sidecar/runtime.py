@@ -175,18 +175,7 @@ def compile_runtime(config: Config) -> Runtime:
     internal = cache_version(config, version)
     cache = build_cache(config)
     routes = RouteTable(
-        [
-            (
-                r.match,
-                CompiledRoute(
-                    key=r.match.strip(),
-                    authorizer=authorizers[r.authorizer].for_route(r),
-                    scopes=frozenset(r.scopes),
-                    cache_plan=key_plan(config, r, internal, resource_policy) if cache is not None else None,
-                ),
-            )
-            for r in config.routes
-        ]
+        [(r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy)) for r in config.routes]
     )
     return Runtime(
         config=config,
@@ -203,6 +192,23 @@ def compile_runtime(config: Config) -> Runtime:
             vpce_header=config.policy.vpce_header,
             vpc_header=config.policy.vpc_header,
         ),
+    )
+
+
+def _compile_route(
+    route: RouteSettings,
+    authorizers: Mapping[str, Authorizer],
+    cache: DecisionCache | None,
+    config: Config,
+    version: str,
+    policy: CompiledPolicy | None,
+) -> CompiledRoute:
+    plan = key_plan(config, route, version, policy) if cache is not None else None
+    authorizer = authorizers[route.authorizer].for_route(route)
+    if cache is not None and cache.local is not None and plan is not None and plan.ttl > 0 and not plan.with_resource:
+        authorizer = authorizer.behind_decision_cache()  # allows here are cached per credential alone
+    return CompiledRoute(
+        key=route.match.strip(), authorizer=authorizer, scopes=frozenset(route.scopes), cache_plan=plan
     )
 
 

@@ -61,6 +61,12 @@ class Authorizer(abc.ABC):
         (a per-route option such as SigV4's `replay_guard`). Called once per route at compile time."""
         return self
 
+    def behind_decision_cache(self) -> Authorizer:
+        """The instance for a route whose decisions the in-process cache keeps per credential alone (no policy
+        reads the request): `self`, unless this authorizer keeps verified credentials of its own, which such a
+        route would only hold twice. Called once per route at compile time, after `for_route`."""
+        return self
+
     def fingerprint(self, request: Request) -> bytes | None:
         """A digest of the credential this request presents, or None if decisions about it must not be cached.
 

@@ -125,3 +125,39 @@ async def test_allows_keep_a_principal_without_claims_and_share_their_headers(tm
     }
     assert dict(second.all_headers())["x-authz-principal"] == "bob"
     assert "x-authz-principal" not in first.headers_to_remove
+
+
+async def test_routes_with_cached_decisions_do_not_fill_the_token_cache(tmp_path: Path) -> None:
+    """Where the decision cache keeps allows per token, a verified token is not also kept in the token cache (it
+    would hold each token twice); a route without decision caching still fills it, and every route reads it."""
+    import time
+
+    from sidecar.authorizers.jwt import JwtAuthorizer
+    from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
+
+    issuer = Issuer.default()
+    (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    text = (
+        f"authorizers:\n  corp: {{type: jwt, issuer: '{ISSUER}', audiences: [{AUDIENCE}], jwks_file: jwks.json}}\n"
+        "routes:\n"
+        "  - {match: 'ANY /cached/{proxy+}', authorizer: corp}\n"
+        "  - {match: 'ANY /fresh/{proxy+}', authorizer: corp, cache_ttl: 0}\n"
+    )
+    runtime = compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))
+    await runtime.start()
+    p = Pipeline(RuntimeHolder(runtime))
+    shared = runtime.authorizers["corp"]
+    assert isinstance(shared, JwtAuthorizer)
+
+    def call(path: str, token: str) -> Request:
+        headers = {"host": "h", "authorization": f"Bearer {token}"}
+        return Request(method="GET", raw_path=path, path=path, headers=headers, time=time.time())
+
+    first, second = (issuer.token(issuer.claims(now=time.time(), sub=sub)) for sub in ("alice", "bob"))
+    assert (await p.check(call("/cached/a", first))).allowed
+    assert len(shared._cache) == 0  # the decision cache holds alice's allow; the token cache does not hold her
+    assert (await p.check(call("/cached/a", first))).allowed  # a decision-cache hit
+    assert (await p.check(call("/fresh/a", second))).allowed
+    assert len(shared._cache) == 1  # bob, from the route whose decisions are not cached
+    assert (await p.check(call("/cached/b", second))).allowed  # verified once, found in the token cache
+    await runtime.stop()
