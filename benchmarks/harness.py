@@ -396,8 +396,9 @@ class Harness:
                 self.floor_again(noop)
             if self.profile.memory_tokens and (only is None or "memory" in only):
                 n = self.profile.memory_tokens
-                self.memory(scenarios.memory_fill(fixtures, n, token_cache=n + 1000), "both caches full")
                 self.memory(scenarios.memory_fill(fixtures, n), "as shipped (token cache 10,000)")
+                both = scenarios.memory_fill(fixtures, n, token_cache=n + 1000, policy=True)
+                self.memory(both, "both caches full (a resource policy; token cache 101,000)")
             anonymous = next((s for s in on_sidecar if s.name == "anonymous"), None)  # gRPC transport
             if self.profile.workers and anonymous is not None:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)

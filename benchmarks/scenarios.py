@@ -349,13 +349,20 @@ def sigv4_header(fx: Fixtures) -> Scenario:
     )
 
 
-def memory_fill(fx: Fixtures, tokens: int, token_cache: int | None = None) -> Scenario:
+def memory_fill(fx: Fixtures, tokens: int, token_cache: int | None = None, policy: bool = False) -> Scenario:
     """Not in SCENARIOS: the harness's memory step sends each of `tokens` distinct ES256 tokens once, so the
-    sidecar ends up holding that many cached decisions, and `token_cache` verified tokens (None: the shipped
-    default size, 10,000)."""
+    sidecar ends up holding that many cached decisions. `token_cache`: the token cache's size (None: the shipped
+    default, 10,000). `policy`: a resource policy (allowing everything) applies, so decisions are keyed by path
+    as well and the token cache is filled too; without one, the decision cache alone answers for a token."""
     authorizer = _jwt_authorizer(fx, token_cache or 0)
     if token_cache is None:
         del authorizer["token_cache_size"]
+    settings: dict[str, Any] = {"cache": {"local": {"enabled": True, "max_entries": max(100_000, tokens + 1000)}}}
+    if policy:
+        path = fx.directory / "allow-all.json"
+        statement = {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": "*"}
+        path.write_text(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+        settings["resource_policy"] = str(path)
     return Scenario(
         "memory",
         f"{tokens:,} distinct JWTs cached",
@@ -364,7 +371,7 @@ def memory_fill(fx: Fixtures, tokens: int, token_cache: int | None = None) -> Sc
         rotation=Rotation("Authorization", "Bearer ", fx.token_file("ES256", tokens)),
         authorizers={"jwt_mem": authorizer},
         routes=({"match": "ANY /jwt-mem/{proxy+}", "authorizer": "jwt_mem"},),
-        settings={"cache": {"local": {"enabled": True, "max_entries": max(100_000, tokens + 1000)}}},
+        settings=settings,
         direct=False,
     )
 
