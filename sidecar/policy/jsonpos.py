@@ -112,10 +112,14 @@ class _Reader:
         raise self.fail(f"unexpected character {char!r}")
 
     def string(self) -> str:
+        start = self.pos
         try:
             value, self.pos = _scanstring(self.text, self.pos + 1, True)
         except ValueError as exc:
             raise self.fail(f"bad string: {str(exc).split(':')[0]}") from None
+        if not _is_text(value):
+            self.pos = start
+            raise self.fail("bad string: an unpaired surrogate escape (\\ud800-\\udfff) is not text")
         return value
 
     def object(self, path: Path, depth: int) -> dict[str, Any]:
@@ -180,10 +184,32 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _all_text(value: Any) -> bool:
+    """False when a string anywhere in `value` (keys included) holds an unpaired surrogate."""
+    if isinstance(value, str):
+        return _is_text(value)
+    if isinstance(value, dict):
+        return all(_is_text(k) and _all_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_all_text(v) for v in value)
+    return True
+
+
 def parse_located(text: str) -> Located:
-    """Parse `text` as JSON, keeping value positions; raise `JsonSyntaxError` on malformed input."""
+    """Parse `text` as JSON, keeping value positions; raise `JsonSyntaxError` on malformed input (including a
+    string that holds an unpaired surrogate escape: it could not be logged or sent anywhere as text)."""
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        if "\\u" in text and not _all_text(value):
+            raise ValueError("an unpaired surrogate")
     except (ValueError, RecursionError):
         reader = _Reader(text)  # malformed: read again slowly to say exactly where and why
         value = reader.read()

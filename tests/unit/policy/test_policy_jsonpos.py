@@ -54,8 +54,18 @@ def test_reader_agrees_with_json_loads(value: object, indent: int | None) -> Non
         ("tru", "unexpected character"),
         ('"\\q"', "bad string"),
         ('"unterminated', "bad string"),
+        ('{"Sid": "a\\ud800"}', "unpaired surrogate"),
+        ('{"a\\udfff": 1}', "unpaired surrogate"),
     ],
 )
 def test_reader_errors(text: str, fragment: str) -> None:
     with pytest.raises(JsonSyntaxError, match=fragment):
         parse_located(text)
+
+
+def test_unpaired_surrogate_is_located_and_pairs_are_fine() -> None:
+    text = '{\n  "Version": "2012-10-17",\n  "Sid": "x\\udc80"\n}'
+    with pytest.raises(JsonSyntaxError) as info:
+        parse_located(text)
+    assert text[info.value.offset :].startswith('"x\\udc80"')  # the string's own position (line 3)
+    assert parse_located('{"Sid": "\\ud83d\\ude00"}').value == {"Sid": "\U0001f600"}
