@@ -211,6 +211,9 @@ class ServerSettings(_Frozen):
     watch_config: bool = True
     """Reload when the config file changes (SIGHUP always reloads)."""
     watch_interval: float = Field(default=2.0, gt=0, le=60)
+    grpc_engine: Literal["lean", "grpcio"] = "lean"
+    """What serves `listen.grpc`: `lean` (`sidecar/grpc_lean.py`: unary gRPC over h2c on the asyncio loop, ~6x less
+    CPU per Check, no reflection) or `grpcio` (grpc.aio, with server reflection)."""
     gc_freeze: bool = True
     """After start-up and each reload, collect once and `gc.freeze()` what is alive, so full collections stop
     walking the imports and the compiled runtime (they stalled the loop for 50-70 ms; see `sidecar/heap.py`)."""

@@ -22,6 +22,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.protobuf.struct_pb2 import Struct
 
 from . import reasons
+from .grpc_lean import GRPC_INTERNAL, GrpcError
 from .metrics import RECORDER, Recorder
 from .request import EMPTY_MAP, Decision, Request
 
@@ -171,7 +172,7 @@ class AuthorizationService:
         self._encoder = ResponseEncoder()
         self._stage = recorder.stage
 
-    async def check(self, message: CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def check(self, message: CheckRequest, context: grpc.aio.ServicerContext | None = None) -> bytes:
         """The RPC handler: never raises, every failure is a deny."""
         start = perf_counter()
         try:
@@ -193,6 +194,17 @@ class AuthorizationService:
             wire = self._encoder.encode(reasons.INTERNAL)
         self._stage("adapter", parsed - start + perf_counter() - decided)
         return wire
+
+    async def check_wire(self, data: bytes) -> bytes:
+        """Check from the request's wire bytes (the lean listener's method handler, `sidecar/grpc_lean.py`).
+
+        Bytes that are not a CheckRequest fail the call with INTERNAL, as grpcio fails a request it cannot
+        deserialize: Envoy then applies its failure mode (deny unless `failure_mode_allow`)."""
+        try:
+            message = CheckRequest.FromString(data)
+        except Exception:
+            raise GrpcError(GRPC_INTERNAL, "the request is not a CheckRequest") from None
+        return await self.check(message)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """A generic handler serving Check with pre-encoded response bytes."""

@@ -26,7 +26,7 @@ import re
 import time
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Generator, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final, Literal, Protocol, cast
@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, Protocol, cast
 import httptools
 
 from . import reasons
+from .inline import Resume
 from .request import EMPTY_MAP, Decision, Request
 
 log = logging.getLogger(__name__)
@@ -355,43 +356,6 @@ class _Pending:
         self.response = response  # set: a ready answer (bad request, limits), sent instead of a check
 
 
-class _Resume:
-    """Awaitable that continues a coroutine which already ran up to its first suspension.
-
-    We start `pipeline.check` inline (`coro.send(None)`) because most checks finish without ever suspending;
-    when one does suspend, the future it yielded is handed to a Task through this object, which then forwards
-    every send/throw to the coroutine exactly as `await` would have.
-    """
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Decision], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Decision]:
-        coro = self._coro
-        pending = self._first
-        while True:
-            try:
-                sent = yield pending
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    result: Decision = stop.value
-                    return result
-            else:
-                try:
-                    pending = coro.send(sent)
-                except StopIteration as stop:
-                    result = stop.value
-                    return result
-
-
 class HttpAuthzProtocol(asyncio.Protocol):
     """One proxy connection: parse requests, decide them in order, answer them in order."""
 
@@ -633,7 +597,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
     async def _finish(self, coro: Coroutine[Any, Any, Decision], first: Any, pending: _Pending) -> None:
         """Complete a check that suspended, answer it, then carry on with the queue."""
         try:
-            decision = await _Resume(coro, first)
+            decision = await Resume(coro, first)
         except asyncio.CancelledError:
             raise
         except Exception:

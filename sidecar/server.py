@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from .admin import AdminResponse, AdminServer, json_response
 from .config import Config, ConfigError, default_config, load_config
 from .ext_authz import SERVICE_NAME, AuthorizationService
+from .grpc_lean import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError, LeanGrpcServer, start_lean_grpc
 from .heap import settle
 from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from .logs import DecisionLogger
@@ -42,6 +43,9 @@ _READY_POLL_SERVING = 1.0
 loaded server at about 1% of its CPU, and losing readiness (keys gone stale) is a matter of minutes."""
 _METRICS_FOLD = 1.0
 """Seconds between folds of the hot path's local metric counts into prometheus_client (see sidecar/metrics.py)."""
+
+
+_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class BindError(RuntimeError):
@@ -137,6 +141,7 @@ class Sidecar:
         self.reuse_port = reuse_port
         self.health = HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
+        self.lean_grpc: LeanGrpcServer | None = None
         self.admin: AdminServer | None = None
         self.http_server: HttpAuthzServer | None = None
         self.grpc_port = 0
@@ -174,6 +179,9 @@ class Sidecar:
             self.state.tasks.append(asyncio.create_task(self._watch_file(config.server.watch_interval)))
 
     async def _start_grpc(self, address: str) -> None:
+        if self.runtime.config.server.grpc_engine == "lean":
+            await self._start_lean_grpc(address)
+            return
         options = [("grpc.so_reuseport", 1 if self.reuse_port else 0)]
         server = grpc.aio.server(options=options)
         service = AuthorizationService(self.pipeline.check)
@@ -193,6 +201,29 @@ class Sidecar:
         self.grpc_server = server
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _start_lean_grpc(self, address: str) -> None:
+        host, port = split_hostport(address)
+        service = AuthorizationService(self.pipeline.check)
+        handlers = {f"/{SERVICE_NAME}/Check": service.check_wire, f"/{_HEALTH_SERVICE}/Check": self._health_check}
+        try:
+            self.lean_grpc = await start_lean_grpc(host, port, handlers, reuse_port=self.reuse_port)
+        except OSError as exc:
+            raise BindError(f"cannot listen on {address} (grpc): {exc.strerror or exc}") from None
+        self.grpc_port = self.lean_grpc.port
+
+    async def _health_check(self, data: bytes) -> bytes:
+        """grpc.health.v1.Health/Check on the lean listener, answering what the grpc.aio HealthServicer would."""
+        try:
+            service = health_pb2.HealthCheckRequest.FromString(data).service
+        except Exception:
+            raise GrpcError(GRPC_INTERNAL, "the request is not a HealthCheckRequest") from None
+        if service not in ("", SERVICE_NAME):
+            raise GrpcError(GRPC_NOT_FOUND, f"unknown service {service!r}")
+        serving = self.state.ready and not self.state.draining
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        wire: bytes = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+        return wire
 
     async def _start_http(self, config: Config) -> None:
         assert config.listen.http is not None
@@ -282,6 +313,8 @@ class Sidecar:
         stopping = []
         if self.grpc_server is not None:
             stopping.append(self.grpc_server.stop(grace))
+        if self.lean_grpc is not None:
+            stopping.append(self.lean_grpc.shutdown(grace))
         if self.http_server is not None:
             stopping.append(self.http_server.shutdown(grace))
         await asyncio.gather(*stopping)

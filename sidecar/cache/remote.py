@@ -24,6 +24,7 @@ from time import monotonic
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
+from ..inline import in_task
 from ..metrics import CACHE_REQUESTS, REDIS_BREAKER_OPEN, REDIS_ERRORS, tally
 from ..request import Decision, Principal
 from .resp import LeanReader
@@ -310,8 +311,7 @@ class RemoteCache:
         (`resp.LeanReader`), which saves the ~3 us of an `asyncio.timeout` per call."""
         try:
             if timed:
-                async with asyncio.timeout(self.timeout):
-                    result = await command()
+                result = await in_task(self._timed(command))
             else:
                 result = await command()
         except Exception as exc:  # timeouts, connection errors, pool exhaustion: all mean "no answer"
@@ -322,6 +322,11 @@ class RemoteCache:
             return _FAILED
         self.breaker.success()
         return result
+
+    async def _timed(self, command: Callable[[], Awaitable[T]]) -> T:
+        # `asyncio.timeout` needs a Task; `_call` may run inline in a listener's callback (see sidecar/inline.py)
+        async with asyncio.timeout(self.timeout):
+            return await command()
 
     async def close(self) -> None:
         """Wait briefly for background reads and writes, then close the client."""
