@@ -360,7 +360,7 @@ class Harness:
                 elif scenario.stack == "noop-grpc":
                     port = free_port()
                     with (
-                        noop_grpc_server(port, spin_us=scenario.spin_us) as server,
+                        noop_grpc_server(port, scenario.module, spin_us=scenario.spin_us) as server,
                         envoy(self.listen_port, port) as proxy,
                     ):
                         self.scenario(scenario, proxy, server.pid, port)

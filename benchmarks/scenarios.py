@@ -55,6 +55,8 @@ class Scenario:
     Redis before measuring this scenario (which must follow an "up" one with the same settings)."""
     spin_us: float = 0.0
     """For the "noop-grpc" stack: microseconds of pure-Python busy work per Check (a calibration row)."""
+    module: str = "benchmarks.noop_grpc_authz"
+    """For the "noop-grpc" stack: the no-op server's module."""
 
     @property
     def is_floor(self) -> bool:
@@ -149,6 +151,17 @@ def noop_grpc_spin(fx: Fixtures) -> Scenario:
         "noop-grpc",
         spin_us=SPIN_US,
         direct=False,
+    )
+
+
+def noop_lean(fx: Fixtures) -> Scenario:
+    """The no-op server on the sidecar's own gRPC transport (`sidecar/grpc_lean.py`): the framework cost the
+    sidecar's gRPC rows carry, beside the grpc.aio floor every ratio divides by."""
+    return Scenario(
+        "noop-lean",
+        "no-op on the lean gRPC listener (sidecar/grpc_lean.py)",
+        "noop-grpc",
+        module="benchmarks.noop_lean_grpc",
     )
 
 
@@ -251,6 +264,16 @@ def jwt_warm(fx: Fixtures) -> Scenario:
         headers=lambda: (("authorization", f"Bearer {token}"),),
         authorizers={"jwt_warm": _jwt_authorizer(fx, 10_000)},
         routes=({"match": "ANY /jwt/{proxy+}", "authorizer": "jwt_warm"},),
+    )
+
+
+def jwt_warm_grpcio(fx: Fixtures) -> Scenario:
+    """The warm JWT Check served by grpc.aio (`server.grpc_engine: grpcio`) instead of the lean listener."""
+    return replace(
+        jwt_warm(fx),
+        name="jwt-warm-grpcio",
+        title="JWT RS256 warm, served by grpc.aio (grpc_engine: grpcio)",
+        settings={"server": {"watch_config": False, "grace_period": 2, "grpc_engine": "grpcio"}},
     )
 
 
@@ -380,10 +403,12 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     envoy_only,
     noop_grpc,
     noop_grpc_spin,
+    noop_lean,
     noop_http,
     anonymous,
     anonymous_no_decision_log,
     jwt_warm,
+    jwt_warm_grpcio,
     jwt_cold_rs256,
     jwt_cold_es256,
     sigv4_header,

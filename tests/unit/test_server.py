@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from sidecar.server import BindError, Sidecar
 
 CONFIG = """\
 listen: {{grpc: "127.0.0.1:{grpc}", admin: "127.0.0.1:{admin}"}}
-server: {{watch_config: false, grace_period: 2}}
+server: {{watch_config: false, grace_period: 2, grpc_engine: {engine}}}
 authorizers:
   open: {{type: none}}
   closed: {{type: deny}}
@@ -27,14 +28,14 @@ routes:
 """
 
 
-def write_config(path: Path, grpc_port: int, admin_port: int, open_route: str = "open") -> None:
-    path.write_text(CONFIG.format(grpc=grpc_port, admin=admin_port, open_route=open_route))
+def write_config(path: Path, grpc_port: int, admin_port: int, open_route: str = "open", engine: str = "lean") -> None:
+    path.write_text(CONFIG.format(grpc=grpc_port, admin=admin_port, open_route=open_route, engine=engine))
 
 
-@pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Path]]:
+@pytest.fixture(params=["lean", "grpcio"])
+async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Sidecar, Path]]:
     path = tmp_path / "config.yaml"
-    write_config(path, free_port(), free_port())
+    write_config(path, free_port(), free_port(), engine=request.param)
     sidecar = Sidecar(load_config(path), path)
     await sidecar.start()
     await sidecar.runtime.wait_ready(5)
@@ -70,6 +71,9 @@ async def test_check_over_grpc(running: tuple[Sidecar, Path]) -> None:
 
 async def test_health_and_reflection(running: tuple[Sidecar, Path]) -> None:
     sidecar, _ = running
+    if sidecar.runtime.config.server.grpc_engine == "lean":
+        await lean_health(sidecar)
+        return
     async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         # SERVING is set by the readiness watcher; Watch streams until it arrives (no sleeping).
@@ -85,6 +89,37 @@ async def test_health_and_reflection(running: tuple[Sidecar, Path]) -> None:
         ):
             names |= {s.name for s in response.list_services_response.service}
     assert {"envoy.service.auth.v3.Authorization", "grpc.health.v1.Health"} <= names
+
+
+SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+async def serving_within(health: health_pb2_grpc.HealthStub, seconds: float) -> bool:
+    """Ask Health/Check until it says SERVING (readiness flips in a background task), for at most `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=seconds)
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return True
+    return False
+
+
+async def lean_health(sidecar: Sidecar) -> None:
+    """The lean listener answers Health/Check (what Kubernetes' gRPC probes and Envoy's health checks call);
+    Watch and reflection are grpcio-only."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert await serving_within(health, 5)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await health.Check(health_pb2.HealthCheckRequest(service="other.Service"), timeout=5)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as watch:
+            async for _ in health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5):
+                pass
+        assert watch.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_second_instance_on_same_port_fails_clearly(running: tuple[Sidecar, Path], tmp_path: Path) -> None:
@@ -131,7 +166,7 @@ async def test_drain_flips_health(tmp_path: Path) -> None:
 async def test_reload_notices_a_secret_only_change(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     grpc_port, admin_port = free_port(), free_port()
-    base = CONFIG.format(grpc=grpc_port, admin=admin_port, open_route="open")
+    base = CONFIG.format(grpc=grpc_port, admin=admin_port, open_route="open", engine="lean")
     path.write_text(base + "cache: {redis: {url: 'redis://127.0.0.1:1/0', signing_key: first}}\n")
     sidecar = Sidecar(load_config(path), path)
     await sidecar.start()

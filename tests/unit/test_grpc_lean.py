@@ -1,0 +1,364 @@
+"""The lean gRPC listener (`sidecar/grpc_lean.py`) against real HTTP/2 peers on loopback.
+
+A grpcio client (C-core's HTTP/2 and gRPC stack) drives the calls; raw frames written by hand drive what a
+well-behaved client never sends (padding, CONTINUATION, bad prefaces, flow-control stalls, protocol errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from hpack import Decoder, Encoder
+
+from sidecar import grpc_lean
+from sidecar.grpc_lean import (
+    GRPC_INTERNAL,
+    GrpcError,
+    LeanGrpcServer,
+    LeanSettings,
+    _Headers,
+    frame,
+    start_lean_grpc,
+)
+
+ECHO = "/test.Echo/Echo"
+BIG = "/test.Echo/Big"
+FAIL = "/test.Echo/Fail"
+CRASH = "/test.Echo/Crash"
+WAIT = "/test.Echo/Wait"
+
+
+class Handlers:
+    """Test methods: echo, a large answer, a gRPC error, a crash, and one that waits for a gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def echo(self, data: bytes) -> bytes:
+        return data
+
+    async def big(self, data: bytes) -> bytes:
+        return bytes(range(256)) * (int(data or b"1") // 256 + 1)
+
+    async def fail(self, data: bytes) -> bytes:
+        raise GrpcError(9, "failed precondition: ünïcode, 100% sure")
+
+    async def crash(self, data: bytes) -> bytes:
+        raise ValueError("a bug")
+
+    async def wait(self, data: bytes) -> bytes:
+        self.waiting.set()
+        await self.gate.wait()
+        return b"after:" + data
+
+    def table(self) -> dict[str, grpc_lean.Handler]:
+        return {ECHO: self.echo, BIG: self.big, FAIL: self.fail, CRASH: self.crash, WAIT: self.wait}
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[LeanGrpcServer, Handlers]]:
+    handlers = Handlers()
+    server = await start_lean_grpc("127.0.0.1", 0, handlers.table(), LeanSettings(max_message_bytes=2_000_000))
+    try:
+        yield server, handlers
+    finally:
+        handlers.gate.set()
+        await server.shutdown(1)
+
+
+def _call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+    return channel.unary_unary(method)  # raw bytes in and out
+
+
+async def test_unary_calls_through_grpcio(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, _ = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert await _call(channel, ECHO)(b"hello", timeout=5) == b"hello"
+        assert await _call(channel, ECHO)(b"", timeout=5) == b""
+        # 1.5 MB each way: many DATA frames in, and an answer held back and released by flow control out
+        payload = bytes(range(256)) * 6000
+        assert await _call(channel, ECHO)(payload, timeout=5) == payload
+        assert len(await _call(channel, BIG)(b"1500000", timeout=5)) >= 1_500_000
+        # many calls in flight on one connection, each answered with its own bytes
+        replies = await asyncio.gather(*(_call(channel, ECHO)(str(i).encode(), timeout=5) for i in range(300)))
+        assert replies == [str(i).encode() for i in range(300)]
+
+
+async def test_errors_are_grpc_statuses(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, _ = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await _call(channel, "/test.Echo/Nope")(b"x", timeout=5)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _call(channel, FAIL)(b"x", timeout=5)
+        assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert failed.value.details() == "failed precondition: ünïcode, 100% sure"
+        with pytest.raises(grpc.aio.AioRpcError) as crashed:
+            await _call(channel, CRASH)(b"x", timeout=5)
+        assert crashed.value.code() == grpc.StatusCode.INTERNAL
+        assert "bug" not in (crashed.value.details() or "")  # internals stay in our log
+        with pytest.raises(grpc.aio.AioRpcError) as too_big:
+            await _call(channel, ECHO)(b"x" * 2_100_000, timeout=5)
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _call(channel, ECHO)(b"still fine", timeout=5) == b"still fine"
+
+
+async def test_suspended_call_and_graceful_shutdown(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, handlers = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        waiting = asyncio.ensure_future(_call(channel, WAIT)(b"w", timeout=5))
+        await handlers.waiting.wait()
+        stopping = asyncio.ensure_future(server.shutdown(5))
+        assert not stopping.done()
+        handlers.gate.set()  # the in-flight call finishes during the drain and gets its answer
+        assert await waiting == b"after:w"
+        await stopping
+    assert server.connections == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Raw frames.
+
+_HEAD = struct.Struct(">HBBBL")
+
+
+class RawClient:
+    """An HTTP/2 client that writes exactly the frames it is told to and reads frames back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.encoder = Encoder()
+        self.decoder = Decoder()
+
+    @classmethod
+    async def connect(cls, port: int, preface: bytes = grpc_lean.PREFACE) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        writer.write(preface + frame(grpc_lean.SETTINGS, 0, 0))
+        return client
+
+    def request_block(self, path: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+        return self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "x"),
+                ("content-type", "application/grpc"),
+                *extra,
+            ]
+        )
+
+    def send(self, *frames: bytes) -> None:
+        self.writer.write(b"".join(frames))
+
+    async def read_frame(self) -> tuple[int, int, int, bytes]:
+        head = await asyncio.wait_for(self.reader.readexactly(9), 5)
+        high, low, kind, flags, stream = _HEAD.unpack(head)
+        payload = await asyncio.wait_for(self.reader.readexactly((high << 8) | low), 5)
+        return kind, flags, stream & 0x7FFFFFFF, payload
+
+    async def until(self, kind: int, stream: int | None = None) -> tuple[int, bytes]:
+        """Read frames until one of `kind` (on `stream`, if given); its flags and payload."""
+        for _ in range(100):
+            got, flags, on, payload = await self.read_frame()
+            if got == grpc_lean.HEADERS:
+                self.decoder.decode(payload)
+            if got == kind and (stream is None or on == stream):
+                return flags, payload
+        raise AssertionError(f"no frame of type {kind}")
+
+    async def answer(self, stream: int, framed: bool = False) -> bytes:
+        """The response message of a call on `stream` (headers, DATA, trailers); with `framed`, all the DATA
+        bytes (the gRPC length prefix too)."""
+        data = b""
+        for _ in range(100):
+            kind, flags, on, payload = await self.read_frame()
+            if on != stream:
+                continue
+            if kind == grpc_lean.DATA:
+                data += payload
+            elif kind == grpc_lean.HEADERS:
+                fields = dict(self.decoder.decode(payload))
+                if flags & grpc_lean.END_STREAM:
+                    assert fields.get("grpc-status") == "0", fields
+                    return data if framed else data[5:]
+        raise AssertionError("no answer")
+
+    async def closed_with(self) -> int:
+        """The error code of the GOAWAY the server sends before closing."""
+        _, payload = await self.until(grpc_lean.GOAWAY)
+        code: int = struct.unpack(">LL", payload[:8])[1]
+        return code
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def message(data: bytes) -> bytes:
+    return b"\x00" + struct.pack(">L", len(data)) + data
+
+
+async def test_padding_priority_and_continuation(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    block = client.request_block(ECHO, (("x-filler", "f" * 3000),))
+    padded = bytes([7]) + struct.pack(">LB", 0, 15) + block[:1000] + b"\0" * 7
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.PADDED | grpc_lean.PRIORITY_FLAG, 1, padded),
+        frame(grpc_lean.CONTINUATION, 0, 1, block[1000:2000]),
+        frame(grpc_lean.CONTINUATION, grpc_lean.END_HEADERS, 1, block[2000:]),
+        frame(grpc_lean.DATA, grpc_lean.PADDED, 1, bytes([3]) + message(b"pad")[:4] + b"\0\0\0"),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"pad")[4:]),
+    )
+    assert await client.answer(1) == b"pad"
+    client.send(frame(grpc_lean.PING, 0, 0, b"12345678"))
+    flags, payload = await client.until(grpc_lean.PING)
+    assert flags == grpc_lean.ACK and payload == b"12345678"
+    await client.close()
+
+
+async def test_flow_control_holds_and_releases_an_answer(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    # a 10-byte window for every stream: the 1,000-byte answer waits for WINDOW_UPDATEs
+    client.send(frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", grpc_lean.S_INITIAL_WINDOW_SIZE, 10)))
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"z" * 1000)),
+    )
+    received = b""
+    while len(received) < 10:
+        kind, _, _, payload = await client.read_frame()
+        if kind == grpc_lean.DATA:
+            received += payload
+        elif kind == grpc_lean.HEADERS:
+            client.decoder.decode(payload)
+    assert received == (b"\x00" + struct.pack(">L", 1000) + b"z" * 1000)[:10]
+    client.send(frame(grpc_lean.WINDOW_UPDATE, 0, 1, struct.pack(">L", 2000)))
+    rest = await client.answer(1, framed=True)
+    assert received[5:] + rest == b"z" * 1000
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (frame(grpc_lean.DATA, 0, 0, b"x"), grpc_lean.PROTOCOL_ERROR),
+        (frame(grpc_lean.PING, 0, 0, b"short"), grpc_lean.FRAME_SIZE_ERROR),
+        (frame(grpc_lean.SETTINGS, 0, 0, b"12345"), grpc_lean.FRAME_SIZE_ERROR),
+        (frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", 4, 2**31)), grpc_lean.FLOW_CONTROL_ERROR),
+        (frame(grpc_lean.WINDOW_UPDATE, 0, 0, struct.pack(">L", 0)), grpc_lean.PROTOCOL_ERROR),
+        (frame(grpc_lean.WINDOW_UPDATE, 0, 0, struct.pack(">L", 2**31 - 1)), grpc_lean.FLOW_CONTROL_ERROR),
+        (frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 2, b"\x82"), grpc_lean.PROTOCOL_ERROR),
+        (frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, b"\xff\xff\xff\x7f"), grpc_lean.COMPRESSION_ERROR),
+        (frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.PING, 0, 0, b"8 bytes!"), grpc_lean.PROTOCOL_ERROR),
+        (frame(grpc_lean.CONTINUATION, grpc_lean.END_HEADERS, 1, b"\x82"), grpc_lean.PROTOCOL_ERROR),
+        (frame(grpc_lean.PUSH_PROMISE, grpc_lean.END_HEADERS, 1, b"\0\0\0\2"), grpc_lean.PROTOCOL_ERROR),
+        (struct.pack(">HBBBL", 0x40, 0x01, grpc_lean.DATA, 0, 1), grpc_lean.FRAME_SIZE_ERROR),
+        (frame(grpc_lean.HEADERS, grpc_lean.PADDED | grpc_lean.END_HEADERS, 1, b"\x09abc"), grpc_lean.PROTOCOL_ERROR),
+    ],
+    ids=[
+        "data-on-stream-0",
+        "short-ping",
+        "settings-not-multiple-of-6",
+        "window-size-too-large",
+        "zero-window-update",
+        "connection-window-overflow",
+        "even-stream",
+        "bad-hpack",
+        "interrupted-header-block",
+        "stray-continuation",
+        "push-promise",
+        "oversized-frame",
+        "padding-longer-than-frame",
+    ],
+)
+async def test_protocol_errors_close_with_goaway(
+    served: tuple[LeanGrpcServer, Handlers], frames: bytes, code: int
+) -> None:
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    client.send(frames)
+    assert await client.closed_with() == code
+    assert await client.reader.read() == b""  # and the connection is closed
+    await client.close()
+    # the listener itself is unharmed
+    healthy = await RawClient.connect(server.port)
+    healthy.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, healthy.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"ok")),
+    )
+    assert await healthy.answer(1) == b"ok"
+    await healthy.close()
+
+
+async def test_not_http2_is_refused(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, _ = served
+    client = await RawClient.connect(server.port, preface=b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert await client.closed_with() == grpc_lean.PROTOCOL_ERROR
+    await client.close()
+
+
+async def test_a_call_that_is_not_grpc_fails(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), (":path", ECHO), (":authority", "x")])
+    client.send(frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS | grpc_lean.END_STREAM, 1, block))
+    flags, payload = await client.until(grpc_lean.HEADERS, 1)
+    fields = dict(client.decoder.decode(payload))
+    assert flags & grpc_lean.END_STREAM and fields["grpc-status"] == str(GRPC_INTERNAL)
+    # a compressed message is refused, and so is a message whose length prefix lies
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, b"\x01" + message(b"zz")[1:]),
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 5, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 5, message(b"zz") + b"more"),
+    )
+    _, payload = await client.until(grpc_lean.HEADERS, 3)
+    assert dict(client.decoder.decode(payload))["grpc-status"] == "12"
+    _, payload = await client.until(grpc_lean.HEADERS, 5)
+    assert dict(client.decoder.decode(payload))["grpc-status"] == str(GRPC_INTERNAL)
+    await client.close()
+
+
+async def test_stream_limit_refuses_streams_past_it() -> None:
+    handlers = Handlers()
+    server = await start_lean_grpc("127.0.0.1", 0, handlers.table(), LeanSettings(max_concurrent_streams=1))
+    try:
+        client = await RawClient.connect(server.port)
+        client.send(
+            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(WAIT)),
+            frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"1")),
+            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+        )
+        _, payload = await client.until(grpc_lean.RST_STREAM, 3)
+        assert struct.unpack(">L", payload)[0] == grpc_lean.REFUSED_STREAM
+        handlers.gate.set()
+        assert await client.answer(1) == b"after:1"
+        await client.close()
+    finally:
+        await server.shutdown(1)
+
+
+def test_header_memo_follows_the_dynamic_table() -> None:
+    """A remembered block is forgotten when the table changes: the same bytes may then name another path."""
+    encoder = Encoder()
+    headers = _Headers(65_536)
+    grpc_fields = [(":method", "POST"), ("content-type", "application/grpc")]
+    first = encoder.encode([*grpc_fields, (":path", "/a")])
+    assert headers.request(first) == (b"/a", True)
+    again = encoder.encode([*grpc_fields, (":path", "/a")])  # all indexed now
+    assert headers.request(again) == (b"/a", True)
+    assert headers.request(again) == (b"/a", True)  # from the memo
+    assert headers.request(encoder.encode([*grpc_fields, (":path", "/b")])) == (b"/b", True)
+    # `again` names table positions 63 and 62, which now hold (:path /a) and (:path /b): no content-type left
+    assert headers.request(again) == (b"/b", False)
