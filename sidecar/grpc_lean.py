@@ -322,6 +322,9 @@ class LeanGrpcProtocol(asyncio.Protocol):
             self._fail(exc.code, str(exc))
         except HPACKError as exc:
             self._fail(COMPRESSION_ERROR, f"bad header block ({type(exc).__name__})")
+        except Exception:  # a bug of ours: this connection ends, the listener and the other connections go on
+            log.exception("unexpected failure reading an ext_authz HTTP/2 connection")
+            self._fail(INTERNAL_ERROR, "internal error")
         if self._consumed >= RECEIVE_WINDOW // 2:
             self._out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._consumed)))
             self._consumed = 0
@@ -634,9 +637,11 @@ class LeanGrpcProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         """Close now (unanswered calls are abandoned: Envoy sees the connection end)."""
-        if self._transport is not None:
+        transport = self._transport
+        if transport is not None:
             self._flush()
-            self._transport.close()
+            self._transport = None  # nothing more is read or written; connection_lost cleans up
+            transport.close()
 
     def _close_if_done(self) -> None:
         if (self._goaway_sent or self._peer_goaway) and not self._streams and self._transport is not None:

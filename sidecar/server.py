@@ -386,10 +386,11 @@ async def serve(config_path: Path | None, reuse_port: bool = False) -> int:
         return 1
     config = sidecar.runtime.config
     log.info(
-        "authz-sidecar serving config %s (%s): grpc=%s http=%s admin=%s",
+        "authz-sidecar serving config %s (%s): grpc=%s (%s) http=%s admin=%s",
         sidecar.runtime.version,
         config.source,
         config.listen.grpc,
+        config.server.grpc_engine,
         config.listen.http,
         config.listen.admin,
     )

@@ -23,8 +23,10 @@ from tests.e2e.conftest import StackFactory, metric
 pytestmark = pytest.mark.e2e
 
 
-def test_allow_reaches_upstream_with_identity_headers(authz_stack: StackFactory) -> None:
-    stack = authz_stack(default_config_text())
+@pytest.mark.parametrize("engine", ["lean", "grpcio"])
+def test_allow_reaches_upstream_with_identity_headers(authz_stack: StackFactory, engine: str) -> None:
+    """Both gRPC engines (`server.grpc_engine`) behind the same Envoy; every other e2e test runs on the default."""
+    stack = authz_stack(default_config_text() + f"server: {{grpc_engine: {engine}}}\n")
     response = stack.client.post("/public/orders?x=1", content=b"payload", headers={"x-authz-principal": "spoofed"})
     assert response.status_code == 200
     seen = response.json()
@@ -32,10 +34,12 @@ def test_allow_reaches_upstream_with_identity_headers(authz_stack: StackFactory)
     assert seen["body_bytes"] == 7
     assert seen["headers"]["x-authz-principal"] == "anonymous"  # overwritten, not appended to the spoof
     assert seen["headers"]["x-authz-authorizer"] == "public"
+    assert f"({engine}) http=" in stack.sidecar.log()
 
 
-def test_denials_carry_status_and_reason(authz_stack: StackFactory) -> None:
-    stack = authz_stack(default_config_text())
+@pytest.mark.parametrize("engine", ["lean", "grpcio"])
+def test_denials_carry_status_and_reason(authz_stack: StackFactory, engine: str) -> None:
+    stack = authz_stack(default_config_text() + f"server: {{grpc_engine: {engine}}}\n")
     closed = stack.client.get("/admin/users")
     assert closed.status_code == 403
     assert closed.headers["content-type"] == "application/json"

@@ -189,6 +189,34 @@ async def test_lookups_of_one_loop_turn_share_one_mget(redis_server: RedisServer
     await reader.close()
 
 
+async def test_unbatched_lookup_started_inline_reaches_redis(redis_server: RedisServer) -> None:
+    """The asyncio listeners start a Check with `coro.send(None)`, outside any Task; an unbatched redis-py read
+    (Redis Cluster) is timed with `asyncio.timeout`, which needs one: it must still reach Redis, not count as a
+    Redis failure."""
+    from sidecar.inline import Resume
+
+    writer, reader = remote(redis_server.url), remote(redis_server.url)
+    reader.batch = False
+    writer.put(("v", "r", b"inline"), ALLOW, ttl=30)
+    await settle(writer)
+    coro = reader.get(("v", "r", b"inline"))
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[object] = loop.create_future()
+
+    def start_inline() -> None:  # what HttpAuthzProtocol and LeanGrpcProtocol do, from a loop callback
+        try:
+            started.set_result(coro.send(None))
+        except StopIteration as done:
+            started.set_exception(AssertionError(f"finished without reading Redis: {done.value!r}"))
+
+    loop.call_soon(start_inline)
+    found = await Resume(coro, await started)
+    assert found is not None and found[0].principal is not None and found[0].principal.id == "alice"
+    assert not reader.breaker.is_open and reader.breaker.failures == 0
+    await writer.close()
+    await reader.close()
+
+
 async def test_forged_entry_in_redis_is_ignored(redis_server: RedisServer) -> None:
     cache = remote(redis_server.url)
     key = ("v", "r", b"token")
