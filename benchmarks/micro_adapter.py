@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from hpack import Encoder
 
+from sidecar import grpc_lean
 from sidecar.config import default_config
-from sidecar.ext_authz import ResponseEncoder, build_response, to_request
+from sidecar.ext_authz import AuthorizationService, ResponseEncoder, build_response, to_request
 from sidecar.pipeline import Pipeline
 from sidecar.runtime import RuntimeHolder, compile_runtime
 
@@ -47,6 +49,64 @@ def sample_check() -> bytes:
     check.attributes.source.address.socket_address.port_value = 40000
     check.attributes.request.time.FromSeconds(1_700_000_000)
     return check.SerializeToString()
+
+
+async def _noop_check(data: bytes) -> bytes:
+    return b""
+
+
+class _Discard:
+    """A transport that drops what it is given."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def lean_calls(wire: bytes, method: grpc_lean.Handler) -> Callable[[], float]:
+    """Median us per call through `LeanGrpcProtocol.data_received`, one call per read (no batching), with
+    Envoy-like request headers (indexed after the first call, as Envoy's HPACK encoder sends them)."""
+    encoder = Encoder()
+    fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/envoy.service.auth.v3.Authorization/Check"),
+        (":authority", "authz"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", "250m"),
+        ("x-envoy-expected-rq-timeout-ms", "250"),
+    ]
+    blocks = [encoder.encode(fields) for _ in range(2)]
+    body = b"\x00" + len(wire).to_bytes(4, "big") + wire
+    calls = [
+        grpc_lean.frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 2 * i + 1, blocks[min(i, 1)])
+        + grpc_lean.frame(grpc_lean.DATA, grpc_lean.END_STREAM, 2 * i + 1, body)
+        for i in range(BATCH)
+    ]
+    handlers = {"/envoy.service.auth.v3.Authorization/Check": method}
+
+    def measure() -> float:
+        async def rounds() -> float:
+            samples = []
+            for _ in range(ROUNDS):
+                protocol = grpc_lean.LeanGrpcProtocol(grpc_lean._Shared(handlers, grpc_lean.LeanSettings()))
+                protocol.connection_made(_Discard())  # type: ignore[arg-type]
+                protocol.data_received(grpc_lean.PREFACE + grpc_lean.frame(grpc_lean.SETTINGS, 0, 0))
+                start = time.perf_counter_ns()
+                for call in calls:
+                    protocol.data_received(call)
+                samples.append((time.perf_counter_ns() - start) / BATCH / 1000)
+            return statistics.median(samples)
+
+        return asyncio.run(rounds())
+
+    return measure
 
 
 def median_us(fn: Callable[[], object]) -> float:
@@ -94,6 +154,9 @@ def main() -> None:
             return done.value
         raise RuntimeError("pipeline suspended")
 
+    service = AuthorizationService(pipeline.check)
+    lean_noop = lean_calls(wire, _noop_check)
+    lean_full = lean_calls(wire, service.check_wire)
     rows = [
         ("parse CheckRequest bytes (upb)", median_us(lambda: CheckRequest.FromString(wire))),
         ("CheckRequest -> Request", median_us(lambda: to_request(message))),
@@ -103,6 +166,8 @@ def main() -> None:
         ("Decision -> bytes, uncached", median_us(lambda: build_response(decision).SerializeToString())),
         ("adapter only: bytes -> Request, Decision -> bytes", median_us(adapter_only)),
         ("adapter + pipeline: bytes -> Request -> Decision -> bytes", median_us(full)),
+        ("lean listener, no-op method: HTTP/2 frames in -> frames out", lean_noop()),
+        ("lean listener + adapter + pipeline: frames in -> frames out", lean_full()),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"{'step':<{width}}  median us")
