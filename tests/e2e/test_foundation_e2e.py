@@ -86,6 +86,47 @@ def test_sigterm_lets_in_flight_checks_finish(authz_stack: StackFactory) -> None
     assert "draining" in stack.sidecar.log()
 
 
+SLOW_AND_FAST = """\
+plugins: [tests.e2e.plugins.slow]
+server: {watch_config: false}
+authorizers:
+  slow: {type: slow, delay: 1.0}
+  public: {type: none}
+routes:
+  - {match: "ANY /slow/{proxy+}", authorizer: slow}
+  - {match: "ANY /fast/{proxy+}", authorizer: public}
+"""
+
+
+def test_checks_envoy_gives_up_on_leave_the_connection_serving(authz_stack: StackFactory) -> None:
+    """Envoy resets the stream of a Check that outlives its timeout (RST_STREAM on the lean listener); the late
+    answer is dropped, Envoy fails closed, and the same connection keeps serving the Checks after it."""
+    stack = authz_stack(SLOW_AND_FAST, authz_timeout="0.2s")
+    assert stack.client.get("/fast/before").status_code == 200
+    with ThreadPoolExecutor(4) as pool:
+        slow = [pool.submit(stack.client.get, f"/slow/{i}") for i in range(4)]
+        fast = [stack.client.get(f"/fast/{i}").status_code for i in range(20)]
+        timed_out = [f.result(timeout=10).status_code for f in slow]
+    assert timed_out == [503] * 4  # status_on_error: never the upstream
+    assert fast == [200] * 20
+    deadline = time.monotonic() + 10
+    while metric(httpx.get(f"{stack.admin_url}/metrics").text, "authz_checks_in_flight") > 0:
+        assert time.monotonic() < deadline, "the abandoned checks never finished"
+        time.sleep(0.05)
+    assert stack.client.get("/fast/after").status_code == 200
+    assert "Traceback" not in stack.sidecar.log()
+    stats = envoy_stats(stack.ports.admin_port)
+    assert stats["cluster.authz.upstream_rq_tx_reset"] >= 4  # Envoy did reset the late streams
+    assert stats["cluster.authz.upstream_cx_protocol_error"] == 0
+    assert stats["cluster.authz.upstream_rq_rx_reset"] == 0
+
+
+def envoy_stats(admin_port: int) -> dict[str, int]:
+    text = httpx.get(f"http://127.0.0.1:{admin_port}/stats?filter=^cluster\\.authz\\.").text
+    pairs = (line.partition(": ") for line in text.splitlines())
+    return {name: int(value) for name, _, value in pairs if value.isdigit()}
+
+
 def test_sighup_reload_and_bad_reload_keeps_old(authz_stack: StackFactory) -> None:
     stack = authz_stack(default_config_text())
     path = stack.sidecar.config_path
