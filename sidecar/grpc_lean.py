@@ -150,13 +150,14 @@ class LeanSettings:
 class _Stream:
     """One call: its method, the request bytes so far, and the window we may send into."""
 
-    __slots__ = ("chunks", "handler", "send_window", "size")
+    __slots__ = ("chunks", "handler", "send_window", "size", "task")
 
     def __init__(self, handler: Handler | None, send_window: int) -> None:
         self.handler = handler
         self.chunks: list[bytes] = []
         self.size = 0
         self.send_window = send_window
+        self.task: asyncio.Task[None] | None = None  # a method that suspended, finishing in a Task
 
 
 class _ConnectionError(Exception):
@@ -376,7 +377,9 @@ class LeanGrpcProtocol(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if len(payload) != 4:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
-            self._streams.pop(stream_id, None)  # a running Check finishes; its answer is dropped
+            stream = self._streams.pop(stream_id, None)
+            if stream is not None and stream.task is not None:
+                stream.task.cancel()  # Envoy gave up on this call (its timeout): stop working on it, as grpcio does
         elif kind == GOAWAY:
             if stream_id != 0:
                 raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
@@ -549,6 +552,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
             self._fail_call(stream_id, GRPC_INTERNAL, "internal error")
         else:
             task = self._loop.create_task(self._finish(stream_id, coro, first))
+            stream.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

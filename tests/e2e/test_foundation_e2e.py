@@ -99,8 +99,8 @@ routes:
 
 
 def test_checks_envoy_gives_up_on_leave_the_connection_serving(authz_stack: StackFactory) -> None:
-    """Envoy resets the stream of a Check that outlives its timeout (RST_STREAM on the lean listener); the late
-    answer is dropped, Envoy fails closed, and the same connection keeps serving the Checks after it."""
+    """Envoy resets the stream of a Check that outlives its timeout (RST_STREAM on the lean listener); the Check
+    is cancelled, Envoy fails closed, and the connection keeps serving the Checks after it."""
     stack = authz_stack(SLOW_AND_FAST, authz_timeout="0.2s")
     assert stack.client.get("/fast/before").status_code == 200
     with ThreadPoolExecutor(4) as pool:

@@ -38,6 +38,7 @@ class Handlers:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
+        self.cancelled = asyncio.Event()
 
     async def echo(self, data: bytes) -> bytes:
         return data
@@ -53,7 +54,11 @@ class Handlers:
 
     async def wait(self, data: bytes) -> bytes:
         self.waiting.set()
-        await self.gate.wait()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
         return b"after:" + data
 
     def table(self) -> dict[str, grpc_lean.Handler]:
@@ -347,6 +352,34 @@ async def test_stream_limit_refuses_streams_past_it() -> None:
         await client.close()
     finally:
         await server.shutdown(1)
+
+
+async def test_a_reset_call_is_cancelled(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    """Envoy resets a call it gave up on (its timeout): the method's Task is cancelled, nothing is answered on
+    the stream, and the connection goes on."""
+    server, handlers = served
+    client = await RawClient.connect(server.port)
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(WAIT)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"late")),
+    )
+    await handlers.waiting.wait()
+    client.send(frame(grpc_lean.RST_STREAM, 0, 1, struct.pack(">L", grpc_lean.CANCEL)))
+    await asyncio.wait_for(handlers.cancelled.wait(), 5)
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"next")),
+    )
+    for _ in range(20):  # everything up to stream 3's answer: nothing may be on stream 1 but its response headers
+        kind, flags, stream, payload = await client.read_frame()
+        if kind == grpc_lean.HEADERS:
+            client.decoder.decode(payload)
+        assert stream != 1 or (kind == grpc_lean.HEADERS and not flags & grpc_lean.END_STREAM)
+        if stream == 3 and kind == grpc_lean.HEADERS and flags & grpc_lean.END_STREAM:
+            break
+    else:
+        raise AssertionError("stream 3 was not answered")
+    await client.close()
 
 
 def test_header_memo_follows_the_dynamic_table() -> None:
