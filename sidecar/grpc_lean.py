@@ -27,6 +27,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -116,9 +117,22 @@ RESPONSE_HEAD = _STATUS_200 + _CONTENT_TYPE
 TRAILERS_OK = _literal(b"grpc-status", b"0")
 
 
+_DRAIN_PING = b"drain\x00\x00\x00"
+"""The payload of the PING that ends the first step of a graceful drain (see `LeanGrpcProtocol.goaway`)."""
+_STATUS_SAFE = " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
+_MAX_STATUS_TEXT = 512
+"""Characters of a grpc-message we send: the whole Trailers-Only block must fit one HEADERS frame."""
+_MAX_CONTINUATIONS = 64
+"""CONTINUATION frames one header block may take (each at least a byte): an endless run of them is an attack."""
+_GRPC_SUBTYPES = (b"application/grpc+", b"application/grpc;")
+_MEMO_BLOCK = 1024
+"""Header blocks longer than this are not remembered (Envoy's indexed request blocks are ~10 bytes)."""
+
+
 def trailers_only(code: int, message: str) -> bytes:
     """The header block of a Trailers-Only gRPC response (a failed call: status and message, no body)."""
-    text = quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode("ascii")  # grpc-message encoding
+    # grpc-message is percent-encoded UTF-8: printable ASCII except '%' stays as is
+    text = quote(message[:_MAX_STATUS_TEXT], safe=_STATUS_SAFE).encode("ascii")
     return RESPONSE_HEAD + _literal(b"grpc-status", str(code).encode()) + _literal(b"grpc-message", text)
 
 
@@ -145,17 +159,21 @@ class LeanSettings:
     """Largest request message (grpcio's default receive limit); a larger one fails with RESOURCE_EXHAUSTED."""
     max_header_list_bytes: int = 65_536
     """Largest decoded header list of a request (advertised as SETTINGS_MAX_HEADER_LIST_SIZE)."""
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    """Request bytes one connection may hold for calls still arriving; a call that would pass it fails with
+    RESOURCE_EXHAUSTED (so a connection's memory is bounded by this, not by streams x message size)."""
 
 
 class _Stream:
     """One call: its method, the request bytes so far, and the window we may send into."""
 
-    __slots__ = ("chunks", "handler", "send_window", "size", "task")
+    __slots__ = ("chunks", "handler", "held", "send_window", "size", "task")
 
     def __init__(self, handler: Handler | None, send_window: int) -> None:
         self.handler = handler
         self.chunks: list[bytes] = []
         self.size = 0
+        self.held = 0  # bytes in `chunks`, counted in the connection's buffered total
         self.send_window = send_window
         self.task: asyncio.Task[None] | None = None  # a method that suspended, finishing in a Task
 
@@ -208,7 +226,8 @@ class _Headers:
         if found is not None:
             return found
         table = self._decoder.header_table
-        before = (table.maxsize, table.dynamic_entries[0] if table.dynamic_entries else None)
+        entries = table.dynamic_entries
+        before = (table.maxsize, len(entries), entries[0] if entries else None)
         fields = cast(Iterable[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
         path = b""
         method = content_type = b""
@@ -219,12 +238,16 @@ class _Headers:
                 method = value
             elif name == b"content-type":
                 content_type = value
-        result = (path, method == b"POST" and content_type.startswith(b"application/grpc"))
-        after = (table.maxsize, table.dynamic_entries[0] if table.dynamic_entries else None)
-        if after[0] == before[0] and after[1] is before[1]:
-            if len(self._memo) >= self._MAX_MEMO:
-                self._memo.clear()
-            self._memo[block] = result
+        grpc = content_type == b"application/grpc" or content_type.startswith(_GRPC_SUBTYPES)
+        result = (path, method == b"POST" and grpc)
+        after = (table.maxsize, len(entries), entries[0] if entries else None)
+        # Same size limit, same number of entries and the same newest entry object: nothing was inserted (each
+        # insert makes a new tuple) and nothing evicted (a size update that shrinks and restores changes the count).
+        if after[0] == before[0] and after[1] == before[1] and after[2] is before[2]:
+            if len(block) <= _MEMO_BLOCK:
+                if len(self._memo) >= self._MAX_MEMO:
+                    self._memo.clear()
+                self._memo[block] = result
         else:
             self._memo.clear()  # the table changed: every remembered block may now decode differently
         return result
@@ -243,8 +266,10 @@ class LeanGrpcProtocol(asyncio.Protocol):
         "_buffer",
         "_consumed",
         "_continuation",
+        "_draining",
         "_goaway_sent",
         "_headers",
+        "_held",
         "_last_stream",
         "_loop",
         "_out",
@@ -268,7 +293,8 @@ class LeanGrpcProtocol(asyncio.Protocol):
         self._headers = _Headers(shared.settings.max_header_list_bytes)
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
-        self._continuation: tuple[int, int, list[bytes]] | None = None
+        self._continuation: tuple[int, int, list[bytes]] | None = None  # (stream, flags, fragments so far)
+        self._held = 0  # request bytes held for calls still arriving (bounded by max_buffered_bytes)
         self._out: list[bytes] = []
         self._consumed = 0  # DATA bytes received since we last topped up the connection window
         self._send_window = DEFAULT_WINDOW  # the connection window Envoy gives us
@@ -276,7 +302,8 @@ class LeanGrpcProtocol(asyncio.Protocol):
         self._peer_frame = FRAME_LIMIT  # Envoy's SETTINGS_MAX_FRAME_SIZE
         self._blocked: deque[tuple[int, bytes]] = deque()  # (stream, DATA + trailers) waiting for window
         self._tasks: set[asyncio.Task[None]] = set()
-        self._goaway_sent = False
+        self._goaway_sent = False  # the final GOAWAY: streams past its last id are refused
+        self._draining = False  # the first GOAWAY of a graceful drain went out; the final one follows the PING ACK
         self._peer_goaway = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
@@ -294,6 +321,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
         self._shared.connections.discard(self)
         self._streams.clear()
         self._blocked.clear()
+        self._held = 0
         for task in self._tasks:
             task.cancel()
 
@@ -330,6 +358,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
             self._out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._consumed)))
             self._consumed = 0
         self._flush()
+        self._close_if_done()
 
     # -- frames --------------------------------------------------------------------------------------------
 
@@ -372,24 +401,26 @@ class LeanGrpcProtocol(asyncio.Protocol):
                 raise _ConnectionError(FRAME_SIZE_ERROR, "PING payload is not 8 bytes")
             if not flags & ACK:
                 self._out.append(frame(PING, ACK, 0, payload))
+            elif payload == _DRAIN_PING and self._draining:
+                self._final_goaway()
         elif kind == RST_STREAM:
             if stream_id == 0:
                 raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if len(payload) != 4:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None and stream.task is not None:
-                stream.task.cancel()  # Envoy gave up on this call (its timeout): stop working on it, as grpcio does
+            self._forget(stream_id)  # Envoy gave up on this call (its timeout): stop working on it, as grpcio does
         elif kind == GOAWAY:
             if stream_id != 0:
                 raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "GOAWAY payload shorter than 8 bytes")
             self._peer_goaway = True
             self._close_if_done()
         elif kind == PRIORITY:
             if stream_id == 0:
                 raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
-                self._reset(stream_id, FRAME_SIZE_ERROR)
+                raise _ConnectionError(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
         elif kind == PUSH_PROMISE:
             raise _ConnectionError(PROTOCOL_ERROR, "a client may not push")
         # Unknown frame types are ignored (section 5.5).
@@ -412,6 +443,8 @@ class LeanGrpcProtocol(asyncio.Protocol):
                 self._peer_window = value
                 for stream in self._streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise _ConnectionError(FLOW_CONTROL_ERROR, "a stream window passed 2^31-1")
             elif key == S_MAX_FRAME_SIZE:
                 if not FRAME_LIMIT <= value <= 2**24 - 1:
                     raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
@@ -455,6 +488,8 @@ class LeanGrpcProtocol(asyncio.Protocol):
                 raise _ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority fields")
             payload = payload[5:]
         if not flags & END_HEADERS:
+            if len(payload) > 2 * self._shared.settings.max_header_list_bytes:
+                raise _ConnectionError(ENHANCE_YOUR_CALM, "a header block larger than the header list limit")
             self._continuation = (stream_id, flags, [payload])
             return
         self._header_block(stream_id, flags, payload)
@@ -463,8 +498,11 @@ class LeanGrpcProtocol(asyncio.Protocol):
         pending = self._continuation
         if pending is None or pending[0] != stream_id:
             raise _ConnectionError(PROTOCOL_ERROR, "CONTINUATION without the HEADERS it continues")
-        pending[2].append(payload)
-        if sum(len(part) for part in pending[2]) > 2 * self._shared.settings.max_header_list_bytes:
+        parts = pending[2]
+        parts.append(payload)
+        if len(parts) > _MAX_CONTINUATIONS or (not payload and not flags & END_HEADERS):
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "a header block in too many CONTINUATION frames")
+        if sum(len(part) for part in parts) > 2 * self._shared.settings.max_header_list_bytes:
             raise _ConnectionError(ENHANCE_YOUR_CALM, "a header block larger than the header list limit")
         if flags & END_HEADERS:
             self._continuation = None
@@ -480,8 +518,13 @@ class LeanGrpcProtocol(asyncio.Protocol):
                 return
             self._complete(stream_id, stream)
             return
-        if stream_id % 2 == 0 or stream_id <= self._last_stream:
-            raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS opening stream {stream_id} out of order")
+        if stream_id % 2 == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS on server stream {stream_id}")
+        if stream_id <= self._last_stream:
+            # A stream we answered early or refused, whose client side is still open (request trailers): ignored
+            # (RFC 9113 5.1), but decoded, so the dynamic table stays in step with Envoy's.
+            self._headers.skip(block)
+            return
         self._last_stream = stream_id
         path, grpc_post = self._headers.request(block)
         if self._goaway_sent:
@@ -514,13 +557,20 @@ class LeanGrpcProtocol(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "DATA on a stream that was never opened")
             return  # a stream we answered or reset: its remaining DATA is dropped
         if stream.handler is None:
-            return  # answered already (an error), still reading: ignore
+            return  # answered already (an error), or its request already ended: ignore
+        settings = self._shared.settings
         stream.size += len(payload)
-        if stream.size > self._shared.settings.max_message_bytes + 5:
+        if stream.size > settings.max_message_bytes + 5:
             self._fail_call(stream_id, GRPC_RESOURCE_EXHAUSTED, "the request message is larger than allowed")
             self._reset(stream_id, NO_ERROR)
             return
+        if self._held + len(payload) > settings.max_buffered_bytes:
+            self._fail_call(stream_id, GRPC_RESOURCE_EXHAUSTED, "too many request bytes in flight on this connection")
+            self._reset(stream_id, NO_ERROR)
+            return
         stream.chunks.append(payload)
+        stream.held += len(payload)
+        self._held += len(payload)
         if flags & END_STREAM:
             self._complete(stream_id, stream)
 
@@ -535,6 +585,8 @@ class LeanGrpcProtocol(asyncio.Protocol):
         chunks = stream.chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         stream.chunks = []
+        self._held -= stream.held
+        stream.held = 0
         if len(data) < 5 or data[0] != 0 or _U32.unpack_from(data, 1)[0] != len(data) - 5:
             code = GRPC_UNIMPLEMENTED if data[:1] == b"\x01" else GRPC_INTERNAL
             why = "compressed messages are not supported" if code == GRPC_UNIMPLEMENTED else "not one whole message"
@@ -547,7 +599,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
             self._answer(stream_id, done.value)
         except GrpcError as exc:
             self._fail_call(stream_id, exc.code, exc.message)
-        except Exception:
+        except (Exception, asyncio.CancelledError):
             log.exception("a gRPC method failed")
             self._fail_call(stream_id, GRPC_INTERNAL, "internal error")
         else:
@@ -555,8 +607,10 @@ class LeanGrpcProtocol(asyncio.Protocol):
             stream.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(partial(_abandon_if_cancelled, coro, first))
 
     async def _finish(self, stream_id: int, coro: Coroutine[Any, Any, bytes], first: Any) -> None:
+        """Complete a call whose method suspended, and answer it."""
         try:
             message = await Resume(coro, first)
         except GrpcError as exc:
@@ -574,18 +628,22 @@ class LeanGrpcProtocol(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is None or self._transport is None:
             return  # reset by Envoy meanwhile
+        if type(message) is not bytes:
+            log.error("a gRPC method returned %s instead of bytes; failing the call", type(message).__name__)
+            self._fail_call(stream_id, GRPC_INTERNAL, "internal error")
+            return
         length = len(message)
-        body = _U32.pack(length)
         data_len = length + 5
         out = self._out
         out.append(frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEAD))
         if data_len <= self._send_window and data_len <= stream.send_window and data_len <= self._peer_frame:
             self._send_window -= data_len
             del self._streams[stream_id]
-            out.append(_HEAD.pack(data_len >> 8, data_len & 0xFF, DATA, 0, stream_id) + b"\x00" + body + message)
+            head = _HEAD.pack(data_len >> 8, data_len & 0xFF, DATA, 0, stream_id)
+            out.append(head + b"\x00" + _U32.pack(length) + message)
             out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, TRAILERS_OK))
             return
-        self._blocked.append((stream_id, b"\x00" + body + message))
+        self._blocked.append((stream_id, b"\x00" + _U32.pack(length) + message))
         self._send_blocked()
 
     def _send_blocked(self) -> None:
@@ -613,15 +671,24 @@ class LeanGrpcProtocol(asyncio.Protocol):
 
     def _fail_call(self, stream_id: int, code: int, message: str) -> None:
         """End a call with a gRPC error (a Trailers-Only response)."""
-        stream = self._streams.get(stream_id)
-        if stream is None or self._transport is None:
+        if stream_id not in self._streams or self._transport is None:
             return
-        del self._streams[stream_id]
+        self._forget(stream_id, cancel=False)
         self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, trailers_only(code, message)))
 
     def _reset(self, stream_id: int, code: int) -> None:
-        self._streams.pop(stream_id, None)
+        self._forget(stream_id)
         self._out.append(frame(RST_STREAM, 0, stream_id, _U32.pack(code)))
+
+    def _forget(self, stream_id: int, cancel: bool = True) -> None:
+        """Drop a stream: release the request bytes it held and (`cancel`) stop its method if it is running."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._held -= stream.held
+        stream.held = 0
+        if cancel and stream.task is not None and not stream.task.done():
+            stream.task.cancel()
 
     # -- the connection ------------------------------------------------------------------------------------
 
@@ -630,22 +697,42 @@ class LeanGrpcProtocol(asyncio.Protocol):
         """Calls opened and not yet answered."""
         return len(self._streams)
 
+    @property
+    def drained(self) -> bool:
+        """The drain finished: the final GOAWAY went out (Envoy acknowledged the drain PING) and every call was
+        answered, or the connection is closed."""
+        return self._transport is None or (self._goaway_sent and not self._streams)
+
     def goaway(self) -> None:
-        """Tell Envoy to open no more streams here (graceful drain); the open ones still get their answers."""
+        """Start a graceful drain, in two steps as RFC 9113 (6.8) suggests: a GOAWAY naming the largest stream id,
+        so Envoy opens no more streams here, and a PING. When its ACK comes back every stream Envoy opened before
+        it has arrived, so the final GOAWAY (`_final_goaway`) names the real last stream and nothing Envoy sent in
+        the meantime is refused. Open calls still get their answers; the connection closes after the last."""
+        if self._draining or self._goaway_sent or self._transport is None:
+            return
+        self._draining = True
+        self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(MAX_WINDOW, NO_ERROR)))
+        self._out.append(frame(PING, 0, 0, _DRAIN_PING))
+        self._flush()
+
+    def _final_goaway(self) -> None:
         if self._goaway_sent or self._transport is None:
             return
         self._goaway_sent = True
         self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self._last_stream, NO_ERROR)))
         self._flush()
-        self._close_if_done()
 
-    def close(self) -> None:
-        """Close now (unanswered calls are abandoned: Envoy sees the connection end)."""
+    def close(self, abort: bool = False) -> None:
+        """Close now: queued bytes are sent first, unless `abort` (a peer that stopped reading would otherwise
+        keep the socket open until its buffer drains). Unanswered calls are abandoned."""
         transport = self._transport
         if transport is not None:
             self._flush()
             self._transport = None  # nothing more is read or written; connection_lost cleans up
-            transport.close()
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
 
     def _close_if_done(self) -> None:
         if (self._goaway_sent or self._peer_goaway) and not self._streams and self._transport is not None:
@@ -658,7 +745,8 @@ class LeanGrpcProtocol(asyncio.Protocol):
             return
         self._goaway_sent = True
         self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(self._last_stream, code) + why.encode("ascii", "replace")))
-        self._streams.clear()
+        for stream_id in list(self._streams):
+            self._forget(stream_id)
         self.close()
 
     def _flush(self) -> None:
@@ -666,6 +754,17 @@ class LeanGrpcProtocol(asyncio.Protocol):
         if out and self._transport is not None:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+
+
+def _abandon_if_cancelled(coro: Coroutine[Any, Any, bytes], first: Any, task: asyncio.Task[None]) -> None:
+    """A call's Task was cancelled (Envoy reset the stream, or the connection ended), possibly before it first
+    ran, when the method has not yet seen the cancellation: close the method, so its `finally` blocks run now,
+    and cancel what it was waiting for."""
+    if not task.cancelled():
+        return
+    coro.close()
+    if isinstance(first, asyncio.Future) and not first.done():
+        first.cancel()
 
 
 def _unpad(payload: bytes) -> bytes:
@@ -701,9 +800,9 @@ class LeanGrpcServer:
             conn.close()
 
     async def shutdown(self, grace: float) -> None:
-        """Stop accepting, send GOAWAY on every connection, let open calls finish for up to `grace` seconds, then
-        close everything (Envoy treats a GOAWAY as "open a new connection", which fails once we stopped listening:
-        it then applies its ext_authz failure mode)."""
+        """Stop accepting, drain every connection (`LeanGrpcProtocol.goaway`), let open calls finish for up to
+        `grace` seconds, then close everything. Envoy takes a GOAWAY as "open a new connection", which fails once
+        we stopped listening: it then applies its ext_authz failure mode."""
         self.server.close()
         self._shared.draining = True
         for conn in list(self._shared.connections):
@@ -711,10 +810,11 @@ class LeanGrpcServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while True:
-            if not any(conn.in_flight for conn in self._shared.connections) or loop.time() >= deadline:
+            if all(conn.drained for conn in self._shared.connections) or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.01)  # polling a handful of connections during shutdown only
-        self.close()
+        for conn in list(self._shared.connections):
+            conn.close(abort=conn.in_flight > 0)  # past the grace period: abandoned, not waited for
         await self.server.wait_closed()
 
 

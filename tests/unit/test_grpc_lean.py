@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from hpack import Decoder, Encoder
+from hpack.exceptions import HPACKError
 
 from sidecar import grpc_lean
 from sidecar.grpc_lean import (
@@ -30,6 +31,9 @@ BIG = "/test.Echo/Big"
 FAIL = "/test.Echo/Fail"
 CRASH = "/test.Echo/Crash"
 WAIT = "/test.Echo/Wait"
+WRONG = "/test.Echo/Wrong"
+SPAWN = "/test.Echo/Spawn"
+LONG = "/test.Echo/Long"
 
 
 class Handlers:
@@ -39,6 +43,8 @@ class Handlers:
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.finished = asyncio.Event()  # the wait method's finally block ran
+        self.inner: asyncio.Future[object] | None = None
 
     async def echo(self, data: bytes) -> bytes:
         return data
@@ -59,10 +65,32 @@ class Handlers:
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+        finally:
+            self.finished.set()
         return b"after:" + data
 
+    async def spawn(self, data: bytes) -> bytes:
+        self.inner = asyncio.ensure_future(self.gate.wait())  # work the method starts and then waits for
+        await self.inner
+        return data
+
+    async def wrong(self, data: bytes) -> bytes:
+        return "not bytes"  # type: ignore[return-value]
+
+    async def long(self, data: bytes) -> bytes:
+        raise GrpcError(9, "x" * 40_000)
+
     def table(self) -> dict[str, grpc_lean.Handler]:
-        return {ECHO: self.echo, BIG: self.big, FAIL: self.fail, CRASH: self.crash, WAIT: self.wait}
+        return {
+            ECHO: self.echo,
+            BIG: self.big,
+            FAIL: self.fail,
+            CRASH: self.crash,
+            WAIT: self.wait,
+            WRONG: self.wrong,
+            SPAWN: self.spawn,
+            LONG: self.long,
+        }
 
 
 @pytest.fixture
@@ -108,6 +136,13 @@ async def test_errors_are_grpc_statuses(served: tuple[LeanGrpcServer, Handlers])
             await _call(channel, CRASH)(b"x", timeout=5)
         assert crashed.value.code() == grpc.StatusCode.INTERNAL
         assert "bug" not in (crashed.value.details() or "")  # internals stay in our log
+        with pytest.raises(grpc.aio.AioRpcError) as wrong:
+            await _call(channel, WRONG)(b"x", timeout=5)
+        assert wrong.value.code() == grpc.StatusCode.INTERNAL
+        with pytest.raises(grpc.aio.AioRpcError) as long:
+            await _call(channel, LONG)(b"x", timeout=5)
+        assert long.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # one frame, cut to 512 characters
+        assert long.value.details() == "x" * 512
         with pytest.raises(grpc.aio.AioRpcError) as too_big:
             await _call(channel, ECHO)(b"x" * 2_100_000, timeout=5)
         assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -267,6 +302,16 @@ async def test_flow_control_holds_and_releases_an_answer(served: tuple[LeanGrpcS
         (frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, b"\xff\xff\xff\x7f"), grpc_lean.COMPRESSION_ERROR),
         (frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.PING, 0, 0, b"8 bytes!"), grpc_lean.PROTOCOL_ERROR),
         (frame(grpc_lean.CONTINUATION, grpc_lean.END_HEADERS, 1, b"\x82"), grpc_lean.PROTOCOL_ERROR),
+        (
+            frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.CONTINUATION, 0, 1, b"") * 3,
+            grpc_lean.ENHANCE_YOUR_CALM,
+        ),
+        (
+            frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.CONTINUATION, 0, 1, b"\x82") * 70,
+            grpc_lean.ENHANCE_YOUR_CALM,
+        ),
+        (frame(grpc_lean.GOAWAY, 0, 0, b"\0\0\0\1"), grpc_lean.FRAME_SIZE_ERROR),
+        (frame(grpc_lean.PRIORITY, 0, 1, b"\0\0\0"), grpc_lean.FRAME_SIZE_ERROR),
         (frame(grpc_lean.PUSH_PROMISE, grpc_lean.END_HEADERS, 1, b"\0\0\0\2"), grpc_lean.PROTOCOL_ERROR),
         (struct.pack(">HBBBL", 0x40, 0x01, grpc_lean.DATA, 0, 1), grpc_lean.FRAME_SIZE_ERROR),
         (frame(grpc_lean.HEADERS, grpc_lean.PADDED | grpc_lean.END_HEADERS, 1, b"\x09abc"), grpc_lean.PROTOCOL_ERROR),
@@ -282,6 +327,10 @@ async def test_flow_control_holds_and_releases_an_answer(served: tuple[LeanGrpcS
         "bad-hpack",
         "interrupted-header-block",
         "stray-continuation",
+        "empty-continuations",
+        "continuation-flood",
+        "short-goaway",
+        "short-priority",
         "push-promise",
         "oversized-frame",
         "padding-longer-than-frame",
@@ -380,6 +429,116 @@ async def test_a_reset_call_is_cancelled(served: tuple[LeanGrpcServer, Handlers]
     else:
         raise AssertionError("stream 3 was not answered")
     await client.close()
+
+
+async def test_frames_on_an_answered_stream_are_ignored(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    """A call answered before its request ended (here: an unknown method) may still get request trailers and
+    DATA from the client; they are ignored (RFC 9113 5.1), not a connection error."""
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    client.send(frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block("/test.Echo/Nope")))
+    _, payload = await client.until(grpc_lean.HEADERS, 1)
+    assert dict(client.decoder.decode(payload))["grpc-status"] == "12"
+    trailers = client.encoder.encode([("x-trailer", "t")])
+    client.send(
+        frame(grpc_lean.DATA, 0, 1, message(b"late")),
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS | grpc_lean.END_STREAM, 1, trailers),
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"still")),
+    )
+    assert await client.answer(3) == b"still"
+    await client.close()
+
+
+async def test_two_step_drain(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    """Shutdown first sends GOAWAY(2^31-1) and a PING: streams Envoy opens before it acknowledges the PING are
+    still served; the final GOAWAY names the last of them, and the connection closes after its answers."""
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"one")),
+    )
+    assert await client.answer(1) == b"one"
+    stopping = asyncio.ensure_future(server.shutdown(5))
+    _, first = await client.until(grpc_lean.GOAWAY)
+    assert struct.unpack(">LL", first[:8]) == (2**31 - 1, grpc_lean.NO_ERROR)
+    _, ping = await client.until(grpc_lean.PING)
+    client.send(  # a call already on its way when the GOAWAY arrived
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"in flight")),
+        frame(grpc_lean.PING, grpc_lean.ACK, 0, ping),
+    )
+    assert await client.answer(3) == b"in flight"
+    _, final = await client.until(grpc_lean.GOAWAY)
+    assert struct.unpack(">LL", final[:8]) == (3, grpc_lean.NO_ERROR)
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""  # closed once nothing is open
+    await stopping
+    await client.close()
+
+
+async def test_a_call_reset_before_its_task_runs_still_cleans_up(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    """The request and Envoy's RST_STREAM in one read: the method started inline and suspended on work of its
+    own, and its Task is cancelled before its first step. That work is cancelled too, not left running."""
+    server, handlers = served
+    client = await RawClient.connect(server.port)
+    client.send(
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(SPAWN)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"x")),
+        frame(grpc_lean.RST_STREAM, 0, 1, struct.pack(">L", grpc_lean.CANCEL)),
+    )
+    client.send(  # an answered call after it: the reset was processed by then
+        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"after")),
+    )
+    assert await client.answer(3) == b"after"
+    inner = handlers.inner
+    assert inner is not None
+    await asyncio.wait([inner], timeout=5)
+    assert inner.cancelled()
+    await client.close()
+
+
+async def test_buffered_request_bytes_are_bounded() -> None:
+    """Calls still arriving may hold at most max_buffered_bytes per connection; the one that would pass it fails
+    with RESOURCE_EXHAUSTED and the others go on."""
+    handlers = Handlers()
+    server = await start_lean_grpc("127.0.0.1", 0, handlers.table(), LeanSettings(max_buffered_bytes=1000))
+    try:
+        client = await RawClient.connect(server.port)
+        body = message(b"a" * 595)  # 600 bytes
+        client.send(
+            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(ECHO)),
+            frame(grpc_lean.DATA, 0, 1, body[:300]),
+            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+            frame(grpc_lean.DATA, 0, 3, body[:300]),
+            frame(grpc_lean.DATA, 0, 1, body[300:]),  # 900 held
+            frame(grpc_lean.DATA, 0, 3, body[300:]),  # would be 1,200
+        )
+        _, payload = await client.until(grpc_lean.HEADERS, 3)
+        assert dict(client.decoder.decode(payload))["grpc-status"] == "8"
+        client.send(frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, b""))
+        assert await client.answer(1) == b"a" * 595
+        await client.close()
+    finally:
+        await server.shutdown(1)
+
+
+def test_header_memo_forgets_blocks_when_entries_are_evicted() -> None:
+    """A size update that shrinks the table and restores it evicts the older entries while the newest stays:
+    a remembered block naming an evicted entry must be decoded again (and fail), not served from the memo."""
+    encoder = Encoder()
+    headers = _Headers(65_536)
+    headers.request(encoder.encode([(":method", "POST"), (":path", "/a")]))  # inserts (:path /a)
+    headers.request(encoder.encode([(":method", "POST"), (":path", "/b")]))  # inserts (:path /b): /a is 63
+    older = b"\x83\xbf"  # :method POST, index 63
+    assert headers.request(older) == (b"/a", False)
+    assert headers.request(older) == (b"/a", False)  # remembered
+    entry = 32 + len(":path") + len("/b")
+    shrink_restore = b"\x3f" + bytes([entry - 31]) + b"\x3f\xe1\x1f"  # size updates: `entry`, then 4096
+    assert headers.request(shrink_restore) == (b"", False)
+    with pytest.raises(HPACKError):
+        headers.request(older)
 
 
 def test_header_memo_follows_the_dynamic_table() -> None:

@@ -1,7 +1,8 @@
 """Arbitrary HTTP/2 frame sequences into the lean gRPC listener's protocol, cut at arbitrary read boundaries.
 
 Properties: nothing escapes `data_received` and nothing is logged as an unexpected failure; everything written
-back parses as whole HTTP/2 frames; the open-stream limit holds; a connection that is still open after the
+back parses as whole HTTP/2 frames; the open-stream limit holds and the connection's count of buffered request
+bytes matches its streams; a connection that is still open after the
 sequence answers a fresh, valid call (or holds its answer back only because the sequence shrank a window).
 """
 
@@ -159,6 +160,7 @@ async def _drive(chunks: list[bytes], top: int) -> None:
             break  # a closed transport delivers nothing more
         protocol.data_received(chunk)
         assert protocol.in_flight <= LIMIT
+        assert protocol._held == sum(stream.held for stream in protocol._streams.values()) >= 0
     for _ in range(3):
         await asyncio.sleep(0)  # let suspended calls finish
     parse_frames(bytes(transport.written))
