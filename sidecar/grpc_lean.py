@@ -35,6 +35,7 @@ from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from .inline import Resume
+from .listener import RunningListener
 
 log = logging.getLogger(__name__)
 
@@ -776,28 +777,10 @@ def _unpad(payload: bytes) -> bytes:
     return payload[1 : len(payload) - pad]
 
 
-class LeanGrpcServer:
+class LeanGrpcServer(RunningListener):
     """A running lean gRPC listener."""
 
-    def __init__(self, server: asyncio.Server, shared: _Shared) -> None:
-        self.server = server
-        self._shared = shared
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        return int(self.server.sockets[0].getsockname()[1])
-
-    @property
-    def connections(self) -> int:
-        """How many connections are open."""
-        return len(self._shared.connections)
-
-    def close(self) -> None:
-        """Stop accepting and close every connection now."""
-        self.server.close()
-        for conn in list(self._shared.connections):
-            conn.close()
+    _shared: _Shared
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, drain every connection (`LeanGrpcProtocol.goaway`), let open calls finish for up to

@@ -35,6 +35,7 @@ import httptools
 
 from . import reasons
 from .inline import Resume
+from .listener import RunningListener
 from .request import EMPTY_MAP, Decision, Request
 
 log = logging.getLogger(__name__)
@@ -740,41 +741,10 @@ _MALFORMED: Final = Decision(
 # The listener.
 
 
-class HttpAuthzServer:
+class HttpAuthzServer(RunningListener):
     """A running HTTP listener. Same surface as `asyncio.Server` plus `shutdown(grace)` for SIGTERM."""
 
-    def __init__(self, server: asyncio.Server, shared: _Shared) -> None:
-        self.server = server
-        self._shared = shared
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        """The listening sockets."""
-        return tuple(self.server.sockets)
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        return int(self.server.sockets[0].getsockname()[1])
-
-    @property
-    def connections(self) -> int:
-        """How many proxy connections are open."""
-        return len(self._shared.connections)
-
-    def is_serving(self) -> bool:
-        """True while accepting connections."""
-        return self.server.is_serving()
-
-    def close(self) -> None:
-        """Stop accepting and close every connection now (in-flight checks are cancelled)."""
-        self.server.close()
-        for conn in list(self._shared.connections):
-            conn.close()
-
-    async def wait_closed(self) -> None:
-        """Wait until the listener is closed."""
-        await self.server.wait_closed()
+    _shared: _Shared
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let in-flight checks answer for up to `grace` seconds; then close everything."""
