@@ -645,27 +645,29 @@ class LeanGrpcProtocol(asyncio.Protocol):
         self._send_blocked()
 
     def _send_blocked(self) -> None:
-        """Send what flow control held back, in order, as far as the windows allow."""
+        """Send what flow control held back, as far as the windows allow. A stream whose own window is empty
+        waits without holding up the streams queued behind it; the order among the waiting ones is kept."""
         blocked = self._blocked
-        while blocked:
-            stream_id, data = blocked[0]
+        stalled: list[tuple[int, bytes]] = []
+        while blocked and self._send_window > 0:
+            stream_id, data = blocked.popleft()
             stream = self._streams.get(stream_id)
             if stream is None:
-                blocked.popleft()
-                continue
+                continue  # reset meanwhile
             room = min(self._send_window, stream.send_window, self._peer_frame)
             if room <= 0:
-                return
+                stalled.append((stream_id, data))
+                continue
             chunk, rest = data[:room], data[room:]
             self._send_window -= len(chunk)
             stream.send_window -= len(chunk)
             self._out.append(frame(DATA, 0, stream_id, chunk))
             if rest:
-                blocked[0] = (stream_id, rest)
+                blocked.appendleft((stream_id, rest))
                 continue
-            blocked.popleft()
-            del self._streams[stream_id]
+            self._forget(stream_id, cancel=False)
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, TRAILERS_OK))
+        blocked.extendleft(reversed(stalled))
 
     def _fail_call(self, stream_id: int, code: int, message: str) -> None:
         """End a call with a gRPC error (a Trailers-Only response)."""

@@ -289,6 +289,23 @@ async def test_flow_control_holds_and_releases_an_answer(served: tuple[LeanGrpcS
     await client.close()
 
 
+async def test_a_stalled_stream_does_not_hold_up_the_others(served: tuple[LeanGrpcServer, Handlers]) -> None:
+    """Two answers wait for window; Envoy opens only the second stream's: it completes, the first still waits."""
+    server, _ = served
+    client = await RawClient.connect(server.port)
+    client.send(frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", grpc_lean.S_INITIAL_WINDOW_SIZE, 0)))
+    for stream in (1, 3):
+        client.send(
+            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, stream, client.request_block(ECHO)),
+            frame(grpc_lean.DATA, grpc_lean.END_STREAM, stream, message(b"s%d" % stream)),
+        )
+    client.send(frame(grpc_lean.WINDOW_UPDATE, 0, 3, struct.pack(">L", 100)))
+    assert await client.answer(3) == b"s3"
+    client.send(frame(grpc_lean.WINDOW_UPDATE, 0, 1, struct.pack(">L", 100)))
+    assert await client.answer(1) == b"s1"
+    await client.close()
+
+
 @pytest.mark.parametrize(
     ("frames", "code"),
     [
