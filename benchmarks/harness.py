@@ -61,14 +61,22 @@ class Profile:
     """Each measurement runs this many times; see `combine`."""
     memory_tokens: int = 0
     """Distinct tokens the memory step fills the caches with (0: no memory step)."""
+    floor_beside: bool = False
+    """At the fixed rate, measure the gRPC floor again right before each round of each gRPC sidecar row (the same
+    requests, through a second Envoy in front of a second no-op server kept running), so its p99 can be read
+    against a floor measured seconds apart rather than minutes: the floor's own p99 drifts within a run."""
 
 
 PROFILES = {
     "smoke": Profile(
         "smoke", 1, 0, 4, 200, 4, 2, 2, 20, workers=False, only=frozenset({"anonymous", "redis-l2-hit", "redis-down"})
     ),
-    "quick": Profile("quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3, memory_tokens=100_000),
-    "full": Profile("full", 10, 5, 32, 1000, 16, 4, 8, 10000, workers=True, rounds=5, memory_tokens=100_000),
+    "quick": Profile(
+        "quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3, memory_tokens=100_000, floor_beside=True
+    ),
+    "full": Profile(
+        "full", 10, 5, 32, 1000, 16, 4, 8, 10000, workers=True, rounds=5, memory_tokens=100_000, floor_beside=True
+    ),
 }
 
 
@@ -89,6 +97,10 @@ class Row:
     note: str = ""
     ratios: dict[str, float] = field(default_factory=dict)
     rounds: list[dict[str, float | None]] = field(default_factory=list)
+    beside_p99_us: float | None = None
+    """The gRPC floor's p99 measured right before each round (median over rounds; `Profile.floor_beside`)."""
+    beside_ratio: float | None = None
+    """Median over rounds of this row's p99 over the floor's p99 measured right before it."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -104,6 +116,7 @@ class Row:
             "ratios": self.ratios,
             "note": self.note,
             "rounds": self.rounds,
+            "floor_beside_p99_us": self.beside_p99_us,
         }
         if self.result is not None:
             out |= self.result.as_dict()
@@ -338,6 +351,8 @@ class Harness:
         self.result = RunResult(profile)
         self.listen_port = free_port()
         self.host = f"127.0.0.1:{self.listen_port}"
+        self._floor_beside: str | None = None
+        """Base URL of the Envoy + no-op floor kept running beside the sidecar rows (`Profile.floor_beside`)."""
 
     @property
     def base(self) -> str:
@@ -375,22 +390,15 @@ class Harness:
             groups: dict[tuple[str, str], list[Scenario]] = {}
             for s in on_sidecar:
                 groups.setdefault((scenarios.settings_key(s), s.transport), []).append(s)
-            for (_, transport), group in groups.items():
-                config = scenarios.sidecar_config(group)
-                port = free_port()
-                http_port = free_port() if transport == "envoy-http" else None
-                template = HTTP_TEMPLATE if http_port else "envoy.yaml"
-                with contextlib.ExitStack() as stack:
-                    redis = None
-                    if any(s.redis for s in group):
-                        redis = stack.enter_context(redis_server(fixtures.redis_port, Path(tmp)))
-                    side = stack.enter_context(sidecar(config, port, http_port=http_port))
-                    proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template=template))
-                    assert side.proc is not None
-                    for scenario in group:
-                        if scenario.redis == "down" and redis is not None:
-                            stop_process(redis)  # killed under a running sidecar, as in an outage
-                        self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
+            floor_stack = contextlib.ExitStack()
+            if self.profile.floor_beside and on_sidecar and self.profile.rate:
+                floor_port, floor_listen = free_port(), free_port()
+                floor_stack.enter_context(noop_grpc_server(floor_port))
+                floor_stack.enter_context(envoy(floor_listen, floor_port))
+                self._floor_beside = f"http://127.0.0.1:{floor_listen}"
+            with floor_stack:
+                self._sidecar_groups(groups, fixtures, Path(tmp))
+            self._floor_beside = None
             noop = next((s for s in runnable if s.name == "noop-grpc"), None)
             if noop is not None and on_sidecar and self.profile.workers:
                 self.floor_again(noop)
@@ -404,6 +412,27 @@ class Harness:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
         return self.result
+
+    def _sidecar_groups(
+        self, groups: dict[tuple[str, str], list[Scenario]], fixtures: scenarios.Fixtures, tmp: Path
+    ) -> None:
+        """Every sidecar scenario, one sidecar process per group of scenarios that share their settings."""
+        for (_, transport), group in groups.items():
+            config = scenarios.sidecar_config(group)
+            port = free_port()
+            http_port = free_port() if transport == "envoy-http" else None
+            template = HTTP_TEMPLATE if http_port else "envoy.yaml"
+            with contextlib.ExitStack() as stack:
+                redis = None
+                if any(s.redis for s in group):
+                    redis = stack.enter_context(redis_server(fixtures.redis_port, tmp))
+                side = stack.enter_context(sidecar(config, port, http_port=http_port))
+                proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template=template))
+                assert side.proc is not None
+                for scenario in group:
+                    if scenario.redis == "down" and redis is not None:
+                        stop_process(redis)  # killed under a running sidecar, as in an outage
+                    self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
 
     def _wanted(self, scenario: Scenario) -> bool:
         if scenario.is_floor:
@@ -483,6 +512,7 @@ class Harness:
             )
         )
         if scenario.fixed_rate:
+            beside = self._floor_beside if scenario.transport == "envoy" and not scenario.is_floor else None
             self.add(
                 self.row(
                     scenario,
@@ -491,6 +521,11 @@ class Harness:
                     lambda: run_paced(url, p.rate, p.seconds, headers, scenario.rotation, p.rate_connections),
                     server_pid,
                     envoy_pid,
+                    None
+                    if beside is None
+                    else lambda: run_paced(
+                        beside + scenario.path, p.rate, p.seconds, headers, scenario.rotation, p.rate_connections
+                    ),
                 )
             )
         if scenario.direct and grpc_port is not None:
@@ -522,10 +557,16 @@ class Harness:
         run: Callable[[], LoadResult],
         server_pid: int | None,
         envoy_pid: int | None,
+        floor_run: Callable[[], LoadResult] | None = None,
     ) -> Row:
-        rounds = [measured(run, server_pid, envoy_pid) for _ in range(max(1, self.profile.rounds))]
+        rounds = []
+        beside: list[LoadResult] = []
+        for _ in range(max(1, self.profile.rounds)):
+            if floor_run is not None:
+                beside.append(floor_run())
+            rounds.append(measured(run, server_pid, envoy_pid))
         m = combine(rounds)
-        return Row(
+        row = Row(
             scenario.name,
             scenario.title,
             transport,
@@ -546,6 +587,13 @@ class Harness:
                 for r in rounds
             ],
         )
+        if beside:
+            row.beside_p99_us = _median([b.p99_us for b in beside])
+            pairs = [(r.result.p99_us, b.p99_us) for r, b in zip(rounds, beside, strict=True) if b.p99_us]
+            row.beside_ratio = _median([ours / floor for ours, floor in pairs]) if pairs else None
+            for entry, b in zip(row.rounds, beside, strict=True):
+                entry["floor_beside_p99_us"] = b.p99_us
+        return row
 
     def add(self, row: Row) -> None:
         self.result.rows.append(row)
@@ -625,6 +673,8 @@ def add_ratios(rows: list[Row]) -> None:
             ratios["p99"] = row.result.p99_us / floor.result.p99_us
         if row.sidecar_cpu_us is not None and floor.sidecar_cpu_us:
             ratios["sidecar_cpu"] = row.sidecar_cpu_us / floor.sidecar_cpu_us
+        if row.beside_ratio is not None:
+            ratios["p99_beside"] = row.beside_ratio
         row.ratios = {k: round(v, 3) for k, v in ratios.items()}
 
 

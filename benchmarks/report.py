@@ -33,6 +33,11 @@ TARGETS = [
     ("anonymous", "p99", 1.30, "max", "fixed-rate", "envoy"),
     ("jwt-warm", "p99", 1.30, "max", "fixed-rate", "envoy"),
     ("sigv4", "p99", 1.30, "max", "fixed-rate", "envoy"),
+    ("jwt-cold-rs256", "p99_beside", 1.30, "max", "fixed-rate", "envoy"),
+    ("anonymous", "p99_beside", 1.30, "max", "fixed-rate", "envoy"),
+    ("jwt-warm", "p99_beside", 1.30, "max", "fixed-rate", "envoy"),
+    ("sigv4", "p99_beside", 1.30, "max", "fixed-rate", "envoy"),
+    ("redis-l2-hit", "p99_beside", 1.30, "max", "fixed-rate", "envoy"),
     ("anonymous-http", "rps", 0.85, "min", "saturation", "envoy-http"),
     ("jwt-warm-http", "rps", 0.85, "min", "saturation", "envoy-http"),
 ]
@@ -97,17 +102,26 @@ def _cpu(value: float | None) -> str:
 
 def _table(rows: list[Row], fixed: bool) -> list[str]:
     head = "| scenario | rps | rps vs floor | p50 ms | p90 ms | p99 ms | p99 vs floor | sidecar CPU us/Check"
-    lines = [head + " | CPU vs floor | Envoy CPU us/Check | errors | other work (cores) |", "|" + "---|" * 12]
+    head += " | CPU vs floor | Envoy CPU us/Check | errors | other work (cores) |"
+    columns = 12
+    if fixed:  # the floor measured right before each round (Profile.floor_beside)
+        head += " floor p99 right before, ms | p99 vs it |"
+        columns += 2
+    lines = [head, "|" + "---|" * columns]
     for row in rows:
         r = row.result
         if r is None:
-            lines.append(f"| {row.title} | not measured: {row.note} |" + " |" * 10)
+            lines.append(f"| {row.title} | not measured: {row.note} |" + " |" * (columns - 2))
             continue
-        lines.append(
+        line = (
             f"| {row.title} | {r.rps:.0f} | {'' if fixed else _x(row, 'rps')} | {_ms(r.p50_us)} | {_ms(r.p90_us)} | "
             f"{_ms(r.p99_us)} | {_x(row, 'p99')} | {_cpu(row.sidecar_cpu_us)} | {_x(row, 'sidecar_cpu')} | "
             f"{_cpu(row.envoy_cpu_us)} | {r.errors} | {row.other_cores:.2f} |"
         )
+        if fixed:
+            beside = _ms(row.beside_p99_us) if row.beside_p99_us is not None else ""
+            line += f" {beside} | {_x(row, 'p99_beside')} |"
+        lines.append(line)
     return lines
 
 
@@ -117,6 +131,8 @@ def _targets(result: RunResult) -> list[str]:
     lines = ["| target | limit | measured | verdict |", "|---|---|---|---|"]
     for scenario, key, limit, kind, mode, transport in TARGETS:
         what = f"{scenario}: {key.replace('_', ' ')} vs floor ({mode})"
+        if key == "p99_beside":
+            what = f"{scenario}: p99 vs the floor measured right before it ({mode})"
         sign = "<=" if kind == "max" else ">="
         row = index.get((scenario, mode, transport))
         value = row.ratios.get(key) if row is not None else None
@@ -173,6 +189,10 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         "",
         f"## Through Envoy, fixed rate {p.rate} rps (benchmarks/paced.py, open loop, {p.rate_connections} or more"
         " keep-alive HTTP/1.1 connections)",
+        "",
+        "The last two columns: the no-op grpc.aio floor measured with the same requests right before each round of"
+        " each sidecar row (a second Envoy and no-op server kept running), and the median over rounds of the row's"
+        " p99 over it: the floor's own p99 drifts within a run, so this compares figures taken seconds apart.",
         "",
         *_table([r for r in result.rows if r.transport == "envoy" and r.mode == "fixed-rate"], fixed=True),
         "",
