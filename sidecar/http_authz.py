@@ -364,7 +364,9 @@ class HttpAuthzProtocol(asyncio.Protocol):
         "_body",
         "_body_len",
         "_busy",
+        "_chunk_fits",
         "_close_after_flush",
+        "_head_in_chunk",
         "_head_len",
         "_head_raw",
         "_headers",
@@ -407,6 +409,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._body_len = 0
         self._head_len = 0  # exact: what the callbacks saw
         self._head_raw = 0  # lower bound: whole chunks that arrived inside one unfinished head
+        self._chunk_fits = False  # the chunk being parsed is no longer than max_header_bytes
+        self._head_in_chunk = False  # ... and the current message began in it: its head cannot be too large
         self._in_message = False
         self._in_head = False
         self._msg_seq = 0
@@ -450,6 +454,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
         if self._stop_reading:
             return
         in_head, seq = self._in_head, self._msg_seq
+        self._chunk_fits = len(data) <= self._settings.max_header_bytes
+        self._head_in_chunk = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -491,6 +497,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._body_len = 0
         self._head_len = 0
         self._head_raw = 0
+        self._head_in_chunk = self._chunk_fits
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -505,11 +512,12 @@ class HttpAuthzProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False  # body phase: on_body counts the body exactly
         raw = self._raw_headers
-        size = self._head_len
-        for name, value in raw:
-            size += len(name) + len(value)
-        if size > self._settings.max_header_bytes:
-            raise _Reject(_HEADERS_TOO_LARGE)
+        if not self._head_in_chunk:  # else the whole head is inside one chunk that fits: nothing to count
+            size = self._head_len
+            for name, value in raw:
+                size += len(name) + len(value)
+            if size > self._settings.max_header_bytes:
+                raise _Reject(_HEADERS_TOO_LARGE)
         # Raw values decode as the gRPC adapter decodes them (UTF-8, undecodable bytes kept as surrogates).
         names = _NAMES
         headers = {names.get(name) or _name(name): value.decode("utf-8", "surrogateescape") for name, value in raw}

@@ -17,7 +17,8 @@ import logging
 import random
 import sys
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from .request import Decision, Request
 
@@ -42,6 +43,8 @@ FIELDS = (
 _MAX_BUFFER = 4096
 _SLICE = 256
 """Entries formatted and written per event-loop turn (~1 ms of work)."""
+_MAX_RUNS = 4096
+"""Memoized runs of repeating fields kept by the formatter (routes x verdicts is a small set in practice)."""
 _Entry = tuple[float, str, str, str, str, str, str | None, str, bool, int, str, str, float, str]
 _quote = json.encoder.encode_basestring_ascii  # C: a JSON string literal, ASCII-safe
 
@@ -71,8 +74,10 @@ class DecisionLogger:
         The entry is a tuple of strings and numbers: cheap to build, and the cyclic GC stops tracking such a
         tuple at its first look, so a full buffer adds nothing to what the collector walks.
         """
-        if decision.allowed and (self.allow_sample_rate <= 0 or self._random() >= self.allow_sample_rate):
-            return
+        if decision.allowed:
+            rate = self.allow_sample_rate
+            if rate < 1.0 and (rate <= 0 or self._random() >= rate):  # at 1.0 (the default) no draw is needed
+                return
         if len(self._buffer) >= _MAX_BUFFER:
             self.dropped += 1
             return
@@ -137,18 +142,37 @@ class _LineFormatter:
     """JSON lines for buffered entries, the field order of `FIELDS`.
 
     Every string goes through the json module's C string encoder, so a client-chosen path or request id cannot
-    break out of its field; the rest is a fixed template. The time prefix is computed once per second.
+    break out of its field; the rest is a fixed template. Most fields repeat from line to line (route, method,
+    authorizer, verdict, reason, statement, cache layer): their encoded runs are memoized, so a line costs the
+    encoding of what is new in it (time, request id, path, source, principal, latency) and little else. The time
+    prefix is computed once per second.
     """
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._ms = -1
+        self._stamp = ""
+        self._runs: dict[tuple[Any, ...], str] = {}
 
     def _time(self, seconds: float) -> str:
-        whole = int(seconds)
-        if whole != self._second:
-            self._second, self._prefix = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        return f"{self._prefix}.{int(seconds % 1 * 1000):03d}Z"
+        """RFC 3339 UTC with milliseconds; a busy second has many lines per millisecond, so the last is kept."""
+        ms = int(seconds * 1000)
+        if ms != self._ms:
+            whole, frac = divmod(ms, 1000)
+            if whole != self._second:
+                self._second, self._prefix = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            self._ms, self._stamp = ms, f"{self._prefix}.{frac:03d}Z"
+        return self._stamp
+
+    def _run(self, key: tuple[Any, ...], build: Callable[[], str]) -> str:
+        """The encoded run of fields for `key`, built once (the memo is emptied if it ever reaches _MAX_RUNS)."""
+        run = self._runs.get(key)
+        if run is None:
+            if len(self._runs) >= _MAX_RUNS:
+                self._runs.clear()
+            run = self._runs[key] = build()
+        return run
 
     def lines(self, batch: list[_Entry]) -> str:
         return "".join([self.line(*entry) for entry in batch])
@@ -171,12 +195,22 @@ class _LineFormatter:
         cache: str,
     ) -> str:
         q = _quote
+        runs = self._runs
+        where = runs.get((route, method)) or self._run(
+            (route, method), lambda: f'"route":{q(route)},"method":{q(method)},'
+        )
+        verdict_key = (authorizer, allowed, status, reason, statement)
+        verdict = runs.get(verdict_key) or self._run(
+            verdict_key,
+            lambda: (
+                f'"authorizer":{q(authorizer)},"decision":"{"allow" if allowed else "deny"}","status":{status:d},'
+                f'"reason":{q(reason)},"statement":{q(statement)},"latency_us":'
+            ),
+        )
+        end = runs.get((cache,)) or self._run((cache,), lambda: f',"cache":{q(cache)}}}\n')
         return (
-            f'{{"time":"{self._time(at)}","request_id":{q(rid)},"route":{q(route)},"method":{q(method)},'
-            f'"path":{q(path)},"source_ip":{q(ip)},"principal":{"null" if who is None else q(who)},'
-            f'"authorizer":{q(authorizer)},"decision":"{"allow" if allowed else "deny"}","status":{status:d},'
-            f'"reason":{q(reason)},"statement":{q(statement)},"latency_us":{round(seconds * 1e6, 1)!r},'
-            f'"cache":{q(cache)}}}\n'
+            f'{{"time":"{self._time(at)}","request_id":{q(rid)},{where}"path":{q(path)},"source_ip":{q(ip)},'
+            f'"principal":{"null" if who is None else q(who)},{verdict}{seconds * 1e6:.1f}{end}'
         )
 
 

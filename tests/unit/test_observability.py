@@ -138,3 +138,40 @@ def test_logger_writes_in_slices() -> None:
     assert len(stream.getvalue().splitlines()) == 4
     logger.flush()
     assert len(stream.getvalue().splitlines()) == 10
+
+
+def test_log_lines_stay_exact_when_their_repeating_fields_are_reused() -> None:
+    """The formatter memoizes runs of repeating fields: every line must still carry its own values."""
+    stream = io.StringIO()
+    logger = DecisionLogger(stream)
+    cases = []
+    for i in range(60):
+        method = ("GET", 'P"ST\n', "DELETE")[i % 3]
+        decision = Decision(
+            allowed=i % 2 == 0,
+            status=(200 if i % 2 == 0 else (401, 403)[i % 4 // 2]),
+            reason=("Allowed", "ExpiredToken", 'Odd"\u2028reason')[i % 3],
+            route=f"route-{i % 5}",
+            authorizer=("jwt", "sigv4")[i % 2],
+            statement=("", "Sid1")[i % 7 % 2],
+        )
+        request = Request(
+            method=method, raw_path=f"/p/{i}", path=f"/p/{i}", headers={}, source_address="10.0.0.1", time=1.0 + i
+        )
+        cache = ("", "local", "redis")[i % 3]
+        logger.record(request, decision, i / 1e6, cache)
+        cases.append((method, decision, cache, i))
+    logger.flush()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(entries) == len(cases)
+    for entry, (method, decision, cache, i) in zip(entries, cases, strict=True):
+        assert tuple(entry) == FIELDS
+        assert (entry["method"], entry["route"], entry["path"]) == (method, decision.route, f"/p/{i}")
+        assert entry["decision"] == ("allow" if decision.allowed else "deny")
+        assert (entry["status"], entry["reason"], entry["statement"]) == (
+            decision.status,
+            decision.reason,
+            decision.statement,
+        )
+        assert (entry["authorizer"], entry["cache"], entry["latency_us"]) == (decision.authorizer, cache, float(i))
+        assert entry["time"] == f"1970-01-01T00:{(1 + i) // 60:02d}:{(1 + i) % 60:02d}.000Z"
