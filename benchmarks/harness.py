@@ -62,9 +62,12 @@ class Profile:
     memory_tokens: int = 0
     """Distinct tokens the memory step fills the caches with (0: no memory step)."""
     floor_beside: bool = False
-    """At the fixed rate, measure the gRPC floor again right before each round of each gRPC sidecar row (the same
-    requests, through a second Envoy in front of a second no-op server kept running), so its p99 can be read
-    against a floor measured seconds apart rather than minutes: the floor's own p99 drifts within a run."""
+    """Measure the floor again right before each round of each sidecar row, with the same requests, through a
+    second Envoy in front of a second no-op server kept running: at the fixed rate the gRPC floor beside each
+    gRPC row (its p99), at saturation the HTTP floor beside each HTTP-mode row (its throughput). Each row can
+    then be read against a floor measured seconds apart and sent the same requests, not one measured minutes
+    earlier with anonymous requests: the floor's own p99 and throughput drift within a run, and a 700-byte
+    bearer token is work for Envoy that an anonymous floor request does not carry."""
 
 
 PROFILES = {
@@ -101,6 +104,10 @@ class Row:
     """The gRPC floor's p99 measured right before each round (median over rounds; `Profile.floor_beside`)."""
     beside_ratio: float | None = None
     """Median over rounds of this row's p99 over the floor's p99 measured right before it."""
+    beside_rps: float | None = None
+    """At saturation: the HTTP floor's throughput measured right before each round (median over rounds)."""
+    beside_rps_ratio: float | None = None
+    """Median over rounds of this row's throughput over the floor's measured right before it."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -117,6 +124,7 @@ class Row:
             "note": self.note,
             "rounds": self.rounds,
             "floor_beside_p99_us": self.beside_p99_us,
+            "floor_beside_rps": _round(self.beside_rps),
         }
         if self.result is not None:
             out |= self.result.as_dict()
@@ -353,6 +361,8 @@ class Harness:
         self.host = f"127.0.0.1:{self.listen_port}"
         self._floor_beside: str | None = None
         """Base URL of the Envoy + no-op floor kept running beside the sidecar rows (`Profile.floor_beside`)."""
+        self._http_floor_beside: str | None = None
+        """The same for HTTP mode: Envoy (http_service) + the no-op HTTP server, beside the HTTP-mode rows."""
 
     @property
     def base(self) -> str:
@@ -423,6 +433,12 @@ class Harness:
             http_port = free_port() if transport == "envoy-http" else None
             template = HTTP_TEMPLATE if http_port else "envoy.yaml"
             with contextlib.ExitStack() as stack:
+                if http_port and self.profile.floor_beside:
+                    floor_port, floor_listen = free_port(), free_port()
+                    stack.enter_context(noop_grpc_server(floor_port, "benchmarks.noop_http_authz"))
+                    stack.enter_context(envoy(floor_listen, floor_port, template=HTTP_TEMPLATE))
+                    self._http_floor_beside = f"http://127.0.0.1:{floor_listen}"
+                    stack.callback(setattr, self, "_http_floor_beside", None)
                 redis = None
                 if any(s.redis for s in group):
                     redis = stack.enter_context(redis_server(fixtures.redis_port, tmp))
@@ -499,8 +515,11 @@ class Harness:
             )
             return
         headers = scenario.headers()
+        http_beside = self._http_floor_beside if scenario.transport == "envoy-http" and not scenario.is_floor else None
         if p.warmup:
             run_wrk(url, p.connections, p.warmup, headers, scenario.rotation)
+            if http_beside is not None:
+                run_wrk(http_beside + scenario.path, p.connections, p.warmup, headers, scenario.rotation)
         self.add(
             self.row(
                 scenario,
@@ -509,6 +528,9 @@ class Harness:
                 lambda: run_wrk(url, p.connections, p.seconds, headers, scenario.rotation),
                 server_pid,
                 envoy_pid,
+                None
+                if http_beside is None
+                else lambda: run_wrk(http_beside + scenario.path, p.connections, p.seconds, headers, scenario.rotation),
             )
         )
         if scenario.fixed_rate:
@@ -587,7 +609,13 @@ class Harness:
                 for r in rounds
             ],
         )
-        if beside:
+        if beside and mode == "saturation":
+            row.beside_rps = _median([b.rps for b in beside])
+            pairs = [(r.result.rps, b.rps) for r, b in zip(rounds, beside, strict=True) if b.rps]
+            row.beside_rps_ratio = _median([ours / floor for ours, floor in pairs]) if pairs else None
+            for entry, b in zip(row.rounds, beside, strict=True):
+                entry["floor_beside_rps"] = round(b.rps, 1)
+        elif beside:
             row.beside_p99_us = _median([b.p99_us for b in beside])
             pairs = [(r.result.p99_us, b.p99_us) for r, b in zip(rounds, beside, strict=True) if b.p99_us]
             row.beside_ratio = _median([ours / floor for ours, floor in pairs]) if pairs else None
@@ -675,6 +703,8 @@ def add_ratios(rows: list[Row]) -> None:
             ratios["sidecar_cpu"] = row.sidecar_cpu_us / floor.sidecar_cpu_us
         if row.beside_ratio is not None:
             ratios["p99_beside"] = row.beside_ratio
+        if row.beside_rps_ratio is not None:
+            ratios["rps_beside"] = row.beside_rps_ratio
         row.ratios = {k: round(v, 3) for k, v in ratios.items()}
 
 

@@ -40,6 +40,8 @@ TARGETS = [
     ("redis-l2-hit", "p99_beside", 1.30, "max", "fixed-rate", "envoy"),
     ("anonymous-http", "rps", 0.85, "min", "saturation", "envoy-http"),
     ("jwt-warm-http", "rps", 0.85, "min", "saturation", "envoy-http"),
+    ("anonymous-http", "rps_beside", 0.85, "min", "saturation", "envoy-http"),
+    ("jwt-warm-http", "rps_beside", 0.85, "min", "saturation", "envoy-http"),
 ]
 # (scenario, against, limit, mode): p99 of one scenario over another's in the same run (issue 6: Redis down
 # changes p99 by at most 1.2x, against the same requests answered from Redis).
@@ -108,12 +110,17 @@ def _cpu(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "-"
 
 
-def _table(rows: list[Row], fixed: bool) -> list[str]:
+def _table(rows: list[Row], fixed: bool, beside_rps: bool = False) -> list[str]:
+    """A table of rows; `fixed` adds the columns of the gRPC floor's p99 measured beside each row, `beside_rps`
+    those of the HTTP floor's throughput measured beside each row (`Profile.floor_beside`)."""
     head = "| scenario | rps | rps vs floor | p50 ms | p90 ms | p99 ms | p99 vs floor | sidecar CPU us/Check"
     head += " | CPU vs floor | Envoy CPU us/Check | errors | other work (cores) |"
     columns = 12
     if fixed:  # the floor measured right before each round (Profile.floor_beside)
         head += " floor p99 right before, ms | p99 vs it |"
+        columns += 2
+    elif beside_rps:
+        head += " floor rps right before, same requests | rps vs it |"
         columns += 2
     lines = [head, "|" + "---|" * columns]
     for row in rows:
@@ -129,6 +136,9 @@ def _table(rows: list[Row], fixed: bool) -> list[str]:
         if fixed:
             beside = _ms(row.beside_p99_us) if row.beside_p99_us is not None else ""
             line += f" {beside} | {_x(row, 'p99_beside')} |"
+        elif beside_rps:
+            beside = f"{row.beside_rps:.0f}" if row.beside_rps is not None else ""
+            line += f" {beside} | {_x(row, 'rps_beside')} |"
         lines.append(line)
     return lines
 
@@ -141,6 +151,8 @@ def _targets(result: RunResult) -> list[str]:
         what = f"{scenario}: {key.replace('_', ' ')} vs floor ({mode})"
         if key == "p99_beside":
             what = f"{scenario}: p99 vs the floor measured right before it ({mode})"
+        elif key == "rps_beside":
+            what = f"{scenario}: rps vs the floor measured right before it, same requests ({mode})"
         sign = "<=" if kind == "max" else ">="
         row = index.get((scenario, mode, transport))
         value = row.ratios.get(key) if row is not None else None
@@ -224,7 +236,15 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         "## HTTP mode through Envoy, saturation (Envoy http_service -> httptools listener; ratios to the no-op HTTP"
         " floor)",
         "",
-        *_table([r for r in result.rows if r.transport == "envoy-http" and r.mode == "saturation"], fixed=False),
+        "The last two columns: the no-op HTTP floor sent the same requests (the same path and headers, the bearer"
+        " token too) right before each round of each row, through a second Envoy and no-op server kept running,"
+        " and the median over rounds of the row's throughput over it.",
+        "",
+        *_table(
+            [r for r in result.rows if r.transport == "envoy-http" and r.mode == "saturation"],
+            fixed=False,
+            beside_rps=True,
+        ),
         "",
         "## HTTP mode through Envoy, fixed rate",
         "",

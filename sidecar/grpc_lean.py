@@ -36,8 +36,11 @@ from hpack.exceptions import HPACKError
 
 from .inline import Resume
 from .listener import RunningListener
+from .log_throttle import ThrottledWarning
 
 log = logging.getLogger(__name__)
+protocol_errors = ThrottledWarning(log)
+"""Connection-level protocol errors: one warning per 10 s at most (anything that reaches the port can cause them)."""
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -740,7 +743,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
 
     def _fail(self, code: int, why: str) -> None:
         """A connection error: GOAWAY naming the last stream we saw, then close."""
-        log.warning("closing an ext_authz HTTP/2 connection: %s", why)
+        protocol_errors.warning("closing an ext_authz HTTP/2 connection: %s", why)
         if self._transport is None:
             return
         self._goaway_sent = True

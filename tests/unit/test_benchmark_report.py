@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from benchmarks.harness import PROFILES, Row, RunResult
+from benchmarks.harness import PROFILES, Harness, Row, RunResult, add_ratios
 from benchmarks.load import LoadResult
-from benchmarks.report import _targets
+from benchmarks.report import _table, _targets
+from benchmarks.scenarios import Scenario
 
 
 def _row(scenario: str, transport: str, rps: float) -> Row:
@@ -38,3 +39,26 @@ def test_a_relative_target_without_both_rows_says_not_run() -> None:
         "| jwt-warm-http: rps vs jwt-warm-grpcio, the gRPC mode on grpc.aio (saturation) | >= 2.50x | - | not run |"
         in lines
     )
+
+
+def test_a_floor_measured_beside_each_round_gives_the_median_ratio_of_the_pairs() -> None:
+    """`Profile.floor_beside` at saturation: each round of a row follows a round of the floor sent the same
+    requests; the row's `rps_beside` is the median over rounds of ours / the floor's just before it."""
+    ours = iter([20_000, 21_000, 18_000])
+    floors = iter([25_000, 21_000, 24_000])
+
+    def load(rps: float) -> LoadResult:
+        return LoadResult(int(rps), 1.0, 0, 500, 700, 900, 1_000)
+
+    harness = Harness(PROFILES["quick"], log=lambda line: None)
+    scenario = Scenario("jwt-warm-http", "JWT warm, HTTP", "sidecar", transport="envoy-http")
+    row = harness.row(
+        scenario, "envoy-http", "saturation", lambda: load(next(ours)), None, None, lambda: load(next(floors))
+    )
+    assert row.beside_rps == 24_000
+    assert row.beside_rps_ratio == 0.8  # pairs 0.8, 1.0, 0.75
+    assert [r["floor_beside_rps"] for r in row.rounds] == [25_000, 21_000, 24_000]
+    add_ratios([_row("noop-http", "envoy-http", 30_000), row])
+    assert row.ratios["rps_beside"] == 0.8 and row.ratios["rps"] == round(20_000 / 30_000, 3)
+    assert "| JWT warm, HTTP | 20000 | 0.67x |" in "\n".join(_table([row], fixed=False, beside_rps=True))
+    assert "| 24000 | 0.80x |" in "\n".join(_table([row], fixed=False, beside_rps=True))

@@ -25,6 +25,7 @@ from sidecar.grpc_lean import (
     frame,
     start_lean_grpc,
 )
+from sidecar.log_throttle import ThrottledWarning
 
 ECHO = "/test.Echo/Echo"
 BIG = "/test.Echo/Big"
@@ -377,6 +378,36 @@ async def test_not_http2_is_refused(served: tuple[LeanGrpcServer, Handlers]) -> 
     client = await RawClient.connect(server.port, preface=b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert await client.closed_with() == grpc_lean.PROTOCOL_ERROR
     await client.close()
+
+
+async def test_protocol_error_warnings_are_throttled(
+    served: tuple[LeanGrpcServer, Handlers], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything that reaches the port can cause protocol errors: one warning line per interval, the rest counted."""
+    server, _ = served
+    now = [100.0]
+    throttle = ThrottledWarning(grpc_lean.log, interval=10.0, clock=lambda: now[0])
+    monkeypatch.setattr(grpc_lean, "protocol_errors", throttle)
+
+    async def scan() -> None:
+        client = await RawClient.connect(server.port, preface=b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert await client.closed_with() == grpc_lean.PROTOCOL_ERROR
+        await client.close()
+
+    with caplog.at_level("WARNING", logger=grpc_lean.log.name):
+        for _ in range(3):
+            await scan()
+        assert [r.getMessage() for r in caplog.records] == [
+            "closing an ext_authz HTTP/2 connection: not an HTTP/2 connection preface"
+        ]
+        assert throttle.suppressed == 2
+        now[0] += 10.0
+        await scan()
+    assert caplog.records[-1].getMessage() == (
+        "closing an ext_authz HTTP/2 connection: not an HTTP/2 connection preface"
+        " (and 2 more like it in the last 10 s, not logged)"
+    )
+    assert len(caplog.records) == 2 and throttle.suppressed == 0
 
 
 async def test_a_call_that_is_not_grpc_fails(served: tuple[LeanGrpcServer, Handlers]) -> None:
