@@ -196,8 +196,10 @@ class _LineFormatter:
     ) -> str:
         q = _quote
         runs = self._runs
-        where = runs.get((route, method)) or self._run(
-            (route, method), lambda: f'"route":{q(route)},"method":{q(method)},'
+        where = runs.get((route, method)) or (
+            self._run((route, method), lambda: f'"route":{q(route)},"method":{q(method)},')
+            if len(method) <= 16  # a client picks the method: only short ones are remembered
+            else f'"route":{q(route)},"method":{q(method)},'
         )
         verdict_key = (authorizer, allowed, status, reason, statement)
         verdict = runs.get(verdict_key) or self._run(
