@@ -611,10 +611,12 @@ class Harness:
         )
         if beside and mode == "saturation":
             row.beside_rps = _median([b.rps for b in beside])
-            pairs = [(r.result.rps, b.rps) for r, b in zip(rounds, beside, strict=True) if b.rps]
+            # A floor round with errors counted failed requests as throughput: that pair is not a comparison.
+            pairs = [(r.result.rps, b.rps) for r, b in zip(rounds, beside, strict=True) if b.rps and not b.errors]
             row.beside_rps_ratio = _median([ours / floor for ours, floor in pairs]) if pairs else None
             for entry, b in zip(row.rounds, beside, strict=True):
                 entry["floor_beside_rps"] = round(b.rps, 1)
+                entry["floor_beside_errors"] = b.errors
         elif beside:
             row.beside_p99_us = _median([b.p99_us for b in beside])
             pairs = [(r.result.p99_us, b.p99_us) for r, b in zip(rounds, beside, strict=True) if b.p99_us]

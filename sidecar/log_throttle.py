@@ -4,7 +4,7 @@ A listener's protocol errors are worth a warning: a misconfigured proxy shows up
 that can reach the port (a scanner, a health checker speaking the wrong protocol, a client in a retry loop) can
 cause them as fast as it can connect, and a warning per connection would then flood the log and cost each one a
 formatted line. So the first is written, the rest within `interval` seconds are counted, and the next line that
-is written says how many were left out.
+is written says how many were left out since the one before it.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class ThrottledWarning:
             self._suppressed += 1
             return
         if self._suppressed:
-            msg += " (and %d more like it in the last %.0f s, not logged)"
-            args = (*args, self._suppressed, self.interval)
+            msg += " (and %d more connection errors since the previous line, not logged)"
+            args = (*args, self._suppressed)
         self._logger.warning(msg, *args)
         self._next = now + self.interval
         self._suppressed = 0

@@ -25,7 +25,7 @@ def test_one_line_per_interval_with_the_count_of_the_rest(caplog: pytest.LogCapt
         throttle.warning("bad peer %s", "d")
     assert [r.getMessage() for r in caplog.records] == [
         "bad peer a",
-        "bad peer c (and 3 more like it in the last 5 s, not logged)",
+        "bad peer c (and 3 more connection errors since the previous line, not logged)",
         "bad peer d",
     ]
     assert throttle.suppressed == 0

@@ -148,15 +148,20 @@ def test_log_lines_stay_exact_when_their_repeating_fields_are_reused() -> None:
     for i in range(60):
         method = ("GET", 'P"ST\n', "DELETE")[i % 3]
         decision = Decision(
-            allowed=i % 2 == 0,
-            status=(200 if i % 2 == 0 else (401, 403)[i % 4 // 2]),
+            allowed=i % 5 != 0,  # an allow and a deny with the same authorizer, status and reason
+            status=(200, 401, 403)[i % 3],
             reason=("Allowed", "ExpiredToken", 'Odd"\u2028reason')[i % 3],
             route=f"route-{i % 5}",
             authorizer=("jwt", "sigv4")[i % 2],
             statement=("", "Sid1")[i % 7 % 2],
         )
         request = Request(
-            method=method, raw_path=f"/p/{i}", path=f"/p/{i}", headers={}, source_address="10.0.0.1", time=1.0 + i
+            method=method,
+            raw_path=f"/p/{i}",
+            path=f"/p/{i}",
+            headers={},
+            source_address="10.0.0.1",
+            time=1.0 + i // 2 + (i % 2) * 0.25,  # two lines per second, the second 250 ms in
         )
         cache = ("", "local", "redis")[i % 3]
         logger.record(request, decision, i / 1e6, cache)
@@ -174,4 +179,5 @@ def test_log_lines_stay_exact_when_their_repeating_fields_are_reused() -> None:
             decision.statement,
         )
         assert (entry["authorizer"], entry["cache"], entry["latency_us"]) == (decision.authorizer, cache, float(i))
-        assert entry["time"] == f"1970-01-01T00:{(1 + i) // 60:02d}:{(1 + i) % 60:02d}.000Z"
+        second = 1 + i // 2
+        assert entry["time"] == f"1970-01-01T00:00:{second:02d}.{(i % 2) * 250:03d}Z"

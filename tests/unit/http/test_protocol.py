@@ -165,6 +165,22 @@ async def test_oversized_url_gets_431(serve: Serve) -> None:
     assert await conn.closed()
 
 
+async def test_oversized_head_split_over_two_small_reads_gets_431(serve: Serve, fake: FakePipeline) -> None:
+    """Each read fits the limit, the head they make together does not: a head is only left uncounted when it
+    arrived whole inside one read no longer than the limit."""
+    server = await serve(max_header_bytes=1024)
+    conn = await Conn.open(server.port)
+    await conn.send(b"GET / HTTP/1.1\r\nX-A: " + b"a" * 800 + b"\r\n")
+    async with asyncio.timeout(5):  # white-box: wait until the server has parsed into the head
+        while not any(c._in_head for c in server._shared.connections):
+            await asyncio.sleep(0)
+    await conn.send(b"X-B: " + b"b" * 800 + b"\r\n\r\n")
+    response = await conn.response()
+    assert response.status == 431
+    assert await conn.closed()
+    assert fake.seen == []
+
+
 async def test_endless_header_arriving_in_later_chunks_is_cut_off(serve: Serve) -> None:
     """A header that never ends is buffered inside the parser, where no callback sees it; whole chunks that
     arrive inside the unfinished head are counted instead, so the buffer stays bounded."""
