@@ -21,7 +21,7 @@ from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, O
 from .reasons import Denied
 from .request import ANONYMOUS, Decision, Principal, Request
 from .routes import AmbiguousPath
-from .runtime import CompiledRoute, Runtime, RuntimeHolder
+from .runtime import DEFAULT_IDENTITY_HEADERS, CompiledRoute, Runtime, RuntimeHolder
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,21 @@ AMBIGUOUS_PATH = reasons.deny(
 )
 
 
-IDENTITY_HEADERS = frozenset({"x-authz-principal", "x-authz-authorizer", "x-authz-route"})
-"""Removed from every allowed request unless this decision sets them, whatever the config names, so a client can
-never pass its own value for an identity header that is switched off."""
-
-
-def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings) -> Decision:
+def allow_decision(
+    route: CompiledRoute,
+    principal: Principal,
+    names: UpstreamHeaderSettings,
+    identity: frozenset[str] = DEFAULT_IDENTITY_HEADERS,
+) -> Decision:
     """The allow `Decision` for `principal` on `route`, with the upstream identity headers configured.
 
-    What differs per principal stays out of `headers` where it can (the id goes in through `identity_header`), so
-    the allows of one route share one `headers` tuple: cached decisions are the sidecar's size.
+    Every name in `identity` (all the headers any authorizer of the config can set) that this allow does not set
+    is removed from the upstream request, and so is one the principal leaves empty (a claim the token lacks):
+    whatever the route, the upstream reads these headers only from us. What differs per principal stays out of
+    `headers` where it can (the id goes in through `identity_header`), so the allows of one route share one
+    `headers` tuple: cached decisions are the sidecar's size.
     """
-    headers = list(principal.upstream_headers)
+    headers = [(name, value) for name, value in principal.upstream_headers if value]
     if names.authorizer:
         headers.append(_shared((names.authorizer, route.authorizer.name)))
     if names.route:
@@ -58,7 +61,7 @@ def allow_decision(route: CompiledRoute, principal: Principal, names: UpstreamHe
         status=200,
         reason=reasons.ALLOWED if principal.kind != "anonymous" else reasons.ANONYMOUS,
         headers=tuple(headers) if principal.upstream_headers else _shared(tuple(headers)),
-        headers_to_remove=_shared(tuple(sorted(IDENTITY_HEADERS.difference(sent)))),
+        headers_to_remove=_shared(tuple(sorted(identity.difference(sent)))),
         principal=principal.without_claims(),
         route=route.key,
         authorizer=route.authorizer.name,
@@ -178,14 +181,14 @@ class Pipeline:
             return replace(refusal, principal=principal.without_claims(), statement=statement)
         if self.explain:
             explanation = outcome.explain() if outcome is not None else ("no policy applies: the authorizer decides",)
-            decision = allow_decision(route, principal, runtime.upstream_headers)
+            decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             return replace(decision, statement=statement, explanation=explanation)
         if runtime is not self._allowed_for:
             # A reload: the memo's keys hold the old runtime's routes (and through them its authorizers), which
             # would stay alive until the memo filled up.
             self._allowed.clear()
             self._allowed_for = runtime
-        return self._allow(route, principal, runtime.upstream_headers, statement)
+        return self._allow(route, principal, runtime, statement)
 
     def _policy_outcome(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome | None:
         """The policy verdict, or None when no policy can apply (then the authorizer's word is final)."""
@@ -215,13 +218,11 @@ class Pipeline:
         same_account = not principal.account or principal.account == runtime.config.api.account
         return authorize(identity, resource, same_account=same_account, private_api=runtime.private_api)
 
-    def _allow(
-        self, route: CompiledRoute, principal: Principal, names: UpstreamHeaderSettings, statement: str
-    ) -> Decision:
+    def _allow(self, route: CompiledRoute, principal: Principal, runtime: Runtime, statement: str) -> Decision:
         key = (route, principal, statement)
         decision = self._allowed.get(key)
         if decision is None:
-            decision = allow_decision(route, principal, names)
+            decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             if statement:
                 decision = replace(decision, statement=statement)
             if len(self._allowed) >= _MAX_ALLOW_MEMO:

@@ -1,8 +1,9 @@
 """The route table: API Gateway-style route keys compiled once into a segment trie.
 
-Syntax: `GET /orders/{id}`, `ANY /admin/{proxy+}`, `$default`. Precedence follows API Gateway's "most specific
-route wins": segment by segment, a literal beats `{param}`, which beats the greedy `{proxy+}`; for the same path,
-an explicit method beats `ANY`. `$default` catches what nothing else matches. Matching costs one dict lookup for
+Syntax: `GET /orders/{id}`, `ANY /admin/{proxy+}`, `$default`. Precedence is API Gateway's: a full match (every
+segment a literal or a `{param}`) beats any greedy `{proxy+}` match, which beats `$default`. Among full matches,
+segment by segment a literal beats `{param}`; among greedy ones the deepest along the most literal path wins; for
+the same path, an explicit method beats `ANY`. Matching costs one dict lookup for
 literal paths and a short trie walk for templates; nothing is parsed per request except splitting the path.
 """
 
@@ -90,42 +91,55 @@ class _Node(Generic[T]):
 
 
 class AmbiguousPath(ValueError):
-    """A path whose meaning depends on who decodes it (`%2F`, `%2e%2e`, `%5C`, NUL): denied, never guessed."""
+    """A path whose meaning depends on who reads it: denied with a 400, never resolved or guessed."""
 
 
 _UNSAFE = ("/", "\\", "\x00")
 
 
 def path_segments(path: str) -> list[str]:
-    """Segments of a request path, resolved the way RFC 3986 resolves them, then percent-decoded.
+    """Segments of a request path, percent-decoded, or `AmbiguousPath` where the upstream may read it otherwise.
 
-    Dot segments are removed and empty segments dropped on the raw path, exactly as Envoy's `normalize_path` and
-    `merge_slashes` do, so the result names the resource the upstream will serve. Each segment is then decoded so
-    that `/%61dmin` matches `/admin`. A segment that would *change the path's structure* once decoded (an encoded
-    `/` or `\\`, a NUL, or an encoded `.`/`..`) raises `AmbiguousPath`: some upstreams decode it and some do not,
-    and an authorizer that guesses differently from the upstream is a bypass.
+    The sidecar must judge exactly the path the upstream serves, and it cannot know whether the proxy in between
+    normalized it: Envoy does with `normalize_path`/`merge_slashes` (then nothing below ever arrives), nginx
+    forwards `$request_uri` raw, and upstreams disagree with each other. So nothing is resolved: a dot segment
+    (`.`, `..`, also percent-encoded), an empty segment (`//`; one trailing slash is allowed), a `#` (a fragment
+    is never sent, so it is an attack or a broken client), a raw `;` (Tomcat and Spring cut `;params` off a
+    segment, so `/admin;x` and `/..;/` are served as `/admin` and `/..`) or an encoding that changes
+    segmentation once decoded (`%2F`, `%5C`, `%23`, NUL, invalid UTF-8) is refused. Plain escapes are decoded,
+    so `/%61dmin` is `/admin`.
     """
+    if path == "/":
+        return []
+    raws = path.split("/")
+    if raws[0] == "":
+        del raws[0]
+    if len(raws) > 1 and raws[-1] == "":
+        del raws[-1]  # one trailing slash: `/orders/` is `/orders` to every framework
     out: list[str] = []
-    for raw in path.split("/"):
-        if not raw or raw == ".":
-            continue
-        if raw == "..":
-            if out:
-                out.pop()
-            continue
+    for raw in raws:
+        if not raw:
+            raise AmbiguousPath("the path has an empty segment ('//')")
+        if "#" in raw or ";" in raw:
+            raise AmbiguousPath(f"path segment {raw!r} holds '#' or ';', which upstreams cut the path at")
         try:
             segment = unquote(raw, errors="strict") if "%" in raw else raw
         except UnicodeDecodeError:
             raise AmbiguousPath(f"path segment {raw!r} is not UTF-8 once decoded") from None
-        if segment in (".", "..") or any(c in segment for c in _UNSAFE):
+        if segment in (".", "..") or "#" in segment or any(c in segment for c in _UNSAFE):
             raise AmbiguousPath(f"ambiguous path segment {raw!r}")
         out.append(segment)
     return out
 
 
+def _needs_walk(path: str) -> bool:
+    """False for a path that is canonical as it stands (the common case): no segment walk needed."""
+    return "%" in path or "/." in path or "//" in path or "\\" in path or "#" in path or ";" in path
+
+
 def canonical_path(path: str) -> str:
-    """The path routes and policies judge: `/` + canonical segments (no empty segments, no trailing slash)."""
-    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
+    """The path routes and policies judge: `/` + decoded segments (no trailing slash); raises `AmbiguousPath`."""
+    if not _needs_walk(path):
         return path.rstrip("/") or "/"
     return "/" + "/".join(path_segments(path))
 
@@ -194,7 +208,7 @@ class RouteTable(Generic[T]):
         return found
 
     def _match(self, method: str, path: str) -> Match[T] | None:
-        if "%" in path or "/." in path or "//" in path or "\\" in path:
+        if _needs_walk(path):
             segments: list[str] | None = path_segments(path)  # may raise AmbiguousPath
             canonical = "/" + "/".join(segments or ())
         else:
@@ -207,16 +221,20 @@ class RouteTable(Generic[T]):
         if segments is None:
             segments = canonical.split("/")[1:] if canonical != "/" else []
         params: dict[str, str] = {}
-        hit = self._walk(self._root, segments, 0, method, params)
+        # API Gateway's priority: any full match (literals and {param}) before any greedy match, then $default.
+        hit = self._walk(self._root, segments, 0, method, params, False) or self._walk(
+            self._root, segments, 0, method, params, True
+        )
         if hit is not None:
             key, target = hit
             return Match(target, key, MappingProxyType(params) if params else _EMPTY)
         return self._default
 
     def _walk(
-        self, node: _Node[T], segments: list[str], index: int, method: str, params: dict[str, str]
+        self, node: _Node[T], segments: list[str], index: int, method: str, params: dict[str, str], greedy_ok: bool
     ) -> tuple[str, T] | None:
-        """Depth-first in precedence order: literal, then {param}, then {proxy+}; first full match wins."""
+        """Depth-first in precedence order (literal, then {param}, then, when `greedy_ok`, {proxy+}); the first
+        match wins, so the deepest greedy route along the most literal path is the most specific one."""
         if index == len(segments):
             end = node.ends.get(method) or node.ends.get("ANY")
             if end is not None:
@@ -224,16 +242,18 @@ class RouteTable(Generic[T]):
         else:
             child = node.literal.get(segments[index])
             if child is not None:
-                hit = self._walk(child, segments, index + 1, method, params)
+                hit = self._walk(child, segments, index + 1, method, params, greedy_ok)
                 if hit is not None:
                     return hit
             if node.param is not None:
                 name, child = node.param
                 params[name] = segments[index]
-                hit = self._walk(child, segments, index + 1, method, params)
+                hit = self._walk(child, segments, index + 1, method, params, greedy_ok)
                 if hit is not None:
                     return hit
                 del params[name]
+        if not greedy_ok:
+            return None
         greedy = node.greedy.get(method) or node.greedy.get("ANY")
         if greedy is not None and index < len(segments):
             name, key, target = greedy

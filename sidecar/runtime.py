@@ -59,6 +59,9 @@ class Runtime:
     cache: DecisionCache | None = None
     watched: tuple[Path, ...] = ()
     """Files besides the config file whose changes should trigger a reload (e.g. the resource policy)."""
+    identity_headers: frozenset[str] = frozenset()
+    """Every upstream header any part of this config can set on an allow (`identity_headers`): each allowed
+    request has the ones its decision does not set removed, so a client can never supply one."""
 
     @property
     def private_api(self) -> bool:
@@ -187,12 +190,28 @@ def compile_runtime(config: Config) -> Runtime:
         upstream_headers=config.upstream_headers,
         resource_policy=resource_policy,
         watched=watched,
+        identity_headers=identity_headers(config.upstream_headers, authorizers.values()),
         context_settings=ContextSettings(
             trusted_proxy_hops=config.policy.trusted_proxy_hops,
             vpce_header=config.policy.vpce_header,
             vpc_header=config.policy.vpc_header,
         ),
     )
+
+
+DEFAULT_IDENTITY_HEADERS = frozenset({"x-authz-principal", "x-authz-authorizer", "x-authz-route"})
+"""Removed from every allow that does not set them even when the config switches them off or renames them: an
+upstream written against the defaults must never read a client's copy."""
+
+
+def identity_headers(names: UpstreamHeaderSettings, authorizers: Iterable[Authorizer]) -> frozenset[str]:
+    """The header names any allow of this config may carry for the upstream: the defaults, the configured
+    `upstream_headers` and every authorizer's own (`Authorizer.upstream_header_names`)."""
+    found = set(DEFAULT_IDENTITY_HEADERS)
+    found.update(name for name in (names.principal, names.authorizer, names.route) if name)
+    for authorizer in authorizers:
+        found.update(authorizer.upstream_header_names())
+    return frozenset(found)
 
 
 def _compile_route(

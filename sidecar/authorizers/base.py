@@ -67,6 +67,14 @@ class Authorizer(abc.ABC):
         route would only hold twice. Called once per route at compile time, after `for_route`."""
         return self
 
+    def upstream_header_names(self) -> frozenset[str]:
+        """Every upstream header (lower case) this authorizer may set on an allowed request.
+
+        The runtime removes all of them, from every authorizer of the config, from each allowed request that
+        does not set them itself: a client must never pass its own `x-user-id` to the upstream on a route whose
+        authorizer happens not to write that header."""
+        return frozenset()
+
     def fingerprint(self, request: Request) -> bytes | None:
         """A digest of the credential this request presents, or None if decisions about it must not be cached.
 

@@ -656,6 +656,9 @@ class JwtAuthorizer(Authorizer):
                 return token
         raise Denied(TOKEN_MISSING, "A bearer token is required", STATUS_UNAUTHORIZED)
 
+    def upstream_header_names(self) -> frozenset[str]:
+        return frozenset(header for _, header in self.claim_to_headers)
+
     def fingerprint(self, request: Request) -> bytes | None:
         """SHA-256 of the presented token (the key of the verified-token cache), or None when there is none.
 

@@ -607,6 +607,10 @@ class SigV4Authorizer(Authorizer):
         self._make_guard = make_guard or LocalReplayGuard
         self._variants: dict[bool, SigV4Authorizer] = {}
 
+    def upstream_header_names(self) -> frozenset[str]:
+        names = (self.upstream_headers.access_key_id, self.upstream_headers.principal_arn)
+        return frozenset(name for name in names if name)
+
     def for_route(self, route: RouteSettings) -> Authorizer:
         """A route's `replay_guard` overrides the authorizer's: such routes get a sibling instance that shares
         the verifier (credential store, signing-key cache) and differs only in the guard. Every route that turns

@@ -244,15 +244,24 @@ def test_root_path_and_encoded_path() -> None:
     assert effect(compiled, req=request(path="/ab")) == "Neither"
 
 
-@pytest.mark.parametrize(
-    "path", ["/admin/x", "/public/../admin/x", "/%61dmin/x", "//admin//x", "/./admin/x", "/admin/x/"]
-)
+@pytest.mark.parametrize("path", ["/admin/x", "/%61dmin/x", "/admin/x/"])
 def test_path_tricks_do_not_dodge_a_deny(path: str) -> None:
     compiled = policy(allow(), deny(Resource="execute-api:/prod/*/admin/*"))
     assert effect(compiled, req=request(path=path)) == "Deny"
 
 
-@pytest.mark.parametrize("path", ["/public/%2e%2e/admin/x", "/admin/x%2F..%2F..%2Fpublic/a", "/a%5Cb", "/a%FFb"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/public/%2e%2e/admin/x",
+        "/admin/x%2F..%2F..%2Fpublic/a",
+        "/a%5Cb",
+        "/a%FFb",
+        "/public/../admin/x",
+        "//admin//x",
+        "/./admin/x",
+    ],
+)
 def test_ambiguous_paths_are_refused_before_evaluation(path: str) -> None:
     compiled = policy(allow(), deny(Resource="execute-api:/prod/*/admin/*"))
     with pytest.raises(AmbiguousPath):
