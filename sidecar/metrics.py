@@ -86,6 +86,12 @@ JWKS_FETCHES = Counter(
     ("authorizer", "outcome"),
     registry=REGISTRY,
 )
+JWKS_KEYS_SKIPPED = Counter(
+    "authz_jwks_keys_skipped_total",
+    "JWKs left out of a fetched or loaded key set, by authorizer and reason (a closed set), counted per document.",
+    ("authorizer", "reason"),
+    registry=REGISTRY,
+)
 REDIS_ERRORS = Counter(
     "authz_redis_errors_total",
     "Redis operations that failed or timed out.",

@@ -18,6 +18,8 @@ Time comes from an injectable clock so tests drive rotation and staleness withou
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import ipaddress
@@ -37,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from ..metrics import JWKS_FETCHES
+from ..metrics import JWKS_FETCHES, JWKS_KEYS_SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,11 @@ Clock = Callable[[], float]
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_CURVE_ALGORITHM = MappingProxyType({"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"})
+EC_COORDINATE_BYTES = MappingProxyType({"P-256": 32, "P-384": 48, "P-521": 66})
+"""The full size of an EC coordinate per curve: RFC 7518 6.2.1.2 requires `x` and `y` of exactly this length."""
 OKP_CURVES = frozenset({"Ed25519", "Ed448"})
-SUPPORTED_ALGORITHMS = RSA_ALGORITHMS | frozenset(EC_CURVE_ALGORITHM.values()) | {"EdDSA"}
+"""Also the RFC 9864 fully-specified JWS algorithm names: `Ed25519` is EdDSA on an Ed25519 key, `Ed448` on Ed448."""
+SUPPORTED_ALGORITHMS = RSA_ALGORITHMS | frozenset(EC_CURVE_ALGORITHM.values()) | {"EdDSA"} | OKP_CURVES
 """Every JWS algorithm the sidecar can verify: asymmetric only. HMAC and `none` are never supported."""
 
 JWK_ALGORITHM_ALIASES = MappingProxyType({"ES521": "ES512"})
@@ -62,8 +67,55 @@ _PUBLIC_MEMBERS = MappingProxyType(
 )
 
 
+# Why a JWK was skipped: a closed set, the `reason` label of `authz_jwks_keys_skipped_total` (docs/metrics.md).
+SKIP_MALFORMED = "malformed"
+"""Not a JWK object, no `kty`, a `kid`/`alg` that is not a string, key material that does not load."""
+SKIP_UNSUPPORTED = "unsupported"
+"""A key type, curve or JWK `alg` the sidecar does not verify with, or an `alg` that does not fit the key."""
+SKIP_SYMMETRIC = "symmetric"
+SKIP_USAGE = "usage"
+"""`use` other than `sig`, or `key_ops` without `verify`."""
+SKIP_WEAK = "weak_key"
+"""RSA shorter than 2048 bits, or with the ROCA fingerprint."""
+SKIP_SHORT_EC = "short_ec_coordinates"
+"""EC `x`/`y` shorter than the curve's coordinate size (leading zero bytes dropped; out of RFC 7518 6.2.1.2)."""
+SKIP_TOO_MANY = "too_many"
+"""Keys beyond `MAX_KEYS`."""
+SKIP_REASONS = frozenset(
+    {SKIP_MALFORMED, SKIP_UNSUPPORTED, SKIP_SYMMETRIC, SKIP_USAGE, SKIP_WEAK, SKIP_SHORT_EC, SKIP_TOO_MANY}
+)
+
+
 class KeyRejected(ValueError):
-    """A JWK that will not be used for verification; the message says why (logged, never fatal)."""
+    """A JWK that will not be used for verification; the message says why (logged, never fatal), `reason` is one
+    of `SKIP_REASONS`."""
+
+    def __init__(self, message: str, reason: str = SKIP_UNSUPPORTED) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedKey:
+    """One JWK (or, for `too_many`, `count` of them) left out of a key set, and why."""
+
+    index: int | None
+    kid: str | None
+    reason: str
+    """One of `SKIP_REASONS`."""
+    message: str
+    count: int = 1
+
+    def __str__(self) -> str:
+        if self.index is None:
+            return self.message
+        return f"keys[{self.index}] (kid {_short_repr(self.kid)}): {self.message}"
+
+
+def _short_repr(value: Any) -> str:
+    """A JWKS member for a log line: repr (no raw control characters), cut to 64 characters."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 class JwksError(Exception):
@@ -101,9 +153,9 @@ def _algorithms_for(kty: str, jwk: Mapping[str, Any]) -> frozenset[str]:
     if kty == "OKP":
         if crv not in OKP_CURVES:
             raise KeyRejected(f"unsupported OKP curve {crv!r}")
-        return frozenset({"EdDSA"})
+        return frozenset({"EdDSA", crv})  # polymorphic EdDSA, or the curve's own RFC 9864 name
     if kty == "oct":
-        raise KeyRejected("symmetric (oct) keys are never used: HMAC tokens are not accepted")
+        raise KeyRejected("symmetric (oct) keys are never used: HMAC tokens are not accepted", SKIP_SYMMETRIC)
     raise KeyRejected(f"unsupported key type {kty!r}")
 
 
@@ -111,10 +163,10 @@ def _check_usage(jwk: Mapping[str, Any]) -> None:
     """`use` and `key_ops` must allow signature verification when present (RFC 7517 4.2, 4.3)."""
     use = jwk.get("use")
     if use is not None and use != "sig":
-        raise KeyRejected(f"key use is {use!r}, not 'sig'")
+        raise KeyRejected(f"key use is {_short_repr(use)}, not 'sig'", SKIP_USAGE)
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        raise KeyRejected("key_ops does not include 'verify'")
+        raise KeyRejected("key_ops does not include 'verify'", SKIP_USAGE)
 
 
 _ROCA_PRIMES: tuple[int, ...] = (
@@ -144,21 +196,48 @@ def has_roca_fingerprint(modulus: int) -> bool:
     return all(modulus % p in powers for p, powers in _ROCA_SUBGROUPS)
 
 
+def _check_ec_coordinates(public: Mapping[str, Any]) -> None:
+    """Refuse, with its own reason, EC coordinates shorter than the curve's size: some issuers drop leading zero
+    bytes (out of RFC 7518 6.2.1.2). Such a key is skipped like any invalid one; the distinct reason lets the
+    fetch log it at WARNING and count it, since that issuer's tokens signed with it will fail as `UnknownKey`."""
+    size = EC_COORDINATE_BYTES.get(public.get("crv"))  # type: ignore[arg-type]
+    if size is None:
+        return
+    for name in ("x", "y"):
+        value = public.get(name)
+        if not isinstance(value, str):
+            continue  # the loader refuses it as malformed
+        try:
+            length = len(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        except (binascii.Error, ValueError):
+            continue
+        if length < size:
+            raise KeyRejected(
+                f"EC coordinate {name} is {length} bytes, not the {size} of {public.get('crv')} "
+                "(leading zeros dropped: out of RFC 7518 6.2.1.2)",
+                SKIP_SHORT_EC,
+            )
+
+
 def _load_public_key(kty: str, public: dict[str, Any]) -> Any:
     loaders: dict[str, Callable[[dict[str, Any]], Any]] = {
         "RSA": RSAAlgorithm.from_jwk,
         "EC": ECAlgorithm.from_jwk,
         "OKP": OKPAlgorithm.from_jwk,
     }
+    if kty == "EC":
+        _check_ec_coordinates(public)
     try:
         key = loaders[kty](public)
     except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
-        raise KeyRejected(f"invalid {kty} key: {exc}") from None
+        raise KeyRejected(f"invalid {kty} key: {exc}", SKIP_MALFORMED) from None
     if isinstance(key, RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise KeyRejected(f"RSA key of {key.key_size} bits is shorter than {MIN_RSA_BITS}")
+            raise KeyRejected(f"RSA key of {key.key_size} bits is shorter than {MIN_RSA_BITS}", SKIP_WEAK)
         if has_roca_fingerprint(key.public_numbers().n):
-            raise KeyRejected("RSA key has the ROCA fingerprint (CVE-2017-15361): its private key can be recovered")
+            raise KeyRejected(
+                "RSA key has the ROCA fingerprint (CVE-2017-15361): its private key can be recovered", SKIP_WEAK
+            )
     return key
 
 
@@ -170,10 +249,10 @@ def parse_jwk(jwk: Any, reuse: Mapping[str, VerificationKey] | None = None) -> V
     which keeps verified-token cache entries valid across a refresh that did not rotate that key.
     """
     if not isinstance(jwk, dict):
-        raise KeyRejected("a JWK must be a JSON object")
+        raise KeyRejected("a JWK must be a JSON object", SKIP_MALFORMED)
     kty = jwk.get("kty")
     if not isinstance(kty, str):
-        raise KeyRejected("missing kty")
+        raise KeyRejected("missing kty", SKIP_MALFORMED)
     allowed = _algorithms_for(kty, jwk)
     members = _PUBLIC_MEMBERS[kty]
     fingerprint = _fingerprint(jwk, members)
@@ -183,14 +262,17 @@ def parse_jwk(jwk: Any, reuse: Mapping[str, VerificationKey] | None = None) -> V
     alg = jwk.get("alg")
     if alg is not None:
         if not isinstance(alg, str):
-            raise KeyRejected("alg must be a string")
+            raise KeyRejected("alg must be a string", SKIP_MALFORMED)
         alg = JWK_ALGORITHM_ALIASES.get(alg, alg)
         if alg not in allowed:
-            raise KeyRejected(f"alg {alg!r} is unknown or does not fit a {kty} key")
-        allowed = frozenset({alg})
+            raise KeyRejected(f"alg {_short_repr(alg)} is unknown or does not fit a {kty} key")
+        if kty != "OKP":
+            allowed = frozenset({alg})
+        # An OKP key keeps both names: `EdDSA` on an Ed25519 key *is* `Ed25519` (RFC 9864 2.2), the same signature
+        # operation, so a JWK saying either serves tokens saying either. The other curve's name never fits.
     kid = jwk.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise KeyRejected("kid must be a string")
+        raise KeyRejected("kid must be a string", SKIP_MALFORMED)
     public = {name: jwk[name] for name in members if name in jwk}
     return VerificationKey(
         kid=kid, kty=kty, algorithms=allowed, key=_load_public_key(kty, public), fingerprint=fingerprint
@@ -206,7 +288,7 @@ class KeySet:
 
     keys: tuple[VerificationKey, ...]
     fetched_at: float
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[SkippedKey, ...] = ()
     by_kid: Mapping[str | None, tuple[VerificationKey, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -251,18 +333,31 @@ def parse_jwks(document: Any, fetched_at: float, previous: KeySet | None = None)
         raise JwksError('not a JWKS: expected an object with a "keys" array')
     reuse = {k.fingerprint: k for k in previous.keys} if previous is not None else None
     keys: list[VerificationKey] = []
-    skipped: list[str] = []
+    skipped: list[SkippedKey] = []
     raw_keys: list[Any] = document["keys"]
     if len(raw_keys) > MAX_KEYS:
-        skipped.append(f"{len(raw_keys) - MAX_KEYS} keys beyond the limit of {MAX_KEYS}")
+        extra = len(raw_keys) - MAX_KEYS
+        skipped.append(SkippedKey(None, None, SKIP_TOO_MANY, f"{extra} keys beyond the limit of {MAX_KEYS}", extra))
         raw_keys = raw_keys[:MAX_KEYS]
     for index, jwk in enumerate(raw_keys):
         try:
             keys.append(parse_jwk(jwk, reuse))
         except KeyRejected as exc:
             kid = jwk.get("kid") if isinstance(jwk, dict) else None
-            skipped.append(f"keys[{index}] (kid {kid!r}): {exc}")
+            skipped.append(SkippedKey(index, kid if isinstance(kid, str) else None, exc.reason, str(exc)))
     return KeySet(keys=tuple(keys), fetched_at=fetched_at, skipped=tuple(skipped))
+
+
+def report_skipped(keyset: KeySet, authorizer: str, where: str) -> None:
+    """Count every skipped JWK in `authz_jwks_keys_skipped_total` and log it: once per fetched or loaded document,
+    never per request. Short EC coordinates are logged at WARNING (the issuer's tokens signed with that key will
+    fail as `UnknownKey`, and the issuer can fix it); other skips, usually deliberate (encryption keys, symmetric
+    keys), at INFO."""
+    for skip in keyset.skipped:
+        JWKS_KEYS_SKIPPED.labels(authorizer, skip.reason).inc(skip.count)
+        level = logging.WARNING if skip.reason == SKIP_SHORT_EC else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "JWKS %s: skipped %s", where, skip)
 
 
 class KeySource(Protocol):
@@ -296,8 +391,9 @@ class StaticKeySource:
         self.keyset: KeySet | None = keyset
 
     @classmethod
-    def from_file(cls, path: str) -> StaticKeySource:
-        """Load a JWKS file; raise `ValueError` when it cannot be read or holds no usable key."""
+    def from_file(cls, path: str, name: str = "jwks") -> StaticKeySource:
+        """Load a JWKS file; raise `ValueError` when it cannot be read or holds no usable key. `name` labels
+        `authz_jwks_keys_skipped_total` (the authorizer)."""
         try:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_JWKS_BYTES + 1)
@@ -310,9 +406,10 @@ class StaticKeySource:
         except JwksError as exc:
             raise ValueError(f"JWKS file {path}: {exc}") from None
         if not keyset.keys:
-            raise ValueError(f"JWKS file {path} has no usable key ({'; '.join(keyset.skipped) or 'empty'})")
-        for reason in keyset.skipped:
-            log.warning("JWKS file %s: skipped %s", path, reason)
+            raise ValueError(f"JWKS file {path} has no usable key ({'; '.join(map(str, keyset.skipped)) or 'empty'})")
+        for skip in keyset.skipped:
+            JWKS_KEYS_SKIPPED.labels(name, skip.reason).inc(skip.count)
+            log.warning("JWKS file %s: skipped %s", path, skip)
         return cls(keyset)
 
     def usable(self, now: float) -> KeySet | None:
@@ -444,6 +541,7 @@ class JwksCache:
         self._task: asyncio.Task[None] | None = None
         self._users = 0
         self._retry_delay = self.policy.retry_min
+        self.name = name
         self._fetched_ok = JWKS_FETCHES.labels(name, "ok")
         self._fetch_failed = JWKS_FETCHES.labels(name, "error")
 
@@ -569,8 +667,9 @@ class JwksCache:
         try:
             body, cache_control = await self._fetch_keys()
             keyset = parse_jwks(body, fetched_at=now, previous=self.keyset)
+            report_skipped(keyset, self.name, self.describe())
             if not keyset.keys:
-                raise JwksError(f"no usable key ({'; '.join(keyset.skipped) or 'empty key set'})")
+                raise JwksError(f"no usable key ({'; '.join(map(str, keyset.skipped)) or 'empty key set'})")
         except JwksError as exc:
             self._fetch_failed.inc()
             self.last_error = str(exc)
@@ -579,8 +678,6 @@ class JwksCache:
             log.warning("JWKS fetch for %s failed: %s (keeping %s)", self.describe(), exc, self._held())
             return False
         self._fetched_ok.inc()
-        for reason in keyset.skipped:
-            log.info("JWKS %s: skipped %s", self.jwks_uri, reason)
         self.keyset = keyset
         self.last_error = ""
         self._retry_delay = self.policy.retry_min

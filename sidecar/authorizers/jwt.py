@@ -8,10 +8,16 @@ and only then are its claims validated: `iss` exact, `aud` any-of (or `client_id
 not in the future, all with a leeway. The `cognito` type is the same machinery with Cognito's rules: issuer
 derived from region and pool, `token_use`, access tokens matched by `client_id`, ID tokens by `aud`.
 
+Every claim the sidecar reads must have its JSON type (`iss` a string, `aud` a string or a list of strings, ...),
+and every value that leaves in a header (the principal id, `claim_to_headers`) must be one Envoy and the upstream
+take as it is (no control characters, no white space at either end): both are checked once, when the principal is
+built, and anything else is an `InvalidClaim` deny, never an exception.
+
 The hot path for a token seen before is a SHA-256 of the token and one dictionary lookup: verified tokens are kept
 in a bounded LRU until `min(exp + leeway, key staleness)` and dropped when their key leaves the key set. PyJWT
-supplies the signature algorithms (`jwt.algorithms`); its decoder is not used, because its parsing alone costs
-more than our whole budget for a cached token and because we need a distinct reason for every failure.
+supplies the signature algorithms (`jwt.algorithms`) except RFC 9864's `Ed25519`/`Ed448`, verified here with
+`cryptography`; its decoder is not used, because its parsing alone costs more than our whole budget for a cached
+token and because we need a distinct reason for every failure.
 
 Every failure raises `Denied` with one of the reason codes below (documented in docs/jwt.md). Tokens are never
 logged.
@@ -25,24 +31,27 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import re
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
-from jwt.algorithms import Algorithm, get_default_algorithms
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.algorithms import get_default_algorithms
 from pydantic import Field, field_validator, model_validator
 
 from ..reasons import STATUS_UNAUTHORIZED, Denied
 from ..request import CompactMap, Principal, Request
 from .base import Authorizer, AuthorizerSettings, BuildContext
 from .jwks import (
+    OKP_CURVES,
     SUPPORTED_ALGORITHMS,
     CachePolicy,
     Clock,
@@ -108,9 +117,48 @@ UNTRUSTED_HEADERS = ("jku", "x5u", "jwk")
 """Header parameters that would let the token choose its own key. A token carrying one is refused outright;
 `x5c`/`x5t` are ignored (never used to find or trust a key)."""
 
-ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType(
-    {name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS}
+
+class Verifier(Protocol):
+    """What `verify_signature` needs of a JWS algorithm (PyJWT's `Algorithm.verify` has this shape)."""
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool: ...
+
+
+class FullySpecifiedEdDSA:
+    """RFC 9864's fully-specified EdDSA algorithms: `Ed25519` verifies only with an Ed25519 key, `Ed448` only with
+    an Ed448 key (PyJWT knows only the polymorphic `EdDSA`). Keys are bound to their curve in `jwks.py` already;
+    the type check here keeps the two from ever crossing even if a caller hands in another key."""
+
+    __slots__ = ("key_type",)
+
+    def __init__(self, key_type: type[Ed25519PublicKey] | type[Ed448PublicKey]) -> None:
+        self.key_type = key_type
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        if not isinstance(key, self.key_type):
+            return False
+        try:
+            key.verify(sig, msg)
+        except InvalidSignature:
+            return False
+        return True
+
+
+ALGORITHMS: Mapping[str, Verifier] = MappingProxyType(
+    {
+        **{name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS},
+        "Ed25519": FullySpecifiedEdDSA(Ed25519PublicKey),
+        "Ed448": FullySpecifiedEdDSA(Ed448PublicKey),
+    }
 )
+
+
+def allowed_algorithms(names: Iterable[str]) -> frozenset[str]:
+    """The header `alg` values an `algorithms:` list admits: as listed, and `EdDSA` also admits `Ed25519` and
+    `Ed448` (the same signatures under their RFC 9864 names; a key still verifies only its own curve). `Ed25519`
+    or `Ed448` listed alone admit only that name."""
+    allowed = frozenset(names)
+    return allowed | OKP_CURVES if "EdDSA" in allowed else allowed
 
 
 class JwtError(Exception):
@@ -332,23 +380,48 @@ def verify_jws(token: str, keyset: KeySet, algorithms: frozenset[str], max_bytes
 # -- claims -------------------------------------------------------------------------------------------------
 
 
+_ABSENT: Any = object()
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    """A NumericDate claim. An integer is returned as the claim's own object (no float per cached token); one too
-    large for a float is refused like any other bad value."""
-    value = claims.get(name)
-    if value is None:
+    """A NumericDate claim, None when absent. An integer is returned as the claim's own object (no float per cached
+    token). `null`, any other JSON type, and a number beyond `_MAX_NUMERIC_DATE` are refused."""
+    value = claims.get(name, _ABSENT)
+    if value is _ABSENT:
         return None
     if type(value) is int:
         if abs(value) > _MAX_NUMERIC_DATE:
             raise JwtError(INVALID_CLAIM, f"'{name}' must be a NumericDate")
         return value
-    if type(value) is not float or not math.isfinite(value):
+    if type(value) is not float or not abs(value) <= _MAX_NUMERIC_DATE:  # also NaN, which JSON cannot carry anyway
         raise JwtError(INVALID_CLAIM, f"'{name}' must be a NumericDate")
     return value
 
 
 _MAX_NUMERIC_DATE = 2**53
 """Past this an integer is no longer exactly a float; no real date is anywhere near (year ~285 million)."""
+
+STRING_CLAIMS = ("iss", "sub", "client_id", "scope")
+"""Claims read as one string (when present: `null` or another JSON type is `InvalidClaim`)."""
+STRING_OR_LIST_CLAIMS = ("aud", "scp")
+"""Claims read as a string or a list of strings."""
+COGNITO_STRING_CLAIMS = ("token_use", "username", "cognito:username")
+COGNITO_STRING_OR_LIST_CLAIMS = ("cognito:groups",)
+
+
+def check_claim_types(claims: Mapping[str, Any], strings: tuple[str, ...], strings_or_lists: tuple[str, ...]) -> None:
+    """Refuse (`InvalidClaim`) a claim the sidecar reads whose JSON type is not the one it must have. Absent claims
+    pass: whether they are required is decided by the rule that reads them."""
+    for name in strings:
+        value = claims.get(name, _ABSENT)
+        if value is not _ABSENT and type(value) is not str:
+            raise JwtError(INVALID_CLAIM, f"'{name}' must be a string")
+    for name in strings_or_lists:
+        value = claims.get(name, _ABSENT)
+        if value is _ABSENT or type(value) is str:
+            continue
+        if type(value) is not list or not all(type(item) is str for item in value):
+            raise JwtError(INVALID_CLAIM, f"'{name}' must be a string or a list of strings")
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -399,12 +472,15 @@ class ClaimRules:
     token_uses: frozenset[str] | None = None
 
     def check(self, claims: Mapping[str, Any], now: float) -> float:
-        """Validate the claims at time `now`; return `exp`."""
+        """Validate the claims at time `now`; return `exp`. Claim types are checked before any rule reads them."""
         exp = _number(claims, "exp")
         if exp is None:
             raise JwtError(CLAIM_MISSING, "the token has no 'exp'")
         nbf = _number(claims, "nbf")
         iat = _number(claims, "iat")
+        check_claim_types(claims, STRING_CLAIMS, STRING_OR_LIST_CLAIMS)
+        if self.token_uses is not None:
+            check_claim_types(claims, COGNITO_STRING_CLAIMS, COGNITO_STRING_OR_LIST_CLAIMS)
         if now >= exp + self.leeway:
             raise JwtError(TOKEN_EXPIRED, "the token has expired")
         if nbf is not None and nbf > now + self.leeway:
@@ -494,23 +570,27 @@ def _cookie(header: str, name: str) -> str | None:
     return None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]|\A | \Z").search
+"""What keeps a value from reaching the upstream exactly as it is: C0 controls (CR, LF, NUL, tab, ...) and DEL,
+which Envoy refuses in a header value (the request fails with 503), C1 controls, and a space at either end, which
+HTTP parsers strip (" alice" would arrive as "alice"). Other non-ASCII text is fine: both transports send it as
+UTF-8 bytes, which Envoy passes through."""
+
+
+def header_safe(value: str) -> bool:
+    """Whether `value` can be sent as an upstream header value and arrive unchanged."""
+    return _HEADER_UNSAFE(value) is None
 
 
 def header_value(value: Any) -> str:
-    """Render a claim for an upstream header: strings as they are, lists comma-joined, objects as JSON; control
-    characters removed so a claim can never split or forge headers."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = value
-    elif isinstance(value, list):
-        text = ",".join(header_value(v) for v in value)
-    elif isinstance(value, dict):
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    else:
-        text = str(value)
-    return _CONTROL.sub("", text)
+    """Render a claim for an upstream header: strings as they are, lists comma-joined, objects as JSON, other
+    scalars as JSON (`true`, `null`, `42`). Nothing is removed: the caller refuses a value that is not
+    `header_safe` (a claim quietly cut down could become another user's value)."""
+    if type(value) is str:
+        return value
+    if isinstance(value, list):
+        return ",".join(header_value(v) for v in value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _context_value(value: Any) -> Any:
@@ -614,7 +694,7 @@ class JwtAuthorizer(Authorizer):
         super().__init__(name)
         self.rules = rules
         self.keys = keys
-        self.algorithms = algorithms
+        self.algorithms = allowed_algorithms(algorithms)
         self.sources = sources
         self.claim_to_headers = tuple((claims_name, header) for claims_name, header in (claim_to_headers or {}).items())
         self.max_token_bytes = max_token_bytes
@@ -758,11 +838,38 @@ class JwtAuthorizer(Authorizer):
 
     # principals
     def _identity(self, claims: Mapping[str, Any]) -> str:
+        """`sub`, else `client_id` (their types are checked already); it goes upstream as `x-authz-principal`."""
         for name in ("sub", "client_id"):
             value = claims.get(name)
             if isinstance(value, str) and value:
+                if not header_safe(value):
+                    raise JwtError(
+                        INVALID_CLAIM,
+                        f"'{name}' cannot be sent upstream as it is (control characters or a space at either end)",
+                    )
                 return value
         raise JwtError(CLAIM_MISSING, "the token has neither 'sub' nor 'client_id'")
+
+    def _claim_headers(self, claims: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        """`claim_to_headers`, each value checked once here: a value that cannot reach the upstream unchanged
+        refuses the token (`InvalidClaim`) rather than allowing a request Envoy would fail."""
+        headers = []
+        for claim, header in self.claim_to_headers:
+            if claim not in claims:
+                headers.append((header, ""))
+                continue
+            try:
+                value = header_value(claims[claim])
+            except RecursionError:  # nested deeper than the renderer goes: no header could carry it anyway
+                value = "\x00"
+            if not header_safe(value):
+                raise JwtError(
+                    INVALID_CLAIM,
+                    f"claim {claim[:64]!r} cannot be sent upstream as header {header} "
+                    "(control characters or a space at either end)",
+                )
+            headers.append((header, value))
+        return tuple(headers)
 
     def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
         return claim_context(claims, scopes)
@@ -771,9 +878,7 @@ class JwtAuthorizer(Authorizer):
         # Compact: the claims live as long as the cached token (a dict cost ~410 bytes for six claims, this ~140).
         claims = CompactMap(shared_values(verified))
         scopes = scopes_of(claims)
-        headers = tuple(
-            (header, header_value(claims[claim]) if claim in claims else "") for claim, header in self.claim_to_headers
-        )
+        headers = self._claim_headers(claims) if self.claim_to_headers else ()
         return Principal(
             kind=self.kind,
             id=self._identity(claims),
@@ -807,7 +912,10 @@ class CognitoAuthorizer(JwtAuthorizer):
 
 # -- settings -----------------------------------------------------------------------------------------------
 
-DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+DEFAULT_ALGORITHMS = (
+    *("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"),
+    *("EdDSA", "Ed25519", "Ed448"),
+)
 
 
 class TokenSettings(AuthorizerSettings):
@@ -952,7 +1060,7 @@ class CognitoSettings(TokenSettings):
 def _key_source(settings: TokenSettings, issuer: str, default_uri: str | None, ctx: BuildContext) -> KeySource:
     if settings.jwks_file:
         path = Path(settings.jwks_file)
-        return StaticKeySource.from_file(str(path if path.is_absolute() else ctx.base_dir / path))
+        return StaticKeySource.from_file(str(path if path.is_absolute() else ctx.base_dir / path), ctx.name)
     uri = settings.jwks_uri or default_uri
     return shared_cache(
         jwks_uri=uri, issuer=issuer, policy=settings.cache_policy(), allow_http=settings.allow_http, name=ctx.name

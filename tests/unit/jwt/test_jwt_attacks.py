@@ -179,8 +179,7 @@ async def test_exp_must_be_a_number(exp: Any) -> None:
     claims = ISS.claims()
     claims["exp"] = exp
     token = ISS.token(claims) if exp != 1e400 else _raw_claims_token('{"exp": 1e400}')
-    reason = await reason_for(token)
-    assert reason in ({jwtmod.CLAIM_MISSING} if exp is None else {jwtmod.INVALID_CLAIM})
+    assert await reason_for(token) == jwtmod.INVALID_CLAIM  # `null` too: present, and not a NumericDate
 
 
 def _raw_claims_token(payload_json: str) -> str:
@@ -195,7 +194,7 @@ async def test_wrong_issuer(iss: str | None) -> None:
     assert await reason_for(ISS.token(ISS.claims(iss=iss))) == jwtmod.INVALID_ISSUER
 
 
-@pytest.mark.parametrize("aud", ["other-api", ["other-api", "third"], None, 7])
+@pytest.mark.parametrize("aud", ["other-api", ["other-api", "third"], None, []])
 async def test_wrong_audience(aud: Any) -> None:
     assert await reason_for(ISS.token(ISS.claims(aud=aud))) == jwtmod.INVALID_AUDIENCE
 

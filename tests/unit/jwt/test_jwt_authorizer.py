@@ -76,7 +76,7 @@ async def test_principal_claims_scopes_and_context() -> None:
     assert "jwt:nested" not in ctx  # objects are not condition keys
 
 
-@pytest.mark.parametrize(("scp", "expected"), [("x y", {"x", "y"}), (["x", 3, "y"], {"x", "y"}), (None, set())])
+@pytest.mark.parametrize(("scp", "expected"), [("x y", {"x", "y"}), (["x", "y"], {"x", "y"}), (None, set())])
 async def test_scp_as_string_or_list(scp: Any, expected: set[str]) -> None:
     principal = await make().authenticate(request(ISS.token(ISS.claims(scope=None, scp=scp))))
     assert principal.scopes == expected
@@ -91,14 +91,32 @@ async def test_client_credentials_token_is_identified_by_client_id() -> None:
 
 
 async def test_claim_to_headers() -> None:
-    auth = make(claim_to_headers={"sub": "x-user", "groups": "x-groups", "tenant": "x-tenant", "evil": "x-evil"})
-    claims = ISS.claims(groups=["a", "b"], evil="v\r\nx-injected: 1")
+    auth = make(
+        claim_to_headers={"sub": "x-user", "groups": "x-groups", "tenant": "x-tenant", "obj": "x-obj", "n": "x-n"}
+    )
+    claims = ISS.claims(groups=["a", "b"], obj={"k": "v\n"}, n=None, name="José")
+    claims["n"] = None  # a JSON null, sent as JSON
     principal = await auth.authenticate(request(ISS.token(claims)))
     headers = dict(principal.upstream_headers)
     assert headers["x-user"] == "user-123"
     assert headers["x-groups"] == "a,b"
     assert headers["x-tenant"] == ""  # absent claim: overwrite whatever the client sent
-    assert headers["x-evil"] == "vx-injected: 1"  # no CR/LF ever reaches a header
+    assert headers["x-obj"] == '{"k":"v\\n"}'  # objects as JSON: the newline is escaped, the value header-safe
+    assert headers["x-n"] == "null"
+
+
+@pytest.mark.parametrize("evil", ["v\r\nx-injected: 1", "a\x00b", "tab\there", "del\x7f", "c1\x85", " lead", "trail "])
+async def test_claim_headers_that_cannot_arrive_unchanged_refuse_the_token(evil: str) -> None:
+    """A claim for a header that Envoy would refuse (control characters: 503) or the upstream would read as
+    another value (cut down, or trimmed) refuses the token: never a quiet edit ("ad\nmin" is not "admin")."""
+    auth = make(claim_to_headers={"evil": "x-evil"})
+    for value in (evil, [evil, "ok"]) if evil.strip() == evil else (evil,):  # (a list joins with commas)
+        with pytest.raises(Denied) as info:
+            await auth.authenticate(request(ISS.token(ISS.claims(evil=value))))
+        assert info.value.reason == jwtmod.INVALID_CLAIM and info.value.status == 401
+        assert evil not in info.value.message
+    # the same claim not mapped to a header does not matter
+    assert (await make().authenticate(request(ISS.token(ISS.claims(evil=evil))))).id == "user-123"
 
 
 @pytest.mark.parametrize(
