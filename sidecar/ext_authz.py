@@ -24,7 +24,7 @@ from google.protobuf.struct_pb2 import Struct
 from . import reasons
 from .grpc_lean import GRPC_INTERNAL, GrpcError
 from .metrics import RECORDER, Recorder
-from .request import EMPTY_MAP, Decision, Request
+from .request import EMPTY_MAP, Decision, Request, is_canonical_method
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
     raw_path = http.path
     if not method or not raw_path:
         raise MalformedRequest("the CheckRequest carries no HTTP method or path")
+    if not is_canonical_method(method):
+        raise MalformedRequest("the HTTP method is not an upper-case token")
     wire_headers = http.headers
     if wire_headers:
         # A comprehension over upb's map: `dict(map)` goes through collections.abc's Python-level keys() (1.9 us

@@ -36,7 +36,7 @@ import httptools
 from . import reasons
 from .inline import Resume
 from .listener import RunningListener
-from .request import EMPTY_MAP, Decision, Request
+from .request import EMPTY_MAP, Decision, Request, is_canonical_method
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def build_request(
         if trusted:
             source = _last_hop(headers.get("x-forwarded-for", ""))
             scheme = headers.get("x-forwarded-proto", "http")
-    if not raw_path or raw_path[0] != "/":
+    if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
         return None
     if not trusted:
         source = peer  # nobody vouches for a client: the connection's own peer is the only truth we have

@@ -7,6 +7,7 @@ Decision or Principal can be handed to many concurrent requests without copying.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,6 +16,20 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
+_COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+_UPPER_TOKEN = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,31}\Z").match
+
+
+def is_canonical_method(method: str) -> bool:
+    """Whether `method` is an upper-case HTTP token: the only spelling any stage (routes, policies, SigV4) sees.
+
+    Methods are case-sensitive on the wire, but werkzeug, Django and others upper-case them before dispatch, so
+    `delete` over HTTP/2 would miss a closed `DELETE` route, land on an open `ANY` one and still run DELETE.
+    Rather than guess what the upstream does, the adapters refuse anything else with a 400 (decided once there).
+    """
+    return method in _COMMON_METHODS or _UPPER_TOKEN(method) is not None
+
+
 EMPTY_ANY_MAP: Mapping[str, Any] = MappingProxyType({})
 
 

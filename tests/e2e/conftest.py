@@ -60,6 +60,7 @@ def authz_stack() -> Iterator[StackFactory]:
             config_text: str,
             template: str = "envoy.yaml",
             sidecar_args: tuple[str, ...] = (),
+            envoy_edit: Callable[[str], str] | None = None,
             **envoy_options: object,
         ) -> Stack:
             grpc_port, admin_port = free_port(), free_port()
@@ -82,7 +83,10 @@ def authz_stack() -> Iterator[StackFactory]:
                 admin_port=free_port(),
                 **envoy_options,  # type: ignore[arg-type]
             )
-            envoy = stack.enter_context(EnvoyProcess(render_envoy_config(ports, template), ports.admin_port))
+            envoy_text = render_envoy_config(ports, template)
+            if envoy_edit is not None:  # a documented variation of the shipped file (e.g. normalization off)
+                envoy_text = envoy_edit(envoy_text)
+            envoy = stack.enter_context(EnvoyProcess(envoy_text, ports.admin_port))
             result = Stack(sidecar, envoy, upstream, ports, grpc_port, admin_port)
             stack.callback(lambda: [c.close() for c in result.clients])
             return result

@@ -161,3 +161,34 @@ async def test_routes_with_cached_decisions_do_not_fill_the_token_cache(tmp_path
     assert len(shared._cache) == 1  # bob, from the route whose decisions are not cached
     assert (await p.check(call("/cached/b", second))).allowed  # verified once, found in the token cache
     await runtime.stop()
+
+
+async def test_identity_headers_of_every_authorizer_are_removed_where_not_set(tmp_path: Path) -> None:
+    """Finding 2 of #17: a JWT claim header and a SigV4 header are removed on the anonymous route too, and a
+    claim header the token cannot fill is removed rather than left to the client."""
+    from sidecar.pipeline import allow_decision
+    from sidecar.request import Principal
+    from tests.unit.jwt.jwt_testkit import Issuer, rsa_key
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(Issuer("https://i.example", {"k": (rsa_key(0), "RS256")}).jwks()))
+    credentials = tmp_path / "credentials.yaml"
+    credentials.write_text("credentials: []\n")
+    extra = (
+        "  corp: {type: jwt, issuer: 'https://i.example', audiences: [a], jwks_file: "
+        f"{jwks}, claim_to_headers: {{sub: x-user-id, email: x-user-email}}}}\n"
+        f"  iam: {{type: sigv4, credentials: {{file: {credentials}}}, upstream_headers: {{principal_arn: x-arn}}}}\n"
+    )
+    text = "authorizers:\n  open: {type: none}\n" + extra + "routes:\n  - {match: 'ANY /{proxy+}', authorizer: open}\n"
+    runtime = compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))
+    assert {"x-user-id", "x-user-email", "x-arn", "x-authz-route"} <= runtime.identity_headers
+    decision = await Pipeline(RuntimeHolder(runtime)).decide(request())
+    assert decision.allowed
+    assert {"x-user-id", "x-user-email", "x-arn", "x-authz-route"} <= set(decision.headers_to_remove)
+    match = runtime.routes.match("GET", "/x")
+    assert match is not None
+    jwt_user = Principal(kind="jwt", id="u", upstream_headers=(("x-user-id", "u"), ("x-user-email", "")))
+    allowed = allow_decision(match.target, jwt_user, runtime.upstream_headers, runtime.identity_headers)
+    assert ("x-user-id", "u") in allowed.all_headers()
+    assert "x-user-email" not in dict(allowed.all_headers())
+    assert "x-user-email" in allowed.headers_to_remove and "x-user-id" not in allowed.headers_to_remove

@@ -220,3 +220,12 @@ routes:
         await conn.close()
     finally:
         await holder.current.stop()
+
+
+@pytest.mark.parametrize(("flavor", "header"), [("nginx", "x-original-method"), ("traefik", "x-forwarded-method")])
+def test_a_forwarded_method_that_is_not_an_upper_case_token_is_refused(flavor: str, header: str) -> None:
+    uri = "x-original-uri" if flavor == "nginx" else "x-forwarded-uri"
+    for method in ("delete", "Delete", "GET\r\nX: 1", ""):
+        assert _build(flavor, "/auth", {"host": "a", uri: "/items/1", header: method}) is None, method
+    request = _build(flavor, "/auth", {"host": "a", uri: "/items/1", header: "DELETE"})
+    assert request is not None and request.method == "DELETE"
