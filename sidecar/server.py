@@ -132,8 +132,17 @@ def split_hostport(value: str) -> tuple[str, int]:
 class Sidecar:
     """One sidecar process's servers around one `RuntimeHolder`."""
 
-    def __init__(self, config: Config, config_path: Path | None = None, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        reuse_port: bool = False,
+        vet: Callable[[Config], None] | None = None,
+    ) -> None:
         self.source = _ConfigSource(config_path)
+        self.vet = vet
+        """Checks a config must also pass to be served here (raising `ConfigError`), on reload as at start-up:
+        `serve --workers N` passes the rules that depend on N (`sidecar/supervisor.py`)."""
         self.holder = RuntimeHolder(compile_runtime(config))
         self.decision_log = _decision_logger(config)
         self.pipeline = Pipeline(self.holder, self.decision_log)
@@ -149,6 +158,11 @@ class Sidecar:
         self._signal_tasks: set[asyncio.Future[object]] = set()
         self._readiness_changed = asyncio.Event()
         """Set by a reload: the readiness watcher looks at the new runtime at once instead of at its next poll."""
+        self._reloader: asyncio.Task[None] | None = None
+        """The one task that runs reloads, one after another (see `reload`)."""
+        self._next_reload: asyncio.Future[bool] | None = None
+        """The result of the reload that will run next; every request made before it reads the file shares it."""
+        self._next_why: list[str] = []
 
     @property
     def runtime(self) -> Runtime:
@@ -257,33 +271,86 @@ class Sidecar:
                 await self.reload("file change")
 
     async def reload(self, why: str) -> bool:
-        """Load, compile and swap in the config; on any error keep serving the old one. True on success."""
+        """Reload the config file: load, compile and swap it in; on any error keep serving the old one.
+
+        Reloads run one at a time, in one task. A reload requested while one runs is coalesced with every other
+        request made meanwhile into one more reload after it, and each reload reads the file when it begins: the
+        newest content always wins, and a slow reload (a JWKS fetch while the new runtime starts) can never
+        install an older read over a newer one. Returns whether the reload that served this request succeeded
+        (False, too, once draining has begun).
+        """
+        if self.state.draining:
+            return False
+        waiter = self._next_reload
+        if waiter is None:
+            waiter = self._next_reload = asyncio.get_running_loop().create_future()
+        self._next_why.append(why)
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._run_reloads(), name="config-reload")
+        else:
+            log.info("reload (%s) requested while another runs; reloading again once it is done", why)
+        # shield: a caller that stops waiting (the file watcher, cancelled at drain) must not cancel the reload
+        return await asyncio.shield(waiter)
+
+    async def _run_reloads(self) -> None:
+        while self._next_reload is not None and not self.state.draining:
+            # Taken in the step that reads the file (`_reload_once` reads before it first awaits): a request
+            # made after this line gets a later read.
+            waiter, self._next_reload = self._next_reload, None
+            why, self._next_why = ", ".join(dict.fromkeys(self._next_why)), []
+            try:
+                ok = await self._reload_once(why)
+            except asyncio.CancelledError:
+                waiter.set_result(False)  # drained mid-reload
+                raise
+            waiter.set_result(ok)
+        if self._next_reload is not None:  # draining began: nothing more is loaded
+            self._next_reload.set_result(False)
+            self._next_reload = None
+
+    async def _reload_once(self, why: str) -> bool:
         try:
             config = self.source.read()
+            if self.vet is not None:
+                self.vet(config)
             runtime = compile_runtime(config)
-            if runtime.cache_version == self.runtime.cache_version:
-                return True  # nothing that matters changed (e.g. only a comment)
         except ConfigError as exc:
-            CONFIG_RELOADS.labels("rejected").inc()
-            self.state.reloads_failed += 1
-            self.state.last_reload_error = str(exc)
-            log.error("reload (%s) rejected; still serving config %s:\n%s", why, self.runtime.version, exc)
-            return False
+            return self._rejected(why, str(exc))
         except Exception as exc:
-            CONFIG_RELOADS.labels("rejected").inc()
-            self.state.reloads_failed += 1
-            self.state.last_reload_error = repr(exc)
-            log.exception("reload (%s) failed; still serving config %s", why, self.runtime.version)
-            return False
-        await self.holder.swap(runtime)
+            return self._rejected(why, repr(exc), exc_info=True)
+        if runtime.cache_version == self.runtime.cache_version:
+            self.state.last_reload_error = ""  # the file is good again (e.g. a bad edit reverted)
+            return True  # nothing that matters changed (e.g. only a comment)
+        try:
+            await self.holder.swap(runtime)
+        except asyncio.CancelledError:
+            if self.holder.current is not runtime:
+                await runtime.stop()  # started in part: stop what it began
+            raise
+        except Exception as exc:
+            if self.holder.current is not runtime:  # starting the new config failed
+                with contextlib.suppress(Exception):
+                    await runtime.stop()
+                return self._rejected(why, repr(exc), exc_info=True)
+            log.exception("reload (%s): stopping the old config failed", why)  # the new one serves already
         self._readiness_changed.set()
         settle(config.server, reloading=True)
         if self.decision_log is not None:
             self.decision_log.allow_sample_rate = config.decision_log.allow_sample_rate
         CONFIG_RELOADS.labels("ok").inc()
         self.state.reloads_ok += 1
+        self.state.last_reload_error = ""
         log.info("reload (%s): now serving config %s", why, runtime.version)
         return True
+
+    def _rejected(self, why: str, error: str, exc_info: bool = False) -> bool:
+        CONFIG_RELOADS.labels("rejected").inc()
+        self.state.reloads_failed += 1
+        self.state.last_reload_error = error
+        log.error(
+            "reload (%s) rejected; still serving config %s:\n%s", why, self.runtime.version, error, exc_info=exc_info
+        )
+        return False
 
     def _healthz(self) -> AdminResponse:
         return json_response(200, {"status": "alive"})
@@ -325,6 +392,10 @@ class Sidecar:
         for task in self.state.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._reloader is not None:  # a reload still starting its runtime must not outlive the drain
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
         try:
             await self.runtime.stop()
             if self.decision_log is not None:
@@ -356,15 +427,20 @@ class Sidecar:
 
 
 async def start_sidecar(
-    config_path: Path | None, reuse_port: bool = False, adjust: Callable[[Config], Config] | None = None
+    config_path: Path | None,
+    reuse_port: bool = False,
+    adjust: Callable[[Config], Config] | None = None,
+    vet: Callable[[Config], None] | None = None,
 ) -> Sidecar | None:
-    """Load the config (optionally `adjust` it), start serving and install signal handlers.
+    """Load the config (`vet` it, optionally `adjust` it), start serving and install signal handlers.
 
     A bad config or a taken port is logged and gives None: the caller exits 1.
     """
     try:
         config = load_config(config_path) if config_path is not None else default_config()
-        sidecar = Sidecar(adjust(config) if adjust else config, config_path, reuse_port=reuse_port)
+        if vet is not None:
+            vet(config)
+        sidecar = Sidecar(adjust(config) if adjust else config, config_path, reuse_port=reuse_port, vet=vet)
     except ConfigError as exc:
         log.error("invalid config:\n%s", exc)
         return None

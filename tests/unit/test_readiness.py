@@ -25,16 +25,17 @@ from tests.unit.test_server import serving_within
 
 
 class HeldJwks:
-    """A JWKS endpoint that holds every response until `release()`."""
+    """A JWKS endpoint that holds every response until `release()`; `requested` is set once a request arrived."""
 
     def __init__(self) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
         body = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}).encode()
-        released = threading.Event()
+        released, requested = threading.Event(), threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                requested.set()
                 released.wait(5)
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -45,7 +46,7 @@ class HeldJwks:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.released = released
+        self.released, self.requested = released, requested
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
