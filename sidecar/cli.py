@@ -24,7 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the ext_authz server")
     serve.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
     serve.add_argument(
-        "--workers", type=int, default=1, help="processes sharing the gRPC port (SO_REUSEPORT) under a supervisor"
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the gRPC port (SO_REUSEPORT) under a supervisor; above 1, a sigv4 replay guard "
+        "must be shared through Redis (replay_redis_url)",
     )
 
     validate = sub.add_parser("validate", help="check a config file; exit 0 valid, 1 invalid")

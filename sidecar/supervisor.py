@@ -11,6 +11,10 @@ supervisor, keeps N workers running:
 - a worker that dies later is restarted (after a short back-off when it keeps dying);
 - SIGTERM/SIGINT drains every worker (each finishes in-flight Checks within the grace period) and exits 0;
   SIGHUP is passed on, so every worker reloads its config.
+
+State a config keeps in one process is not shared by N of them: a config that relies on it being whole is
+refused with more than one worker (`check_workers`), at start-up and on every worker's reload. Today that is
+the sigv4 replay guard without `replay_redis_url`, which would accept a signed request once per worker.
 """
 
 from __future__ import annotations
@@ -31,7 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from .admin import AdminResponse, AdminServer, json_response
-from .config import Config, ConfigError, default_config, load_config
+from .authorizers.sigv4 import SigV4Settings
+from .config import (
+    DEFAULT_CONFIG_NAME,
+    Config,
+    ConfigError,
+    YamlLocator,
+    default_config,
+    default_config_text,
+    load_config,
+    parse_yaml,
+)
 from .runtime import compile_runtime
 from .server import split_hostport
 
@@ -42,22 +56,77 @@ _STOP_MARGIN = 5.0
 _BACKOFF_MAX = 10.0
 _STABLE_AFTER = 30.0
 
-WorkerTarget = Callable[[str | None, Any, str], None]
+WorkerTarget = Callable[[str | None, Any, str, int], None]
+"""A worker's entry point: (config path, shared ready flag, log level, number of workers)."""
 
 
 def _ctx() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def worker_main(config_path: str | None, ready: Synchronized[int], log_level: str) -> None:
+def worker_main(config_path: str | None, ready: Synchronized[int], log_level: str, workers: int) -> None:
     """Entry point of one worker process: serve with SO_REUSEPORT, report readiness through `ready`."""
     import uvloop
 
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s"
     )
-    code = uvloop.run(_serve_worker(Path(config_path) if config_path else None, ready))
+    code = uvloop.run(_serve_worker(Path(config_path) if config_path else None, ready, workers))
     raise SystemExit(code)
+
+
+def local_replay_guards(config: Config) -> dict[tuple[str | int, ...], str]:
+    """Where `config` turns on a sigv4 replay guard that lives in the process only (no `replay_redis_url`)
+    for at least one route: the route's own `replay_guard: true`, or the authorizer's `replay_guard` that a
+    route inherits. Each setting's location maps to the authorizer's name."""
+    sites: dict[tuple[str | int, ...], str] = {}
+    for index, route in enumerate(config.routes):
+        settings = config.authorizers.get(route.authorizer)
+        if not isinstance(settings, SigV4Settings) or settings.replay_redis_url:
+            continue
+        if route.replay_guard:
+            sites[("routes", index, "replay_guard")] = route.authorizer
+        elif route.replay_guard is None and settings.replay_guard:
+            sites[("authorizers", route.authorizer, "replay_guard")] = route.authorizer
+    return sites
+
+
+def check_workers(config: Config, workers: int) -> None:
+    """Refuse (`ConfigError`, located like every config error) what `config` cannot do right with `workers`
+    processes: a replay guard only one process sees would accept a signed request once per worker."""
+    if workers <= 1:
+        return
+    sites = local_replay_guards(config)
+    if not sites:
+        return
+    locator = _locator(config)
+    issues = []
+    for loc, name in sites.items():
+        message = (
+            f"with --workers {workers} every worker keeps its own replay guard, so a signed request would be "
+            f"accepted once per worker; set authorizers.{name}.replay_redis_url to share the guard through "
+            "Redis, or serve with one worker"
+        )
+        issues.append(locator.issue(loc, message))
+    raise ConfigError(issues)
+
+
+def _locator(config: Config) -> YamlLocator:
+    """Line numbers for a check made after the config was loaded: its text is parsed again (an edit made in
+    between could only move them; the setting named stays exact)."""
+    if config.source == DEFAULT_CONFIG_NAME:
+        text = default_config_text()
+    elif config.source.startswith("<"):
+        return YamlLocator(config.source, None)
+    else:
+        try:
+            text = Path(config.source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return YamlLocator(config.source, None)
+    try:
+        return parse_yaml(text, config.source)[1]
+    except ConfigError:
+        return YamlLocator(config.source, None)
 
 
 def worker_config(config: Config) -> Config:
@@ -65,10 +134,13 @@ def worker_config(config: Config) -> Config:
     return config.model_copy(update={"listen": config.listen.model_copy(update={"admin": None})})
 
 
-async def _serve_worker(config_path: Path | None, ready: Synchronized[int]) -> int:
+async def _serve_worker(config_path: Path | None, ready: Synchronized[int], workers: int) -> int:
     from .server import start_sidecar
 
-    sidecar = await start_sidecar(config_path, reuse_port=True, adjust=worker_config)
+    def vet(config: Config) -> None:
+        check_workers(config, workers)
+
+    sidecar = await start_sidecar(config_path, reuse_port=True, adjust=worker_config, vet=vet)
     if sidecar is None:
         return 1
     parent = os.getppid()
@@ -181,7 +253,10 @@ class Supervisor:
         ready = ctx.Value("b", 0, lock=False)
         path = str(self.config_path) if self.config_path is not None else None
         process = ctx.Process(
-            target=self.target, args=(path, ready, self.log_level), name=f"authz-worker-{index}", daemon=False
+            target=self.target,
+            args=(path, ready, self.log_level, self.count),
+            name=f"authz-worker-{index}",
+            daemon=False,
         )
         process.start()
         return Worker(index, process, ready, time.monotonic(), failures=failures, generation=generation)
@@ -300,6 +375,7 @@ def run_supervisor(config_path: Path | None, workers: int, log_level: str = "INF
 
     try:
         config = load_config(config_path) if config_path is not None else default_config()
+        check_workers(config, workers)
         compile_runtime(config)
     except ConfigError as exc:
         log.error("invalid config:\n%s", exc)
