@@ -141,8 +141,10 @@ class Sidecar:
     ) -> None:
         self.source = _ConfigSource(config_path)
         self.vet = vet
-        """Checks a config must also pass to be served here (raising `ConfigError`), on reload as at start-up:
+        """Checks a config must also pass to be served here (raising `ConfigError`), here and on every reload:
         `serve --workers N` passes the rules that depend on N (`sidecar/supervisor.py`)."""
+        if vet is not None:
+            vet(config)
         self.holder = RuntimeHolder(compile_runtime(config))
         self.decision_log = _decision_logger(config)
         self.pipeline = Pipeline(self.holder, self.decision_log)
@@ -432,14 +434,13 @@ async def start_sidecar(
     adjust: Callable[[Config], Config] | None = None,
     vet: Callable[[Config], None] | None = None,
 ) -> Sidecar | None:
-    """Load the config (`vet` it, optionally `adjust` it), start serving and install signal handlers.
+    """Load the config (optionally `adjust` it), start serving and install signal handlers; `vet` checks it
+    (and every reload) beyond its own validation.
 
     A bad config or a taken port is logged and gives None: the caller exits 1.
     """
     try:
         config = load_config(config_path) if config_path is not None else default_config()
-        if vet is not None:
-            vet(config)
         sidecar = Sidecar(adjust(config) if adjust else config, config_path, reuse_port=reuse_port, vet=vet)
     except ConfigError as exc:
         log.error("invalid config:\n%s", exc)

@@ -26,7 +26,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from sidecar.config import ConfigError, load_config
 from sidecar.envoy import free_port
-from sidecar.server import Sidecar
+from sidecar.server import Sidecar, start_sidecar
 from sidecar.supervisor import check_workers, local_replay_guards
 from tests.conftest import REPO, RedisServer
 from tests.unit.test_server import check
@@ -157,6 +157,19 @@ def test_which_settings_turn_on_a_local_guard(tmp_path: Path, case: Case) -> Non
             check_workers(config, 3)
     else:
         check_workers(config, 3)
+
+
+async def test_a_worker_refuses_such_a_config_at_start_up(tmp_path: Path) -> None:
+    """Each worker checks again as it starts (the file may have changed since the supervisor read it, and a
+    restarted worker reads it afresh)."""
+    path = tmp_path / "c.yaml"
+    text = guarded_config(tmp_path, free_port(), free_port())
+    path.write_text(text)
+    vet = partial(check_workers, workers=2)
+    with pytest.raises(ConfigError, match=rf"^{path}:{line_of(text, 'POST /payments')}:\d+: routes\[1\]"):
+        Sidecar(load_config(path), path, vet=vet)
+    assert await start_sidecar(path, reuse_port=True, vet=vet) is None  # what the worker then exits 1 on
+    assert isinstance(Sidecar(load_config(path), path), Sidecar)  # the same config serves in one process
 
 
 async def test_a_worker_rejects_a_reload_that_turns_on_a_local_guard(tmp_path: Path) -> None:
