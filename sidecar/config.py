@@ -221,6 +221,27 @@ class ServerSettings(_Frozen):
     """`gc.set_threshold` values; null (the default) keeps Python's (700, 10, 10). Measured under load with the
     freeze on: a first generation of 10,000 made young collections rarer but each one slower (the young objects
     no longer fit in cache), and the total collector time went up (2.1 s against 1.4 s over ~60,000 Checks)."""
+    grpc_max_connections: int = Field(default=256, ge=1, le=65_536)
+    """Lean engine: connections `listen.grpc` keeps open at once; one more is sent GOAWAY(ENHANCE_YOUR_CALM) and
+    closed at once (counted, one warning per 10 s). Envoy opens one per worker thread, more past 1,000 streams."""
+    grpc_max_parked_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
+    """Lean engine: request bytes all connections together may hold for Checks still arriving (a Check that
+    arrives in one 16 KiB DATA frame holds none). A Check that would pass it fails with RESOURCE_EXHAUSTED (Envoy
+    applies its ext_authz failure mode to that Check alone) and its bytes are released."""
+    grpc_max_connection_parked_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    """Lean engine: the same bound for one connection, so a single peer cannot take the whole budget."""
+    grpc_stream_window: int = Field(default=256 * 1024, ge=65_535, le=16 * 1024 * 1024)
+    """Lean engine: the HTTP/2 receive window of each call (refilled as its bytes arrive): what a peer may send on
+    a call before we read it. The default takes a Check with Envoy's 64 KiB body limit and its headers whole."""
+    grpc_connection_window: int = Field(default=1024 * 1024, ge=65_535, le=64 * 1024 * 1024)
+    """Lean engine: the HTTP/2 receive window of each connection (topped up once half is used)."""
+    grpc_preface_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Lean engine: seconds a new connection has to send the HTTP/2 preface before it is closed."""
+    grpc_idle_timeout: float = Field(default=60.0, gt=0, le=3600)
+    """Lean engine: seconds a connection may have no call open before a graceful GOAWAY closes it."""
+    grpc_request_timeout: float = Field(default=10.0, gt=0, le=600)
+    """Lean engine: seconds a Check's request may take to arrive whole; then it fails with DEADLINE_EXCEEDED and
+    its stream is reset. (Envoy's own ext_authz timeout, 200 ms by default, is far shorter.)"""
 
 
 class Config(_Frozen):

@@ -17,18 +17,26 @@ What it supports: the prior-knowledge h2c preface, SETTINGS (window size, frame 
 PING, GOAWAY both ways (graceful drain), RST_STREAM, CONTINUATION, padding and priority fields, a stream limit,
 a message size limit, and `grpc.health.v1.Health/Check`. What it does not: TLS, compression, server reflection,
 streaming methods. `server.grpc_engine: grpcio` serves the same Check through grpc.aio instead.
+
+What bounds a peer (anything that can reach the port, not only Envoy; see `LeanSettings`): a connection limit
+for the listener; a budget of parked request bytes (calls whose request is still arriving) shared by all its
+connections, and a smaller one per connection; receive windows of about a message, enforced; and three timeouts
+kept by one lazy timer per connection (the HTTP/2 preface, idle connections, requests that do not finish
+arriving). So memory is bounded by `max_parked_bytes` plus, per connection, one header block and one partial
+frame, whatever the peers do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from hpack import Decoder
@@ -38,9 +46,18 @@ from .inline import Resume
 from .listener import RunningListener
 from .log_throttle import ThrottledWarning
 
+if TYPE_CHECKING:
+    from .config import ServerSettings
+
 log = logging.getLogger(__name__)
 protocol_errors = ThrottledWarning(log)
 """Connection-level protocol errors: one warning per 10 s at most (anything that reaches the port can cause them)."""
+refused_connections = ThrottledWarning(log)
+"""Connections refused at the connection limit (one warning per 10 s at most, the others counted)."""
+full_budget = ThrottledWarning(log)
+"""Calls failed because the listener's parked-bytes budget was full."""
+stalled_requests = ThrottledWarning(log)
+"""Calls reset because their request did not arrive within the request timeout."""
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -70,11 +87,9 @@ DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
 FRAME_LIMIT = 16_384
 """The largest frame we accept (the protocol's default SETTINGS_MAX_FRAME_SIZE, which we never raise)."""
-RECEIVE_WINDOW = 1 << 24
-"""Our receive window, per stream and for the connection: 16 MiB, larger than any message we accept, so a stream
-never waits for a WINDOW_UPDATE; the connection's window is topped up once half of it has been used."""
 
 # gRPC status codes.
+GRPC_DEADLINE_EXCEEDED = 4
 GRPC_NOT_FOUND = 5
 GRPC_RESOURCE_EXHAUSTED = 8
 GRPC_INTERNAL = 13
@@ -152,7 +167,31 @@ Handler = Callable[[bytes], Coroutine[Any, Any, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class LeanSettings:
-    """Limits of the lean listener."""
+    """Limits of the lean listener. Defaults suit Envoy on the same host (the `server.grpc_*` config settings).
+
+    Parked bytes are the request bytes of calls whose request is still arriving (DATA received, END_STREAM not
+    yet): they are the memory a peer can make us hold. A message that arrives in one DATA frame (16 KiB; every
+    Check without a large body) is never parked. When a DATA frame would pass either budget, its call alone fails
+    with RESOURCE_EXHAUSTED, followed by RST_STREAM(NO_ERROR), and its parked bytes are released at once:
+
+    - the call, not the connection, because Envoy multiplexes all of a worker's Checks onto one connection, and
+      the listener-wide budget may be full because of *another* connection: a GOAWAY would fail every innocent
+      call on Envoy's connection, a stream error fails one;
+    - RESOURCE_EXHAUSTED rather than a bare RST_STREAM(REFUSED_STREAM), because REFUSED_STREAM invites an
+      immediate automatic retry into the same full budget, while a gRPC status reaches Envoy's ext_authz filter
+      as an error on that one Check, its `failure_mode_allow` / `status_on_error` apply, and the message says
+      which limit was hit; it is also what the per-connection budget and the message size limit answer;
+    - RST_STREAM(NO_ERROR) after the answer (RFC 9113 8.1) tells the peer to stop sending the rest of the body.
+
+    The windows we advertise bound how much a well-behaved peer sends before we have read and acknowledged it: a
+    stream's window is refilled (WINDOW_UPDATE) as its bytes are accepted, so a larger message still arrives,
+    one window at a time; the connection's window once half of it is used. DATA past the connection window
+    closes the connection (FLOW_CONTROL_ERROR). The windows pace; the budgets are what bound memory.
+
+    Timeouts are kept by one lazy timer per connection, ticking every `min(request_timeout, idle_timeout) / 4`
+    (no timer per call: a call only records the tick it began in). A timeout fires between its value and its
+    value plus two ticks (1.5 x `request_timeout` at most with the defaults).
+    """
 
     max_concurrent_streams: int = 1000
     """Streams one connection may have open; Envoy queues or opens another connection past it."""
@@ -160,22 +199,73 @@ class LeanSettings:
     """Largest request message (grpcio's default receive limit); a larger one fails with RESOURCE_EXHAUSTED."""
     max_header_list_bytes: int = 65_536
     """Largest decoded header list of a request (advertised as SETTINGS_MAX_HEADER_LIST_SIZE)."""
-    max_buffered_bytes: int = 64 * 1024 * 1024
-    """Request bytes one connection may hold for calls still arriving; a call that would pass it fails with
-    RESOURCE_EXHAUSTED (so a connection's memory is bounded by this, not by streams x message size)."""
+    max_buffered_bytes: int = 8 * 1024 * 1024
+    """Parked bytes one connection may hold (two of the largest messages): a single connection cannot take the
+    whole listener budget. A call that would pass it fails with RESOURCE_EXHAUSTED."""
+    max_parked_bytes: int = 32 * 1024 * 1024
+    """Parked bytes all connections of the listener may hold together (see the class docstring)."""
+    max_connections: int = 256
+    """Open connections; one past it is sent SETTINGS and GOAWAY(ENHANCE_YOUR_CALM) and closed at once (counted,
+    warned about once per 10 s). Envoy opens one connection per worker thread (more past the stream limit)."""
+    stream_window: int = 256 * 1024
+    """The receive window of each stream (SETTINGS_INITIAL_WINDOW_SIZE): a Check with Envoy's 64 KiB body limit
+    and its headers arrives without waiting for a WINDOW_UPDATE."""
+    connection_window: int = 1024 * 1024
+    """The receive window of the connection, topped up once half of it has been used."""
+    preface_timeout: float = 5.0
+    """Seconds a new connection has to send the HTTP/2 connection preface; then it is closed (GOAWAY)."""
+    idle_timeout: float = 60.0
+    """Seconds a connection may have no stream open (PINGs do not count) before a graceful GOAWAY closes it."""
+    request_timeout: float = 10.0
+    """Seconds a call's request may take to arrive whole (HEADERS to END_STREAM); then the call fails with
+    DEADLINE_EXCEEDED and its stream is reset. An answer the peer's flow-control window holds back that long
+    is reset (CANCEL). A method still running is not timed out here (Envoy resets the calls it gave up on)."""
+
+    def __post_init__(self) -> None:
+        sizes = (
+            self.max_concurrent_streams,
+            self.max_message_bytes,
+            self.max_header_list_bytes,
+            self.max_buffered_bytes,
+            self.max_parked_bytes,
+            self.max_connections,
+        )
+        if min(sizes) <= 0:
+            raise ValueError("lean gRPC limits must be positive")
+        for window in (self.stream_window, self.connection_window):
+            if not DEFAULT_WINDOW <= window <= MAX_WINDOW:
+                raise ValueError(f"lean gRPC windows must be within {DEFAULT_WINDOW}..{MAX_WINDOW}, got {window}")
+        if min(self.preface_timeout, self.idle_timeout, self.request_timeout) <= 0:
+            raise ValueError("lean gRPC timeouts must be positive")
+
+
+def settings_from_server(server: ServerSettings) -> LeanSettings:
+    """`LeanSettings` from the validated `server:` config section (its `grpc_*` knobs)."""
+    return LeanSettings(
+        max_connections=server.grpc_max_connections,
+        max_parked_bytes=server.grpc_max_parked_bytes,
+        max_buffered_bytes=server.grpc_max_connection_parked_bytes,
+        stream_window=server.grpc_stream_window,
+        connection_window=server.grpc_connection_window,
+        preface_timeout=server.grpc_preface_timeout,
+        idle_timeout=server.grpc_idle_timeout,
+        request_timeout=server.grpc_request_timeout,
+    )
 
 
 class _Stream:
-    """One call: its method, the request bytes so far, and the window we may send into."""
+    """One call: its method, the request bytes so far, the windows both ways, and the tick it began in."""
 
-    __slots__ = ("chunks", "handler", "held", "send_window", "size", "task")
+    __slots__ = ("born", "chunks", "handler", "held", "send_window", "size", "task", "unacked")
 
-    def __init__(self, handler: Handler | None, send_window: int) -> None:
+    def __init__(self, handler: Handler | None, send_window: int, born: int) -> None:
         self.handler = handler
         self.chunks: list[bytes] = []
         self.size = 0
-        self.held = 0  # bytes in `chunks`, counted in the connection's buffered total
+        self.held = 0  # bytes in `chunks`, counted in the connection's and the listener's parked totals
+        self.unacked = 0  # DATA bytes (padding too) received since we last refilled this stream's window
         self.send_window = send_window
+        self.born = born  # the connection's tick count when the call began (for the request timeout)
         self.task: asyncio.Task[None] | None = None  # a method that suspended, finishing in a Task
 
 
@@ -188,7 +278,7 @@ class _ConnectionError(Exception):
 
 
 class _Shared:
-    """What every connection of one listener shares."""
+    """What every connection of one listener shares: settings, the open connections, the parked-bytes total."""
 
     def __init__(self, handlers: Mapping[str, Handler], settings: LeanSettings) -> None:
         self.handlers = {path.encode("ascii"): handler for path, handler in handlers.items()}
@@ -196,17 +286,33 @@ class _Shared:
         self.connections: set[LeanGrpcProtocol] = set()
         self.draining = False
         self.preamble = _preamble(settings)
+        self.parked = 0
+        """Request bytes parked by all connections (bounded by `settings.max_parked_bytes`)."""
+        self.refused_connections = 0
+        self.refused_calls = 0  # failed because a parked-bytes budget (the listener's or a connection's) was full
+        self.timed_out_calls = 0
+        self.stream_window = settings.stream_window
+        self.stream_refill = settings.stream_window // 2
+        self.connection_window = settings.connection_window
+        self.connection_refill = settings.connection_window // 2
+        tick = min(settings.request_timeout, settings.idle_timeout) / 4
+        self.tick = tick
+        # Ticks a call or an idle spell must last (the first tick after it began does not count in full).
+        self.request_ticks = math.ceil(settings.request_timeout / tick - 1e-9) + 1
+        self.idle_ticks = math.ceil(settings.idle_timeout / tick - 1e-9) + 1
 
 
 def _preamble(settings: LeanSettings) -> bytes:
-    """Our connection preface: SETTINGS, then the connection window raised to RECEIVE_WINDOW."""
+    """Our connection preface: SETTINGS, then the connection window raised to `connection_window`."""
     values = (
         (S_MAX_CONCURRENT_STREAMS, settings.max_concurrent_streams),
-        (S_INITIAL_WINDOW_SIZE, RECEIVE_WINDOW),
+        (S_INITIAL_WINDOW_SIZE, settings.stream_window),
         (S_MAX_HEADER_LIST_SIZE, settings.max_header_list_bytes),
     )
     payload = b"".join(_SETTING.pack(key, value) for key, value in values)
-    return frame(SETTINGS, 0, 0, payload) + frame(WINDOW_UPDATE, 0, 0, _U32.pack(RECEIVE_WINDOW - DEFAULT_WINDOW))
+    raise_by = settings.connection_window - DEFAULT_WINDOW
+    update = frame(WINDOW_UPDATE, 0, 0, _U32.pack(raise_by)) if raise_by else b""
+    return frame(SETTINGS, 0, 0, payload) + update
 
 
 class _Headers:
@@ -267,21 +373,27 @@ class LeanGrpcProtocol(asyncio.Protocol):
         "_buffer",
         "_consumed",
         "_continuation",
+        "_drain_tick",
         "_draining",
         "_goaway_sent",
         "_headers",
         "_held",
+        "_idle",
         "_last_stream",
         "_loop",
+        "_opened",
         "_out",
         "_peer_frame",
         "_peer_goaway",
         "_peer_window",
         "_preface",
+        "_seen_stream",
         "_send_window",
         "_shared",
         "_streams",
         "_tasks",
+        "_tick",
+        "_timer",
         "_transport",
     )
 
@@ -295,7 +407,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
         self._continuation: tuple[int, int, list[bytes]] | None = None  # (stream, flags, fragments so far)
-        self._held = 0  # request bytes held for calls still arriving (bounded by max_buffered_bytes)
+        self._held = 0  # request bytes parked for calls still arriving (bounded by max_buffered_bytes)
         self._out: list[bytes] = []
         self._consumed = 0  # DATA bytes received since we last topped up the connection window
         self._send_window = DEFAULT_WINDOW  # the connection window Envoy gives us
@@ -306,20 +418,44 @@ class LeanGrpcProtocol(asyncio.Protocol):
         self._goaway_sent = False  # the final GOAWAY: streams past its last id are refused
         self._draining = False  # the first GOAWAY of a graceful drain went out; the final one follows the PING ACK
         self._peer_goaway = False
+        # the lazy timer (see `_on_timer`)
+        self._timer: asyncio.TimerHandle | None = None
+        self._opened = 0.0  # loop time of connection_made (for the preface timeout)
+        self._tick = 0  # timer ticks since the preface arrived; a stream records the one it began in
+        self._idle = 0  # ticks in a row that saw no stream open and no new stream
+        self._seen_stream = 0  # `_last_stream` at the last tick: a new stream since then is activity
+        self._drain_tick = 0  # the tick a graceful drain began in
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        self._shared.connections.add(self)
-        self._out.append(self._shared.preamble)
-        if self._shared.draining:
+        shared = self._shared
+        settings = shared.settings
+        if len(shared.connections) >= settings.max_connections:
+            shared.refused_connections += 1
+            refused_connections.warning(
+                "refusing an ext_authz HTTP/2 connection: %d already open, the limit (server.grpc_max_connections)",
+                len(shared.connections),
+            )
+            self._goaway_sent = True
+            self._out.append(shared.preamble)
+            self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(0, ENHANCE_YOUR_CALM) + b"too many connections"))
+            self.close()
+            return
+        shared.connections.add(self)
+        self._out.append(shared.preamble)
+        self._opened = self._loop.time()
+        self._arm_timer(min(settings.preface_timeout, shared.tick))
+        if shared.draining:
             self.goaway()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._shared.connections.discard(self)
+        self._cancel_timer()
+        self._shared.parked -= self._held
         self._streams.clear()
         self._blocked.clear()
         self._held = 0
@@ -355,7 +491,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
         except Exception:  # a bug of ours: this connection ends, the listener and the other connections go on
             log.exception("unexpected failure reading an ext_authz HTTP/2 connection")
             self._fail(INTERNAL_ERROR, "internal error")
-        if self._consumed >= RECEIVE_WINDOW // 2:
+        if self._consumed >= self._shared.connection_refill:
             self._out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._consumed)))
             self._consumed = 0
         self._flush()
@@ -537,7 +673,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
         if not path:
             self._reset(stream_id, PROTOCOL_ERROR)
             return
-        stream = _Stream(self._shared.handlers.get(path), self._peer_window)
+        stream = _Stream(self._shared.handlers.get(path), self._peer_window, self._tick)
         self._streams[stream_id] = stream
         if not grpc_post:
             self._fail_call(stream_id, GRPC_INTERNAL, "not a gRPC request (POST with content-type application/grpc)")
@@ -549,7 +685,11 @@ class LeanGrpcProtocol(asyncio.Protocol):
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
-        self._consumed += len(payload)  # padding counts against the window too
+        length = len(payload)  # padding counts against the windows too
+        shared = self._shared
+        self._consumed += length
+        if self._consumed > shared.connection_window:
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA past the connection window")
         if flags & PADDED:
             payload = _unpad(payload)
         stream = self._streams.get(stream_id)
@@ -559,35 +699,63 @@ class LeanGrpcProtocol(asyncio.Protocol):
             return  # a stream we answered or reset: its remaining DATA is dropped
         if stream.handler is None:
             return  # answered already (an error), or its request already ended: ignore
-        settings = self._shared.settings
-        stream.size += len(payload)
-        if stream.size > settings.max_message_bytes + 5:
+        # A stream cannot pass its window: a frame (16 KiB at most) fits in half of it and we refill at half.
+        # What a peer that ignores flow control runs into is the connection window above, and the budgets below.
+        unacked = stream.unacked + length
+        settings = shared.settings
+        size = stream.size + len(payload)
+        if size > settings.max_message_bytes + 5:
             self._fail_call(stream_id, GRPC_RESOURCE_EXHAUSTED, "the request message is larger than allowed")
             self._reset(stream_id, NO_ERROR)
             return
-        if self._held + len(payload) > settings.max_buffered_bytes:
-            self._fail_call(stream_id, GRPC_RESOURCE_EXHAUSTED, "too many request bytes in flight on this connection")
-            self._reset(stream_id, NO_ERROR)
-            return
-        stream.chunks.append(payload)
-        stream.held += len(payload)
-        self._held += len(payload)
         if flags & END_STREAM:
-            self._complete(stream_id, stream)
+            self._complete(stream_id, stream, payload)  # the last bytes are used at once, never parked
+            return
+        stream.size = size
+        if payload:
+            more = len(payload)
+            if self._held + more > settings.max_buffered_bytes:
+                self._refuse_parking(stream_id, "too many request bytes in flight on this connection")
+                return
+            if shared.parked + more > settings.max_parked_bytes:
+                self._refuse_parking(stream_id, "the listener's buffer for arriving requests is full")
+                return
+            stream.chunks.append(payload)
+            stream.held += more
+            self._held += more
+            shared.parked += more
+        if unacked >= shared.stream_refill:  # let the rest of the message come, one window at a time
+            self._out.append(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(unacked)))
+            unacked = 0
+        stream.unacked = unacked
+
+    def _refuse_parking(self, stream_id: int, why: str) -> None:
+        """A parked-bytes budget is full: this call fails and its bytes are released (see `LeanSettings`)."""
+        self._shared.refused_calls += 1
+        full_budget.warning("failing an ext_authz call: %s", why)
+        self._fail_call(stream_id, GRPC_RESOURCE_EXHAUSTED, why)
+        self._reset(stream_id, NO_ERROR)
 
     # -- calls ---------------------------------------------------------------------------------------------
 
-    def _complete(self, stream_id: int, stream: _Stream) -> None:
-        """The request is whole: run its method inline; a method that suspends finishes in a Task."""
+    def _complete(self, stream_id: int, stream: _Stream, last: bytes = b"") -> None:
+        """The request is whole (`last`: the bytes of its final DATA frame): run its method inline; a method that
+        suspends finishes in a Task."""
         handler = stream.handler
         if handler is None:
             return
         stream.handler = None
         chunks = stream.chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        stream.chunks = []
-        self._held -= stream.held
-        stream.held = 0
+        if chunks:
+            if last:
+                chunks.append(last)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            stream.chunks = []
+            self._held -= stream.held
+            self._shared.parked -= stream.held
+            stream.held = 0
+        else:
+            data = last  # the whole message came in one frame
         if len(data) < 5 or data[0] != 0 or _U32.unpack_from(data, 1)[0] != len(data) - 5:
             code = GRPC_UNIMPLEMENTED if data[:1] == b"\x01" else GRPC_INTERNAL
             why = "compressed messages are not supported" if code == GRPC_UNIMPLEMENTED else "not one whole message"
@@ -688,8 +856,10 @@ class LeanGrpcProtocol(asyncio.Protocol):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
-        self._held -= stream.held
-        stream.held = 0
+        if stream.held:
+            self._held -= stream.held
+            self._shared.parked -= stream.held
+            stream.held = 0
         if cancel and stream.task is not None and not stream.task.done():
             stream.task.cancel()
 
@@ -714,6 +884,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
         if self._draining or self._goaway_sent or self._transport is None:
             return
         self._draining = True
+        self._drain_tick = self._tick
         self._out.append(frame(GOAWAY, 0, 0, _GOAWAY.pack(MAX_WINDOW, NO_ERROR)))
         self._out.append(frame(PING, 0, 0, _DRAIN_PING))
         self._flush()
@@ -731,6 +902,7 @@ class LeanGrpcProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is not None:
             self._flush()
+            self._cancel_timer()
             self._transport = None  # nothing more is read or written; connection_lost cleans up
             if abort:
                 transport.abort()
@@ -758,6 +930,65 @@ class LeanGrpcProtocol(asyncio.Protocol):
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
+    # -- timeouts ------------------------------------------------------------------------------------------
+
+    def _arm_timer(self, delay: float) -> None:
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        """The lazy timer: one per connection, every `_Shared.tick` seconds. A call costs nothing but the tick
+        number it records; here the preface, the calls still arriving and idleness are looked at."""
+        self._timer = None
+        if self._transport is None:
+            return
+        shared = self._shared
+        settings = shared.settings
+        if not self._preface:
+            left = self._opened + settings.preface_timeout - self._loop.time()
+            if left <= 0:
+                self._fail(PROTOCOL_ERROR, f"no HTTP/2 connection preface within {settings.preface_timeout:g} s")
+                return
+            self._arm_timer(min(left, shared.tick))
+            return
+        self._tick += 1
+        tick = self._tick
+        streams = self._streams
+        if streams:
+            begun_by = tick - shared.request_ticks
+            for stream_id, stream in list(streams.items()):
+                if stream.born > begun_by:
+                    continue
+                if stream.handler is not None:  # its request is still arriving
+                    shared.timed_out_calls += 1
+                    stalled_requests.warning(
+                        "failing an ext_authz call whose request did not arrive within %g s "
+                        "(server.grpc_request_timeout)",
+                        settings.request_timeout,
+                    )
+                    self._fail_call(stream_id, GRPC_DEADLINE_EXCEEDED, "the request did not arrive in time")
+                    self._reset(stream_id, NO_ERROR)
+                elif stream.task is None or stream.task.done():  # its answer waits for the peer's window
+                    shared.timed_out_calls += 1
+                    self._reset(stream_id, CANCEL)
+        if streams or self._last_stream != self._seen_stream:
+            self._seen_stream = self._last_stream
+            self._idle = 0
+        else:
+            self._idle += 1
+            if self._idle == shared.idle_ticks:
+                self.goaway()  # graceful: a Check Envoy sends meanwhile is still served
+        if self._draining and not self._goaway_sent and tick - self._drain_tick >= 2:
+            self._final_goaway()  # the drain PING was not acknowledged in time
+        self._flush()
+        self._close_if_done()
+        if self._transport is not None:
+            self._arm_timer(shared.tick)
+
 
 def _abandon_if_cancelled(coro: Coroutine[Any, Any, bytes], first: Any, task: asyncio.Task[None]) -> None:
     """A call's Task was cancelled (Envoy reset the stream, or the connection ended), possibly before it first
@@ -783,6 +1014,26 @@ class LeanGrpcServer(RunningListener):
     """A running lean gRPC listener."""
 
     _shared: _Shared
+
+    @property
+    def parked_bytes(self) -> int:
+        """Request bytes parked right now by all connections (calls whose request is still arriving)."""
+        return self._shared.parked
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused at the connection limit since the listener started."""
+        return self._shared.refused_connections
+
+    @property
+    def refused_calls(self) -> int:
+        """Calls failed because a parked-bytes budget was full, since the listener started."""
+        return self._shared.refused_calls
+
+    @property
+    def timed_out_calls(self) -> int:
+        """Calls reset by the request timeout since the listener started."""
+        return self._shared.timed_out_calls
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, drain every connection (`LeanGrpcProtocol.goaway`), let open calls finish for up to

@@ -2,8 +2,9 @@
 
 Properties: nothing escapes `data_received` and nothing is logged as an unexpected failure; everything written
 back parses as whole HTTP/2 frames; the open-stream limit holds and the connection's count of buffered request
-bytes matches its streams; a connection that is still open after the
-sequence answers a fresh, valid call (or holds its answer back only because the sequence shrank a window).
+bytes matches its streams and the listener's parked total, which drops to zero when the connection ends; a
+connection that is still open after the sequence answers a fresh, valid call (or holds its answer back only
+because the sequence shrank a window).
 """
 
 from __future__ import annotations
@@ -155,12 +156,22 @@ async def _drive(chunks: list[bytes], top: int) -> None:
     protocol = LeanGrpcProtocol(shared)
     transport = FakeTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
+    try:
+        await _exercise(protocol, transport, chunks, top)
+    finally:
+        protocol.connection_lost(None)
+    assert shared.parked == 0
+
+
+async def _exercise(protocol: LeanGrpcProtocol, transport: FakeTransport, chunks: list[bytes], top: int) -> None:
+    shared = protocol._shared
     for chunk in chunks:
         if transport.closed:
             break  # a closed transport delivers nothing more
         protocol.data_received(chunk)
         assert protocol.in_flight <= LIMIT
         assert protocol._held == sum(stream.held for stream in protocol._streams.values()) >= 0
+        assert shared.parked == protocol._held
     for _ in range(3):
         await asyncio.sleep(0)  # let suspended calls finish
     parse_frames(bytes(transport.written))
@@ -182,4 +193,3 @@ async def _drive(chunks: list[bytes], top: int) -> None:
     refused = [f for f in answered if f[2] == stream and f[0] == grpc_lean.RST_STREAM]
     held = protocol._blocked and any(s == stream for s, _ in protocol._blocked)
     assert ends or refused or held, answered
-    protocol.connection_lost(None)
