@@ -241,7 +241,7 @@ class ServerSettings(_Frozen):
     """Lean engine: seconds a connection may have no call open before a graceful GOAWAY closes it."""
     grpc_request_timeout: float = Field(default=10.0, gt=0, le=600)
     """Lean engine: seconds a Check's request may take to arrive whole; then it fails with DEADLINE_EXCEEDED and
-    its stream is reset. (Envoy's own ext_authz timeout, 200 ms by default, is far shorter.)"""
+    its stream is reset. (Envoy's own ext_authz timeout, 0.5 s in the shipped config, is far shorter.)"""
 
 
 class Config(_Frozen):
