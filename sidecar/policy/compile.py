@@ -34,6 +34,7 @@ from .variables import Template, has_variables, parse_template
 
 if TYPE_CHECKING:
     from ..config import ApiSettings
+    from ..request import Principal
 
 _BOUNDARY = frozenset(":/")
 MEMO_ENTRIES = 4096
@@ -313,8 +314,10 @@ class CompiledPolicy:
 def _compile_statement(spec: StatementSpec, variables: bool) -> CompiledStatement:
     checks: list[tuple[str, Check]] = []
     if spec.principal is not None:
-        label = "NotPrincipal" if spec.not_principal else "Principal"
-        checks.append((label, _principal_check(spec.principal, spec.not_principal)))
+        if spec.not_principal:
+            checks.append(("NotPrincipal", _not_principal_check(spec.principal, deny=spec.effect == "Deny")))
+        else:
+            checks.append(("Principal", _principal_check(spec.principal)))
     if spec.resources:
         label = "NotResource" if spec.not_resource else "Resource"
         checks.append((label, _resource_check(spec.resources, spec.not_resource, variables)))
@@ -364,9 +367,10 @@ def _normalize_issuer(issuer: str) -> str:
     return issuer.lower().removeprefix("https://").removeprefix("http://").rstrip("/")
 
 
-def _principal_check(spec: PrincipalSpec, negated: bool) -> Check:
+def _principal_check(spec: PrincipalSpec) -> Check:
+    """`Principal`: an account (12 digits or its root ARN) matches every identity in it, a role its sessions."""
     if spec.wildcard:
-        return _never if negated else _always
+        return _always
     accounts = frozenset(spec.accounts)
     arns = frozenset(spec.arns)
     federated = frozenset(_normalize_issuer(f) for f in spec.federated)
@@ -379,15 +383,61 @@ def _principal_check(spec: PrincipalSpec, negated: bool) -> Check:
         arn = principal.arn
         if arn and (arn in arns or (":assumed-role/" in arn and _role_arn(arn) in arns)):
             return True
-        if federated:
-            issuer = principal.context.get("aws:FederatedProvider") or principal.claims.get("iss")
-            if isinstance(issuer, str) and _normalize_issuer(issuer) in federated:
-                return True
+        if federated and _issuer(principal) in federated:
+            return True
         return bool(services) and principal.kind == "service" and principal.id in services
 
-    if negated:
-        return lambda ctx: not matches(ctx)
     return matches
+
+
+def _not_principal_check(spec: PrincipalSpec, deny: bool) -> Check:
+    """`NotPrincipal`, with IAM's semantics: each listed entry names exactly one identity.
+
+    Unlike `Principal`, an account ARN here names the account itself, not its users and roles, and a role ARN the
+    role, not its sessions: an exempt session is listed by its `assumed-role` ARN. IAM may check a caller at each
+    level of its chain (the account, then the role, then the session), so the statement is read at every level:
+    a `Deny` applies unless every level is listed (`[user/Bob, root]` exempts Bob and the account alone), an
+    `Allow` only where no level is listed. Either way, a missing entry denies more, never less.
+    """
+    if spec.wildcard:
+        return _never
+    accounts = frozenset(spec.accounts)
+    arns = frozenset(spec.arns)
+    federated = frozenset(_normalize_issuer(f) for f in spec.federated)
+    services = frozenset(spec.services)
+
+    def levels(ctx: EvalContext) -> tuple[bool, ...]:
+        """For each identity in the caller's chain, outermost first: whether this NotPrincipal lists it."""
+        principal = ctx.principal
+        arn = principal.arn
+        if arn:
+            parts = arn.split(":", 5)
+            account = parts[4] if len(parts) == 6 and parts[4] else principal.account
+            if parts[-1] == "root":
+                return (account in accounts,)
+            if ":assumed-role/" in arn:
+                return account in accounts, _role_arn(arn) in arns, arn in arns
+            return account in accounts, arn in arns
+        if principal.kind == "service":
+            return (principal.id in services,)
+        if principal.kind == "anonymous":
+            return (False,)
+        issuer = _issuer(principal)
+        if issuer is not None:
+            return (issuer in federated,)
+        if principal.account:
+            return principal.account in accounts, False  # someone in the account that no entry can name
+        return (False,)
+
+    if deny:
+        return lambda ctx: not all(levels(ctx))
+    return lambda ctx: not any(levels(ctx))
+
+
+def _issuer(principal: Principal) -> str | None:
+    """The web-identity provider of a token caller (normalized), None for other callers."""
+    issuer = principal.context.get("aws:FederatedProvider") or principal.claims.get("iss")
+    return _normalize_issuer(issuer) if isinstance(issuer, str) else None
 
 
 def _role_arn(assumed: str) -> str:

@@ -132,9 +132,9 @@ def value_problem(op: Operator, value: str, variables: bool) -> str | None:
             return f"{value!r} is not base64"
     elif family == "ip":
         try:
-            ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            return f"bad CIDR {value!r}: expected an IPv4/IPv6 address or network like 203.0.113.0/24"
+            policy_network(value)
+        except ValueError as exc:
+            return str(exc)
     elif family == "arn":
         return arn_problem(value)
     return None
@@ -294,11 +294,41 @@ def _dated(compare: Callable[[float, float], bool], dates: list[float]) -> Test:
     return test
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def policy_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A policy's address or CIDR as a network; raise `ValueError` naming the problem.
+
+    IPv4-mapped IPv6 networks (`::ffff:198.51.100.0/120`, the form a dual-stack Envoy reports) become their IPv4
+    network (`198.51.100.0/24`): request addresses in that form are compared as IPv4, so the mapped form would
+    never match. A mapped address with a prefix under /96 reaches past the mapped range and is refused.
+    """
+    text = value.strip()
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"bad CIDR {value!r}: expected an IPv4/IPv6 address or network like 203.0.113.0/24") from None
+    if isinstance(network, ipaddress.IPv4Network):
+        return network
+    written = ipaddress.IPv6Address(text.partition("/")[0].partition("%")[0])
+    if written.ipv4_mapped is None:
+        return network
+    if network.prefixlen < _MAPPED.prefixlen:
+        raise ValueError(
+            f"bad CIDR {value!r}: an IPv4-mapped network needs a prefix of /96 or more (it spans more than the "
+            "IPv4-mapped range ::ffff:0:0/96); write the IPv4 network, e.g. 198.51.100.0/24"
+        )
+    mapped = network.network_address.ipv4_mapped
+    assert mapped is not None  # the prefix keeps the network inside ::ffff:0:0/96
+    return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
+
+
 def _ip_test(values: Sequence[str]) -> Test:
     """CIDRs folded into sorted, merged integer intervals per IP version: one bisect per request value."""
     ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
     for value in values:
-        network = ipaddress.ip_network(value.strip(), strict=False)
+        network = policy_network(value)
         ranges[network.version].append((int(network.network_address), int(network.broadcast_address)))
     starts: dict[int, list[int]] = {}
     ends: dict[int, list[int]] = {}

@@ -7,7 +7,9 @@ Key names are case-insensitive, as in IAM; callers pass them lower-cased (the co
 
 Values are `str`, a tuple of `str` for multi-valued keys (`jwt:scope`, `cognito:groups`), or None when absent.
 Request-derived keys (source IP, time, transport, headers) can never be overridden by an authorizer's
-`Principal.context`: an identity must not be able to claim a network location.
+`Principal.context`: an identity must not be able to claim a network location. `aws:` keys come from the sidecar
+alone: a token claim never supplies one, and `Principal.context` only the principal's own identity keys
+(`AUTHORIZER_AWS_KEYS`, what SigV4 sets), as in API Gateway, where no authorizer output becomes an `aws:` key.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ Value = str | tuple[str, ...] | None
 INVOKE = "execute-api:invoke"
 HEADER_PREFIX = "request:header/"
 JWT_PREFIX = "jwt:"
+AWS_PREFIX = "aws:"
 _UNSET: Any = object()
 _MAPPED_V4 = 0xFFFF  # ::ffff:a.b.c.d
 
@@ -41,14 +44,20 @@ _MAPPED_V4 = 0xFFFF  # ::ffff:a.b.c.d
 class ContextSettings:
     """Knobs from the config that shape context keys.
 
-    `trusted_proxy_hops`: how many proxies in front of Envoy append to `X-Forwarded-For`; 0 means
-    `aws:SourceIp` is Envoy's peer address. `vpce_header` / `vpc_header`: headers the network layer sets (and
-    strips from clients) carrying the VPC endpoint / VPC id; None leaves `aws:SourceVpce` / `aws:SourceVpc` absent.
+    `trusted_proxy_hops`: how many trusted proxies (load balancers) stand in front of the proxy that asks the
+    sidecar (Envoy, nginx), each appending to `X-Forwarded-For`; 0 means `aws:SourceIp` is that proxy's peer
+    address (see `client_address`). `http_proxy_appends`: whether the proxy in front of the HTTP listener appends
+    its own entry to `X-Forwarded-For` before it asks, as Envoy (`use_remote_address: true`) and Traefik do; the
+    shipped nginx config passes the client's header untouched. False is the safe default: mistaken, it makes
+    `aws:SourceIp` a proxy's address, never one a client wrote. gRPC Checks always come from Envoy, which appends.
+    `vpce_header` / `vpc_header`: headers the network layer sets (and strips from clients) carrying the VPC
+    endpoint / VPC id; None leaves `aws:SourceVpce` / `aws:SourceVpc` absent.
     """
 
     trusted_proxy_hops: int = 0
     vpce_header: str | None = None
     vpc_header: str | None = None
+    http_proxy_appends: bool = False
 
 
 DEFAULT_SETTINGS = ContextSettings()
@@ -115,23 +124,48 @@ def decode_binary(text: str) -> bytes | None:
         return None
 
 
-def client_address(request: Request, hops: int) -> str:
-    """The raw client address: Envoy's peer, or with N trusted hops the Nth `X-Forwarded-For` entry from the right.
+_ENVOY_OWN_ENTRY_PEERS = frozenset({(4, 0x7F000001), (6, 1)})
+"""Peers for which Envoy (`use_remote_address: true`) appends its host's own address to `X-Forwarded-For` instead
+of the peer's: 127.0.0.1 and ::1 exactly (seen with Envoy 1.40: a 127.0.0.1 peer was appended as the host's
+192.0.2.2, a 127.0.0.5 peer as itself)."""
 
-    Each trusted proxy appends the address it received the request from, so entries further left were written by
-    the client and are ignored.
+
+def client_address(request: Request, settings: ContextSettings) -> str:
+    """The raw client address: the asking proxy's peer, or with N trusted hops the address the outermost of
+    them saw.
+
+    The chain is the `X-Forwarded-For` the asking proxy received, then that proxy's own peer
+    (`request.source_address`: the last trusted hop). Each trusted proxy appended the address it received the
+    request from, so the client is the entry N places left of the peer; entries further left were written by the
+    client and are ignored. When the asking proxy appends an entry of its own (Envoy always does, behind the
+    shipped config), that entry is dropped first: it is the peer (or, for a 127.0.0.1 / ::1 peer, Envoy's own
+    address), already in the chain. A chain shorter than N + 1 gives its leftmost entry.
     """
-    source = request.source_address
-    if hops > 0:
-        forwarded = [p.strip() for p in request.headers.get("x-forwarded-for", "").split(",") if p.strip()]
-        if forwarded:
-            source = forwarded[-hops] if len(forwarded) >= hops else forwarded[0]
-    return source.strip()
+    peer = request.source_address.strip()
+    hops = settings.trusted_proxy_hops
+    if hops <= 0:
+        return peer
+    chain = [p for p in (p.strip() for p in request.headers.get("x-forwarded-for", "").split(",")) if p]
+    # Only the gRPC adapter fills `protocol` (from Envoy's CheckRequest); HTTP-mode requests leave it empty.
+    appends = bool(request.protocol) or settings.http_proxy_appends
+    if appends and chain and _asking_proxy_entry(chain[-1], peer):
+        chain.pop()
+    if peer:
+        chain.append(peer)
+    if not chain:
+        return ""
+    return chain[-hops - 1] if len(chain) > hops else chain[0]
+
+
+def _asking_proxy_entry(entry: str, peer: str) -> bool:
+    """Whether the last `X-Forwarded-For` entry is the one the asking proxy appended for `peer`."""
+    address = parse_ip(peer)
+    return address is not None and (address in _ENVOY_OWN_ENTRY_PEERS or parse_ip(entry) == address)
 
 
 def _source_ip(ctx: EvalContext) -> str | None:
     """`aws:SourceIp`, validated (None if not an address); IPv4-mapped IPv6 is shown as IPv4."""
-    source = client_address(ctx.request, ctx.settings.trusted_proxy_hops)
+    source = client_address(ctx.request, ctx.settings)
     parsed = ctx.ip(source) if source else None
     if parsed is None:
         return None
@@ -202,6 +236,9 @@ _PRINCIPAL_KEYS: dict[str, Resolver] = {
 REQUEST_KEYS = frozenset(_REQUEST_KEYS)
 PROVIDED_KEYS = REQUEST_KEYS | frozenset(_PRINCIPAL_KEYS)
 """Context keys the sidecar itself computes (lower-cased)."""
+AUTHORIZER_AWS_KEYS = frozenset(k for k in _PRINCIPAL_KEYS if k.startswith(AWS_PREFIX))
+"""The only `aws:` keys an authorizer's `Principal.context` may set: its principal's own identity (SigV4 knows the
+user id behind an access key). Every other `aws:` key is absent unless the sidecar computes it."""
 
 
 class EvalContext:
@@ -264,6 +301,8 @@ class EvalContext:
             return resolver(self)
         if key.startswith(HEADER_PREFIX):
             return self.request.headers.get(key[len(HEADER_PREFIX) :])
+        if key.startswith(AWS_PREFIX) and key not in AUTHORIZER_AWS_KEYS:
+            return None  # aws:PrincipalOrgID, aws:PrincipalTag/...: no claim or authorizer context supplies them
         if self._pctx is None:
             self._pctx = {str(k).lower(): v for k, v in self.principal.context.items()}
         if key in self._pctx:

@@ -317,6 +317,9 @@ class _Validator:
         spec = self.principal((*path, key), raw[key])
         if key == "NotPrincipal" and raw.get("Effect") == "Allow":
             self.warn((*path, key), "Allow with NotPrincipal allows almost everyone; AWS advises against it")
+        elif key == "NotPrincipal":
+            for problem in _unexempted(spec):
+                self.warn((*path, key), problem)
         return spec, key == "NotPrincipal"
 
     def principal(self, path: Path, raw: Any) -> PrincipalSpec:
@@ -388,8 +391,14 @@ class _Validator:
             self.error(path, f"malformed condition key {key!r}: expected prefix:name, e.g. aws:SourceIp")
             return None
         lowered = key.lower()
-        if lowered.startswith("aws:") and lowered.split("/")[0] not in _KNOWN_GLOBAL:
-            self.warn(path, f"{key} is not a key the sidecar provides; it is present only if an authorizer adds it")
+        if lowered.startswith("aws:") and lowered not in PROVIDED_KEYS:
+            known = lowered.split("/")[0] in _KNOWN_GLOBAL
+            what = "is always absent here: the sidecar does not provide it" if known else "is not a key AWS defines"
+            self.warn(
+                path,
+                f"{key} {what}, and no token claim or authorizer can supply an aws: key "
+                "(a positive operator on it never matches, a negated one always does)",
+            )
         items = raw if isinstance(raw, list) else [raw]
         if not items:
             self.error(path, "a condition needs at least one value")
@@ -494,6 +503,33 @@ def _only_canonical(principal: PrincipalSpec) -> bool:
     return bool(principal.canonical) and not (
         principal.wildcard or principal.accounts or principal.arns or principal.federated or principal.services
     )
+
+
+def _unexempted(spec: PrincipalSpec) -> list[str]:
+    """Entries of a Deny's NotPrincipal that exempt less than they seem to: an identity is exempt only when every
+    level of its chain is listed (its account, and for a session its role too), and a role ARN never covers its
+    sessions."""
+    out: list[str] = []
+    arns = set(spec.arns)
+    for arn in spec.arns:
+        _, partition, _, _, account, _ = arn.split(":", 5)
+        if account not in spec.accounts:
+            out.append(
+                f"{arn} is still denied: NotPrincipal must also list its account arn:{partition}:iam::{account}:root"
+            )
+        head, assumed, rest = arn.partition(":assumed-role/")
+        if assumed:
+            role = head.replace(":sts:", ":iam:", 1) + ":role/" + rest.split("/", 1)[0]
+            if role not in arns:
+                out.append(f"{arn} is still denied: NotPrincipal must also list its role {role}")
+        elif ":role/" in arn and not any(
+            a.startswith(f"arn:{partition}:sts::{account}:assumed-role/{arn.rpartition('/')[2]}/") for a in arns
+        ):
+            out.append(
+                f"{arn} exempts the role alone, not its sessions: list each session as "
+                f"arn:{partition}:sts::{account}:assumed-role/{arn.rpartition('/')[2]}/SESSION"
+            )
+    return out
 
 
 def _principal_problem(item: str) -> str:

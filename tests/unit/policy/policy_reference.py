@@ -145,11 +145,34 @@ def principal_value_ok(value: Any, caller: Caller) -> bool:
     return any(principal_entry_ok(e, caller) for e in as_list(value.get("AWS", [])))
 
 
+def caller_chain(caller: Caller) -> list[str]:
+    """The identities IAM may check for a caller, outermost first, each as the one ARN that names it."""
+    if not caller.arn:
+        return ["<anonymous>"]
+    root = f"arn:aws:iam::{caller.account}:root"
+    if caller.arn == root:
+        return [root]
+    session = re.fullmatch(r"arn:aws:sts::(\d{12}):assumed-role/([^/]+)/.*", caller.arn)
+    if session:
+        return [root, f"arn:aws:iam::{session.group(1)}:role/{session.group(2)}", caller.arn]
+    return [root, caller.arn]
+
+
+def not_principal_ok(value: Any, caller: Caller, effect: str) -> bool:
+    """NotPrincipal names identities exactly (a bare account id is its root ARN); the statement is read at each
+    level of the caller's chain: a Deny applies unless every level is named, an Allow only if none is."""
+    if value == "*":
+        return False
+    named = {f"arn:aws:iam::{e}:root" if e.isdigit() else e for e in as_list(value.get("AWS", []))}
+    levels = [identity in named or "*" in named for identity in caller_chain(caller)]
+    return not all(levels) if effect == "Deny" else not any(levels)
+
+
 def principal_ok(statement: dict[str, Any], world: World) -> bool:
     if "Principal" in statement:
         return principal_value_ok(statement["Principal"], world.caller)
     if "NotPrincipal" in statement:
-        return not principal_value_ok(statement["NotPrincipal"], world.caller)
+        return not_principal_ok(statement["NotPrincipal"], world.caller, statement["Effect"])
     return True
 
 

@@ -137,7 +137,7 @@ def test_principal_context_adds_keys_but_cannot_fake_the_network() -> None:
         context={"aws:PrincipalOrgID": "o-123", "aws:SourceIp": "10.0.0.1", "custom:tier": "gold", "aws:username": "u"},
     )
     ctx = _ctx(principal, source="203.0.113.1")
-    assert ctx.get("aws:principalorgid") == "o-123"
+    assert ctx.get("aws:principalorgid") is None  # aws: keys come from the sidecar, not from authorizer output
     assert ctx.get("custom:tier") == "gold"
     assert ctx.get("aws:username") == "u"  # an authorizer may name its user
     assert ctx.get("aws:sourceip") == "203.0.113.1"  # but never its network location

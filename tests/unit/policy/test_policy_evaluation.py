@@ -81,7 +81,9 @@ def test_federated_principal_matches_token_issuer() -> None:
 def test_not_principal_excludes_listed_identity() -> None:
     not_principal = {k: v for k, v in deny().items() if k != "Principal"} | {"NotPrincipal": {"AWS": "123456789012"}}
     compiled = policy(allow(), not_principal)
-    assert effect(compiled, principal=iam_user()) == "Allow"
+    root = Principal(kind="sigv4", id="r", arn="arn:aws:iam::123456789012:root", account="123456789012")
+    assert effect(compiled, principal=root) == "Allow"
+    assert effect(compiled, principal=iam_user()) == "Deny"  # an account in NotPrincipal is not its users
     assert effect(compiled, principal=iam_user("x", OTHER_ACCOUNT)) == "Deny"
 
 

@@ -21,13 +21,16 @@ CALLERS = [
     ("sigv4", "arn:aws:iam::111111111111:user/alice", "111111111111"),
     ("sigv4", "arn:aws:iam::222222222222:user/bob", "222222222222"),
     ("sigv4", "arn:aws:sts::111111111111:assumed-role/Deployer/run-1", "111111111111"),
+    ("sigv4", "arn:aws:iam::111111111111:root", "111111111111"),
 ]
 PRINCIPAL_ENTRIES = [
     "*",
     "111111111111",
+    "arn:aws:iam::111111111111:root",
     "arn:aws:iam::222222222222:root",
     "arn:aws:iam::111111111111:user/alice",
     "arn:aws:iam::111111111111:role/Deployer",
+    "arn:aws:sts::111111111111:assumed-role/Deployer/run-1",
 ]
 ACTIONS = [
     "execute-api:Invoke",

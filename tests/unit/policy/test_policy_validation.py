@@ -248,7 +248,7 @@ def test_size_limit_counts_without_whitespace() -> None:
         (
             allow(Condition={"StringEquals": {"aws:SourceIP6": "x"}}),
             "Statement[1].Condition.StringEquals.aws:SourceIP6",
-            "not a key",
+            "not a key AWS defines",
         ),
     ],
 )
