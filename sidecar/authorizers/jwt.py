@@ -859,10 +859,10 @@ class JwtAuthorizer(Authorizer):
                 headers.append((header, ""))
                 continue
             try:
-                value = header_value(claims[claim])
+                value: str | None = header_value(claims[claim])
             except RecursionError:  # nested deeper than the renderer goes: no header could carry it anyway
-                value = "\x00"
-            if not header_safe(value):
+                value = None
+            if value is None or not header_safe(value):
                 raise JwtError(
                     INVALID_CLAIM,
                     f"claim {claim[:64]!r} cannot be sent upstream as header {header} "
