@@ -20,10 +20,10 @@ streaming methods. `server.grpc_engine: grpcio` serves the same Check through gr
 
 What bounds a peer (anything that can reach the port, not only Envoy; see `LeanSettings`): a connection limit
 for the listener; a budget of parked request bytes (calls whose request is still arriving) shared by all its
-connections, and a smaller one per connection; receive windows of about a message, enforced; and three timeouts
-kept by one lazy timer per connection (the HTTP/2 preface, idle connections, requests that do not finish
-arriving). So memory is bounded by `max_parked_bytes` plus, per connection, one header block and one partial
-frame, whatever the peers do.
+connections, and a smaller one per connection; receive windows of about a message (the connection's enforced);
+and three timeouts kept by one lazy timer per connection (the HTTP/2 preface, idle connections, requests that do
+not finish arriving). So memory is bounded by `max_parked_bytes` plus, per connection, one header block and one
+partial frame, whatever the peers do.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ protocol_errors = ThrottledWarning(log)
 refused_connections = ThrottledWarning(log)
 """Connections refused at the connection limit (one warning per 10 s at most, the others counted)."""
 full_budget = ThrottledWarning(log)
-"""Calls failed because the listener's parked-bytes budget was full."""
+"""Calls failed because a parked-bytes budget (the listener's or their connection's) was full."""
 stalled_requests = ThrottledWarning(log)
 """Calls reset because their request did not arrive within the request timeout."""
 
