@@ -256,8 +256,8 @@ def serve() -> Iterator[Callable[[Path], tuple[subprocess.Popen[bytes], Stderr]]
             proc.wait(10)
 
 
-def signed_check(grpc_port: int, path: str) -> CheckResponse:
-    """A botocore-signed POST, sent as the CheckRequest Envoy would send for it (a new connection each time)."""
+def signed(path: str) -> CheckRequest:
+    """A botocore-signed POST as the CheckRequest Envoy would send for it (signed once: send it again to replay)."""
     aws = AWSRequest(method="POST", url=f"https://{HOST}{path}", data=b"")
     SigV4Auth(Credentials(AKID, SECRET), "execute-api", "us-east-1").add_auth(aws)
     request = CheckRequest()
@@ -266,6 +266,11 @@ def signed_check(grpc_port: int, path: str) -> CheckResponse:
     for name, value in aws.headers.items():
         http.headers[name.lower()] = value.decode() if isinstance(value, bytes) else value
     http.headers[":authority"] = HOST
+    return request
+
+
+def send(grpc_port: int, request: CheckRequest) -> CheckResponse:
+    """One Check on a new connection (the kernel may hand it to either worker)."""
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
@@ -303,15 +308,16 @@ def test_workers_need_a_shared_replay_guard(
     body = ready_body(url)
     assert body is not None, stderr.text()
     assert len(body["workers"]) == 2
-    first = signed_check(grpc_port, "/payments")
+    payment = signed("/payments")
+    first = send(grpc_port, payment)
     assert first.status.code == 0, first
     keys = redis.Redis.from_url(redis_server.url)
     assert keys.dbsize() == 1, stderr.text()  # the guard remembered the signature in Redis
     keys.close()
     # Whichever worker a replay reaches (each on a new connection), Redis has seen it.
-    for _ in range(4):
-        replayed = signed_check(grpc_port, "/payments")
-        assert replayed.denied_response.status.code == 403
+    for _ in range(6):
+        replayed = send(grpc_port, payment)
+        assert replayed.denied_response.status.code == 403, stderr.text()
         assert json.loads(replayed.denied_response.body)["reason"] == "ReplayedRequest"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
