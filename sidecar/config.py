@@ -177,6 +177,11 @@ class HttpModeSettings(_Frozen):
     idle_timeout: float = Field(default=60.0, gt=0, le=3600)
     request_timeout: float = Field(default=10.0, gt=0, le=600)
     max_pipelined: int = Field(default=64, ge=1, le=10_000)
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    """Connections kept open at once; past it a new one is closed at once (counted, logged with throttling)."""
+    max_buffered_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=4 * 1024 * 1024 * 1024)
+    """Request bodies held by the whole listener (arriving or waiting for their decision); a body that would
+    pass it is answered 503 and its connection closed."""
 
     @model_validator(mode="after")
     def _check(self) -> HttpModeSettings:

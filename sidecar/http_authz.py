@@ -36,9 +36,11 @@ import httptools
 from . import reasons
 from .inline import Resume
 from .listener import RunningListener
+from .log_throttle import ThrottledWarning
 from .request import EMPTY_MAP, Decision, Request, is_canonical_method
 
 log = logging.getLogger(__name__)
+refused_connections = ThrottledWarning(log)
 
 Flavor = Literal["envoy", "nginx", "traefik"]
 FLAVORS: Final = ("envoy", "nginx", "traefik")
@@ -52,6 +54,7 @@ HEADERS_TO_REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
 PAYLOAD_TOO_LARGE: Final = "PayloadTooLarge"
 HEADERS_TOO_LARGE: Final = "RequestHeaderFieldsTooLarge"
 REQUEST_TIMEOUT: Final = "RequestTimeout"
+SERVER_BUSY: Final = "ServerBusy"
 
 
 class Checker(Protocol):
@@ -82,16 +85,25 @@ class HttpSettings:
     request_timeout: float = 10.0
     max_pipelined: int = 64
     """Requests queued per connection before we stop reading from it (backpressure)."""
+    max_connections: int = 256
+    """Open connections at once; past it a new connection is closed at once, counted and logged (throttled)."""
+    max_buffered_bytes: int = 32 * 1024 * 1024
+    """Request body bytes the whole listener holds (still arriving, or queued until answered). Without it each
+    connection could hold `max_pipelined` bodies of `max_body_bytes` and connections are unbounded too. A body
+    that would pass it is answered 503 `ServerBusy` and its connection closed: the other connections' requests
+    are served, and the proxy's failure mode applies to that one."""
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ValueError(f"http.flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
         if self.path_prefix and (not self.path_prefix.startswith("/") or self.path_prefix.endswith("/")):
             raise ValueError("http.path_prefix must start with '/' and not end with '/' (e.g. /authz)")
-        if min(self.max_header_bytes, self.max_body_bytes, self.max_pipelined) <= 0:
+        if min(self.max_header_bytes, self.max_body_bytes, self.max_pipelined, self.max_connections) <= 0:
             raise ValueError("http limits must be positive")
         if min(self.idle_timeout, self.request_timeout) <= 0:
             raise ValueError("http timeouts must be positive")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("http.max_buffered_bytes must be at least http.max_body_bytes")
         _compile_networks(self.trusted_peers)  # fail at config load, not at the first connection
 
 
@@ -134,6 +146,7 @@ _BAD_REQUEST: Final = _canned(400, reasons.MALFORMED_REQUEST, "Malformed HTTP re
 _TOO_LARGE: Final = _canned(413, PAYLOAD_TOO_LARGE, "Request body too large")
 _HEADERS_TOO_LARGE: Final = _canned(431, HEADERS_TOO_LARGE, "Request headers too large")
 _TIMEOUT: Final = _canned(408, REQUEST_TIMEOUT, "Request not received in time")
+_BUSY: Final = _canned(503, SERVER_BUSY, "Too many request bytes held; try again")
 
 
 class _RenderError(ValueError):
@@ -203,7 +216,17 @@ def _compile_networks(peers: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipa
 class _Shared:
     """What every connection of one listener reads: settings in their fast form, the pipeline, live conns."""
 
-    __slots__ = ("checked_names", "connections", "networks", "pipeline", "prefix", "rendered", "settings")
+    __slots__ = (
+        "buffered",
+        "checked_names",
+        "connections",
+        "networks",
+        "pipeline",
+        "prefix",
+        "refused_connections",
+        "rendered",
+        "settings",
+    )
 
     def __init__(self, pipeline: Checker, settings: HttpSettings) -> None:
         self.pipeline = pipeline
@@ -212,6 +235,9 @@ class _Shared:
         self.networks = _compile_networks(settings.trusted_peers)
         self.checked_names: set[str] = set()
         self.connections: set[HttpAuthzProtocol] = set()
+        self.buffered = 0
+        """Request body bytes every connection holds together (`HttpSettings.max_buffered_bytes`)."""
+        self.refused_connections = 0
         # Decisions are reused (constant denies, the pipeline's memoized allows): keep their wire form while
         # they live. Weak keys, so a dropped Decision takes its bytes with it.
         self.rendered: weakref.WeakKeyDictionary[Decision, bytes] = weakref.WeakKeyDictionary()
@@ -370,6 +396,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         "_head_len",
         "_head_raw",
         "_headers",
+        "_held",
         "_in_head",
         "_in_message",
         "_last_activity",
@@ -426,10 +453,20 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._held = 0  # body bytes counted in `_Shared.buffered` for this connection, released when answered
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        shared = self._shared
+        if len(shared.connections) >= self._settings.max_connections:
+            shared.refused_connections += 1
+            refused_connections.warning(
+                "refusing an HTTP connection: %d open (http.max_connections)", len(shared.connections)
+            )
+            self._stop_reading = True
+            transport.close()
+            return
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
@@ -441,6 +478,8 @@ class HttpAuthzProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._shared.connections.discard(self)
+        self._shared.buffered -= self._held
+        self._held = 0
         self._queue.clear()
         self._out.clear()
         if self._timer is not None:
@@ -536,9 +575,15 @@ class HttpAuthzProtocol(asyncio.Protocol):
             self._transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        self._body_len += len(body)
+        size = len(body)
+        self._body_len += size
         if self._body_len > self._settings.max_body_bytes:
             raise _Reject(_TOO_LARGE)
+        shared = self._shared
+        if shared.buffered + size > self._settings.max_buffered_bytes:
+            raise _Reject(_BUSY)
+        shared.buffered += size
+        self._held += size
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -621,6 +666,11 @@ class HttpAuthzProtocol(asyncio.Protocol):
         self._flush()
 
     def _respond(self, decision: Decision, pending: _Pending) -> None:
+        request = pending.request
+        if request is not None and request.body:
+            size = len(request.body)
+            self._held -= size
+            self._shared.buffered -= size
         connection = pending.connection
         common = not connection and not pending.head_only  # HTTP/1.1 keep-alive: the case worth remembering
         memo = self._shared.rendered
