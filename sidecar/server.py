@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from .admin import AdminResponse, AdminServer, json_response
 from .config import Config, ConfigError, default_config, load_config
 from .ext_authz import SERVICE_NAME, AuthorizationService
-from .grpc_lean import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError, LeanGrpcServer, start_lean_grpc
+from .grpc_lean import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError, LeanGrpcServer, settings_from_server, start_lean_grpc
 from .heap import settle
 from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from .logs import DecisionLogger
@@ -223,7 +223,8 @@ class Sidecar:
         service = AuthorizationService(self.pipeline.check)
         handlers = {f"/{SERVICE_NAME}/Check": service.check_wire, f"/{_HEALTH_SERVICE}/Check": self._health_check}
         try:
-            self.lean_grpc = await start_lean_grpc(host, port, handlers, reuse_port=self.reuse_port)
+            settings = settings_from_server(self.runtime.config.server)
+            self.lean_grpc = await start_lean_grpc(host, port, handlers, settings, reuse_port=self.reuse_port)
         except OSError as exc:
             raise BindError(f"cannot listen on {address} (grpc): {exc.strerror or exc}") from None
         self.grpc_port = self.lean_grpc.port
