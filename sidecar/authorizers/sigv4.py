@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ..inline import in_task
 from ..reasons import ACCESS_DENIED, MISSING_AUTHENTICATION_TOKEN, Denied
 from ..request import Principal, Request
 from . import sigv4a
@@ -279,7 +280,9 @@ class RedisReplayGuard(ReplayGuard):
     async def first_use(self, key: str, ttl: float, now: float) -> bool:
         local_first = self.fallback.check(key, ttl, now)
         try:
-            stored = await self.client.set(self.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000)))
+            # In a Task: the asyncio listeners start a Check inline, outside any, and redis-py times its
+            # commands with `asyncio.timeout`, which raises there; every SET failed and the guard was per process.
+            stored = await in_task(self.client.set(self.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
         except Exception as exc:  # redis.RedisError, OSError, timeouts: all degrade to the local answer
             log.warning("replay guard: redis unavailable (%s); using the local guard", exc.__class__.__name__)
             return local_first

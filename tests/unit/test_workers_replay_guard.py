@@ -299,9 +299,8 @@ def test_workers_need_a_shared_replay_guard(
     assert "started 2 workers" not in logged  # refused before any worker was spawned
 
     shared = tmp_path / "shared.yaml"
-    # grpcio: on the lean listener (and in HTTP mode) a Check starts outside any Task, where redis-py's SET
-    # fails (asyncio.timeout needs a Task) and the guard falls back to the worker's own: reported, not fixed here.
-    shared.write_text(guarded_config(tmp_path, grpc_port, admin_port, redis_url=redis_server.url, engine="grpcio"))
+    # The lean listener (the default) starts a Check outside any Task: the guard's SET must still reach Redis.
+    shared.write_text(guarded_config(tmp_path, grpc_port, admin_port, redis_url=redis_server.url, engine="lean"))
     proc, stderr = serve(shared)
     url = f"http://127.0.0.1:{admin_port}/readyz"
     poll(lambda: ready_body(url) is not None or proc.poll() is not None, timeout=60)

@@ -238,6 +238,39 @@ async def test_redis_replay_guard_is_shared_between_sidecars(redis_url: str) -> 
         await second.close()
 
 
+async def test_redis_replay_guard_started_inline_reaches_redis(redis_url: str) -> None:
+    """The lean gRPC and HTTP listeners start a Check with `coro.send(None)` from a loop callback, outside any
+    Task: the guard's SET must still reach Redis (it failed there, so every replica kept its own guard)."""
+    import asyncio
+
+    from sidecar.inline import Resume
+
+    first = RedisReplayGuard(redis_client(redis_url, 1.0))
+    second = RedisReplayGuard(redis_client(redis_url, 1.0))
+    loop = asyncio.get_running_loop()
+
+    async def inline(guard: RedisReplayGuard) -> bool:
+        coro = guard.first_use("inline-key", 60, now=0)
+        started: asyncio.Future[object] = loop.create_future()
+
+        def start() -> None:  # what HttpAuthzProtocol and LeanGrpcProtocol do
+            try:
+                started.set_result(coro.send(None))
+            except StopIteration as done:
+                started.set_exception(AssertionError(f"finished without awaiting Redis: {done.value!r}"))
+
+        loop.call_soon(start)
+        return bool(await Resume(coro, await started))
+
+    try:
+        assert await inline(first) is True
+        assert await inline(second) is False  # another replica: only Redis can know
+        assert await first.client.exists(first.prefix + "inline-key") == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_redis_down_degrades_to_the_local_guard() -> None:
     guard = RedisReplayGuard(redis_client(f"redis://127.0.0.1:{free_port()}/0", 0.2))
     try:
