@@ -72,6 +72,10 @@ def parse_http_request(raw: bytes, source_ip: str = "127.0.0.1", scheme: str = "
         value = value.strip()
         headers[last] = f"{headers[last]},{value}" if last in headers else value
     authority = headers.pop("host", "")
+    # The shipped Envoy (`use_remote_address: true`) appends its peer to X-Forwarded-For before it asks; do the
+    # same, so `aws:SourceIp` with `policy.trusted_proxy_hops` comes out as it does behind Envoy.
+    forwarded = headers.get("x-forwarded-for")
+    headers["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
     check = CheckRequest()
     http = check.attributes.request.http
     http.method, http.path, http.host, http.scheme, http.protocol = method, target, authority, scheme, "HTTP/1.1"

@@ -195,6 +195,9 @@ def compile_runtime(config: Config) -> Runtime:
             trusted_proxy_hops=config.policy.trusted_proxy_hops,
             vpce_header=config.policy.vpce_header,
             vpc_header=config.policy.vpc_header,
+            # Envoy's http_service (use_remote_address) and Traefik append their peer before asking; the
+            # shipped nginx config passes the client's X-Forwarded-For untouched.
+            http_proxy_appends=config.http.flavor != "nginx",
         ),
     )
 
