@@ -119,7 +119,9 @@ _CLOSE: Final = b"connection: close\r\n"
 _KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON: Final = b"content-type: application/json\r\ncontent-length: "
-_UNSAFE_VALUE = re.compile("[\x00\r\n]").search
+_UNSAFE_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]").search
+"""Control characters Envoy refuses in a header value (tab is allowed): answering with them would split the
+response (CR/LF) or make Envoy fail the request; the pipeline never lets an identity carry them."""
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 
 _MAX_RENDERED: Final = 4096

@@ -19,7 +19,7 @@ from .logs import DecisionLogger
 from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
-from .request import ANONYMOUS, Decision, Principal, Request
+from .request import ANONYMOUS, Decision, Principal, Request, header_safe
 from .routes import AmbiguousPath
 from .runtime import DEFAULT_IDENTITY_HEADERS, CompiledRoute, Runtime, RuntimeHolder
 
@@ -32,6 +32,26 @@ NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentic
 AMBIGUOUS_PATH = reasons.deny(
     reasons.MALFORMED_REQUEST, "The request path is ambiguous (encoded '/', '\\' or '.')", 400
 )
+
+
+UNSENDABLE_IDENTITY = reasons.INTERNAL
+"""An allow whose identity could not reach the upstream unchanged: denied (fail closed) rather than sent."""
+
+
+def sendable(principal: Principal) -> bool:
+    """Whether every value this principal puts in an upstream header arrives as it is (`header_safe`).
+
+    Authorizers check what they read (JWT: `InvalidClaim`); this is the pipeline's own last check, for every
+    authorizer type, run once per principal object on its first allow (the allow memo keeps the rest). A value
+    Envoy refuses would turn the allow into a 503, and one a parser trims would name someone else."""
+    if not header_safe(principal.id):
+        log.error("authorizer %s produced a principal id that cannot be sent upstream; denying", principal.authorizer)
+        return False
+    for name, value in principal.upstream_headers:
+        if value and not header_safe(value):
+            log.error("authorizer %s produced an unsendable %s value; denying", principal.authorizer, name)
+            return False
+    return True
 
 
 def allow_decision(
@@ -181,6 +201,8 @@ class Pipeline:
             return replace(refusal, principal=principal.without_claims(), statement=statement)
         if self.explain:
             explanation = outcome.explain() if outcome is not None else ("no policy applies: the authorizer decides",)
+            if not sendable(principal):
+                return UNSENDABLE_IDENTITY
             decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             return replace(decision, statement=statement, explanation=explanation)
         if runtime is not self._allowed_for:
@@ -222,6 +244,8 @@ class Pipeline:
         key = (route, principal, statement)
         decision = self._allowed.get(key)
         if decision is None:
+            if not sendable(principal):
+                return UNSENDABLE_IDENTITY
             decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             if statement:
                 decision = replace(decision, statement=statement)

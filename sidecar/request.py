@@ -20,6 +20,19 @@ _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "O
 _UPPER_TOKEN = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,31}\Z").match
 
 
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]|\A | \Z").search
+"""What keeps a value from reaching the upstream exactly as it is: C0 controls (CR, LF, NUL, tab, ...) and DEL,
+which Envoy refuses in a header value (the request fails with 503), C1 controls, and a space at either end, which
+HTTP parsers strip (" alice" would arrive as "alice"). Other non-ASCII text is fine: both transports send it as
+UTF-8 bytes, which Envoy passes through."""
+
+
+def header_safe(value: str) -> bool:
+    """Whether `value` can be sent as a header value and arrive unchanged (checked once per identity, by the
+    authorizer that reads it and again by the pipeline before an allow carries it)."""
+    return _HEADER_UNSAFE(value) is None
+
+
 def is_canonical_method(method: str) -> bool:
     """Whether `method` is an upper-case HTTP token: the only spelling any stage (routes, policies, SigV4) sees.
 

@@ -48,7 +48,7 @@ from jwt.algorithms import get_default_algorithms
 from pydantic import Field, field_validator, model_validator
 
 from ..reasons import STATUS_UNAUTHORIZED, Denied
-from ..request import CompactMap, Principal, Request
+from ..request import CompactMap, Principal, Request, header_safe
 from .base import Authorizer, AuthorizerSettings, BuildContext
 from .jwks import (
     OKP_CURVES,
@@ -568,18 +568,6 @@ def _cookie(header: str, name: str) -> str | None:
         if sep and key == name:
             return value.strip().strip('"') or None
     return None
-
-
-_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]|\A | \Z").search
-"""What keeps a value from reaching the upstream exactly as it is: C0 controls (CR, LF, NUL, tab, ...) and DEL,
-which Envoy refuses in a header value (the request fails with 503), C1 controls, and a space at either end, which
-HTTP parsers strip (" alice" would arrive as "alice"). Other non-ASCII text is fine: both transports send it as
-UTF-8 bytes, which Envoy passes through."""
-
-
-def header_safe(value: str) -> bool:
-    """Whether `value` can be sent as an upstream header value and arrive unchanged."""
-    return _HEADER_UNSAFE(value) is None
 
 
 def header_value(value: Any) -> str:

@@ -192,3 +192,26 @@ async def test_identity_headers_of_every_authorizer_are_removed_where_not_set(tm
     assert ("x-user-id", "u") in allowed.all_headers()
     assert "x-user-email" not in dict(allowed.all_headers())
     assert "x-user-email" in allowed.headers_to_remove and "x-user-id" not in allowed.headers_to_remove
+
+
+async def test_an_identity_that_cannot_reach_the_upstream_unchanged_is_denied(tmp_path: Path) -> None:
+    """Finding 12's rule for every authorizer: a principal id Envoy would refuse (control characters) or a parser
+    would trim (edge spaces) is a deny, never an allow that Envoy turns into a 503 or that names someone else."""
+    from sidecar import reasons
+
+    text = (
+        "plugins: [tests.e2e.plugins.token]\n"
+        "authorizers:\n  tok: {type: test-token}\n"
+        "routes:\n  - {match: 'ANY /{proxy+}', authorizer: tok}\n"
+    )
+    p = Pipeline(RuntimeHolder(compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))))
+    p.explain = False
+
+    def with_token(token: str) -> Request:
+        return Request(method="GET", raw_path="/x", path="/x", headers={"x-token": token}, time=1e9)
+
+    assert (await p.decide(with_token("alice"))).allowed
+    for token in ("a\tb", "al\x7fice", " alice", "alice ", "a\x85b"):
+        decision = await p.decide(with_token(token))
+        assert not decision.allowed and decision.reason == reasons.INTERNAL_ERROR, token
+    assert (await p.decide(with_token("José"))).allowed  # other UTF-8 text passes unchanged
