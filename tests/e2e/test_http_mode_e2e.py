@@ -76,7 +76,10 @@ class ThreadedSidecar:
     def __init__(self, config_text: str, base_dir: Path, settings: HttpSettings) -> None:
         config_file = base_dir / "config.yaml"
         config_file.write_text(config_text, encoding="utf-8")
-        self.config = parse_config(config_text, str(config_file))
+        config = parse_config(config_text, str(config_file))
+        if config.http.flavor != settings.flavor:  # as in a real deployment, the config names the listener's flavor
+            config = config.model_copy(update={"http": config.http.model_copy(update={"flavor": settings.flavor})})
+        self.config = config
         self.settings = settings
         self.recorder: Recorder | None = None
         self.port = 0
