@@ -47,7 +47,7 @@ from .listener import RunningListener
 from .log_throttle import ThrottledWarning
 
 if TYPE_CHECKING:
-    from .config import ServerSettings
+    from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 protocol_errors = ThrottledWarning(log)

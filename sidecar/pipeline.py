@@ -14,7 +14,6 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from . import reasons
-from .config import UpstreamHeaderSettings
 from .logs import DecisionLogger
 from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
@@ -22,6 +21,7 @@ from .reasons import Denied
 from .request import ANONYMOUS, Decision, Principal, Request, header_safe
 from .routes import AmbiguousPath
 from .runtime import DEFAULT_IDENTITY_HEADERS, CompiledRoute, Runtime, RuntimeHolder
+from .settings import UpstreamHeaderSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ from pydantic import SecretStr
 from .authorizers.base import Authorizer, BuildContext, registry
 from .cache import TIME_KEYS, DecisionCache, KeyPlan, LocalCache, RemoteCache
 from .cache.remote import Breaker, Signer, redis_client, signing_key
-from .config import Config, ConfigError, ConfigIssue, RouteSettings, UpstreamHeaderSettings
+from .issues import ConfigError, ConfigIssue
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
 from .request import Decision
 from .routes import RouteTable
+from .settings import Config, RouteSettings, UpstreamHeaderSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import ApiSettings
+    from ..settings import ApiSettings
 
 SHORT_PREFIX = "execute-api:/"
 _ARN_PARTS = 6

@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..config import ConfigError, ConfigIssue
+from ..issues import ConfigError, ConfigIssue
 from .arn import ArnSet, compile_alternatives, literal_prefix, literal_suffix, rendered_matches
 from .conditions import Check, compile_condition, template_keys
 from .context import INVOKE, EvalContext
@@ -33,8 +33,8 @@ from .document import RESOURCE_POLICY_MAX, Kind, PolicyDocument, PrincipalSpec, 
 from .variables import Template, has_variables, parse_template
 
 if TYPE_CHECKING:
-    from ..config import ApiSettings
     from ..request import Principal
+    from ..settings import ApiSettings
 
 _BOUNDARY = frozenset(":/")
 MEMO_ENTRIES = 4096

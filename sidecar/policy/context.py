@@ -28,8 +28,8 @@ from ..routes import canonical_path
 from .arn import resource_arn
 
 if TYPE_CHECKING:
-    from ..config import ApiSettings
     from ..request import Principal, Request
+    from ..settings import ApiSettings
 
 Value = str | tuple[str, ...] | None
 INVOKE = "execute-api:invoke"

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..config import ConfigError, ConfigIssue, format_loc
+from ..issues import ConfigError, ConfigIssue, format_loc
 from .arn import SHORT_PREFIX, action_problem, arn_problem, compile_alternatives, expand_short_form, literal_prefix
 from .conditions import ConditionError, Operator, parse_operator, value_problem
 from .context import PROVIDED_KEYS, parse_date
@@ -22,7 +22,7 @@ from .jsonpos import JsonSyntaxError, Located, Path, parse_located
 from .variables import VariableError, has_variables, parse_template
 
 if TYPE_CHECKING:
-    from ..config import ApiSettings
+    from ..settings import ApiSettings
 
 Kind = Literal["resource", "identity"]
 VERSION_CURRENT = "2012-10-17"

@@ -1,0 +1,275 @@
+"""The config file's schema: one frozen pydantic model per section, and `Config`, the whole file.
+
+A leaf: it knows nothing of loading (`config.py`), compiling (`runtime.py`) or serving. pydantic v2 was chosen
+over msgspec for its error locations and discriminated models; validation runs once per load, off the hot path.
+Authorizer settings are validated by the model each type registers (`authorizers/base.py`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from .authorizers.base import AuthorizerSettings
+
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+_API_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_hostport(value: str | None) -> str | None:
+    if value is None:
+        return None
+    match = _HOSTPORT.match(value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:9191, got {value!r}")
+    return value
+
+
+class ListenSettings(_Frozen):
+    """Where the sidecar listens. `admin` serves /metrics, /healthz and /readyz; null turns a listener off."""
+
+    grpc: str | None = "127.0.0.1:9191"
+    admin: str | None = "127.0.0.1:9190"
+    http: str | None = None
+
+    _hostports = field_validator("grpc", "admin", "http")(_check_hostport)
+
+
+class ApiSettings(_Frozen):
+    """The API these routes belong to; it names resources in policies (`arn:aws:execute-api:...`)."""
+
+    id: str = "local"
+    stage: str = "prod"
+    account: str = "000000000000"
+    region: str = "us-east-1"
+
+    @field_validator("id", "stage")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _API_ID.match(value):
+            raise ValueError("use 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not _ACCOUNT.match(value):
+            raise ValueError("an AWS account id is 12 digits")
+        return value
+
+
+class LocalCacheSettings(_Frozen):
+    """The in-process decision cache."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=100_000, ge=0, le=10_000_000)
+
+
+class SentinelSettings(_Frozen):
+    """Redis Sentinel: the master's name and the sentinels to ask for it."""
+
+    master: str
+    nodes: tuple[str, ...]
+
+    _hostports = field_validator("nodes")(lambda cls, v: tuple(_check_hostport(n) or n for n in v))
+
+
+class RedisCacheSettings(_Frozen):
+    """The shared decision cache (optional). `url` may carry a password and `rediss://` for TLS."""
+
+    url: SecretStr
+    signing_key: SecretStr | None = None
+    """HMAC key every replica shares, so entries are trusted only if a replica wrote them."""
+    signing_key_file: str | None = None
+    signing_key_env: str | None = None
+    timeout_ms: float = Field(default=5.0, gt=0, le=1000)
+    """Per-operation limit; a slower Redis counts as a failure."""
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    cluster: bool = False
+    """Use redis-py's RedisCluster client."""
+    sentinel: SentinelSettings | None = None
+    lean_reads: bool = True
+    """Read through the sidecar's own pipelined RESP connection (`cache/resp.py`, plain `redis://` URLs only;
+    ~2.5x less CPU per lookup than redis-py); false reads through redis-py like everything else."""
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    """Consecutive failures that open the circuit breaker."""
+    breaker_cooldown: float = Field(default=1.0, gt=0, le=300)
+    """Seconds before the first probe; doubles while Redis keeps failing (up to 30 s)."""
+
+
+class CacheSettings(_Frozen):
+    """Decision caching: `local` in front of an optional `redis`; TTLs in seconds (API Gateway: 300, max 3600)."""
+
+    local: LocalCacheSettings = LocalCacheSettings()
+    redis: RedisCacheSettings | None = None
+    ttl: float = Field(default=300.0, ge=0, le=3600)
+    """How long an allow is reused; 0 turns caching off."""
+    deny_ttl: float = Field(default=30.0, ge=0, le=3600)
+    """How long a policy or scope denial is reused; authentication failures are never cached."""
+
+
+class UpstreamHeaderSettings(_Frozen):
+    """Headers set on allowed requests for the upstream; each overwrites whatever the client sent. null: off."""
+
+    principal: str | None = "x-authz-principal"
+    authorizer: str | None = "x-authz-authorizer"
+    route: str | None = None
+
+    @field_validator("principal", "authorizer", "route")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else None
+
+
+class DecisionLogSettings(_Frozen):
+    """Structured decision logs (JSON lines). Denials are always logged; allows are sampled."""
+
+    enabled: bool = True
+    output: str = "stdout"
+    """`stdout`, `stderr`, or a file path (appended to)."""
+    allow_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    flush_interval: float = Field(default=0.2, gt=0, le=10)
+
+
+class PolicySettings(_Frozen):
+    """How policies see requests, and API-wide policy switches (docs/policies.md)."""
+
+    private_api: bool = False
+    """Like an API Gateway private API: deny unless the resource policy explicitly allows."""
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
+    """Proxies in front of Envoy that append to X-Forwarded-For; 0: aws:SourceIp is Envoy's peer address."""
+    vpce_header: str | None = None
+    """Header the network layer sets (and strips from clients) with the VPC endpoint id (aws:SourceVpce)."""
+    vpc_header: str | None = None
+    """Header with the VPC id (aws:SourceVpc)."""
+    max_resource_policy_size: int = Field(default=8192, ge=256, le=1_000_000)
+    """AWS limits resource policies to 8192 characters; raise it for policies generated by tools."""
+
+    @field_validator("vpce_header", "vpc_header")
+    @classmethod
+    def _lower_header(cls, value: str | None) -> str | None:
+        return value.lower() if value else None
+
+
+class HttpModeSettings(_Frozen):
+    """The HTTP ext_authz listener (`listen.http`): what Envoy's `http_service` (or nginx/Traefik) sends."""
+
+    flavor: Literal["envoy", "nginx", "traefik"] = "envoy"
+    path_prefix: str = ""
+    """Envoy's `http_service.path_prefix`, stripped before routing (the shipped config uses `/authz`)."""
+    trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")
+    """Addresses/CIDRs whose x-authz-source-address / x-authz-peer-certificate headers are believed."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    idle_timeout: float = Field(default=60.0, gt=0, le=3600)
+    request_timeout: float = Field(default=10.0, gt=0, le=600)
+    max_pipelined: int = Field(default=64, ge=1, le=10_000)
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    """Connections kept open at once; past it a new one is closed at once (counted, logged with throttling)."""
+    max_buffered_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=4 * 1024 * 1024 * 1024)
+    """Request bodies held by the whole listener (arriving or waiting for their decision); a body that would
+    pass it is answered 503 and its connection closed."""
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpModeSettings:
+        if self.path_prefix and (not self.path_prefix.startswith("/") or self.path_prefix.endswith("/")):
+            raise ValueError("http.path_prefix must start with '/' and not end with '/' (e.g. /authz)")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("http.max_buffered_bytes must be at least http.max_body_bytes")
+        for peer in self.trusted_peers:
+            try:
+                ipaddress.ip_network(peer, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"http.trusted_peers: {exc}") from None
+        return self
+
+
+class RouteSettings(_Frozen):
+    """One route: `match` is `METHOD /path/{param}/{proxy+}` (API Gateway's syntax) or `$default`."""
+
+    match: str
+    authorizer: str
+    scopes: tuple[str, ...] = ()
+    cache_ttl: float | None = Field(default=None, ge=0, le=3600)
+    """Overrides `cache.ttl` for this route (0: never cache its decisions)."""
+    replay_guard: bool | None = None
+    """`sigv4` routes only: deny a signature already used while it is still valid. Null: the authorizer's own
+    `replay_guard` setting decides, so the guard can be on for the routes that move money and off elsewhere."""
+
+
+_Gen0 = Annotated[int, Field(ge=100)]
+_GenN = Annotated[int, Field(ge=1)]
+
+
+class ServerSettings(_Frozen):
+    """Process behaviour."""
+
+    grace_period: float = Field(default=10.0, ge=0, le=300)
+    """Seconds in-flight Checks get to finish after SIGTERM."""
+    watch_config: bool = True
+    """Reload when the config file changes (SIGHUP always reloads)."""
+    watch_interval: float = Field(default=2.0, gt=0, le=60)
+    grpc_engine: Literal["lean", "grpcio"] = "lean"
+    """What serves `listen.grpc`: `lean` (`sidecar/grpc_lean.py`: unary gRPC over h2c on the asyncio loop, ~6x less
+    CPU per Check, no reflection) or `grpcio` (grpc.aio, with server reflection)."""
+    gc_freeze: bool = True
+    """After start-up and each reload, collect once and `gc.freeze()` what is alive, so full collections stop
+    walking the imports and the compiled runtime (they stalled the loop for 50-70 ms; see `sidecar/heap.py`)."""
+    gc_threshold: tuple[_Gen0, _GenN, _GenN] | None = None
+    """`gc.set_threshold` values; null (the default) keeps Python's (700, 10, 10). Measured under load with the
+    freeze on: a first generation of 10,000 made young collections rarer but each one slower (the young objects
+    no longer fit in cache), and the total collector time went up (2.1 s against 1.4 s over ~60,000 Checks)."""
+    grpc_max_connections: int = Field(default=256, ge=1, le=65_536)
+    """Lean engine: connections `listen.grpc` keeps open at once; one more is sent GOAWAY(ENHANCE_YOUR_CALM) and
+    closed at once (counted, one warning per 10 s). Envoy opens one per worker thread, more past 1,000 streams."""
+    grpc_max_parked_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
+    """Lean engine: request bytes all connections together may hold for Checks still arriving (a Check that
+    arrives in one 16 KiB DATA frame holds none). A Check that would pass it fails with RESOURCE_EXHAUSTED (Envoy
+    applies its ext_authz failure mode to that Check alone) and its bytes are released."""
+    grpc_max_connection_parked_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    """Lean engine: the same bound for one connection, so a single peer cannot take the whole budget."""
+    grpc_stream_window: int = Field(default=256 * 1024, ge=65_535, le=16 * 1024 * 1024)
+    """Lean engine: the HTTP/2 receive window of each call (refilled as its bytes arrive): what a peer may send on
+    a call before we read it. The default takes a Check with Envoy's 64 KiB body limit and its headers whole."""
+    grpc_connection_window: int = Field(default=1024 * 1024, ge=65_535, le=64 * 1024 * 1024)
+    """Lean engine: the HTTP/2 receive window of each connection (topped up once half is used)."""
+    grpc_preface_timeout: float = Field(default=5.0, gt=0, le=300)
+    """Lean engine: seconds a new connection has to send the HTTP/2 preface before it is closed."""
+    grpc_idle_timeout: float = Field(default=60.0, gt=0, le=3600)
+    """Lean engine: seconds a connection may have no call open before a graceful GOAWAY closes it."""
+    grpc_request_timeout: float = Field(default=10.0, gt=0, le=600)
+    """Lean engine: seconds a Check's request may take to arrive whole; then it fails with DEADLINE_EXCEEDED and
+    its stream is reset. (Envoy's own ext_authz timeout, 0.5 s in the shipped config, is far shorter.)"""
+
+
+class Config(_Frozen):
+    """A whole config file, validated. `source` is where it came from (for error messages and relative paths)."""
+
+    listen: ListenSettings = ListenSettings()
+    api: ApiSettings = ApiSettings()
+    cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
+    upstream_headers: UpstreamHeaderSettings = UpstreamHeaderSettings()
+    decision_log: DecisionLogSettings = DecisionLogSettings()
+    policy: PolicySettings = PolicySettings()
+    http: HttpModeSettings = HttpModeSettings()
+    plugins: tuple[str, ...] = ()
+    """Python modules imported before validation; each may `register` its own authorizer types."""
+    authorizers: dict[str, AuthorizerSettings] = {}
+    resource_policy: str | None = None
+    routes: tuple[RouteSettings, ...] = ()
+    source: str = Field(default="<memory>", exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in this config resolve against."""
+        return Path(self.source).resolve().parent if not self.source.startswith("<") else Path.cwd()
