@@ -62,6 +62,7 @@ from .jwks import (
     check_key_url,
     shared_cache,
 )
+from .sources import IdentitySource
 
 log = logging.getLogger(__name__)
 
@@ -518,56 +519,9 @@ class ClaimRules:
             raise JwtError(INVALID_AUDIENCE, "the ID token was issued to another app client (aud)")
 
 
-# -- identity sources and principals -------------------------------------------------------------------------
+# -- principals ---------------------------------------------------------------------------------------------
 
-_SOURCE = re.compile(r"^(?:\$request\.)?(header|query|querystring|cookie)\.([!#$%&'*+.^_`|~0-9A-Za-z-]+)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class IdentitySource:
-    """Where the token is: `header.NAME` (a `Bearer ` prefix is stripped), `query.NAME` or `cookie.NAME`.
-
-    API Gateway's spelling (`$request.header.Authorization`, `$request.querystring.token`) is accepted too.
-    """
-
-    where: Literal["header", "query", "cookie"]
-    name: str
-
-    @classmethod
-    def parse(cls, text: str) -> IdentitySource:
-        match = _SOURCE.match(text.strip())
-        if not match:
-            raise ValueError(f"identity source {text!r}: expected header.NAME, query.NAME or cookie.NAME")
-        kind, name = match.groups()
-        if kind == "header":
-            return cls("header", name.lower())
-        return cls("query" if kind in ("query", "querystring") else "cookie", name)
-
-    def extract(self, request: Request) -> str | None:
-        """The token in `request`, or None when this source holds none."""
-        if self.where == "header":
-            value = request.headers.get(self.name)
-            if not value:
-                return None
-            scheme, sep, rest = value.strip().partition(" ")
-            if not sep:
-                return scheme or None  # a bare token, as API Gateway accepts
-            if scheme.lower() != "bearer":
-                return None  # another scheme (Basic, AWS4-HMAC-SHA256, ...): not ours
-            return rest.strip() or None
-        if self.where == "query":
-            values = request.query.get(self.name)
-            return values[0] if values and values[0] else None
-        return _cookie(request.headers.get("cookie", ""), self.name)
-
-
-def _cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == name:
-            return value.strip().strip('"') or None
-    return None
 
 
 def header_value(value: Any) -> str:
@@ -1092,7 +1046,6 @@ __all__ = [
     "ClaimRules",
     "CognitoAuthorizer",
     "CognitoSettings",
-    "IdentitySource",
     "JwtAuthorizer",
     "JwtError",
     "JwtSettings",
