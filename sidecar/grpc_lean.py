@@ -45,6 +45,7 @@ from hpack.exceptions import HPACKError
 from .inline import Resume
 from .listener import RunningListener
 from .log_throttle import ThrottledWarning
+from .memo import BoundedMemo
 
 if TYPE_CHECKING:
     from .settings import ServerSettings
@@ -325,7 +326,7 @@ class _Headers:
 
     def __init__(self, max_header_list_bytes: int) -> None:
         self._decoder = Decoder(max_header_list_size=max_header_list_bytes)
-        self._memo: dict[bytes, tuple[bytes, bool]] = {}
+        self._memo: BoundedMemo[bytes, tuple[bytes, bool]] = BoundedMemo(self._MAX_MEMO)
 
     def request(self, block: bytes) -> tuple[bytes, bool]:
         """(:path, is a gRPC POST) of a request header block; raises HPACKError on a bad block."""
@@ -352,9 +353,7 @@ class _Headers:
         # insert makes a new tuple) and nothing evicted (a size update that shrinks and restores changes the count).
         if after[0] == before[0] and after[1] == before[1] and after[2] is before[2]:
             if len(block) <= _MEMO_BLOCK:
-                if len(self._memo) >= self._MAX_MEMO:
-                    self._memo.clear()
-                self._memo[block] = result
+                self._memo.put(block, result)
         else:
             self._memo.clear()  # the table changed: every remembered block may now decode differently
         return result

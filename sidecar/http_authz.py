@@ -37,6 +37,7 @@ from . import reasons
 from .inline import Resume
 from .listener import RunningListener
 from .log_throttle import ThrottledWarning
+from .memo import BoundedMemo
 from .request import EMPTY_MAP, Decision, Request, is_canonical_method
 
 log = logging.getLogger(__name__)
@@ -267,16 +268,13 @@ class _Reject(Exception):
         self.response = response
 
 
-_NAMES: dict[bytes, str] = {}
+_NAMES: BoundedMemo[bytes, str] = BoundedMemo(4096)
 """Raw header name -> lower-case str. Proxies send the same few dozen names over and over."""
 
 
 def _name(raw: bytes) -> str:
     """Decode and remember a header name (the memo stops growing at 4096 distinct spellings)."""
-    name = raw.decode("latin-1").lower()
-    if len(_NAMES) < 4096:
-        _NAMES[raw] = name
-    return name
+    return _NAMES.put(raw, raw.decode("latin-1").lower())
 
 
 def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

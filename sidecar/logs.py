@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from .memo import BoundedMemo
 from .request import Decision, Request
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class _LineFormatter:
         self._prefix = ""
         self._ms = -1
         self._stamp = ""
-        self._runs: dict[tuple[Any, ...], str] = {}
+        self._runs: BoundedMemo[tuple[Any, ...], str] = BoundedMemo(_MAX_RUNS)
 
     def _time(self, seconds: float) -> str:
         """RFC 3339 UTC with milliseconds; a busy second has many lines per millisecond, so the last is kept."""
@@ -168,11 +169,7 @@ class _LineFormatter:
     def _run(self, key: tuple[Any, ...], build: Callable[[], str]) -> str:
         """The encoded run of fields for `key`, built once (the memo is emptied if it ever reaches _MAX_RUNS)."""
         run = self._runs.get(key)
-        if run is None:
-            if len(self._runs) >= _MAX_RUNS:
-                self._runs.clear()
-            run = self._runs[key] = build()
-        return run
+        return run if run is not None else self._runs.put(key, build())
 
     def lines(self, batch: list[_Entry]) -> str:
         return "".join([self.line(*entry) for entry in batch])

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from . import reasons
 from .logs import DecisionLogger
+from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
@@ -91,17 +92,13 @@ def allow_decision(
 
 
 _T = TypeVar("_T", tuple[str, str], tuple[str, ...], tuple[tuple[str, str], ...])
-_SHARED: dict[Any, Any] = {}
+_SHARED: BoundedMemo[Any, Any] = BoundedMemo(_MAX_ALLOW_MEMO)
 
 
 def _shared(value: _T) -> _T:
     """One object for a tuple that is the same on every decision of a route (cached decisions hold them)."""
     found: _T | None = _SHARED.get(value)
-    if found is None:
-        if len(_SHARED) >= _MAX_ALLOW_MEMO:
-            _SHARED.clear()
-        found = _SHARED[value] = value
-    return found
+    return found if found is not None else _SHARED.put(value, value)
 
 
 class Pipeline:
@@ -119,7 +116,7 @@ class Pipeline:
         self.recorder = recorder
         # Allow decisions by (route, principal object). Authorizers hand out the same Principal object for a
         # repeated credential (token caches), so a warm request reuses the Decision and its encoded response.
-        self._allowed: dict[tuple[CompiledRoute, Principal, str], Decision] = {}
+        self._allowed: BoundedMemo[tuple[CompiledRoute, Principal, str], Decision] = BoundedMemo(_MAX_ALLOW_MEMO)
         self._allowed_for: Runtime | None = None
         """The runtime whose routes key `_allowed`."""
         self.explain = explain
@@ -249,7 +246,5 @@ class Pipeline:
             decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             if statement:
                 decision = replace(decision, statement=statement)
-            if len(self._allowed) >= _MAX_ALLOW_MEMO:
-                self._allowed.clear()  # crude but O(1) and rare; the decision cache proper is an LRU
-            self._allowed[key] = decision
+            self._allowed.put(key, decision)
         return decision

@@ -15,6 +15,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
+from .memo import BoundedMemo
+
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _UPPER_TOKEN = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]{0,31}\Z").match
@@ -104,9 +106,7 @@ class CompactMap(Mapping[str, Any]):
         keys = tuple(items)
         index = _SHAPES.get(keys)
         if index is None:
-            index = {key: position for position, key in enumerate(keys)}
-            if len(_SHAPES) < _MAX_SHAPES:
-                _SHAPES[keys] = index
+            index = _SHAPES.put(keys, {key: position for position, key in enumerate(keys)})
         self._index = index
         self._values = tuple(items.values())
 
@@ -130,9 +130,9 @@ class CompactMap(Mapping[str, Any]):
         return f"CompactMap({dict(zip(self._index, self._values, strict=True))!r})"
 
 
-_SHAPES: dict[tuple[str, ...], dict[str, int]] = {}
 _MAX_SHAPES = 1024
-"""Distinct key sequences whose index is shared; past it, a map gets its own index (correct, just bigger)."""
+_SHAPES: BoundedMemo[tuple[str, ...], dict[str, int]] = BoundedMemo(_MAX_SHAPES)
+"""Distinct key sequences whose index is shared (maps already built keep theirs when it starts over)."""
 
 
 @lru_cache(maxsize=1024)

@@ -16,6 +16,8 @@ from types import MappingProxyType
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
+from .memo import BoundedMemo
+
 T = TypeVar("T")
 
 DEFAULT_ROUTE = "$default"
@@ -152,7 +154,7 @@ class RouteTable(Generic[T]):
         self._root: _Node[T] = _Node()
         self._default: Match[T] | None = None
         self._has_templates = False
-        self._memo: dict[tuple[str, str], Match[T] | None] = {}
+        self._memo: BoundedMemo[tuple[str, str], Match[T] | None] = BoundedMemo(_MEMO_SIZE)
         for text, target in routes:
             self._add(parse_match(text), text.strip(), target)
 
@@ -201,11 +203,7 @@ class RouteTable(Generic[T]):
         found = memo.get(key, _UNSEEN)
         if found is not _UNSEEN:
             return found  # type: ignore[return-value]
-        found = self._match(method, path)
-        if len(memo) >= _MEMO_SIZE:
-            memo.clear()
-        memo[key] = found
-        return found
+        return memo.put(key, self._match(method, path))
 
     def _match(self, method: str, path: str) -> Match[T] | None:
         if _needs_walk(path):

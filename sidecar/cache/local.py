@@ -12,6 +12,8 @@ from collections.abc import Hashable
 from time import monotonic
 from typing import Generic, TypeVar
 
+from ..memo import BoundedMemo
+
 V = TypeVar("V")
 _MAX_EXPIRIES = 4096
 
@@ -22,7 +24,7 @@ class LocalCache(Generic[V]):
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._data: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
-        self._expiries: dict[int, float] = {}
+        self._expiries: BoundedMemo[int, float] = BoundedMemo(_MAX_EXPIRIES)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -60,8 +62,4 @@ class LocalCache(Generic[V]):
             return at
         quarter = int(at * 4)
         shared = self._expiries.get(quarter)
-        if shared is None:
-            if len(self._expiries) >= _MAX_EXPIRIES:
-                self._expiries.clear()
-            shared = self._expiries[quarter] = quarter / 4
-        return shared
+        return shared if shared is not None else self._expiries.put(quarter, quarter / 4)

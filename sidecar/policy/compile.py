@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..issues import ConfigError, ConfigIssue
+from ..memo import BoundedMemo
 from .arn import ArnSet, compile_alternatives, literal_prefix, literal_suffix, rendered_matches
 from .conditions import Check, compile_condition, template_keys
 from .context import INVOKE, EvalContext
@@ -181,7 +182,7 @@ class _Index:
         self.suffix = {k: tuple(v) for k, v in buckets["suffix"].items()}
         self.prefix_lengths = tuple(sorted({len(k) for k in self.prefix}))
         self.suffix_lengths = tuple(sorted({len(k) for k in self.suffix}))
-        self._memo: dict[str, tuple[CompiledStatement, ...]] = {}
+        self._memo: BoundedMemo[str, tuple[CompiledStatement, ...]] = BoundedMemo(MEMO_ENTRIES)
 
     def candidates(self, resource: str) -> tuple[CompiledStatement, ...]:
         """Statements that could match `resource`, memoized per ARN (paths repeat; the memo is bounded)."""
@@ -190,9 +191,7 @@ class _Index:
             hit = self._lookup(resource)
             if len(resource) > MEMO_KEY_CHARS:
                 return hit  # clients choose paths: long unique ones must not pin megabytes of memo
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()  # cheap and bounded; an LRU would cost more per hit than it saves
-            self._memo[resource] = hit
+            self._memo.put(resource, hit)
         return hit
 
     def _lookup(self, resource: str) -> tuple[CompiledStatement, ...]:

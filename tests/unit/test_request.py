@@ -25,7 +25,10 @@ def test_compact_map_is_a_read_only_mapping() -> None:
 def test_compact_maps_share_one_index_per_key_sequence_and_the_table_is_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(requestmod, "_SHAPES", {})  # filling the process-wide table would change other tests
+    from sidecar.memo import BoundedMemo
+
+    # A fresh process-wide table: filling the real one would change other tests.
+    monkeypatch.setattr(requestmod, "_SHAPES", BoundedMemo(requestmod._MAX_SHAPES))
     one, two = CompactMap({"a": 1, "b": 2}), CompactMap({"a": 3, "b": 4})
     assert one._index is two._index
     assert CompactMap({"b": 2, "a": 1})._index is not one._index  # another order is another shape

@@ -382,8 +382,9 @@ async def test_authenticate_reuses_the_fingerprint_digest_as_the_token_cache_key
 
 async def test_cached_claims_are_compact_and_share_repeated_values(monkeypatch: pytest.MonkeyPatch) -> None:
     from sidecar import request as requestmod
+    from sidecar.memo import BoundedMemo
 
-    monkeypatch.setattr(requestmod, "_SHAPES", {})  # the process-wide tables may be full from earlier tests
+    monkeypatch.setattr(requestmod, "_SHAPES", BoundedMemo(1024))  # the process-wide table may be nearly full
     monkeypatch.setattr(jwtmod, "_VALUES", {})
     auth = make()
     first = await auth.authenticate(request(ISS.token(ISS.claims(sub="u-1", tenant="acme"))))
