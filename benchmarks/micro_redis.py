@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 import uvloop
 
 from benchmarks.harness import redis_server
-from sidecar.cache.resp import LeanReader
 from sidecar.envoy import free_port
+from sidecar.kv.resp import LeanReader
 
 READS = 5000
 

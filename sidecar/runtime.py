@@ -21,8 +21,9 @@ from pydantic import SecretStr
 
 from .authorizers.base import Authorizer, BuildContext, registry
 from .cache import TIME_KEYS, DecisionCache, KeyPlan, LocalCache, RemoteCache
-from .cache.remote import Breaker, Signer, redis_client, signing_key
+from .cache.remote import Signer, signing_key
 from .issues import ConfigError, ConfigIssue
+from .kv import Breaker, redis_client
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
 from .request import Decision

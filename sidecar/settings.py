@@ -98,7 +98,7 @@ class RedisCacheSettings(_Frozen):
     """Use redis-py's RedisCluster client."""
     sentinel: SentinelSettings | None = None
     lean_reads: bool = True
-    """Read through the sidecar's own pipelined RESP connection (`cache/resp.py`, plain `redis://` URLs only;
+    """Read through the sidecar's own pipelined RESP connection (`kv/resp.py`, plain `redis://` URLs only;
     ~2.5x less CPU per lookup than redis-py); false reads through redis-py like everything else."""
     breaker_threshold: int = Field(default=5, ge=1, le=1000)
     """Consecutive failures that open the circuit breaker."""

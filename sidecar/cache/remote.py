@@ -18,32 +18,21 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ..inline import in_task
-from ..metrics import CACHE_REQUESTS, REDIS_BREAKER_OPEN, REDIS_ERRORS, tally
+from ..kv import Breaker, RedisLike
+from ..metrics import CACHE_REQUESTS, REDIS_ERRORS, tally
 from ..request import Decision, Principal
-from .resp import LeanReader
 
 log = logging.getLogger(__name__)
 
 _FORMAT = b"\x01"
 _MAC_BYTES = 32
 T = TypeVar("T")
-
-
-class RedisLike(Protocol):
-    """The two commands the cache uses (redis.asyncio.Redis, RedisCluster and Sentinel clients all fit)."""
-
-    def get(self, name: str) -> Awaitable[Any]: ...
-
-    def set(self, name: str, value: bytes, px: int | None = None) -> Awaitable[Any]: ...
-
-    def mget(self, keys: list[str]) -> Awaitable[list[Any]]: ...
 
 
 def encode_decision(decision: Decision, expires_at: float) -> bytes:
@@ -132,50 +121,6 @@ def signing_key(value: str | None, file: str | None, env: str | None, base_dir: 
         "cache.redis has no signing_key: using a random per-process key, so replicas cannot share cached decisions"
     )
     return secrets.token_bytes(32)
-
-
-@dataclass(slots=True)
-class Breaker:
-    """Opens after `threshold` consecutive failures; after `cooldown` lets one probe through (half-open)."""
-
-    threshold: int = 5
-    cooldown: float = 1.0
-    max_cooldown: float = 30.0
-    failures: int = 0
-    open_until: float = 0.0
-    current_cooldown: float = 0.0
-    probing: bool = False
-    is_open: bool = False
-
-    def allow(self, now: float) -> bool:
-        """Whether to try Redis now."""
-        if not self.is_open:
-            return True
-        if now >= self.open_until and not self.probing:
-            self.probing = True  # half-open: exactly one request probes
-            return True
-        return False
-
-    def success(self) -> None:
-        if self.is_open:
-            log.warning("redis breaker closed: Redis answers again")
-            REDIS_BREAKER_OPEN.set(0)
-        self.failures = 0
-        self.is_open = self.probing = False
-        self.current_cooldown = 0.0
-
-    def failure(self, now: float) -> None:
-        self.failures += 1
-        self.probing = False
-        if self.is_open:
-            self.current_cooldown = min(self.current_cooldown * 2, self.max_cooldown)
-            self.open_until = now + self.current_cooldown
-        elif self.failures >= self.threshold:
-            self.is_open = True
-            self.current_cooldown = self.cooldown
-            self.open_until = now + self.cooldown
-            log.warning("redis breaker open after %d failures: deciding locally until Redis answers", self.failures)
-            REDIS_BREAKER_OPEN.set(1)
 
 
 class RemoteCache:
@@ -340,57 +285,3 @@ class RemoteCache:
 _FAILED: Any = object()
 _MAX_BATCH = 128
 _MAX_IN_FLIGHT = 2
-
-
-def redis_client(settings: Any) -> RedisLike:
-    """A redis-py asyncio client for `cache.redis`: plain (BlockingConnectionPool), cluster or sentinel.
-
-    The pool blocks (up to the operation timeout) instead of raising when all connections are busy: redis-py's
-    default pool raises `MaxConnectionsError` past its limit, which under load would count as Redis failures.
-    """
-    import redis.asyncio as aioredis
-    from redis.asyncio.cluster import RedisCluster
-    from redis.asyncio.sentinel import Sentinel
-
-    url = settings.url.get_secret_value()
-    timeout = settings.timeout_ms / 1000
-    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": max(timeout, 0.05)}
-    if settings.cluster:
-        cluster = RedisCluster.from_url(url, max_connections=settings.max_connections, **options)
-        return cluster  # type: ignore[return-value]  # wider signatures than the Protocol states
-    if settings.sentinel is not None:
-        nodes = [(h.rpartition(":")[0].strip("[]"), int(h.rpartition(":")[2])) for h in settings.sentinel.nodes]
-        sentinel = Sentinel(nodes, **options)  # type: ignore[no-untyped-call]
-        master: RedisLike = sentinel.master_for(settings.sentinel.master, **options)
-        return master
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=settings.max_connections, timeout=timeout, **options
-    )
-    client: RedisLike = aioredis.Redis(connection_pool=pool)  # type: ignore[assignment]  # wider signatures
-    reader = LeanReader.from_url(url, timeout) if settings.lean_reads else None
-    return client if reader is None else SplitClient(reader, client)
-
-
-class SplitClient:
-    """Reads through the lean RESP reader (`resp.py`), writes through redis-py."""
-
-    times_reads = True
-
-    def __init__(self, reader: LeanReader, writer: RedisLike) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    def get(self, name: str) -> Awaitable[Any]:
-        return self.reader.get(name)
-
-    def mget(self, keys: list[str]) -> Awaitable[list[Any]]:
-        return self.reader.mget(keys)
-
-    def set(self, name: str, value: bytes, px: int | None = None) -> Awaitable[Any]:
-        return self.writer.set(name, value, px=px)
-
-    async def aclose(self) -> None:
-        await self.reader.aclose()
-        close = getattr(self.writer, "aclose", None)
-        if close is not None:
-            await close()

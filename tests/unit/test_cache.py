@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar.cache import DecisionCache, KeyPlan, LocalCache
-from sidecar.cache.remote import Breaker, RemoteCache, Signer, decode_decision, encode_decision
+from sidecar.cache.remote import RemoteCache, Signer, decode_decision, encode_decision
+from sidecar.kv import Breaker
 from sidecar.reasons import Denied
 from sidecar.request import Decision, Principal, Request
 from tests.conftest import RedisServer

@@ -12,9 +12,10 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.cache.remote import Breaker, RemoteCache, Signer, SplitClient, redis_client
-from sidecar.cache.resp import LeanReader, ProtocolError, RespError, _Connection, encode_command, parse_reply
+from sidecar.cache.remote import RemoteCache, Signer
 from sidecar.config import RedisCacheSettings
+from sidecar.kv import Breaker, SplitClient, redis_client
+from sidecar.kv.resp import LeanReader, ProtocolError, RespError, _Connection, encode_command, parse_reply
 from sidecar.request import Decision, Principal
 from tests.conftest import RedisServer
 

@@ -1,14 +1,13 @@
-"""A lean Redis reader for the decision cache: GET and MGET over one pipelined connection.
+"""A lean Redis reader for hot reads: GET and MGET over one pipelined connection.
 
-Why by hand: on our 2-vCPU VM redis-py's asyncio client spends ~65 us of CPU per GET under uvloop (pool
-checkout, stream reader; ~68 us with the `asyncio.timeout` around it), this reader ~27 us
-(`python -m benchmarks.micro_redis`), and in the benchmark the Redis L2 row cost 3.2x the no-op floor against
-1.65x with Redis stopped (docs/performance.md). Here a command is one `transport.write`, and its reply is parsed
-in `data_received`: Redis answers in order, so one connection carries any number of lookups at once.
+Why by hand: redis-py's asyncio client costs several times this reader's CPU per GET (pool checkout, stream
+reader, a timeout per call; measured side by side in docs/performance.md, `python -m benchmarks.micro_redis`),
+and a Redis lookup sits on every cache-missing Check. Here a command is one `transport.write`, and its reply is
+parsed in `data_received`: Redis answers in order, so one connection carries any number of lookups at once.
 
 Scope: reads, on plain `redis://host:port/db` URLs with an optional user and password (RESP2: no HELLO is sent).
 TLS (`rediss://`), unix sockets, URL options, Cluster and Sentinel, and every write stay on redis-py
-(`remote.redis_client` decides). A connection that times out, breaks or returns something unparsable is dropped;
+(`kv.redis_client` decides). A connection that times out, breaks or returns something unparsable is dropped;
 the next read opens a new one.
 """
 

@@ -1,0 +1,13 @@
+"""One shared Redis layer for every user: clients (redis-py, the lean RESP reader), the circuit breaker.
+
+The decision cache (`cache/remote.py`) and the SigV4 replay guard use it today; usage plans and rate-based rules
+will. Nothing here knows what is stored: keys, encodings and signatures belong to each user.
+"""
+
+from __future__ import annotations
+
+from .breaker import Breaker
+from .client import RedisLike, SplitClient, redis_client
+from .resp import LeanReader
+
+__all__ = ["Breaker", "LeanReader", "RedisLike", "SplitClient", "redis_client"]
