@@ -18,8 +18,10 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from sidecar.authorizers.jwks import StaticKeySource, parse_jwks
-from sidecar.authorizers.jwt import ClaimRules, JwtAuthorizer
+from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import StaticKeySource
+from sidecar.authorizers.jwt.keys import parse_jwks
 from sidecar.request import Principal, Request
 
 ISSUER = "https://idp.example.test"

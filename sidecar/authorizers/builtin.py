@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import register
-from .jwt import CognitoSettings, JwtSettings, build_cognito, build_jwt
+from .jwt.settings import CognitoSettings, JwtSettings, build_cognito, build_jwt
 from .sigv4 import SigV4Settings, build_sigv4
 from .static import DenySettings, NoneSettings, build_deny, build_none
 

@@ -132,7 +132,7 @@ async def test_routes_with_cached_decisions_do_not_fill_the_token_cache(tmp_path
     would hold each token twice); a route without decision caching still fills it, and every route reads it."""
     import time
 
-    from sidecar.authorizers.jwt import JwtAuthorizer
+    from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
     from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
 
     issuer = Issuer.default()

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.authorizers import jwt as jwtmod
-from sidecar.authorizers.jwks import CachePolicy, JwksCache, refresh_interval, shared_cache
-from sidecar.authorizers.jwt import ClaimRules, JwtAuthorizer
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import CachePolicy, JwksCache, refresh_interval, shared_cache
 from sidecar.reasons import Denied
 from tests.unit.jwt.jwt_testkit import (
     AUDIENCE,
@@ -113,15 +114,15 @@ async def test_unknown_kid_refetch_is_single_flight_and_rate_limited(server: Jwk
 
         iss.keys["ghost"] = (rsa_key(2), "RS256")  # signed with a key the server does not publish
         forged = [iss.token(iss.claims(jti=f"g{i}"), kid="ghost") for i in range(50)]
-        assert await deny_reason(auth, forged[0]) == (jwtmod.UNKNOWN_KEY, 401)
+        assert await deny_reason(auth, forged[0]) == (jwterrors.UNKNOWN_KEY, 401)
         assert cache.fetch_count == 2  # the k2 refetch was a moment ago: inside the interval, no fetch
         clock.advance(POLICY.unknown_kid_interval)
         for token in forged[1:25]:
-            assert await deny_reason(auth, token) == (jwtmod.UNKNOWN_KEY, 401)
+            assert await deny_reason(auth, token) == (jwterrors.UNKNOWN_KEY, 401)
         assert cache.fetch_count == 3  # the first unknown kid refetched once; the rest are inside the interval
         clock.advance(POLICY.unknown_kid_interval)
         for token in forged[25:]:
-            assert await deny_reason(auth, token) == (jwtmod.UNKNOWN_KEY, 401)
+            assert await deny_reason(auth, token) == (jwterrors.UNKNOWN_KEY, 401)
         assert cache.fetch_count == 4
     finally:
         await cache.stop()
@@ -153,9 +154,9 @@ async def test_server_down_keeps_old_keys_until_the_staleness_limit(server: Jwks
         cached = token
         clock.advance(2)  # past it: keys too old to trust, even for a cached token
         assert not cache.is_ready()
-        assert await deny_reason(auth, cached) == (jwtmod.KEYS_UNAVAILABLE, 503)
+        assert await deny_reason(auth, cached) == (jwterrors.KEYS_UNAVAILABLE, 503)
         fresh = iss.token(iss.claims(clock.now, jti="3"))
-        assert await deny_reason(auth, fresh) == (jwtmod.KEYS_UNAVAILABLE, 503)
+        assert await deny_reason(auth, fresh) == (jwterrors.KEYS_UNAVAILABLE, 503)
 
         revived = JwksServer()
         revived.serve(iss.jwks())
@@ -378,6 +379,6 @@ async def test_unexpected_fetch_errors_never_escape_start_or_requests() -> None:
     try:
         assert not cache.is_ready()
         iss = Issuer("https://keys.example.test", {"k1": (rsa_key(0), "RS256")})
-        assert await deny_reason(authorizer(cache, iss, clock), iss.token()) == (jwtmod.KEYS_UNAVAILABLE, 503)
+        assert await deny_reason(authorizer(cache, iss, clock), iss.token()) == (jwterrors.KEYS_UNAVAILABLE, 503)
     finally:
         await cache.stop()

@@ -15,17 +15,11 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidecar.authorizers import jwt as jwtmod
-from sidecar.authorizers.jwks import (
-    SKIP_REASONS,
-    SKIP_SHORT_EC,
-    SKIP_SYMMETRIC,
-    CachePolicy,
-    JwksCache,
-    StaticKeySource,
-    parse_jwk,
-)
-from sidecar.authorizers.jwt import ClaimRules, JwtAuthorizer
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import CachePolicy, JwksCache, StaticKeySource
+from sidecar.authorizers.jwt.keys import SKIP_REASONS, SKIP_SHORT_EC, SKIP_SYMMETRIC, parse_jwk
 from sidecar.metrics import REGISTRY
 from sidecar.reasons import Denied
 from tests.unit.jwt.jwt_testkit import AUDIENCE, NOW, FakeClock, Issuer, JwksServer, b64, jwks_server, request, rsa_key
@@ -88,7 +82,7 @@ async def test_a_short_key_is_skipped_warned_and_counted_once_per_fetch(
     server.serve(document)
     before_short, before_oct = skipped_count(name, SKIP_SHORT_EC), skipped_count(name, SKIP_SYMMETRIC)
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="sidecar.authorizers.jwks")
+    caplog.set_level(logging.INFO, logger="sidecar.authorizers.jwt.jwks")
     cache = JwksCache(jwks_uri=server.jwks_uri, policy=POLICY, clock=clock, background=False, name=name)
     await cache.start()
     try:
@@ -104,7 +98,7 @@ async def test_a_short_key_is_skipped_warned_and_counted_once_per_fetch(
         for _ in range(5):  # the first asks for one refetch (an unknown kid); the rest are inside the interval
             with pytest.raises(Denied) as info:
                 await auth.authenticate(request(token))
-            assert info.value.reason == jwtmod.UNKNOWN_KEY  # still skipped: out of spec
+            assert info.value.reason == jwterrors.UNKNOWN_KEY  # still skipped: out of spec
         assert cache.fetch_count == 2
     finally:
         await cache.stop()

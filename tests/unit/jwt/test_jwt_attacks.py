@@ -14,9 +14,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.authorizers import jwt as jwtmod
-from sidecar.authorizers.jwks import StaticKeySource, parse_jwks
-from sidecar.authorizers.jwt import ClaimRules, CognitoAuthorizer, JwtAuthorizer
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import CognitoAuthorizer, JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import StaticKeySource
+from sidecar.authorizers.jwt.keys import parse_jwks
+from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
 from sidecar.reasons import Denied
 from tests.unit.jwt.jwt_testkit import (
     AUDIENCE,
@@ -43,7 +46,7 @@ def authorizer(max_token_bytes: int = 4096) -> JwtAuthorizer:
         "corp",
         rules=rules,
         keys=keys,
-        algorithms=frozenset(jwtmod.DEFAULT_ALGORITHMS),
+        algorithms=frozenset(DEFAULT_ALGORITHMS),
         max_token_bytes=max_token_bytes,
         clock=FakeClock(),
     )
@@ -78,7 +81,7 @@ async def test_honest_token_passes() -> None:
 @pytest.mark.parametrize("signature", [b"", b"sig"])
 async def test_alg_none_in_every_spelling(alg: str, signature: bytes) -> None:
     token = unsigned({"alg": alg, "kid": "rsa-1", "typ": "JWT"}, ISS.claims(), signature)
-    assert await reason_for(token) == jwtmod.ALGORITHM_NONE
+    assert await reason_for(token) == jwterrors.ALGORITHM_NONE
 
 
 @pytest.mark.parametrize(
@@ -94,13 +97,13 @@ async def test_alg_none_in_every_spelling(alg: str, signature: bytes) -> None:
 async def test_rs256_to_hs256_confusion_with_the_public_key_as_secret(encoding: Any) -> None:
     secret = encoding(rsa_key(0).public_key())
     token = hs256({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}, ISS.claims(), secret)
-    assert await reason_for(token) == jwtmod.ALGORITHM_NOT_ALLOWED
+    assert await reason_for(token) == jwterrors.ALGORITHM_NOT_ALLOWED
 
 
 async def test_hs256_cannot_be_allowed_even_by_config() -> None:
     from pydantic import ValidationError
 
-    from sidecar.authorizers.jwt import JwtSettings
+    from sidecar.authorizers.jwt.settings import JwtSettings
 
     with pytest.raises(ValidationError, match="never accepted"):
         JwtSettings(type="jwt", issuer=ISSUER, audiences=(AUDIENCE,), algorithms=("HS256",))
@@ -112,7 +115,7 @@ async def test_ec_key_cannot_verify_rsa_algorithms() -> None:
     """A key's type decides its algorithms: a token labelled RS256 but naming the EC key is refused."""
     header = {"alg": "RS256", "kid": "ec-1", "typ": "JWT"}
     forged = unsigned(header, ISS.claims(), b"x" * 256)
-    assert await reason_for(forged) == jwtmod.KEY_ALGORITHM_MISMATCH
+    assert await reason_for(forged) == jwterrors.KEY_ALGORITHM_MISMATCH
 
 
 @pytest.mark.parametrize(
@@ -133,7 +136,7 @@ async def test_kid_holding_path_or_sql_text_names_no_key(kid: str) -> None:
     import jwt as pyjwt
 
     token = pyjwt.encode(ISS.claims(), private, algorithm="RS256", headers={"kid": kid})
-    assert await reason_for(token, authorizer(max_token_bytes=16384)) == jwtmod.UNKNOWN_KEY
+    assert await reason_for(token, authorizer(max_token_bytes=16384)) == jwterrors.UNKNOWN_KEY
 
 
 @pytest.mark.parametrize("name", ["jku", "x5u", "jwk"])
@@ -141,21 +144,21 @@ async def test_header_pointing_at_attacker_key(name: str) -> None:
     attacker_jwk = public_jwk(rsa_key(7), "rsa-1")
     value: Any = attacker_jwk if name == "jwk" else "https://attacker.example/keys.json"
     token = ATTACKER.token(kid="rsa-1", **{name: value})
-    assert await reason_for(token) == jwtmod.UNTRUSTED_KEY_HEADER
+    assert await reason_for(token) == jwterrors.UNTRUSTED_KEY_HEADER
 
 
 async def test_x5c_is_never_trusted() -> None:
     """An embedded certificate chain is ignored: the attacker's signature fails against the issuer's key."""
     token = ATTACKER.token(kid="rsa-1", x5c=["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"])
-    assert await reason_for(token) == jwtmod.INVALID_SIGNATURE
+    assert await reason_for(token) == jwterrors.INVALID_SIGNATURE
 
 
 async def test_signature_from_another_key_with_the_same_kid() -> None:
-    assert await reason_for(ATTACKER.token(kid="rsa-1")) == jwtmod.INVALID_SIGNATURE
+    assert await reason_for(ATTACKER.token(kid="rsa-1")) == jwterrors.INVALID_SIGNATURE
 
 
 async def test_expired() -> None:
-    assert await reason_for(ISS.token(ISS.claims(exp=int(NOW) - 31, iat=int(NOW) - 600))) == jwtmod.TOKEN_EXPIRED
+    assert await reason_for(ISS.token(ISS.claims(exp=int(NOW) - 31, iat=int(NOW) - 600))) == jwterrors.TOKEN_EXPIRED
 
 
 async def test_expiry_within_leeway_passes() -> None:
@@ -163,15 +166,15 @@ async def test_expiry_within_leeway_passes() -> None:
 
 
 async def test_nbf_in_the_future() -> None:
-    assert await reason_for(ISS.token(ISS.claims(nbf=int(NOW) + 120))) == jwtmod.TOKEN_NOT_YET_VALID
+    assert await reason_for(ISS.token(ISS.claims(nbf=int(NOW) + 120))) == jwterrors.TOKEN_NOT_YET_VALID
 
 
 async def test_iat_in_the_future() -> None:
-    assert await reason_for(ISS.token(ISS.claims(iat=int(NOW) + 120))) == jwtmod.TOKEN_ISSUED_IN_FUTURE
+    assert await reason_for(ISS.token(ISS.claims(iat=int(NOW) + 120))) == jwterrors.TOKEN_ISSUED_IN_FUTURE
 
 
 async def test_exp_is_required() -> None:
-    assert await reason_for(ISS.token(ISS.claims(exp=None))) == jwtmod.CLAIM_MISSING
+    assert await reason_for(ISS.token(ISS.claims(exp=None))) == jwterrors.CLAIM_MISSING
 
 
 @pytest.mark.parametrize("exp", ["1900000000", True, None, [1], 1e400, 10**400, 2**60, -(2**60)])
@@ -179,7 +182,7 @@ async def test_exp_must_be_a_number(exp: Any) -> None:
     claims = ISS.claims()
     claims["exp"] = exp
     token = ISS.token(claims) if exp != 1e400 else _raw_claims_token('{"exp": 1e400}')
-    assert await reason_for(token) == jwtmod.INVALID_CLAIM  # `null` too: present, and not a NumericDate
+    assert await reason_for(token) == jwterrors.INVALID_CLAIM  # `null` too: present, and not a NumericDate
 
 
 def _raw_claims_token(payload_json: str) -> str:
@@ -191,12 +194,12 @@ def _raw_claims_token(payload_json: str) -> str:
 
 @pytest.mark.parametrize("iss", ["https://evil.example", ISSUER + "/", ISSUER.upper(), None])
 async def test_wrong_issuer(iss: str | None) -> None:
-    assert await reason_for(ISS.token(ISS.claims(iss=iss))) == jwtmod.INVALID_ISSUER
+    assert await reason_for(ISS.token(ISS.claims(iss=iss))) == jwterrors.INVALID_ISSUER
 
 
 @pytest.mark.parametrize("aud", ["other-api", ["other-api", "third"], None, []])
 async def test_wrong_audience(aud: Any) -> None:
-    assert await reason_for(ISS.token(ISS.claims(aud=aud))) == jwtmod.INVALID_AUDIENCE
+    assert await reason_for(ISS.token(ISS.claims(aud=aud))) == jwterrors.INVALID_AUDIENCE
 
 
 async def test_audience_any_of_or_client_id() -> None:
@@ -216,13 +219,13 @@ async def test_wrong_token_use_for_cognito() -> None:
         clock=FakeClock(),
     )
     id_token = issuer.token(issuer.claims(aud="client-1", token_use="id"))
-    assert await reason_for(id_token, auth) == jwtmod.INVALID_TOKEN_USE
-    assert await reason_for(issuer.token(issuer.claims(aud=None)), auth) == jwtmod.INVALID_TOKEN_USE
+    assert await reason_for(id_token, auth) == jwterrors.INVALID_TOKEN_USE
+    assert await reason_for(issuer.token(issuer.claims(aud=None)), auth) == jwterrors.INVALID_TOKEN_USE
 
 
 async def test_oversized_token() -> None:
     big = ISS.token(ISS.claims(padding="x" * 5000))
-    assert await reason_for(big) == jwtmod.TOKEN_TOO_LARGE
+    assert await reason_for(big) == jwterrors.TOKEN_TOO_LARGE
 
 
 @pytest.mark.parametrize(
@@ -248,9 +251,9 @@ async def test_oversized_token() -> None:
 async def test_malformed_tokens(token: str) -> None:
     reason = await reason_for(token)
     if token.startswith("eyJhbGciOiJSUzI1NiJ9.bm90"):
-        assert reason == jwtmod.INVALID_SIGNATURE  # the only RSA key is tried; the payload is read only after
+        assert reason == jwterrors.INVALID_SIGNATURE  # the only RSA key is tried; the payload is read only after
     else:
-        assert reason == jwtmod.TOKEN_MALFORMED
+        assert reason == jwterrors.TOKEN_MALFORMED
 
 
 async def test_payload_that_is_not_json_after_a_valid_signature() -> None:
@@ -258,7 +261,7 @@ async def test_payload_that_is_not_json_after_a_valid_signature() -> None:
 
     private, _ = ISS.keys["rsa-1"]
     token = pyjwt.api_jws.encode(b"not json", private, algorithm="RS256", headers={"kid": "rsa-1"})
-    assert await reason_for(token) == jwtmod.TOKEN_MALFORMED
+    assert await reason_for(token) == jwterrors.TOKEN_MALFORMED
 
 
 @pytest.mark.parametrize("escape", ["\\ud800", "\\uDFFF", "x\\udc80y", "\\ude00\\ud83d"])
@@ -266,7 +269,7 @@ async def test_unpaired_surrogate_in_signed_claims_is_malformed(escape: str) -> 
     """`\\uD800` escapes decode to lone surrogates: not Unicode, and no header or CheckResponse could carry them."""
     payload = json.dumps(ISS.claims()).replace('"sub": "', f'"sub": "{escape}', 1)
     assert escape in payload
-    assert await reason_for(_raw_claims_token(payload)) == jwtmod.TOKEN_MALFORMED
+    assert await reason_for(_raw_claims_token(payload)) == jwterrors.TOKEN_MALFORMED
 
 
 async def test_surrogate_pair_escapes_are_fine() -> None:
@@ -278,16 +281,16 @@ async def test_surrogate_pair_escapes_are_fine() -> None:
 
 async def test_crit_with_unknown_extension() -> None:
     token = ISS.token(kid="rsa-1", crit=["exp-ext"], **{"exp-ext": 1})
-    assert await reason_for(token) == jwtmod.UNSUPPORTED_CRITICAL
+    assert await reason_for(token) == jwterrors.UNSUPPORTED_CRITICAL
     b64_false = ISS.token(kid="rsa-1", crit=["b64"], b64=False)
-    assert await reason_for(b64_false) == jwtmod.UNSUPPORTED_CRITICAL
+    assert await reason_for(b64_false) == jwterrors.UNSUPPORTED_CRITICAL
 
 
 async def test_missing_token_is_a_bearer_challenge() -> None:
     for req in (request(None), request(headers={"authorization": "Basic dXNlcjpwYXNz"})):
         with pytest.raises(Denied) as info:
             await authorizer().authenticate(req)
-        assert info.value.reason == jwtmod.TOKEN_MISSING
+        assert info.value.reason == jwterrors.TOKEN_MISSING
         decision = info.value.decision(challenge=JwtAuthorizer.challenge)
         assert decision.status == 401
         assert ("www-authenticate", "Bearer") in decision.headers
@@ -296,31 +299,31 @@ async def test_missing_token_is_a_bearer_challenge() -> None:
 async def test_every_attack_has_its_own_reason() -> None:
     """The codes exercised above are pairwise distinct: an operator can tell the attacks apart in metrics."""
     codes = [
-        jwtmod.ALGORITHM_NONE,
-        jwtmod.ALGORITHM_NOT_ALLOWED,
-        jwtmod.UNKNOWN_KEY,
-        jwtmod.UNTRUSTED_KEY_HEADER,
-        jwtmod.TOKEN_EXPIRED,
-        jwtmod.TOKEN_NOT_YET_VALID,
-        jwtmod.TOKEN_ISSUED_IN_FUTURE,
-        jwtmod.INVALID_ISSUER,
-        jwtmod.INVALID_AUDIENCE,
-        jwtmod.INVALID_TOKEN_USE,
-        jwtmod.TOKEN_TOO_LARGE,
-        jwtmod.TOKEN_MALFORMED,
-        jwtmod.UNSUPPORTED_CRITICAL,
-        jwtmod.INVALID_SIGNATURE,
-        jwtmod.KEY_ALGORITHM_MISMATCH,
-        jwtmod.TOKEN_MISSING,
+        jwterrors.ALGORITHM_NONE,
+        jwterrors.ALGORITHM_NOT_ALLOWED,
+        jwterrors.UNKNOWN_KEY,
+        jwterrors.UNTRUSTED_KEY_HEADER,
+        jwterrors.TOKEN_EXPIRED,
+        jwterrors.TOKEN_NOT_YET_VALID,
+        jwterrors.TOKEN_ISSUED_IN_FUTURE,
+        jwterrors.INVALID_ISSUER,
+        jwterrors.INVALID_AUDIENCE,
+        jwterrors.INVALID_TOKEN_USE,
+        jwterrors.TOKEN_TOO_LARGE,
+        jwterrors.TOKEN_MALFORMED,
+        jwterrors.UNSUPPORTED_CRITICAL,
+        jwterrors.INVALID_SIGNATURE,
+        jwterrors.KEY_ALGORITHM_MISMATCH,
+        jwterrors.TOKEN_MISSING,
     ]
     assert len(set(codes)) == len(codes)
-    assert set(codes) <= jwtmod.REASONS
+    assert set(codes) <= jwterrors.REASONS
 
 
 async def test_ec_signature_confusion_between_curves() -> None:
     """An ES256 key cannot verify an ES384-labelled token, even with a well-formed signature length."""
     token = unsigned({"alg": "ES384", "kid": "ec-1"}, ISS.claims(), b"\x01" * 96)
-    assert await reason_for(token) == jwtmod.KEY_ALGORITHM_MISMATCH
+    assert await reason_for(token) == jwterrors.KEY_ALGORITHM_MISMATCH
     assert ec_key(0) is ISS.keys["ec-1"][0]
 
 
@@ -331,9 +334,9 @@ async def test_remembered_header_does_not_vouch_for_a_forged_token() -> None:
     forged = ATTACKER.token(kid="rsa-1")
     assert honest.split(".")[0] == forged.split(".")[0]
     await auth.authenticate(request(honest))
-    assert await reason_for(forged, auth) == jwtmod.INVALID_SIGNATURE
+    assert await reason_for(forged, auth) == jwterrors.INVALID_SIGNATURE
     expired = ISS.token(ISS.claims(exp=int(NOW) - 100, iat=int(NOW) - 200), kid="rsa-1")
-    assert await reason_for(expired, auth) == jwtmod.TOKEN_EXPIRED
+    assert await reason_for(expired, auth) == jwterrors.TOKEN_EXPIRED
 
 
 json_values = st.recursive(
@@ -357,7 +360,7 @@ FUZZ = authorizer(max_token_bytes=65536)  # one instance: failures are never cac
 async def test_arbitrary_text_is_a_deny_never_a_crash(token: str) -> None:
     with pytest.raises(Denied) as info:
         await FUZZ.authenticate(request(headers={"authorization": f"Bearer {token}"}))
-    assert info.value.reason in jwtmod.REASONS
+    assert info.value.reason in jwterrors.REASONS
 
 
 @settings(max_examples=300, deadline=None)
@@ -374,7 +377,7 @@ async def test_arbitrary_headers_and_claims_are_a_deny_never_a_crash(
     token = unsigned(header, claims, signature)
     with pytest.raises(Denied) as info:
         await FUZZ.authenticate(request(token))
-    assert info.value.reason in jwtmod.REASONS
+    assert info.value.reason in jwterrors.REASONS
 
 
 @settings(max_examples=150, deadline=None)
@@ -391,7 +394,7 @@ async def test_arbitrary_signed_claims_are_checked_not_crashed(claims: dict[str,
     try:
         principal = await FUZZ.authenticate(request(token))
     except Denied as denied:
-        assert denied.reason in jwtmod.REASONS
+        assert denied.reason in jwterrors.REASONS
     else:
         assert claims["iss"] == ISSUER and claims["exp"] + 30 > NOW
         assert principal.id in (claims.get("sub"), claims.get("client_id"))
@@ -411,4 +414,4 @@ async def test_tokens_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> 
 
 @pytest.mark.parametrize("token", ["\ud800abc.def.ghi", "é.é.é", "\x00", "a" * 3 + "\udcff"])
 async def test_non_ascii_tokens_are_malformed(token: str) -> None:
-    assert await reason_for(token) == jwtmod.TOKEN_MALFORMED
+    assert await reason_for(token) == jwterrors.TOKEN_MALFORMED

@@ -11,9 +11,15 @@ from typing import Any
 import pytest
 
 from sidecar import reasons
-from sidecar.authorizers import jwt as jwtmod
-from sidecar.authorizers.jwks import KeySet, StaticKeySource, parse_jwks
-from sidecar.authorizers.jwt import ClaimRules, CognitoAuthorizer, IdentitySource, JwtAuthorizer
+from sidecar.authorizers.jwt import authorizer as jwtauthorizer
+from sidecar.authorizers.jwt import claims as jwtclaims
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import CognitoAuthorizer, JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import StaticKeySource
+from sidecar.authorizers.jwt.keys import KeySet, parse_jwks
+from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
+from sidecar.authorizers.sources import IdentitySource
 from sidecar.config import ConfigError, parse_config
 from sidecar.pipeline import Pipeline
 from sidecar.reasons import Denied
@@ -37,7 +43,7 @@ def make(
         "corp",
         rules=ClaimRules(issuer=ISSUER, audiences=frozenset({AUDIENCE}), leeway=30),
         keys=keys or StaticKeySource(parse_jwks(ISS.jwks(), fetched_at=NOW)),
-        algorithms=frozenset(jwtmod.DEFAULT_ALGORITHMS),
+        algorithms=frozenset(DEFAULT_ALGORITHMS),
         sources=tuple(IdentitySource.parse(s) for s in sources),
         claim_to_headers=claim_to_headers,
         cache_size=cache_size,
@@ -87,7 +93,7 @@ async def test_client_credentials_token_is_identified_by_client_id() -> None:
     assert (await make().authenticate(request(ISS.token(claims)))).id == AUDIENCE
     with pytest.raises(Denied) as info:
         await make().authenticate(request(ISS.token(ISS.claims(sub=None))))
-    assert info.value.reason == jwtmod.CLAIM_MISSING
+    assert info.value.reason == jwterrors.CLAIM_MISSING
 
 
 async def test_claim_to_headers() -> None:
@@ -113,7 +119,7 @@ async def test_claim_headers_that_cannot_arrive_unchanged_refuse_the_token(evil:
     for value in (evil, [evil, "ok"]) if evil.strip() == evil else (evil,):  # (a list joins with commas)
         with pytest.raises(Denied) as info:
             await auth.authenticate(request(ISS.token(ISS.claims(evil=value))))
-        assert info.value.reason == jwtmod.INVALID_CLAIM and info.value.status == 401
+        assert info.value.reason == jwterrors.INVALID_CLAIM and info.value.status == 401
         assert evil not in info.value.message
     # the same claim not mapped to a header does not matter
     assert (await make().authenticate(request(ISS.token(ISS.claims(evil=evil))))).id == "user-123"
@@ -159,7 +165,7 @@ async def test_cognito_access_token_by_client_id_and_groups() -> None:
     other_client = POOL.token(POOL.claims(aud=None, token_use="access", client_id="someone-else"))
     with pytest.raises(Denied) as info:
         await cognito().authenticate(request(other_client))
-    assert info.value.reason == jwtmod.INVALID_AUDIENCE
+    assert info.value.reason == jwterrors.INVALID_AUDIENCE
 
 
 async def test_cognito_id_token_by_aud() -> None:
@@ -172,10 +178,10 @@ async def test_cognito_id_token_by_aud() -> None:
     ):
         with pytest.raises(Denied) as info:
             await auth.authenticate(request(POOL.token(claims)))
-        assert info.value.reason == jwtmod.INVALID_AUDIENCE
+        assert info.value.reason == jwterrors.INVALID_AUDIENCE
     with pytest.raises(Denied) as info:
         await auth.authenticate(request(POOL.token(POOL.claims(aud=None, client_id="app-client", token_use="access"))))
-    assert info.value.reason == jwtmod.INVALID_TOKEN_USE
+    assert info.value.reason == jwterrors.INVALID_TOKEN_USE
 
 
 # -- verified-token cache -------------------------------------------------------------------------------------
@@ -186,8 +192,8 @@ async def test_cached_token_skips_parsing_and_crypto(monkeypatch: pytest.MonkeyP
     token = ISS.token()
     first = await auth.authenticate(request(token))
     calls = []
-    monkeypatch.setattr(jwtmod, "parse_token", lambda *a: calls.append(a))
-    monkeypatch.setattr(jwtmod, "verify_signature", lambda *a: calls.append(a))
+    monkeypatch.setattr(jwtauthorizer, "parse_token", lambda *a: calls.append(a))
+    monkeypatch.setattr(jwtauthorizer, "verify_signature", lambda *a: calls.append(a))
     for _ in range(3):
         assert await auth.authenticate(request(token)) is first
     assert calls == []
@@ -203,7 +209,7 @@ async def test_cached_token_expires_with_the_token() -> None:
     clock.advance(2)
     with pytest.raises(Denied) as info:
         await auth.authenticate(request(token))
-    assert info.value.reason == jwtmod.TOKEN_EXPIRED
+    assert info.value.reason == jwterrors.TOKEN_EXPIRED
 
 
 class SwappableKeys(StaticKeySource):
@@ -225,7 +231,7 @@ async def test_cached_token_dropped_when_its_key_rotates_out() -> None:
     keys.swap(parse_jwks(without_ec, fetched_at=NOW + 2, previous=keys.keyset))
     with pytest.raises(Denied) as info:
         await auth.authenticate(request(token))
-    assert info.value.reason == jwtmod.UNKNOWN_KEY
+    assert info.value.reason == jwterrors.UNKNOWN_KEY
 
 
 async def test_cache_is_bounded() -> None:
@@ -296,10 +302,10 @@ async def test_config_to_pipeline(tmp_path: Path) -> None:
         denied = await pipeline.check(post)
         assert (denied.status, denied.reason) == (403, reasons.INSUFFICIENT_SCOPE)
         missing = await pipeline.check(request(None, path="/orders/1"))
-        assert (missing.status, missing.reason) == (401, jwtmod.TOKEN_MISSING)
+        assert (missing.status, missing.reason) == (401, jwterrors.TOKEN_MISSING)
         assert ("www-authenticate", "Bearer") in missing.headers
         bad = await pipeline.check(request(ISS.token(ISS.claims(now, aud="x")), path="/orders/1"))
-        assert (bad.status, bad.reason) == (401, jwtmod.INVALID_AUDIENCE)
+        assert (bad.status, bad.reason) == (401, jwterrors.INVALID_AUDIENCE)
         pool_token = POOL.token(POOL.claims(now, aud="app-client", token_use="id"))
         assert (await pipeline.check(request(pool_token, path="/pool"))).allowed
     finally:
@@ -377,7 +383,7 @@ async def test_authenticate_reuses_the_fingerprint_digest_as_the_token_cache_key
     assert next(iter(auth._cache)) == digest
     other = ISS.token(ISS.claims(sub="someone-else"))
     assert (await auth.authenticate(request(other))).id == "someone-else"  # a stale memo is never used
-    assert list(auth._cache)[-1] == jwtmod._digest(other)
+    assert list(auth._cache)[-1] == jwtauthorizer._digest(other)
 
 
 async def test_cached_claims_are_compact_and_share_repeated_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,7 +391,7 @@ async def test_cached_claims_are_compact_and_share_repeated_values(monkeypatch: 
     from sidecar.memo import BoundedMemo
 
     monkeypatch.setattr(requestmod, "_SHAPES", BoundedMemo(1024))  # the process-wide table may be nearly full
-    monkeypatch.setattr(jwtmod, "_VALUES", {})
+    monkeypatch.setattr(jwtclaims, "_VALUES", {})
     auth = make()
     first = await auth.authenticate(request(ISS.token(ISS.claims(sub="u-1", tenant="acme"))))
     second = await auth.authenticate(request(ISS.token(ISS.claims(sub="u-2", tenant="acme"))))
@@ -397,13 +403,13 @@ async def test_cached_claims_are_compact_and_share_repeated_values(monkeypatch: 
 
 
 async def test_unverified_tokens_add_nothing_to_the_shared_value_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jwtmod, "_VALUES", {})
+    monkeypatch.setattr(jwtclaims, "_VALUES", {})
     auth = make()
     for i in range(50):  # the header parses before the signature check fails
         signed = ISS.token(ISS.claims(sub=f"forged-{i}", tenant=f"t-{i}"))
         forged = signed.rsplit(".", 1)[0] + ".AAAA"
         with pytest.raises(Denied):
             await auth.authenticate(request(forged))
-    assert jwtmod._VALUES == {}
+    assert jwtclaims._VALUES == {}
     await auth.authenticate(request(ISS.token()))
-    assert ISSUER in jwtmod._VALUES
+    assert ISSUER in jwtclaims._VALUES

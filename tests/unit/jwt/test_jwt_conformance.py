@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from sidecar.authorizers.jwks import (
+from sidecar.authorizers.jwt.errors import (
+    ALGORITHM_NOT_ALLOWED,
+    KEY_ALGORITHM_MISMATCH,
+    REASONS,
+    TOKEN_MALFORMED,
+    JwtError,
+)
+from sidecar.authorizers.jwt.jwks import StaticKeySource
+from sidecar.authorizers.jwt.keys import (
     SKIP_MALFORMED,
     SKIP_SYMMETRIC,
     SKIP_UNSUPPORTED,
@@ -16,19 +24,11 @@ from sidecar.authorizers.jwks import (
     SKIP_WEAK,
     JwksError,
     KeyRejected,
-    StaticKeySource,
     parse_jwk,
     parse_jwks,
 )
-from sidecar.authorizers.jwt import (
-    ALGORITHM_NOT_ALLOWED,
-    DEFAULT_ALGORITHMS,
-    KEY_ALGORITHM_MISMATCH,
-    REASONS,
-    TOKEN_MALFORMED,
-    JwtError,
-    verify_jws,
-)
+from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
+from sidecar.authorizers.jwt.token import verify_jws
 from tests.unit.jwt.jwt_testkit import DATA
 
 ALL_ALGS = frozenset(DEFAULT_ALGORITHMS)
@@ -99,7 +99,7 @@ def test_wycheproof_valid_cases_fail_when_their_alg_is_not_allowed() -> None:
 
 
 def _token_alg(token: str) -> frozenset[str]:
-    from sidecar.authorizers.jwt import b64url_decode
+    from sidecar.authorizers.jwt.token import b64url_decode
 
     return frozenset({json.loads(b64url_decode(token.split(".")[0], "header"))["alg"]})
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.authorizers import jwt as jwtmod
 from sidecar.authorizers.base import BuildContext
-from sidecar.authorizers.jwt import CognitoAuthorizer, CognitoSettings, build_cognito
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import CognitoAuthorizer
+from sidecar.authorizers.jwt.settings import CognitoSettings, build_cognito
 from sidecar.config import ApiSettings
 from sidecar.reasons import Denied
 from tests.unit.jwt.jwt_testkit import request
@@ -63,7 +64,7 @@ async def test_access_token_from_moto(pool: Pool) -> None:
         assert dict(principal.upstream_headers) == {"x-user": "alice", "x-groups": "admins"}
         with pytest.raises(Denied) as info:
             await auth.authenticate(request(pool.id_token))
-        assert info.value.reason == jwtmod.INVALID_TOKEN_USE
+        assert info.value.reason == jwterrors.INVALID_TOKEN_USE
     finally:
         await auth.stop()
 
@@ -87,7 +88,7 @@ async def test_tokens_for_another_app_client_are_refused(pool: Pool) -> None:
         for token in (pool.access_token, pool.id_token):
             with pytest.raises(Denied) as info:
                 await auth.authenticate(request(token))
-            assert info.value.reason == jwtmod.INVALID_AUDIENCE
+            assert info.value.reason == jwterrors.INVALID_AUDIENCE
     finally:
         await auth.stop()
 
@@ -99,6 +100,6 @@ async def test_another_pool_is_another_issuer(moto: MotoCognito, pool: Pool) -> 
     try:
         with pytest.raises(Denied) as info:
             await auth.authenticate(request(other.access_token))
-        assert info.value.reason == jwtmod.INVALID_ISSUER  # moto signs every pool with one key: iss decides
+        assert info.value.reason == jwterrors.INVALID_ISSUER  # moto signs every pool with one key: iss decides
     finally:
         await auth.stop()

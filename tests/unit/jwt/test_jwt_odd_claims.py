@@ -21,9 +21,12 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from sidecar import reasons
-from sidecar.authorizers import jwt as jwtmod
-from sidecar.authorizers.jwks import StaticKeySource, parse_jwks
-from sidecar.authorizers.jwt import ClaimRules, CognitoAuthorizer, JwtAuthorizer
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import CognitoAuthorizer, JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import StaticKeySource
+from sidecar.authorizers.jwt.keys import parse_jwks
+from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
 from sidecar.config import parse_config
 from sidecar.http_authz import render
 from sidecar.pipeline import Pipeline
@@ -47,7 +50,7 @@ def _documented_reasons() -> frozenset[str]:
 
 
 DOCUMENTED = _documented_reasons()
-assert jwtmod.REASONS <= DOCUMENTED and reasons.INTERNAL_ERROR not in DOCUMENTED
+assert jwterrors.REASONS <= DOCUMENTED and reasons.INTERNAL_ERROR not in DOCUMENTED
 HEADERS = {"sub": "x-user", "name": "x-name", "groups": "x-groups", "scope": "x-scope", "client_id": "x-client"}
 COGNITO_HEADERS = {"username": "x-user", "cognito:groups": "x-groups", "email": "x-email"}
 
@@ -57,7 +60,7 @@ def jwt_authorizer() -> JwtAuthorizer:
         "corp",
         rules=ClaimRules(issuer=ISSUER, audiences=frozenset({AUDIENCE}), leeway=30),
         keys=StaticKeySource(parse_jwks(ISS.jwks(), fetched_at=NOW)),
-        algorithms=frozenset(jwtmod.DEFAULT_ALGORITHMS),
+        algorithms=frozenset(DEFAULT_ALGORITHMS),
         claim_to_headers=HEADERS,
         clock=FakeClock(),
     )
@@ -112,7 +115,7 @@ async def test_string_claims_of_another_type_are_invalid(claim: str, value: Any)
     claims = ISS.claims(client_id=AUDIENCE)
     claims[claim] = value
     denied = await refusal(jwt_authorizer(), sign(claims))
-    assert (denied.reason, denied.status) == (jwtmod.INVALID_CLAIM, 401)
+    assert (denied.reason, denied.status) == (jwterrors.INVALID_CLAIM, 401)
     assert repr(claim) in denied.message
 
 
@@ -122,7 +125,7 @@ async def test_string_or_list_claims_of_another_type_are_invalid(claim: str, val
     claims = ISS.claims()
     claims[claim] = value
     denied = await refusal(jwt_authorizer(), sign(claims))
-    assert (denied.reason, denied.status) == (jwtmod.INVALID_CLAIM, 401)
+    assert (denied.reason, denied.status) == (jwterrors.INVALID_CLAIM, 401)
 
 
 @pytest.mark.parametrize("value", [None, 1e300, 2.0**60, -(2.0**60)], ids=repr)
@@ -132,7 +135,7 @@ async def test_time_claims_null_or_out_of_range_are_invalid(claim: str, value: A
     (`exp` 1e300 was a token cached for ever); now both are refused as integers beyond 2^53 already were."""
     claims = ISS.claims()
     claims[claim] = value
-    assert (await refusal(jwt_authorizer(), sign(claims))).reason == jwtmod.INVALID_CLAIM
+    assert (await refusal(jwt_authorizer(), sign(claims))).reason == jwterrors.INVALID_CLAIM
 
 
 @pytest.mark.parametrize("value", [["access"], {"use": "access"}, 1, True, None], ids=repr)
@@ -142,13 +145,13 @@ async def test_cognito_claims_of_another_type_are_invalid(claim: str, value: Any
     claims = cognito_claims()
     claims[claim] = value
     denied = await refusal(cognito_authorizer(), sign(claims))
-    assert (denied.reason, denied.status) == (jwtmod.INVALID_CLAIM, 401)
+    assert (denied.reason, denied.status) == (jwterrors.INVALID_CLAIM, 401)
 
 
 @pytest.mark.parametrize("value", [{"g": 1}, 1, True, None, ["admins", 7]], ids=repr)
 async def test_cognito_groups_of_another_type_are_invalid(value: Any) -> None:
     denied = await refusal(cognito_authorizer(), sign(cognito_claims(**{"cognito:groups": value})))
-    assert denied.reason == jwtmod.INVALID_CLAIM
+    assert denied.reason == jwterrors.INVALID_CLAIM
 
 
 UNSAFE_IDS = ["a\r\nx-admin: 1", "a\nb", "a\x00b", "a\tb", "a\x01b", "a\x7fb", "a\x85b", " alice", "alice "]
@@ -165,19 +168,19 @@ async def test_where_principal_ids_stop_being_header_safe() -> None:
         principal = await jwt_authorizer().authenticate(request(sign(ISS.claims(sub=sub))))
         assert principal.id == sub and dict(principal.upstream_headers)["x-user"] == sub
     for sub in UNSAFE_IDS:
-        assert (await refusal(jwt_authorizer(), sign(ISS.claims(sub=sub)))).reason == jwtmod.INVALID_CLAIM, sub
+        assert (await refusal(jwt_authorizer(), sign(ISS.claims(sub=sub)))).reason == jwterrors.INVALID_CLAIM, sub
 
 
 @pytest.mark.parametrize("sub", UNSAFE_IDS, ids=repr)
 async def test_a_principal_id_that_cannot_be_a_header_value_is_invalid(sub: str) -> None:
     denied = await refusal(jwt_authorizer(), sign(ISS.claims(sub=sub)))
-    assert (denied.reason, denied.status) == (jwtmod.INVALID_CLAIM, 401)
+    assert (denied.reason, denied.status) == (jwterrors.INVALID_CLAIM, 401)
     assert "'sub'" in denied.message and sub not in denied.message  # names the claim, never echoes its value
     # a client-credentials token is identified by client_id: the same rule
     client = sign(ISS.claims(sub=None, aud=None, client_id=AUDIENCE))
     assert (await jwt_authorizer().authenticate(request(client))).id == AUDIENCE
     denied = await refusal(jwt_authorizer(), sign(ISS.claims(sub=None, aud=AUDIENCE, client_id=sub)))
-    assert denied.reason == jwtmod.INVALID_CLAIM and "'client_id'" in denied.message
+    assert denied.reason == jwterrors.INVALID_CLAIM and "'client_id'" in denied.message
 
 
 async def test_a_claim_nested_too_deep_to_render_is_invalid_not_a_crash() -> None:
@@ -185,7 +188,7 @@ async def test_a_claim_nested_too_deep_to_render_is_invalid_not_a_crash() -> Non
     for _ in range(900):  # the JSON decoder takes this; rendering it for a header recursed past the limit
         deep = [deep]
     denied = await refusal(jwt_authorizer(), sign(ISS.claims(groups=deep)))
-    assert denied.reason == jwtmod.INVALID_CLAIM
+    assert denied.reason == jwterrors.INVALID_CLAIM
 
 
 async def test_through_the_pipeline_odd_claims_are_401_not_500(tmp_path: Path) -> None:
@@ -218,7 +221,7 @@ routes:
         ]
         for path, claims in cases:
             decision = await pipeline.check(request(sign(claims), path=path))
-            assert (decision.allowed, decision.status, decision.reason) == (False, 401, jwtmod.INVALID_CLAIM)
+            assert (decision.allowed, decision.status, decision.reason) == (False, 401, jwterrors.INVALID_CLAIM)
             wire = render(decision, head_only=False, connection=b"", checked=set())
             assert wire.startswith(b"HTTP/1.1 401 ") and b'"reason":"InvalidClaim"' in wire
         allowed = await pipeline.check(request(sign(ISS.claims(now, sub="José")), path="/orders/1"))

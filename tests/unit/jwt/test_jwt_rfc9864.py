@@ -16,10 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 from joserfc import jwt as josejwt
 from joserfc.jwk import OKPKey
 
-from sidecar.authorizers import jwt as jwtmod
 from sidecar.authorizers.base import BuildContext
-from sidecar.authorizers.jwks import StaticKeySource, parse_jwk, parse_jwks
-from sidecar.authorizers.jwt import ALGORITHMS, ClaimRules, JwtAuthorizer, JwtSettings, build_jwt
+from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
+from sidecar.authorizers.jwt.claims import ClaimRules
+from sidecar.authorizers.jwt.jwks import StaticKeySource
+from sidecar.authorizers.jwt.keys import parse_jwk, parse_jwks
+from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS, JwtSettings, build_jwt
+from sidecar.authorizers.jwt.token import ALGORITHMS
 from sidecar.config import ApiSettings
 from sidecar.reasons import Denied
 from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, b64, request
@@ -46,7 +50,7 @@ def joserfc_token(kid: str, alg: str, claims: dict[str, Any] = CLAIMS) -> str:
     return josejwt.encode({"alg": alg, "kid": kid}, claims, KEYS[kid], algorithms=[alg])
 
 
-def authorizer(algorithms: tuple[str, ...] = jwtmod.DEFAULT_ALGORITHMS, keyset: Any = None) -> JwtAuthorizer:
+def authorizer(algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS, keyset: Any = None) -> JwtAuthorizer:
     return JwtAuthorizer(
         "corp",
         rules=ClaimRules(issuer=ISSUER, audiences=frozenset({AUDIENCE}), leeway=30),
@@ -90,8 +94,8 @@ async def test_the_curves_never_cross() -> None:
     assert isinstance(ed25519_private, ed25519.Ed25519PrivateKey)
     assert isinstance(ed448_private, ed448.Ed448PrivateKey)
     # the header's name does not fit the key named by kid: refused before any signature check
-    assert await reason(auth, cross_token("ed25519", "Ed448", ed25519_private)) == jwtmod.KEY_ALGORITHM_MISMATCH
-    assert await reason(auth, cross_token("ed448", "Ed25519", ed448_private)) == jwtmod.KEY_ALGORITHM_MISMATCH
+    assert await reason(auth, cross_token("ed25519", "Ed448", ed25519_private)) == jwterrors.KEY_ALGORITHM_MISMATCH
+    assert await reason(auth, cross_token("ed448", "Ed25519", ed448_private)) == jwterrors.KEY_ALGORITHM_MISMATCH
     # the honest versions of the same tokens verify
     assert (await auth.authenticate(request(cross_token("ed25519", "Ed25519", ed25519_private)))).id == "user-123"
     assert (await auth.authenticate(request(cross_token("ed448", "Ed448", ed448_private)))).id == "user-123"
@@ -140,7 +144,7 @@ async def test_the_algorithms_setting(tmp_path: Path, algorithms: list[str], adm
         if alg in admitted:
             assert (await auth.authenticate(request(token))).id == "user-123", alg
         else:
-            assert await reason(auth, token) == jwtmod.ALGORITHM_NOT_ALLOWED, alg
+            assert await reason(auth, token) == jwterrors.ALGORITHM_NOT_ALLOWED, alg
 
 
 def test_the_default_algorithms_name_them() -> None:

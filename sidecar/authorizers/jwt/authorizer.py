@@ -1,0 +1,253 @@
+"""The `jwt` and `cognito` authorizers: bearer tokens verified against an issuer's published keys.
+
+The hot path for a token seen before is a SHA-256 of the token and one dictionary lookup: verified tokens are kept
+in a bounded LRU until `min(exp + leeway, key staleness)` and dropped when their key leaves the key set. A new
+token is parsed and verified (`token.py`), its claims checked and turned into a Principal (`claims.py`). Every
+failure raises `Denied` with one of the reason codes of `errors.py` (documented in docs/jwt.md). Tokens are never
+logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ...reasons import STATUS_UNAUTHORIZED, Denied
+from ...request import CompactMap, Principal, Request
+from ..base import Authorizer
+from ..sources import IdentitySource
+from .claims import (
+    ClaimRules,
+    LazyContext,
+    claim_context,
+    claim_headers,
+    cognito_context,
+    principal_id,
+    scopes_of,
+    shared_values,
+)
+from .errors import KEYS_UNAVAILABLE, TOKEN_MISSING, UNKNOWN_KEY, JwtError
+from .jwks import Clock, KeySource
+from .keys import KeySet, VerificationKey
+from .token import CheckedHeader, allowed_algorithms, b64url_decode, parse_json_object, parse_token, verify_signature
+
+log = logging.getLogger(__name__)
+
+STATUS_UNAVAILABLE = 503
+INVALID_TOKEN_CHALLENGE = (("www-authenticate", 'Bearer error="invalid_token"'),)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _Verified:
+    """A cached verification: reusable until `valid_until` while `keyset` is still the serving key set."""
+
+    principal: Principal
+    valid_until: float
+    expires_at: float
+    keyset: KeySet
+    key: VerificationKey
+
+
+class JwtAuthorizer(Authorizer):
+    """Bearer JWTs from one issuer (type `jwt`)."""
+
+    kind: ClassVar[str] = "jwt"
+    challenge: ClassVar[str] = "Bearer"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        rules: ClaimRules,
+        keys: KeySource,
+        algorithms: frozenset[str],
+        sources: tuple[IdentitySource, ...] = (IdentitySource("header", "authorization"),),
+        claim_to_headers: Mapping[str, str] | None = None,
+        max_token_bytes: int = 16384,
+        cache_size: int = 10_000,
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__(name)
+        self.rules = rules
+        self.keys = keys
+        self.algorithms = allowed_algorithms(algorithms)
+        self.sources = sources
+        self.claim_to_headers = tuple((claims_name, header) for claims_name, header in (claim_to_headers or {}).items())
+        self.max_token_bytes = max_token_bytes
+        self.cache_size = cache_size
+        self.remember_tokens = True
+        """False on routes whose decision cache answers for the token (`behind_decision_cache`)."""
+        self._clock = clock
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._last_digest: tuple[Request | None, bytes] = (None, b"")
+        self._build_context = self._context  # one bound method for every LazyContext, not one per cached token
+        self._headers: dict[str, CheckedHeader] = {}
+
+    # lifecycle
+    async def start(self) -> None:
+        await self.keys.start()
+
+    async def stop(self) -> None:
+        self._cache.clear()
+        await self.keys.stop()
+
+    def is_ready(self) -> bool:
+        return self.keys.is_ready()
+
+    def behind_decision_cache(self) -> JwtAuthorizer:
+        """A sibling that verifies and reads the token cache like this one but does not add to it: on a route whose
+        decisions are cached per token, the decision cache answers first, and a token cache entry would only
+        double what each token costs in memory (the entry, the principal with its claims). A token seen again after
+        its decision expired, or on a route without decision caching, is verified once more or found in the token
+        cache that those routes fill."""
+        sibling = copy.copy(self)
+        sibling.remember_tokens = False
+        return sibling
+
+    # hot path
+    def _token(self, request: Request) -> str:
+        for source in self.sources:
+            token = source.extract(request)
+            if token is not None:
+                return token
+        raise Denied(TOKEN_MISSING, "A bearer token is required", STATUS_UNAUTHORIZED)
+
+    def upstream_header_names(self) -> frozenset[str]:
+        return frozenset(header for _, header in self.claim_to_headers)
+
+    def fingerprint(self, request: Request) -> bytes | None:
+        """SHA-256 of the presented token (the key of the verified-token cache), or None when there is none.
+
+        A decision about a bearer token depends only on the token (and on time and keys, which the decision's TTL
+        and `Principal.expires_at` bound), so the pipeline may cache decisions on this before authenticating.
+        """
+        for source in self.sources:
+            token = source.extract(request)
+            if token is not None:
+                digest = _digest(token)
+                self._last_digest = (request, digest)
+                return digest
+        return None
+
+    async def authenticate(self, request: Request) -> Principal:
+        token = self._token(request)
+        now = self._clock()
+        # After a decision-cache miss the pipeline has just called `fingerprint` with this very request: reuse its
+        # digest, which also makes the token cache and the decision cache share one bytes object as their key.
+        last_request, last_digest = self._last_digest
+        digest = last_digest if last_request is request else _digest(token)
+        entry = self._cache.get(digest)
+        if entry is not None:
+            if now < entry.valid_until and entry.keyset is self.keys.keyset:
+                self._cache.move_to_end(digest)
+                return entry.principal
+            entry = self._revalidate(digest, entry, now)
+            if entry is not None:
+                return entry.principal
+        try:
+            return await self._verify(token, digest, now)
+        except JwtError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("authorizer %s: token refused: %s", self.name, exc.reason)
+            raise self._denied(exc) from None
+
+    def _denied(self, exc: JwtError) -> Denied:
+        if exc.reason == KEYS_UNAVAILABLE:
+            return Denied(exc.reason, exc.message, STATUS_UNAVAILABLE)
+        return Denied(exc.reason, exc.message, STATUS_UNAUTHORIZED, headers=INVALID_TOKEN_CHALLENGE)
+
+    def _revalidate(self, digest: bytes, entry: _Verified, now: float) -> _Verified | None:
+        """A cached token whose key set was refreshed: still good if its key survived the refresh."""
+        keyset = self.keys.usable(now)
+        if now < entry.expires_at + self.rules.leeway and keyset is not None and keyset.contains(entry.key):
+            fresh = _Verified(
+                principal=entry.principal,
+                valid_until=min(entry.expires_at + self.rules.leeway, keyset.fetched_at + self.keys.max_staleness),
+                expires_at=entry.expires_at,
+                keyset=keyset,
+                key=entry.key,
+            )
+            if now < fresh.valid_until:
+                self._cache[digest] = fresh
+                self._cache.move_to_end(digest)
+                return fresh
+        del self._cache[digest]
+        return None
+
+    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+        parsed = parse_token(token, self.algorithms, self.max_token_bytes, self._headers)
+        keyset = self.keys.usable(now)
+        if keyset is None:
+            keyset = await self._refetch()
+            if keyset is None:
+                raise JwtError(KEYS_UNAVAILABLE, "the issuer's signing keys are not available")
+        try:
+            key = verify_signature(parsed, keyset)
+        except JwtError as exc:
+            if exc.reason != UNKNOWN_KEY or parsed.kid is None:
+                raise
+            newer = await self._refetch()
+            if newer is None or newer is keyset:
+                raise
+            keyset = newer
+            key = verify_signature(parsed, keyset)
+        claims = parse_json_object(b64url_decode(parsed.payload_segment, "payload"), "payload")
+        exp = self.rules.check(claims, now)
+        principal = self._principal(claims, exp)
+        self._remember(digest, principal, exp, keyset, key)
+        return principal
+
+    async def _refetch(self) -> KeySet | None:
+        try:
+            return await self.keys.refetch_for_unknown_kid()
+        except Exception:  # a broken fetch must not turn a deny into an internal error
+            log.exception("authorizer %s: key refetch failed", self.name)
+            return self.keys.usable(self._clock())
+
+    def _remember(self, digest: bytes, principal: Principal, exp: float, keyset: KeySet, key: VerificationKey) -> None:
+        if self.cache_size <= 0 or not self.remember_tokens:
+            return
+        valid_until = min(exp + self.rules.leeway, keyset.fetched_at + self.keys.max_staleness)
+        self._cache[digest] = _Verified(principal, valid_until, exp, keyset, key)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # principals
+    def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
+        return claim_context(claims, scopes)
+
+    def _principal(self, verified: dict[str, Any], exp: float) -> Principal:
+        # Compact: the claims live as long as the cached token, and a CompactMap shares its key index with every
+        # token of the same claim names where a dict would hold its own.
+        claims = CompactMap(shared_values(verified))
+        scopes = scopes_of(claims)
+        headers = claim_headers(claims, self.claim_to_headers) if self.claim_to_headers else ()
+        return Principal(
+            kind=self.kind,
+            id=principal_id(claims),
+            authorizer=self.name,
+            scopes=scopes,
+            claims=claims,
+            context=LazyContext(self._build_context, claims, scopes),
+            upstream_headers=headers,
+            expires_at=exp,
+        )
+
+
+class CognitoAuthorizer(JwtAuthorizer):
+    """Amazon Cognito user pool tokens (type `cognito`): Cognito's claim rules and `cognito:*` policy keys."""
+
+    kind: ClassVar[str] = "cognito"
+
+    def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
+        return cognito_context(claims, scopes)
