@@ -26,6 +26,7 @@ from .settings import (
     LocalCacheSettings,
     PolicySettings,
     RedisCacheSettings,
+    RedisSettings,
     RouteSettings,
     SentinelSettings,
     ServerSettings,
@@ -45,6 +46,7 @@ __all__ = [
     "LocalCacheSettings",
     "PolicySettings",
     "RedisCacheSettings",
+    "RedisSettings",
     "RouteSettings",
     "SentinelSettings",
     "ServerSettings",
@@ -119,6 +121,13 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
             if header and not str(header).startswith("x-"):
                 message = f"with listen.http, upstream header names must start with 'x-' (got {header!r})"
                 issues.append(locator.issue(loc, message))
+    cache_redis = config.cache.redis
+    if cache_redis is not None and cache_redis.url is None:
+        name = cache_redis.connection or "default"
+        if name not in config.redis:
+            known = ", ".join(sorted(config.redis)) or "none defined"
+            message = f"names Redis connection {name!r}, which `redis:` does not define ({known})"
+            issues.append(locator.issue(("cache", "redis", "connection" if cache_redis.connection else "url"), message))
     seen: dict[tuple[str, str], int] = {}
     for index, route in enumerate(config.routes):
         if route.authorizer not in config.authorizers:

@@ -251,15 +251,16 @@ def build_cache(config: Config) -> DecisionCache | None:
             r.signing_key_env,
             config.base_dir,
         )
-        client = redis_client(r)
+        connection = r.inline() or config.redis[r.connection or "default"]
+        client = redis_client(connection)
         remote = RemoteCache(
             client,
             Signer(key),
-            timeout=r.timeout_ms / 1000,
-            breaker=Breaker(threshold=r.breaker_threshold, cooldown=r.breaker_cooldown),
+            timeout=connection.timeout_ms / 1000,
+            breaker=Breaker(threshold=connection.breaker_threshold, cooldown=connection.breaker_cooldown),
             # MGET batching pays off against redis-py's per-command cost; the lean reader pipelines on one
             # connection and is cheaper without it while Checks arrive one at a time. Cluster cannot MGET.
-            batch=not r.cluster and not getattr(client, "times_reads", False),
+            batch=not connection.cluster and not getattr(client, "times_reads", False),
         )
     if local is None and remote is None:
         return None

@@ -83,14 +83,10 @@ class SentinelSettings(_Frozen):
     _hostports = field_validator("nodes")(lambda cls, v: tuple(_check_hostport(n) or n for n in v))
 
 
-class RedisCacheSettings(_Frozen):
-    """The shared decision cache (optional). `url` may carry a password and `rediss://` for TLS."""
+class RedisSettings(_Frozen):
+    """One Redis connection (the top-level `redis:` map names them). `url` may carry a password and `rediss://`."""
 
     url: SecretStr
-    signing_key: SecretStr | None = None
-    """HMAC key every replica shares, so entries are trusted only if a replica wrote them."""
-    signing_key_file: str | None = None
-    signing_key_env: str | None = None
     timeout_ms: float = Field(default=5.0, gt=0, le=1000)
     """Per-operation limit; a slower Redis counts as a failure."""
     max_connections: int = Field(default=32, ge=1, le=1024)
@@ -99,11 +95,43 @@ class RedisCacheSettings(_Frozen):
     sentinel: SentinelSettings | None = None
     lean_reads: bool = True
     """Read through the sidecar's own pipelined RESP connection (`kv/resp.py`, plain `redis://` URLs only;
-    ~2.5x less CPU per lookup than redis-py); false reads through redis-py like everything else."""
+    several times less CPU per lookup than redis-py, docs/performance.md); false reads through redis-py."""
     breaker_threshold: int = Field(default=5, ge=1, le=1000)
     """Consecutive failures that open the circuit breaker."""
     breaker_cooldown: float = Field(default=1.0, gt=0, le=300)
     """Seconds before the first probe; doubles while Redis keeps failing (up to 30 s)."""
+
+
+class RedisCacheSettings(_Frozen):
+    """The shared decision cache (optional): a connection named in the top-level `redis:` map (`connection`,
+    `default` when it names none), or, the short form, the connection's own keys inline (`url`, ...)."""
+
+    connection: str | None = None
+    url: SecretStr | None = None
+    signing_key: SecretStr | None = None
+    """HMAC key every replica shares, so entries are trusted only if a replica wrote them."""
+    signing_key_file: str | None = None
+    signing_key_env: str | None = None
+    timeout_ms: float = Field(default=5.0, gt=0, le=1000)
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    cluster: bool = False
+    sentinel: SentinelSettings | None = None
+    lean_reads: bool = True
+    breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    breaker_cooldown: float = Field(default=1.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RedisCacheSettings:
+        if self.url is not None and self.connection is not None:
+            raise ValueError("give either `connection` (a name in `redis:`) or `url` (the short form), not both")
+        return self
+
+    def inline(self) -> RedisSettings | None:
+        """The short form's connection settings (None when the cache names a connection instead)."""
+        if self.url is None:
+            return None
+        keys = RedisSettings.model_fields.keys()
+        return RedisSettings(**{k: v for k, v in self.__dict__.items() if k in keys})
 
 
 class CacheSettings(_Frozen):
@@ -262,6 +290,9 @@ class Config(_Frozen):
     decision_log: DecisionLogSettings = DecisionLogSettings()
     policy: PolicySettings = PolicySettings()
     http: HttpModeSettings = HttpModeSettings()
+    redis: dict[str, RedisSettings] = {}
+    """Named Redis connections that the decision cache, the SigV4 replay guard and (next) usage plans name;
+    each uses `default` when it names none."""
     plugins: tuple[str, ...] = ()
     """Python modules imported before validation; each may `register` its own authorizer types."""
     authorizers: dict[str, AuthorizerSettings] = {}

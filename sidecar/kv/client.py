@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from ..settings import RedisSettings
 from .resp import LeanReader
 
 
@@ -23,8 +24,9 @@ class RedisLike(Protocol):
     def mget(self, keys: list[str]) -> Awaitable[list[Any]]: ...
 
 
-def redis_client(settings: Any) -> RedisLike:
-    """A redis-py asyncio client for `cache.redis`: plain (BlockingConnectionPool), cluster or sentinel.
+def redis_client(settings: RedisSettings) -> RedisLike:
+    """A redis-py asyncio client for one connection (`redis.<name>`, or a user's inline short form): plain
+    (BlockingConnectionPool), cluster or sentinel.
 
     The pool blocks (up to the operation timeout) instead of raising when all connections are busy: redis-py's
     default pool raises `MaxConnectionsError` past its limit, which under load would count as Redis failures.
