@@ -28,8 +28,8 @@ import grpc
 import yaml
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from sidecar.demo import SidecarProcess, config_with_ports
-from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process
+from sidecar.harness.demo import SidecarProcess, config_with_ports
+from sidecar.harness.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process
 
 from . import procs, scenarios
 from .load import LoadResult, ensure_tools, grpc_frame, run_h2load, run_paced, run_wrk

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from benchmarks.harness import redis_server
-from sidecar.envoy import free_port
+from sidecar.harness.envoy import free_port
 from sidecar.kv.resp import LeanReader
 
 READS = 5000

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sidecar.envoy import envoy_binary
+from sidecar.harness.envoy import envoy_binary
 
 from .harness import REPO, Row, RunResult
 

@@ -65,11 +65,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
     if args.workers > 1:
-        from .supervisor import run_supervisor
+        from .serve.supervisor import run_supervisor
 
         return run_supervisor(args.config, args.workers, args.log_level)
 
-    from .server import serve
+    from .serve.server import serve
 
     return uvloop.run(serve(args.config))
 
@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .harness.demo import run_demo
 
     config_text = args.config.read_text(encoding="utf-8") if args.config else None
     try:

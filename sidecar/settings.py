@@ -251,7 +251,7 @@ class ServerSettings(_Frozen):
     CPU per Check, no reflection) or `grpcio` (grpc.aio, with server reflection)."""
     gc_freeze: bool = True
     """After start-up and each reload, collect once and `gc.freeze()` what is alive, so full collections stop
-    walking the imports and the compiled runtime (they stalled the loop for 50-70 ms; see `sidecar/heap.py`)."""
+    walking the imports and the compiled runtime (they stalled the loop for 50-70 ms; see `sidecar/serve/heap.py`)."""
     gc_threshold: tuple[_Gen0, _GenN, _GenN] | None = None
     """`gc.set_threshold` values; null (the default) keeps Python's (700, 10, 10). Measured under load with the
     freeze on: a first generation of 10,000 made young collections rarer but each one slower (the young objects

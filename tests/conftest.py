@@ -24,7 +24,7 @@ class RedisServer:
     """A real redis-server on a free loopback port, no persistence; can be stopped and restarted on that port."""
 
     def __init__(self, tmp: Path) -> None:
-        from sidecar.envoy import free_port
+        from sidecar.harness.envoy import free_port
 
         self.port = free_port()
         self.dir = tmp

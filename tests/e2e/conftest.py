@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 import httpx
 import pytest
 
-from sidecar.demo import EchoUpstream, SidecarProcess, config_with_ports
-from sidecar.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
+from sidecar.harness.demo import EchoUpstream, SidecarProcess, config_with_ports
+from sidecar.harness.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
 from tests.conftest import REPO
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sidecar.config import default_config_text
-from sidecar.envoy import SHIPPED, render_envoy_config, validate_envoy_config
+from sidecar.harness.envoy import SHIPPED, render_envoy_config, validate_envoy_config
 from tests.conftest import REPO
 from tests.e2e.conftest import StackFactory, metric
 

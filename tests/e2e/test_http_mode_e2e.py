@@ -26,8 +26,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from sidecar.config import parse_config
-from sidecar.demo import EchoUpstream
-from sidecar.envoy import EnvoyProcess, free_port, validate_envoy_config
+from sidecar.harness.demo import EchoUpstream
+from sidecar.harness.envoy import EnvoyProcess, free_port, validate_envoy_config
 from sidecar.http_authz import HttpAuthzServer, HttpSettings, start_http_server
 from sidecar.pipeline import Pipeline
 from sidecar.request import Decision, Request

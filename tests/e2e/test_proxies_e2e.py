@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo import EchoUpstream
-from sidecar.envoy import free_port, stop_process, wait_for_http
+from sidecar.harness.demo import EchoUpstream
+from sidecar.harness.envoy import free_port, stop_process, wait_for_http
 from sidecar.http_authz import HttpSettings
 from tests.conftest import REPO
 from tests.e2e.test_http_mode_e2e import (

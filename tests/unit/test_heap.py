@@ -1,4 +1,4 @@
-"""The GC settings applied after start-up and reloads (sidecar/heap.py)."""
+"""The GC settings applied after start-up and reloads (sidecar/serve/heap.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from sidecar.config import ConfigError, ServerSettings, parse_config
-from sidecar.heap import settle
+from sidecar.serve.heap import settle
 
 
 @pytest.fixture(autouse=True)

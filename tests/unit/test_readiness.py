@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import load_config
-from sidecar.envoy import free_port
-from sidecar.server import Sidecar
+from sidecar.harness.envoy import free_port
+from sidecar.serve.server import Sidecar
 from tests.unit.test_server import serving_within
 
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from sidecar.config import load_config
-from sidecar.envoy import free_port
+from sidecar.harness.envoy import free_port
 from sidecar.runtime import compile_runtime
-from sidecar.server import Sidecar
+from sidecar.serve.server import Sidecar
 from tests.unit.test_readiness import HeldJwks
 from tests.unit.test_server import check
 
@@ -66,7 +66,7 @@ class Logged(logging.Handler):
 
 @contextmanager
 def logged(text: str) -> Iterator[Logged]:
-    logger = logging.getLogger("sidecar.server")
+    logger = logging.getLogger("sidecar.serve.server")
     handler, level = Logged(text), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

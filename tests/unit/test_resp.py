@@ -194,7 +194,7 @@ async def test_garbage_or_a_closed_connection_fails_the_waiters(fake_server: Sta
 
 
 async def test_an_unreachable_redis_is_a_miss_and_opens_the_breaker() -> None:
-    from sidecar.envoy import free_port
+    from sidecar.harness.envoy import free_port
 
     lean = LeanReader("127.0.0.1", free_port(), None, None, 0, timeout=0.05)
     breaker = Breaker(threshold=2, cooldown=30)

@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sidecar.config import load_config
-from sidecar.envoy import free_port
-from sidecar.server import BindError, Sidecar
+from sidecar.harness.envoy import free_port
+from sidecar.serve.server import BindError, Sidecar
 
 CONFIG = """\
 listen: {{grpc: "127.0.0.1:{grpc}", admin: "127.0.0.1:{admin}"}}
@@ -209,7 +209,7 @@ def test_jwks_file_change_is_a_change(tmp_path: Path) -> None:
 async def test_drain_folds_the_last_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the periodic fold an hour away, only the fold at drain can move the Check into prometheus_client."""
     from sidecar import metrics
-    from sidecar import server as servermod
+    from sidecar.serve import server as servermod
 
     monkeypatch.setattr(servermod, "_METRICS_FOLD", 3600.0)
     metrics.flush()
@@ -228,7 +228,7 @@ async def test_drain_folds_the_last_metrics(tmp_path: Path, monkeypatch: pytest.
 async def test_a_failing_metrics_fold_does_not_stop_the_folding(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from sidecar import server as servermod
+    from sidecar.serve import server as servermod
 
     calls: list[int] = []
     second = asyncio.Event()

@@ -21,8 +21,8 @@ import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from sidecar.config import load_config
-from sidecar.envoy import free_port
-from sidecar.supervisor import Supervisor, worker_config
+from sidecar.harness.envoy import free_port
+from sidecar.serve.supervisor import Supervisor, worker_config
 from tests.conftest import REPO
 
 CONFIG = """\

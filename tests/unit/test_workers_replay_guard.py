@@ -25,9 +25,9 @@ from botocore.credentials import Credentials
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from sidecar.config import ConfigError, load_config
-from sidecar.envoy import free_port
-from sidecar.server import Sidecar, start_sidecar
-from sidecar.supervisor import check_workers, local_replay_guards
+from sidecar.harness.envoy import free_port
+from sidecar.serve.server import Sidecar, start_sidecar
+from sidecar.serve.supervisor import check_workers, local_replay_guards
 from tests.conftest import REPO, RedisServer
 from tests.unit.test_server import check
 from tests.unit.test_supervisor import grpc_check, poll, ready_body

@@ -16,7 +16,7 @@ from typing import Any
 
 import botocore.session
 
-from sidecar.envoy import free_port, stop_process, wait_for_http
+from sidecar.harness.envoy import free_port, stop_process, wait_for_http
 
 REGION = "us-east-1"
 

@@ -25,7 +25,7 @@ from sidecar.authorizers.sigv4 import (
     redis_client,
 )
 from sidecar.config import ApiSettings, ConfigError, parse_config
-from sidecar.envoy import free_port
+from sidecar.harness.envoy import free_port
 from sidecar.pipeline import Pipeline
 from sidecar.reasons import Denied
 from sidecar.runtime import RuntimeHolder, compile_runtime

@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 
-from .settings import ServerSettings
+from ..settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

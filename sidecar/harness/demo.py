@@ -27,7 +27,7 @@ from typing import Any
 import jwt
 import yaml
 
-from .config import default_config_text
+from ..config import default_config_text
 from .envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process, wait_for_http
 
 

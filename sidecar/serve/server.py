@@ -23,17 +23,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from ..config import Config, ConfigError, default_config, load_config
+from ..ext_authz import SERVICE_NAME, AuthorizationService
+from ..grpc_lean import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError, LeanGrpcServer, settings_from_server, start_lean_grpc
+from ..http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
+from ..logs import DecisionLogger
+from ..metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
+from ..metrics import flush as flush_metrics
+from ..pipeline import Pipeline
+from ..runtime import Runtime, RuntimeHolder, compile_runtime
 from .admin import AdminResponse, AdminServer, json_response
-from .config import Config, ConfigError, default_config, load_config
-from .ext_authz import SERVICE_NAME, AuthorizationService
-from .grpc_lean import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError, LeanGrpcServer, settings_from_server, start_lean_grpc
 from .heap import settle
-from .http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
-from .logs import DecisionLogger
-from .metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
-from .metrics import flush as flush_metrics
-from .pipeline import Pipeline
-from .runtime import Runtime, RuntimeHolder, compile_runtime
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Sidecar:
         self.source = _ConfigSource(config_path)
         self.vet = vet
         """Checks a config must also pass to be served here (raising `ConfigError`), here and on every reload:
-        `serve --workers N` passes the rules that depend on N (`sidecar/supervisor.py`)."""
+        `serve --workers N` passes the rules that depend on N (`sidecar/serve/supervisor.py`)."""
         if vet is not None:
             vet(config)
         self.holder = RuntimeHolder(compile_runtime(config))

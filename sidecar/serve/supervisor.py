@@ -34,9 +34,8 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
-from .admin import AdminResponse, AdminServer, json_response
-from .authorizers.sigv4 import SigV4Settings
-from .config import (
+from ..authorizers.sigv4 import SigV4Settings
+from ..config import (
     DEFAULT_CONFIG_NAME,
     Config,
     ConfigError,
@@ -46,7 +45,8 @@ from .config import (
     load_config,
     parse_yaml,
 )
-from .runtime import compile_runtime
+from ..runtime import compile_runtime
+from .admin import AdminResponse, AdminServer, json_response
 from .server import split_hostport
 
 log = logging.getLogger(__name__)
