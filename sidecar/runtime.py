@@ -24,6 +24,7 @@ from .cache import TIME_KEYS, DecisionCache, KeyPlan, LocalCache, RemoteCache
 from .cache.remote import Signer, signing_key
 from .issues import ConfigError, ConfigIssue
 from .kv import Breaker, redis_client
+from .limits import AdmitGate, MeterGate
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
 from .request import Decision
@@ -42,6 +43,10 @@ class CompiledRoute:
     scopes: frozenset[str]
     cache_plan: KeyPlan | None = None
     """How to key this route's decisions; None: never cached."""
+    admit_gates: tuple[AdmitGate, ...] = ()
+    """Run before authentication on every request of this route (rate-based rules)."""
+    meter_gates: tuple[MeterGate, ...] = ()
+    """Run after every allow of this route, cached or not (usage plans)."""
 
 
 @dataclass(frozen=True, eq=False, slots=True)
