@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import register
 from .jwt.settings import CognitoSettings, JwtSettings, build_cognito, build_jwt
-from .sigv4 import SigV4Settings, build_sigv4
+from .sigv4.settings import SigV4Settings, build_sigv4
 from .static import DenySettings, NoneSettings, build_deny, build_none
 
 register("none", NoneSettings, build_none)

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sidecar import reasons
-from sidecar.authorizers import sigv4 as sigv4mod
 from sidecar.authorizers.jwt import errors as jwterrors
+from sidecar.authorizers.sigv4 import errors as sigv4errors
 from sidecar.config import parse_config
 from sidecar.ext_authz import AuthorizationService
 from sidecar.pipeline import Pipeline
@@ -41,7 +41,7 @@ ARN = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod"
 KNOWN_REASONS = (
     {v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)}
     | set(jwterrors.REASONS)
-    | {v for k, v in vars(sigv4mod).items() if k.isupper() and isinstance(v, str)}
+    | set(sigv4errors.REASONS)
 )
 
 

@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from policy_support import API, allow, deny, effect, jwt_user, policy, request
 
-from sidecar.authorizers.credentials import Credential
-from sidecar.authorizers.sigv4 import SigV4UpstreamHeaders, build_principal
+from sidecar.authorizers.sigv4.authorizer import build_principal
+from sidecar.authorizers.sigv4.credentials import Credential
+from sidecar.authorizers.sigv4.settings import SigV4UpstreamHeaders
 from sidecar.config import ConfigError, parse_config
 from sidecar.ext_authz import to_request
 from sidecar.pipeline import Pipeline

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sidecar.authorizers.credentials import Credential, StaticCredentialStore, principal_details
-from sidecar.authorizers.sigv4 import SigV4Verifier, VerifierOptions
+from sidecar.authorizers.sigv4.credentials import Credential, StaticCredentialStore, principal_details
+from sidecar.authorizers.sigv4.verifier import SigV4Verifier, VerifierOptions
 from sidecar.request import Request
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "sigv4"
@@ -230,9 +230,9 @@ def self_sign(
     import hashlib
     import hmac
 
-    from sidecar.authorizers import sigv4a
-    from sidecar.authorizers.credentials import derive_signing_key
-    from sidecar.authorizers.sigv4_canonical import canonical_headers, canonical_path, canonical_query
+    from sidecar.authorizers.sigv4 import sigv4a
+    from sidecar.authorizers.sigv4.canonical import canonical_headers, canonical_path, canonical_query
+    from sidecar.authorizers.sigv4.credentials import derive_signing_key
 
     stamp = amz_date or datetime.fromtimestamp(at, UTC).strftime("%Y%m%dT%H%M%SZ")
     all_headers = {k.lower(): v for k, v in headers.items()}

@@ -15,15 +15,10 @@ from sigv4_testkit import VECTOR_TIME, credential, self_sign, verifier
 from test_sigv4_botocore import AKID, HOST, SECRET, sign
 
 from sidecar.authorizers.base import BuildContext, registry
-from sidecar.authorizers.sigv4 import (
-    REPLAYED_REQUEST,
-    LocalReplayGuard,
-    RedisReplayGuard,
-    SigV4Authorizer,
-    SigV4Settings,
-    build_sigv4,
-    redis_client,
-)
+from sidecar.authorizers.sigv4.authorizer import SigV4Authorizer
+from sidecar.authorizers.sigv4.errors import REPLAYED_REQUEST
+from sidecar.authorizers.sigv4.replay import LocalReplayGuard, RedisReplayGuard, redis_client
+from sidecar.authorizers.sigv4.settings import SigV4Settings, build_sigv4
 from sidecar.config import ApiSettings, ConfigError, parse_config
 from sidecar.harness.envoy import free_port
 from sidecar.pipeline import Pipeline

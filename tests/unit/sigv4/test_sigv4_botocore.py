@@ -17,15 +17,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from sigv4_testkit import credential, verifier
 
-from sidecar.authorizers.credentials import StaticCredentialStore
-from sidecar.authorizers.sigv4 import (
-    CONTENT_SHA256_MISMATCH,
-    INVALID_SIGNATURE,
-    SigV4Authorizer,
-    SigV4UpstreamHeaders,
-    SigV4Verifier,
-    VerifierOptions,
-)
+from sidecar.authorizers.sigv4.authorizer import SigV4Authorizer
+from sidecar.authorizers.sigv4.credentials import StaticCredentialStore
+from sidecar.authorizers.sigv4.errors import CONTENT_SHA256_MISMATCH, INVALID_SIGNATURE
+from sidecar.authorizers.sigv4.settings import SigV4UpstreamHeaders
+from sidecar.authorizers.sigv4.verifier import SigV4Verifier, VerifierOptions
 from sidecar.reasons import Denied
 from sidecar.request import Request
 

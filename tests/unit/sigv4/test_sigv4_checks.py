@@ -23,22 +23,21 @@ from sigv4_testkit import (
     verifier,
 )
 
-from sidecar.authorizers.sigv4 import (
+from sidecar.authorizers.sigv4.authorizer import SigV4Authorizer
+from sidecar.authorizers.sigv4.errors import (
     CONTENT_SHA256_MISMATCH,
     EXPIRED_TOKEN,
     INCOMPLETE_SIGNATURE,
     INVALID_CLIENT_TOKEN_ID,
     INVALID_SIGNATURE,
-    MISSING_AUTHENTICATION_TOKEN,
     PARTIAL_BODY,
     REASONS,
     REQUEST_TIME_TOO_SKEWED,
     SIGNATURE_EXPIRED,
     UNRECOGNIZED_CLIENT,
-    SigV4Authorizer,
-    SigV4Verifier,
 )
-from sidecar.reasons import Denied
+from sidecar.authorizers.sigv4.verifier import SigV4Verifier
+from sidecar.reasons import MISSING_AUTHENTICATION_TOKEN, Denied
 from sidecar.request import Request
 
 GOOD_AUTH = (
@@ -507,7 +506,7 @@ def test_missing_request_time_falls_back_to_the_clock() -> None:
 def test_parsed_signature_templates_are_remembered_but_never_mix_signatures_or_hide_errors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sidecar.authorizers import sigv4_canonical as canonical
+    from sidecar.authorizers.sigv4 import canonical
 
     monkeypatch.setattr(canonical, "_TEMPLATES", {})
     head = (
@@ -531,7 +530,7 @@ def test_parsed_signature_templates_are_remembered_but_never_mix_signatures_or_h
 
 @pytest.mark.parametrize("length", [10, 2000])
 def test_remembered_path_and_query_equal_the_computed_ones(length: int) -> None:
-    from sidecar.authorizers import sigv4_canonical as canonical
+    from sidecar.authorizers.sigv4 import canonical
 
     path = "/a/./b/../c%20d/" + "x" * length
     query = "b=2&a=1&c=%7e&" + "z=" + "y" * length

@@ -29,7 +29,8 @@ from sigv4_testkit import (
     verifier,
 )
 
-from sidecar.authorizers.sigv4 import CONTENT_SHA256_MISMATCH, INVALID_SIGNATURE, SigV4Verifier
+from sidecar.authorizers.sigv4.errors import CONTENT_SHA256_MISMATCH, INVALID_SIGNATURE
+from sidecar.authorizers.sigv4.verifier import SigV4Verifier
 from sidecar.reasons import Denied
 from sidecar.request import Request
 
@@ -135,7 +136,7 @@ _INPUT_ONLY = {
 def test_v4a_input_only_cases(name: str) -> None:
     from sigv4_testkit import CRT, parse_http
 
-    from sidecar.authorizers import sigv4a
+    from sidecar.authorizers.sigv4 import sigv4a
 
     case_dir = CRT / "v4a" / name
     message = parse_http((case_dir / "request.txt").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sigv4_testkit import credential
 
-from sidecar.authorizers.credentials import (
+from sidecar.authorizers.sigv4.credentials import (
     CredentialSet,
     FileCredentialStore,
     load_credentials_file,

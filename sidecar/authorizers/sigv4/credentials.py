@@ -37,13 +37,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ApiSettings, ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
+from ...issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
+from ...policy import load_policy, parse_policy
 from . import sigv4a
+
+if TYPE_CHECKING:
+    from ...settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +288,6 @@ class _EntryResolver:
 
     def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str, ...]) -> list[Any]:
         """Compile each identity policy (inline document or file) with the policy engine, once, at load."""
-        from ..policy import load_policy, parse_policy  # late: the policy package imports config, as we do
-
         out: list[Any] = []
         for index, item in enumerate(items):
             where = (*loc, "policies", index)

@@ -1,0 +1,126 @@
+"""The config of `type: sigv4` (see docs/sigv4.md), and how it is built into a `SigV4Authorizer`.
+
+`deny_status: 401` turns the 403 denials into 401 with a `WWW-Authenticate: AWS4-HMAC-SHA256` challenge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ..base import Authorizer, AuthorizerSettings, BuildContext
+from .authorizer import SigV4Authorizer
+from .credentials import DEFAULT_SIGNING_KEY_CACHE, FileCredentialStore
+from .replay import LocalReplayGuard, RedisReplayGuard, ReplayGuard, redis_client
+from .verifier import MAX_EXPIRES, SigV4Verifier, VerifierOptions
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialSourceSettings(_Frozen):
+    """Where the access keys come from. Only `file` exists today; other backends add keys here."""
+
+    file: str
+    reload_interval: float = Field(default=2.0, ge=0, le=3600)
+    """Seconds between checks for a changed file (0: never reload)."""
+
+
+class SigV4UpstreamHeaders(_Frozen):
+    """Identity headers added to allowed requests for the upstream (each null = not sent)."""
+
+    access_key_id: str | None = None
+    principal_arn: str | None = None
+
+    @field_validator("access_key_id", "principal_arn")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else None
+
+
+class SigV4Settings(AuthorizerSettings):
+    """`type: sigv4`: AWS SigV4 / SigV4a signed requests verified against a credential store."""
+
+    type: Literal["sigv4"]
+    service: str = Field(default="execute-api", min_length=1, pattern=r"^[a-z0-9\-]+$")
+    region: str | None = Field(default=None, min_length=1)
+    regions: tuple[str, ...] = ()
+    credentials: CredentialSourceSettings
+    normalize_path: bool | None = None
+    """Remove dot and empty path segments before signing. Default: on, except for service `s3`."""
+    double_encode: bool | None = None
+    """URI-encode the (already encoded) wire path again. Default: on, except for service `s3`."""
+    clock_skew: float = Field(default=300, ge=0, le=3600)
+    allow_unsigned_payload: bool = False
+    replay_guard: bool = False
+    """Deny a signature seen before while it is still valid (beyond API Gateway; off by default)."""
+    replay_redis_url: SecretStr | None = None
+    """Share the replay guard between sidecars through this Redis (`SET NX PX`); local only when null."""
+    replay_redis_timeout_ms: float = Field(default=5.0, gt=0, le=1000)
+    replay_cache_size: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    upstream_headers: SigV4UpstreamHeaders = SigV4UpstreamHeaders()
+    max_expires: int = Field(default=MAX_EXPIRES, ge=1, le=MAX_EXPIRES)
+    algorithms: tuple[Literal["AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256"], ...] = (
+        "AWS4-HMAC-SHA256",
+        "AWS4-ECDSA-P256-SHA256",
+    )
+    require_signed_session_token: bool = False
+    """Deny header-signed requests whose X-Amz-Security-Token is not in SignedHeaders (AWS accepts either)."""
+    deny_status: Literal[401, 403] = 403
+    signing_key_cache_size: int = Field(default=DEFAULT_SIGNING_KEY_CACHE, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _region_xor_regions(self) -> SigV4Settings:
+        if self.region is not None and self.regions:
+            raise ValueError("give either `region` or `regions`, not both")
+        if any(not r for r in self.regions):
+            raise ValueError("`regions` entries must be non-empty")
+        if not self.algorithms:
+            raise ValueError("`algorithms` must list at least one algorithm")
+        return self
+
+    def verifier_options(self, default_region: str) -> VerifierOptions:
+        """The compiled, hot-path form of these settings, with the defaults that depend on other keys (S3 neither
+        normalizes nor double-encodes; the region is the API's unless `region`/`regions` says otherwise)."""
+        s3 = self.service == "s3"
+        regions = self.regions or ((self.region,) if self.region else (default_region,))
+        return VerifierOptions(
+            service=self.service,
+            regions=frozenset(regions),
+            normalize_path=self.normalize_path if self.normalize_path is not None else not s3,
+            double_encode=self.double_encode if self.double_encode is not None else not s3,
+            clock_skew=float(self.clock_skew),
+            allow_unsigned_payload=self.allow_unsigned_payload,
+            max_expires=self.max_expires,
+            algorithms=frozenset(self.algorithms),
+            require_signed_session_token=self.require_signed_session_token,
+            deny_status=self.deny_status,
+        )
+
+
+def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
+    """Build a `sigv4` authorizer: load the credential file (ConfigError on problems) and compile the options."""
+    assert isinstance(settings, SigV4Settings)
+    path = Path(settings.credentials.file)
+    if not path.is_absolute():
+        path = ctx.base_dir / path
+    store = FileCredentialStore(
+        path,
+        reload_interval=settings.credentials.reload_interval,
+        max_signing_keys=settings.signing_key_cache_size,
+        api=ctx.api,
+    )
+    options = settings.verifier_options(ctx.api.region)
+
+    def make_guard() -> ReplayGuard:
+        local = LocalReplayGuard(settings.replay_cache_size)
+        if not settings.replay_redis_url:
+            return local
+        url = settings.replay_redis_url.get_secret_value()
+        return RedisReplayGuard(redis_client(url, settings.replay_redis_timeout_ms / 1000), fallback=local)
+
+    guard = make_guard() if settings.replay_guard else None
+    return SigV4Authorizer(ctx.name, SigV4Verifier(store, options), settings.upstream_headers, guard, make_guard)
