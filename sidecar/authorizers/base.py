@@ -5,23 +5,32 @@ credential stores) lives in objects the authorizer owns and refreshes in the bac
 `stop()`; `authenticate` only reads it. Each authorizer type registers a pydantic settings model, so its config
 keys are validated with file/line errors like the rest of the config, and a `build` function that compiles the
 settings once into a ready-to-serve instance.
+
+Everything the spine needs to know about a type is asked of these two classes, never decided by its name: the
+settings say which files to watch, which upstream headers the type may set and which per-route options it takes;
+the authorizer class says which side of the identity/resource combination its callers stand on. A new type is one
+module (or folder) and one line in `builtin.py`.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ..request import Principal, Request
 
 if TYPE_CHECKING:
-    from ..config import ApiSettings, RouteSettings
+    from ..settings import ApiSettings, RouteSettings
+
+
+IdentitySide = Literal["policies", "authenticated", "anonymous"]
+"""What the caller an authorizer identifies brings to the policy stage (`Authorizer.identity_side`)."""
 
 
 class AuthorizerSettings(BaseModel):
@@ -29,6 +38,30 @@ class AuthorizerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str
+
+    route_options: ClassVar[frozenset[str]] = frozenset()
+    """The per-route options (keys of a `routes[]` entry) that routes naming this type may set, e.g. SigV4's
+    `replay_guard`; the config refuses them on routes whose authorizer is of another type. The authorizer reads
+    them in `Authorizer.for_route`."""
+
+    def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
+        """Files the built authorizer read at load (resolved against `base_dir`, the config file's directory) whose
+        change must reload the config and invalidate cached decisions, like an edit of the config itself.
+
+        A file the authorizer keeps fresh on its own, swapping in a new snapshot while it serves, is not listed:
+        the reload would only repeat that work and empty the decision cache for nothing."""
+        return ()
+
+    def upstream_header_fields(self) -> Mapping[tuple[str | int, ...], str]:
+        """Where these settings name an upstream header, and the name (lower case): the key is the location of the
+        setting inside this authorizer's section, for errors that point at the line (`("claim_to_headers", "sub")`).
+        """
+        return {}
+
+    def upstream_header_names(self) -> frozenset[str]:
+        """Every upstream header (lower case) the built authorizer may set on an allowed request: the same set as
+        the built `Authorizer.upstream_header_names()`, known before building (for checks at load)."""
+        return frozenset(self.upstream_header_fields().values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +81,17 @@ class Authorizer(abc.ABC):
     """The config `type` this class serves; also the `kind` of the Principals it returns."""
     challenge: ClassVar[str] = "Bearer"
     """The `WWW-Authenticate` value sent with 401 denials."""
+    identity_side: ClassVar[IdentitySide] = "authenticated"
+    """How the policy stage treats the callers this authorizer identifies, API Gateway's way:
+
+    - `policies`: the caller's identity policies are the identity side (IAM callers, `sigv4`): with none attached
+      or none allowing, only the resource policy can allow;
+    - `authenticated`: identifying the caller is the identity side's Allow (`jwt`, `cognito`, plugins): allowed
+      unless a policy denies (a private API's and a cross-account caller's rules still need the resource policy);
+    - `anonymous`: there is no identity side (`none`): with no resource policy the route is open, with one only
+      the resource policy can allow.
+
+    A Principal that carries identity policies of its own is evaluated against them whatever the side."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -125,3 +169,10 @@ def registry() -> dict[str, AuthorizerType]:
     from . import builtin  # noqa: F401 - importing registers the built-in types
 
     return _REGISTRY
+
+
+def types_accepting(option: str) -> tuple[str, ...]:
+    """The registered types whose routes may set the per-route `option` (`AuthorizerSettings.route_options`),
+    sorted: what an error about the option on another type's route names (`replay_guard applies to sigv4 routes
+    only ...`)."""
+    return tuple(sorted(name for name, entry in registry().items() if option in entry.settings.route_options))

@@ -26,6 +26,7 @@ class NoneAuthorizer(Authorizer):
     """Lets everyone in as the anonymous principal."""
 
     kind = "none"
+    identity_side = "anonymous"
 
     def fingerprint(self, request: Request) -> bytes | None:
         return b"anonymous"
@@ -38,6 +39,8 @@ class DenyAuthorizer(Authorizer):
     """Refuses every request."""
 
     kind = "deny"
+    identity_side = "policies"
+    """Never reached (no caller is ever identified); if it were, only a policy could allow the caller: fail closed."""
 
     def fingerprint(self, request: Request) -> bytes | None:
         return b"-"

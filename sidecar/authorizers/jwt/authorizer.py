@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from ...reasons import STATUS_UNAUTHORIZED, Denied
 from ...request import CompactMap, Principal, Request
-from ..base import Authorizer
+from ..base import Authorizer, IdentitySide
 from ..sources import IdentitySource
 from .claims import (
     ClaimRules,
@@ -63,6 +63,7 @@ class JwtAuthorizer(Authorizer):
 
     kind: ClassVar[str] = "jwt"
     challenge: ClassVar[str] = "Bearer"
+    identity_side: ClassVar[IdentitySide] = "authenticated"
 
     def __init__(
         self,

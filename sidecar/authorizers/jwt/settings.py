@@ -99,6 +99,22 @@ class TokenSettings(AuthorizerSettings):
             check_key_url(self.jwks_uri, self.allow_http)
         return self
 
+    def jwks_path(self, base_dir: Path) -> Path | None:
+        """`jwks_file` resolved against the config file's directory (None when keys are fetched)."""
+        if self.jwks_file is None:
+            return None
+        path = Path(self.jwks_file)
+        return path if path.is_absolute() else base_dir / path
+
+    def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
+        """The `jwks_file`, read once at build: a new key set in it takes a reload (fetched keys refresh on their
+        own)."""
+        path = self.jwks_path(base_dir)
+        return () if path is None else (path,)
+
+    def upstream_header_fields(self) -> dict[tuple[str | int, ...], str]:
+        return {("claim_to_headers", claim): header for claim, header in self.claim_to_headers.items()}
+
     def cache_policy(self) -> CachePolicy:
         """The JWKS cache bounds these settings ask for."""
         return CachePolicy(
@@ -168,9 +184,9 @@ class CognitoSettings(TokenSettings):
 
 
 def _key_source(settings: TokenSettings, issuer: str, default_uri: str | None, ctx: BuildContext) -> KeySource:
-    if settings.jwks_file:
-        path = Path(settings.jwks_file)
-        return StaticKeySource.from_file(str(path if path.is_absolute() else ctx.base_dir / path), ctx.name)
+    path = settings.jwks_path(ctx.base_dir)
+    if settings.jwks_file and path is not None:
+        return StaticKeySource.from_file(str(path), ctx.name)
     uri = settings.jwks_uri or default_uri
     return shared_cache(
         jwks_uri=uri, issuer=issuer, policy=settings.cache_policy(), allow_http=settings.allow_http, name=ctx.name

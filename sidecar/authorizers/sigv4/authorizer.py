@@ -76,6 +76,7 @@ class SigV4Authorizer(Authorizer):
 
     kind = "sigv4"
     challenge = HMAC_ALGORITHM
+    identity_side = "policies"
 
     def __init__(
         self,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -71,6 +71,20 @@ class SigV4Settings(AuthorizerSettings):
     """Deny header-signed requests whose X-Amz-Security-Token is not in SignedHeaders (AWS accepts either)."""
     deny_status: Literal[401, 403] = 403
     signing_key_cache_size: int = Field(default=DEFAULT_SIGNING_KEY_CACHE, ge=1, le=1_000_000)
+
+    route_options: ClassVar[frozenset[str]] = frozenset({"replay_guard"})
+    """A route's `replay_guard` turns the guard on or off for that route (`SigV4Authorizer.for_route`)."""
+
+    def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
+        """None: the credentials file (and the secret and policy files it names) is watched by its
+        `FileCredentialStore`, which swaps in a new snapshot every `credentials.reload_interval` while serving. A
+        config reload for it would rebuild every authorizer and empty the decision cache for nothing."""
+        return ()
+
+    def upstream_header_fields(self) -> dict[tuple[str | int, ...], str]:
+        headers = self.upstream_headers
+        names = {"access_key_id": headers.access_key_id, "principal_arn": headers.principal_arn}
+        return {("upstream_headers", key): name for key, name in names.items() if name}
 
     @model_validator(mode="after")
     def _region_xor_regions(self) -> SigV4Settings:
