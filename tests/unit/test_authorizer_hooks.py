@@ -126,8 +126,9 @@ async def test_each_built_in_type_answers_the_hooks(
         await authorizer.stop()
 
 
-def test_every_registered_type_is_covered() -> None:
-    assert {spec["type"] for spec, *_ in CASES} == set(registry())
+def test_every_built_in_type_is_covered() -> None:
+    built_in = {name for name, entry in registry().items() if entry.settings.__module__.startswith("sidecar.")}
+    assert {spec["type"] for spec, *_ in CASES} == built_in  # plugins registered by other tests aside
 
 
 def test_only_sigv4_routes_take_replay_guard() -> None:
