@@ -140,10 +140,14 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
             message = f"replay_guard applies to sigv4 routes only ({route.authorizer!r} is {authorizer.type})"
             issues.append(locator.issue(("routes", index, "replay_guard"), message))
         try:
-            key = parse_match(route.match).key
+            parsed = parse_match(route.match)
         except RouteSyntaxError as exc:
             issues.append(locator.issue(("routes", index, "match"), str(exc)))
             continue
+        key = parsed.key
+        if parsed.method == "HEAD":
+            message = "HEAD is judged as GET (upstreams answer HEAD with the GET handler): use GET for this route"
+            issues.append(locator.issue(("routes", index, "match"), message))
         if key in seen:
             issues.append(locator.issue(("routes", index, "match"), f"duplicates routes[{seen[key]}]"))
         seen[key] = index

@@ -80,7 +80,10 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
         raw_path.partition("?")[0],
         headers,
         authority,
-        http.scheme or "http",
+        # Never `http.scheme`: Envoy copies it from the client's own `:scheme` on h2c, so a cleartext client could
+        # claim https (aws:SecureTransport). At the edge (`use_remote_address: true`, as shipped) Envoy overwrites
+        # x-forwarded-proto with the scheme of the connection it accepted; absent, the request is not secure.
+        headers.get("x-forwarded-proto") or "http",
         http.protocol,
         socket.address,
         socket.port_value,

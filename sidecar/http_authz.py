@@ -300,6 +300,20 @@ def _strip_prefix(url: str, prefix: str) -> str | None:
     return "/" + rest if rest[0] == "?" else None
 
 
+PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
+
+
+def _mark_unseen_body(headers: dict[str, str]) -> None:
+    """nginx's `auth_request` never carries the body; the shipped config passes its length and transfer coding
+    instead. A request that has a body is marked as Envoy marks a body it cut short, so SigV4 denies it
+    (`PartialBody`) rather than verifying the signature over an empty body while the upstream gets another."""
+    length = headers.pop("x-original-content-length", "").strip()
+    coding = headers.pop("x-original-transfer-encoding", "").strip()
+    headers.pop(PARTIAL_BODY_HEADER, None)  # a client's own copy never counts
+    if coding or (length and length != "0"):
+        headers[PARTIAL_BODY_HEADER] = "true"
+
+
 def _last_hop(forwarded_for: str) -> str:
     """The address the proxy itself saw: the last entry of X-Forwarded-For."""
     return forwarded_for.rpartition(",")[2].strip()
@@ -328,6 +342,7 @@ def build_request(
     elif flavor == "nginx":
         raw_path = headers.get("x-original-uri")
         method = headers.get("x-original-method", method)
+        _mark_unseen_body(headers)
         if trusted:
             source = headers.get(SOURCE_ADDRESS_HEADER, "")
             cert = headers.get(PEER_CERTIFICATE_HEADER, "")

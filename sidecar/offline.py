@@ -76,6 +76,7 @@ def parse_http_request(raw: bytes, source_ip: str = "127.0.0.1", scheme: str = "
     # same, so `aws:SourceIp` with `policy.trusted_proxy_hops` comes out as it does behind Envoy.
     forwarded = headers.get("x-forwarded-for")
     headers["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
+    headers["x-forwarded-proto"] = scheme  # the edge Envoy overwrites a client's copy with the connection's scheme
     check = CheckRequest()
     http = check.attributes.request.http
     http.method, http.path, http.host, http.scheme, http.protocol = method, target, authority, scheme, "HTTP/1.1"

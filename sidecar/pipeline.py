@@ -20,7 +20,7 @@ from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
 from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
 from .reasons import Denied
-from .request import ANONYMOUS, Decision, Principal, Request, header_safe
+from .request import ANONYMOUS, Decision, Principal, Request, header_safe, judged_method
 from .routes import AmbiguousPath
 from .runtime import DEFAULT_IDENTITY_HEADERS, CompiledRoute, Runtime, RuntimeHolder
 from .settings import UpstreamHeaderSettings
@@ -146,7 +146,7 @@ class Pipeline:
         """The decision and the cache layer that supplied it ("" when computed)."""
         runtime = self.holder.current
         try:
-            match = runtime.routes.match(request.method, request.path)
+            match = runtime.routes.match(judged_method(request.method), request.path)
         except AmbiguousPath:
             return AMBIGUOUS_PATH, ""
         if match is None:

@@ -35,6 +35,13 @@ def header_safe(value: str) -> bool:
     return _HEADER_UNSAFE(value) is None
 
 
+def judged_method(method: str) -> str:
+    """The method routes and policies judge: HEAD is judged as GET. Flask, Django, Express, Go's ServeMux and
+    Spring answer HEAD with the GET handler (its headers, its side effects), so a HEAD must be allowed exactly
+    where a GET is; SigV4 still signs and checks the method as sent."""
+    return "GET" if method == "HEAD" else method
+
+
 def is_canonical_method(method: str) -> bool:
     """Whether `method` is an upper-case HTTP token: the only spelling any stage (routes, policies, SigV4) sees.
 

@@ -105,7 +105,8 @@ def path_segments(path: str) -> list[str]:
     The sidecar must judge exactly the path the upstream serves, and it cannot know whether the proxy in between
     normalized it: Envoy does with `normalize_path`/`merge_slashes` (then nothing below ever arrives), nginx
     forwards `$request_uri` raw, and upstreams disagree with each other. So nothing is resolved: a dot segment
-    (`.`, `..`, also percent-encoded), an empty segment (`//`; one trailing slash is allowed), a `#` (a fragment
+    (`.`, `..`, also percent-encoded), an empty segment (`//`; one trailing slash is not in the segments: see
+    `RouteTable._trailing` and `canonical_path`), a `#` (a fragment
     is never sent, so it is an attack or a broken client), a raw `;` (Tomcat and Spring cut `;params` off a
     segment, so `/admin;x` and `/..;/` are served as `/admin` and `/..`) or an encoding that changes
     segmentation once decoded (`%2F`, `%5C`, `%23`, NUL, invalid UTF-8) is refused. Plain escapes are decoded,
@@ -117,7 +118,7 @@ def path_segments(path: str) -> list[str]:
     if raws[0] == "":
         del raws[0]
     if len(raws) > 1 and raws[-1] == "":
-        del raws[-1]  # one trailing slash: `/orders/` is `/orders` to every framework
+        del raws[-1]  # one trailing slash: routing looks at both readings (`RouteTable._trailing`)
     out: list[str] = []
     for raw in raws:
         if not raw:
@@ -140,10 +141,12 @@ def _needs_walk(path: str) -> bool:
 
 
 def canonical_path(path: str) -> str:
-    """The path routes and policies judge: `/` + decoded segments (no trailing slash); raises `AmbiguousPath`."""
+    """The path policies judge: `/` + decoded segments, a trailing slash kept (`/admin/` is inside `admin/*`, as
+    an upstream serving an index there reads it); raises `AmbiguousPath`."""
     if not _needs_walk(path):
-        return path.rstrip("/") or "/"
-    return "/" + "/".join(path_segments(path))
+        return path
+    segments = path_segments(path)
+    return "/" + "/".join(segments) + ("/" if segments and path[-1] == "/" else "")
 
 
 class RouteTable(Generic[T]):
@@ -212,21 +215,46 @@ class RouteTable(Generic[T]):
         else:
             canonical = path.rstrip("/") or "/"
             segments = None
-        # A route of literals only is always the most specific match, so a hit here ends the search.
+        trailing = len(path) > 1 and path[-1] == "/"
+        # A route of literals only is always the most specific full match, so a hit here ends the search.
         found = self._exact.get((method, canonical)) or self._exact.get(("ANY", canonical))
-        if found is not None or not self._has_templates:
+        if not trailing and (found is not None or not self._has_templates):
             return found or self._default
         if segments is None:
             segments = canonical.split("/")[1:] if canonical != "/" else []
         params: dict[str, str] = {}
         # API Gateway's priority: any full match (literals and {param}) before any greedy match, then $default.
-        hit = self._walk(self._root, segments, 0, method, params, False) or self._walk(
-            self._root, segments, 0, method, params, True
+        full = (
+            (found.key, found.target)
+            if found is not None
+            else self._walk(self._root, segments, 0, method, params, False)
         )
+        if not trailing:
+            hit = full or self._walk(self._root, segments, 0, method, params, True)
+        else:
+            hit = self._trailing(method, segments, full, params)
         if hit is not None:
             key, target = hit
             return Match(target, key, MappingProxyType(params) if params else _EMPTY)
         return self._default
+
+    def _trailing(
+        self, method: str, segments: list[str], full: tuple[str, T] | None, params: dict[str, str]
+    ) -> tuple[str, T] | None:
+        """A path with a trailing slash: `/admin/` is `/admin` to some upstreams and a child of `/admin/` (an
+        index view) to others, such as Flask. It is judged by the route both readings pick; when they pick
+        different routes (`GET /admin` and `ANY /admin/{proxy+}`), the path is ambiguous and refused."""
+        greedy_params: dict[str, str] = {}
+        greedy = self._walk(self._root, [*segments, ""], 0, method, greedy_params, True)
+        # Only a greedy route rooted at this very path (`/admin/{proxy+}` for `/admin/`, its value empty) reads the
+        # slash as "a child"; a shallower catch-all would take `/admin` itself as readily.
+        rooted = greedy is not None and "" in greedy_params.values()
+        if full is not None and greedy is not None and rooted and full[1] is not greedy[1]:
+            raise AmbiguousPath("a trailing slash makes the path name two routes")
+        if full is not None:
+            return full
+        params.update(greedy_params)
+        return greedy
 
     def _walk(
         self, node: _Node[T], segments: list[str], index: int, method: str, params: dict[str, str], greedy_ok: bool
@@ -235,7 +263,7 @@ class RouteTable(Generic[T]):
         match wins, so the deepest greedy route along the most literal path is the most specific one."""
         if index == len(segments):
             end = node.ends.get(method) or node.ends.get("ANY")
-            if end is not None:
+            if end is not None and not greedy_ok:
                 return end
         else:
             child = node.literal.get(segments[index])
@@ -243,7 +271,7 @@ class RouteTable(Generic[T]):
                 hit = self._walk(child, segments, index + 1, method, params, greedy_ok)
                 if hit is not None:
                     return hit
-            if node.param is not None:
+            if node.param is not None and segments[index]:
                 name, child = node.param
                 params[name] = segments[index]
                 hit = self._walk(child, segments, index + 1, method, params, greedy_ok)

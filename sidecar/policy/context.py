@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
+from ..request import judged_method
 from ..routes import canonical_path
 from .arn import resource_arn
 
@@ -280,7 +281,7 @@ class EvalContext:
         self.api = api
         self.settings = settings
         self.action = action.lower()
-        self.resource = resource_arn(api, request.method.upper(), resource_path(request.path))
+        self.resource = resource_arn(api, judged_method(request.method.upper()), resource_path(request.path))
         self.now = request.time or _now()
         self._values: dict[str, Value] = {}
         self._dates: dict[str, float | None] = {}

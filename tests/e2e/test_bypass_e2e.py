@@ -253,3 +253,111 @@ def test_identity_headers_behind_nginx(
     me = stack.client().get("/me", headers={**FORGED, "authorization": f"Bearer {token}"})
     assert me.status_code == 200, stack.proxy.log()
     assert_no_forged_identity(me.json()["headers"], {"x-user-id": "user-123", "x-authz-route": "GET /me"})
+
+
+def test_nginx_never_lets_a_body_ride_on_a_signature_over_none(
+    nginx_stack: NginxStackFactory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Review finding D: nginx never sends the body to auth_request, so a signature over an empty body was
+    accepted with any body. The shipped config now passes the body's length, and SigV4 refuses (PartialBody)."""
+    from tests.e2e.test_http_mode_e2e import sigv4_config, sigv4_request
+
+    stack = nginx_stack(sigv4_config(tmp_path))
+    client = stack.client()
+    signed = sigv4_request(client, stack.base_url, "DELETE", "/orders/7", b"", {})
+    assert client.send(signed).status_code == 200, stack.proxy.log()  # the honest, bodyless request
+    for forged in ({}, {"x-envoy-auth-partial-body": "false"}):
+        headers = {k: v for k, v in signed.headers.items() if k.lower() != "content-length"} | forged
+        riding = client.build_request("DELETE", "/orders/7", headers=headers, content=b'{"cascade": true}')
+        response = client.send(riding)
+        assert response.status_code != 200, forged
+        assert stack.sidecar.seen[-1].headers.get("x-envoy-auth-partial-body") == "true"
+
+
+SECURE_CONFIG = """\
+api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}
+server: {{watch_config: false}}
+resource_policy: {policy}
+authorizers:
+  open: {{type: none}}
+  corp:
+    type: jwt
+    issuer: "{issuer}"
+    audiences: [{audience}]
+    algorithms: [RS256]
+    jwks_file: {jwks}
+routes:
+  - {{match: "GET /reports/{{id}}", authorizer: corp}}
+  - {{match: "ANY /admin/{{proxy+}}", authorizer: corp}}
+  - {{match: "$default", authorizer: open}}
+"""
+
+
+def secure_config(tmp_path: Path) -> str:
+    arn = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod"
+    statements = [
+        {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": f"{arn}/*"},
+        {
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "execute-api:Invoke",
+            "Resource": f"{arn}/*",
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+    ]
+    policy = tmp_path / "resource.json"
+    policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    issuer = Issuer("https://idp.example.test", {"rsa": (rsa_key(0), "RS256")})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    return SECURE_CONFIG.format(policy=policy, issuer=issuer.url, audience=AUDIENCE, jwks=jwks)
+
+
+def test_a_client_cannot_claim_https_with_its_own_scheme(authz_stack: StackFactory, tmp_path: Path) -> None:
+    """Review finding A: over h2c, `:scheme: https` from the client reached `aws:SecureTransport`."""
+    stack = authz_stack(secure_config(tmp_path))
+    for scheme in ("https", "http"):
+        result = subprocess.run(
+            ["nghttp", "-v", "-H", f":scheme: {scheme}", f"http://127.0.0.1:{port_of(stack)}/anything"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        assert ":status: 403" in result.stdout, (scheme, result.stdout[-2000:])
+
+
+OPEN_CONFIG = """\
+server: {{watch_config: false}}
+authorizers:
+  open: {{type: none}}
+  corp:
+    type: jwt
+    issuer: "{issuer}"
+    audiences: [{audience}]
+    algorithms: [RS256]
+    jwks_file: {jwks}
+routes:
+  - {{match: "GET /reports/{{id}}", authorizer: corp}}
+  - {{match: "ANY /admin/{{proxy+}}", authorizer: corp}}
+  - {{match: "$default", authorizer: open}}
+"""
+
+
+@pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
+def test_head_and_a_trailing_slash_reach_no_handler_their_route_would_not(
+    authz_stack: StackFactory, tmp_path: Path, template: str
+) -> None:
+    """Review findings B and C: `/admin/` (Flask's admin index) fell out of `ANY /admin/{proxy+}` onto the open
+    `$default`, and HEAD (served by the GET handler) skipped the protected `GET /reports/{id}`."""
+    issuer = Issuer("https://idp.example.test", {"rsa": (rsa_key(0), "RS256")})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    stack = authz_stack(OPEN_CONFIG.format(issuer=issuer.url, audience=AUDIENCE, jwks=jwks), template=template)
+    assert raw_request(port_of(stack), "/admin/")[0] == 401
+    assert raw_request(port_of(stack), "/reports/42", method="HEAD")[0] == 401
+    assert raw_request(port_of(stack), "/elsewhere/")[0] == 200
+    token = issuer.token(issuer.claims(time.time()))
+    status, _ = raw_request(port_of(stack), "/reports/42", method="HEAD", headers={"authorization": f"Bearer {token}"})
+    assert status == 200

@@ -32,6 +32,7 @@ def envoy_check(**http_fields: object) -> CheckRequest:
             "content-type": "application/json",
             "x-request-id": "req-1",
             "x-multi": "one,two",
+            "x-forwarded-proto": "https",
         }
     )
     http.raw_body = b'{"x": 1}'
@@ -54,7 +55,7 @@ def test_to_request_maps_every_field() -> None:
     assert dict(request.query) == {"b": ("2",), "a": ("1", "3")}
     assert request.headers["host"] == "api.example.com"
     assert not any(k.startswith(":") for k in request.headers)
-    assert sorted(request.headers) == ["content-type", "host", "x-multi", "x-request-id"]
+    assert sorted(request.headers) == ["content-type", "host", "x-forwarded-proto", "x-multi", "x-request-id"]
     assert request.headers["x-multi"] == "one,two"
     assert request.host == "api.example.com"
     assert request.scheme == "https"
@@ -208,3 +209,12 @@ def test_a_method_that_is_not_an_upper_case_token_is_malformed() -> None:
         raise AssertionError(f"{method!r} was accepted")
     for method in ("DELETE", "PROPFIND", "M-SEARCH"):
         assert to_request(envoy_check(method=method)).method == method
+
+
+def test_the_scheme_comes_from_envoys_x_forwarded_proto_never_from_the_clients_scheme() -> None:
+    # #17 review: over h2c a client sets `:scheme: https` itself, and Envoy copies it into `http.scheme`.
+    check = envoy_check()
+    del check.attributes.request.http.headers["x-forwarded-proto"]
+    assert to_request(check).scheme == "http"  # https claimed by the client: not secure
+    check.attributes.request.http.headers["x-forwarded-proto"] = "http"
+    assert to_request(check).scheme == "http"

@@ -30,7 +30,6 @@ def table() -> RouteTable[str]:
     ("method", "path", "expected", "params"),
     [
         ("GET", "/orders", "GET /orders", {}),
-        ("GET", "/orders/", "GET /orders", {}),
         ("GET", "/orders/latest", "GET /orders/latest", {}),  # literal beats {param}
         ("GET", "/orders/42", "GET /orders/{id}", {"id": "42"}),  # method beats ANY on the same path
         ("PUT", "/orders/42", "ANY /orders/{id}", {"id": "42"}),
@@ -179,3 +178,35 @@ def test_long_paths_are_matched_but_not_remembered() -> None:
     assert match is not None and match.key == "ANY /admin/{proxy+}"
     assert match.params["proxy"] == "x" * routes._MEMO_PATH_CHARS
     assert table._memo == {}
+
+
+@pytest.mark.parametrize(
+    ("routes", "path", "expected"),
+    [
+        (["ANY /admin/{proxy+}", "$default"], "/admin/", "ANY /admin/{proxy+}"),  # the review's case: not $default
+        (["GET /admin", "$default"], "/admin/", "GET /admin"),
+        (["GET /orders/{id}", "$default"], "/orders/", "$default"),  # an empty {param} is no match
+        (["GET /orders/{id}", "ANY /{proxy+}"], "/orders/7/", "GET /orders/{id}"),
+        (["ANY /{proxy+}"], "/orders/", "ANY /{proxy+}"),
+    ],
+)
+def test_a_trailing_slash_is_judged_by_both_readings(routes: list[str], path: str, expected: str) -> None:
+    match = RouteTable([(r, r) for r in routes]).match("GET", path)
+    assert match is not None and match.target == expected
+
+
+def test_a_trailing_slash_that_names_two_routes_is_refused() -> None:
+    # Flask serves `/orders/` as its own view; others as `/orders`: when the two readings pick different routes,
+    # guessing either one could be a bypass.
+    table = RouteTable([("GET /orders", "list"), ("ANY /orders/{proxy+}", "closed")])
+    with pytest.raises(AmbiguousPath):
+        table.match("GET", "/orders/")
+    assert table.match("GET", "/orders") is not None
+
+
+def test_policies_read_the_trailing_slash() -> None:
+    from sidecar.routes import canonical_path
+
+    assert canonical_path("/admin/") == "/admin/"
+    assert canonical_path("/%61dmin/") == "/admin/"
+    assert canonical_path("/") == "/"

@@ -229,3 +229,13 @@ def test_a_forwarded_method_that_is_not_an_upper_case_token_is_refused(flavor: s
         assert _build(flavor, "/auth", {"host": "a", uri: "/items/1", header: method}) is None, method
     request = _build(flavor, "/auth", {"host": "a", uri: "/items/1", header: "DELETE"})
     assert request is not None and request.method == "DELETE"
+
+
+def test_nginx_flavor_marks_a_body_it_never_saw() -> None:
+    base = {"host": "a", "x-original-uri": "/orders/7", "x-original-method": "DELETE"}
+    for extra in ({"x-original-content-length": "17"}, {"x-original-transfer-encoding": "chunked"}):
+        request = _build("nginx", "/auth", {**base, **extra, "x-envoy-auth-partial-body": "false"})
+        assert request is not None and request.headers["x-envoy-auth-partial-body"] == "true"
+    for extra in ({}, {"x-original-content-length": "0"}):
+        request = _build("nginx", "/auth", {**base, **extra, "x-envoy-auth-partial-body": "false"})
+        assert request is not None and "x-envoy-auth-partial-body" not in request.headers  # a client's copy is gone
