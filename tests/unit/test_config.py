@@ -129,10 +129,5 @@ def test_shipped_configs_validate(repo_root: Path) -> None:
 
 
 def test_a_head_route_is_refused_since_head_is_judged_as_get() -> None:
-    import pytest as _pytest
-
-    from sidecar.config import ConfigError as _ConfigError
-    from sidecar.config import parse_config as _parse
-
-    with _pytest.raises(_ConfigError, match="HEAD is judged as GET"):
-        _parse("authorizers: {open: {type: none}}\nroutes:\n  - {match: 'HEAD /x', authorizer: open}\n", "c.yaml")
+    with pytest.raises(ConfigError, match="HEAD is judged as GET"):
+        parse_config("authorizers: {open: {type: none}}\nroutes:\n  - {match: 'HEAD /x', authorizer: open}\n", "c.yaml")
