@@ -222,3 +222,12 @@ def test_http2_client(stack: Stack) -> None:
     headers = {k.lower(): v for k, v in aws.headers.items()}
     assert _h2load(stack.base_url + target, headers) == "2xx", stack.logs()
     assert _h2load(stack.base_url + target + "&y=2", headers) == "4xx"
+
+
+def test_a_raw_plus_in_the_query_cannot_share_a_signature_with_an_encoded_one(stack: Stack) -> None:
+    """Review finding E: `to=a%2Bb` (a plus, what was signed) replayed as `to=a+b` (a space to the upstream)."""
+    good = signed(stack, "GET", "/prod/transfer?to=a%2Bb&amount=1")
+    assert send(stack, good).status_code == 200
+    swapped = tamper(good, url=str(good.url).replace("a%2Bb", "a+b"))
+    response = send(stack, swapped)
+    assert response.status_code == 403 and response.json()["reason"] == "IncompleteSignature", response.text

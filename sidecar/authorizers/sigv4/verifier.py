@@ -267,6 +267,10 @@ class SigV4Verifier:
         `unsigned_token`: the presigned URL's X-Amz-Security-Token was appended after signing (AWS's "after" style).
         """
         path, _, query = request.raw_path.partition("?")
+        if "+" in query:
+            # The canonical query reads a raw '+' as a plus (as AWS does), every upstream decodes it as a space:
+            # `to=a+b` and `to=a%2Bb` would share a signature and mean different things. SDKs encode both.
+            raise MalformedSignature("A raw '+' in the query string is ambiguous: encode it as %2B or %20")
         opts = self.options
         uri = remembered_path(path, opts.normalize_path, opts.double_encode)
         if params.presigned:
