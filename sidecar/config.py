@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .authorizers.base import AuthorizerSettings, registry
+from .authorizers.base import AuthorizerSettings, registry, types_accepting
 from .issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
 from .settings import (
     ApiSettings,
@@ -115,8 +115,8 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
             (("upstream_headers", k), v) for k, v in config.upstream_headers.model_dump().items()
         ]
         for name, settings in config.authorizers.items():
-            for claim, header in (getattr(settings, "claim_to_headers", None) or {}).items():
-                upstream.append((("authorizers", name, "claim_to_headers", claim), header))
+            for where, header in settings.upstream_header_fields().items():
+                upstream.append((("authorizers", name, *where), header))
         for loc, header in upstream:
             if header and not str(header).startswith("x-"):
                 message = f"with listen.http, upstream header names must start with 'x-' (got {header!r})"
@@ -129,6 +129,8 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
             message = f"names Redis connection {name!r}, which `redis:` does not define ({known})"
             issues.append(locator.issue(("cache", "redis", "connection" if cache_redis.connection else "url"), message))
     seen: dict[tuple[str, str], int] = {}
+    # Keys of a `routes[]` entry that belong to authorizer families (`AuthorizerSettings.route_options`).
+    route_options = frozenset().union(*(entry.settings.route_options for entry in registry().values()))
     for index, route in enumerate(config.routes):
         if route.authorizer not in config.authorizers:
             known = ", ".join(sorted(config.authorizers)) or "none defined"
@@ -136,9 +138,12 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
                 locator.issue(("routes", index, "authorizer"), f"unknown authorizer {route.authorizer!r} ({known})")
             )
         authorizer = config.authorizers.get(route.authorizer)
-        if route.replay_guard is not None and authorizer is not None and authorizer.type != "sigv4":
-            message = f"replay_guard applies to sigv4 routes only ({route.authorizer!r} is {authorizer.type})"
-            issues.append(locator.issue(("routes", index, "replay_guard"), message))
+        if authorizer is not None:
+            for option in sorted(route_options):
+                if getattr(route, option) is not None and option not in authorizer.route_options:
+                    types = " / ".join(types_accepting(option))
+                    message = f"{option} applies to {types} routes only ({route.authorizer!r} is {authorizer.type})"
+                    issues.append(locator.issue(("routes", index, option), message))
         try:
             parsed = parse_match(route.match)
         except RouteSyntaxError as exc:

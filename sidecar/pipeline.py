@@ -15,6 +15,7 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from . import reasons
+from .authorizers.base import IdentitySide
 from .logs import DecisionLogger
 from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
@@ -28,8 +29,6 @@ from .settings import UpstreamHeaderSettings
 log = logging.getLogger(__name__)
 
 _MAX_ALLOW_MEMO = 4096
-POLICY_KINDS = frozenset({"sigv4"})
-"""Principal kinds whose identity side is their IAM policies: with none attached they are not allowed."""
 NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
 AMBIGUOUS_PATH = reasons.deny(
     reasons.MALFORMED_REQUEST, "The request path is ambiguous (encoded '/', '\\' or '.')", 400
@@ -224,7 +223,7 @@ class Pipeline:
                 raise Denied(
                     reasons.INSUFFICIENT_SCOPE, "The token lacks a scope this route requires", reasons.STATUS_FORBIDDEN
                 )
-            outcome = self._policy_outcome(runtime, request, principal)
+            outcome = self._policy_outcome(runtime, request, principal, authorizer.identity_side)
         except Denied as denied:
             return denied.decision(route=route.key, challenge=authorizer.challenge, authorizer=authorizer.name)
         except Exception:
@@ -248,27 +247,26 @@ class Pipeline:
             self._allowed_for = runtime
         return self._allow(route, principal, runtime, statement)
 
-    def _policy_outcome(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome | None:
+    def _policy_outcome(
+        self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide
+    ) -> Outcome | None:
         """The policy verdict, or None when no policy can apply (then the authorizer's word is final)."""
-        if not (
-            runtime.resource_policy is not None
-            or runtime.private_api
-            or principal.policies
-            or principal.kind in POLICY_KINDS
-        ):
+        if not (runtime.resource_policy is not None or runtime.private_api or principal.policies or side == "policies"):
             return None
         start = perf_counter()
-        outcome = self._authorize(runtime, request, principal)
+        outcome = self._authorize(runtime, request, principal, side)
         self.recorder.stage("policy", perf_counter() - start)
         return outcome
 
-    def _authorize(self, runtime: Runtime, request: Request, principal: Principal) -> Outcome:
-        """Evaluate the identity side and the resource policy, combined as API Gateway combines them."""
+    def _authorize(self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide) -> Outcome:
+        """Evaluate the identity side and the resource policy, combined as API Gateway combines them. The side
+        is what the authorizer class declares (`Authorizer.identity_side`); the shared ANONYMOUS principal is
+        anonymous whoever returns it, so a plugin cannot make it count as authenticated by forgetting to say so."""
         ctx = EvalContext(request, principal, runtime.config.api, runtime.context_settings)
         identity: Evaluation | None
-        if principal.policies or principal.kind in POLICY_KINDS:
+        if principal.policies or side == "policies":
             identity = evaluate_all(principal.policies, ctx) or NOT_AUTHENTICATED
-        elif principal.kind == "anonymous":
+        elif side == "anonymous" or principal is ANONYMOUS:
             identity = None  # an open route: only the resource policy can allow
         else:
             identity = AUTHENTICATED  # JWT/Cognito: authenticated callers are allowed unless a policy denies

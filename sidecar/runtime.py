@@ -153,8 +153,7 @@ def _resolve(config: Config, name: str) -> Path:
 
 def key_files(config: Config) -> list[Path]:
     """Key material files authorizers read at load (e.g. a `jwks_file`): a change must reload and invalidate."""
-    names = (getattr(settings, "jwks_file", None) for settings in config.authorizers.values())
-    return [_resolve(config, name) for name in names if isinstance(name, str)]
+    return [path for settings in config.authorizers.values() for path in settings.watched_files(config.base_dir)]
 
 
 def policy_path(config: Config) -> Path | None:
