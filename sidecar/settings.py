@@ -2,23 +2,55 @@
 
 A leaf: it knows nothing of loading (`config.py`), compiling (`runtime.py`) or serving. pydantic v2 was chosen
 over msgspec for its error locations and discriminated models; validation runs once per load, off the hot path.
-Authorizer settings are validated by the model each type registers (`authorizers/base.py`).
+`AuthorizerSettings` is the base of each authorizer type's model; the models themselves live with their
+authorizers and are validated by the registry (`authorizers/base.py`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-
-from .authorizers.base import AuthorizerSettings
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _API_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ACCOUNT = re.compile(r"^\d{12}$")
+
+
+class AuthorizerSettings(BaseModel):
+    """Base of every authorizer's config model: unknown keys are errors, values are immutable. Each type's
+    subclass lives with its authorizer (`authorizers/<type>/settings.py`) and registers there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str
+
+    route_options: ClassVar[frozenset[str]] = frozenset()
+    """The per-route options (keys of a `routes[]` entry) that routes naming this type may set, e.g. SigV4's
+    `replay_guard`; the config refuses them on routes whose authorizer is of another type. The authorizer reads
+    them in `Authorizer.for_route`."""
+
+    def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
+        """Files the built authorizer read at load (resolved against `base_dir`, the config file's directory) whose
+        change must reload the config and invalidate cached decisions, like an edit of the config itself.
+
+        A file the authorizer keeps fresh on its own, swapping in a new snapshot while it serves, is not listed:
+        the reload would only repeat that work and empty the decision cache for nothing."""
+        return ()
+
+    def upstream_header_fields(self) -> Mapping[tuple[str | int, ...], str]:
+        """Where these settings name an upstream header, and the name (lower case): the key is the location of the
+        setting inside this authorizer's section, for errors that point at the line (`("claim_to_headers", "sub")`).
+        """
+        return {}
+
+    def upstream_header_names(self) -> frozenset[str]:
+        """Every upstream header (lower case) the built authorizer may set on an allowed request: the same set as
+        the built `Authorizer.upstream_header_names()`, known before building (for checks at load)."""
+        return frozenset(self.upstream_header_fields().values())
 
 
 class _Frozen(BaseModel):

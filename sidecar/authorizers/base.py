@@ -16,52 +16,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from ..request import Principal, Request
+from ..settings import AuthorizerSettings
 
 if TYPE_CHECKING:
     from ..settings import ApiSettings, RouteSettings
 
+__all__ = ["Authorizer", "AuthorizerSettings", "AuthorizerType", "BuildContext", "IdentitySide", "register"]
+
 
 IdentitySide = Literal["policies", "authenticated", "anonymous"]
 """What the caller an authorizer identifies brings to the policy stage (`Authorizer.identity_side`)."""
-
-
-class AuthorizerSettings(BaseModel):
-    """Base of every authorizer's config model: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: str
-
-    route_options: ClassVar[frozenset[str]] = frozenset()
-    """The per-route options (keys of a `routes[]` entry) that routes naming this type may set, e.g. SigV4's
-    `replay_guard`; the config refuses them on routes whose authorizer is of another type. The authorizer reads
-    them in `Authorizer.for_route`."""
-
-    def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
-        """Files the built authorizer read at load (resolved against `base_dir`, the config file's directory) whose
-        change must reload the config and invalidate cached decisions, like an edit of the config itself.
-
-        A file the authorizer keeps fresh on its own, swapping in a new snapshot while it serves, is not listed:
-        the reload would only repeat that work and empty the decision cache for nothing."""
-        return ()
-
-    def upstream_header_fields(self) -> Mapping[tuple[str | int, ...], str]:
-        """Where these settings name an upstream header, and the name (lower case): the key is the location of the
-        setting inside this authorizer's section, for errors that point at the line (`("claim_to_headers", "sub")`).
-        """
-        return {}
-
-    def upstream_header_names(self) -> frozenset[str]:
-        """Every upstream header (lower case) the built authorizer may set on an allowed request: the same set as
-        the built `Authorizer.upstream_header_names()`, known before building (for checks at load)."""
-        return frozenset(self.upstream_header_fields().values())
 
 
 @dataclass(frozen=True, slots=True)
