@@ -16,9 +16,9 @@ from hpack import Encoder
 
 from sidecar import grpc_lean
 from sidecar.config import default_config
-from sidecar.ext_authz import AuthorizationService, ResponseEncoder, build_response, to_request
 from sidecar.pipeline import Pipeline
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.transports.ext_authz import AuthorizationService, ResponseEncoder, build_response, to_request
 
 BATCH = 1000
 ROUNDS = 30

@@ -43,9 +43,16 @@ from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from .inline import Resume
-from .listener import RunningListener
 from .log_throttle import ThrottledWarning
 from .memo import BoundedMemo
+from .transports.listener import RunningListener
+from .transports.status import (
+    GRPC_DEADLINE_EXCEEDED,
+    GRPC_INTERNAL,
+    GRPC_RESOURCE_EXHAUSTED,
+    GRPC_UNIMPLEMENTED,
+    GrpcError,
+)
 
 if TYPE_CHECKING:
     from .settings import ServerSettings
@@ -88,13 +95,6 @@ DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
 FRAME_LIMIT = 16_384
 """The largest frame we accept (the protocol's default SETTINGS_MAX_FRAME_SIZE, which we never raise)."""
-
-# gRPC status codes.
-GRPC_DEADLINE_EXCEEDED = 4
-GRPC_NOT_FOUND = 5
-GRPC_RESOURCE_EXHAUSTED = 8
-GRPC_INTERNAL = 13
-GRPC_UNIMPLEMENTED = 12
 
 _HEAD = struct.Struct(">HBBBL")  # a frame header: length (24 bits as 16 + 8), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -151,15 +151,6 @@ def trailers_only(code: int, message: str) -> bytes:
     # grpc-message is percent-encoded UTF-8: printable ASCII except '%' stays as is
     text = quote(message[:_MAX_STATUS_TEXT], safe=_STATUS_SAFE).encode("ascii")
     return RESPONSE_HEAD + _literal(b"grpc-status", str(code).encode()) + _literal(b"grpc-message", text)
-
-
-class GrpcError(Exception):
-    """Raised by a method handler to end its call with a gRPC status other than OK."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 Handler = Callable[[bytes], Coroutine[Any, Any, bytes]]

@@ -35,10 +35,10 @@ import httptools
 
 from . import reasons
 from .inline import Resume
-from .listener import RunningListener
 from .log_throttle import ThrottledWarning
 from .memo import BoundedMemo
 from .request import EMPTY_MAP, Decision, Request, is_canonical_method
+from .transports.listener import RunningListener
 
 log = logging.getLogger(__name__)
 refused_connections = ThrottledWarning(log)

@@ -15,11 +15,11 @@ from typing import Any
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf import json_format
 
-from .ext_authz import MALFORMED, MalformedRequest, to_request
 from .pipeline import Pipeline
 from .request import Decision
 from .runtime import RuntimeHolder, compile_runtime
 from .settings import Config
+from .transports.ext_authz import MALFORMED, MalformedRequest, to_request
 
 
 class InputError(ValueError):

@@ -7,9 +7,9 @@ import json
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from sidecar import reasons
-from sidecar.ext_authz import MALFORMED, AuthorizationService, MalformedRequest, ResponseEncoder, to_request
 from sidecar.reasons import Denied
 from sidecar.request import Decision, Request
+from sidecar.transports.ext_authz import MALFORMED, AuthorizationService, MalformedRequest, ResponseEncoder, to_request
 
 
 def envoy_check(**http_fields: object) -> CheckRequest:

@@ -27,9 +27,9 @@ from sidecar import reasons
 from sidecar.authorizers.jwt import errors as jwterrors
 from sidecar.authorizers.sigv4 import errors as sigv4errors
 from sidecar.config import parse_config
-from sidecar.ext_authz import AuthorizationService
 from sidecar.pipeline import Pipeline
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.transports.ext_authz import AuthorizationService
 from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
 
 AKID = "AKIDFUZZEXAMPLE"

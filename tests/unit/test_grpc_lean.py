@@ -17,8 +17,6 @@ from hpack.exceptions import HPACKError
 
 from sidecar import grpc_lean
 from sidecar.grpc_lean import (
-    GRPC_INTERNAL,
-    GrpcError,
     LeanGrpcServer,
     LeanSettings,
     _Headers,
@@ -26,6 +24,7 @@ from sidecar.grpc_lean import (
     start_lean_grpc,
 )
 from sidecar.log_throttle import ThrottledWarning
+from sidecar.transports.status import GRPC_INTERNAL, GrpcError
 
 ECHO = "/test.Echo/Echo"
 BIG = "/test.Echo/Big"

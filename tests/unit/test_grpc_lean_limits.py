@@ -17,8 +17,6 @@ from hpack import Encoder
 from sidecar import grpc_lean
 from sidecar.config import ServerSettings
 from sidecar.grpc_lean import (
-    GRPC_DEADLINE_EXCEEDED,
-    GRPC_RESOURCE_EXHAUSTED,
     LeanGrpcProtocol,
     LeanGrpcServer,
     LeanSettings,
@@ -28,6 +26,7 @@ from sidecar.grpc_lean import (
     start_lean_grpc,
 )
 from sidecar.log_throttle import ThrottledWarning
+from sidecar.transports.status import GRPC_DEADLINE_EXCEEDED, GRPC_RESOURCE_EXHAUSTED
 from tests.unit.test_grpc_lean import ECHO, WAIT, Handlers, RawClient, message
 from tests.unit.test_grpc_lean_fuzz import FakeTransport, parse_frames, request_block
 

@@ -23,12 +23,12 @@ from sidecar.authorizers.sigv4.authorizer import build_principal
 from sidecar.authorizers.sigv4.credentials import Credential
 from sidecar.authorizers.sigv4.settings import SigV4UpstreamHeaders
 from sidecar.config import ConfigError, parse_config
-from sidecar.ext_authz import to_request
 from sidecar.pipeline import Pipeline
 from sidecar.policy import ContextSettings, EvalContext
 from sidecar.policy.context import client_address
 from sidecar.request import ANONYMOUS, Principal, Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.transports.ext_authz import to_request
 from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 # --- 4. trusted_proxy_hops ---------------------------------------------------------------------------------------

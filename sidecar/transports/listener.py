@@ -1,4 +1,4 @@
-"""What the two asyncio listeners (`http_authz.py`, `grpc_lean.py`) share once they are running: the server, the
+"""What the two asyncio listeners (`http/`, `grpc_lean/`) share once they are running: the server, the
 open connections, and closing them. Each listener adds its own `shutdown(grace)`, since what "drained" means
 differs (HTTP/1.1: no request in progress; HTTP/2: the GOAWAY exchange finished)."""
 

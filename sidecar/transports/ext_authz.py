@@ -21,18 +21,15 @@ from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.protobuf.struct_pb2 import Struct
 
-from . import reasons
-from .grpc_lean import GRPC_INTERNAL, GrpcError
-from .metrics import RECORDER, Recorder
-from .request import EMPTY_MAP, Decision, Request, is_canonical_method
+from .. import reasons
+from ..metrics import RECORDER, Recorder
+from ..request import EMPTY_MAP, Decision, Request, is_canonical_method
+from .status import GRPC_INTERNAL, GRPC_OK, GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED, GrpcError
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
-_GRPC_OK = 0
-_GRPC_PERMISSION_DENIED = 7
-_GRPC_UNAUTHENTICATED = 16
 _MAX_MEMO = 4096
 
 
@@ -44,7 +41,7 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
     """Build our `Request` from Envoy's `CheckRequest` (raises `MalformedRequest`).
 
     Each protobuf field is read once (every access to a sub-message builds a wrapper object) and the `Request`
-    is built positionally, in field order: one Check builds one, and keywords cost five times as much.
+    is built positionally, in field order: one Check builds one, and keywords cost several times as much.
     Pseudo-headers are dropped (`:authority` becomes `host`).
     """
     attributes = check.attributes
@@ -57,8 +54,8 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
         raise MalformedRequest("the HTTP method is not an upper-case token")
     wire_headers = http.headers
     if wire_headers:
-        # A comprehension over upb's map: `dict(map)` goes through collections.abc's Python-level keys() (1.9 us
-        # for a dozen headers against 1.4 us here, pseudo-headers dropped on the way).
+        # A comprehension over upb's map: `dict(map)` goes through collections.abc's Python-level keys(), which is
+        # slower (docs/performance.md); pseudo-headers are dropped on the way.
         headers = {name: wire_headers[name] for name in wire_headers if name[:1] != ":"}
         authority = wire_headers.get(":authority") or http.host
     else:
@@ -118,12 +115,12 @@ def build_response(decision: Decision) -> CheckResponse:
         struct.update(dict(metadata))
         response.dynamic_metadata.CopyFrom(struct)
     if decision.allowed:
-        response.status.code = _GRPC_OK
+        response.status.code = GRPC_OK
         response.ok_response.headers.extend(_header_options(decision.all_headers()))
         response.ok_response.headers_to_remove.extend(decision.headers_to_remove)
         return response
     response.status.code = (
-        _GRPC_UNAUTHENTICATED if decision.status == reasons.STATUS_UNAUTHORIZED else _GRPC_PERMISSION_DENIED
+        GRPC_UNAUTHENTICATED if decision.status == reasons.STATUS_UNAUTHORIZED else GRPC_PERMISSION_DENIED
     )
     denied = response.denied_response
     denied.status.code = decision.status  # HttpStatus enum values are the HTTP codes
@@ -134,7 +131,7 @@ def build_response(decision: Decision) -> CheckResponse:
 
 def identity_metadata(decision: Decision) -> dict[str, str]:
     """Envoy dynamic metadata for an allow: who, by which authorizer, on which route (for access logs and later
-    filters). Derived when the response is encoded, not stored with every cached Decision (~110 bytes each)."""
+    filters). Derived when the response is encoded, not stored with every cached Decision (memory per entry)."""
     principal = decision.principal
     if not decision.allowed or principal is None:
         return {}
@@ -201,7 +198,7 @@ class AuthorizationService:
         return wire
 
     async def check_wire(self, data: bytes) -> bytes:
-        """Check from the request's wire bytes (the lean listener's method handler, `sidecar/grpc_lean.py`).
+        """Check from the request's wire bytes (the lean engine's method handler, `grpc_lean/`).
 
         Bytes that are not a CheckRequest fail the call with INTERNAL, as grpcio fails a request it cannot
         deserialize: Envoy then applies its failure mode (deny unless `failure_mode_allow`)."""
