@@ -121,6 +121,12 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
             if header and not str(header).startswith("x-"):
                 message = f"with listen.http, upstream header names must start with 'x-' (got {header!r})"
                 issues.append(locator.issue(loc, message))
+    for name, settings in config.authorizers.items():
+        for where, connection in settings.redis_connections().items():
+            if connection not in config.redis:
+                known = ", ".join(sorted(config.redis)) or "none defined"
+                message = f"names Redis connection {connection!r}, which `redis:` does not define ({known})"
+                issues.append(locator.issue(("authorizers", name, *where), message))
     cache_redis = config.cache.redis
     if cache_redis is not None and cache_redis.url is None:
         name = cache_redis.connection or "default"

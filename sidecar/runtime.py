@@ -169,7 +169,7 @@ def compile_runtime(config: Config) -> Runtime:
     authorizers: dict[str, Authorizer] = {}
     issues: list[ConfigIssue] = []
     for name, settings in config.authorizers.items():
-        ctx = BuildContext(name=name, base_dir=config.base_dir, api=config.api)
+        ctx = BuildContext(name=name, base_dir=config.base_dir, api=config.api, redis=config.redis)
         try:
             authorizers[name] = types[settings.type].build(settings, ctx)
         except ConfigError as exc:

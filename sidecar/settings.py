@@ -47,6 +47,10 @@ class AuthorizerSettings(BaseModel):
         """
         return {}
 
+    def redis_connections(self) -> Mapping[tuple[str | int, ...], str]:
+        """The names of `redis:` connections these settings use, by where they are named (checked at load)."""
+        return {}
+
     def upstream_header_names(self) -> frozenset[str]:
         """Every upstream header (lower case) the built authorizer may set on an allowed request: the same set as
         the built `Authorizer.upstream_header_names()`, known before building (for checks at load)."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -25,7 +25,7 @@ from ..request import Principal, Request
 from ..settings import AuthorizerSettings
 
 if TYPE_CHECKING:
-    from ..settings import ApiSettings, RouteSettings
+    from ..settings import ApiSettings, RedisSettings, RouteSettings
 
 __all__ = ["Authorizer", "AuthorizerSettings", "AuthorizerType", "BuildContext", "IdentitySide", "register"]
 
@@ -42,6 +42,8 @@ class BuildContext:
     base_dir: Path
     """Directory of the config file: relative paths in authorizer settings resolve against it."""
     api: ApiSettings
+    redis: Mapping[str, RedisSettings] = field(default_factory=dict)
+    """The config's named Redis connections (`redis:`), for types that share state through one."""
 
 
 class Authorizer(abc.ABC):

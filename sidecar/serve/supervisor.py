@@ -82,7 +82,7 @@ def local_replay_guards(config: Config) -> dict[tuple[str | int, ...], str]:
     sites: dict[tuple[str | int, ...], str] = {}
     for index, route in enumerate(config.routes):
         settings = config.authorizers.get(route.authorizer)
-        if not isinstance(settings, SigV4Settings) or settings.replay_redis_url:
+        if not isinstance(settings, SigV4Settings) or settings.replay_connection(config.redis) is not None:
             continue
         if route.replay_guard:
             sites[("routes", index, "replay_guard")] = route.authorizer

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import abc
 import logging
+from time import monotonic
 from typing import Any
 
+from pydantic import SecretStr
+
 from ...inline import in_task
+from ...kv import Breaker
+from ...kv import redis_client as kv_client
+from ...settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +75,31 @@ class RedisReplayGuard(ReplayGuard):
     has seen, so Redis trouble weakens the guard to per-process, never to "allow everything".
     """
 
-    def __init__(self, client: Any, prefix: str = "authz:sigv4:replay:", fallback: LocalReplayGuard | None = None):
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "authz:sigv4:replay:",
+        fallback: LocalReplayGuard | None = None,
+        breaker: Breaker | None = None,
+    ):
         self.client = client
         self.prefix = prefix
         self.fallback = fallback or LocalReplayGuard()
+        self.breaker = breaker or Breaker()
 
     async def first_use(self, key: str, ttl: float, now: float) -> bool:
         local_first = self.fallback.check(key, ttl, now)
+        if not self.breaker.allow(monotonic()):
+            return local_first  # Redis keeps failing: the local answer, without a timeout per request
         try:
             # In a Task: the asyncio listeners start a Check inline, outside any, and redis-py times its
             # commands with `asyncio.timeout`, which raises there; every SET failed and the guard was per process.
             stored = await in_task(self.client.set(self.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
         except Exception as exc:  # redis.RedisError, OSError, timeouts: all degrade to the local answer
+            self.breaker.failure(monotonic())
             log.warning("replay guard: redis unavailable (%s); using the local guard", exc.__class__.__name__)
             return local_first
+        self.breaker.success()
         return bool(stored) and local_first
 
     async def close(self) -> None:
@@ -93,7 +110,12 @@ class RedisReplayGuard(ReplayGuard):
 
 
 def redis_client(url: str, timeout: float) -> Any:
-    """An asyncio Redis client with tight timeouts (connections are made lazily, on first use)."""
-    import redis.asyncio as redis_asyncio
+    """A redis-py client for `url` with tight timeouts, from the shared layer (`kv`), as every Redis user gets."""
+    return kv_client(RedisSettings(url=SecretStr(url), timeout_ms=timeout * 1000, lean_reads=False))
 
-    return redis_asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+def guard_for(connection: RedisSettings, fallback: LocalReplayGuard) -> RedisReplayGuard:
+    """The shared guard over one of the config's Redis connections (`SET NX` needs redis-py: no lean reads)."""
+    client = kv_client(connection.model_copy(update={"lean_reads": False}))
+    breaker = Breaker(threshold=connection.breaker_threshold, cooldown=connection.breaker_cooldown)
+    return RedisReplayGuard(client, fallback=fallback, breaker=breaker)

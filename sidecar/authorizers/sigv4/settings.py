@@ -5,15 +5,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ...settings import RedisSettings
 from ..base import Authorizer, AuthorizerSettings, BuildContext
 from .authorizer import SigV4Authorizer
 from .credentials import DEFAULT_SIGNING_KEY_CACHE, FileCredentialStore
-from .replay import LocalReplayGuard, RedisReplayGuard, ReplayGuard, redis_client
+from .replay import LocalReplayGuard, ReplayGuard, guard_for
 from .verifier import MAX_EXPIRES, SigV4Verifier, VerifierOptions
 
 
@@ -58,7 +60,11 @@ class SigV4Settings(AuthorizerSettings):
     replay_guard: bool = False
     """Deny a signature seen before while it is still valid (beyond API Gateway; off by default)."""
     replay_redis_url: SecretStr | None = None
-    """Share the replay guard between sidecars through this Redis (`SET NX PX`); local only when null."""
+    """Share the replay guard between sidecars through this Redis (`SET NX PX`): the inline short form of
+    `replay_redis`. With neither, the guard uses the config's `redis.default` when there is one, else it stays in
+    the process."""
+    replay_redis: str | None = None
+    """A connection of the top-level `redis:` map for the shared replay guard."""
     replay_redis_timeout_ms: float = Field(default=5.0, gt=0, le=1000)
     replay_cache_size: int = Field(default=1_000_000, ge=1, le=100_000_000)
     upstream_headers: SigV4UpstreamHeaders = SigV4UpstreamHeaders()
@@ -74,6 +80,16 @@ class SigV4Settings(AuthorizerSettings):
 
     route_options: ClassVar[frozenset[str]] = frozenset({"replay_guard"})
     """A route's `replay_guard` turns the guard on or off for that route (`SigV4Authorizer.for_route`)."""
+
+    def redis_connections(self) -> dict[tuple[str | int, ...], str]:
+        return {("replay_redis",): self.replay_redis} if self.replay_redis else {}
+
+    def replay_connection(self, connections: Mapping[str, RedisSettings]) -> RedisSettings | None:
+        """The Redis connection the replay guard shares (None: it stays in the process): the inline
+        `replay_redis_url`, else the named `replay_redis`, else the config's `redis.default` if it has one."""
+        if self.replay_redis_url is not None:
+            return RedisSettings(url=self.replay_redis_url, timeout_ms=self.replay_redis_timeout_ms, lean_reads=False)
+        return connections.get(self.replay_redis or "default")
 
     def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
         """None: the credentials file (and the secret and policy files it names) is watched by its
@@ -129,12 +145,11 @@ def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
     )
     options = settings.verifier_options(ctx.api.region)
 
+    connection = settings.replay_connection(ctx.redis)
+
     def make_guard() -> ReplayGuard:
         local = LocalReplayGuard(settings.replay_cache_size)
-        if not settings.replay_redis_url:
-            return local
-        url = settings.replay_redis_url.get_secret_value()
-        return RedisReplayGuard(redis_client(url, settings.replay_redis_timeout_ms / 1000), fallback=local)
+        return local if connection is None else guard_for(connection, local)
 
     guard = make_guard() if settings.replay_guard else None
     return SigV4Authorizer(ctx.name, SigV4Verifier(store, options), settings.upstream_headers, guard, make_guard)
