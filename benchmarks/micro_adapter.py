@@ -14,11 +14,12 @@ from collections.abc import Callable
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from hpack import Encoder
 
-from sidecar import grpc_lean
 from sidecar.config import default_config
 from sidecar.pipeline import Pipeline
 from sidecar.runtime import RuntimeHolder, compile_runtime
 from sidecar.transports.ext_authz import AuthorizationService, ResponseEncoder, build_response, to_request
+from sidecar.transports.grpc_lean.protocol import Handler, LeanGrpcProtocol, LeanSettings, _Shared
+from sidecar.transports.grpc_lean.wire import DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS, frame
 
 BATCH = 1000
 ROUNDS = 30
@@ -68,7 +69,7 @@ class _Discard:
         return default
 
 
-def lean_calls(wire: bytes, method: grpc_lean.Handler) -> Callable[[], float]:
+def lean_calls(wire: bytes, method: Handler) -> Callable[[], float]:
     """Median us per call through `LeanGrpcProtocol.data_received`, one call per read (no batching), with
     Envoy-like request headers (indexed after the first call, as Envoy's HPACK encoder sends them)."""
     encoder = Encoder()
@@ -85,8 +86,7 @@ def lean_calls(wire: bytes, method: grpc_lean.Handler) -> Callable[[], float]:
     blocks = [encoder.encode(fields) for _ in range(2)]
     body = b"\x00" + len(wire).to_bytes(4, "big") + wire
     calls = [
-        grpc_lean.frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 2 * i + 1, blocks[min(i, 1)])
-        + grpc_lean.frame(grpc_lean.DATA, grpc_lean.END_STREAM, 2 * i + 1, body)
+        frame(HEADERS, END_HEADERS, 2 * i + 1, blocks[min(i, 1)]) + frame(DATA, END_STREAM, 2 * i + 1, body)
         for i in range(BATCH)
     ]
     handlers = {"/envoy.service.auth.v3.Authorization/Check": method}
@@ -95,9 +95,9 @@ def lean_calls(wire: bytes, method: grpc_lean.Handler) -> Callable[[], float]:
         async def rounds() -> float:
             samples = []
             for _ in range(ROUNDS):
-                protocol = grpc_lean.LeanGrpcProtocol(grpc_lean._Shared(handlers, grpc_lean.LeanSettings()))
+                protocol = LeanGrpcProtocol(_Shared(handlers, LeanSettings()))
                 protocol.connection_made(_Discard())  # type: ignore[arg-type]
-                protocol.data_received(grpc_lean.PREFACE + grpc_lean.frame(grpc_lean.SETTINGS, 0, 0))
+                protocol.data_received(PREFACE + frame(SETTINGS, 0, 0))
                 start = time.perf_counter_ns()
                 for call in calls:
                     protocol.data_received(call)

@@ -1,4 +1,4 @@
-"""The lean gRPC floor: `sidecar.grpc_lean` on uvloop answering OK to every Check and doing nothing else.
+"""The lean gRPC floor: `sidecar.transports.grpc_lean` on uvloop answering OK to every Check and doing nothing else.
 
 What the sidecar's own gRPC transport (`server.grpc_engine: lean`) costs before it decides anything: HTTP/2
 framing, HPACK, one pre-serialized `CheckResponse`. The request message is not even parsed. Measured beside the
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from sidecar.grpc_lean import start_lean_grpc
+from sidecar.transports.grpc_lean import start_lean_grpc
 
 from .noop_grpc_authz import CHECK_METHOD, OK_RESPONSE, SERVICE
 

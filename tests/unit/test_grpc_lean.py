@@ -1,4 +1,4 @@
-"""The lean gRPC listener (`sidecar/grpc_lean.py`) against real HTTP/2 peers on loopback.
+"""The lean gRPC listener (`sidecar/transports/grpc_lean/`) against real HTTP/2 peers on loopback.
 
 A grpcio client (C-core's HTTP/2 and gRPC stack) drives the calls; raw frames written by hand drive what a
 well-behaved client never sends (padding, CONTINUATION, bad prefaces, flow-control stalls, protocol errors).
@@ -15,15 +15,9 @@ import pytest
 from hpack import Decoder, Encoder
 from hpack.exceptions import HPACKError
 
-from sidecar import grpc_lean
-from sidecar.grpc_lean import (
-    LeanGrpcServer,
-    LeanSettings,
-    _Headers,
-    frame,
-    start_lean_grpc,
-)
 from sidecar.log_throttle import ThrottledWarning
+from sidecar.transports.grpc_lean import LeanGrpcServer, LeanSettings, protocol, start_lean_grpc, wire
+from sidecar.transports.grpc_lean.wire import _Headers, frame
 from sidecar.transports.status import GRPC_INTERNAL, GrpcError
 
 ECHO = "/test.Echo/Echo"
@@ -80,7 +74,7 @@ class Handlers:
     async def long(self, data: bytes) -> bytes:
         raise GrpcError(9, "x" * 40_000)
 
-    def table(self) -> dict[str, grpc_lean.Handler]:
+    def table(self) -> dict[str, protocol.Handler]:
         return {
             ECHO: self.echo,
             BIG: self.big,
@@ -178,10 +172,10 @@ class RawClient:
         self.decoder = Decoder()
 
     @classmethod
-    async def connect(cls, port: int, preface: bytes = grpc_lean.PREFACE) -> RawClient:
+    async def connect(cls, port: int, preface: bytes = wire.PREFACE) -> RawClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = cls(reader, writer)
-        writer.write(preface + frame(grpc_lean.SETTINGS, 0, 0))
+        writer.write(preface + frame(wire.SETTINGS, 0, 0))
         return client
 
     def request_block(self, path: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -209,7 +203,7 @@ class RawClient:
         """Read frames until one of `kind` (on `stream`, if given); its flags and payload."""
         for _ in range(100):
             got, flags, on, payload = await self.read_frame()
-            if got == grpc_lean.HEADERS:
+            if got == wire.HEADERS:
                 self.decoder.decode(payload)
             if got == kind and (stream is None or on == stream):
                 return flags, payload
@@ -223,18 +217,18 @@ class RawClient:
             kind, flags, on, payload = await self.read_frame()
             if on != stream:
                 continue
-            if kind == grpc_lean.DATA:
+            if kind == wire.DATA:
                 data += payload
-            elif kind == grpc_lean.HEADERS:
+            elif kind == wire.HEADERS:
                 fields = dict(self.decoder.decode(payload))
-                if flags & grpc_lean.END_STREAM:
+                if flags & wire.END_STREAM:
                     assert fields.get("grpc-status") == "0", fields
                     return data if framed else data[5:]
         raise AssertionError("no answer")
 
     async def closed_with(self) -> int:
         """The error code of the GOAWAY the server sends before closing."""
-        _, payload = await self.until(grpc_lean.GOAWAY)
+        _, payload = await self.until(wire.GOAWAY)
         code: int = struct.unpack(">LL", payload[:8])[1]
         return code
 
@@ -253,16 +247,16 @@ async def test_padding_priority_and_continuation(served: tuple[LeanGrpcServer, H
     block = client.request_block(ECHO, (("x-filler", "f" * 3000),))
     padded = bytes([7]) + struct.pack(">LB", 0, 15) + block[:1000] + b"\0" * 7
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.PADDED | grpc_lean.PRIORITY_FLAG, 1, padded),
-        frame(grpc_lean.CONTINUATION, 0, 1, block[1000:2000]),
-        frame(grpc_lean.CONTINUATION, grpc_lean.END_HEADERS, 1, block[2000:]),
-        frame(grpc_lean.DATA, grpc_lean.PADDED, 1, bytes([3]) + message(b"pad")[:4] + b"\0\0\0"),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"pad")[4:]),
+        frame(wire.HEADERS, wire.PADDED | wire.PRIORITY_FLAG, 1, padded),
+        frame(wire.CONTINUATION, 0, 1, block[1000:2000]),
+        frame(wire.CONTINUATION, wire.END_HEADERS, 1, block[2000:]),
+        frame(wire.DATA, wire.PADDED, 1, bytes([3]) + message(b"pad")[:4] + b"\0\0\0"),
+        frame(wire.DATA, wire.END_STREAM, 1, message(b"pad")[4:]),
     )
     assert await client.answer(1) == b"pad"
-    client.send(frame(grpc_lean.PING, 0, 0, b"12345678"))
-    flags, payload = await client.until(grpc_lean.PING)
-    assert flags == grpc_lean.ACK and payload == b"12345678"
+    client.send(frame(wire.PING, 0, 0, b"12345678"))
+    flags, payload = await client.until(wire.PING)
+    assert flags == wire.ACK and payload == b"12345678"
     await client.close()
 
 
@@ -270,20 +264,20 @@ async def test_flow_control_holds_and_releases_an_answer(served: tuple[LeanGrpcS
     server, _ = served
     client = await RawClient.connect(server.port)
     # a 10-byte window for every stream: the 1,000-byte answer waits for WINDOW_UPDATEs
-    client.send(frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", grpc_lean.S_INITIAL_WINDOW_SIZE, 10)))
+    client.send(frame(wire.SETTINGS, 0, 0, struct.pack(">HL", wire.S_INITIAL_WINDOW_SIZE, 10)))
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"z" * 1000)),
+        frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 1, message(b"z" * 1000)),
     )
     received = b""
     while len(received) < 10:
         kind, _, _, payload = await client.read_frame()
-        if kind == grpc_lean.DATA:
+        if kind == wire.DATA:
             received += payload
-        elif kind == grpc_lean.HEADERS:
+        elif kind == wire.HEADERS:
             client.decoder.decode(payload)
     assert received == (b"\x00" + struct.pack(">L", 1000) + b"z" * 1000)[:10]
-    client.send(frame(grpc_lean.WINDOW_UPDATE, 0, 1, struct.pack(">L", 2000)))
+    client.send(frame(wire.WINDOW_UPDATE, 0, 1, struct.pack(">L", 2000)))
     rest = await client.answer(1, framed=True)
     assert received[5:] + rest == b"z" * 1000
     await client.close()
@@ -293,15 +287,15 @@ async def test_a_stalled_stream_does_not_hold_up_the_others(served: tuple[LeanGr
     """Two answers wait for window; Envoy opens only the second stream's: it completes, the first still waits."""
     server, _ = served
     client = await RawClient.connect(server.port)
-    client.send(frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", grpc_lean.S_INITIAL_WINDOW_SIZE, 0)))
+    client.send(frame(wire.SETTINGS, 0, 0, struct.pack(">HL", wire.S_INITIAL_WINDOW_SIZE, 0)))
     for stream in (1, 3):
         client.send(
-            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, stream, client.request_block(ECHO)),
-            frame(grpc_lean.DATA, grpc_lean.END_STREAM, stream, message(b"s%d" % stream)),
+            frame(wire.HEADERS, wire.END_HEADERS, stream, client.request_block(ECHO)),
+            frame(wire.DATA, wire.END_STREAM, stream, message(b"s%d" % stream)),
         )
-    client.send(frame(grpc_lean.WINDOW_UPDATE, 0, 3, struct.pack(">L", 100)))
+    client.send(frame(wire.WINDOW_UPDATE, 0, 3, struct.pack(">L", 100)))
     assert await client.answer(3) == b"s3"
-    client.send(frame(grpc_lean.WINDOW_UPDATE, 0, 1, struct.pack(">L", 100)))
+    client.send(frame(wire.WINDOW_UPDATE, 0, 1, struct.pack(">L", 100)))
     assert await client.answer(1) == b"s1"
     await client.close()
 
@@ -309,29 +303,29 @@ async def test_a_stalled_stream_does_not_hold_up_the_others(served: tuple[LeanGr
 @pytest.mark.parametrize(
     ("frames", "code"),
     [
-        (frame(grpc_lean.DATA, 0, 0, b"x"), grpc_lean.PROTOCOL_ERROR),
-        (frame(grpc_lean.PING, 0, 0, b"short"), grpc_lean.FRAME_SIZE_ERROR),
-        (frame(grpc_lean.SETTINGS, 0, 0, b"12345"), grpc_lean.FRAME_SIZE_ERROR),
-        (frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", 4, 2**31)), grpc_lean.FLOW_CONTROL_ERROR),
-        (frame(grpc_lean.WINDOW_UPDATE, 0, 0, struct.pack(">L", 0)), grpc_lean.PROTOCOL_ERROR),
-        (frame(grpc_lean.WINDOW_UPDATE, 0, 0, struct.pack(">L", 2**31 - 1)), grpc_lean.FLOW_CONTROL_ERROR),
-        (frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 2, b"\x82"), grpc_lean.PROTOCOL_ERROR),
-        (frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, b"\xff\xff\xff\x7f"), grpc_lean.COMPRESSION_ERROR),
-        (frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.PING, 0, 0, b"8 bytes!"), grpc_lean.PROTOCOL_ERROR),
-        (frame(grpc_lean.CONTINUATION, grpc_lean.END_HEADERS, 1, b"\x82"), grpc_lean.PROTOCOL_ERROR),
+        (frame(wire.DATA, 0, 0, b"x"), wire.PROTOCOL_ERROR),
+        (frame(wire.PING, 0, 0, b"short"), wire.FRAME_SIZE_ERROR),
+        (frame(wire.SETTINGS, 0, 0, b"12345"), wire.FRAME_SIZE_ERROR),
+        (frame(wire.SETTINGS, 0, 0, struct.pack(">HL", 4, 2**31)), wire.FLOW_CONTROL_ERROR),
+        (frame(wire.WINDOW_UPDATE, 0, 0, struct.pack(">L", 0)), wire.PROTOCOL_ERROR),
+        (frame(wire.WINDOW_UPDATE, 0, 0, struct.pack(">L", 2**31 - 1)), wire.FLOW_CONTROL_ERROR),
+        (frame(wire.HEADERS, wire.END_HEADERS, 2, b"\x82"), wire.PROTOCOL_ERROR),
+        (frame(wire.HEADERS, wire.END_HEADERS, 1, b"\xff\xff\xff\x7f"), wire.COMPRESSION_ERROR),
+        (frame(wire.HEADERS, 0, 1, b"\x82") + frame(wire.PING, 0, 0, b"8 bytes!"), wire.PROTOCOL_ERROR),
+        (frame(wire.CONTINUATION, wire.END_HEADERS, 1, b"\x82"), wire.PROTOCOL_ERROR),
         (
-            frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.CONTINUATION, 0, 1, b"") * 3,
-            grpc_lean.ENHANCE_YOUR_CALM,
+            frame(wire.HEADERS, 0, 1, b"\x82") + frame(wire.CONTINUATION, 0, 1, b"") * 3,
+            wire.ENHANCE_YOUR_CALM,
         ),
         (
-            frame(grpc_lean.HEADERS, 0, 1, b"\x82") + frame(grpc_lean.CONTINUATION, 0, 1, b"\x82") * 70,
-            grpc_lean.ENHANCE_YOUR_CALM,
+            frame(wire.HEADERS, 0, 1, b"\x82") + frame(wire.CONTINUATION, 0, 1, b"\x82") * 70,
+            wire.ENHANCE_YOUR_CALM,
         ),
-        (frame(grpc_lean.GOAWAY, 0, 0, b"\0\0\0\1"), grpc_lean.FRAME_SIZE_ERROR),
-        (frame(grpc_lean.PRIORITY, 0, 1, b"\0\0\0"), grpc_lean.FRAME_SIZE_ERROR),
-        (frame(grpc_lean.PUSH_PROMISE, grpc_lean.END_HEADERS, 1, b"\0\0\0\2"), grpc_lean.PROTOCOL_ERROR),
-        (struct.pack(">HBBBL", 0x40, 0x01, grpc_lean.DATA, 0, 1), grpc_lean.FRAME_SIZE_ERROR),
-        (frame(grpc_lean.HEADERS, grpc_lean.PADDED | grpc_lean.END_HEADERS, 1, b"\x09abc"), grpc_lean.PROTOCOL_ERROR),
+        (frame(wire.GOAWAY, 0, 0, b"\0\0\0\1"), wire.FRAME_SIZE_ERROR),
+        (frame(wire.PRIORITY, 0, 1, b"\0\0\0"), wire.FRAME_SIZE_ERROR),
+        (frame(wire.PUSH_PROMISE, wire.END_HEADERS, 1, b"\0\0\0\2"), wire.PROTOCOL_ERROR),
+        (struct.pack(">HBBBL", 0x40, 0x01, wire.DATA, 0, 1), wire.FRAME_SIZE_ERROR),
+        (frame(wire.HEADERS, wire.PADDED | wire.END_HEADERS, 1, b"\x09abc"), wire.PROTOCOL_ERROR),
     ],
     ids=[
         "data-on-stream-0",
@@ -365,8 +359,8 @@ async def test_protocol_errors_close_with_goaway(
     # the listener itself is unharmed
     healthy = await RawClient.connect(server.port)
     healthy.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, healthy.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"ok")),
+        frame(wire.HEADERS, wire.END_HEADERS, 1, healthy.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 1, message(b"ok")),
     )
     assert await healthy.answer(1) == b"ok"
     await healthy.close()
@@ -375,7 +369,7 @@ async def test_protocol_errors_close_with_goaway(
 async def test_not_http2_is_refused(served: tuple[LeanGrpcServer, Handlers]) -> None:
     server, _ = served
     client = await RawClient.connect(server.port, preface=b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-    assert await client.closed_with() == grpc_lean.PROTOCOL_ERROR
+    assert await client.closed_with() == wire.PROTOCOL_ERROR
     await client.close()
 
 
@@ -385,15 +379,15 @@ async def test_protocol_error_warnings_are_throttled(
     """Anything that reaches the port can cause protocol errors: one warning line per interval, the rest counted."""
     server, _ = served
     now = [100.0]
-    throttle = ThrottledWarning(grpc_lean.log, interval=10.0, clock=lambda: now[0])
-    monkeypatch.setattr(grpc_lean, "protocol_errors", throttle)
+    throttle = ThrottledWarning(protocol.log, interval=10.0, clock=lambda: now[0])
+    monkeypatch.setattr(protocol, "protocol_errors", throttle)
 
     async def scan() -> None:
         client = await RawClient.connect(server.port, preface=b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        assert await client.closed_with() == grpc_lean.PROTOCOL_ERROR
+        assert await client.closed_with() == wire.PROTOCOL_ERROR
         await client.close()
 
-    with caplog.at_level("WARNING", logger=grpc_lean.log.name):
+    with caplog.at_level("WARNING", logger=protocol.log.name):
         for _ in range(3):
             await scan()
         assert [r.getMessage() for r in caplog.records] == [
@@ -413,20 +407,20 @@ async def test_a_call_that_is_not_grpc_fails(served: tuple[LeanGrpcServer, Handl
     server, _ = served
     client = await RawClient.connect(server.port)
     block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), (":path", ECHO), (":authority", "x")])
-    client.send(frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS | grpc_lean.END_STREAM, 1, block))
-    flags, payload = await client.until(grpc_lean.HEADERS, 1)
+    client.send(frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, 1, block))
+    flags, payload = await client.until(wire.HEADERS, 1)
     fields = dict(client.decoder.decode(payload))
-    assert flags & grpc_lean.END_STREAM and fields["grpc-status"] == str(GRPC_INTERNAL)
+    assert flags & wire.END_STREAM and fields["grpc-status"] == str(GRPC_INTERNAL)
     # a compressed message is refused, and so is a message whose length prefix lies
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, b"\x01" + message(b"zz")[1:]),
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 5, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 5, message(b"zz") + b"more"),
+        frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 3, b"\x01" + message(b"zz")[1:]),
+        frame(wire.HEADERS, wire.END_HEADERS, 5, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 5, message(b"zz") + b"more"),
     )
-    _, payload = await client.until(grpc_lean.HEADERS, 3)
+    _, payload = await client.until(wire.HEADERS, 3)
     assert dict(client.decoder.decode(payload))["grpc-status"] == "12"
-    _, payload = await client.until(grpc_lean.HEADERS, 5)
+    _, payload = await client.until(wire.HEADERS, 5)
     assert dict(client.decoder.decode(payload))["grpc-status"] == str(GRPC_INTERNAL)
     await client.close()
 
@@ -437,12 +431,12 @@ async def test_stream_limit_refuses_streams_past_it() -> None:
     try:
         client = await RawClient.connect(server.port)
         client.send(
-            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(WAIT)),
-            frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"1")),
-            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
+            frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block(WAIT)),
+            frame(wire.DATA, wire.END_STREAM, 1, message(b"1")),
+            frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
         )
-        _, payload = await client.until(grpc_lean.RST_STREAM, 3)
-        assert struct.unpack(">L", payload)[0] == grpc_lean.REFUSED_STREAM
+        _, payload = await client.until(wire.RST_STREAM, 3)
+        assert struct.unpack(">L", payload)[0] == wire.REFUSED_STREAM
         handlers.gate.set()
         assert await client.answer(1) == b"after:1"
         await client.close()
@@ -456,22 +450,22 @@ async def test_a_reset_call_is_cancelled(served: tuple[LeanGrpcServer, Handlers]
     server, handlers = served
     client = await RawClient.connect(server.port)
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(WAIT)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"late")),
+        frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block(WAIT)),
+        frame(wire.DATA, wire.END_STREAM, 1, message(b"late")),
     )
     await handlers.waiting.wait()
-    client.send(frame(grpc_lean.RST_STREAM, 0, 1, struct.pack(">L", grpc_lean.CANCEL)))
+    client.send(frame(wire.RST_STREAM, 0, 1, struct.pack(">L", wire.CANCEL)))
     await asyncio.wait_for(handlers.cancelled.wait(), 5)
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"next")),
+        frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 3, message(b"next")),
     )
     for _ in range(20):  # everything up to stream 3's answer: nothing may be on stream 1 but its response headers
         kind, flags, stream, payload = await client.read_frame()
-        if kind == grpc_lean.HEADERS:
+        if kind == wire.HEADERS:
             client.decoder.decode(payload)
-        assert stream != 1 or (kind == grpc_lean.HEADERS and not flags & grpc_lean.END_STREAM)
-        if stream == 3 and kind == grpc_lean.HEADERS and flags & grpc_lean.END_STREAM:
+        assert stream != 1 or (kind == wire.HEADERS and not flags & wire.END_STREAM)
+        if stream == 3 and kind == wire.HEADERS and flags & wire.END_STREAM:
             break
     else:
         raise AssertionError("stream 3 was not answered")
@@ -483,15 +477,15 @@ async def test_frames_on_an_answered_stream_are_ignored(served: tuple[LeanGrpcSe
     DATA from the client; they are ignored (RFC 9113 5.1), not a connection error."""
     server, _ = served
     client = await RawClient.connect(server.port)
-    client.send(frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block("/test.Echo/Nope")))
-    _, payload = await client.until(grpc_lean.HEADERS, 1)
+    client.send(frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block("/test.Echo/Nope")))
+    _, payload = await client.until(wire.HEADERS, 1)
     assert dict(client.decoder.decode(payload))["grpc-status"] == "12"
     trailers = client.encoder.encode([("x-trailer", "t")])
     client.send(
-        frame(grpc_lean.DATA, 0, 1, message(b"late")),
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS | grpc_lean.END_STREAM, 1, trailers),
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"still")),
+        frame(wire.DATA, 0, 1, message(b"late")),
+        frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, 1, trailers),
+        frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 3, message(b"still")),
     )
     assert await client.answer(3) == b"still"
     await client.close()
@@ -503,22 +497,22 @@ async def test_two_step_drain(served: tuple[LeanGrpcServer, Handlers]) -> None:
     server, _ = served
     client = await RawClient.connect(server.port)
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"one")),
+        frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 1, message(b"one")),
     )
     assert await client.answer(1) == b"one"
     stopping = asyncio.ensure_future(server.shutdown(5))
-    _, first = await client.until(grpc_lean.GOAWAY)
-    assert struct.unpack(">LL", first[:8]) == (2**31 - 1, grpc_lean.NO_ERROR)
-    _, ping = await client.until(grpc_lean.PING)
+    _, first = await client.until(wire.GOAWAY)
+    assert struct.unpack(">LL", first[:8]) == (2**31 - 1, wire.NO_ERROR)
+    _, ping = await client.until(wire.PING)
     client.send(  # a call already on its way when the GOAWAY arrived
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"in flight")),
-        frame(grpc_lean.PING, grpc_lean.ACK, 0, ping),
+        frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 3, message(b"in flight")),
+        frame(wire.PING, wire.ACK, 0, ping),
     )
     assert await client.answer(3) == b"in flight"
-    _, final = await client.until(grpc_lean.GOAWAY)
-    assert struct.unpack(">LL", final[:8]) == (3, grpc_lean.NO_ERROR)
+    _, final = await client.until(wire.GOAWAY)
+    assert struct.unpack(">LL", final[:8]) == (3, wire.NO_ERROR)
     assert await asyncio.wait_for(client.reader.read(), 5) == b""  # closed once nothing is open
     await stopping
     await client.close()
@@ -530,13 +524,13 @@ async def test_a_call_reset_before_its_task_runs_still_cleans_up(served: tuple[L
     server, handlers = served
     client = await RawClient.connect(server.port)
     client.send(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(SPAWN)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"x")),
-        frame(grpc_lean.RST_STREAM, 0, 1, struct.pack(">L", grpc_lean.CANCEL)),
+        frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block(SPAWN)),
+        frame(wire.DATA, wire.END_STREAM, 1, message(b"x")),
+        frame(wire.RST_STREAM, 0, 1, struct.pack(">L", wire.CANCEL)),
     )
     client.send(  # an answered call after it: the reset was processed by then
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
-        frame(grpc_lean.DATA, grpc_lean.END_STREAM, 3, message(b"after")),
+        frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
+        frame(wire.DATA, wire.END_STREAM, 3, message(b"after")),
     )
     assert await client.answer(3) == b"after"
     inner = handlers.inner
@@ -555,16 +549,16 @@ async def test_buffered_request_bytes_are_bounded() -> None:
         client = await RawClient.connect(server.port)
         body = message(b"a" * 595)  # 600 bytes
         client.send(
-            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, client.request_block(ECHO)),
-            frame(grpc_lean.DATA, 0, 1, body[:300]),
-            frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 3, client.request_block(ECHO)),
-            frame(grpc_lean.DATA, 0, 3, body[:300]),
-            frame(grpc_lean.DATA, 0, 1, body[300:]),  # 900 held
-            frame(grpc_lean.DATA, 0, 3, body[300:]),  # would be 1,200
+            frame(wire.HEADERS, wire.END_HEADERS, 1, client.request_block(ECHO)),
+            frame(wire.DATA, 0, 1, body[:300]),
+            frame(wire.HEADERS, wire.END_HEADERS, 3, client.request_block(ECHO)),
+            frame(wire.DATA, 0, 3, body[:300]),
+            frame(wire.DATA, 0, 1, body[300:]),  # 900 held
+            frame(wire.DATA, 0, 3, body[300:]),  # would be 1,200
         )
-        _, payload = await client.until(grpc_lean.HEADERS, 3)
+        _, payload = await client.until(wire.HEADERS, 3)
         assert dict(client.decoder.decode(payload))["grpc-status"] == "8"
-        client.send(frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, b""))
+        client.send(frame(wire.DATA, wire.END_STREAM, 1, b""))
         assert await client.answer(1) == b"a" * 595
         await client.close()
     finally:

@@ -20,8 +20,9 @@ from hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar import grpc_lean
-from sidecar.grpc_lean import LeanGrpcProtocol, LeanSettings, _Shared, frame
+from sidecar.transports.grpc_lean import LeanSettings, wire
+from sidecar.transports.grpc_lean.protocol import LeanGrpcProtocol, _Shared
+from sidecar.transports.grpc_lean.wire import frame
 
 ECHO = "/test.Echo/Echo"
 SUSPEND = "/test.Echo/Suspend"
@@ -91,7 +92,7 @@ def message(data: bytes) -> bytes:
     return b"\x00" + struct.pack(">L", len(data)) + data
 
 
-CONTROL = (grpc_lean.SETTINGS, grpc_lean.PING, grpc_lean.GOAWAY, grpc_lean.WINDOW_UPDATE)
+CONTROL = (wire.SETTINGS, wire.PING, wire.GOAWAY, wire.WINDOW_UPDATE)
 
 
 @st.composite
@@ -100,18 +101,18 @@ def payloads(draw: st.DrawFn, kind: int, encoder: Encoder) -> bytes:
     plausible = draw(st.integers(0, 9))
     if plausible == 0:
         return draw(st.binary(max_size=40))
-    if kind in (grpc_lean.HEADERS, grpc_lean.CONTINUATION) or plausible == 1:
+    if kind in (wire.HEADERS, wire.CONTINUATION) or plausible == 1:
         block = request_block(encoder, draw(st.sampled_from([ECHO, ECHO, SUSPEND, "/nope", ""])))
         cut = draw(st.integers(0, len(block)))
         return block if draw(st.booleans()) else block[:cut]
-    if kind == grpc_lean.DATA:
+    if kind == wire.DATA:
         return message(draw(st.binary(max_size=20)))
-    if kind == grpc_lean.SETTINGS:
+    if kind == wire.SETTINGS:
         pairs = draw(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 2**32 - 1)), max_size=4))
         return b"".join(struct.pack(">HL", key, value) for key, value in pairs)
-    if kind in (grpc_lean.WINDOW_UPDATE, grpc_lean.RST_STREAM):
+    if kind in (wire.WINDOW_UPDATE, wire.RST_STREAM):
         return struct.pack(">L", draw(st.sampled_from([0, 1, 10, 65_535, 2**31 - 1, 2**32 - 1])))
-    if kind == grpc_lean.GOAWAY:
+    if kind == wire.GOAWAY:
         return struct.pack(">LL", draw(st.integers(0, 9)), draw(st.integers(0, 13)))
     return draw(st.binary(min_size=5, max_size=8))
 
@@ -129,7 +130,7 @@ def sessions(draw: st.DrawFn) -> tuple[list[bytes], int]:
         stream = draw(st.sampled_from(fitting * 4 + [0, 2, 1, 2**31 - 1]))
         top = max(top, stream)
         frames.append(frame(kind, flags, stream, draw(payloads(kind, encoder))))
-    raw = grpc_lean.PREFACE + frame(grpc_lean.SETTINGS, 0, 0) + b"".join(frames)
+    raw = wire.PREFACE + frame(wire.SETTINGS, 0, 0) + b"".join(frames)
     cuts = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=6)))
     chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
     return [c for c in chunks if c], top
@@ -183,13 +184,13 @@ async def _exercise(protocol: LeanGrpcProtocol, transport: FakeTransport, chunks
     if stream >= 2**31:
         return
     protocol.data_received(
-        frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, stream, request_block(Encoder(), ECHO))
-        + frame(grpc_lean.DATA, grpc_lean.END_STREAM, stream, message(b"fresh"))
+        frame(wire.HEADERS, wire.END_HEADERS, stream, request_block(Encoder(), ECHO))
+        + frame(wire.DATA, wire.END_STREAM, stream, message(b"fresh"))
     )
     answered = parse_frames(bytes(transport.written[before:]))
     if transport.closed:
         return  # e.g. the sequence left a header block open, or the fresh encoder's block broke HPACK state
-    ends = [f for f in answered if f[2] == stream and f[0] == grpc_lean.HEADERS and f[1] & grpc_lean.END_STREAM]
-    refused = [f for f in answered if f[2] == stream and f[0] == grpc_lean.RST_STREAM]
+    ends = [f for f in answered if f[2] == stream and f[0] == wire.HEADERS and f[1] & wire.END_STREAM]
+    refused = [f for f in answered if f[2] == stream and f[0] == wire.RST_STREAM]
     held = protocol._blocked and any(s == stream for s, _ in protocol._blocked)
     assert ends or refused or held, answered

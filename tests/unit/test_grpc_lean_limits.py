@@ -1,5 +1,5 @@
-"""What bounds a peer of the lean gRPC listener (`sidecar/grpc_lean.py`, `LeanSettings`), with raw HTTP/2 frames
-over real loopback sockets: the listener-wide budget of parked request bytes, the receive windows we advertise,
+"""What bounds a peer of the lean gRPC listener (`sidecar/transports/grpc_lean/`, `LeanSettings`), with raw HTTP/2
+frames over real loopback sockets: the listener-wide budget of parked request bytes, the receive windows we advertise,
 the preface, idle and request timeouts, and the connection limit. Every wait is for the event itself (a frame,
 or EOF), each bounded by a timeout; nothing sleeps.
 """
@@ -14,18 +14,18 @@ from contextlib import asynccontextmanager
 import pytest
 from hpack import Encoder
 
-from sidecar import grpc_lean
 from sidecar.config import ServerSettings
-from sidecar.grpc_lean import (
-    LeanGrpcProtocol,
+from sidecar.log_throttle import ThrottledWarning
+from sidecar.transports.grpc_lean import (
     LeanGrpcServer,
     LeanSettings,
-    _Shared,
-    frame,
+    protocol,
     settings_from_server,
     start_lean_grpc,
+    wire,
 )
-from sidecar.log_throttle import ThrottledWarning
+from sidecar.transports.grpc_lean.protocol import LeanGrpcProtocol, _Shared
+from sidecar.transports.grpc_lean.wire import frame
 from sidecar.transports.status import GRPC_DEADLINE_EXCEEDED, GRPC_RESOURCE_EXHAUSTED
 from tests.unit.test_grpc_lean import ECHO, WAIT, Handlers, RawClient, message
 from tests.unit.test_grpc_lean_fuzz import FakeTransport, parse_frames, request_block
@@ -50,30 +50,30 @@ async def serving(settings: LeanSettings) -> AsyncIterator[tuple[LeanGrpcServer,
 
 
 def headers(client: RawClient, stream: int, path: str = ECHO) -> bytes:
-    return frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, stream, client.request_block(path))
+    return frame(wire.HEADERS, wire.END_HEADERS, stream, client.request_block(path))
 
 
 async def synced(client: RawClient) -> dict[int, int]:
     """Wait until everything sent so far has been handled (the server answers a PING in order with the other
     frames); the grpc-status of each call that ended meanwhile, by stream."""
     ended = {}
-    client.send(frame(grpc_lean.PING, 0, 0, b"in-order"))
+    client.send(frame(wire.PING, 0, 0, b"in-order"))
     for _ in range(1000):
         kind, flags, stream, payload = await client.read_frame()
-        if kind == grpc_lean.HEADERS:
+        if kind == wire.HEADERS:
             fields = dict(client.decoder.decode(payload))
-            if flags & grpc_lean.END_STREAM:
+            if flags & wire.END_STREAM:
                 ended[stream] = int(fields["grpc-status"])
-        if kind == grpc_lean.PING and flags & grpc_lean.ACK and payload == b"in-order":
+        if kind == wire.PING and flags & wire.ACK and payload == b"in-order":
             return ended
     raise AssertionError("no PING acknowledgement")
 
 
 async def status_of(client: RawClient, stream: int) -> tuple[int, int]:
     """(grpc-status of the Trailers-Only answer on `stream`, error code of the RST_STREAM that follows it)."""
-    _, payload = await client.until(grpc_lean.HEADERS, stream)
+    _, payload = await client.until(wire.HEADERS, stream)
     status = int(dict(client.decoder.decode(payload))["grpc-status"])
-    _, reset = await client.until(grpc_lean.RST_STREAM, stream)
+    _, reset = await client.until(wire.RST_STREAM, stream)
     return status, struct.unpack(">L", reset)[0]
 
 
@@ -90,11 +90,11 @@ async def until_eof(client: RawClient) -> list[tuple[int, int, int, bytes]]:
 
 
 def goaways(frames: list[tuple[int, int, int, bytes]]) -> list[tuple[int, int]]:
-    return [struct.unpack(">LL", p[:8]) for kind, _, _, p in frames if kind == grpc_lean.GOAWAY]
+    return [struct.unpack(">LL", p[:8]) for kind, _, _, p in frames if kind == wire.GOAWAY]
 
 
 async def one_call(client: RawClient, stream: int, body: bytes = b"ok") -> bytes:
-    client.send(headers(client, stream), frame(grpc_lean.DATA, grpc_lean.END_STREAM, stream, message(body)))
+    client.send(headers(client, stream), frame(wire.DATA, wire.END_STREAM, stream, message(body)))
     return await client.answer(stream)
 
 
@@ -111,33 +111,33 @@ async def test_the_budget_is_shared_by_all_connections() -> None:
         body = message(b"p" * 1995)  # 2,000 bytes: 1,000 parked now, the rest later
         parkers = [await RawClient.connect(server.port) for _ in range(3)]
         for client in parkers:
-            client.send(headers(client, 1), frame(grpc_lean.DATA, 0, 1, body[:1000]))
+            client.send(headers(client, 1), frame(wire.DATA, 0, 1, body[:1000]))
             await synced(client)
         assert server.parked_bytes == 3000
 
         late = await RawClient.connect(server.port)
-        late.send(headers(late, 1), frame(grpc_lean.DATA, 0, 1, b"\x00"))
-        assert await status_of(late, 1) == (GRPC_RESOURCE_EXHAUSTED, grpc_lean.NO_ERROR)
+        late.send(headers(late, 1), frame(wire.DATA, 0, 1, b"\x00"))
+        assert await status_of(late, 1) == (GRPC_RESOURCE_EXHAUSTED, wire.NO_ERROR)
         first = parkers[0]
-        first.send(headers(first, 3), frame(grpc_lean.DATA, 0, 3, body[:1000]))
-        assert await status_of(first, 3) == (GRPC_RESOURCE_EXHAUSTED, grpc_lean.NO_ERROR)
+        first.send(headers(first, 3), frame(wire.DATA, 0, 3, body[:1000]))
+        assert await status_of(first, 3) == (GRPC_RESOURCE_EXHAUSTED, wire.NO_ERROR)
         assert server.parked_bytes == 3000 and server.refused_calls == 2
 
         assert await one_call(late, 3, b"one frame") == b"one frame"  # never parked, so never refused
 
-        first.send(frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, body[1000:]))
+        first.send(frame(wire.DATA, wire.END_STREAM, 1, body[1000:]))
         assert await first.answer(1) == b"p" * 1995
         assert server.parked_bytes == 2000
         second = parkers[1]
-        second.send(frame(grpc_lean.RST_STREAM, 0, 1, struct.pack(">L", grpc_lean.CANCEL)))
+        second.send(frame(wire.RST_STREAM, 0, 1, struct.pack(">L", wire.CANCEL)))
         await synced(second)
         assert server.parked_bytes == 1000
-        late.send(headers(late, 5), frame(grpc_lean.DATA, 0, 5, body[:1000]))  # room again
+        late.send(headers(late, 5), frame(wire.DATA, 0, 5, body[:1000]))  # room again
         await synced(late)
         assert server.parked_bytes == 2000
-        late.send(frame(grpc_lean.DATA, grpc_lean.END_STREAM, 5, body[1000:]))
+        late.send(frame(wire.DATA, wire.END_STREAM, 5, body[1000:]))
         assert await late.answer(5) == b"p" * 1995
-        parkers[2].send(frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, body[1000:]))
+        parkers[2].send(frame(wire.DATA, wire.END_STREAM, 1, body[1000:]))
         assert await parkers[2].answer(1) == b"p" * 1995
         assert server.parked_bytes == 0
         for client in (*parkers, late):
@@ -158,8 +158,8 @@ async def test_parked_bytes_stay_bounded_whatever_the_peers_send() -> None:
             for stream in (1, 3, 5, 7):
                 client.send(
                     headers(client, stream),
-                    frame(grpc_lean.DATA, 0, stream, chunk),
-                    frame(grpc_lean.DATA, 0, stream, chunk[: 4 * 1024]),
+                    frame(wire.DATA, 0, stream, chunk),
+                    frame(wire.DATA, 0, stream, chunk[: 4 * 1024]),
                 )
             ended = await synced(client)
             assert set(ended.values()) <= {GRPC_RESOURCE_EXHAUSTED}
@@ -170,7 +170,7 @@ async def test_parked_bytes_stay_bounded_whatever_the_peers_send() -> None:
         assert server.parked_bytes == accepted == settings.max_parked_bytes  # 40 + 40 + 20 KiB, then nothing
         assert server.refused_calls == 32 - 5
         for client in clients:  # resetting what is parked releases it all
-            client.send(*(frame(grpc_lean.RST_STREAM, 0, s, struct.pack(">L", grpc_lean.CANCEL)) for s in (1, 3, 5, 7)))
+            client.send(*(frame(wire.RST_STREAM, 0, s, struct.pack(">L", wire.CANCEL)) for s in (1, 3, 5, 7)))
             await synced(client)
         assert server.parked_bytes == 0
         for client in clients:
@@ -183,7 +183,7 @@ async def test_parked_bytes_stay_bounded_whatever_the_peers_send() -> None:
 
 def _settings_of(frames: list[tuple[int, int, int, bytes]]) -> dict[int, int]:
     kind, flags, _, payload = frames[0]
-    assert kind == grpc_lean.SETTINGS and not flags & grpc_lean.ACK
+    assert kind == wire.SETTINGS and not flags & wire.ACK
     return dict(struct.unpack_from(">HL", payload, at) for at in range(0, len(payload), 6))
 
 
@@ -193,14 +193,14 @@ async def test_the_windows_we_advertise_are_small_and_take_an_envoy_check_whole(
     async with serving(LeanSettings()) as (server, _):
         client = await RawClient.connect(server.port)
         preamble = [await client.read_frame() for _ in range(2)]
-        assert _settings_of(preamble)[grpc_lean.S_INITIAL_WINDOW_SIZE] == 256 * 1024
+        assert _settings_of(preamble)[wire.S_INITIAL_WINDOW_SIZE] == 256 * 1024
         kind, _, stream, payload = preamble[1]
-        assert (kind, stream) == (grpc_lean.WINDOW_UPDATE, 0)
-        assert struct.unpack(">L", payload)[0] == 1024 * 1024 - grpc_lean.DEFAULT_WINDOW
+        assert (kind, stream) == (wire.WINDOW_UPDATE, 0)
+        assert struct.unpack(">L", payload)[0] == 1024 * 1024 - wire.DEFAULT_WINDOW
         check = message(b"b" * (64 * 1024 + 4000))  # the body and a CheckRequest's other fields
         client.send(headers(client, 1, SIZE))
-        client.send(*(frame(grpc_lean.DATA, 0, 1, check[at : at + 16384]) for at in range(0, len(check), 16384)))
-        client.send(frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, b""))
+        client.send(*(frame(wire.DATA, 0, 1, check[at : at + 16384]) for at in range(0, len(check), 16384)))
+        client.send(frame(wire.DATA, wire.END_STREAM, 1, b""))
         assert await client.answer(1) == str(64 * 1024 + 4000).encode()
         await client.close()
 
@@ -211,7 +211,7 @@ async def test_a_message_larger_than_the_window_arrives_one_window_at_a_time() -
     async with serving(LeanSettings(stream_window=65_535, connection_window=65_535)) as (server, _):
         client = await RawClient.connect(server.port)
         data = message(b"m" * 300_000)
-        stream_room = connection_room = grpc_lean.DEFAULT_WINDOW
+        stream_room = connection_room = wire.DEFAULT_WINDOW
         refills = 0
         client.send(headers(client, 1, SIZE))
         sent = 0
@@ -219,7 +219,7 @@ async def test_a_message_larger_than_the_window_arrives_one_window_at_a_time() -
             room = min(stream_room, connection_room, 16384, len(data) - sent)
             if room <= 0:
                 kind, _, on, payload = await client.read_frame()
-                if kind == grpc_lean.WINDOW_UPDATE:
+                if kind == wire.WINDOW_UPDATE:
                     increment = struct.unpack(">L", payload)[0]
                     if on == 0:
                         connection_room += increment
@@ -227,8 +227,8 @@ async def test_a_message_larger_than_the_window_arrives_one_window_at_a_time() -
                         stream_room += increment
                         refills += 1
                 continue
-            end = grpc_lean.END_STREAM if sent + room == len(data) else 0
-            client.send(frame(grpc_lean.DATA, end, 1, data[sent : sent + room]))
+            end = wire.END_STREAM if sent + room == len(data) else 0
+            client.send(frame(wire.DATA, end, 1, data[sent : sent + room]))
             sent += room
             stream_room -= room
             connection_room -= room
@@ -246,10 +246,10 @@ def test_data_past_the_connection_window_is_a_flow_control_error() -> None:
         protocol.connection_made(transport)  # type: ignore[arg-type]
         chunk = b"\x00" * 16384
         protocol.data_received(
-            grpc_lean.PREFACE
-            + frame(grpc_lean.SETTINGS, 0, 0)
-            + frame(grpc_lean.HEADERS, grpc_lean.END_HEADERS, 1, request_block(Encoder(), ECHO))
-            + b"".join(frame(grpc_lean.DATA, 0, 1, chunk) for _ in range(5))
+            wire.PREFACE
+            + frame(wire.SETTINGS, 0, 0)
+            + frame(wire.HEADERS, wire.END_HEADERS, 1, request_block(Encoder(), ECHO))
+            + b"".join(frame(wire.DATA, 0, 1, chunk) for _ in range(5))
         )
         assert transport.closed and protocol._shared.parked == 0
         protocol.connection_lost(None)
@@ -257,7 +257,7 @@ def test_data_past_the_connection_window_is_a_flow_control_error() -> None:
 
     written = asyncio.run(drive())
     (code,) = [code for _, code in goaways(parse_frames(written))]
-    assert code == grpc_lean.FLOW_CONTROL_ERROR
+    assert code == wire.FLOW_CONTROL_ERROR
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -271,13 +271,13 @@ async def test_a_connection_without_a_preface_is_closed() -> None:
         good = await RawClient.connect(server.port)
         assert await one_call(good, 1) == b"ok"
         loop = asyncio.get_running_loop()
-        for preface in (b"", grpc_lean.PREFACE[:10]):
+        for preface in (b"", wire.PREFACE[:10]):
             began = loop.time()
             silent = RawClient(*await asyncio.open_connection("127.0.0.1", server.port))
             silent.send(preface)
             frames = await asyncio.wait_for(until_eof(silent), BOUND)
             assert loop.time() - began >= 0.1
-            assert goaways(frames) == [(0, grpc_lean.PROTOCOL_ERROR)]
+            assert goaways(frames) == [(0, wire.PROTOCOL_ERROR)]
             await silent.close()
         assert await one_call(good, 3, b"still") == b"still"
         await good.close()
@@ -289,21 +289,21 @@ async def test_an_idle_connection_is_drained_and_closed() -> None:
     running is not idle, and a running method is not timed out as a request."""
     async with serving(LeanSettings(idle_timeout=0.2, request_timeout=0.2)) as (server, handlers):
         busy = await RawClient.connect(server.port)
-        busy.send(headers(busy, 1, WAIT), frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"w")))
+        busy.send(headers(busy, 1, WAIT), frame(wire.DATA, wire.END_STREAM, 1, message(b"w")))
         await asyncio.wait_for(handlers.waiting.wait(), BOUND)
         loop = asyncio.get_running_loop()
         for acknowledges in (True, False):
             client = await RawClient.connect(server.port)
             began = loop.time()
             assert await one_call(client, 1) == b"ok"
-            _, first = await client.until(grpc_lean.GOAWAY)
-            assert struct.unpack(">LL", first[:8]) == (2**31 - 1, grpc_lean.NO_ERROR)
+            _, first = await client.until(wire.GOAWAY)
+            assert struct.unpack(">LL", first[:8]) == (2**31 - 1, wire.NO_ERROR)
             assert loop.time() - began >= 0.2
-            _, ping = await client.until(grpc_lean.PING)
+            _, ping = await client.until(wire.PING)
             if acknowledges:
-                client.send(frame(grpc_lean.PING, grpc_lean.ACK, 0, ping))
+                client.send(frame(wire.PING, wire.ACK, 0, ping))
             frames = await asyncio.wait_for(until_eof(client), BOUND)
-            assert goaways(frames) == [(1, grpc_lean.NO_ERROR)]  # the final GOAWAY names the last call
+            assert goaways(frames) == [(1, wire.NO_ERROR)]  # the final GOAWAY names the last call
             await client.close()
         handlers.gate.set()
         assert await busy.answer(1) == b"after:w"
@@ -319,22 +319,22 @@ async def test_a_request_that_does_not_arrive_in_time_is_reset() -> None:
         loop = asyncio.get_running_loop()
         client = await RawClient.connect(server.port)
         began = loop.time()
-        client.send(headers(client, 1), frame(grpc_lean.DATA, 0, 1, message(b"slow")[:4]), headers(client, 3))
-        assert await status_of(client, 1) == (GRPC_DEADLINE_EXCEEDED, grpc_lean.NO_ERROR)
-        assert await status_of(client, 3) == (GRPC_DEADLINE_EXCEEDED, grpc_lean.NO_ERROR)
+        client.send(headers(client, 1), frame(wire.DATA, 0, 1, message(b"slow")[:4]), headers(client, 3))
+        assert await status_of(client, 1) == (GRPC_DEADLINE_EXCEEDED, wire.NO_ERROR)
+        assert await status_of(client, 3) == (GRPC_DEADLINE_EXCEEDED, wire.NO_ERROR)
         assert loop.time() - began >= 0.1
         assert server.parked_bytes == 0 and server.timed_out_calls == 2
         assert await one_call(client, 5, b"next") == b"next"
 
         stingy = await RawClient.connect(server.port)
-        stingy.send(frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", grpc_lean.S_INITIAL_WINDOW_SIZE, 0)))
-        stingy.send(headers(stingy, 1), frame(grpc_lean.DATA, grpc_lean.END_STREAM, 1, message(b"held")))
-        flags, _ = await stingy.until(grpc_lean.HEADERS, 1)
-        assert not flags & grpc_lean.END_STREAM  # the response headers; the message waits for window
-        _, reset = await stingy.until(grpc_lean.RST_STREAM, 1)
-        assert struct.unpack(">L", reset)[0] == grpc_lean.CANCEL
+        stingy.send(frame(wire.SETTINGS, 0, 0, struct.pack(">HL", wire.S_INITIAL_WINDOW_SIZE, 0)))
+        stingy.send(headers(stingy, 1), frame(wire.DATA, wire.END_STREAM, 1, message(b"held")))
+        flags, _ = await stingy.until(wire.HEADERS, 1)
+        assert not flags & wire.END_STREAM  # the response headers; the message waits for window
+        _, reset = await stingy.until(wire.RST_STREAM, 1)
+        assert struct.unpack(">L", reset)[0] == wire.CANCEL
         assert server.timed_out_calls == 3
-        stingy.send(frame(grpc_lean.SETTINGS, 0, 0, struct.pack(">HL", grpc_lean.S_INITIAL_WINDOW_SIZE, 65_535)))
+        stingy.send(frame(wire.SETTINGS, 0, 0, struct.pack(">HL", wire.S_INITIAL_WINDOW_SIZE, 65_535)))
         assert await one_call(stingy, 3, b"now") == b"now"
         await client.close()
         await stingy.close()
@@ -351,19 +351,19 @@ async def test_connections_past_the_limit_are_refused(
     at once; both are counted, one warning line is written (the other counted by the throttle). The open
     connections go on, and once one of them leaves a new one is served."""
     now = [100.0]
-    throttle = ThrottledWarning(grpc_lean.log, interval=10.0, clock=lambda: now[0])
-    monkeypatch.setattr(grpc_lean, "refused_connections", throttle)
+    throttle = ThrottledWarning(protocol.log, interval=10.0, clock=lambda: now[0])
+    monkeypatch.setattr(protocol, "refused_connections", throttle)
     async with serving(LeanSettings(max_connections=2)) as (server, _):
         first = await RawClient.connect(server.port)
         second = await RawClient.connect(server.port)
         assert await one_call(first, 1) == b"ok"
         assert await one_call(second, 1) == b"ok"  # both accepted
-        with caplog.at_level("WARNING", logger=grpc_lean.log.name):
+        with caplog.at_level("WARNING", logger=protocol.log.name):
             for _ in range(2):
                 extra = RawClient(*await asyncio.open_connection("127.0.0.1", server.port))
                 frames = await asyncio.wait_for(until_eof(extra), BOUND)
-                assert frames[0][0] == grpc_lean.SETTINGS
-                assert goaways(frames) == [(0, grpc_lean.ENHANCE_YOUR_CALM)]
+                assert frames[0][0] == wire.SETTINGS
+                assert goaways(frames) == [(0, wire.ENHANCE_YOUR_CALM)]
                 await extra.close()
         assert server.refused_connections == 2 and server.connections == 2
         assert [r.getMessage() for r in caplog.records] == [
@@ -371,7 +371,7 @@ async def test_connections_past_the_limit_are_refused(
         ]
         assert throttle.suppressed == 1
         assert await one_call(first, 3, b"still") == b"still"
-        second.send(frame(grpc_lean.GOAWAY, 0, 0, struct.pack(">LL", 0, grpc_lean.NO_ERROR)))
+        second.send(frame(wire.GOAWAY, 0, 0, struct.pack(">LL", 0, wire.NO_ERROR)))
         await asyncio.wait_for(until_eof(second), BOUND)  # closed by the server, which forgot it before its FIN
         assert server.connections == 1
         third = await RawClient.connect(server.port)

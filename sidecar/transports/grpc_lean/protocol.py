@@ -1,61 +1,73 @@
-"""The lean gRPC listener: unary gRPC over HTTP/2 (h2c) on an asyncio.Protocol, for Envoy's ext_authz Check.
-
-Why it exists: grpc.aio spends ~120 us of CPU per call on a 2-core machine before a handler runs (its Cython call
-machinery, a Task and several completion-queue round trips per call), ten times what the whole warm Check costs
-us. Envoy's ext_authz client needs very little of gRPC: unary calls, uncompressed messages, no deadlines we must
-enforce (Envoy times the call out itself), no metadata we read. This module implements exactly that much of
-HTTP/2 (RFC 9113) and gRPC's wire format, on the same asyncio + uvloop loop as the HTTP listener:
-
-- frames parsed from one buffer per read, answers of every Check finished in that read leave in one write;
-- HPACK decoding through the `hpack` library, with decoded header blocks remembered while the dynamic table does
-  not change (Envoy's request blocks become all-indexed after the first call: one dict lookup instead of ~15 us);
-- response header blocks are constant bytes (no dynamic table on our side), the response message comes from the
-  adapter's memoized encoder;
-- a Check runs inline (`sidecar/inline.py`) and only a suspended one costs a Task.
-
-What it supports: the prior-knowledge h2c preface, SETTINGS (window size, frame size), flow control both ways,
-PING, GOAWAY both ways (graceful drain), RST_STREAM, CONTINUATION, padding and priority fields, a stream limit,
-a message size limit, and `grpc.health.v1.Health/Check`. What it does not: TLS, compression, server reflection,
-streaming methods. `server.grpc_engine: grpcio` serves the same Check through grpc.aio instead.
-
-What bounds a peer (anything that can reach the port, not only Envoy; see `LeanSettings`): a connection limit
-for the listener; a budget of parked request bytes (calls whose request is still arriving) shared by all its
-connections, and a smaller one per connection; receive windows of about a message (the connection's enforced);
-and three timeouts kept by one lazy timer per connection (the HTTP/2 preface, idle connections, requests that do
-not finish arriving). So memory is bounded by `max_parked_bytes` plus, per connection, one header block and one
-partial frame, whatever the peers do.
-"""
+"""One HTTP/2 connection of the lean gRPC engine (`LeanGrpcProtocol`), its limits (`LeanSettings`) and what the
+connections of one listener share (`_Shared`). See the package docstring for what it supports and what bounds a
+peer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-import struct
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import quote
+from typing import Any, cast
 
-from hpack import Decoder
 from hpack.exceptions import HPACKError
 
-from .inline import Resume
-from .log_throttle import ThrottledWarning
-from .memo import BoundedMemo
-from .transports.listener import RunningListener
-from .transports.status import (
+from ...inline import Resume
+from ...log_throttle import ThrottledWarning
+from ..status import (
     GRPC_DEADLINE_EXCEEDED,
     GRPC_INTERNAL,
     GRPC_RESOURCE_EXHAUSTED,
     GRPC_UNIMPLEMENTED,
     GrpcError,
 )
-
-if TYPE_CHECKING:
-    from .settings import ServerSettings
+from .wire import (
+    _GOAWAY,
+    _HEAD,
+    _SETTING,
+    _U32,
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_LIMIT,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RESPONSE_HEAD,
+    RST_STREAM,
+    S_ENABLE_PUSH,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    TRAILERS_OK,
+    WINDOW_UPDATE,
+    _Headers,
+    frame,
+    trailers_only,
+)
 
 log = logging.getLogger(__name__)
 protocol_errors = ThrottledWarning(log)
@@ -67,91 +79,10 @@ full_budget = ThrottledWarning(log)
 stalled_requests = ThrottledWarning(log)
 """Calls reset because their request did not arrive within the request timeout."""
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# Frame types (RFC 9113 section 6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-# Flags.
-END_STREAM = 0x1
-ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-# Error codes (section 7).
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-ENHANCE_YOUR_CALM = 0xB
-# Settings identifiers (section 6.5.2).
-S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE = 0x2, 0x3, 0x4
-S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 0x5, 0x6
-
-DEFAULT_WINDOW = 65_535
-MAX_WINDOW = 2**31 - 1
-FRAME_LIMIT = 16_384
-"""The largest frame we accept (the protocol's default SETTINGS_MAX_FRAME_SIZE, which we never raise)."""
-
-_HEAD = struct.Struct(">HBBBL")  # a frame header: length (24 bits as 16 + 8), type, flags, stream id
-_U32 = struct.Struct(">L")
-_SETTING = struct.Struct(">HL")
-_GOAWAY = struct.Struct(">LL")
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame."""
-    length = len(payload)
-    return _HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
-
-
-def _int(value: int, prefix_bits: int, first: int) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) with `first`'s high bits set in its first byte."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header field as an HPACK literal without indexing, new name, no Huffman coding: decodable by any peer
-    whatever its dynamic table holds, so our header blocks can be constant bytes."""
-    return b"\x00" + _int(len(name), 7, 0) + name + _int(len(value), 7, 0) + value
-
-
-_STATUS_200 = b"\x88"  # :status 200, static table index 8
-_CONTENT_TYPE = b"\x0f\x10" + _int(16, 7, 0) + b"application/grpc"  # literal, name from static index 31
-RESPONSE_HEAD = _STATUS_200 + _CONTENT_TYPE
-TRAILERS_OK = _literal(b"grpc-status", b"0")
-
-
 _DRAIN_PING = b"drain\x00\x00\x00"
 """The payload of the PING that ends the first step of a graceful drain (see `LeanGrpcProtocol.goaway`)."""
-_STATUS_SAFE = " !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"
-_MAX_STATUS_TEXT = 512
-"""Characters of a grpc-message we send: the whole Trailers-Only block must fit one HEADERS frame."""
 _MAX_CONTINUATIONS = 64
 """CONTINUATION frames one header block may take (each at least a byte): an endless run of them is an attack."""
-_GRPC_SUBTYPES = (b"application/grpc+", b"application/grpc;")
-_MEMO_BLOCK = 1024
-"""Header blocks longer than this are not remembered (Envoy's indexed request blocks are ~10 bytes)."""
-
-
-def trailers_only(code: int, message: str) -> bytes:
-    """The header block of a Trailers-Only gRPC response (a failed call: status and message, no body)."""
-    # grpc-message is percent-encoded UTF-8: printable ASCII except '%' stays as is
-    text = quote(message[:_MAX_STATUS_TEXT], safe=_STATUS_SAFE).encode("ascii")
-    return RESPONSE_HEAD + _literal(b"grpc-status", str(code).encode()) + _literal(b"grpc-message", text)
-
 
 Handler = Callable[[bytes], Coroutine[Any, Any, bytes]]
 """A unary method: request message bytes in, response message bytes out (raises GrpcError to fail the call)."""
@@ -231,20 +162,6 @@ class LeanSettings:
             raise ValueError("lean gRPC timeouts must be positive")
 
 
-def settings_from_server(server: ServerSettings) -> LeanSettings:
-    """`LeanSettings` from the validated `server:` config section (its `grpc_*` knobs)."""
-    return LeanSettings(
-        max_connections=server.grpc_max_connections,
-        max_parked_bytes=server.grpc_max_parked_bytes,
-        max_buffered_bytes=server.grpc_max_connection_parked_bytes,
-        stream_window=server.grpc_stream_window,
-        connection_window=server.grpc_connection_window,
-        preface_timeout=server.grpc_preface_timeout,
-        idle_timeout=server.grpc_idle_timeout,
-        request_timeout=server.grpc_request_timeout,
-    )
-
-
 class _Stream:
     """One call: its method, the request bytes so far, the windows both ways, and the tick it began in."""
 
@@ -305,54 +222,6 @@ def _preamble(settings: LeanSettings) -> bytes:
     raise_by = settings.connection_window - DEFAULT_WINDOW
     update = frame(WINDOW_UPDATE, 0, 0, _U32.pack(raise_by)) if raise_by else b""
     return frame(SETTINGS, 0, 0, payload) + update
-
-
-class _Headers:
-    """HPACK decoding with a memo: a header block that did not change the dynamic table decodes the same way
-    until the table changes, so it is remembered (its :path and whether it is a gRPC POST) until then."""
-
-    __slots__ = ("_decoder", "_memo")
-
-    _MAX_MEMO = 256
-
-    def __init__(self, max_header_list_bytes: int) -> None:
-        self._decoder = Decoder(max_header_list_size=max_header_list_bytes)
-        self._memo: BoundedMemo[bytes, tuple[bytes, bool]] = BoundedMemo(self._MAX_MEMO)
-
-    def request(self, block: bytes) -> tuple[bytes, bool]:
-        """(:path, is a gRPC POST) of a request header block; raises HPACKError on a bad block."""
-        found = self._memo.get(block)
-        if found is not None:
-            return found
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        before = (table.maxsize, len(entries), entries[0] if entries else None)
-        fields = cast(Iterable[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
-        path = b""
-        method = content_type = b""
-        for name, value in fields:
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method = value
-            elif name == b"content-type":
-                content_type = value
-        grpc = content_type == b"application/grpc" or content_type.startswith(_GRPC_SUBTYPES)
-        result = (path, method == b"POST" and grpc)
-        after = (table.maxsize, len(entries), entries[0] if entries else None)
-        # Same size limit, same number of entries and the same newest entry object: nothing was inserted (each
-        # insert makes a new tuple) and nothing evicted (a size update that shrinks and restores changes the count).
-        if after[0] == before[0] and after[1] == before[1] and after[2] is before[2]:
-            if len(block) <= _MEMO_BLOCK:
-                self._memo.put(block, result)
-        else:
-            self._memo.clear()  # the table changed: every remembered block may now decode differently
-        return result
-
-    def skip(self, block: bytes) -> None:
-        """Decode a block only for its effect on the dynamic table (trailers, refused streams)."""
-        self._decoder.decode(block, raw=True)
-        self._memo.clear()
 
 
 class LeanGrpcProtocol(asyncio.Protocol):
@@ -998,64 +867,3 @@ def _unpad(payload: bytes) -> bytes:
     if pad >= len(payload):
         raise _ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1 : len(payload) - pad]
-
-
-class LeanGrpcServer(RunningListener):
-    """A running lean gRPC listener."""
-
-    _shared: _Shared
-
-    @property
-    def parked_bytes(self) -> int:
-        """Request bytes parked right now by all connections (calls whose request is still arriving)."""
-        return self._shared.parked
-
-    @property
-    def refused_connections(self) -> int:
-        """Connections refused at the connection limit since the listener started."""
-        return self._shared.refused_connections
-
-    @property
-    def refused_calls(self) -> int:
-        """Calls failed because a parked-bytes budget was full, since the listener started."""
-        return self._shared.refused_calls
-
-    @property
-    def timed_out_calls(self) -> int:
-        """Calls reset by the request timeout since the listener started."""
-        return self._shared.timed_out_calls
-
-    async def shutdown(self, grace: float) -> None:
-        """Stop accepting, drain every connection (`LeanGrpcProtocol.goaway`), let open calls finish for up to
-        `grace` seconds, then close everything. Envoy takes a GOAWAY as "open a new connection", which fails once
-        we stopped listening: it then applies its ext_authz failure mode."""
-        self.server.close()
-        self._shared.draining = True
-        for conn in list(self._shared.connections):
-            conn.goaway()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while True:
-            if all(conn.drained for conn in self._shared.connections) or loop.time() >= deadline:
-                break
-            await asyncio.sleep(0.01)  # polling a handful of connections during shutdown only
-        for conn in list(self._shared.connections):
-            conn.close(abort=conn.in_flight > 0)  # past the grace period: abandoned, not waited for
-        await self.server.wait_closed()
-
-
-async def start_lean_grpc(
-    host: str,
-    port: int,
-    handlers: Mapping[str, Handler],
-    settings: LeanSettings | None = None,
-    *,
-    reuse_port: bool = False,
-    backlog: int = 1024,
-) -> LeanGrpcServer:
-    """Listen on `host:port` serving `handlers` ({"/package.Service/Method": handler}). Port 0 picks one."""
-    shared = _Shared(handlers, settings or LeanSettings())
-    server = await asyncio.get_running_loop().create_server(
-        lambda: LeanGrpcProtocol(shared), host, port, reuse_port=reuse_port or None, backlog=backlog
-    )
-    return LeanGrpcServer(server, shared)
