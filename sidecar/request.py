@@ -62,8 +62,8 @@ class Request(NamedTuple):
     joined with "," (Envoy joins them before it sends the CheckRequest). `raw_path` is exactly what the client
     sent (undecoded, with the query); `path` is `raw_path` without the query.
 
-    A NamedTuple rather than a frozen dataclass: it is truly immutable and three times cheaper to build
-    (~1 us against ~3 us, measured by benchmarks/micro_adapter.py), and one is built for every Check.
+    A NamedTuple rather than a frozen dataclass: it is truly immutable and several times cheaper to build
+    (benchmarks/micro_adapter.py; docs/performance.md), and one is built for every Check.
     """
 
     method: str
@@ -103,8 +103,8 @@ class CompactMap(Mapping[str, Any]):
     the same keys in the same order.
 
     For what lives as long as a cache entry (a verified token's claims, an allow decision's metadata): with
-    100,000 entries cached their size is the sidecar's size, and a dict behind a MappingProxyType costs about
-    three times as much (~410 bytes against ~140 for six entries).
+    100,000 entries cached their size is the sidecar's size, and a dict behind a MappingProxyType costs several
+    times as much (docs/performance.md).
     """
 
     __slots__ = ("_index", "_values")

@@ -195,7 +195,7 @@ class RouteTable(Generic[T]):
 
         Answers are remembered per (method, path): a match is a pure function of them and the table, and
         traffic repeats its paths, so a repeat costs one dict lookup instead of a normalization and a trie
-        walk (1.3 us for a `{proxy+}` route). The memo is bounded in entries (when full it starts over) and in
+        walk. The memo is bounded in entries (when full it starts over) and in
         size: paths longer than `_MEMO_PATH_CHARS` are matched every time, so clients choosing long unique
         paths cannot make it hold more than a few megabytes.
         """

@@ -283,15 +283,15 @@ class ServerSettings(_Frozen):
     """Reload when the config file changes (SIGHUP always reloads)."""
     watch_interval: float = Field(default=2.0, gt=0, le=60)
     grpc_engine: Literal["lean", "grpcio"] = "lean"
-    """What serves `listen.grpc`: `lean` (`sidecar/grpc_lean.py`: unary gRPC over h2c on the asyncio loop, ~6x less
-    CPU per Check, no reflection) or `grpcio` (grpc.aio, with server reflection)."""
+    """What serves `listen.grpc`: `lean` (`sidecar/grpc_lean.py`: unary gRPC over h2c on the asyncio loop, several
+    times less CPU per Check (docs/performance.md), no reflection) or `grpcio` (grpc.aio, with server reflection)."""
     gc_freeze: bool = True
     """After start-up and each reload, collect once and `gc.freeze()` what is alive, so full collections stop
-    walking the imports and the compiled runtime (they stalled the loop for 50-70 ms; see `sidecar/serve/heap.py`)."""
+    walking the imports and the compiled runtime (they stalled the loop; see `sidecar/serve/heap.py`)."""
     gc_threshold: tuple[_Gen0, _GenN, _GenN] | None = None
     """`gc.set_threshold` values; null (the default) keeps Python's (700, 10, 10). Measured under load with the
-    freeze on: a first generation of 10,000 made young collections rarer but each one slower (the young objects
-    no longer fit in cache), and the total collector time went up (2.1 s against 1.4 s over ~60,000 Checks)."""
+    freeze on, a much larger first generation made young collections rarer but each one slower (the young
+    objects no longer fit in cache), and the total collector time went up (docs/performance.md)."""
     grpc_max_connections: int = Field(default=256, ge=1, le=65_536)
     """Lean engine: connections `listen.grpc` keeps open at once; one more is sent GOAWAY(ENHANCE_YOUR_CALM) and
     closed at once (counted, one warning per 10 s). Envoy opens one per worker thread, more past 1,000 streams."""

@@ -44,7 +44,7 @@ class KeyPlan:
     deny_ttl: float
     prefix: bytes = field(init=False, repr=False)
     """12 bytes of SHA-256 over (version, route): with the fingerprint, the whole key of a route without a
-    policy, in one bytes object (~80 bytes against ~145 for a tuple and the fingerprint it holds; the decision
+    policy, in one bytes object (about half the size of a tuple and the fingerprint it holds; the decision
     cache holds 100,000 keys)."""
 
     def __post_init__(self) -> None:

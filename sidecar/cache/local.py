@@ -56,8 +56,8 @@ class LocalCache(Generic[V]):
 
     def _expiry(self, at: float, ttl: float) -> float:
         """`at`, or for TTLs of a second or more `at` rounded down to a quarter second and shared: the entries
-        stored in the same quarter second hold one float instead of one each (24 bytes per entry; entries expire
-        at most 0.25 s early, never late)."""
+        stored in the same quarter second hold one float instead of one each (entries expire at most a quarter
+        second early, never late)."""
         if ttl < 1.0:
             return at
         quarter = int(at * 4)

@@ -129,8 +129,8 @@ class RemoteCache:
     Lookups are batched (`batch`, on except for Redis Cluster, where the keys of one MGET must share a slot):
     with no lookup in flight a lookup goes out at the end of the current event-loop turn; while `_MAX_IN_FLIGHT`
     are in flight, new lookups wait and go out together as one MGET when one returns. An idle sidecar thus adds
-    no delay, and a loaded one pays redis-py's per-command cost (pool, stream, timeout: ~68 us of CPU) once
-    per batch instead of once per Check.
+    no delay, and a loaded one pays redis-py's per-command cost (pool, stream, timeout) once per batch instead
+    of once per Check.
     """
 
     def __init__(
@@ -253,7 +253,7 @@ class RemoteCache:
 
     async def _call(self, operation: str, command: Callable[[], Awaitable[T]], timed: bool = True) -> T | Any:
         """Run a Redis command; any failure is "no answer". `timed=False` for a client that times its own reads
-        (`resp.LeanReader`), which saves the ~3 us of an `asyncio.timeout` per call."""
+        (`resp.LeanReader`), which saves an `asyncio.timeout` per call."""
         try:
             if timed:
                 result = await in_task(self._timed(command))

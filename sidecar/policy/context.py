@@ -81,7 +81,7 @@ def normalize(value: Any) -> Value:
 def parse_ip(text: str) -> tuple[int, int] | None:
     """`(version, integer)` for an IP address (IPv4-mapped IPv6 folds to IPv4); None if unparseable.
 
-    `inet_pton` first: it is ten times faster than `ipaddress` and just as strict (no leading zeros); only
+    `inet_pton` first: it is much faster than `ipaddress` and just as strict (no leading zeros); only
     scoped IPv6 addresses (`fe80::1%eth0`) need the slow path.
     """
     text = text.strip()

@@ -2,11 +2,10 @@
 
 CPython's cyclic collector periodically walks every tracked object in the oldest generation. In a sidecar that
 is the whole import graph (grpc, protobuf, pydantic, cryptography: ~100,000 objects) plus the compiled runtime,
-so each full collection stalled the event loop for 50-70 ms under load, and those stalls were the p99 of the
-fixed-rate benchmark (cold JWT: p99 11x the floor's). After start-up, and after each reload, we collect once and
-`gc.freeze()` what is alive: those objects are immortal for practical purposes, so the collector stops
-walking them. Measured through Envoy on the cold-JWT scenario: the longest pause went from 73 ms to 36 ms and
-the fixed-rate p99 from 31-43 ms to 10-15 ms. The thresholds stay Python's unless configured.
+so each full collection stalled the event loop under load, and those stalls were the p99 of the fixed-rate
+benchmark. After start-up, and after each reload, we collect once and `gc.freeze()` what is alive: those
+objects are immortal for practical purposes, so the collector stops walking them (the measured pauses and p99
+before and after are in docs/performance.md). The thresholds stay Python's unless configured.
 """
 
 from __future__ import annotations
