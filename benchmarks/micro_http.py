@@ -21,10 +21,12 @@ import uvloop
 from benchmarks.noop_http_authz import NoopHttpAuthz
 from sidecar import reasons
 from sidecar.config import default_config
-from sidecar.http_authz import HttpAuthzProtocol, HttpSettings, _Shared, build_request, render
 from sidecar.pipeline import Pipeline
 from sidecar.request import Decision, Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.settings import HttpModeSettings
+from sidecar.transports.http.protocol import HttpAuthzProtocol, _Shared, build_request
+from sidecar.transports.http.render import render
 
 BATCH = 1000
 ROUNDS = 30
@@ -115,7 +117,7 @@ def feeder(protocol: Any, transport: NullTransport) -> Callable[[], None]:
 
 
 async def measure() -> list[tuple[str, tuple[float, float]]]:
-    settings = HttpSettings(path_prefix="/authz")
+    settings = HttpModeSettings(path_prefix="/authz")
     runtime = compile_runtime(default_config())
     real = Pipeline(RuntimeHolder(runtime))
     constant_shared = _Shared(ConstantPipeline(), settings)
@@ -132,15 +134,14 @@ async def measure() -> list[tuple[str, tuple[float, float]]]:
             return done.value
         raise RuntimeError("pipeline suspended")
 
+    build, prefix = real_shared.build, real_shared.prefix  # what the protocol calls for each request
     checked: set[str] = set()
     return [
         ("no-op floor protocol (parse, answer 200)", median_us(feeder(NoopHttpAuthz(), NullTransport()))),
         (
-            "build_request (prefix strip, trust, Request)",
+            "envoy flavor's build (prefix strip, trust, Request)",
             median_us(
-                lambda: build_request(
-                    "GET", "/authz/public/orders/42?a=1", dict(headers), b"", "127.0.0.1", True, real_shared
-                )
+                lambda: build("GET", "/authz/public/orders/42?a=1", dict(headers), b"", "127.0.0.1", True, prefix)
             ),
         ),
         ("render allow with 2 headers", median_us(lambda: render(ALLOW, False, b"", checked))),

@@ -1,9 +1,9 @@
 """The HTTP floor: an `asyncio.Protocol` + httptools server on uvloop that answers 200 to every request.
 
-Same shape as `sidecar.http_authz.HttpAuthzProtocol` (one httptools parser per connection, keep-alive, responses
-written from `on_message_complete`), minus everything that decides: no Request, no pipeline, no limits, one
-pre-encoded response. What a Python HTTP ext_authz server costs before it does any work, so every microsecond
-the real listener spends above this floor is ours.
+Same shape as `sidecar.transports.http.protocol.HttpAuthzProtocol` (one httptools parser per connection,
+keep-alive, responses written from `on_message_complete`), minus everything that decides: no Request, no
+pipeline, no limits, one pre-encoded response. What a Python HTTP ext_authz server costs before it does any
+work, so every microsecond the real listener spends above this floor is ours.
 
 Run: `python -m benchmarks.noop_http_authz --port 9192 [--reuse-port]`; SIGTERM/SIGINT stop it.
 """

@@ -233,7 +233,7 @@ class HttpModeSettings(_Frozen):
     trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")
     """Addresses/CIDRs whose x-authz-source-address / x-authz-peer-certificate headers are believed."""
     max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
-    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
     idle_timeout: float = Field(default=60.0, gt=0, le=3600)
     request_timeout: float = Field(default=10.0, gt=0, le=600)
     max_pipelined: int = Field(default=64, ge=1, le=10_000)

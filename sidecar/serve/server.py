@@ -24,7 +24,6 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Config, ConfigError, default_config, load_config
-from ..http_authz import HttpAuthzServer, settings_from_mapping, start_http_server
 from ..logs import DecisionLogger
 from ..metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
 from ..metrics import flush as flush_metrics
@@ -32,6 +31,7 @@ from ..pipeline import Pipeline
 from ..runtime import Runtime, RuntimeHolder, compile_runtime
 from ..transports.ext_authz import SERVICE_NAME, AuthorizationService
 from ..transports.grpc_lean import LeanGrpcServer, settings_from_server, start_lean_grpc
+from ..transports.http import HttpAuthzServer, start_http_server
 from ..transports.status import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError
 from .admin import AdminResponse, AdminServer, json_response
 from .heap import settle
@@ -246,7 +246,7 @@ class Sidecar:
     async def _start_http(self, config: Config) -> None:
         assert config.listen.http is not None
         host, port = split_hostport(config.listen.http)
-        settings = settings_from_mapping(config.http.model_dump())
+        settings = config.http
         try:
             # Same runtime and decision log, its own metric children: every series carries transport="http".
             pipeline = Pipeline(self.holder, self.decision_log, recorder=HTTP_RECORDER)

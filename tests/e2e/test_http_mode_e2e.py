@@ -28,10 +28,11 @@ from botocore.credentials import Credentials
 from sidecar.config import parse_config
 from sidecar.harness.demo import EchoUpstream
 from sidecar.harness.envoy import EnvoyProcess, free_port, validate_envoy_config
-from sidecar.http_authz import HttpAuthzServer, HttpSettings, start_http_server
 from sidecar.pipeline import Pipeline
 from sidecar.request import Decision, Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.settings import HttpModeSettings
+from sidecar.transports.http import HttpAuthzServer, start_http_server
 from tests.conftest import REPO
 from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
@@ -73,7 +74,7 @@ class Recorder:
 class ThreadedSidecar:
     """The HTTP listener + pipeline on a uvloop loop in a background thread."""
 
-    def __init__(self, config_text: str, base_dir: Path, settings: HttpSettings) -> None:
+    def __init__(self, config_text: str, base_dir: Path, settings: HttpModeSettings) -> None:
         config_file = base_dir / "config.yaml"
         config_file.write_text(config_text, encoding="utf-8")
         config = parse_config(config_text, str(config_file))
@@ -152,7 +153,7 @@ def http_stack(tmp_path: Path) -> Iterator[HttpStackFactory]:
     started: list[Any] = []
 
     def start(config_text: str) -> HttpStack:
-        sidecar = ThreadedSidecar(config_text, tmp_path, HttpSettings(path_prefix="/authz")).__enter__()
+        sidecar = ThreadedSidecar(config_text, tmp_path, HttpModeSettings(path_prefix="/authz")).__enter__()
         started.append(sidecar)
         upstream = EchoUpstream().__enter__()
         started.append(upstream)

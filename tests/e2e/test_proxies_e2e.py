@@ -17,7 +17,7 @@ import pytest
 
 from sidecar.harness.demo import EchoUpstream
 from sidecar.harness.envoy import free_port, stop_process, wait_for_http
-from sidecar.http_authz import HttpSettings
+from sidecar.settings import HttpModeSettings
 from tests.conftest import REPO
 from tests.e2e.test_http_mode_e2e import (
     JWT_CONFIG,
@@ -102,7 +102,7 @@ def nginx_stack(tmp_path: Path) -> Iterator[NginxStackFactory]:
     stacks: list[tuple[HttpStack, EchoUpstream]] = []
 
     def start(config_text: str) -> HttpStack:
-        sidecar = ThreadedSidecar(config_text, tmp_path, HttpSettings(flavor="nginx")).__enter__()
+        sidecar = ThreadedSidecar(config_text, tmp_path, HttpModeSettings(flavor="nginx")).__enter__()
         upstream = EchoUpstream().__enter__()
         work = tmp_path / f"nginx-{len(stacks)}"
         work.mkdir()

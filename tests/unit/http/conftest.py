@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from sidecar import reasons
-from sidecar.http_authz import HttpAuthzServer, HttpSettings, start_http_server
 from sidecar.request import Decision, Request
+from sidecar.settings import HttpModeSettings
+from sidecar.transports.http import HttpAuthzServer, start_http_server
 
 from .client import Conn
 
@@ -72,7 +73,7 @@ class Servers:
             "127.0.0.1",
             0,
             pipeline or self.fake,  # type: ignore[arg-type]
-            HttpSettings(**settings),  # type: ignore[arg-type]
+            HttpModeSettings(**settings),  # type: ignore[arg-type]
         )
         self.started.append(server)
         return server

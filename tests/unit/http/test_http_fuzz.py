@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sidecar import reasons
-from sidecar.http_authz import HttpAuthzServer, HttpSettings, start_http_server
+from sidecar.settings import HttpModeSettings
+from sidecar.transports.http import HttpAuthzServer, start_http_server
 from tests.unit.test_adapter_fuzz import (
     HOST,
     KNOWN_REASONS,
@@ -37,7 +38,7 @@ SIGNED_BODY = b'{"x": 1}'
 @pytest.fixture(scope="module")
 def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
     with started_pipeline(tmp_path_factory.mktemp("http-fuzz")) as (pipeline, loop):
-        settings = HttpSettings(request_timeout=5)
+        settings = HttpModeSettings(request_timeout=5)
         server = loop.run_until_complete(start_http_server("127.0.0.1", 0, pipeline, settings))
         yield server, loop
         server.close()

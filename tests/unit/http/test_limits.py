@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from sidecar import reasons
-from sidecar.http_authz import SERVER_BUSY
 from sidecar.request import Decision, Request
+from sidecar.transports.http import SERVER_BUSY
 
 from .client import Conn, get
 from .conftest import Serve

@@ -8,8 +8,8 @@ import httptools
 import pytest
 
 from sidecar import reasons
-from sidecar.http_authz import HEADERS_TO_REMOVE_HEADER, _RenderError, render
 from sidecar.request import Decision
+from sidecar.transports.http.render import HEADERS_TO_REMOVE_HEADER, _RenderError, render
 
 from .client import Conn, get
 from .conftest import Serve

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from sidecar.config import parse_config
-from sidecar.http_authz import HttpSettings, _Shared, build_request
 from sidecar.pipeline import Pipeline
 from sidecar.request import Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.settings import HttpModeSettings
+from sidecar.transports.http.protocol import _Shared, build_request
 
 from .client import Conn, get
 from .conftest import FakePipeline, Serve
@@ -110,7 +111,7 @@ async def test_trusted_cidr_and_missing_header_gives_no_source(serve: Serve, fak
 
 
 def test_trust_check_handles_v4_mapped_v6_and_garbage() -> None:
-    shared = _Shared(FakePipeline(), HttpSettings(trusted_peers=("127.0.0.1", "fd00::/8")))
+    shared = _Shared(FakePipeline(), HttpModeSettings(trusted_peers=("127.0.0.1", "fd00::/8")))
     assert shared.is_trusted("127.0.0.1")
     assert shared.is_trusted("::ffff:127.0.0.1")
     assert shared.is_trusted("fd00::1")
@@ -121,7 +122,7 @@ def test_trust_check_handles_v4_mapped_v6_and_garbage() -> None:
 
 
 def _build(flavor: str, url: str, headers: dict[str, str], trusted: bool = True, method: str = "GET") -> Request | None:
-    shared = _Shared(FakePipeline(), HttpSettings(flavor=flavor))  # type: ignore[arg-type]
+    shared = _Shared(FakePipeline(), HttpModeSettings(flavor=flavor))  # type: ignore[arg-type]
     return build_request(method, url, headers, b"", "192.0.2.1", trusted, shared)
 
 
@@ -180,13 +181,13 @@ def test_traefik_flavor_from_an_untrusted_peer_ignores_forwarded_for() -> None:
 
 def test_settings_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="flavor"):
-        HttpSettings(flavor="caddy")  # type: ignore[arg-type]
+        HttpModeSettings(flavor="caddy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="path_prefix"):
-        HttpSettings(path_prefix="authz/")
+        HttpModeSettings(path_prefix="authz/")
     with pytest.raises(ValueError, match="trusted_peers"):
-        HttpSettings(trusted_peers=("localhost",))
-    with pytest.raises(ValueError, match="positive"):
-        HttpSettings(max_body_bytes=0)
+        HttpModeSettings(trusted_peers=("localhost",))
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        HttpModeSettings(max_body_bytes=0)
 
 
 async def test_real_pipeline_behind_the_http_listener(serve: Serve) -> None:

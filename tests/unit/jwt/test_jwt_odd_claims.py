@@ -28,11 +28,11 @@ from sidecar.authorizers.jwt.jwks import StaticKeySource
 from sidecar.authorizers.jwt.keys import parse_jwks
 from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
 from sidecar.config import parse_config
-from sidecar.http_authz import render
 from sidecar.pipeline import Pipeline
 from sidecar.reasons import Denied
 from sidecar.request import Principal
 from sidecar.runtime import RuntimeHolder, compile_runtime
+from sidecar.transports.http.render import render
 from tests.conftest import REPO
 from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, request
 

@@ -1,212 +1,45 @@
-"""HTTP ext_authz adapter: Envoy's `http_service` (and nginx `auth_request`, Traefik ForwardAuth) over HTTP/1.1.
-
-This is the second transport over the same pipeline as `ext_authz.py`: it turns one authorization request into
-our immutable `Request`, awaits `pipeline.check(request)` and renders the `Decision` as an HTTP response
-(200 = allow, with the headers to add upstream; anything else = deny, with our status, headers and JSON body).
-
-Why a hand-written `asyncio.Protocol` over `httptools` and not a framework: a framework costs several times the
-raw server per request (see docs/http-mode.md), and the warm path here is a few hundred bytes in, a few dozen
-out. So the per-request work is kept to: the parser callbacks, one dict of headers, one `Request`, one
-`pipeline.check`, and one response assembled from pre-encoded parts. Checks that complete without suspending
-(cache hits, CPU-only authorizers) are driven inline without creating a Task; only a check that really waits
-gets one. Responses always leave in request order, so pipelining is safe.
-
-Trust: `x-authz-source-address` / `x-authz-peer-certificate` (or the forwarded headers of the nginx and Traefik
-flavors) are honoured only when the TCP peer is one of `HttpSettings.trusted_peers`; the shipped Envoy config
-removes client copies of them before adding its own (deploy/envoy/envoy-http.yaml).
-"""
+"""One proxy connection of the HTTP transport (`HttpAuthzProtocol`) and what the connections of one listener share
+(`_Shared`): parse requests with httptools, decide them in order, answer them in order."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
-import re
-import time
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any, Final, Literal, Protocol, cast
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
-from . import reasons
-from .inline import Resume
-from .log_throttle import ThrottledWarning
-from .memo import BoundedMemo
-from .request import EMPTY_MAP, Decision, Request, is_canonical_method
-from .transports.listener import RunningListener
+from ... import reasons
+from ...inline import Resume
+from ...log_throttle import ThrottledWarning
+from ...memo import BoundedMemo
+from ...request import Decision, Request
+from .flavors import FLAVORS
+from .render import (
+    _BAD_REQUEST,
+    _BUSY,
+    _CLOSE,
+    _CONTINUE,
+    _HEADERS_TOO_LARGE,
+    _KEEP_ALIVE,
+    _MAX_RENDERED,
+    _TIMEOUT,
+    _TOO_LARGE,
+    INTERNAL,
+    _RenderError,
+    render,
+)
+
+if TYPE_CHECKING:
+    from ...settings import HttpModeSettings
+    from .. import Checker
 
 log = logging.getLogger(__name__)
 refused_connections = ThrottledWarning(log)
-
-Flavor = Literal["envoy", "nginx", "traefik"]
-FLAVORS: Final = ("envoy", "nginx", "traefik")
-
-SOURCE_ADDRESS_HEADER: Final = "x-authz-source-address"
-PEER_CERTIFICATE_HEADER: Final = "x-authz-peer-certificate"
-HEADERS_TO_REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
-"""Envoy removes the comma-separated headers named here from the upstream request on a 200."""
-
-# Reason codes for failures only this transport can have (the set in reasons.py covers the rest).
-PAYLOAD_TOO_LARGE: Final = "PayloadTooLarge"
-HEADERS_TOO_LARGE: Final = "RequestHeaderFieldsTooLarge"
-REQUEST_TIMEOUT: Final = "RequestTimeout"
-SERVER_BUSY: Final = "ServerBusy"
-
-
-class Checker(Protocol):
-    """What the adapter needs from the pipeline (`sidecar.pipeline.Pipeline` satisfies it)."""
-
-    async def check(self, request: Request) -> Decision:
-        """Decide one request; expected never to raise (the adapter still turns a raise into a 500 deny)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class HttpSettings:
-    """Knobs of the HTTP listener (config section `http:`). Defaults suit Envoy on the same host.
-
-    `max_body_bytes` should be at least Envoy's `with_request_body.max_request_bytes`, else bodies Envoy accepts
-    are refused here. `request_timeout` bounds how long one request may take to arrive (slow clients);
-    `idle_timeout` how long a keep-alive connection may sit unused. Both are enforced with a granularity of
-    `min(request_timeout, idle_timeout)`.
-    """
-
-    flavor: Flavor = "envoy"
-    path_prefix: str = ""
-    trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")
-    """Addresses or CIDRs whose forwarded-source/certificate headers are believed."""
-    max_header_bytes: int = 32 * 1024
-    max_body_bytes: int = 1024 * 1024
-    idle_timeout: float = 60.0
-    request_timeout: float = 10.0
-    max_pipelined: int = 64
-    """Requests queued per connection before we stop reading from it (backpressure)."""
-    max_connections: int = 256
-    """Open connections at once; past it a new connection is closed at once, counted and logged (throttled)."""
-    max_buffered_bytes: int = 32 * 1024 * 1024
-    """Request body bytes the whole listener holds (still arriving, or queued until answered). Without it each
-    connection could hold `max_pipelined` bodies of `max_body_bytes` and connections are unbounded too. A body
-    that would pass it is answered 503 `ServerBusy` and its connection closed: the other connections' requests
-    are served, and the proxy's failure mode applies to that one."""
-
-    def __post_init__(self) -> None:
-        if self.flavor not in FLAVORS:
-            raise ValueError(f"http.flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
-        if self.path_prefix and (not self.path_prefix.startswith("/") or self.path_prefix.endswith("/")):
-            raise ValueError("http.path_prefix must start with '/' and not end with '/' (e.g. /authz)")
-        if min(self.max_header_bytes, self.max_body_bytes, self.max_pipelined, self.max_connections) <= 0:
-            raise ValueError("http limits must be positive")
-        if min(self.idle_timeout, self.request_timeout) <= 0:
-            raise ValueError("http timeouts must be positive")
-        if self.max_buffered_bytes < self.max_body_bytes:
-            raise ValueError("http.max_buffered_bytes must be at least http.max_body_bytes")
-        _compile_networks(self.trusted_peers)  # fail at config load, not at the first connection
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Rendering: constant parts are encoded once, at import.
-
-_STATUS_LINES: Final[dict[int, bytes]] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
-}
-_ALLOW_HEAD: Final = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
-_ALLOW_BARE: Final = _ALLOW_HEAD + b"\r\n"
-_CLOSE: Final = b"connection: close\r\n"
-_KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_JSON: Final = b"content-type: application/json\r\ncontent-length: "
-_UNSAFE_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]").search
-"""Control characters Envoy refuses in a header value (tab is allowed): answering with them would split the
-response (CR/LF) or make Envoy fail the request; the pipeline never lets an identity carry them."""
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
-
-_MAX_RENDERED: Final = 4096
-
-INTERNAL: Final = reasons.INTERNAL  # the same 500 deny the gRPC adapter sends for a pipeline that raised
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    return line if line is not None else f"HTTP/1.1 {status} Unknown\r\n".encode("ascii")
-
-
-def _json_body(reason: str, message: str) -> bytes:
-    return json.dumps({"message": message, "reason": reason}, separators=(",", ":")).encode()
-
-
-def _canned(status: int, reason: str, message: str) -> bytes:
-    """A complete, connection-closing error response, built once at import."""
-    body = _json_body(reason, message)
-    return b"%s%s%d\r\n%s\r\n%s" % (_status_line(status), _JSON, len(body), _CLOSE, body)
-
-
-_BAD_REQUEST: Final = _canned(400, reasons.MALFORMED_REQUEST, "Malformed HTTP request")
-_TOO_LARGE: Final = _canned(413, PAYLOAD_TOO_LARGE, "Request body too large")
-_HEADERS_TOO_LARGE: Final = _canned(431, HEADERS_TOO_LARGE, "Request headers too large")
-_TIMEOUT: Final = _canned(408, REQUEST_TIMEOUT, "Request not received in time")
-_BUSY: Final = _canned(503, SERVER_BUSY, "Too many request bytes held; try again")
-
-
-class _RenderError(ValueError):
-    """A decision header that cannot be put on the wire (CR/LF/NUL, bad name): we answer 500 instead."""
-
-
-def _header_block(headers: Iterable[tuple[str, str]], checked: set[str]) -> bytes:
-    """`name: value\\r\\n` lines; refuses anything that could split the response (header injection)."""
-    parts = []
-    for name, value in headers:
-        if name not in checked:
-            if not _TOKEN(name):
-                raise _RenderError(name)
-            if len(checked) < 4096:  # names come from config and authorizers: a small, stable set
-                checked.add(name)
-        if _UNSAFE_VALUE(value):
-            raise _RenderError(name)
-        parts.append(f"{name}: {value}\r\n")
-    try:
-        return "".join(parts).encode()
-    except UnicodeEncodeError:  # a lone surrogate: not text any client or proxy could read
-        raise _RenderError("a header value that is not UTF-8 text") from None
-
-
-def render(decision: Decision, head_only: bool, connection: bytes, checked: set[str]) -> bytes:
-    """The HTTP/1.1 response for `decision`. `connection` is b"", `_CLOSE` or `_KEEP_ALIVE`.
-
-    Allowed: 200 with the decision's headers (Envoy copies those in `allowed_upstream_headers`) and the names in
-    `headers_to_remove` via `x-envoy-auth-headers-to-remove`. Denied: the decision's status (never 200: that
-    would allow), its headers and a JSON body; `head_only` (the original request was HEAD) omits the body, as
-    HTTP requires, so the proxy's parser stays in step.
-    """
-    headers = decision.all_headers()
-    if decision.allowed:
-        if not headers and not decision.headers_to_remove:
-            return _ALLOW_BARE if not connection else _ALLOW_HEAD + connection + b"\r\n"
-        block = _header_block(headers, checked)
-        if decision.headers_to_remove:
-            block += _header_block(((HEADERS_TO_REMOVE_HEADER, ",".join(decision.headers_to_remove)),), checked)
-        return b"%s%s%s\r\n" % (_ALLOW_HEAD, block, connection)
-    status = decision.status
-    if not 300 <= status <= 599:
-        status = 500 if status < 100 or status > 599 else 403
-    body = _json_body(decision.reason, decision.message)
-    block = _header_block(headers, checked) if headers else b""
-    return b"%s%s%d\r\n%s%s\r\n%s" % (
-        _status_line(status),
-        _JSON,
-        len(body),
-        block,
-        connection,
-        b"" if head_only else body,
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Shared, per-listener state: everything derived from the settings once.
 
 
 def _compile_networks(peers: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -221,8 +54,13 @@ class _Shared:
 
     __slots__ = (
         "buffered",
+        "build",
         "checked_names",
         "connections",
+        "max_body_bytes",
+        "max_buffered_bytes",
+        "max_header_bytes",
+        "max_pipelined",
         "networks",
         "pipeline",
         "prefix",
@@ -231,15 +69,23 @@ class _Shared:
         "settings",
     )
 
-    def __init__(self, pipeline: Checker, settings: HttpSettings) -> None:
+    def __init__(self, pipeline: Checker, settings: HttpModeSettings) -> None:
         self.pipeline = pipeline
         self.settings = settings
+        self.build = FLAVORS[settings.flavor]
+        """The flavor's `BuildRequest`, chosen once: a request costs one call whatever the flavor."""
         self.prefix = settings.path_prefix
+        # The limits read for every request, as slots: reading a field of the (pydantic) settings model costs
+        # several times as much as reading a slot.
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_buffered_bytes = settings.max_buffered_bytes
+        self.max_pipelined = settings.max_pipelined
         self.networks = _compile_networks(settings.trusted_peers)
         self.checked_names: set[str] = set()
         self.connections: set[HttpAuthzProtocol] = set()
         self.buffered = 0
-        """Request body bytes every connection holds together (`HttpSettings.max_buffered_bytes`)."""
+        """Request body bytes every connection holds together (`max_buffered_bytes`)."""
         self.refused_connections = 0
         # Decisions are reused (constant denies, the pipeline's memoized allows): keep their wire form while
         # they live. Weak keys, so a dropped Decision takes its bytes with it.
@@ -254,10 +100,6 @@ class _Shared:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self.networks)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building the Request from what the proxy sent.
 
 
 class _Reject(Exception):
@@ -288,99 +130,12 @@ def _joined(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-def _strip_prefix(url: str, prefix: str) -> str | None:
-    """`url` without the configured prefix; None if it does not carry it (the proxy is misconfigured)."""
-    if not url.startswith(prefix):
-        return None
-    rest = url[len(prefix) :]
-    if not rest:
-        return "/"
-    if rest[0] == "/":
-        return rest
-    return "/" + rest if rest[0] == "?" else None
-
-
-PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
-
-
-def _mark_unseen_body(headers: dict[str, str]) -> None:
-    """nginx's `auth_request` never carries the body; the shipped config passes its length and transfer coding
-    instead. A request that has a body is marked as Envoy marks a body it cut short, so SigV4 denies it
-    (`PartialBody`) rather than verifying the signature over an empty body while the upstream gets another."""
-    length = headers.pop("x-original-content-length", "").strip()
-    coding = headers.pop("x-original-transfer-encoding", "").strip()
-    headers.pop(PARTIAL_BODY_HEADER, None)  # a client's own copy never counts
-    if coding or (length and length != "0"):
-        headers[PARTIAL_BODY_HEADER] = "true"
-
-
-def _last_hop(forwarded_for: str) -> str:
-    """The address the proxy itself saw: the last entry of X-Forwarded-For."""
-    return forwarded_for.rpartition(",")[2].strip()
-
-
 def build_request(
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes,
-    peer: str,
-    trusted: bool,
-    shared: _Shared,
+    method: str, url: str, headers: dict[str, str], body: bytes, peer: str, trusted: bool, shared: _Shared
 ) -> Request | None:
-    """The `Request` one authorization call describes; None if it lacks what the flavor requires."""
-    flavor = shared.settings.flavor
-    scheme = "http"
-    source = ""
-    cert = ""
-    if flavor == "envoy":
-        raw_path: str | None = _strip_prefix(url, shared.prefix) if shared.prefix else url
-        if trusted:
-            source = headers.get(SOURCE_ADDRESS_HEADER, "")
-            cert = headers.get(PEER_CERTIFICATE_HEADER, "")
-            scheme = headers.get("x-forwarded-proto", "http")
-    elif flavor == "nginx":
-        raw_path = headers.get("x-original-uri")
-        method = headers.get("x-original-method", method)
-        _mark_unseen_body(headers)
-        if trusted:
-            source = headers.get(SOURCE_ADDRESS_HEADER, "")
-            cert = headers.get(PEER_CERTIFICATE_HEADER, "")
-            scheme = headers.get("x-forwarded-proto", "http")
-    else:  # traefik
-        raw_path = headers.get("x-forwarded-uri")
-        method = headers.get("x-forwarded-method", method)
-        forwarded_host = headers.get("x-forwarded-host")
-        if forwarded_host:
-            headers["host"] = forwarded_host
-        if trusted:
-            source = _last_hop(headers.get("x-forwarded-for", ""))
-            scheme = headers.get("x-forwarded-proto", "http")
-    if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
-        return None
-    if not trusted:
-        source = peer  # nobody vouches for a client: the connection's own peer is the only truth we have
-    # Positional, in field order (sidecar/request.py): keywords cost five times as much, once per request.
-    return Request(
-        method,
-        raw_path,
-        raw_path.partition("?")[0],
-        headers,
-        headers.get("host", ""),
-        scheme,
-        "",
-        source,
-        0,
-        cert,
-        body,
-        EMPTY_MAP,
-        headers.get("x-request-id", ""),
-        time.time(),
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The connection.
+    """The `Request` one authorization call describes, read as the listener's flavor reads it; None if it lacks
+    what the flavor requires. (The protocol calls `shared.build` itself.)"""
+    return shared.build(method, url, headers, body, peer, trusted, shared.prefix)
 
 
 class _Pending:
@@ -508,7 +263,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         if self._stop_reading:
             return
         in_head, seq = self._in_head, self._msg_seq
-        self._chunk_fits = len(data) <= self._settings.max_header_bytes
+        self._chunk_fits = len(data) <= self._shared.max_header_bytes
         self._head_in_chunk = False
         try:
             self._parser.feed_data(data)
@@ -524,7 +279,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
             # callbacks cannot see it: count whole chunks that start and end inside the same message head.
             if in_head and self._in_head and self._msg_seq == seq:
                 self._head_raw += len(data)
-                if self._head_raw > self._settings.max_header_bytes:
+                if self._head_raw > self._shared.max_header_bytes:
                     self._fail(_HEADERS_TOO_LARGE)
         if not self._busy:
             self._drain()
@@ -556,7 +311,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_len += len(url)
-        if self._head_len > self._settings.max_header_bytes:
+        if self._head_len > self._shared.max_header_bytes:
             raise _Reject(_HEADERS_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -570,7 +325,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
             size = self._head_len
             for name, value in raw:
                 size += len(name) + len(value)
-            if size > self._settings.max_header_bytes:
+            if size > self._shared.max_header_bytes:
                 raise _Reject(_HEADERS_TOO_LARGE)
         # Raw values decode as the gRPC adapter decodes them (UTF-8, undecodable bytes kept as surrogates).
         names = _NAMES
@@ -579,7 +334,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
             headers = _joined(raw)
         self._headers = headers
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._settings.max_body_bytes:
+        if length is not None and length.isdigit() and int(length) > self._shared.max_body_bytes:
             raise _Reject(_TOO_LARGE)
         if (
             self._headers.get("expect", "").lower() == "100-continue"
@@ -592,10 +347,10 @@ class HttpAuthzProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         size = len(body)
         self._body_len += size
-        if self._body_len > self._settings.max_body_bytes:
-            raise _Reject(_TOO_LARGE)
         shared = self._shared
-        if shared.buffered + size > self._settings.max_buffered_bytes:
+        if self._body_len > shared.max_body_bytes:
+            raise _Reject(_TOO_LARGE)
+        if shared.buffered + size > shared.max_buffered_bytes:
             raise _Reject(_BUSY)
         shared.buffered += size
         self._held += size
@@ -609,14 +364,15 @@ class HttpAuthzProtocol(asyncio.Protocol):
         keep_alive = bool(parser.should_keep_alive())
         method = parser.get_method().decode("ascii", "replace")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = build_request(
+        shared = self._shared
+        request = shared.build(
             method,
             self._url.decode("latin-1"),
             self._headers,
             body,
             self._peer,
             self._trusted,
-            self._shared,
+            shared.prefix,
         )
         head_only = method == "HEAD"
         if not keep_alive:
@@ -637,7 +393,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
 
     def _enqueue(self, pending: _Pending) -> None:
         self._queue.append(pending)
-        if len(self._queue) >= self._settings.max_pipelined:
+        if len(self._queue) >= self._shared.max_pipelined:
             self._update_reading()
 
     def _drain(self) -> None:
@@ -747,7 +503,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        should_pause = self._writing_paused or len(self._queue) >= self._settings.max_pipelined
+        should_pause = self._writing_paused or len(self._queue) >= self._shared.max_pipelined
         if should_pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()
@@ -808,61 +564,3 @@ _MALFORMED: Final = Decision(
     reason=reasons.MALFORMED_REQUEST,
     message="The authorization request does not say which request to authorize",
 )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The listener.
-
-
-class HttpAuthzServer(RunningListener):
-    """A running HTTP listener. Same surface as `asyncio.Server` plus `shutdown(grace)` for SIGTERM."""
-
-    _shared: _Shared
-
-    async def shutdown(self, grace: float) -> None:
-        """Stop accepting; let in-flight checks answer for up to `grace` seconds; then close everything."""
-        self.server.close()
-        deadline = asyncio.get_running_loop().time() + grace
-        while True:
-            busy = [c for c in self._shared.connections if not c.is_idle]
-            for conn in list(self._shared.connections):
-                if conn.is_idle:
-                    conn.close()
-            if not busy or asyncio.get_running_loop().time() >= deadline:
-                break
-            await asyncio.sleep(0.01)  # polling a handful of connections during shutdown only
-        self.close()
-        await self.server.wait_closed()
-
-
-async def start_http_server(
-    host: str,
-    port: int,
-    pipeline: Checker,
-    settings: HttpSettings | None = None,
-    *,
-    reuse_port: bool = False,
-    backlog: int = 1024,
-) -> HttpAuthzServer:
-    """Listen on `host:port` and answer authorization requests with `pipeline`. Port 0 picks a free port."""
-    shared = _Shared(pipeline, settings or HttpSettings())
-    server = await asyncio.get_running_loop().create_server(
-        lambda: HttpAuthzProtocol(shared),
-        host,
-        port,
-        reuse_port=reuse_port or None,
-        backlog=backlog,
-    )
-    return HttpAuthzServer(server, shared)
-
-
-def settings_from_mapping(raw: Mapping[str, Any]) -> HttpSettings:
-    """`HttpSettings` from a plain mapping (e.g. a validated `http:` config section); raises ValueError."""
-    known = set(HttpSettings.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"unknown http setting(s): {', '.join(sorted(unknown))}")
-    values = dict(raw)
-    if "trusted_peers" in values:
-        values["trusted_peers"] = tuple(values["trusted_peers"])
-    return HttpSettings(**values)

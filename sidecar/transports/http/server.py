@@ -1,0 +1,55 @@
+"""The running HTTP listener: `start_http_server` and `HttpAuthzServer`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ...settings import HttpModeSettings
+from ..listener import RunningListener
+from .protocol import HttpAuthzProtocol, _Shared
+
+if TYPE_CHECKING:
+    from .. import Checker
+
+
+class HttpAuthzServer(RunningListener):
+    """A running HTTP listener. Same surface as `asyncio.Server` plus `shutdown(grace)` for SIGTERM."""
+
+    _shared: _Shared
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; let in-flight checks answer for up to `grace` seconds; then close everything."""
+        self.server.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while True:
+            busy = [c for c in self._shared.connections if not c.is_idle]
+            for conn in list(self._shared.connections):
+                if conn.is_idle:
+                    conn.close()
+            if not busy or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.01)  # polling a handful of connections during shutdown only
+        self.close()
+        await self.server.wait_closed()
+
+
+async def start_http_server(
+    host: str,
+    port: int,
+    pipeline: Checker,
+    settings: HttpModeSettings | None = None,
+    *,
+    reuse_port: bool = False,
+    backlog: int = 1024,
+) -> HttpAuthzServer:
+    """Listen on `host:port` and answer authorization requests with `pipeline`. Port 0 picks a free port."""
+    shared = _Shared(pipeline, settings if settings is not None else HttpModeSettings())
+    server = await asyncio.get_running_loop().create_server(
+        lambda: HttpAuthzProtocol(shared),
+        host,
+        port,
+        reuse_port=reuse_port or None,
+        backlog=backlog,
+    )
+    return HttpAuthzServer(server, shared)
