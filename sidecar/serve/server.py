@@ -1,4 +1,5 @@
-"""The serving process: gRPC ext_authz + health + reflection, the admin listener, reloads and graceful shutdown.
+"""The serving process: the transports (`sidecar.transports`' table), the admin listener, reloads and graceful
+shutdown.
 
 Lifecycle: load and compile the config (a bad one stops start-up with file:line errors), bind every listener
 (a taken port is a clear error, never a silently shared one), mark SERVING once every authorizer is ready,
@@ -18,21 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
-
 from ..config import Config, ConfigError, default_config, load_config
 from ..logs import DecisionLogger
 from ..metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
 from ..metrics import flush as flush_metrics
 from ..pipeline import Pipeline
 from ..runtime import Runtime, RuntimeHolder, compile_runtime
-from ..transports.ext_authz import SERVICE_NAME, AuthorizationService
-from ..transports.grpc_lean import LeanGrpcServer, settings_from_server, start_lean_grpc
-from ..transports.http import HttpAuthzServer, start_http_server
-from ..transports.status import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError
+from ..transports import Checker, Transport, load
+from ..transports.listener import split_hostport as split_hostport
 from .admin import AdminResponse, AdminServer, json_response
 from .heap import settle
 
@@ -44,9 +38,6 @@ _READY_POLL_SERVING = 1.0
 loaded server at about 1% of its CPU, and losing readiness (keys gone stale) is a matter of minutes."""
 _METRICS_FOLD = 1.0
 """Seconds between folds of the hot path's local metric counts into prometheus_client (see sidecar/metrics.py)."""
-
-
-_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class BindError(RuntimeError):
@@ -124,12 +115,6 @@ def _decision_logger(config: Config) -> DecisionLogger | None:
     return DecisionLogger(stream, settings.allow_sample_rate, settings.flush_interval)
 
 
-def split_hostport(value: str) -> tuple[str, int]:
-    """`127.0.0.1:9191` / `[::1]:9191` -> host and port."""
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class Sidecar:
     """One sidecar process's servers around one `RuntimeHolder`."""
 
@@ -151,11 +136,9 @@ class Sidecar:
         self.pipeline = Pipeline(self.holder, self.decision_log)
         self.state = ServerState()
         self.reuse_port = reuse_port
-        self.health = HealthServicer()
-        self.grpc_server: grpc.aio.Server | None = None
-        self.lean_grpc: LeanGrpcServer | None = None
+        self.transports: dict[str, Transport] = {}
+        """The running transports by listener (`grpc`, `http`), in the order they started."""
         self.admin: AdminServer | None = None
-        self.http_server: HttpAuthzServer | None = None
         self.grpc_port = 0
         self._stopped = asyncio.Event()
         self._signal_tasks: set[asyncio.Future[object]] = set()
@@ -180,9 +163,12 @@ class Sidecar:
         if self.decision_log is not None:
             self.decision_log.start()
         if config.listen.grpc:
-            await self._start_grpc(config.listen.grpc)
+            await self._start_transport("grpc", config.listen.grpc, config.server.grpc_engine, self.pipeline)
+            self.grpc_port = self.transports["grpc"].port
         if config.listen.http:
-            await self._start_http(config)
+            # Same runtime and decision log, its own metric children: every series carries transport="http".
+            pipeline = Pipeline(self.holder, self.decision_log, recorder=HTTP_RECORDER)
+            await self._start_transport("http", config.listen.http, "http", pipeline)
         if config.listen.admin:
             self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": _metrics})
             host, port = split_hostport(config.listen.admin)
@@ -195,64 +181,14 @@ class Sidecar:
         if config.server.watch_config and self.source.path is not None:
             self.state.tasks.append(asyncio.create_task(self._watch_file(config.server.watch_interval)))
 
-    async def _start_grpc(self, address: str) -> None:
-        if self.runtime.config.server.grpc_engine == "lean":
-            await self._start_lean_grpc(address)
-            return
-        options = [("grpc.so_reuseport", 1 if self.reuse_port else 0)]
-        server = grpc.aio.server(options=options)
-        service = AuthorizationService(self.pipeline.check)
-        server.add_generic_rpc_handlers((service.handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+    async def _start_transport(self, listener: str, address: str, name: str, checker: Checker) -> None:
+        """Start the transport `name` of `sidecar.transports.TRANSPORTS` on `address`."""
+        start = load(name)
         try:
-            self.grpc_port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise BindError(f"cannot listen on {address} (grpc): address in use or unavailable ({exc})") from None
-        if self.grpc_port == 0:
-            raise BindError(f"cannot listen on {address} (grpc): address in use or unavailable")
-        await server.start()
-        self.grpc_server = server
-        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    async def _start_lean_grpc(self, address: str) -> None:
-        host, port = split_hostport(address)
-        service = AuthorizationService(self.pipeline.check)
-        handlers = {f"/{SERVICE_NAME}/Check": service.check_wire, f"/{_HEALTH_SERVICE}/Check": self._health_check}
-        try:
-            settings = settings_from_server(self.runtime.config.server)
-            self.lean_grpc = await start_lean_grpc(host, port, handlers, settings, reuse_port=self.reuse_port)
+            transport = await start(address, checker, self.runtime.config, reuse_port=self.reuse_port)
         except OSError as exc:
-            raise BindError(f"cannot listen on {address} (grpc): {exc.strerror or exc}") from None
-        self.grpc_port = self.lean_grpc.port
-
-    async def _health_check(self, data: bytes) -> bytes:
-        """grpc.health.v1.Health/Check on the lean listener, answering what the grpc.aio HealthServicer would."""
-        try:
-            service = health_pb2.HealthCheckRequest.FromString(data).service
-        except Exception:
-            raise GrpcError(GRPC_INTERNAL, "the request is not a HealthCheckRequest") from None
-        if service not in ("", SERVICE_NAME):
-            raise GrpcError(GRPC_NOT_FOUND, f"unknown service {service!r}")
-        serving = self.state.ready and not self.state.draining
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        wire: bytes = health_pb2.HealthCheckResponse(status=status).SerializeToString()
-        return wire
-
-    async def _start_http(self, config: Config) -> None:
-        assert config.listen.http is not None
-        host, port = split_hostport(config.listen.http)
-        settings = config.http
-        try:
-            # Same runtime and decision log, its own metric children: every series carries transport="http".
-            pipeline = Pipeline(self.holder, self.decision_log, recorder=HTTP_RECORDER)
-            self.http_server = await start_http_server(host, port, pipeline, settings, reuse_port=self.reuse_port)
-        except OSError as exc:
-            raise BindError(f"cannot listen on {config.listen.http} (http): {exc.strerror or exc}") from None
+            raise BindError(f"cannot listen on {address} ({listener}): {exc.strerror or exc}") from None
+        self.transports[listener] = transport
 
     async def _watch_readiness(self) -> None:
         """Flip health to SERVING when every authorizer is ready, and back if one stops being ready."""
@@ -260,9 +196,8 @@ class Sidecar:
             ready = self.runtime.is_ready()
             if ready != self.state.ready:
                 self.state.ready = ready
-                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-                await self.health.set("", status)
-                await self.health.set(SERVICE_NAME, status)
+                for transport in self.transports.values():
+                    await transport.set_serving(ready)
                 log.info("readiness: %s", "ready" if ready else "not ready")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._readiness_changed.wait(), _READY_POLL_SERVING if ready else _READY_POLL)
@@ -380,15 +315,9 @@ class Sidecar:
         self.state.draining = True
         grace = self.runtime.config.server.grace_period
         log.info("draining: finishing in-flight checks (grace %.1fs)", grace)
-        await self.health.enter_graceful_shutdown()
-        stopping = []
-        if self.grpc_server is not None:
-            stopping.append(self.grpc_server.stop(grace))
-        if self.lean_grpc is not None:
-            stopping.append(self.lean_grpc.shutdown(grace))
-        if self.http_server is not None:
-            stopping.append(self.http_server.shutdown(grace))
-        await asyncio.gather(*stopping)
+        for transport in self.transports.values():
+            await transport.enter_graceful_shutdown()
+        await asyncio.gather(*(transport.shutdown(grace) for transport in self.transports.values()))
         if self.admin is not None:
             await self.admin.stop()
         for task in self.state.tasks:

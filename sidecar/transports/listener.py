@@ -1,6 +1,7 @@
 """What the two asyncio listeners (`http/`, `grpc_lean/`) share once they are running: the server, the
 open connections, and closing them. Each listener adds its own `shutdown(grace)`, since what "drained" means
-differs (HTTP/1.1: no request in progress; HTTP/2: the GOAWAY exchange finished)."""
+differs (HTTP/1.1: no request in progress; HTTP/2: the GOAWAY exchange finished). Also `split_hostport`, for
+the addresses of the config (`listen.*`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ class RunningListener:
     async def wait_closed(self) -> None:
         """Wait until the listener is closed."""
         await self.server.wait_closed()
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9191` / `[::1]:9191` -> host and port."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,4 +1,5 @@
-"""The running lean gRPC listener (`start_lean_grpc`, `LeanGrpcServer`) and its limits from the config."""
+"""The running lean gRPC listener (`start_lean_grpc`, `LeanGrpcServer`), its limits from the config, and the
+lean engine as the server starts it (`start`: ext_authz Check and `grpc.health.v1.Health/Check`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..listener import RunningListener
+from grpc_health.v1 import health_pb2
+
+from ..ext_authz import SERVICE_NAME, AuthorizationService
+from ..listener import RunningListener, split_hostport
+from ..status import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError
 from .protocol import Handler, LeanGrpcProtocol, LeanSettings, _Shared
 
 if TYPE_CHECKING:
-    from ...settings import ServerSettings
+    from ...settings import Config, ServerSettings
+    from .. import Checker
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 def settings_from_server(server: ServerSettings) -> LeanSettings:
@@ -86,3 +94,64 @@ async def start_lean_grpc(
         lambda: LeanGrpcProtocol(shared), host, port, reuse_port=reuse_port or None, backlog=backlog
     )
     return LeanGrpcServer(server, shared)
+
+
+class _Health:
+    """`grpc.health.v1.Health/Check` on the lean listener, answering what grpc.aio's HealthServicer would."""
+
+    __slots__ = ("draining", "serving")
+
+    def __init__(self) -> None:
+        self.serving = False
+        self.draining = False
+
+    async def check(self, data: bytes) -> bytes:
+        try:
+            service = health_pb2.HealthCheckRequest.FromString(data).service
+        except Exception:
+            raise GrpcError(GRPC_INTERNAL, "the request is not a HealthCheckRequest") from None
+        if service not in ("", SERVICE_NAME):
+            raise GrpcError(GRPC_NOT_FOUND, f"unknown service {service!r}")
+        serving = self.serving and not self.draining
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        wire: bytes = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+        return wire
+
+
+class LeanTransport:
+    """The lean engine serving ext_authz: its listener and what its Health/Check answers."""
+
+    def __init__(self, listener: LeanGrpcServer, health: _Health) -> None:
+        self.listener = listener
+        self._health = health
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.listener.port
+
+    async def set_serving(self, serving: bool) -> None:
+        """What Health/Check answers from now on."""
+        self._health.serving = serving
+
+    async def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING from now on, whatever `set_serving` says later."""
+        self._health.draining = True
+
+    async def shutdown(self, grace: float) -> None:
+        """Drain (`LeanGrpcServer.shutdown`)."""
+        await self.listener.shutdown(grace)
+
+
+async def start(address: str, checker: Checker, config: Config, *, reuse_port: bool = False) -> LeanTransport:
+    """Serve ext_authz Check over `checker` and Health/Check on `address`, with the `server.grpc_*` limits;
+    raises `OSError` when it cannot be bound. Health answers NOT_SERVING until `set_serving(True)`."""
+    host, port = split_hostport(address)
+    service = AuthorizationService(checker.check)
+    health = _Health()
+    handlers: dict[str, Handler] = {
+        f"/{SERVICE_NAME}/Check": service.check_wire,
+        f"/{HEALTH_SERVICE}/Check": health.check,
+    }
+    listener = await start_lean_grpc(host, port, handlers, settings_from_server(config.server), reuse_port=reuse_port)
+    return LeanTransport(listener, health)

@@ -6,10 +6,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ...settings import HttpModeSettings
-from ..listener import RunningListener
+from ..listener import RunningListener, split_hostport
 from .protocol import HttpAuthzProtocol, _Shared
 
 if TYPE_CHECKING:
+    from ...settings import Config
     from .. import Checker
 
 
@@ -17,6 +18,12 @@ class HttpAuthzServer(RunningListener):
     """A running HTTP listener. Same surface as `asyncio.Server` plus `shutdown(grace)` for SIGTERM."""
 
     _shared: _Shared
+
+    async def set_serving(self, serving: bool) -> None:
+        """No health service here: probes ask the admin listener's /readyz."""
+
+    async def enter_graceful_shutdown(self) -> None:
+        """No health service here (see `set_serving`)."""
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let in-flight checks answer for up to `grace` seconds; then close everything."""
@@ -53,3 +60,9 @@ async def start_http_server(
         backlog=backlog,
     )
     return HttpAuthzServer(server, shared)
+
+
+async def start(address: str, checker: Checker, config: Config, *, reuse_port: bool = False) -> HttpAuthzServer:
+    """Serve `listen.http` over `checker` with the `http:` settings; raises `OSError` when it cannot be bound."""
+    host, port = split_hostport(address)
+    return await start_http_server(host, port, checker, config.http, reuse_port=reuse_port)
