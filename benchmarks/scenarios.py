@@ -155,11 +155,11 @@ def noop_grpc_spin(fx: Fixtures) -> Scenario:
 
 
 def noop_lean(fx: Fixtures) -> Scenario:
-    """The no-op server on the sidecar's own gRPC transport (`sidecar/grpc_lean.py`): the framework cost the
+    """The no-op server on the sidecar's own gRPC transport (`sidecar/transports/grpc_lean/`): the framework cost the
     sidecar's gRPC rows carry, beside the grpc.aio floor every ratio divides by."""
     return Scenario(
         "noop-lean",
-        "no-op on the lean gRPC listener (sidecar/grpc_lean.py)",
+        "no-op on the lean gRPC listener (sidecar/transports/grpc_lean/)",
         "noop-grpc",
         module="benchmarks.noop_lean_grpc",
     )

@@ -1,6 +1,6 @@
 """authz-sidecar: Envoy external authorization with API Gateway's access controls.
 
-The package layout follows the request: `ext_authz` (adapter) -> `pipeline` (routes, authorizers, policies,
+The package layout follows the request: `transports` (adapters) -> `pipeline` (routes, authorizers, policies,
 caches) -> back out through the adapter. See docs/design.md.
 """
 

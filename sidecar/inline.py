@@ -1,6 +1,6 @@
 """Run a coroutine inline until it first suspends, and hand the rest to a Task only if it does.
 
-Both listeners written on asyncio.Protocol (`http_authz.py`, `grpc_lean.py`) start every Check with
+Both listeners written on asyncio.Protocol (`transports/http/`, `transports/grpc_lean/`) start every Check with
 `coro.send(None)` in the protocol callback that parsed it: a warm Check finishes without ever suspending, so it
 costs no Task, no loop turn, and its answer leaves in the same write as its neighbours'. A Check that does suspend
 (a Redis read, a JWKS fetch) continues in a Task through `Resume`.

@@ -1,7 +1,7 @@
 """The value types every stage of the pipeline shares: Request in, Principal in the middle, Decision out.
 
-They are transport-neutral on purpose: the gRPC adapter (`ext_authz.py`) and the HTTP adapter build the same
-`Request`, and no authorizer, policy or cache code ever sees protobuf. All three are immutable so that a cached
+They are transport-neutral on purpose: the gRPC adapter (`transports/ext_authz.py`) and the HTTP adapter build the
+same `Request`, and no authorizer, policy or cache code ever sees protobuf. All three are immutable so that a cached
 Decision or Principal can be handed to many concurrent requests without copying.
 """
 
