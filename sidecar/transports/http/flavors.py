@@ -18,7 +18,7 @@ SOURCE_ADDRESS_HEADER: Final = "x-authz-source-address"
 PEER_CERTIFICATE_HEADER: Final = "x-authz-peer-certificate"
 PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
 
-BuildRequest = Callable[[str, str, dict[str, str], bytes, str, bool, str], "Request | None"]
+BuildRequest = Callable[[str, str, dict[str, str], bytes, str, bool, str], Request | None]
 """A flavor: (method, url, headers, body, peer, trusted, path prefix) -> the `Request`, or None."""
 
 
