@@ -26,7 +26,7 @@ from ..metrics import flush as flush_metrics
 from ..pipeline import Pipeline
 from ..runtime import Runtime, RuntimeHolder, compile_runtime
 from ..transports import Checker, Transport, load
-from ..transports.listener import split_hostport as split_hostport
+from ..transports.listener import split_hostport
 from .admin import AdminResponse, AdminServer, json_response
 from .heap import settle
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _READY_POLL = 0.1
 _READY_POLL_SERVING = 1.0
 """Once ready, readiness is re-checked once a second: a ten-times-a-second timer showed up in profiles of a
-loaded server at about 1% of its CPU, and losing readiness (keys gone stale) is a matter of minutes."""
+loaded server (docs/performance.md), and losing readiness (keys gone stale) is a matter of minutes."""
 _METRICS_FOLD = 1.0
 """Seconds between folds of the hot path's local metric counts into prometheus_client (see sidecar/metrics.py)."""
 

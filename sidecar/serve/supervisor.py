@@ -47,7 +47,7 @@ from ..config import (
 )
 from ..runtime import compile_runtime
 from .admin import AdminResponse, AdminServer, json_response
-from .server import split_hostport
+from ..transports.listener import split_hostport
 
 log = logging.getLogger(__name__)
 

@@ -245,8 +245,8 @@ def test_jwt_denials_reach_the_client_with_status_headers_and_body(
     assert scope.status_code == 403
     assert scope.json()["reason"] == "InsufficientScope"
 
-    head = client.head("/orders/7")  # no HEAD route: a deny without a body; Envoy<->sidecar stays in step
-    assert head.status_code == 403
+    head = client.head("/orders/7")  # judged as GET: a deny without a body; Envoy<->sidecar stays in step
+    assert head.status_code == 401
     assert stack.sidecar.seen[-1].method == "HEAD"
     assert client.get("/orders/7").json()["reason"] == "TokenMissing"
 
