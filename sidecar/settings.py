@@ -283,8 +283,9 @@ class ServerSettings(_Frozen):
     """Reload when the config file changes (SIGHUP always reloads)."""
     watch_interval: float = Field(default=2.0, gt=0, le=60)
     grpc_engine: Literal["lean", "grpcio"] = "lean"
-    """What serves `listen.grpc`: `lean` (`sidecar/transports/grpc_lean/`: unary gRPC over h2c on the asyncio loop, several
-    times less CPU per Check (docs/performance.md), no reflection) or `grpcio` (grpc.aio, with server reflection)."""
+    """What serves `listen.grpc`: `lean` (`sidecar/transports/grpc_lean/`: unary gRPC over h2c on the asyncio
+    loop, several times less CPU per Check (docs/performance.md), no reflection) or `grpcio` (grpc.aio, with
+    server reflection)."""
     gc_freeze: bool = True
     """After start-up and each reload, collect once and `gc.freeze()` what is alive, so full collections stop
     walking the imports and the compiled runtime (they stalled the loop; see `sidecar/serve/heap.py`)."""

@@ -46,8 +46,8 @@ from ..config import (
     parse_yaml,
 )
 from ..runtime import compile_runtime
-from .admin import AdminResponse, AdminServer, json_response
 from ..transports.listener import split_hostport
+from .admin import AdminResponse, AdminServer, json_response
 
 log = logging.getLogger(__name__)
 
