@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.test_proxies_e2e import NginxStackFactory, nginx_stack  # noqa: F401 - the fixture
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 pytestmark = pytest.mark.e2e
 

@@ -34,7 +34,7 @@ from sidecar.runtime import RuntimeHolder, compile_runtime
 from sidecar.settings import HttpModeSettings
 from sidecar.transports.http import HttpAuthzServer, start_http_server
 from tests.conftest import REPO
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 pytestmark = pytest.mark.e2e
 

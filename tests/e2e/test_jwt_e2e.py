@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import StackFactory
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, ec_key, ed_key, rsa_key
-from tests.unit.jwt.moto_cognito import REGION, MotoCognito
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, ec_key, ed_key, rsa_key
+from tests.unit.authorizers.jwt.moto_cognito import REGION, MotoCognito
 
 pytestmark = pytest.mark.e2e
 

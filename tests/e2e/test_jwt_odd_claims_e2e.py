@@ -15,7 +15,7 @@ from joserfc.jwk import OKPKey
 
 from tests.e2e.conftest import StackFactory
 from tests.e2e.test_jwt_e2e import KeyServer, bearer
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 pytestmark = pytest.mark.e2e
 

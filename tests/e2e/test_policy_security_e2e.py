@@ -30,7 +30,7 @@ from sidecar.runtime import compile_runtime
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.test_http_mode_e2e import HttpStack, HttpStackFactory, http_stack  # noqa: F401 - fixture
 from tests.e2e.test_proxies_e2e import NginxStackFactory, nginx_stack  # noqa: F401 - fixture
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from tests.e2e.test_http_mode_e2e import (
     sigv4_config,
     sigv4_request,
 )
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 pytestmark = pytest.mark.e2e
 

@@ -133,7 +133,7 @@ async def test_routes_with_cached_decisions_do_not_fill_the_token_cache(tmp_path
     import time
 
     from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
-    from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
+    from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
 
     issuer = Issuer.default()
     (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks()))
@@ -168,7 +168,7 @@ async def test_identity_headers_of_every_authorizer_are_removed_where_not_set(tm
     claim header the token cannot fill is removed rather than left to the client."""
     from sidecar.pipeline import allow_decision
     from sidecar.request import Principal
-    from tests.unit.jwt.jwt_testkit import Issuer, rsa_key
+    from tests.unit.authorizers.jwt.jwt_testkit import Issuer, rsa_key
 
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(Issuer("https://i.example", {"k": (rsa_key(0), "RS256")}).jwks()))

@@ -29,7 +29,7 @@ from sidecar.policy.context import client_address
 from sidecar.request import ANONYMOUS, Principal, Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
 from sidecar.transports.ext_authz import to_request
-from tests.unit.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 # --- 4. trusted_proxy_hops ---------------------------------------------------------------------------------------
 

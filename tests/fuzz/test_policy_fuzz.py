@@ -7,12 +7,12 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_support import API, allow, request
 
 from sidecar.config import ConfigError
 from sidecar.policy import ContextSettings, EvalContext, authorize, parse_policy
 from sidecar.request import Principal
 from sidecar.routes import AmbiguousPath
+from tests.unit.policy.policy_support import API, allow, request
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12))
 JSON = st.recursive(

@@ -26,7 +26,7 @@ from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS, JwtSettings, bu
 from sidecar.authorizers.jwt.token import ALGORITHMS
 from sidecar.config import ApiSettings
 from sidecar.reasons import Denied
-from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, b64, request
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, b64, request
 
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated via RFC 9864")  # joserfc, signing EdDSA on purpose
 

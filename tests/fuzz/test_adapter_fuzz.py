@@ -30,7 +30,7 @@ from sidecar.config import parse_config
 from sidecar.pipeline import Pipeline
 from sidecar.runtime import RuntimeHolder, compile_runtime
 from sidecar.transports.ext_authz import AuthorizationService
-from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
 
 AKID = "AKIDFUZZEXAMPLE"
 SECRET = "fuzz/secret/key/0123456789abcdefghijklmn"

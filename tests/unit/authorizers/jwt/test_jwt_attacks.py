@@ -21,7 +21,7 @@ from sidecar.authorizers.jwt.jwks import StaticKeySource
 from sidecar.authorizers.jwt.keys import parse_jwks
 from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
 from sidecar.reasons import Denied
-from tests.unit.jwt.jwt_testkit import (
+from tests.unit.authorizers.jwt.jwt_testkit import (
     AUDIENCE,
     ISSUER,
     NOW,

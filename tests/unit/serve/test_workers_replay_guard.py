@@ -29,8 +29,8 @@ from sidecar.harness.envoy import free_port
 from sidecar.serve.server import Sidecar, start_sidecar
 from sidecar.serve.supervisor import check_workers, local_replay_guards
 from tests.conftest import REPO, RedisServer
-from tests.unit.test_server import check
-from tests.unit.test_supervisor import grpc_check, poll, ready_body
+from tests.unit.serve.test_server import check
+from tests.unit.serve.test_supervisor import grpc_check, poll, ready_body
 
 AKID, SECRET = "AKIAWORKERSEXAMPLE", "workersSecretKey/EXAMPLE+abcdefghijklmnop"
 HOST = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com"

@@ -16,7 +16,7 @@ from sidecar.authorizers.base import registry, types_accepting
 from sidecar.reasons import Denied
 from sidecar.request import Principal, Request
 from sidecar.settings import ApiSettings
-from tests.unit.jwt.jwt_testkit import ISSUER, Issuer
+from tests.unit.authorizers.jwt.jwt_testkit import ISSUER, Issuer
 
 ISS = Issuer.default()
 

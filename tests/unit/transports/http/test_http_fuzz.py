@@ -1,5 +1,5 @@
 """Arbitrary requests through the real HTTP listener and the real pipeline (the runtime of
-`tests/unit/test_adapter_fuzz.py`): every request gets a well-formed answer with a known reason, never a 500,
+`tests/fuzz/test_adapter_fuzz.py`): every request gets a well-formed answer with a known reason, never a 500,
 and an allow on a protected route only with an intact credential."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sidecar import reasons
 from sidecar.settings import HttpModeSettings
 from sidecar.transports.http import HttpAuthzServer, start_http_server
-from tests.unit.test_adapter_fuzz import (
+from tests.fuzz.test_adapter_fuzz import (
     HOST,
     KNOWN_REASONS,
     SIGNED,

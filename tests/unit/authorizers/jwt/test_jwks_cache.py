@@ -16,7 +16,7 @@ from sidecar.authorizers.jwt.authorizer import JwtAuthorizer
 from sidecar.authorizers.jwt.claims import ClaimRules
 from sidecar.authorizers.jwt.jwks import CachePolicy, JwksCache, refresh_interval, shared_cache
 from sidecar.reasons import Denied
-from tests.unit.jwt.jwt_testkit import (
+from tests.unit.authorizers.jwt.jwt_testkit import (
     AUDIENCE,
     NOW,
     FakeClock,

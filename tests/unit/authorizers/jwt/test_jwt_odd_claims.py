@@ -34,7 +34,7 @@ from sidecar.request import Principal
 from sidecar.runtime import RuntimeHolder, compile_runtime
 from sidecar.transports.http.render import render
 from tests.conftest import REPO
-from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, request
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, request
 
 ISS = Issuer.default()
 POOL_ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Pool1"

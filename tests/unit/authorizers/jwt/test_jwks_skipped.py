@@ -22,7 +22,17 @@ from sidecar.authorizers.jwt.jwks import CachePolicy, JwksCache, StaticKeySource
 from sidecar.authorizers.jwt.keys import SKIP_REASONS, SKIP_SHORT_EC, SKIP_SYMMETRIC, parse_jwk
 from sidecar.metrics import REGISTRY
 from sidecar.reasons import Denied
-from tests.unit.jwt.jwt_testkit import AUDIENCE, NOW, FakeClock, Issuer, JwksServer, b64, jwks_server, request, rsa_key
+from tests.unit.authorizers.jwt.jwt_testkit import (
+    AUDIENCE,
+    NOW,
+    FakeClock,
+    Issuer,
+    JwksServer,
+    b64,
+    jwks_server,
+    request,
+    rsa_key,
+)
 
 POLICY = CachePolicy(refresh_min=60, refresh_max=3600, max_staleness=7200, unknown_kid_interval=30)
 

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.config import load_config
 from sidecar.harness.envoy import free_port
 from sidecar.serve.server import Sidecar
-from tests.unit.test_server import serving_within
+from tests.unit.serve.test_server import serving_within
 
 
 class HeldJwks:

@@ -24,7 +24,7 @@ from sidecar.config import ConfigError, parse_config
 from sidecar.pipeline import Pipeline
 from sidecar.reasons import Denied
 from sidecar.runtime import RuntimeHolder, compile_runtime
-from tests.unit.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, request
+from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, ISSUER, NOW, FakeClock, Issuer, request
 
 ISS = Issuer.default()
 POOL_ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Pool1"

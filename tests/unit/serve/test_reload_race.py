@@ -19,8 +19,8 @@ from sidecar.config import load_config
 from sidecar.harness.envoy import free_port
 from sidecar.runtime import compile_runtime
 from sidecar.serve.server import Sidecar
-from tests.unit.test_readiness import HeldJwks
-from tests.unit.test_server import check
+from tests.unit.serve.test_readiness import HeldJwks
+from tests.unit.serve.test_server import check
 
 QUEUED = "requested while another runs"
 

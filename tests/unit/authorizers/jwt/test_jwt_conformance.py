@@ -29,7 +29,7 @@ from sidecar.authorizers.jwt.keys import (
 )
 from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
 from sidecar.authorizers.jwt.token import verify_jws
-from tests.unit.jwt.jwt_testkit import DATA
+from tests.unit.authorizers.jwt.jwt_testkit import DATA
 
 ALL_ALGS = frozenset(DEFAULT_ALGORITHMS)
 WYCHEPROOF = json.loads((DATA / "wycheproof" / "json_web_signature_test.json").read_text())

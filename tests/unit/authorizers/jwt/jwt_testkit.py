@@ -19,7 +19,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from sidecar.request import Request
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "jose"
+DATA = Path(__file__).resolve().parents[3] / "data" / "jose"
 ISSUER = "https://idp.example.test"
 AUDIENCE = "orders-api"
 NOW = 1_800_000_000.0

@@ -27,8 +27,8 @@ from sidecar.transports.grpc_lean import (
 from sidecar.transports.grpc_lean.protocol import LeanGrpcProtocol, _Shared
 from sidecar.transports.grpc_lean.wire import frame
 from sidecar.transports.status import GRPC_DEADLINE_EXCEEDED, GRPC_RESOURCE_EXHAUSTED
-from tests.unit.test_grpc_lean import ECHO, WAIT, Handlers, RawClient, message
-from tests.unit.test_grpc_lean_fuzz import FakeTransport, parse_frames, request_block
+from tests.fuzz.test_grpc_lean_fuzz import FakeTransport, parse_frames, request_block
+from tests.unit.transports.test_grpc_lean import ECHO, WAIT, Handlers, RawClient, message
 
 SIZE = "/test.Echo/Size"
 BOUND = 5.0  # seconds any single wait may take before the test fails

@@ -17,8 +17,8 @@ from sidecar.authorizers.jwt.authorizer import CognitoAuthorizer
 from sidecar.authorizers.jwt.settings import CognitoSettings, build_cognito
 from sidecar.config import ApiSettings
 from sidecar.reasons import Denied
-from tests.unit.jwt.jwt_testkit import request
-from tests.unit.jwt.moto_cognito import REGION, MotoCognito, Pool
+from tests.unit.authorizers.jwt.jwt_testkit import request
+from tests.unit.authorizers.jwt.moto_cognito import REGION, MotoCognito, Pool
 
 
 @pytest.fixture(scope="module")

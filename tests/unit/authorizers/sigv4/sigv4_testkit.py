@@ -14,7 +14,7 @@ from sidecar.authorizers.sigv4.credentials import Credential, StaticCredentialSt
 from sidecar.authorizers.sigv4.verifier import SigV4Verifier, VerifierOptions
 from sidecar.request import Request
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "sigv4"
+DATA = Path(__file__).resolve().parents[3] / "data" / "sigv4"
 CLASSIC = DATA / "classic"
 CRT = DATA / "aws-signing-test-suite"
 
