@@ -70,10 +70,7 @@ def allow_decision(
     `headers` tuple: cached decisions are the sidecar's size.
     """
     headers = [(name, value) for name, value in principal.upstream_headers if value]
-    if names.authorizer:
-        headers.append(_shared((names.authorizer, route.authorizer.name)))
-    if names.route:
-        headers.append(_shared((names.route, route.key)))
+    headers.extend(route.allow_headers)  # the route's allow template
     sent = [name for name, _ in headers]
     if names.principal:
         sent.append(names.principal)

@@ -20,14 +20,12 @@ from typing import Any
 from pydantic import SecretStr
 
 from .authorizers.base import Authorizer, BuildContext, registry
-from .cache import TIME_KEYS, DecisionCache, KeyPlan, LocalCache, RemoteCache
-from .cache.remote import Signer, signing_key
+from .cache import TIME_KEYS, DecisionCache, KeyPlan
+from .cache import build as build_decision_cache
 from .issues import ConfigError, ConfigIssue
-from .kv import Breaker, redis_client
 from .limits import AdmitGate, MeterGate
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
-from .request import Decision
 from .routes import RouteTable
 from .settings import Config, RouteSettings, UpstreamHeaderSettings
 
@@ -43,6 +41,9 @@ class CompiledRoute:
     scopes: frozenset[str]
     cache_plan: KeyPlan | None = None
     """How to key this route's decisions; None: never cached."""
+    allow_headers: tuple[tuple[str, str], ...] = ()
+    """The allow template: the upstream headers every allow of this route carries whoever the caller is (the
+    authorizer's and the route's names, as `upstream_headers` configures them), compiled once."""
     admit_gates: tuple[AdmitGate, ...] = ()
     """Run before authentication on every request of this route (rate-based rules)."""
     meter_gates: tuple[MeterGate, ...] = ()
@@ -182,7 +183,7 @@ def compile_runtime(config: Config) -> Runtime:
         raise ConfigError(issues)
     version = config_version(config, *watched)
     internal = cache_version(config, version)
-    cache = build_cache(config)
+    cache = build_decision_cache(config)
     routes = RouteTable(
         [(r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy)) for r in config.routes]
     )
@@ -235,40 +236,16 @@ def _compile_route(
     authorizer = authorizers[route.authorizer].for_route(route)
     if cache is not None and cache.local is not None and plan is not None and plan.ttl > 0 and not plan.with_resource:
         authorizer = authorizer.behind_decision_cache()  # allows here are cached per credential alone
+    key = route.match.strip()
+    names = config.upstream_headers
+    constant = ((names.authorizer, authorizer.name), (names.route, key))
     return CompiledRoute(
-        key=route.match.strip(), authorizer=authorizer, scopes=frozenset(route.scopes), cache_plan=plan
+        key=key,
+        authorizer=authorizer,
+        scopes=frozenset(route.scopes),
+        cache_plan=plan,
+        allow_headers=tuple((name, value) for name, value in constant if name),
     )
-
-
-def build_cache(config: Config) -> DecisionCache | None:
-    """The decision cache `cache` asks for, or None when every layer is off."""
-    settings = config.cache
-    if settings.ttl <= 0 and settings.deny_ttl <= 0:
-        return None
-    local = LocalCache[Decision](settings.local.max_entries) if settings.local.enabled else None
-    remote = None
-    if settings.redis is not None:
-        r = settings.redis
-        key = signing_key(
-            r.signing_key.get_secret_value() if r.signing_key else None,
-            r.signing_key_file,
-            r.signing_key_env,
-            config.base_dir,
-        )
-        connection = r.inline() or config.redis[r.connection or "default"]
-        client = redis_client(connection)
-        remote = RemoteCache(
-            client,
-            Signer(key),
-            timeout=connection.timeout_ms / 1000,
-            breaker=Breaker(threshold=connection.breaker_threshold, cooldown=connection.breaker_cooldown),
-            # MGET batching pays off against redis-py's per-command cost; the lean reader pipelines on one
-            # connection and is cheaper without it while Checks arrive one at a time. Cluster cannot MGET.
-            batch=not connection.cluster and not getattr(client, "times_reads", False),
-        )
-    if local is None and remote is None:
-        return None
-    return DecisionCache(local, remote)
 
 
 def key_plan(config: Config, route: RouteSettings, version: str, policy: CompiledPolicy | None) -> KeyPlan | None:

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -32,6 +32,11 @@ class AuthorizerSettings(BaseModel):
     """The per-route options (keys of a `routes[]` entry) that routes naming this type may set, e.g. SigV4's
     `replay_guard`; the config refuses them on routes whose authorizer is of another type. The authorizer reads
     them in `Authorizer.for_route`."""
+
+    def build(self, ctx: Any) -> Any:
+        """The ready-to-serve `Authorizer` for these settings (`ctx`: `authorizers.base.BuildContext`). Each type
+        overrides it; a plugin may instead pass its build function to `register`."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to build its authorizer")
 
     def watched_files(self, base_dir: Path) -> tuple[Path, ...]:
         """Files the built authorizer read at load (resolved against `base_dir`, the config file's directory) whose

@@ -131,9 +131,17 @@ class AuthorizerType:
 _REGISTRY: dict[str, AuthorizerType] = {}
 
 
-def register(name: str, settings: type[AuthorizerSettings], build: BuildFunc) -> None:
-    """Make `type: name` usable in config files."""
-    _REGISTRY[name] = AuthorizerType(name=name, settings=settings, build=build)
+def register(name: str, settings: type[AuthorizerSettings], build: BuildFunc | None = None) -> None:
+    """Make `type: name` usable in config files. The settings class builds its authorizer (`build(ctx)`); a
+    `build` function given here is the older plugin form and is used instead."""
+    _REGISTRY[name] = AuthorizerType(name=name, settings=settings, build=build or _settings_build)
+
+
+def _settings_build(settings: Any, ctx: BuildContext) -> Authorizer:
+    built = settings.build(ctx)
+    if not isinstance(built, Authorizer):
+        raise TypeError(f"{type(settings).__name__}.build returned {type(built).__name__}, not an Authorizer")
+    return built
 
 
 def registry() -> dict[str, AuthorizerType]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .base import register
-from .jwt.settings import CognitoSettings, JwtSettings, build_cognito, build_jwt
-from .sigv4.settings import SigV4Settings, build_sigv4
-from .static import DenySettings, NoneSettings, build_deny, build_none
+from .jwt.settings import CognitoSettings, JwtSettings
+from .sigv4.settings import SigV4Settings
+from .static import DenySettings, NoneSettings
 
-register("none", NoneSettings, build_none)
-register("deny", DenySettings, build_deny)
-register("jwt", JwtSettings, build_jwt)
-register("cognito", CognitoSettings, build_cognito)
-register("sigv4", SigV4Settings, build_sigv4)
+register("none", NoneSettings)
+register("deny", DenySettings)
+register("jwt", JwtSettings)
+register("cognito", CognitoSettings)
+register("sigv4", SigV4Settings)

@@ -14,11 +14,18 @@ class NoneSettings(AuthorizerSettings):
 
     type: Literal["none"]
 
+    def build(self, ctx: BuildContext) -> Authorizer:
+        return build_none(self, ctx)
+
 
 class DenySettings(AuthorizerSettings):
     """`type: deny`: every request is refused with 403, e.g. to close a route without deleting it."""
 
     type: Literal["deny"]
+
+    def build(self, ctx: BuildContext) -> Authorizer:
+        return build_deny(self, ctx)
+
     message: str = "Forbidden"
 
 

@@ -18,10 +18,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from .. import reasons
+from ..kv import Breaker, redis_client
 from ..metrics import CACHE_REQUESTS, tally
 from ..request import Decision, Request
+from ..settings import Config
 from .local import LocalCache
-from .remote import RemoteCache
+from .remote import RemoteCache, Signer, signing_key
 
 TIME_KEYS = frozenset({"aws:currenttime", "aws:epochtime"})
 CACHEABLE_DENIALS = frozenset({reasons.ACCESS_DENIED, reasons.INSUFFICIENT_SCOPE, reasons.ROUTE_DENY})
@@ -120,3 +122,34 @@ class DecisionCache:
         """Flush background writes and close the Redis client."""
         if self.remote is not None:
             await self.remote.close()
+
+
+def build(config: Config) -> DecisionCache | None:
+    """The decision cache `cache` asks for, or None when every layer is off."""
+    settings = config.cache
+    if settings.ttl <= 0 and settings.deny_ttl <= 0:
+        return None
+    local = LocalCache[Decision](settings.local.max_entries) if settings.local.enabled else None
+    remote = None
+    if settings.redis is not None:
+        r = settings.redis
+        key = signing_key(
+            r.signing_key.get_secret_value() if r.signing_key else None,
+            r.signing_key_file,
+            r.signing_key_env,
+            config.base_dir,
+        )
+        connection = r.inline() or config.redis[r.connection or "default"]
+        client = redis_client(connection)
+        remote = RemoteCache(
+            client,
+            Signer(key),
+            timeout=connection.timeout_ms / 1000,
+            breaker=Breaker(threshold=connection.breaker_threshold, cooldown=connection.breaker_cooldown),
+            # MGET batching pays off against redis-py's per-command cost; the lean reader pipelines on one
+            # connection and is cheaper without it while Checks arrive one at a time. Cluster cannot MGET.
+            batch=not connection.cluster and not getattr(client, "times_reads", False),
+        )
+    if local is None and remote is None:
+        return None
+    return DecisionCache(local, remote)

@@ -215,3 +215,21 @@ async def test_an_identity_that_cannot_reach_the_upstream_unchanged_is_denied(tm
         decision = await p.decide(with_token(token))
         assert not decision.allowed and decision.reason == reasons.INTERNAL_ERROR, token
     assert (await p.decide(with_token("José"))).allowed  # other UTF-8 text passes unchanged
+
+
+def test_each_route_compiles_its_allow_template(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, "upstream_headers: {route: x-authz-route, authorizer: null}\n")
+    match = p.holder.current.routes.match("GET", "/x")
+    assert match is not None
+    assert match.target.allow_headers == (("x-authz-route", "ANY /{proxy+}"),)
+
+
+def test_a_settings_class_builds_its_authorizer_and_register_needs_no_build_function() -> None:
+    from sidecar.authorizers.base import registry
+    from sidecar.authorizers.static import NoneAuthorizer
+
+    entry = registry()["none"]
+    config = parse_config("authorizers:\n  open: {type: none}\n")
+    runtime = compile_runtime(config)
+    assert isinstance(runtime.authorizers["open"], NoneAuthorizer)
+    assert entry.build.__name__ == "_settings_build"

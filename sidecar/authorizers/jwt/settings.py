@@ -129,6 +129,7 @@ class JwtSettings(TokenSettings):
     """`type: jwt`: any OIDC / OAuth 2 issuer."""
 
     type: Literal["jwt"]
+
     issuer: str = Field(min_length=1)
     """Exactly the `iss` the tokens carry; also where keys are discovered when no jwks_uri/jwks_file is set."""
     audiences: tuple[str, ...] = Field(min_length=1)
@@ -140,6 +141,9 @@ class JwtSettings(TokenSettings):
             check_key_url(self.issuer, self.allow_http)
         return self
 
+    def build(self, ctx: BuildContext) -> Authorizer:
+        return build_jwt(self, ctx)
+
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _POOL = re.compile(r"^[\w-]+_[0-9a-zA-Z]+$")
@@ -149,6 +153,7 @@ class CognitoSettings(TokenSettings):
     """`type: cognito`: an Amazon Cognito user pool."""
 
     type: Literal["cognito"]
+
     region: str
     user_pool_id: str
     client_ids: tuple[str, ...] = Field(min_length=1)
@@ -178,6 +183,9 @@ class CognitoSettings(TokenSettings):
     def issuer(self) -> str:
         """Cognito's issuer for this pool."""
         return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
+
+    def build(self, ctx: BuildContext) -> Authorizer:
+        return build_cognito(self, ctx)
 
 
 # -- building -----------------------------------------------------------------------------------------------

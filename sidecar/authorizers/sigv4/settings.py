@@ -47,6 +47,7 @@ class SigV4Settings(AuthorizerSettings):
     """`type: sigv4`: AWS SigV4 / SigV4a signed requests verified against a credential store."""
 
     type: Literal["sigv4"]
+
     service: str = Field(default="execute-api", min_length=1, pattern=r"^[a-z0-9\-]+$")
     region: str | None = Field(default=None, min_length=1)
     regions: tuple[str, ...] = ()
@@ -129,6 +130,9 @@ class SigV4Settings(AuthorizerSettings):
             require_signed_session_token=self.require_signed_session_token,
             deny_status=self.deny_status,
         )
+
+    def build(self, ctx: BuildContext) -> Authorizer:
+        return build_sigv4(self, ctx)
 
 
 def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
