@@ -275,25 +275,6 @@ def test_nginx_never_lets_a_body_ride_on_a_signature_over_none(
         assert stack.sidecar.seen[-1].headers.get("x-envoy-auth-partial-body") == "true"
 
 
-SECURE_CONFIG = """\
-api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}
-server: {{watch_config: false}}
-resource_policy: {policy}
-authorizers:
-  open: {{type: none}}
-  corp:
-    type: jwt
-    issuer: "{issuer}"
-    audiences: [{audience}]
-    algorithms: [RS256]
-    jwks_file: {jwks}
-routes:
-  - {{match: "GET /reports/{{id}}", authorizer: corp}}
-  - {{match: "ANY /admin/{{proxy+}}", authorizer: corp}}
-  - {{match: "$default", authorizer: open}}
-"""
-
-
 def secure_config(tmp_path: Path) -> str:
     arn = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod"
     statements = [
@@ -343,6 +324,10 @@ routes:
   - {{match: "ANY /admin/{{proxy+}}", authorizer: corp}}
   - {{match: "$default", authorizer: open}}
 """
+SECURE_CONFIG = (
+    'api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}\n'
+    "resource_policy: {policy}\n" + OPEN_CONFIG
+)
 
 
 @pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])

@@ -61,25 +61,7 @@ def envoy(
         scheme = headers.get("x-forwarded-proto", "http")
     else:
         source, cert, scheme = peer, "", "http"  # nobody vouches for a client: the connection's peer is the truth
-    if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
-        return None
-    # Positional, in field order (sidecar/request.py): keywords cost several times as much, once per request.
-    return Request(
-        method,
-        raw_path,
-        raw_path.partition("?")[0],
-        headers,
-        headers.get("host", ""),
-        scheme,
-        "",
-        source,
-        0,
-        cert,
-        body,
-        EMPTY_MAP,
-        headers.get("x-request-id", ""),
-        time.time(),
-    )
+    return _request(method, raw_path, headers, scheme, source, cert, body)
 
 
 def nginx(
@@ -96,24 +78,7 @@ def nginx(
         scheme = headers.get("x-forwarded-proto", "http")
     else:
         source, cert, scheme = peer, "", "http"
-    if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
-        return None
-    return Request(
-        method,
-        raw_path,
-        raw_path.partition("?")[0],
-        headers,
-        headers.get("host", ""),
-        scheme,
-        "",
-        source,
-        0,
-        cert,
-        body,
-        EMPTY_MAP,
-        headers.get("x-request-id", ""),
-        time.time(),
-    )
+    return _request(method, raw_path, headers, scheme, source, cert, body)
 
 
 def traefik(
@@ -152,3 +117,28 @@ def traefik(
 
 FLAVORS: Final[Mapping[str, BuildRequest]] = {"envoy": envoy, "nginx": nginx, "traefik": traefik}
 """`http.flavor` -> its function (the names `sidecar.settings.HttpModeSettings.flavor` accepts)."""
+
+
+def _request(
+    method: str, raw_path: str | None, headers: dict[str, str], scheme: str, source: str, cert: str, body: bytes
+) -> Request | None:
+    """The `Request` every flavor builds from what it read, or None when the path or method cannot be judged.
+    Positional, in field order (sidecar/request.py): keywords cost several times as much, once per request."""
+    if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
+        return None
+    return Request(
+        method,
+        raw_path,
+        raw_path.partition("?")[0],
+        headers,
+        headers.get("host", ""),
+        scheme,
+        "",
+        source,
+        0,
+        cert,
+        body,
+        EMPTY_MAP,
+        headers.get("x-request-id", ""),
+        time.time(),
+    )
