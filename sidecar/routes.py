@@ -273,11 +273,17 @@ class RouteTable(Generic[T]):
                     return hit
             if node.param is not None and segments[index]:
                 name, child = node.param
+                # Two routes may name one position differently (the first name is kept), so a deeper
+                # parameter can share this one's name: restore what was bound before, never just delete.
+                previous = params.get(name)
                 params[name] = segments[index]
                 hit = self._walk(child, segments, index + 1, method, params, greedy_ok)
                 if hit is not None:
                     return hit
-                del params[name]
+                if previous is None:
+                    del params[name]
+                else:
+                    params[name] = previous
         if not greedy_ok:
             return None
         greedy = node.greedy.get(method) or node.greedy.get("ANY")

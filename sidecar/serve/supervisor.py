@@ -76,7 +76,7 @@ def worker_main(config_path: str | None, ready: Synchronized[int], log_level: st
 
 
 def local_replay_guards(config: Config) -> dict[tuple[str | int, ...], str]:
-    """Where `config` turns on a sigv4 replay guard that lives in the process only (no `replay_redis_url`)
+    """Where `config` turns on a sigv4 replay guard that lives in the process only (no Redis connection)
     for at least one route: the route's own `replay_guard: true`, or the authorizer's `replay_guard` that a
     route inherits. Each setting's location maps to the authorizer's name."""
     sites: dict[tuple[str | int, ...], str] = {}

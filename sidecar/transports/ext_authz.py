@@ -52,6 +52,8 @@ def to_request(check: CheckRequest, clock: Callable[[], float] = time.time) -> R
         raise MalformedRequest("the CheckRequest carries no HTTP method or path")
     if not is_canonical_method(method):
         raise MalformedRequest("the HTTP method is not an upper-case token")
+    if raw_path[0] != "/":  # `*` (OPTIONS *) or an authority form: no route and no policy path judge it alike
+        raise MalformedRequest("the request target is not an origin-form path")
     wire_headers = http.headers
     if wire_headers:
         # A comprehension over upb's map: `dict(map)` goes through collections.abc's Python-level keys(), which is

@@ -367,7 +367,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         shared = self._shared
         request = shared.build(
             method,
-            self._url.decode("latin-1"),
+            self._url.decode("utf-8", "surrogateescape"),  # as headers and the gRPC adapter decode a path
             self._headers,
             body,
             self._peer,

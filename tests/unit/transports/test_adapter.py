@@ -218,3 +218,12 @@ def test_the_scheme_comes_from_envoys_x_forwarded_proto_never_from_the_clients_s
     assert to_request(check).scheme == "http"  # https claimed by the client: not secure
     check.attributes.request.http.headers["x-forwarded-proto"] = "http"
     assert to_request(check).scheme == "http"
+
+
+def test_a_target_that_is_not_an_origin_form_path_is_malformed() -> None:
+    for path in ("*", "admin", "x/admin/y", "http://h/admin"):
+        try:
+            to_request(envoy_check(path=path))
+        except MalformedRequest:
+            continue
+        raise AssertionError(f"{path!r} was accepted")

@@ -367,3 +367,14 @@ async def test_upgrade_request_with_a_body_is_refused_not_decided_without_it(ser
     assert (first.status, second.status) == (200, 400)
     assert await conn.closed()
     assert [r.path for r in fake.seen] == ["/async/ok"]
+
+
+async def test_a_raw_non_ascii_target_is_refused_never_judged_under_another_spelling(
+    serve: Serve, fake: FakePipeline
+) -> None:
+    # RFC 3986 has no raw non-ASCII in a path; llhttp refuses it, so no decoding can make `/café` another path.
+    server = await serve()
+    conn = await Conn.open(server.port)
+    await conn.send("GET /café/x HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert (await conn.response()).status == 400
+    assert fake.seen == []
