@@ -95,24 +95,7 @@ def traefik(
         scheme = headers.get("x-forwarded-proto", "http")
     else:
         source, scheme = peer, "http"
-    if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
-        return None
-    return Request(
-        method,
-        raw_path,
-        raw_path.partition("?")[0],
-        headers,
-        headers.get("host", ""),
-        scheme,
-        "",
-        source,
-        0,
-        "",
-        body,
-        EMPTY_MAP,
-        headers.get("x-request-id", ""),
-        time.time(),
-    )
+    return _request(method, raw_path, headers, scheme, source, "", body)
 
 
 FLAVORS: Final[Mapping[str, BuildRequest]] = {"envoy": envoy, "nginx": nginx, "traefik": traefik}
