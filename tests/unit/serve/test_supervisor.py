@@ -164,7 +164,11 @@ def grpc_check(port: int, path: str = "/open") -> CheckResponse:
     http = request.attributes.request.http
     http.method, http.path = "GET", path
     http.headers[":authority"] = "example.com"
-    # A local subchannel pool: a new connection per channel, so the kernel may pick another worker.
+    return send_check(port, request)
+
+
+def send_check(port: int, request: CheckRequest) -> CheckResponse:
+    """One Check on a new connection: a local subchannel pool, so the kernel may pick another worker."""
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         call = channel.unary_unary(
             "/envoy.service.auth.v3.Authorization/Check",

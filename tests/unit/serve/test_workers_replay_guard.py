@@ -30,7 +30,7 @@ from sidecar.serve.server import Sidecar, start_sidecar
 from sidecar.serve.supervisor import check_workers, local_replay_guards
 from tests.conftest import REPO, RedisServer
 from tests.unit.serve.test_server import check
-from tests.unit.serve.test_supervisor import grpc_check, poll, ready_body
+from tests.unit.serve.test_supervisor import grpc_check, poll, ready_body, send_check
 
 AKID, SECRET = "AKIAWORKERSEXAMPLE", "workersSecretKey/EXAMPLE+abcdefghijklmnop"
 HOST = "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com"
@@ -271,16 +271,7 @@ def signed(path: str) -> CheckRequest:
 
 def send(grpc_port: int, request: CheckRequest) -> CheckResponse:
     """One Check on a new connection (the kernel may hand it to either worker)."""
-    import grpc
-
-    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-        call = channel.unary_unary(
-            "/envoy.service.auth.v3.Authorization/Check",
-            request_serializer=CheckRequest.SerializeToString,
-            response_deserializer=CheckResponse.FromString,
-        )
-        response: CheckResponse = call(request, timeout=5)
-        return response
+    return send_check(grpc_port, request)
 
 
 def test_workers_need_a_shared_replay_guard(
