@@ -7,6 +7,8 @@ go through the same adapter and pipeline the server uses, so `check` cannot drif
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,13 +136,21 @@ class CheckResult:
         return "\n".join(lines)
 
 
+def _clock_from(at: float) -> Callable[[], float]:
+    """A clock that reads `at` now and runs on from there: what a server whose clock is set to `at` would read,
+    so keys fetched for this check count as fetched at `at` (a JWKS is never stale offline just because `at`
+    lies past its staleness limit) while the request itself is judged at exactly `at`."""
+    start = time.monotonic()
+    return lambda: at + (time.monotonic() - start)
+
+
 async def evaluate(
     config: Config, check: CheckRequest, at: float | None = None, ready_timeout: float = 10.0
 ) -> CheckResult:
     """Decide one CheckRequest with a fresh runtime for `config` (starting and stopping its authorizers)."""
     if at is not None:
         check.attributes.request.time.FromNanoseconds(int(at * 1e9))
-    runtime = compile_runtime(config)
+    runtime = compile_runtime(config, clock=time.time if at is None else _clock_from(at))
     await runtime.start()
     try:
         await runtime.wait_ready(ready_timeout)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -164,13 +165,15 @@ def policy_path(config: Config) -> Path | None:
     return _resolve(config, config.resource_policy)
 
 
-def compile_runtime(config: Config) -> Runtime:
-    """Build a `Runtime`; raise `ConfigError` if a part cannot be compiled (e.g. a credentials file is bad)."""
+def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:
+    """Build a `Runtime`; raise `ConfigError` if a part cannot be compiled (e.g. a credentials file is bad).
+
+    `clock` is the authorizers' own clock (`BuildContext.clock`): `check --at` passes one that reads its time."""
     types = registry()
     authorizers: dict[str, Authorizer] = {}
     issues: list[ConfigIssue] = []
     for name, settings in config.authorizers.items():
-        ctx = BuildContext(name=name, base_dir=config.base_dir, api=config.api, redis=config.redis)
+        ctx = BuildContext(name=name, base_dir=config.base_dir, api=config.api, redis=config.redis, clock=clock)
         try:
             authorizers[name] = types[settings.type].build(settings, ctx)
         except ConfigError as exc:

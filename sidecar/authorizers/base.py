@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ class BuildContext:
     api: ApiSettings
     redis: Mapping[str, RedisSettings] = field(default_factory=dict)
     """The config's named Redis connections (`redis:`), for types that share state through one."""
+    clock: Callable[[], float] = time.time
+    """The process's wall clock, for the authorizer's own state (when keys were fetched, when they go stale).
+    A request is judged at `Request.time`, never at this clock: `check --at T` builds its runtime with a clock
+    that reads T, so keys fetched offline count as fetched at T and the two agree."""
 
 
 class Authorizer(abc.ABC):

@@ -142,7 +142,9 @@ class JwtAuthorizer(Authorizer):
 
     async def authenticate(self, request: Request) -> Principal:
         token = self._token(request)
-        now = self._clock()
+        # The request's time, as every stage reads it (SigV4 skew, policy dates): the proxy stamps it, and
+        # `check --at` sets it. The clock is only a fallback for a request that carries none.
+        now = request.time or self._clock()
         # After a decision-cache miss the pipeline has just called `fingerprint` with this very request: reuse its
         # digest, which also makes the token cache and the decision cache share one bytes object as their key.
         last_request, last_digest = self._last_digest

@@ -197,12 +197,18 @@ def _key_source(settings: TokenSettings, issuer: str, default_uri: str | None, c
         return StaticKeySource.from_file(str(path), ctx.name)
     uri = settings.jwks_uri or default_uri
     return shared_cache(
-        jwks_uri=uri, issuer=issuer, policy=settings.cache_policy(), allow_http=settings.allow_http, name=ctx.name
+        jwks_uri=uri,
+        issuer=issuer,
+        policy=settings.cache_policy(),
+        allow_http=settings.allow_http,
+        clock=ctx.clock,
+        name=ctx.name,
     )
 
 
-def _common(settings: TokenSettings) -> dict[str, Any]:
+def _common(settings: TokenSettings, ctx: BuildContext) -> dict[str, Any]:
     return {
+        "clock": ctx.clock,
         "algorithms": frozenset(settings.algorithms),
         "sources": tuple(IdentitySource.parse(s) for s in settings.identity_source),
         "claim_to_headers": dict(settings.claim_to_headers),
@@ -216,7 +222,7 @@ def build_jwt(settings: Any, ctx: BuildContext) -> Authorizer:
     assert isinstance(settings, JwtSettings)
     rules = ClaimRules(issuer=settings.issuer, audiences=frozenset(settings.audiences), leeway=settings.leeway)
     keys = _key_source(settings, settings.issuer, None, ctx)
-    return JwtAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings))
+    return JwtAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings, ctx))
 
 
 def build_cognito(settings: Any, ctx: BuildContext) -> Authorizer:
@@ -230,4 +236,4 @@ def build_cognito(settings: Any, ctx: BuildContext) -> Authorizer:
         token_uses=frozenset(settings.token_use),
     )
     keys = _key_source(settings, issuer, issuer + "/.well-known/jwks.json", ctx)
-    return CognitoAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings))
+    return CognitoAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings, ctx))
