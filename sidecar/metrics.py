@@ -17,8 +17,12 @@ With `--workers N` the supervisor sets `PROMETHEUS_MULTIPROC_DIR` before workers
 from __future__ import annotations
 
 import os
+import time
 from bisect import bisect_left
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -106,8 +110,9 @@ REDIS_BREAKER_OPEN = Gauge(
 )
 CONFIG_RELOADS = Counter(
     "authz_config_reloads_total",
-    "Config reloads by outcome (ok, rejected).",
-    ("outcome",),
+    "Reloads by source (config, or a file an authorizer reloads itself: credentials:NAME) and outcome (ok, "
+    "unchanged, rejected).",
+    ("source", "outcome"),
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge(
@@ -264,3 +269,59 @@ def exposition() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+ReloadOutcome = Literal["ok", "unchanged", "rejected"]
+"""`ok`: the new content serves; `unchanged`: it was read and changes nothing (a comment, a touched file), so
+the old one serves on; `rejected`: it is broken, and the old one serves on."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """One reload attempt of one source, as /readyz shows it."""
+
+    outcome: ReloadOutcome
+    why: str
+    """What asked for it (`SIGHUP`, `file change`)."""
+    at: float
+    """When it ended, in seconds since the epoch."""
+    version: str
+    """The public fingerprint serving once it ended (the previous one's when rejected or unchanged)."""
+    error: str = ""
+    """Why it was rejected: file:line: field: why, never a secret value ("" unless rejected)."""
+
+    def as_json(self) -> dict[str, object]:
+        """`{outcome, why, at, version}`, `at` in ISO 8601 UTC (the error is reported apart, while it lasts)."""
+        at = datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"outcome": self.outcome, "why": self.why, "at": at, "version": self.version}
+
+
+class ReloadStatus:
+    """The reloads of one source: the config (`config`), or a file an authorizer reloads itself while it serves
+    (`credentials:NAME`). Each one is counted in `authz_config_reloads_total{source, outcome}` and the newest is
+    kept for /readyz, whose `reload_errors` lists the source only while its newest attempt was rejected.
+
+    The source names come from the config (authorizer names), so the metric's cardinality stays bounded. A
+    reload may be recorded from a worker thread (the credential store reads its files in one): `last` is one
+    reference, replaced whole, so a reader sees one report or the next, never a mix."""
+
+    __slots__ = ("_clock", "last", "source")
+
+    def __init__(self, source: str, clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.last: ReloadReport | None = None
+        """The newest reload attempt (None before the first: the initial load is not a reload)."""
+        self._clock = clock
+
+    def record(self, outcome: ReloadOutcome, why: str, version: str, error: str = "") -> ReloadReport:
+        """Count one reload attempt and keep it as the newest."""
+        report = ReloadReport(outcome, why, self._clock(), version, error if outcome == "rejected" else "")
+        CONFIG_RELOADS.labels(self.source, outcome).inc()
+        self.last = report
+        return report
+
+    @property
+    def problem(self) -> str:
+        """The newest attempt's error if it was rejected, else "": a later good (or unchanged) reload clears it."""
+        last = self.last
+        return last.error if last is not None else ""

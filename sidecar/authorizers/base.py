@@ -26,6 +26,7 @@ from ..request import Principal, Request
 from ..settings import AuthorizerSettings
 
 if TYPE_CHECKING:
+    from ..metrics import ReloadStatus
     from ..settings import ApiSettings, RedisSettings, RouteSettings
 
 __all__ = ["Authorizer", "AuthorizerSettings", "AuthorizerType", "BuildContext", "IdentitySide", "register"]
@@ -119,6 +120,15 @@ class Authorizer(abc.ABC):
         """Return once `is_ready()`; authorizers with a readiness event should override this poll."""
         while not self.is_ready():  # noqa: ASYNC110 - generic fallback; subclasses can await an Event
             await asyncio.sleep(0.05)
+
+    def reload_statuses(self) -> tuple[ReloadStatus, ...]:
+        """One `sidecar.metrics.ReloadStatus` per file this authorizer reloads on its own while it serves (a
+        SigV4 credentials file; later JWKS files, truststores, key stores), outside the config's reloads.
+
+        Recording each reload there (`ok`, `unchanged`, `rejected`) counts it in `authz_config_reloads_total`
+        under the status's source, and /readyz, which asks every authorizer of the serving config, shows the
+        newest attempt and, while it was rejected, the error. Most authorizers reload nothing themselves."""
+        return ()
 
 
 BuildFunc = Callable[[Any, BuildContext], Authorizer]

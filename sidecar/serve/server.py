@@ -5,6 +5,9 @@ Lifecycle: load and compile the config (a bad one stops start-up with file:line 
 (a taken port is a clear error, never a silently shared one), mark SERVING once every authorizer is ready,
 reload on SIGHUP or file change (a bad reload is logged and the old runtime keeps serving), and on SIGTERM/SIGINT
 turn NOT_SERVING, stop accepting, let in-flight Checks finish within the grace period, and exit 0.
+
+Every reload says what it did, the config's and those an authorizer does of its own files alike: a log line, a
+count in `authz_config_reloads_total{source, outcome}` and /readyz's reload fields (`reload_fields`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from ..config import Config, ConfigError, default_config, load_config
 from ..logs import DecisionLogger
-from ..metrics import CONFIG_RELOADS, HTTP_RECORDER, exposition
+from ..metrics import HTTP_RECORDER, ReloadStatus, exposition
 from ..metrics import flush as flush_metrics
 from ..pipeline import Pipeline
 from ..runtime import Runtime, RuntimeHolder, compile_runtime
@@ -81,8 +84,37 @@ class ServerState:
     ready: bool = False
     reloads_ok: int = 0
     reloads_failed: int = 0
-    last_reload_error: str = ""
+    config_reloads: ReloadStatus = field(default_factory=lambda: ReloadStatus("config"))
+    """The config's reloads: counted, the newest kept for /readyz."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def last_reload_error(self) -> str:
+        """Why the newest config reload was rejected; "" once one succeeds (or finds nothing changed)."""
+        return self.config_reloads.problem
+
+
+def reload_fields(config: ReloadStatus, owned: Iterable[ReloadStatus]) -> dict[str, object]:
+    """/readyz's account of reloads: the config's and those the serving config's authorizers do of their own files
+    (`Authorizer.reload_statuses`).
+
+    - `last_reload`: the config's newest reload attempt, `{outcome, why, at, version}` (null before the first);
+    - `authorizer_reloads`: the same per authorizer-owned source (`credentials:NAME`) that has reloaded since the
+      serving config loaded;
+    - `reload_errors`: `{source: error}` for every source whose newest attempt was rejected, config included
+      (`{}` when none): each entry goes once that source loads again;
+    - `last_reload_error`: the config's entry of `reload_errors`, only while it is there (the older field).
+    """
+    owned = tuple(owned)
+    newest = {status.source: status.last for status in owned}
+    body: dict[str, object] = {
+        "last_reload": config.last.as_json() if config.last is not None else None,
+        "authorizer_reloads": {source: last.as_json() for source, last in newest.items() if last is not None},
+        "reload_errors": {s.source: s.problem for s in (config, *owned) if s.problem},
+    }
+    if config.problem:
+        body["last_reload_error"] = config.problem
+    return body
 
 
 async def _fold_metrics() -> None:
@@ -258,8 +290,7 @@ class Sidecar:
         except Exception as exc:
             return self._rejected(why, repr(exc), exc_info=True)
         if runtime.cache_version == self.runtime.cache_version:
-            self.state.last_reload_error = ""  # the file is good again (e.g. a bad edit reverted)
-            return True  # nothing that matters changed (e.g. only a comment)
+            return self._unchanged(why)  # nothing that matters changed (e.g. only a comment, or a bad edit reverted)
         try:
             await self.holder.swap(runtime)
         except asyncio.CancelledError:
@@ -276,16 +307,19 @@ class Sidecar:
         settle(config.server, reloading=True)
         if self.decision_log is not None:
             self.decision_log.allow_sample_rate = config.decision_log.allow_sample_rate
-        CONFIG_RELOADS.labels("ok").inc()
         self.state.reloads_ok += 1
-        self.state.last_reload_error = ""
+        self.state.config_reloads.record("ok", why, runtime.version)
         log.info("reload (%s): now serving config %s", why, runtime.version)
         return True
 
+    def _unchanged(self, why: str) -> bool:
+        self.state.config_reloads.record("unchanged", why, self.runtime.version)
+        log.info("reload (%s): unchanged, still serving config %s", why, self.runtime.version)
+        return True
+
     def _rejected(self, why: str, error: str, exc_info: bool = False) -> bool:
-        CONFIG_RELOADS.labels("rejected").inc()
         self.state.reloads_failed += 1
-        self.state.last_reload_error = error
+        self.state.config_reloads.record("rejected", why, self.runtime.version, error)
         log.error(
             "reload (%s) rejected; still serving config %s:\n%s", why, self.runtime.version, error, exc_info=exc_info
         )
@@ -304,8 +338,8 @@ class Sidecar:
             "config_version": runtime.version,
             "waiting_for": waiting,
         }
-        if self.state.last_reload_error:
-            body["last_reload_error"] = self.state.last_reload_error
+        owned = (status for authorizer in runtime.authorizers.values() for status in authorizer.reload_statuses())
+        body.update(reload_fields(self.state.config_reloads, owned))
         return json_response(200 if ready else 503, body)
 
     async def drain_and_stop(self) -> None:

@@ -33,7 +33,7 @@ def test_dashboard_uses_only_metrics_we_export(repo_root: Path) -> None:
     metrics.CACHE_REQUESTS.labels("local", "hit").inc(0)
     metrics.JWKS_FETCHES.labels("x", "ok").inc(0)
     metrics.REDIS_ERRORS.labels("get").inc(0)
-    metrics.CONFIG_RELOADS.labels("ok").inc(0)
+    metrics.CONFIG_RELOADS.labels("config", "ok").inc(0)
     dashboard = (repo_root / "deploy" / "grafana" / "authz-sidecar.json").read_text()
     used = set(re.findall(r"\b(authz_[a-z_]+)", dashboard))
     assert used

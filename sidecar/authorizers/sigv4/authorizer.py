@@ -21,6 +21,7 @@ from .replay import LocalReplayGuard, ReplayGuard
 from .verifier import SigV4Verifier
 
 if TYPE_CHECKING:
+    from ...metrics import ReloadStatus
     from ...settings import RouteSettings
 
 
@@ -127,6 +128,9 @@ class SigV4Authorizer(Authorizer):
             principal = build_principal(verified.credential, self.name, self.upstream_headers)
             verified.snapshot.memo[memo_key] = principal
         return principal
+
+    def reload_statuses(self) -> tuple[ReloadStatus, ...]:
+        return self.store.reload_statuses()
 
     async def start(self) -> None:
         await self.store.start()

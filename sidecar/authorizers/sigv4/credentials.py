@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
+from ...metrics import ReloadStatus
 from ...policy import load_policy, parse_policy
 from . import sigv4a
 
@@ -148,6 +149,10 @@ class CredentialStore(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Stop background refresh."""
+
+    def reload_statuses(self) -> tuple[ReloadStatus, ...]:
+        """The store's own reloads, for the authorizer's `reload_statuses`: none for a store that never reloads."""
+        return ()
 
 
 class StaticCredentialStore(CredentialStore):
@@ -386,8 +391,11 @@ def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]
 class FileCredentialStore(CredentialStore):
     """Credentials from a YAML/JSON file, reloaded when it (or a secret/policy file it names) changes.
 
-    The first load happens in the constructor and raises `ConfigError`, so a bad file fails config validation;
-    later reloads that fail are logged (file:line:field, never values) and the last good snapshot keeps serving.
+    The first load happens in the constructor and raises `ConfigError`, so a bad file fails config validation.
+    Every later reload is recorded in `status` (source `credentials:NAME`: counted in
+    `authz_config_reloads_total`, shown by /readyz) and logged: `rejected` (file:line:field, never values; the
+    last good snapshot keeps serving and the error stays on /readyz until the files load again), `unchanged`
+    (the files changed on disk but not what they mean: the snapshot and its derived-key caches stay), or `ok`.
     """
 
     def __init__(
@@ -396,6 +404,7 @@ class FileCredentialStore(CredentialStore):
         reload_interval: float = 2.0,
         max_signing_keys: int = DEFAULT_SIGNING_KEY_CACHE,
         api: ApiSettings | None = None,
+        source: str = "",
     ) -> None:
         self.path = path
         self.api = api
@@ -403,9 +412,12 @@ class FileCredentialStore(CredentialStore):
         self.max_signing_keys = max_signing_keys
         loaded = load_credentials_file(path, api)
         self._set = CredentialSet(loaded.credentials, str(path), max_signing_keys)
+        self._versions = credential_versions(loaded.credentials)
         self._watched = loaded.watched
         self._fingerprint = _fingerprint(self._watched)
         self._task: asyncio.Task[None] | None = None
+        self.status = ReloadStatus(source or f"credentials:{path.name}")
+        """This store's reloads (the authorizer passes `credentials:<its name>`)."""
         self.reloads = 0
         self.reload_errors = 0
 
@@ -413,7 +425,15 @@ class FileCredentialStore(CredentialStore):
     def current(self) -> CredentialSet:
         return self._set
 
-    def reload_if_changed(self) -> bool:
+    @property
+    def version(self) -> str:
+        """The public fingerprint of the serving snapshot (`credential_versions`): what logs and /readyz show."""
+        return self._versions[0]
+
+    def reload_statuses(self) -> tuple[ReloadStatus, ...]:
+        return (self.status,)
+
+    def reload_if_changed(self, why: str = "file change") -> bool:
         """Reload when any watched file changed; True if a new snapshot was installed. Never raises ConfigError."""
         fingerprint = _fingerprint(self._watched)
         if fingerprint == self._fingerprint:
@@ -423,13 +443,33 @@ class FileCredentialStore(CredentialStore):
             loaded = load_credentials_file(self.path, self.api)
         except ConfigError as exc:
             self.reload_errors += 1
-            log.error("credentials file %s rejected, keeping the previous one:\n%s", self.path, exc)
+            self.status.record("rejected", why, self.version, str(exc))
+            log.error(
+                "credentials file %s (%s) rejected; still serving credentials %s:\n%s",
+                self.path,
+                why,
+                self.version,
+                exc,
+            )
             return False
-        self._set = CredentialSet(loaded.credentials, str(self.path), self.max_signing_keys)
         self._watched = loaded.watched
         self._fingerprint = _fingerprint(self._watched)
+        versions = credential_versions(loaded.credentials)
+        if versions == self._versions:
+            self.status.record("unchanged", why, self.version)
+            log.info("credentials file %s (%s): unchanged, still serving credentials %s", self.path, why, self.version)
+            return False
+        self._set = CredentialSet(loaded.credentials, str(self.path), self.max_signing_keys)
+        self._versions = versions
         self.reloads += 1
-        log.info("credentials file %s reloaded (%d keys)", self.path, len(self._set))
+        self.status.record("ok", why, self.version)
+        log.info(
+            "credentials file %s (%s): now serving credentials %s (%d keys)",
+            self.path,
+            why,
+            self.version,
+            len(self._set),
+        )
         return True
 
     async def _watch(self) -> None:
@@ -450,3 +490,21 @@ class FileCredentialStore(CredentialStore):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def credential_versions(credentials: Mapping[str, Credential]) -> tuple[str, str]:
+    """(public, internal) fingerprints of a set of credentials, as the config has `version` and `cache_version`.
+
+    The public one covers who holds which key with what policies, never a secret, so logs and /readyz may show
+    it; the internal one adds every secret and session token. A reload whose internal fingerprint is the serving
+    one's (a comment, a touched file) changes nothing; rotating a secret changes only the internal one."""
+    public, secrets = hashlib.sha256(), hashlib.sha256()
+    for key in sorted(credentials):
+        c = credentials[key]
+        policies = [(p.source, p.fingerprint) for p in c.policies]
+        fields = [c.access_key_id, c.principal_arn, c.user_id, c.expires_at, c.enabled, c.is_temporary, policies]
+        public.update(json.dumps(fields).encode() + b"\n")
+        secrets.update(hashlib.sha256(json.dumps([c.secret_access_key, c.session_token]).encode()).digest())
+    version = public.hexdigest()[:16]
+    secrets.update(version.encode())
+    return version, secrets.hexdigest()[:32]

@@ -146,6 +146,7 @@ def build_sigv4(settings: Any, ctx: BuildContext) -> Authorizer:
         reload_interval=settings.credentials.reload_interval,
         max_signing_keys=settings.signing_key_cache_size,
         api=ctx.api,
+        source=f"credentials:{ctx.name}",
     )
     options = settings.verifier_options(ctx.api.region)
 

@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -97,16 +97,23 @@ def held_jwks() -> Iterator[HeldJwks]:
     server.server.server_close()
 
 
-@pytest.fixture
-async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
-    path = tmp_path / "config.yaml"
-    path.write_text(config(free_port(), free_port()))
+@asynccontextmanager
+async def serving(path: Path) -> AsyncIterator[Sidecar]:
+    """A started `Sidecar` for the config file at `path`, drained and stopped on exit."""
     running = Sidecar(load_config(path), path)
     await running.start()
     try:
         yield running
     finally:
         await running.drain_and_stop()
+
+
+@pytest.fixture
+async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
+    path = tmp_path / "config.yaml"
+    path.write_text(config(free_port(), free_port()))
+    async with serving(path) as running:
+        yield running
 
 
 def ports(sidecar: Sidecar) -> tuple[int, int]:
