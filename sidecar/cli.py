@@ -42,8 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--at", help="evaluate as of this time (epoch seconds or ISO 8601)")
     check.add_argument("--source-ip", default="127.0.0.1", help="client address for --http (default 127.0.0.1)")
     check.add_argument("--scheme", default="http", choices=["http", "https"], help="scheme for --http")
+    check.add_argument(
+        "--raw-path",
+        action="store_true",
+        help="judge the --http target as written (default: normalized as the shipped Envoy forwards it)",
+    )
     check.add_argument("--output", default="text", choices=["text", "json"])
-    check.add_argument("--explain", action="store_true", help="print the explanation (always in json)")
+    check.add_argument(
+        "--explain",
+        action="store_true",
+        help="show why, stage by stage (route, admit, authenticate, scopes, policy, meter) as explain: lines "
+        "(--output json always includes the explanation)",
+    )
 
     demo = sub.add_parser("demo", help="sidecar + real Envoy + upstream on loopback, scripted requests")
     demo.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
@@ -87,16 +97,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .offline import InputError, dumps, evaluate, load_check_request, parse_http_request, parse_time
+    from .offline import InputError, decide_http, dumps, evaluate, load_check_request, parse_time
 
     try:
         config = load_config(args.config) if args.config else default_config()
         at = parse_time(args.at) if args.at else None
         if args.http:
-            check = parse_http_request(args.http.read_bytes(), source_ip=args.source_ip, scheme=args.scheme)
+            raw = args.http.read_bytes()
+            result = asyncio.run(decide_http(config, raw, at, args.source_ip, args.scheme, not args.raw_path))
         else:
-            check = load_check_request(args.check_request)
-        result = asyncio.run(evaluate(config, check, at))
+            result = asyncio.run(evaluate(config, load_check_request(args.check_request), at))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
@@ -106,10 +116,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(dumps(result))
     else:
-        text = result.as_text()
-        if not args.explain:
-            text = "\n".join(line for line in text.splitlines() if not line.startswith("explain:"))
-        print(text)
+        print(result.as_text(explain=args.explain))
     return EXIT_ALLOW if result.decision.allowed else EXIT_DENY
 
 

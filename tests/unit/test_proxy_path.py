@@ -1,0 +1,76 @@
+"""`check --http` normalizes a request file's target as the shipped Envoy does (sidecar/proxy_path.py); the real
+Envoy comparison is tests/e2e/test_check_parity_e2e.py, this is the table and the CLI's face of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+from sidecar.proxy_path import ProxyRejects, envoy_path
+
+FORWARDED = [
+    ("/public/../admin/x", "/admin/x"),
+    ("/a//b", "/a/b"),
+    ("/a/%2E%2e/b", "/b"),
+    ("/a\\b", "/a/b"),
+    ("/%41dmin", "/Admin"),
+    ("/a%7eb", "/a~b"),
+    ("/a%3bb", "/a%3bb"),
+    ("/a/..;x/b", "/b"),
+    ("/a/.;/b", "/a/b"),
+    ('/a"b', "/a%22b"),
+    ("/a/b/..", "/a/"),
+    ("/..", "/"),
+    ("///", "//"),
+    ("/a/..?x=/../y", "/?x=/../y"),
+]
+REFUSED = ["/a%2fb", "/a%5Cb", "/a#f", "/a?b#c", "/a%00", "/a b", "/\u00e9"]
+
+
+@pytest.mark.parametrize(("target", "forwarded"), FORWARDED)
+def test_the_path_envoy_forwards(target: str, forwarded: str) -> None:
+    assert envoy_path(target) == forwarded
+
+
+@pytest.mark.parametrize("target", REFUSED)
+def test_targets_envoy_answers_itself(target: str) -> None:
+    with pytest.raises(ProxyRejects):
+        envoy_path(target)
+
+
+CONFIG = """
+authorizers: {open: {type: none}, closed: {type: deny}}
+routes:
+  - {match: "ANY /{proxy+}", authorizer: open}
+  - {match: "ANY /admin/{proxy+}", authorizer: closed}
+"""
+
+
+def run(tmp_path: Path, target: str, *extra: str) -> int:
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    (tmp_path / "r.req").write_text(f"GET {target} HTTP/1.1\nHost: api.test\n\n", encoding="latin-1")
+    args = ["check", "--config", str(tmp_path / "config.yaml"), "--http", str(tmp_path / "r.req"), "--output", "json"]
+    return main([*args, *extra])
+
+
+def test_check_judges_the_normalized_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(tmp_path, "/public/../admin/x")
+    result = json.loads(capsys.readouterr().out)
+    assert (code, result["decision"], result["reason"], result["request"]) == (1, "deny", "RouteDeny", "GET /admin/x")
+
+
+def test_raw_path_judges_the_target_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(tmp_path, "/public/../admin/x", "--raw-path")
+    result = json.loads(capsys.readouterr().out)
+    assert (code, result["status"], result["reason"]) == (1, 400, "MalformedRequest")  # the sidecar's own rule
+
+
+def test_a_target_envoy_refuses_is_its_400_with_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(tmp_path, "/public%2F..%2Fadmin")
+    result = json.loads(capsys.readouterr().out)
+    assert (code, result["status"], result["reason"]) == (1, 400, "MalformedRequest")
+    assert "Envoy (as shipped) answers 400 itself" in str(result["message"])
+    assert "escaped slash" in str(result["message"])
