@@ -8,14 +8,23 @@ that cross sections. It runs once per load; `runtime.py` compiles the result int
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from pydantic import ValidationError
-
-from .authorizers.base import AuthorizerSettings, registry, types_accepting
-from .issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
+from .authorizers.base import AuthorizerSettings, AuthorizerType, registry, types_accepting
+from .issues import (
+    ConfigError,
+    ConfigIssue,
+    YamlLocator,
+    did_you_mean,
+    format_loc,
+    parse_yaml,
+    pydantic_issues,
+    validate_located,
+)
 from .settings import (
     ApiSettings,
     CacheSettings,
@@ -62,88 +71,214 @@ __all__ = [
 ]
 
 
-def _import_plugins(raw: Any, locator: YamlLocator) -> list[ConfigIssue]:
+Loc = tuple[str | int, ...]
+
+
+def _import_plugins(raw: Any, locator: YamlLocator) -> tuple[tuple[str, ...], list[ConfigIssue]]:
     """Import `plugins` modules so the authorizer types they register validate like built-in ones."""
     if raw is None:
-        return []
+        return (), []
     if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
-        return [locator.issue(("plugins",), "expected a list of Python module names")]
+        return (), [locator.issue(("plugins",), "expected a list of Python module names")]
     issues = []
     for index, module in enumerate(raw):
         try:
             importlib.import_module(module)
         except Exception as exc:
             issues.append(locator.issue(("plugins", index), f"cannot import plugin {module!r}: {exc}"))
+    return tuple(raw), issues
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Named(Generic[T]):
+    """A section of named entries (`authorizers:`, `redis:`): the valid ones, and the names present but invalid
+    (None when the section itself is not a mapping, so any name may have been meant)."""
+
+    valid: dict[str, T] = field(default_factory=dict)
+    bad: set[str] | None = field(default_factory=set)
+
+    def known(self, name: str) -> bool:
+        """Whether the file defines `name`, valid or not: a check naming an invalid one stays silent."""
+        return self.bad is None or name in self.bad or name in self.valid
+
+    def defined(self) -> set[str]:
+        """Every name the file defines."""
+        return {*self.valid, *(self.bad or ())}
+
+
+@dataclass(slots=True)
+class _Parts:
+    """What validated, section by section, and what was present but did not: a check that spans sections skips
+    what names a broken part, so one mistake is reported once (a `sigv4` authorizer with a typo must not also
+    make every route naming it an "unknown authorizer")."""
+
+    issues: list[ConfigIssue] = field(default_factory=list)
+    authorizers: _Named[AuthorizerSettings] = field(default_factory=_Named)
+    redis: _Named[RedisSettings] = field(default_factory=_Named)
+    routes: list[tuple[int, RouteSettings]] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)
+    """Top-level sections (of the rest of the file) that failed validation."""
+
+
+def _validate_named(
+    raw: Any,
+    section: str,
+    what: str,
+    issues: list[ConfigIssue],
+    locator: YamlLocator,
+    one: Callable[[Any, Loc], T | None],
+) -> _Named[T]:
+    """Validate each `section.<name>` on its own (`one` reports its problems), so one bad entry is one error."""
+    named: _Named[T] = _Named()
+    if raw is None:
+        return named
+    if not isinstance(raw, dict):
+        issues.append(locator.issue((section,), f"expected a mapping of name -> {what}"))
+        return _Named(bad=None)
+    for name, spec in raw.items():
+        settings = one(spec, (section, str(name)))
+        if settings is None:
+            assert named.bad is not None
+            named.bad.add(str(name))
+        else:
+            named.valid[str(name)] = settings
+    return named
+
+
+def _authorizer_validator(locator: YamlLocator, issues: list[ConfigIssue]) -> Callable[[Any, Loc], Any]:
+    """Validates one `authorizers.<name>` against the settings model its `type` registered."""
+    types = registry()
+
+    def one(spec: Any, loc: Loc) -> AuthorizerSettings | None:
+        if not isinstance(spec, dict):
+            issues.append(locator.issue(loc, "expected a mapping with at least a `type`"))
+            return None
+        kind = spec.get("type")
+        entry: AuthorizerType | None = types.get(str(kind)) if kind is not None else None
+        if entry is None:
+            known = ", ".join(sorted(types))
+            if kind is None:
+                issues.append(locator.issue(loc, f"missing required key `type` (one of: {known})"))
+            else:
+                hint = did_you_mean(str(kind), types) or f" (known: {known})"
+                issues.append(locator.issue((*loc, "type"), f"unknown authorizer type {kind!r}{hint}"))
+            return None
+        return _collect(validate_located(entry.settings, spec, locator, loc), issues)
+
+    return one
+
+
+def _collect(result: tuple[T | None, list[ConfigIssue]], issues: list[ConfigIssue]) -> T | None:
+    value, found = result
+    issues.extend(found)
+    return value
+
+
+def _validate_routes(raw: Any, locator: YamlLocator, parts: _Parts) -> None:
+    """Validate each `routes[]` entry on its own: the cross-section checks still run for the valid ones."""
+    if raw is None:
+        return
+    if not isinstance(raw, list):
+        parts.issues.append(locator.issue(("routes",), "expected a list of routes"))
+        return
+    for index, spec in enumerate(raw):
+        route = _collect(validate_located(RouteSettings, spec, locator, ("routes", index)), parts.issues)
+        if route is not None:
+            parts.routes.append((index, route))
+
+
+def _validate_sections(data: dict[str, Any], locator: YamlLocator, issues: list[ConfigIssue]) -> _Parts:
+    """Take the sections of named or listed entries out of `data` and validate them entry by entry."""
+
+    def one_redis(spec: Any, loc: Loc) -> RedisSettings | None:
+        return _collect(validate_located(RedisSettings, spec, locator, loc), issues)
+
+    one_authorizer = _authorizer_validator(locator, issues)
+    parts = _Parts(
+        issues=issues,
+        authorizers=_validate_named(
+            data.pop("authorizers", None), "authorizers", "settings", issues, locator, one_authorizer
+        ),
+        redis=_validate_named(data.pop("redis", None), "redis", "connection settings", issues, locator, one_redis),
+    )
+    _validate_routes(data.pop("routes", None), locator, parts)
+    return parts
+
+
+def _validate_rest(data: dict[str, Any], locator: YamlLocator, file: str, parts: _Parts) -> Config | None:
+    """The sections left (listen, api, cache, ...): on errors, validated again without the broken sections, so
+    the checks that span sections still run with what is valid (and skip what names a broken section)."""
+    config, found = validate_located(Config, {**data, "source": file}, locator)
+    if config is not None:
+        return config
+    parts.issues.extend(found)
+    parts.broken = {issue.field.split(".")[0].split("[")[0] for issue in found}
+    kept = {key: value for key, value in data.items() if str(key) not in parts.broken}
+    config, _ = validate_located(Config, {**kept, "source": file}, locator)
+    return config
+
+
+def _upstream_header_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
+    """In HTTP mode, headers for the upstream start with `x-` (Envoy's shipped http_service config passes only
+    those on)."""
+    if not config.listen.http or "listen" in parts.broken:
+        return []
+    upstream: list[tuple[Loc, Any]] = []
+    if "upstream_headers" not in parts.broken:
+        upstream = [(("upstream_headers", k), v) for k, v in config.upstream_headers.model_dump().items()]
+    for name, settings in parts.authorizers.valid.items():
+        for where, header in settings.upstream_header_fields().items():
+            upstream.append((("authorizers", name, *where), header))
+    issues = []
+    for loc, header in upstream:
+        if header and not str(header).startswith("x-"):
+            message = f"with listen.http, upstream header names must start with 'x-' (got {header!r})"
+            issues.append(locator.issue(loc, message))
     return issues
 
 
-def _validate_authorizers(raw: Any, locator: YamlLocator) -> tuple[dict[str, AuthorizerSettings], list[ConfigIssue]]:
-    """Validate each `authorizers.<name>` against the settings model its `type` registered."""
-    issues: list[ConfigIssue] = []
-    out: dict[str, AuthorizerSettings] = {}
-    if raw is None:
-        return out, issues
-    if not isinstance(raw, dict):
-        return out, [locator.issue(("authorizers",), "expected a mapping of name -> settings")]
-    types = registry()
-    for name, spec in raw.items():
-        loc: tuple[str | int, ...] = ("authorizers", str(name))
-        if not isinstance(spec, dict):
-            issues.append(locator.issue(loc, "expected a mapping with at least a `type`"))
-            continue
-        kind = spec.get("type")
-        entry = types.get(str(kind)) if kind is not None else None
-        if entry is None:
-            known = ", ".join(sorted(types))
-            issues.append(locator.issue((*loc, "type"), f"unknown authorizer type {kind!r} (known: {known})"))
-            continue
-        try:
-            out[str(name)] = entry.settings.model_validate(spec)
-        except ValidationError as exc:
-            issues.extend(pydantic_issues(exc, locator, loc))
-    return out, issues
+def _unknown_connection(name: str, parts: _Parts) -> str:
+    defined = parts.redis.defined()
+    known = ", ".join(sorted(defined)) or "none defined"
+    return f"names Redis connection {name!r}, which `redis:` does not define ({known}){did_you_mean(name, defined)}"
 
 
-def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
-    """Checks that span sections: routes name existing authorizers and parse as routes; in HTTP mode, headers
-    for the upstream start with `x-` (Envoy's shipped http_service config passes only those on)."""
+def _redis_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
+    """Every named Redis connection exists (one that is defined but invalid was reported already)."""
+    issues = []
+    for name, settings in parts.authorizers.valid.items():
+        for where, connection in settings.redis_connections().items():
+            if not parts.redis.known(connection):
+                issues.append(locator.issue(("authorizers", name, *where), _unknown_connection(connection, parts)))
+    cache_redis = config.cache.redis
+    if cache_redis is not None and cache_redis.url is None and "cache" not in parts.broken:
+        name = cache_redis.connection or "default"
+        if not parts.redis.known(name):
+            key = "connection" if cache_redis.connection else "url"
+            issues.append(locator.issue(("cache", "redis", key), _unknown_connection(name, parts)))
+    return issues
+
+
+def _route_issues(parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
+    """Routes name existing authorizers, take only the options their authorizer's type accepts, parse as
+    routes and are not duplicates."""
     from .routes import RouteSyntaxError, parse_match
 
     issues = []
-    if config.listen.http:
-        upstream: list[tuple[tuple[str | int, ...], Any]] = [
-            (("upstream_headers", k), v) for k, v in config.upstream_headers.model_dump().items()
-        ]
-        for name, settings in config.authorizers.items():
-            for where, header in settings.upstream_header_fields().items():
-                upstream.append((("authorizers", name, *where), header))
-        for loc, header in upstream:
-            if header and not str(header).startswith("x-"):
-                message = f"with listen.http, upstream header names must start with 'x-' (got {header!r})"
-                issues.append(locator.issue(loc, message))
-    for name, settings in config.authorizers.items():
-        for where, connection in settings.redis_connections().items():
-            if connection not in config.redis:
-                known = ", ".join(sorted(config.redis)) or "none defined"
-                message = f"names Redis connection {connection!r}, which `redis:` does not define ({known})"
-                issues.append(locator.issue(("authorizers", name, *where), message))
-    cache_redis = config.cache.redis
-    if cache_redis is not None and cache_redis.url is None:
-        name = cache_redis.connection or "default"
-        if name not in config.redis:
-            known = ", ".join(sorted(config.redis)) or "none defined"
-            message = f"names Redis connection {name!r}, which `redis:` does not define ({known})"
-            issues.append(locator.issue(("cache", "redis", "connection" if cache_redis.connection else "url"), message))
     seen: dict[tuple[str, str], int] = {}
     # Keys of a `routes[]` entry that belong to authorizer families (`AuthorizerSettings.route_options`).
     route_options = frozenset().union(*(entry.settings.route_options for entry in registry().values()))
-    for index, route in enumerate(config.routes):
-        if route.authorizer not in config.authorizers:
-            known = ", ".join(sorted(config.authorizers)) or "none defined"
-            issues.append(
-                locator.issue(("routes", index, "authorizer"), f"unknown authorizer {route.authorizer!r} ({known})")
-            )
-        authorizer = config.authorizers.get(route.authorizer)
+    for index, route in parts.routes:
+        if not parts.authorizers.known(route.authorizer):
+            defined = parts.authorizers.defined()
+            known = ", ".join(sorted(defined)) or "none defined"
+            hint = did_you_mean(route.authorizer, defined)
+            message = f"unknown authorizer {route.authorizer!r} ({known}){hint}"
+            issues.append(locator.issue(("routes", index, "authorizer"), message))
+        authorizer = parts.authorizers.valid.get(route.authorizer)
         if authorizer is not None:
             for option in sorted(route_options):
                 if getattr(route, option) is not None and option not in authorizer.route_options:
@@ -165,27 +300,38 @@ def _cross_check(config: Config, locator: YamlLocator) -> list[ConfigIssue]:
     return issues
 
 
+def _cross_check(config: Config, parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
+    """Checks that span sections, over the parts that validated (see `_Parts`)."""
+    return [
+        *_upstream_header_issues(config, parts, locator),
+        *_redis_issues(config, parts, locator),
+        *_route_issues(parts, locator),
+    ]
+
+
 def parse_config(text: str, file: str = "<memory>") -> Config:
-    """Validate config text; raise `ConfigError` listing every problem with its location."""
+    """Validate config text; raise `ConfigError` listing every problem with its location, in file order."""
     data, locator = parse_yaml(text, file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([locator.issue((), "the top level must be a mapping")])
-    issues = _import_plugins(data.get("plugins"), locator)
-    raw_authorizers = data.pop("authorizers", None)
-    authorizer_settings, authorizer_issues = _validate_authorizers(raw_authorizers, locator)
-    issues.extend(authorizer_issues)
-    try:
-        config = Config.model_validate({**data, "authorizers": {}, "source": file})
-    except ValidationError as exc:
-        issues.extend(pydantic_issues(exc, locator, ()))
-        raise ConfigError(issues) from None
-    config = config.model_copy(update={"authorizers": authorizer_settings})
-    issues.extend(_cross_check(config, locator))
-    if issues:
-        raise ConfigError(issues)
-    return config
+    data = dict(data)
+    plugins, plugin_issues = _import_plugins(data.pop("plugins", None), locator)
+    parts = _validate_sections(data, locator, plugin_issues)
+    issues = parts.issues
+    config = _validate_rest(data, locator, file, parts)
+    if config is not None:
+        issues.extend(_cross_check(config, parts, locator))
+    if issues or config is None:
+        raise ConfigError(sorted(issues, key=lambda issue: (issue.line, issue.column)))
+    update = {
+        "authorizers": parts.authorizers.valid,
+        "redis": parts.redis.valid,
+        "routes": tuple(route for _, route in parts.routes),
+        "plugins": plugins,
+    }
+    return config.model_copy(update=update)
 
 
 def load_config(path: str | Path) -> Config:

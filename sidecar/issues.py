@@ -7,12 +7,17 @@ imports the rest of the sidecar, so `policy/` and `authorizers/` can report erro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import collections.abc
+import difflib
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,16 @@ def format_loc(loc: Iterable[str | int]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+_LOC_PART = re.compile(r"\[(\d+)\]|([^.\[]+)")
+
+
+def parse_loc(field: str) -> tuple[str | int, ...]:
+    """`routes[1].match` -> `("routes", 1, "match")`: `format_loc` read back, to place an issue found in one
+    text (a policy made from YAML) at the same path in another. A key holding `.` or `[` splits wrongly, and the
+    issue lands at the nearest ancestor found."""
+    return tuple(int(index) if index else name for index, name in _LOC_PART.findall(field))
 
 
 class YamlLocator:
@@ -123,13 +138,216 @@ def _unpaired_surrogates(value: Any, path: tuple[str | int, ...]) -> Iterator[tu
             yield from _unpaired_surrogates(item, (*path, index))
 
 
-def pydantic_issues(exc: ValidationError, locator: YamlLocator, prefix: tuple[str | int, ...]) -> list[ConfigIssue]:
-    """Located issues for a pydantic error (only its message: the input could be a secret)."""
-    issues = []
+_Loc = tuple[str | int, ...]
+_Ctx = Mapping[str, Any]
+
+
+def _number(value: Any) -> str:
+    """A limit as written in the schema: `0`, not pydantic's `0.0`."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _plural(count: Any, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+_EXPECTED = {
+    **dict.fromkeys(("int_type", "int_parsing", "int_parsing_size"), "expected an integer"),
+    "int_from_float": "expected an integer (no fraction)",
+    **dict.fromkeys(("float_type", "float_parsing", "decimal_type", "decimal_parsing"), "expected a number"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "expected true or false"),
+    **dict.fromkeys(("string_type", "bytes_type", "string_unicode"), "expected a string"),
+    **dict.fromkeys(
+        ("dict_type", "mapping_type", "model_type", "model_attributes_type", "frozen_dict_type"), "expected a mapping"
+    ),
+    **dict.fromkeys(("list_type", "tuple_type", "set_type", "frozen_set_type", "iterable_type"), "expected a list"),
+    **dict.fromkeys(
+        ("datetime_type", "datetime_parsing", "datetime_from_date_parsing", "datetime_object_invalid"),
+        "expected a date and time, e.g. 2027-01-01T00:00:00Z",
+    ),
+    **dict.fromkeys(("date_type", "date_parsing"), "expected a date, e.g. 2027-01-01"),
+    "none_required": "expected null",
+    "finite_number": "expected a finite number",
+    "url_parsing": "expected a URL",
+    "missing": "missing required key",
+    "extra_forbidden": "unknown key",
+    "invalid_key": "keys must be strings",
+}
+"""Plain words for pydantic error types whose message needs no detail from the error's context."""
+
+_WITH_CONTEXT: dict[str, Callable[[_Ctx], str]] = {
+    "greater_than": lambda c: f"must be greater than {_number(c['gt'])}",
+    "greater_than_equal": lambda c: f"must be at least {_number(c['ge'])}",
+    "less_than": lambda c: f"must be less than {_number(c['lt'])}",
+    "less_than_equal": lambda c: f"must be at most {_number(c['le'])}",
+    "multiple_of": lambda c: f"must be a multiple of {_number(c['multiple_of'])}",
+    "string_too_short": lambda c: (
+        "must not be empty" if c["min_length"] == 1 else f"must be at least {_plural(c['min_length'], 'character')}"
+    ),
+    "string_too_long": lambda c: f"must be at most {_plural(c['max_length'], 'character')}",
+    "string_pattern_mismatch": lambda c: f"does not have the expected form (the pattern {c['pattern']})",
+    "too_short": lambda c: f"needs at least {_plural(c['min_length'], 'item')}",
+    "too_long": lambda c: f"takes at most {_plural(c['max_length'], 'item')}",
+    "literal_error": lambda c: f"must be {c['expected']}",
+    "enum": lambda c: f"must be {c['expected']}",
+    "value_error": lambda c: str(c["error"]),
+    "assertion_error": lambda c: str(c["error"]),
+}
+"""Plain words for pydantic error types whose context carries the limit (never the input)."""
+
+
+def plain_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error in the words of this project's other errors, from its `type` and context: no
+    "Value error, ..." or "Input should be ...", and never the input value (it could be a secret)."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing" and error["loc"] and isinstance(error["loc"][-1], int):
+        return "too few items"
+    if kind in _EXPECTED:
+        return _EXPECTED[kind]
+    maker = _WITH_CONTEXT.get(kind)
+    if maker is not None:
+        try:
+            return maker(ctx)
+        except KeyError:
+            pass
+    message = str(error["msg"])
+    for prefix, replacement in (("Value error, ", ""), ("Assertion failed, ", ""), ("Input should be ", "expected ")):
+        if message.startswith(prefix):
+            message = replacement + message[len(prefix) :]
+    return message
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a model accepts: field names and their aliases (internal, excluded fields left out)."""
+    out: list[str] = []
+    for name, info in model.model_fields.items():
+        if info.exclude:
+            continue
+        out.append(name)
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str) and alias not in out:
+                out.append(alias)
+    return out
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The types an annotation may hold, without `Annotated`, `Optional` and union wrappers."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg) if t is not type(None)]
+    return [annotation]
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The annotation of `part` inside a value of type `annotation` (None when it cannot be told)."""
+    for candidate in _unwrap(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if isinstance(part, str):
+                for name, info in candidate.model_fields.items():
+                    if part in (name, info.alias, info.validation_alias):
+                        return info.annotation
+            continue
+        origin = typing.get_origin(candidate)
+        args = typing.get_args(candidate)
+        if origin in (dict, Mapping, collections.abc.Mapping) and len(args) == 2:
+            return args[1]
+        if origin in (list, tuple, collections.abc.Sequence) and args and isinstance(part, int):
+            if origin is tuple and args[-1] is not Ellipsis:
+                return args[part] if part < len(args) else None
+            return args[0]
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: _Loc) -> type[BaseModel] | None:
+    """The model validating the mapping at `loc` inside `model`'s input (None when none does)."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return None
+    for candidate in _unwrap(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def suggestion(word: str, known: Iterable[str]) -> str | None:
+    """The known word `word` is most likely a typo of, if one is close enough."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`": did you mean `x`?"` for a close known word, else the empty string (appended to a message)."""
+    close = suggestion(word, known)
+    return f": did you mean `{close}`?" if close else ""
+
+
+def _real_loc(locator: YamlLocator, prefix: _Loc, loc: _Loc, kind: str) -> tuple[_Loc, bool]:
+    """`loc` without the parts pydantic adds that are not in the file (a union member's name such as
+    `dict[str,any]`, `[key]`), and whether any was dropped. A `missing` key is kept: it is absent by nature (a
+    missing item of a fixed-length list is reported at the list)."""
+    node: yaml.Node | None = locator.root
+    for part in prefix:
+        node = YamlLocator._child(node, part)
+    if node is None:
+        return loc, False
+    out: list[str | int] = []
+    for index, part in enumerate(loc):
+        child = YamlLocator._child(node, part)
+        if child is not None:
+            out.append(part)
+            node = child
+        elif kind == "missing" and index == len(loc) - 1 and isinstance(part, str):
+            out.append(part)
+    return tuple(out), len(out) != len(loc)
+
+
+def pydantic_issues(
+    exc: ValidationError, locator: YamlLocator, prefix: _Loc, model: type[BaseModel] | None = None
+) -> list[ConfigIssue]:
+    """Located issues for a pydantic error, in plain words (`plain_message`; never the input: it could be a
+    secret). With the `model` that was validated, an unknown key close to a known one says "did you mean", and
+    the key it was meant to be is not also reported missing: one mistake, one error."""
+    found: list[tuple[_Loc, str, str, bool]] = []
     for err in exc.errors(include_url=False, include_input=False):
-        loc = (*prefix, *err["loc"])
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        issues.append(locator.issue(loc, message))
-    return issues
+        loc, union = _real_loc(locator, prefix, tuple(err["loc"]), err["type"])
+        message = plain_message(err)
+        meant = None
+        if err["type"] == "extra_forbidden" and model is not None and loc and isinstance(loc[-1], str):
+            target = _model_at(model, loc[:-1])
+            meant = suggestion(loc[-1], _known_keys(target)) if target is not None else None
+            if meant is not None:
+                message = f"unknown key: did you mean `{meant}`?"
+                found.append(((*loc[:-1], meant), "meant", "", False))
+        found.append((loc, err["type"], message, union))
+    meant_keys = {loc for loc, kind, _, _ in found if kind == "meant"}
+    merged: dict[_Loc, list[str]] = {}
+    for loc, kind, message, union in found:
+        if kind == "meant" or (kind == "missing" and loc in meant_keys):
+            continue
+        messages = merged.setdefault(loc, [])
+        if message in messages:
+            continue
+        if union and messages and messages[-1].startswith("expected ") and message.startswith("expected "):
+            messages[-1] += " or " + message.removeprefix("expected ")  # each member of a union said what it wants
+        else:
+            messages.append(message)
+    return [locator.issue((*prefix, *loc), message) for loc, messages in merged.items() for message in messages]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_located(
+    model: type[M], data: Any, locator: YamlLocator, prefix: _Loc = ()
+) -> tuple[M | None, list[ConfigIssue]]:
+    """Validate `data` (found at `prefix` in the file `locator` reads) with `model`: the instance, or None and
+    every problem located and in plain words. The one way every loader turns YAML into settings."""
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, pydantic_issues(exc, locator, prefix, model)

@@ -248,17 +248,27 @@ class HttpModeSettings(_Frozen):
     """Request bodies held by the whole listener (arriving or waiting for their decision); a body that would
     pass it is answered 503 and its connection closed."""
 
-    @model_validator(mode="after")
-    def _check(self) -> HttpModeSettings:
-        if self.path_prefix and (not self.path_prefix.startswith("/") or self.path_prefix.endswith("/")):
-            raise ValueError("http.path_prefix must start with '/' and not end with '/' (e.g. /authz)")
-        if self.max_buffered_bytes < self.max_body_bytes:
-            raise ValueError("http.max_buffered_bytes must be at least http.max_body_bytes")
-        for peer in self.trusted_peers:
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError("must start with '/' and not end with '/' (e.g. /authz)")
+        return value
+
+    @field_validator("trusted_peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for peer in value:
             try:
                 ipaddress.ip_network(peer, strict=False)
             except ValueError as exc:
-                raise ValueError(f"http.trusted_peers: {exc}") from None
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _buffers(self) -> HttpModeSettings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_body_bytes")
         return self
 
 

@@ -71,8 +71,8 @@ def test_default_config_is_valid() -> None:
             "routes[1].match",
             "duplicates routes[0]",
         ),
-        ("routes:\n  - {authorizer: a}\n", 2, "routes[0].match", "Field required"),
-        ("cache: {local: {max_entries: -1}}\n", 1, "cache.local.max_entries", "greater than or equal"),
+        ("routes:\n  - {authorizer: a}\n", 2, "routes[0].match", "missing required key"),
+        ("cache: {local: {max_entries: -1}}\n", 1, "cache.local.max_entries", "must be at least 0"),
         ("plugins: [no.such.module]\n", 1, "plugins[0]", "cannot import plugin"),
         (
             "listen: {http: '127.0.0.1:9192'}\nupstream_headers:\n  principal: remote-user\n",

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ...metrics import JWKS_FETCHES, JWKS_KEYS_SKIPPED
-from .keys import SKIP_SHORT_EC, JwksError, KeySet, parse_jwks
+from .keys import SKIP_SHORT_EC, JwksError, KeySet, parse_jwks, parse_jwks_file
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class StaticKeySource:
 
     @classmethod
     def from_file(cls, path: str, name: str = "jwks") -> StaticKeySource:
-        """Load a JWKS file; raise `ValueError` when it cannot be read or holds no usable key. `name` labels
-        `authz_jwks_keys_skipped_total` (the authorizer)."""
+        """Load a JWKS file; raise `ValueError` when it cannot be read, `ConfigError` (file:line:col) when it is not
+        a key set or holds no usable key. `name` labels `authz_jwks_keys_skipped_total` (the authorizer)."""
         try:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_JWKS_BYTES + 1)
@@ -88,15 +88,10 @@ class StaticKeySource:
             raise ValueError(f"cannot read JWKS file {path}: {exc}") from None
         if len(data) > MAX_JWKS_BYTES:
             raise ValueError(f"JWKS file {path} is larger than {MAX_JWKS_BYTES} bytes")
-        try:
-            keyset = parse_jwks(data, fetched_at=0.0)
-        except JwksError as exc:
-            raise ValueError(f"JWKS file {path}: {exc}") from None
-        if not keyset.keys:
-            raise ValueError(f"JWKS file {path} has no usable key ({'; '.join(map(str, keyset.skipped)) or 'empty'})")
-        for skip in keyset.skipped:
+        keyset, skipped = parse_jwks_file(data, path)  # ConfigError, located, if it holds no usable key
+        for skip, where in zip(keyset.skipped, skipped, strict=True):
             JWKS_KEYS_SKIPPED.labels(name, skip.reason).inc(skip.count)
-            log.warning("JWKS file %s: skipped %s", path, skip)
+            log.warning("%s", where)
         return cls(keyset)
 
     def usable(self, now: float) -> KeySet | None:

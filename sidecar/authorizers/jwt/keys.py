@@ -14,13 +14,16 @@ import binascii
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
+
+from ...issues import ConfigError, ConfigIssue, format_loc
+from ...policy.jsonpos import JsonSyntaxError, Located, parse_located
 
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_CURVE_ALGORITHM = MappingProxyType({"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"})
@@ -323,3 +326,57 @@ def parse_jwks(document: Any, fetched_at: float, previous: KeySet | None = None)
             kid = jwk.get("kid") if isinstance(jwk, dict) else None
             skipped.append(SkippedKey(index, kid if isinstance(kid, str) else None, exc.reason, str(exc)))
     return KeySet(keys=tuple(keys), fetched_at=fetched_at, skipped=tuple(skipped))
+
+
+def parse_jwks_file(data: bytes, file: str) -> tuple[KeySet, tuple[ConfigIssue, ...]]:
+    """A JWKS file's key set and, located, the keys it skipped (for the log); `ConfigError` when the file is not
+    a key set or holds no usable key, every problem at `file:line:col` like the config's own: a JSON syntax
+    error where it is, an unusable key at its `keys[i]`."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(file, 0, 0, "", "invalid JWKS file: not UTF-8 text")]) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([_syntax_issue(file, text, exc)]) from None
+    except (ValueError, RecursionError):
+        raise ConfigError([ConfigIssue(file, 0, 0, "", "invalid JSON: nested too deeply")]) from None
+    located = Located(text, document, None)
+
+    def issue(path: tuple[str | int, ...], message: str) -> ConfigIssue:
+        line, column = located.position(path)
+        return ConfigIssue(file, line, column, format_loc(path), message)
+
+    try:
+        keyset = parse_jwks(document, fetched_at=0.0)
+    except JwksError as exc:
+        where: tuple[str | int, ...] = ("keys",) if isinstance(document, dict) and "keys" in document else ()
+        raise ConfigError([issue(where, str(exc))]) from None
+    skipped = tuple(issue(_skip_path(skip), _skip_message(skip)) for skip in keyset.skipped)
+    if not keyset.keys:
+        if not skipped:
+            raise ConfigError([issue(("keys",), "the key set is empty: there is no key to verify tokens with")])
+        raise ConfigError([replace(i, message=f"{i.message} (no key in the set is usable)") for i in skipped])
+    return keyset, skipped
+
+
+def _syntax_issue(file: str, text: str, exc: json.JSONDecodeError) -> ConfigIssue:
+    """Where and why the JSON is malformed, in the words policy files use (`jsonpos`), else in `json`'s."""
+    try:
+        parse_located(text)
+    except JsonSyntaxError as syntax:
+        line, column = Located(text, None, {}).line_col(syntax.offset)
+        return ConfigIssue(file, line, column, "", f"invalid JSON: {syntax}")
+    return ConfigIssue(file, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")
+
+
+def _skip_path(skip: SkippedKey) -> tuple[str | int, ...]:
+    return ("keys",) if skip.index is None else ("keys", skip.index)
+
+
+def _skip_message(skip: SkippedKey) -> str:
+    if skip.index is None:
+        return skip.message
+    kid = f" (kid {_short_repr(skip.kid)})" if skip.kid is not None else ""
+    return f"unusable key{kid}: {skip.message}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,6 +27,17 @@ DEFAULT_ALGORITHMS = (
     *("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"),
     *("EdDSA", "Ed25519", "Ed448"),
 )
+
+
+def _no_credentials(url: str | None) -> str | None:
+    """Refuse a key URL with `user:password@` before any other check can quote it in an error."""
+    try:
+        parts = urlsplit(url) if url else None
+    except ValueError:
+        return url  # not a URL: the URL check says so
+    if parts is not None and (parts.username or parts.password):
+        raise ValueError("must not carry credentials (user:password@): the keys are public")
+    return url
 
 
 class TokenSettings(AuthorizerSettings):
@@ -51,6 +63,11 @@ class TokenSettings(AuthorizerSettings):
     jwks_refresh_max: float = Field(default=3600.0, ge=1, le=7 * 86400)
     jwks_max_staleness: float = Field(default=21600.0, ge=0, le=30 * 86400)
     jwks_unknown_kid_interval: float = Field(default=30.0, ge=0, le=3600)
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _key_url(cls, value: str | None) -> str | None:
+        return _no_credentials(value)
 
     @field_validator("identity_source", mode="before")
     @classmethod
@@ -134,6 +151,12 @@ class JwtSettings(TokenSettings):
     """Exactly the `iss` the tokens carry; also where keys are discovered when no jwks_uri/jwks_file is set."""
     audiences: tuple[str, ...] = Field(min_length=1)
     """A token passes when any `aud` value, or else its `client_id`, is listed."""
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        _no_credentials(value)
+        return value
 
     @model_validator(mode="after")
     def _discovery(self) -> JwtSettings:

@@ -29,6 +29,7 @@ from sidecar.authorizers.jwt.keys import (
 )
 from sidecar.authorizers.jwt.settings import DEFAULT_ALGORITHMS
 from sidecar.authorizers.jwt.token import verify_jws
+from sidecar.issues import ConfigError
 from tests.unit.authorizers.jwt.jwt_testkit import DATA
 
 ALL_ALGS = frozenset(DEFAULT_ALGORITHMS)
@@ -148,14 +149,14 @@ def test_pyjwt_keyset_with_unknown_alg_loads_the_known_key() -> None:
 def test_pyjwt_keyset_with_only_unknown_alg_yields_no_keys() -> None:
     keyset = parse_jwks((PYJWT / "jwk_keyset_only_unknown_alg.json").read_bytes(), fetched_at=0.0)
     assert keyset.keys == () and len(keyset.skipped) == 1
-    with pytest.raises(ValueError, match="no usable key"):
+    with pytest.raises(ConfigError, match=r"keys\[0\]: unusable key .*\(no key in the set is usable\)"):
         StaticKeySource.from_file(str(PYJWT / "jwk_keyset_only_unknown_alg.json"))
 
 
 def test_pyjwt_empty_file_is_not_a_key_set() -> None:
     with pytest.raises(JwksError):
         parse_jwks((PYJWT / "jwk_empty.json").read_bytes(), fetched_at=0.0)
-    with pytest.raises(ValueError, match="not JSON"):
+    with pytest.raises(ConfigError, match="invalid JSON"):
         StaticKeySource.from_file(str(PYJWT / "jwk_empty.json"))
 
 
