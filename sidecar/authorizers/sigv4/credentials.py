@@ -40,11 +40,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_yaml, pydantic_issues
+from ...issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_loc, parse_yaml, validate_located
 from ...metrics import ReloadStatus
-from ...policy import load_policy, parse_policy
+from ...policy import parse_policy
 from . import sigv4a
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ class _Entry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    access_key_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\s/]+$")
+    access_key_id: str = Field(min_length=1, max_length=128)
     secret_access_key: str | None = Field(default=None, min_length=1)
     secret_access_key_env: str | None = Field(default=None, min_length=1)
     secret_access_key_file: str | None = Field(default=None, min_length=1)
@@ -189,6 +189,13 @@ class _Entry(BaseModel):
     enabled: bool = True
     policies: tuple[dict[str, Any] | str, ...] = ()
 
+    @field_validator("access_key_id")
+    @classmethod
+    def _key_id(cls, value: str) -> str:
+        if any(c.isspace() or c == "/" for c in value):
+            raise ValueError("must not contain spaces or '/'")
+        return value
+
     @field_validator("principal_arn")
     @classmethod
     def _arn(cls, value: str) -> str:
@@ -199,21 +206,31 @@ class _Entry(BaseModel):
             )
         return value
 
-    @model_validator(mode="after")
-    def _one_secret(self) -> _Entry:
-        given = [self.secret_access_key, self.secret_access_key_env, self.secret_access_key_file]
-        if sum(v is not None for v in given) != 1:
-            raise ValueError("give exactly one of secret_access_key, secret_access_key_env, secret_access_key_file")
-        tokens = [self.session_token, self.session_token_env, self.session_token_file]
-        if sum(v is not None for v in tokens) > 1:
-            raise ValueError("give at most one of session_token, session_token_env, session_token_file")
-        return self
+
+_SECRET_KEYS = ("secret_access_key", "secret_access_key_env", "secret_access_key_file")
+_TOKEN_KEYS = ("session_token", "session_token_env", "session_token_file")
+
+
+def _one_of(raw: Any, loc: tuple[str | int, ...], keys: tuple[str, ...], required: bool) -> list[tuple[Any, str]]:
+    """(where, why) when an entry gives none (if `required`) or several of `keys`. Checked on the raw entry,
+    not in a model validator, so it is reported with the entry's other problems (pydantic runs those only on
+    an entry whose fields are all valid)."""
+    if not isinstance(raw, dict):
+        return []
+    given = [key for key in keys if raw.get(key) is not None]
+    if len(given) > 1:
+        return [((*loc, given[1]), f"give only one of {', '.join(keys)} (also {given[0]})")]
+    if required and not given:
+        return [(loc, f"missing required key `{keys[0]}` (or {', '.join(keys[1:])})")]
+    return []
 
 
 class _File(BaseModel):
+    """The file's top level (each entry is validated on its own, as `_Entry`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    credentials: tuple[dict[str, Any], ...] = ()
+    credentials: tuple[Any, ...] = ()
 
 
 def principal_details(arn: str) -> tuple[str, str, str, str]:
@@ -241,14 +258,15 @@ def _read_yaml(path: Path) -> tuple[Any, YamlLocator]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            [ConfigIssue(file, 0, 0, "", f"cannot read credentials file: {exc.__class__.__name__}")]
-        ) from None
+        raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read credentials file: {_why(exc)}")]) from None
     return parse_yaml(text, file, what="YAML/JSON")
 
 
-def _pydantic_issues(exc: ValidationError, prefix: tuple[str | int, ...], locator: YamlLocator) -> list[ConfigIssue]:
-    return pydantic_issues(exc, locator, prefix)
+def _why(exc: Exception) -> str:
+    """Why a file could not be read, without its contents (a decoding error quotes the bytes it choked on)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.__class__.__name__
 
 
 @dataclass(slots=True)
@@ -284,7 +302,7 @@ class _EntryResolver:
             try:
                 resolved = path.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                self._fail((*loc[:-1], f"{loc[-1]}_file"), f"cannot read {path}: {exc.__class__.__name__}")
+                self._fail((*loc[:-1], f"{loc[-1]}_file"), f"cannot read {path}: {_why(exc)}")
                 return None
             if not resolved:
                 self._fail((*loc[:-1], f"{loc[-1]}_file"), f"{path} is empty")
@@ -292,35 +310,51 @@ class _EntryResolver:
         return None
 
     def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str, ...]) -> list[Any]:
-        """Compile each identity policy (inline document or file) with the policy engine, once, at load."""
+        """Compile each identity policy (inline document or file) with the policy engine, once, at load. Each
+        problem is reported once, where it is: an inline policy's at its line in this file, a policy file's at
+        its line there."""
         out: list[Any] = []
         for index, item in enumerate(items):
             where = (*loc, "policies", index)
-            try:
-                if isinstance(item, dict):
-                    source = f"{self.locator.file} {format_loc(where)}"
-                    out.append(parse_policy(json.dumps(item), source, kind="identity", api=self.api))
-                    continue
-                path = (self.base_dir / item).resolve()
-                self.watched.append(path)
-                out.append(load_policy(path, kind="identity", api=self.api))
-            except ConfigError as exc:
-                self.issues.append(self.locator.issue(where, "invalid identity policy (details follow)"))
-                self.issues.extend(exc.issues)
+            policy = self._inline_policy(where, item) if isinstance(item, dict) else self._policy_file(where, item)
+            if policy is not None:
+                out.append(policy)
         return out
+
+    def _inline_policy(self, where: tuple[str | int, ...], item: dict[str, Any]) -> Any:
+        source = f"{self.locator.file} {format_loc(where)}"
+        try:
+            return parse_policy(json.dumps(item), source, kind="identity", api=self.api)
+        except ConfigError as exc:  # located in the JSON text made from the YAML: point at the YAML instead
+            self.issues.extend(self.locator.issue((*where, *parse_loc(i.field)), i.message) for i in exc.issues)
+            return None
+
+    def _policy_file(self, where: tuple[str | int, ...], name: str) -> Any:
+        path = (self.base_dir / name).resolve()
+        self.watched.append(path)
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors, as load_policy does
+        except (OSError, UnicodeDecodeError) as exc:
+            self._fail(where, f"cannot read policy file {path}: {_why(exc)}")
+            return None
+        try:
+            return parse_policy(text, str(path), kind="identity", api=self.api)
+        except ConfigError as exc:
+            self.issues.extend(exc.issues)
+            return None
+
+    def materials(
+        self, loc: tuple[str | int, ...], fields: Mapping[str, Any]
+    ) -> tuple[str | None, str | None, list[Any]]:
+        """The secret, session token and compiled policies `fields` name (an entry's, or the well-typed values
+        of an entry that failed validation, so its missing files and bad policies are reported with the rest)."""
+        secret = self._secret((*loc, "secret_access_key"), *(fields.get(key) for key in _SECRET_KEYS))
+        token = self._secret((*loc, "session_token"), *(fields.get(key) for key in _TOKEN_KEYS))
+        return secret, token, self._policies(loc, tuple(fields.get("policies", ())))
 
     def resolve(self, loc: tuple[str | int, ...], entry: _Entry) -> Credential | None:
         before = len(self.issues)
-        secret = self._secret(
-            (*loc, "secret_access_key"),
-            entry.secret_access_key,
-            entry.secret_access_key_env,
-            entry.secret_access_key_file,
-        )
-        token = self._secret(
-            (*loc, "session_token"), entry.session_token, entry.session_token_env, entry.session_token_file
-        )
-        policies = self._policies(loc, entry.policies)
+        secret, token, policies = self.materials(loc, entry.__dict__)
         if len(self.issues) != before or secret is None:
             return None
         expires_at = None
@@ -344,7 +378,8 @@ class _EntryResolver:
 
 
 def load_credentials_file(path: Path, api: ApiSettings | None = None) -> _Loaded:
-    """Parse and validate a credentials file; `ConfigError` lists every problem with file:line:field.
+    """Parse and validate a credentials file; `ConfigError` lists every problem at once, each with
+    file:line:col and field (never a value).
 
     Identity policies are compiled with the policy engine (`api` expands the short resource form); the
     Principal carries the compiled policies.
@@ -352,29 +387,54 @@ def load_credentials_file(path: Path, api: ApiSettings | None = None) -> _Loaded
     data, locator = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([locator.issue((), "expected a mapping with a `credentials:` list")])
-    try:
-        parsed = _File.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_pydantic_issues(exc, (), locator)) from None
+    _, issues = validate_located(_File, data, locator)
+    raw_entries = data.get("credentials")
     watched = [path.resolve()]
     resolver = _EntryResolver(path.resolve().parent, locator, watched, api)
+    resolver.issues.extend(issues)
     credentials: dict[str, Credential] = {}
-    for index, raw in enumerate(parsed.credentials):
-        loc: tuple[str | int, ...] = ("credentials", index)
-        try:
-            entry = _Entry.model_validate(raw)
-        except ValidationError as exc:
-            resolver.issues.extend(_pydantic_issues(exc, loc, locator))
-            continue
-        if entry.access_key_id in credentials:
-            resolver.issues.append(locator.issue((*loc, "access_key_id"), "duplicate access_key_id"))
-            continue
-        credential = resolver.resolve(loc, entry)
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_entries if isinstance(raw_entries, list) else ()):
+        credential = _load_entry(("credentials", index), raw, resolver, seen)
         if credential is not None:
             credentials[credential.access_key_id] = credential
     if resolver.issues:
-        raise ConfigError(resolver.issues)
+        raise ConfigError(sorted(resolver.issues, key=lambda issue: (issue.file, issue.line, issue.column)))
     return _Loaded(credentials, watched)
+
+
+def _load_entry(
+    loc: tuple[str | int, ...], raw: Any, resolver: _EntryResolver, seen: dict[str, int]
+) -> Credential | None:
+    """One entry: its schema, its one-of rules, a duplicate key id, then its secrets and policies, every
+    problem collected."""
+    entry, issues = validate_located(_Entry, raw, resolver.locator, loc)
+    problems = [*_one_of(raw, loc, _SECRET_KEYS, required=True), *_one_of(raw, loc, _TOKEN_KEYS, required=False)]
+    key_id = raw.get("access_key_id") if isinstance(raw, dict) else None
+    if isinstance(key_id, str):
+        if key_id in seen:
+            problems.append(((*loc, "access_key_id"), f"duplicate access_key_id (also credentials[{seen[key_id]}])"))
+        else:
+            seen[key_id] = int(loc[-1])
+    resolver.issues.extend(issues)
+    for where, message in problems:
+        resolver.issues.append(resolver.locator.issue(where, message))
+    if entry is None:
+        if isinstance(raw, dict):
+            resolver.materials(loc, _well_typed(raw))
+        return None
+    credential = resolver.resolve(loc, entry)
+    return credential if not problems else None
+
+
+def _well_typed(raw: dict[str, Any]) -> dict[str, Any]:
+    """The secret sources and policies of an invalid entry that have the right type (the wrong ones were
+    reported by validation)."""
+    out: dict[str, Any] = {key: raw[key] for key in (*_SECRET_KEYS, *_TOKEN_KEYS) if isinstance(raw.get(key), str)}
+    policies = raw.get("policies")
+    if isinstance(policies, list):
+        out["policies"] = tuple(item for item in policies if isinstance(item, dict | str))
+    return out
 
 
 def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -17,6 +18,8 @@ from .authorizer import SigV4Authorizer
 from .credentials import DEFAULT_SIGNING_KEY_CACHE, FileCredentialStore
 from .replay import LocalReplayGuard, ReplayGuard, guard_for
 from .verifier import MAX_EXPIRES, SigV4Verifier, VerifierOptions
+
+_SERVICE = re.compile(r"^[a-z0-9\-]+$")
 
 
 class _Frozen(BaseModel):
@@ -48,7 +51,7 @@ class SigV4Settings(AuthorizerSettings):
 
     type: Literal["sigv4"]
 
-    service: str = Field(default="execute-api", min_length=1, pattern=r"^[a-z0-9\-]+$")
+    service: str = "execute-api"
     region: str | None = Field(default=None, min_length=1)
     regions: tuple[str, ...] = ()
     credentials: CredentialSourceSettings
@@ -103,14 +106,31 @@ class SigV4Settings(AuthorizerSettings):
         names = {"access_key_id": headers.access_key_id, "principal_arn": headers.principal_arn}
         return {("upstream_headers", key): name for key, name in names.items() if name}
 
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str) -> str:
+        if not _SERVICE.match(value):
+            raise ValueError("a service name is lower-case letters, digits and '-', e.g. execute-api")
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not r for r in value):
+            raise ValueError("entries must not be empty")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one algorithm")
+        return value
+
     @model_validator(mode="after")
     def _region_xor_regions(self) -> SigV4Settings:
         if self.region is not None and self.regions:
             raise ValueError("give either `region` or `regions`, not both")
-        if any(not r for r in self.regions):
-            raise ValueError("`regions` entries must be non-empty")
-        if not self.algorithms:
-            raise ValueError("`algorithms` must list at least one algorithm")
         return self
 
     def verifier_options(self, default_region: str) -> VerifierOptions:

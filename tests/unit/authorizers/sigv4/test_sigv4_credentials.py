@@ -96,8 +96,8 @@ def test_json_file(tmp_path: Path) -> None:
         ("    principal_arn: arn:aws:iam::123456789012:user/a\n", "credentials[0]", 2),
         (
             S + "    secret_access_key_env: X\n" + A,
-            "credentials[0]",
-            2,
+            "credentials[0].secret_access_key_env",
+            4,
         ),
         (
             "    secret_access_key_env: SIGV4_TEST_UNSET_VAR\n    principal_arn: arn:aws:iam::123456789012:user/a\n",
@@ -128,7 +128,7 @@ def test_json_file(tmp_path: Path) -> None:
         (
             f'    secret_access_key: "{SECRET}"\n    principal_arn: arn:aws:iam::123456789012:user/a\n'
             '    policies: [{Version: "2012-10-17", Statement: [{Effect: Maybe}]}]\n',
-            "credentials[0].policies[0]",
+            "credentials[0].policies[0].Statement[0]",
             5,
         ),
         (
