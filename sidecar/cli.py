@@ -48,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         help="judge the --http target as written (default: normalized as the shipped Envoy forwards it)",
     )
     check.add_argument("--output", default="text", choices=["text", "json"])
-    check.add_argument("--explain", action="store_true", help="print the explanation (always in json)")
+    check.add_argument(
+        "--explain",
+        action="store_true",
+        help="show why, stage by stage (route, admit, authenticate, scopes, policy, meter) as explain: lines "
+        "(--output json always includes the explanation)",
+    )
 
     demo = sub.add_parser("demo", help="sidecar + real Envoy + upstream on loopback, scripted requests")
     demo.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
@@ -111,10 +116,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(dumps(result))
     else:
-        text = result.as_text()
-        if not args.explain:
-            text = "\n".join(line for line in text.splitlines() if not line.startswith("explain:"))
-        print(text)
+        print(result.as_text(explain=args.explain))
     return EXIT_ALLOW if result.decision.allowed else EXIT_DENY
 
 

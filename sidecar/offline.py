@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf import json_format
 
 from . import reasons
+from .explanation import DENY, ROUTE, Step, as_json, text_lines
 from .pipeline import Pipeline
 from .proxy_path import ProxyRejects, envoy_path
-from .request import Decision
+from .request import ANONYMOUS, Decision, Principal
 from .runtime import RuntimeHolder, compile_runtime
 from .settings import Config
 from .transports.ext_authz import MALFORMED, MalformedRequest, to_request
@@ -114,6 +115,7 @@ class CheckResult:
     path: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form: the verdict, then the explanation as one object per stage (`Step.as_dict`)."""
         d = self.decision
         principal = d.principal
         return {
@@ -124,24 +126,32 @@ class CheckResult:
             "route": d.route,
             "principal": None if principal is None else {"kind": principal.kind, "id": principal.id},
             "headers": [list(h) for h in d.all_headers()],
-            "explanation": list(d.explanation),
+            "explanation": as_json(d.explanation),
             "request": f"{self.method} {self.path}",
         }
 
-    def as_text(self) -> str:
-        data = self.as_dict()
+    def as_text(self, explain: bool = True) -> str:
+        """The text form; `explain` adds the explanation, stage by stage, as `explain:` lines."""
+        d = self.decision
         lines = [
-            f"request:   {data['request']}",
-            f"decision:  {data['decision']} ({data['status']})",
-            f"reason:    {data['reason']}" + (f" - {data['message']}" if data["message"] else ""),
-            f"route:     {data['route'] or '(none)'}",
+            f"request:   {self.method} {self.path}",
+            f"decision:  {'allow' if d.allowed else 'deny'} ({d.status})",
+            f"reason:    {d.reason}" + (f" - {d.message}" if d.message else ""),
+            f"route:     {d.route or '(none)'}",
         ]
-        if data["principal"]:
-            lines.append(f"principal: {data['principal']['kind']} {data['principal']['id']}")
-        for name, value in data["headers"]:
-            lines.append(f"header:    {name}: {value}")
-        lines.extend(f"explain:   {line}" for line in data["explanation"])
+        if d.principal is not None:
+            lines.append(f"principal: {_who(d.principal)}")
+        lines.extend(f"header:    {name}: {value}" for name, value in d.all_headers())
+        if explain:
+            lines.extend(f"explain:   {line}" for line in text_lines(d.explanation))
         return "\n".join(lines)
+
+
+def _who(principal: Principal) -> str:
+    """`anonymous`, or `kind id` (`jwt user-123`, `sigv4 arn:aws:iam::...`): the kind only when it says more."""
+    if principal.id == principal.kind or principal.kind == ANONYMOUS.kind:
+        return principal.id
+    return f"{principal.kind} {principal.id}"
 
 
 def _clock_from(at: float) -> Callable[[], float]:
@@ -164,9 +174,12 @@ async def evaluate(
         await runtime.wait_ready(ready_timeout)
         try:
             request = to_request(check)
-        except MalformedRequest:
+        except MalformedRequest as exc:
             http = check.attributes.request.http
-            return CheckResult(MALFORMED, http.method, http.path)
+            refusal = Step(
+                ROUTE, DENY, f"{MALFORMED.reason}: {exc} (the request is refused before any route is matched)"
+            )
+            return CheckResult(replace(MALFORMED, explanation=(refusal,)), http.method, http.path)
         decision = await Pipeline(RuntimeHolder(runtime), explain=True).decide(request)
         return CheckResult(decision, request.method, request.raw_path)
     finally:

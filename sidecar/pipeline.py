@@ -10,12 +10,14 @@ decision counters, decision logs), so a new transport gets observability for fre
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from time import perf_counter
 from typing import Any, TypeVar
 
 from . import reasons
-from .authorizers.base import IdentitySide
+from .authorizers.base import Authorizer, IdentitySide
+from .explanation import ADMIT, AUTHENTICATE, DENY, METER, PASS, POLICY, ROUTE, SCOPES, Step, listed, shown_value, when
 from .logs import DecisionLogger
 from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
@@ -35,6 +37,8 @@ AMBIGUOUS_PATH = reasons.deny(
 )
 
 
+_INSUFFICIENT_SCOPE = reasons.deny(reasons.INSUFFICIENT_SCOPE, "The token lacks a scope this route requires")
+"""The scopes deny; each one is this with the route, the authorizer and the caller filled in."""
 UNSENDABLE_IDENTITY = reasons.INTERNAL
 """An allow whose identity could not reach the upstream unchanged: denied (fail closed) rather than sent."""
 
@@ -98,6 +102,19 @@ def _shared(value: _T) -> _T:
     return found if found is not None else _SHARED.put(value, value)
 
 
+def _metered(refused: Decision, allowed: Decision) -> Decision:
+    """A meter gate's refusal as the decision of this request: who was refused, where and by which authorizer
+    come from the allow it replaces (a gate answers with a shared deny that names no one)."""
+    if refused.principal is allowed.principal and refused.route and refused.authorizer:
+        return refused
+    return replace(
+        refused,
+        principal=refused.principal or allowed.principal,
+        route=refused.route or allowed.route,
+        authorizer=refused.authorizer or allowed.authorizer,
+    )
+
+
 class Pipeline:
     """Decides requests against whatever runtime the holder currently serves."""
 
@@ -117,7 +134,8 @@ class Pipeline:
         self._allowed_for: Runtime | None = None
         """The runtime whose routes key `_allowed`."""
         self.explain = explain
-        """Attach full policy explanations to decisions (for `check --explain`; costly, off when serving)."""
+        """Attach an explanation to every decision, stage by stage (`sidecar.explanation`): for `check`, never
+        while serving (it costs text per request and bypasses the decision cache)."""
 
     async def check(self, request: Request) -> Decision:
         """Decide one request and record it. Never raises."""
@@ -141,28 +159,30 @@ class Pipeline:
     async def _decide(self, request: Request) -> tuple[Decision, str]:
         """The decision and the cache layer that supplied it ("" when computed)."""
         runtime = self.holder.current
+        # Explaining (`check --explain`, never while serving): each stage that runs appends its step here.
+        steps: list[Step] | None = [] if self.explain else None
         try:
             match = runtime.routes.match(judged_method(request.method), request.path)
         except AmbiguousPath:
-            return AMBIGUOUS_PATH, ""
+            return _explained(AMBIGUOUS_PATH, steps, _ambiguous_step, request), ""
         if match is None:
-            return NO_ROUTE, ""
+            return _explained(NO_ROUTE, steps, _no_route_step, request, runtime), ""
         route = match.target
+        if steps is not None:
+            steps.append(_route_step(request, route, runtime))
         if route.admit_gates:
-            refused = await self._admit(route, request)
+            refused = await self._admit(route, request, steps)
             if refused is not None:
-                return refused, ""
+                return _explained(refused, steps), ""
         # The cached phase, inline (one coroutine less per Check): identify -> scopes -> policy, or the cache.
         decision: Decision | None = None
         layer = ""
         cache, plan = runtime.cache, route.cache_plan
         fingerprint = (
-            route.authorizer.fingerprint(request)
-            if cache is not None and plan is not None and not self.explain
-            else None
+            route.authorizer.fingerprint(request) if cache is not None and plan is not None and steps is None else None
         )
         if fingerprint is None or cache is None or plan is None:
-            decision = await self._compute(runtime, route, request)
+            decision = await self._compute(runtime, route, request, steps)
         else:
             start = perf_counter()
             context = (
@@ -182,61 +202,92 @@ class Pipeline:
                 decision = await self._compute(runtime, route, request)
                 cache.put(key, decision, plan)
         if route.meter_gates and decision.allowed:
-            decision = await self._meter(route, request, decision)
-        return decision, layer
+            decision = await self._meter(route, request, decision, steps)
+        return _explained(decision, steps), layer
 
-    async def _admit(self, route: CompiledRoute, request: Request) -> Decision | None:
+    async def _admit(self, route: CompiledRoute, request: Request, steps: list[Step] | None = None) -> Decision | None:
         """The admit phase: the first gate that refuses decides; a gate that fails is a deny (fail closed)."""
         for gate in route.admit_gates:
             try:
                 refused = await gate.admit(request, route.key)
             except Exception:
                 log.exception("admit gate %s failed on route %s; denying", gate.name, route.key)
-                return reasons.INTERNAL
+                refused = reasons.INTERNAL
+            if steps is not None:
+                steps.append(_gate_step(ADMIT, gate.name, refused))
             if refused is not None:
                 return refused
         return None
 
-    async def _meter(self, route: CompiledRoute, request: Request, allowed: Decision) -> Decision:
-        """The meter phase, after an allow (cached ones too): the first gate that refuses replaces the allow."""
+    async def _meter(
+        self, route: CompiledRoute, request: Request, allowed: Decision, steps: list[Step] | None = None
+    ) -> Decision:
+        """The meter phase, after an allow (cached ones too): the first gate that refuses replaces the allow. The
+        refusal keeps the allowed caller (`principal`), so its decision log line says who was throttled."""
         for gate in route.meter_gates:
             try:
                 refused = await gate.meter(request, route.key, allowed)
             except Exception:
                 log.exception("meter gate %s failed on route %s; denying", gate.name, route.key)
-                return reasons.INTERNAL
+                refused = reasons.INTERNAL
+            if steps is not None:
+                steps.append(_gate_step(METER, gate.name, refused))
             if refused is not None:
-                return refused
+                return _metered(refused, allowed)
         return allowed
 
-    async def _compute(self, runtime: Runtime, route: CompiledRoute, request: Request) -> Decision:
-        """Authenticate and authorize, with no cache involved."""
+    async def _compute(
+        self, runtime: Runtime, route: CompiledRoute, request: Request, steps: list[Step] | None = None
+    ) -> Decision:
+        """Authenticate and authorize, with no cache involved. Every deny after a successful authentication
+        keeps the verified principal (claims dropped), for decision logs: who was refused, not only why."""
         authorizer = route.authorizer
         try:
             start = perf_counter()
             principal = await authorizer.authenticate(request)
             self.recorder.stage("authenticate", perf_counter() - start)
+            if steps is not None:
+                steps.append(_identified_step(authorizer, principal))
             if route.scopes and not route.scopes & principal.scopes:
-                raise Denied(
-                    reasons.INSUFFICIENT_SCOPE, "The token lacks a scope this route requires", reasons.STATUS_FORBIDDEN
+                if steps is not None:
+                    steps.append(_scopes_step(route.scopes, principal.scopes))
+                return replace(
+                    _INSUFFICIENT_SCOPE,
+                    route=route.key,
+                    authorizer=authorizer.name,
+                    principal=principal.without_claims(),
                 )
+            if steps is not None and route.scopes:
+                steps.append(_scopes_step(route.scopes, principal.scopes))
             outcome = self._policy_outcome(runtime, request, principal, authorizer.identity_side)
         except Denied as denied:
+            if steps is not None:
+                steps.append(_refused_step(authorizer, denied))
             return denied.decision(route=route.key, challenge=authorizer.challenge, authorizer=authorizer.name)
         except Exception:
             log.exception("authorizer %s failed on route %s; denying", authorizer.name, route.key)
+            if steps is not None:
+                steps.append(Step(AUTHENTICATE, DENY, f"{authorizer.name} failed unexpectedly (see the log)"))
             return reasons.INTERNAL
         deciding = outcome.deciding if outcome is not None else None
         statement = deciding.label if deciding is not None else ""
+        if steps is not None:
+            steps.append(
+                outcome.step(principal.arn or principal.id)
+                if outcome is not None
+                else Step(POLICY, PASS, "no policy applies: the authorizer's word is final")
+            )
         if outcome is not None and not outcome.allowed:
-            refusal = outcome.to_denied(explain=self.explain).decision(route=route.key, authorizer=authorizer.name)
+            refusal = outcome.to_denied().decision(route=route.key, authorizer=authorizer.name)
             return replace(refusal, principal=principal.without_claims(), statement=statement)
-        if self.explain:
-            explanation = outcome.explain() if outcome is not None else ("no policy applies: the authorizer decides",)
+        if steps is not None:
             if not sendable(principal):
+                steps.append(
+                    Step(AUTHENTICATE, DENY, "the caller's identity cannot be sent upstream as it is (see the log)")
+                )
                 return UNSENDABLE_IDENTITY
             decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
-            return replace(decision, statement=statement, explanation=explanation)
+            return replace(decision, statement=statement) if statement else decision
         if runtime is not self._allowed_for:
             # A reload: the memo's keys hold the old runtime's routes (and through them its authorizers), which
             # would stay alive until the memo filled up.
@@ -282,3 +333,112 @@ class Pipeline:
                 decision = replace(decision, statement=statement)
             self._allowed.put(key, decision)
         return decision
+
+
+# -- explanation steps (built only when the pipeline explains: `check`, never while serving) ------------------
+
+
+def _explained(
+    decision: Decision, steps: list[Step] | None, last: Callable[..., Step] | None = None, *args: Any
+) -> Decision:
+    """`decision` with the steps taken so far (and the step `last(*args)` builds) as its explanation; the
+    decision itself when not explaining."""
+    if steps is None:
+        return decision
+    if last is not None:
+        steps.append(last(*args))
+    return replace(decision, explanation=tuple(steps))
+
+
+def _judged(request: Request) -> tuple[tuple[str, str], ...]:
+    method = judged_method(request.method)
+    sent = "" if method == request.method else f" (sent as {shown_value(request.method)})"
+    return (("method", method + sent), ("path", shown_value(request.path)))
+
+
+def _ambiguous_step(request: Request) -> Step:
+    return Step(
+        ROUTE,
+        DENY,
+        f"{reasons.MALFORMED_REQUEST}: the path is ambiguous (an encoded '/', '\\' or '.' that servers decode "
+        "differently), so no route is judged",
+        _judged(request),
+    )
+
+
+MAX_LISTED_ROUTES = 20
+"""Route keys a no-route explanation lists (a config with more says how many there are)."""
+
+
+def _no_route_step(request: Request, runtime: Runtime) -> Step:
+    keys = [route.match.strip() for route in runtime.config.routes]
+    routes = listed(keys, limit=MAX_LISTED_ROUTES) if keys else "(none configured)"
+    return Step(
+        ROUTE,
+        DENY,
+        f"{reasons.MISSING_AUTHENTICATION_TOKEN}: no route key matches {judged_method(request.method)} "
+        f"{shown_value(request.path)} (API Gateway's answer for an unknown route), and there is no $default route",
+        (*_judged(request), ("routes", routes)),
+    )
+
+
+def _route_step(request: Request, route: CompiledRoute, runtime: Runtime) -> Step:
+    facts = [("authorizer", _named(route.authorizer))]
+    if route.scopes:
+        facts.append(("required_scopes", listed(route.scopes) + " (any one of)"))
+    method = judged_method(request.method)
+    sent = "" if method == request.method else f" ({request.method} is judged as {method})"
+    return Step(ROUTE, PASS, f"{method} {shown_value(request.path)} matched route {route.key}{sent}", tuple(facts))
+
+
+def _named(authorizer: Authorizer) -> str:
+    return f"{authorizer.name} (type {authorizer.kind})" if authorizer.kind else authorizer.name
+
+
+def _gate_step(stage: str, gate: str, refused: Decision | None) -> Step:
+    if refused is None:
+        return Step(stage, PASS, f"gate {gate} let the request through")
+    said = f"{refused.reason}: {refused.message}" if refused.message else refused.reason
+    return Step(stage, DENY, f"gate {gate} refused: {said}", (("status", str(refused.status)),))
+
+
+def _identified_step(authorizer: Authorizer, principal: Principal) -> Step:
+    if principal is ANONYMOUS or principal.kind == ANONYMOUS.kind:
+        return Step(AUTHENTICATE, PASS, f"{_named(authorizer)} checks no credential: the caller is anonymous")
+    facts = [("principal", f"{principal.kind} {shown_value(principal.id)}")]
+    if principal.arn and principal.arn != principal.id:
+        facts.append(("arn", principal.arn))
+    if principal.account:
+        facts.append(("account", principal.account))
+    if principal.policies or authorizer.identity_side == "policies":
+        sources = (str(getattr(policy, "source", policy)) for policy in principal.policies)
+        facts.append(("identity_policies", listed(sources, empty="(none attached)")))
+    if principal.scopes:
+        facts.append(("token_scopes", listed(principal.scopes)))
+    if principal.expires_at is not None:
+        facts.append(("expires_at", when(principal.expires_at)))
+    return Step(AUTHENTICATE, PASS, f"{_named(authorizer)} identified {shown_value(principal.id)}", tuple(facts))
+
+
+def _scopes_step(required: frozenset[str], held: frozenset[str]) -> Step:
+    facts = (("required_scopes", listed(required) + " (any one of)"), ("token_scopes", listed(held)))
+    granted = required & held
+    if granted:
+        return Step(SCOPES, PASS, f"the token holds {listed(granted)}", facts)
+    return Step(
+        SCOPES,
+        DENY,
+        f"{reasons.INSUFFICIENT_SCOPE}: the token holds none of the scopes this route requires",
+        facts,
+    )
+
+
+def _refused_step(authorizer: Authorizer, denied: Denied) -> Step:
+    """The authenticate stage's refusal: what the authorizer's explainer says, else its reason and message."""
+    step = Step(AUTHENTICATE, DENY, f"{denied.reason}: {denied.message}")
+    if denied.explain is not None:
+        try:
+            step = denied.explain()
+        except Exception:  # an explanation must never turn a deny into a crash
+            log.exception("authorizer %s: explaining %s failed", authorizer.name, denied.reason)
+    return step.with_facts(("authorizer", _named(authorizer)))

@@ -7,7 +7,12 @@ Gateway or AWS has a name for the failure we reuse it, so users can keep their r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .request import Decision
+
+if TYPE_CHECKING:
+    from .explanation import Explainer
 
 # Routing / generic
 MISSING_AUTHENTICATION_TOKEN = "MissingAuthenticationToken"  # no route matched (API Gateway's wording)
@@ -30,6 +35,10 @@ class Denied(Exception):
 
     `status` 401 means "who are you?" (missing or bad credentials) and carries a `WWW-Authenticate` challenge;
     403 means "I know who you are and the answer is no".
+
+    `explain` builds the explanation step of this refusal (what was checked, what was found); the pipeline
+    calls it only under `check --explain`, so a refusal on the hot path costs no text, and nothing it says can
+    reach a decision log or the client. Without one, the step says the reason and the message.
     """
 
     def __init__(
@@ -38,14 +47,14 @@ class Denied(Exception):
         message: str,
         status: int = STATUS_UNAUTHORIZED,
         headers: tuple[tuple[str, str], ...] = (),
-        explanation: tuple[str, ...] = (),
+        explain: Explainer | None = None,
     ) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
         self.status = status
         self.headers = headers
-        self.explanation = explanation
+        self.explain = explain
 
     def decision(self, route: str = "", challenge: str = "", authorizer: str = "") -> Decision:
         """The deny `Decision` for this exception; 401s get a `WWW-Authenticate` challenge."""
@@ -60,7 +69,6 @@ class Denied(Exception):
             headers=headers,
             route=route,
             authorizer=authorizer,
-            explanation=self.explanation,
         )
 
 

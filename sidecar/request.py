@@ -12,10 +12,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from .memo import BoundedMemo
+
+if TYPE_CHECKING:
+    from .explanation import Step
 
 EMPTY_MAP: Mapping[str, str] = MappingProxyType({})
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
@@ -191,8 +194,8 @@ class Decision:
     """The verdict on one request, and everything the adapters need to render it.
 
     On allow, `headers` are added to the upstream request; on deny, they go to the client with `status` and a
-    JSON body `{"message": message, "reason": reason}`. `explanation` is for `check --explain` and decision
-    logs, never for the client.
+    JSON body `{"message": message, "reason": reason}`. `explanation` is filled only by a pipeline that explains
+    (`check --explain`): never while serving, so it reaches neither decision logs nor the client.
     """
 
     allowed: bool
@@ -209,7 +212,8 @@ class Decision:
     authorizer: str = ""
     statement: str = ""
     """The policy statement (Sid or index) that decided, for decision logs."""
-    explanation: tuple[str, ...] = ()
+    explanation: tuple[Step, ...] = ()
+    """What each stage checked and found (`sidecar.explanation`), in pipeline order."""
     ttl: float | None = field(default=None)
     """How long this decision may be reused for an identical request (None: the cache's default)."""
     identity_header: str = ""

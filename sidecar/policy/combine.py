@@ -15,11 +15,15 @@ Cross-account callers (`same_account=False`) need an explicit Allow on both side
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import reasons
+from ..explanation import DENY, PASS, POLICY, Step
 from ..reasons import Denied
-from .compile import Evaluation, StatementRef
+from .compile import NOT_AUTHENTICATED, Evaluation, StatementRef
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 ALLOW = "Allow"
 EXPLICIT_DENY = "ExplicitDeny"
@@ -54,11 +58,7 @@ class Outcome(NamedTuple):
         """API Gateway's wording for the client (no statement or policy details)."""
         if self.allowed:
             return ""
-        ctx = None
-        for side in (self.resource, self.identity):
-            if side is not None and side.context is not None:
-                ctx = side.context
-                break
+        ctx = self._context()
         if ctx is None:
             return "User is not authorized to access this resource"
         who = ctx.principal.arn or ctx.principal.id
@@ -75,14 +75,67 @@ class Outcome(NamedTuple):
                 lines.extend(side.explain())
         return tuple(lines)
 
-    def to_denied(self, explain: bool = False) -> Denied:
-        """A 403 `Denied` for this outcome (call only when not allowed); `explain` attaches the full trace."""
-        return Denied(
-            self.reason,
-            self.message,
-            reasons.STATUS_FORBIDDEN,
-            explanation=self.explain() if explain else (),
-        )
+    def step(self, caller: str = "") -> Step:
+        """The policy stage's explanation step: the verdict in one line (why, in words, for the implicit denies
+        users trip over), the trace of `explain()` as its details. `caller` names the principal when no side
+        has a context to name it from (a SigV4 caller with no identity policy and no resource policy)."""
+        ctx = self._context()
+        who = caller or (ctx.principal.arn or ctx.principal.id if ctx is not None else "the caller")
+        facts = (("action", ctx.action), ("resource", ctx.resource)) if ctx is not None else ()
+        return Step(POLICY, PASS if self.allowed else DENY, self._summary(who), facts, self.explain())
+
+    def _context(self) -> EvalContext | None:
+        """The request context either side was evaluated with (the resource side's first)."""
+        for side in (self.resource, self.identity):
+            if side is not None and side.context is not None:
+                return side.context
+        return None
+
+    def _summary(self, who: str) -> str:
+        deciding = self.deciding
+        side = self.identity if self.decided_by == "identity" else self.resource
+        if deciding is not None and side is not None:
+            return f"{self.effect} by statement {deciding.label!r} of {side.source} (decided by {self.decided_by})"
+        if self.allowed:
+            return f"{self.effect}: {who} is authenticated and no policy denies (decided by {self.decided_by})"
+        resource = _resource_says(self.resource)
+        if self.decided_by == "private-api":
+            return f"{self.effect}: a private API admits only what the resource policy allows, and {resource}"
+        if self.decided_by == "cross-account":
+            return (
+                f"{self.effect}: {who} is from another account, which needs an Allow from both its identity "
+                f"policies and the resource policy; {_identity_says(self.identity, who)}, and {resource}"
+            )
+        if self.identity is None:
+            return (
+                f"{self.effect}: the route identifies no caller, so only the resource policy can allow, and {resource}"
+            )
+        if self.identity is NOT_AUTHENTICATED:
+            return (
+                f"{self.effect}: {who}'s credential has no identity policy attached, and {resource}; IAM callers "
+                "(sigv4) need an identity policy or a resource policy that allows the request (API Gateway's rule "
+                "for AWS_IAM routes)"
+            )
+        return f"{self.effect}: {_identity_says(self.identity, who)}, and {resource}"
+
+    def to_denied(self) -> Denied:
+        """A 403 `Denied` for this outcome (call only when not allowed); its explainer is `step`."""
+        return Denied(self.reason, self.message, reasons.STATUS_FORBIDDEN, explain=self.step)
+
+
+def _resource_says(resource: Evaluation | None) -> str:
+    if resource is None:
+        return "there is no resource policy"
+    return f"no statement of the {resource.source} allows it"
+
+
+def _identity_says(identity: Evaluation | None, who: str) -> str:
+    if identity is None or identity is NOT_AUTHENTICATED:
+        return f"{who}'s credential has no identity policy attached"
+    if identity.allowed:
+        return f"the {identity.source} allows it"
+    names = [part.source for part in identity.parts] or [identity.source]
+    return f"none of {who}'s identity policies allows it (" + "; ".join(names) + ")"
 
 
 def authorize(

@@ -15,10 +15,18 @@ if TYPE_CHECKING:
 
 MAX_LINES = 200
 """Statements listed per policy before the trace is cut short (a 10,000-statement policy stays readable)."""
+_AUTHORIZER_SIDE = {
+    "Allow": "identity: Allow (the authorizer authenticated the caller; no identity policy applies)",
+    "Neither": "identity: Neither (no identity policy is attached to the caller)",
+    "Deny": "identity: Deny (the authorizer refused the caller)",
+}
+"""The identity side an authorizer decides without a policy (`AUTHENTICATED`, `NOT_AUTHENTICATED`)."""
 
 
 def explain_evaluation(evaluation: Evaluation) -> tuple[str, ...]:
     """Lines describing one evaluation: verdict and deciding statement, then each statement's result."""
+    if evaluation.policy is None and not evaluation.parts and evaluation.source == "authorizer":
+        return (_AUTHORIZER_SIDE[evaluation.effect.value],)
     head = f"{evaluation.source or 'policy'}: {evaluation.effect.value}"
     if evaluation.deciding is not None:
         ref = evaluation.deciding

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from sidecar.config import parse_config
+from sidecar.explanation import text_lines
 from sidecar.pipeline import Pipeline
 from sidecar.request import Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
@@ -78,7 +79,8 @@ async def test_explain_mode_attaches_explanations(tmp_path: Path) -> None:
     p.explain = True
     decision = await p.decide(request())
     assert decision.allowed
-    assert any("All" in line for line in decision.explanation)
+    assert [step.stage for step in decision.explanation] == ["route", "authenticate", "policy"]
+    assert any("All" in line for line in text_lines(decision.explanation))
 
 
 async def test_ambiguous_path_is_a_malformed_request(tmp_path: Path) -> None:

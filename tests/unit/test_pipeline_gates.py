@@ -80,7 +80,9 @@ async def test_meter_gates_run_on_cached_allows_and_never_on_denies(tmp_path: Pa
     first, second = await pipeline.decide(request("/x")), await pipeline.decide(request("/x"))
     assert first.allowed and second.allowed
     third = await pipeline.decide(request("/x"))  # served from the cache, still metered
-    assert third is TOO_MANY
+    assert (third.allowed, third.status, third.reason, third.message) == (False, 429, "TooManyRequests", "slow down")
+    assert third.principal is not None and third.principal.id == "alice"  # the decision log says who was metered
+    assert (third.route, third.authorizer) == ("ANY /{proxy+}", "tok")
     denied = await pipeline.decide(request("/x", token="bad-token"))
     assert not denied.allowed and denied.reason == "TokenInvalid"
     assert gate.seen == 3  # the denied request consumed nothing

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from ...reasons import STATUS_UNAUTHORIZED, Denied
@@ -35,7 +36,15 @@ from .claims import (
 from .errors import KEYS_UNAVAILABLE, TOKEN_MISSING, UNKNOWN_KEY, JwtError
 from .jwks import Clock, KeySource
 from .keys import KeySet, VerificationKey
-from .token import CheckedHeader, allowed_algorithms, b64url_decode, parse_json_object, parse_token, verify_signature
+from .token import (
+    CheckedHeader,
+    allowed_algorithms,
+    b64url_decode,
+    missing_step,
+    parse_json_object,
+    parse_token,
+    verify_signature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +130,8 @@ class JwtAuthorizer(Authorizer):
             token = source.extract(request)
             if token is not None:
                 return token
-        raise Denied(TOKEN_MISSING, "A bearer token is required", STATUS_UNAUTHORIZED)
+        message = "A bearer token is required"
+        raise Denied(TOKEN_MISSING, message, STATUS_UNAUTHORIZED, explain=partial(missing_step, message, self.sources))
 
     def upstream_header_names(self) -> frozenset[str]:
         return frozenset(header for _, header in self.claim_to_headers)
@@ -166,8 +176,10 @@ class JwtAuthorizer(Authorizer):
 
     def _denied(self, exc: JwtError) -> Denied:
         if exc.reason == KEYS_UNAVAILABLE:
-            return Denied(exc.reason, exc.message, STATUS_UNAVAILABLE)
-        return Denied(exc.reason, exc.message, STATUS_UNAUTHORIZED, headers=INVALID_TOKEN_CHALLENGE)
+            return Denied(exc.reason, exc.message, STATUS_UNAVAILABLE, explain=exc.explain)
+        return Denied(
+            exc.reason, exc.message, STATUS_UNAUTHORIZED, headers=INVALID_TOKEN_CHALLENGE, explain=exc.explain
+        )
 
     def _revalidate(self, digest: bytes, entry: _Verified, now: float) -> _Verified | None:
         """A cached token whose key set was refreshed: still good if its key survived the refresh."""

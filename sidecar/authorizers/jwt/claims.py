@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from ...explanation import Step, duration, listed, refused, shown_value, when
 from ...request import header_safe
 from .errors import (
     CLAIM_MISSING,
@@ -130,18 +132,74 @@ class ClaimRules:
         if self.token_uses is not None:
             check_claim_types(claims, COGNITO_STRING_CLAIMS, COGNITO_STRING_OR_LIST_CLAIMS)
         if now >= exp + self.leeway:
-            raise JwtError(TOKEN_EXPIRED, "the token has expired")
+            raise JwtError(TOKEN_EXPIRED, "the token has expired", partial(self._late, exp, now))
         if nbf is not None and nbf > now + self.leeway:
-            raise JwtError(TOKEN_NOT_YET_VALID, "the token is not valid yet (nbf)")
+            raise JwtError(
+                TOKEN_NOT_YET_VALID,
+                "the token is not valid yet (nbf)",
+                partial(self._early, TOKEN_NOT_YET_VALID, "the token is not valid yet (nbf)", "nbf", nbf, now),
+            )
         if iat is not None and iat > now + self.leeway:
-            raise JwtError(TOKEN_ISSUED_IN_FUTURE, "the token was issued in the future (iat)")
+            raise JwtError(
+                TOKEN_ISSUED_IN_FUTURE,
+                "the token was issued in the future (iat)",
+                partial(
+                    self._early, TOKEN_ISSUED_IN_FUTURE, "the token was issued in the future (iat)", "iat", iat, now
+                ),
+            )
         if claims.get("iss") != self.issuer:
-            raise JwtError(INVALID_ISSUER, "the token comes from another issuer")
+            raise JwtError(INVALID_ISSUER, "the token comes from another issuer", partial(self._issuer, claims))
         if self.token_uses is None:
             self._check_audience(claims)
         else:
             self._check_cognito(claims)
         return exp
+
+    # Explainers (`JwtError.explain`): called only under `check --explain`, so a refusal costs no text.
+
+    def _late(self, exp: float, now: float) -> Step:
+        return refused(
+            TOKEN_EXPIRED,
+            f"the token expired {duration(now - exp)} before the time judged (leeway {self.leeway:g} s)",
+            ("exp", when(exp)),
+            ("judged_at", when(now)),
+            ("leeway", f"{self.leeway:g} s"),
+        )
+
+    def _early(self, reason: str, message: str, claim: str, value: float, now: float) -> Step:
+        return refused(
+            reason,
+            f"{message}: {claim} is {duration(value - now)} after the time judged (leeway {self.leeway:g} s)",
+            (claim, when(value)),
+            ("judged_at", when(now)),
+            ("leeway", f"{self.leeway:g} s"),
+        )
+
+    def _issuer(self, claims: Mapping[str, Any]) -> Step:
+        return refused(
+            INVALID_ISSUER,
+            "the token's iss is not this authorizer's issuer (compared exactly)",
+            ("iss", _claim(claims, "iss")),
+            ("expected_issuer", self.issuer),
+        )
+
+    def _audience(self, claims: Mapping[str, Any], message: str) -> Step:
+        return refused(
+            INVALID_AUDIENCE,
+            message,
+            ("aud", listed(_strings(claims.get("aud")), empty="(absent)")),
+            ("client_id", _claim(claims, "client_id")),
+            ("expected_audiences", listed(self.audiences) + " (any one of)"),
+        )
+
+    def _token_use(self, claims: Mapping[str, Any]) -> Step:
+        assert self.token_uses is not None
+        return refused(
+            INVALID_TOKEN_USE,
+            "the token's token_use is not one this authorizer accepts",
+            ("token_use", _claim(claims, "token_use")),
+            ("expected_token_use", listed(self.token_uses)),
+        )
 
     def _check_audience(self, claims: Mapping[str, Any]) -> None:
         """API Gateway's rule: any `aud` value, or else `client_id`, must be a configured audience."""
@@ -150,20 +208,32 @@ class ClaimRules:
         client_id = claims.get("client_id")
         if isinstance(client_id, str) and client_id in self.audiences:
             return
-        raise JwtError(INVALID_AUDIENCE, "the token is not meant for this API (aud/client_id)")
+        message = "the token is not meant for this API (aud/client_id)"
+        raise JwtError(INVALID_AUDIENCE, message, partial(self._audience, claims, message))
 
     def _check_cognito(self, claims: Mapping[str, Any]) -> None:
         """Cognito access tokens carry `client_id` and no `aud`; ID tokens carry `aud`."""
         assert self.token_uses is not None
         use = claims.get("token_use")
         if use not in self.token_uses:
-            raise JwtError(INVALID_TOKEN_USE, f"token_use must be {' or '.join(sorted(self.token_uses))}")
+            raise JwtError(
+                INVALID_TOKEN_USE,
+                f"token_use must be {' or '.join(sorted(self.token_uses))}",
+                partial(self._token_use, claims),
+            )
         if use == "access":
             client = claims.get("client_id")
             if not isinstance(client, str) or client not in self.audiences:
-                raise JwtError(INVALID_AUDIENCE, "the access token was issued to another app client (client_id)")
+                message = "the access token was issued to another app client (client_id)"
+                raise JwtError(INVALID_AUDIENCE, message, partial(self._audience, claims, message))
         elif not self.audiences.intersection(_strings(claims.get("aud"))):
-            raise JwtError(INVALID_AUDIENCE, "the ID token was issued to another app client (aud)")
+            message = "the ID token was issued to another app client (aud)"
+            raise JwtError(INVALID_AUDIENCE, message, partial(self._audience, claims, message))
+
+
+def _claim(claims: Mapping[str, Any], name: str) -> str:
+    """A claim as an explanation shows it ("(absent)" when the token has none)."""
+    return shown_value(claims[name]) if name in claims else "(absent)"
 
 
 def shared_values(claims: Mapping[str, Any]) -> dict[str, Any]:

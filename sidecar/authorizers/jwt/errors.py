@@ -4,6 +4,11 @@ modules all raise these."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ...explanation import Explainer
+
 TOKEN_MISSING = "TokenMissing"
 TOKEN_MALFORMED = "TokenMalformed"
 TOKEN_TOO_LARGE = "TokenTooLarge"
@@ -50,9 +55,11 @@ REASONS = frozenset(
 
 
 class JwtError(Exception):
-    """A token failed a check; `reason` is one of the codes above. Turned into `Denied` by the authorizer."""
+    """A token failed a check; `reason` is one of the codes above. Turned into `Denied` by the authorizer, with
+    `explain` (what was checked and found, built only under `check --explain`: `Denied.explain`)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, explain: Explainer | None = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+        self.explain = explain

@@ -18,20 +18,23 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import get_default_algorithms
 
+from ...explanation import Step, listed, refused, shown_value
 from .errors import (
     ALGORITHM_NONE,
     ALGORITHM_NOT_ALLOWED,
     INVALID_SIGNATURE,
     KEY_ALGORITHM_MISMATCH,
     TOKEN_MALFORMED,
+    TOKEN_MISSING,
     TOKEN_TOO_LARGE,
     UNKNOWN_KEY,
     UNSUPPORTED_CRITICAL,
@@ -39,6 +42,9 @@ from .errors import (
     JwtError,
 )
 from .keys import OKP_CURVES, SUPPORTED_ALGORITHMS, KeySet, VerificationKey
+
+if TYPE_CHECKING:
+    from ..sources import IdentitySource
 
 UNTRUSTED_HEADERS = ("jku", "x5u", "jwk")
 """Header parameters that would let the token choose its own key. A token carrying one is refused outright;
@@ -188,7 +194,14 @@ def check_header(segment: str, algorithms: frozenset[str]) -> CheckedHeader:
     if alg.lower() == "none":
         raise JwtError(ALGORITHM_NONE, "unsigned tokens (alg none) are never accepted")
     if alg not in algorithms:
-        raise JwtError(ALGORITHM_NOT_ALLOWED, f"algorithm {alg[:16]!r} is not allowed here")
+        message = f"algorithm {alg[:16]!r} is not allowed here"
+        raise JwtError(
+            ALGORITHM_NOT_ALLOWED,
+            message,
+            partial(
+                refused, ALGORITHM_NOT_ALLOWED, message, ("alg", shown_value(alg)), ("allowed", listed(algorithms))
+            ),
+        )
     for name in UNTRUSTED_HEADERS:
         if name in header:
             raise JwtError(UNTRUSTED_KEY_HEADER, f"the header names its own key ({name}); keys come from the issuer")
@@ -246,10 +259,15 @@ def verify_signature(parsed: ParsedToken, keyset: KeySet) -> VerificationKey:
     candidates = keyset.candidates(parsed.kid, parsed.alg)
     if not candidates:
         if parsed.kid is not None and keyset.has_kid(parsed.kid):
-            raise JwtError(KEY_ALGORITHM_MISMATCH, f"key {parsed.kid[:64]!r} may not verify {parsed.alg}")
+            message = f"key {parsed.kid[:64]!r} may not verify {parsed.alg}"
+            raise JwtError(
+                KEY_ALGORITHM_MISMATCH, message, partial(_key_step, KEY_ALGORITHM_MISMATCH, message, parsed, keyset)
+            )
         if parsed.kid is None:
-            raise JwtError(UNKNOWN_KEY, "the token names no key (kid) and no single key fits its algorithm")
-        raise JwtError(UNKNOWN_KEY, "the token names a key the issuer does not publish")
+            message = "the token names no key (kid) and no single key fits its algorithm"
+            raise JwtError(UNKNOWN_KEY, message, partial(_key_step, UNKNOWN_KEY, message, parsed, keyset))
+        message = "the token names a key the issuer does not publish"
+        raise JwtError(UNKNOWN_KEY, message, partial(_key_step, UNKNOWN_KEY, message, parsed, keyset))
     algorithm = ALGORITHMS[parsed.alg]
     for key in candidates:
         try:
@@ -257,7 +275,38 @@ def verify_signature(parsed: ParsedToken, keyset: KeySet) -> VerificationKey:
                 return key
         except (ValueError, TypeError):  # malformed signature bytes: simply not a valid signature
             continue
-    raise JwtError(INVALID_SIGNATURE, "the signature does not verify")
+    message = "the signature does not verify"
+    raise JwtError(INVALID_SIGNATURE, message, partial(_key_step, INVALID_SIGNATURE, message, parsed, keyset))
+
+
+def missing_step(message: str, sources: Iterable[IdentitySource]) -> Step:
+    """TokenMissing explained: where the authorizer looked (`identity_source`), in order."""
+    return refused(
+        TOKEN_MISSING,
+        message,
+        ("looked_in", ", ".join(f"{source.where}.{source.name}" for source in sources)),
+        ("note", "a header holds a token as 'Bearer <token>' or bare; another scheme (Basic, AWS4-...) is not read"),
+    )
+
+
+def _key_step(reason: str, message: str, parsed: ParsedToken, keyset: KeySet) -> Step:
+    """What a key refusal found (`check --explain` only): the token's kid and alg, the keys the issuer publishes
+    (their kids and algorithms, public facts), and how many were tried. Never the token or its signature."""
+    tried = keyset.candidates(parsed.kid, parsed.alg)
+    return refused(
+        reason,
+        message,
+        ("kid", shown_value(parsed.kid) if parsed.kid is not None else "(absent)"),
+        ("alg", parsed.alg),
+        ("published_keys", listed(_key_label(key) for key in keyset.keys)),
+        ("keys_tried", str(len(tried))),
+    )
+
+
+def _key_label(key: VerificationKey) -> str:
+    return (
+        f"{shown_value(key.kid) if key.kid is not None else '(no kid)'} {key.kty} [{' '.join(sorted(key.algorithms))}]"
+    )
 
 
 def verify_jws(token: str, keyset: KeySet, algorithms: frozenset[str], max_bytes: int = 65536) -> bytes:

@@ -5,6 +5,11 @@ from the credential snapshot (`credentials.py`). Hot path cost is one canonical 
 signing keys are derived once per (access key, date, region, service) and kept with the credential snapshot,
 SigV4a public keys once per access key. Failures are `Denied` with the AWS error names and texts that API Gateway
 users know (`IncompleteSignature`, `InvalidSignature`, ...), all 403 by default as API Gateway sends them.
+
+Each refusal carries an explainer (`Denied.explain`) that `check --explain` calls to say what was checked and
+found; for a signature that does not match, it is the canonical request and string to sign the sidecar computed,
+worded as AWS's own SignatureDoesNotMatch error words them, so a client can diff them with its own. Only
+`check --explain` ever calls it: the deny the client receives and the decision log carry the message alone.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
+from ...explanation import Explainer, Fact, Step, listed, refused, shown_value, when
 from ...reasons import MISSING_AUTHENTICATION_TOKEN, Denied
 from ...request import Request
 from . import sigv4a
@@ -60,6 +68,8 @@ MSG_BAD_TOKEN = "The security token included in the request is invalid."
 MSG_EXPIRED_TOKEN = "The security token included in the request is expired"
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+_NO_TOKEN = "no session token (X-Amz-Security-Token), which this credential requires"
+_OTHER_TOKEN = "a session token that is not this credential's (its value is never shown)"
 MAX_EXPIRES = 604800
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 _DIGITS = re.compile(r"\d{1,7}\Z")
@@ -95,6 +105,26 @@ class Verified:
     """The presigned URL's session token was appended after signing (not covered by the signature)."""
 
 
+Facts = Callable[[], tuple[Fact, ...]]
+"""What a refusal found, computed only when explained (`check --explain`): a refusal on the hot path formats
+nothing."""
+
+
+def _explained(reason: str, message: str, facts: Facts) -> Step:
+    return refused(reason, message, *facts())
+
+
+def _looked_for() -> tuple[Fact, ...]:
+    return (
+        ("looked_for", "an Authorization header (AWS4-HMAC-SHA256 / AWS4-ECDSA-P256-SHA256 Credential=...)"),
+        ("or", "presigned query parameters (X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, ...)"),
+    )
+
+
+def _found(access_key_id: str, found: str) -> tuple[Fact, ...]:
+    return (("access_key_id", shown_value(access_key_id)), ("found", found))
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -109,8 +139,11 @@ class SigV4Verifier:
 
     # -- errors ------------------------------------------------------------------------------------------------
 
-    def _deny(self, reason: str, message: str, status: int | None = None) -> Denied:
-        return Denied(reason, message, status or self.options.deny_status)
+    def _deny(self, reason: str, message: str, status: int | None = None, facts: Facts | None = None) -> Denied:
+        """A refusal; `facts` (what was checked and found, computed only when called) become its explanation
+        under `check --explain`."""
+        explain: Explainer | None = partial(_explained, reason, message, facts) if facts is not None else None
+        return Denied(reason, message, status or self.options.deny_status, explain=explain)
 
     # -- the steps ---------------------------------------------------------------------------------------------
 
@@ -129,7 +162,12 @@ class SigV4Verifier:
             return parse_presigned(query_auth_params(query))
         if "X-Amz-Signature=" in query or "X-Amz-Credential=" in query:
             raise MalformedSignature("Query-string authentication requires the X-Amz-Algorithm parameter")
-        raise self._deny(MISSING_AUTHENTICATION_TOKEN, MSG_MISSING)
+        raise self._deny(
+            MISSING_AUTHENTICATION_TOKEN,
+            MSG_MISSING,
+            None,
+            _looked_for,
+        )
 
     def _request_date(self, request: Request, params: SignatureParams) -> tuple[str, float]:
         """(ISO basic timestamp for the string to sign, epoch seconds) of the signing time."""
@@ -159,17 +197,22 @@ class SigV4Verifier:
         if "host" not in params.signed_headers:
             raise MalformedSignature("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
         if params.scope_date != amz_date[:8]:
-            raise self._deny(
-                INVALID_SIGNATURE,
+            raise self._scope_denied(
+                params,
+                amz_date,
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.",
             )
         if params.scope_terminator != TERMINATOR:
-            raise self._deny(INVALID_SIGNATURE, f"Credential should be scoped with a valid terminator: '{TERMINATOR}'.")
+            raise self._scope_denied(
+                params, amz_date, f"Credential should be scoped with a valid terminator: '{TERMINATOR}'."
+            )
         if params.scope_service != opts.service:
-            raise self._deny(INVALID_SIGNATURE, f"Credential should be scoped to correct service: '{opts.service}'.")
+            raise self._scope_denied(
+                params, amz_date, f"Credential should be scoped to correct service: '{opts.service}'."
+            )
         if params.algorithm == HMAC_ALGORITHM:
             if params.scope_region not in opts.regions:
-                raise self._deny(INVALID_SIGNATURE, "Credential should be scoped to a valid region.")
+                raise self._scope_denied(params, amz_date, "Credential should be scoped to a valid region.")
             return ""
         region_set = params.region_set if params.presigned else request.headers.get("x-amz-region-set")
         if not region_set:
@@ -177,17 +220,43 @@ class SigV4Verifier:
         if not params.presigned and "x-amz-region-set" not in params.signed_headers:
             raise MalformedSignature("'X-Amz-Region-Set' must be a 'SignedHeader' in the AWS Authorization.")
         if not sigv4a.region_set_matches(region_set, self._regions):
-            raise self._deny(INVALID_SIGNATURE, "X-Amz-Region-Set does not include a region this API serves.")
+            raise self._scope_denied(
+                params,
+                amz_date,
+                "X-Amz-Region-Set does not include a region this API serves.",
+                region_set,
+            )
         return region_set
+
+    def _scope_denied(self, params: SignatureParams, amz_date: str, message: str, region_set: str = "") -> Denied:
+        """A credential scope this API does not serve: the scope presented beside what is expected."""
+
+        def facts() -> tuple[Fact, ...]:
+            found = (("region_set", shown_value(region_set)),) if region_set else ()
+            return (
+                ("credential_scope", shown_value(params.scope)),
+                ("request_date", shown_value(amz_date)),
+                ("expected_service", self.options.service),
+                ("expected_regions", listed(self._regions)),
+                *found,
+            )
+
+        return self._deny(INVALID_SIGNATURE, message, None, facts)
 
     def _check_time(self, params: SignatureParams, signed_at: float, now: float) -> float:
         """Clock-skew and expiry checks; returns how long the signature stays valid from `now` (the replay TTL)."""
         skew = self.options.clock_skew
+
+        def times() -> tuple[Fact, ...]:
+            return (("signed_at", when(signed_at)), ("judged_at", when(now)), ("clock_skew", f"{skew:g} s"))
+
         if signed_at - now > skew:
             raise self._deny(
                 REQUEST_TIME_TOO_SKEWED,
                 f"Signature not yet current: {_iso(signed_at)} is still later "
                 f"than {_iso(now + skew)} ({_iso(now)} + {skew / 60:g} min.)",
+                None,
+                times,
             )
         if not params.presigned:
             if now - signed_at > skew:
@@ -195,6 +264,8 @@ class SigV4Verifier:
                     SIGNATURE_EXPIRED,
                     f"Signature expired: {_iso(signed_at)} is now earlier than "
                     f"{_iso(now - skew)} ({_iso(now)} - {skew / 60:g} min.)",
+                    None,
+                    times,
                 )
             return signed_at + skew - now
         if not _DIGITS.match(params.expires):
@@ -204,28 +275,48 @@ class SigV4Verifier:
             raise MalformedSignature(f"X-Amz-Expires must be between 1 and {self.options.max_expires} seconds")
         if now > signed_at + expires:
             raise self._deny(
-                SIGNATURE_EXPIRED, f"Signature expired: the presigned URL expired at {_iso(signed_at + expires)}"
+                SIGNATURE_EXPIRED,
+                f"Signature expired: the presigned URL expired at {_iso(signed_at + expires)}",
+                None,
+                lambda: (*times()[:2], ("expires", f"{expires} s (X-Amz-Expires)")),
             )
         return signed_at + expires - now
 
     def _credential(self, request: Request, params: SignatureParams, now: float) -> tuple[Credential, CredentialSet]:
         snapshot = self.store.current
         credential = snapshot.get(params.access_key_id)
+        key = params.access_key_id
         if credential is None:
-            raise self._deny(UNRECOGNIZED_CLIENT, MSG_BAD_TOKEN)
+            raise self._deny(
+                UNRECOGNIZED_CLIENT, MSG_BAD_TOKEN, None, partial(_found, key, "no credential with this key")
+            )
         if not credential.enabled:
-            raise self._deny(INVALID_CLIENT_TOKEN_ID, MSG_BAD_TOKEN)
-        if credential.expires_at is not None and now >= credential.expires_at:
-            raise self._deny(EXPIRED_TOKEN, MSG_EXPIRED_TOKEN)
+            raise self._deny(
+                INVALID_CLIENT_TOKEN_ID, MSG_BAD_TOKEN, None, partial(_found, key, "the credential is disabled")
+            )
+        expires_at = credential.expires_at
+        if expires_at is not None and now >= expires_at:
+            raise self._deny(
+                EXPIRED_TOKEN,
+                MSG_EXPIRED_TOKEN,
+                None,
+                lambda: _found(key, f"the credential expired at {when(expires_at)}; judged at {when(now)}"),
+            )
         token = params.security_token if params.presigned else request.headers.get("x-amz-security-token")
         if credential.session_token is None:
             if token is not None:
-                raise self._deny(INVALID_CLIENT_TOKEN_ID, MSG_BAD_TOKEN)
+                raise self._deny(
+                    INVALID_CLIENT_TOKEN_ID,
+                    MSG_BAD_TOKEN,
+                    None,
+                    partial(_found, key, "a session token (X-Amz-Security-Token) for a credential that has none"),
+                )
         else:
             if token is None or not hmac.compare_digest(
                 token.encode("utf-8", "surrogatepass"), credential.session_token.encode()
             ):
-                raise self._deny(INVALID_CLIENT_TOKEN_ID, MSG_BAD_TOKEN)
+                found = _NO_TOKEN if token is None else _OTHER_TOKEN
+                raise self._deny(INVALID_CLIENT_TOKEN_ID, MSG_BAD_TOKEN, None, partial(_found, key, found))
             if (
                 self.options.require_signed_session_token
                 and not params.presigned
@@ -236,7 +327,7 @@ class SigV4Verifier:
 
     def _payload_hash(self, request: Request) -> str:
         declared = request.headers.get("x-amz-content-sha256")
-        partial = request.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
+        cut_short = request.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
         if declared is not None:
             if declared == UNSIGNED_PAYLOAD:
                 if not self.options.allow_unsigned_payload:
@@ -247,8 +338,19 @@ class SigV4Verifier:
                 return UNSIGNED_PAYLOAD
             if not _HEX64.match(declared):
                 raise MalformedSignature("x-amz-content-sha256 must be UNSIGNED-PAYLOAD or a SHA-256 hex digest")
-        if partial:
-            raise self._deny(PARTIAL_BODY, "The request body was too large to verify its signature.", 413)
+        if cut_short:
+            raise self._deny(
+                PARTIAL_BODY,
+                "The request body was too large to verify its signature.",
+                413,
+                lambda: (
+                    ("body_bytes_received", str(len(request.body))),
+                    (
+                        "found",
+                        f"the proxy cut the body short ({PARTIAL_BODY_HEADER}: true): raise its max_request_bytes",
+                    ),
+                ),
+            )
         body = request.body
         actual = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         if declared is not None and declared.lower() != actual:
@@ -256,6 +358,7 @@ class SigV4Verifier:
                 CONTENT_SHA256_MISMATCH,
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
                 400,
+                lambda: (("declared", shown_value(declared)), ("computed", actual), ("body_bytes", str(len(body)))),
             )
         return declared if declared is not None else actual
 
@@ -304,23 +407,62 @@ class SigV4Verifier:
         sts = self._string_to_sign(request, params, amz_date, payload_hash, unsigned_token=False)
         unsigned_token = False
         if not self._signature_matches(params, credential, snapshot, sts):
+            # What this sidecar computed, for `check --explain` only (built if called: `_mismatch_step`).
+            computed = partial(self._mismatch_step, request, params, amz_date, payload_hash, credential)
             # A presigned URL may carry a session token appended after signing; try without it (AWS accepts
             # both styles) unless this authorizer insists on signed tokens.
             retry = (
                 params.presigned and params.security_token is not None and not self.options.require_signed_session_token
             )
             if not retry:
-                raise self._deny(INVALID_SIGNATURE, MSG_BAD_SIGNATURE)
+                raise self._mismatch(partial(computed, False))
             unsigned_token = True
             sts = self._string_to_sign(request, params, amz_date, payload_hash, unsigned_token=True)
             if not self._signature_matches(params, credential, snapshot, sts):
-                raise self._deny(INVALID_SIGNATURE, MSG_BAD_SIGNATURE)
+                raise self._mismatch(partial(computed, True))
         if params.algorithm == HMAC_ALGORITHM:
             replay_key = f"{credential.access_key_id}:{params.signature}"
         else:
             # ECDSA signatures are malleable, so a replay is recognized by what was signed, not by the signature.
             replay_key = f"{credential.access_key_id}:a:{hashlib.sha256(sts).hexdigest()}"
         return Verified(credential, snapshot, params, replay_key, max(1.0, ttl), now, unsigned_token)
+
+    def _mismatch(self, explain: Explainer) -> Denied:
+        """InvalidSignature for a signature that does not match, in AWS's words; `explain` says what was computed."""
+        return Denied(INVALID_SIGNATURE, MSG_BAD_SIGNATURE, self.options.deny_status, explain=explain)
+
+    def _mismatch_step(
+        self,
+        request: Request,
+        params: SignatureParams,
+        amz_date: str,
+        payload_hash: str,
+        credential: Credential,
+        retried: bool,
+    ) -> Step:
+        """What AWS's SignatureDoesNotMatch says, for `check --explain` only: the canonical request and the string
+        to sign this sidecar computed, in AWS's words, so the client can diff them with its own (botocore logs its
+        own at DEBUG). Identical texts mean the secret key differs; otherwise the first differing line names the
+        part (path encoding, query order, a header's value, the payload hash)."""
+        creq = self.canonical_request(request, params, payload_hash, unsigned_token=False)
+        sts = self._string_to_sign(request, params, amz_date, payload_hash, unsigned_token=False)
+        facts: list[Fact] = [
+            ("access_key_id", credential.access_key_id),
+            ("principal", credential.principal_arn),
+            ("algorithm", params.algorithm),
+            ("credential_scope", shown_value(params.scope)),
+            ("signed_headers", shown_value(params.signed_headers_text)),
+        ]
+        if retried:
+            facts.append(("also_tried", "without the X-Amz-Security-Token appended after signing (AWS accepts both)"))
+        details = (
+            "The Canonical String for this request should have been",
+            *f"'{creq}'".split("\n"),
+            "",
+            "The String-to-Sign should have been",
+            *f"'{sts.decode('utf-8', 'surrogatepass')}'".split("\n"),
+        )
+        return refused(INVALID_SIGNATURE, MSG_BAD_SIGNATURE, *facts, details=details)
 
     def _string_to_sign(
         self, request: Request, params: SignatureParams, amz_date: str, payload_hash: str, *, unsigned_token: bool

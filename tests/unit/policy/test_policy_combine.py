@@ -98,9 +98,13 @@ def test_real_policies_through_the_combination() -> None:
         "User: arn:aws:iam::123456789012:user/alice is not authorized to perform: execute-api:Invoke on resource: "
         "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod/DELETE/pets with an explicit deny"
     )
-    denied = delete.to_denied(explain=True)
+    denied = delete.to_denied()
     assert denied.status == 403 and denied.reason == reasons.ACCESS_DENIED
-    assert any("NoDeletes" in line and "matched" in line for line in denied.explanation)
+    assert denied.explain is not None
+    step = denied.explain()
+    assert (step.stage, step.outcome) == ("policy", "deny")
+    assert step.summary.startswith("ExplicitDeny by statement 'NoDeletes' of ")
+    assert any("NoDeletes" in line and "matched" in line for line in step.details)
 
 
 def test_evaluate_all_combines_identity_policies() -> None:
