@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "sidecar"
-LEAVES = ("sidecar.issues", "sidecar.memo", "sidecar.settings")
+LEAVES = ("sidecar.issues", "sidecar.memo", "sidecar.settings", "sidecar.explanation")
 SPINE = ("sidecar.config", "sidecar.runtime", "sidecar.pipeline")
 TRANSPORTS = ("sidecar.transports.grpc_lean", "sidecar.transports.http", "sidecar.transports.grpcio")
 """Interchangeable transports; `transports.ext_authz` (the CheckRequest adapter both gRPC engines use),
