@@ -31,8 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         "must be shared through Redis (replay_redis_url)",
     )
 
-    validate = sub.add_parser("validate", help="check a config file; exit 0 valid, 1 invalid")
+    validate = sub.add_parser(
+        "validate", help="check a config file; exit 0 valid (warnings on stderr), 1 invalid (or warned, with --strict)"
+    )
     validate.add_argument("file", type=Path)
+    validate.add_argument("--strict", action="store_true", help="exit 1 when there are warnings too (for CI)")
 
     check = sub.add_parser("check", help="decide one request offline, exactly as the server would")
     check.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
@@ -84,15 +87,43 @@ def _serve(args: argparse.Namespace) -> int:
     return uvloop.run(serve(args.config))
 
 
+class _Collected(logging.Handler):
+    """What loading logs (a policy's or a JWKS file's warnings), kept to print as `warning: ...` lines: validate
+    speaks to a person, in one format, and counts them for --strict."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
 def _validate(args: argparse.Namespace) -> int:
+    """Exit 1 on errors (every one printed, file:line:col); warnings (`sidecar.lint`, and what loading logs)
+    go to stderr with exit 0, or exit 1 with --strict, so CI can refuse a config that cannot do what it says."""
+    from .lint import lint
     from .runtime import compile_runtime
 
+    collected = _Collected()
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, [collected]
     try:
-        compile_runtime(load_config(args.file))
+        runtime = compile_runtime(load_config(args.file))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print("\n".join([*collected.lines, str(exc)]), file=sys.stderr)
         return 1
-    print(f"{args.file}: valid", file=sys.stderr)
+    finally:
+        root.handlers = handlers
+    linted = [f"warning: {issue}" for issue in lint(runtime)]
+    warnings = [*(line for line in collected.lines if line not in linted), *linted]  # the policy's are in both
+    for line in warnings:
+        print(line, file=sys.stderr)
+    count = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+    if warnings and args.strict:
+        print(f"{args.file}: valid{count}, refused by --strict", file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid{count}", file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,7 @@ from .issues import (
     format_loc,
     parse_yaml,
     pydantic_issues,
+    suggestion,
     validate_located,
 )
 from .settings import (
@@ -160,7 +161,10 @@ def _authorizer_validator(locator: YamlLocator, issues: list[ConfigIssue]) -> Ca
         entry: AuthorizerType | None = types.get(str(kind)) if kind is not None else None
         if entry is None:
             known = ", ".join(sorted(types))
-            if kind is None:
+            typo = next((str(k) for k in spec if suggestion(str(k), ("type",))), None) if kind is None else None
+            if typo is not None:
+                issues.append(locator.issue((*loc, typo), "unknown key: did you mean `type`?", at_key=True))
+            elif kind is None:
                 issues.append(locator.issue(loc, f"missing required key `type` (one of: {known})"))
             else:
                 hint = did_you_mean(str(kind), types) or f" (known: {known})"

@@ -71,21 +71,33 @@ class YamlLocator:
         self.file = file
         self.root = root
 
-    def issue(self, loc: Sequence[str | int], message: str) -> ConfigIssue:
-        node = self._find(loc)
+    def issue(self, loc: Sequence[str | int], message: str, at_key: bool = False) -> ConfigIssue:
+        """An issue at the value `loc` names (or, `at_key`, at its key: where an unknown key is written)."""
+        node = self._find(loc, at_key)
         line = node.start_mark.line + 1 if node is not None else 0
         column = node.start_mark.column + 1 if node is not None else 0
         return ConfigIssue(self.file, line, column, format_loc(loc), message)
 
-    def _find(self, loc: Sequence[str | int]) -> yaml.Node | None:
+    def _find(self, loc: Sequence[str | int], at_key: bool = False) -> yaml.Node | None:
         node = self.root
         best = node
-        for part in loc:
+        for index, part in enumerate(loc):
+            if at_key and index == len(loc) - 1:
+                key = self._key(node, part)
+                return key if key is not None else best
             child = self._child(node, part)
             if child is None:
                 break
             node = best = child
         return best
+
+    @staticmethod
+    def _key(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for key, _ in node.value:
+                if str(key.value) == str(part):
+                    return key  # type: ignore[no-any-return]
+        return None
 
     @staticmethod
     def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
@@ -336,7 +348,12 @@ def pydantic_issues(
             messages[-1] += " or " + message.removeprefix("expected ")  # each member of a union said what it wants
         else:
             messages.append(message)
-    return [locator.issue((*prefix, *loc), message) for loc, messages in merged.items() for message in messages]
+    unknown = {loc for loc, kind, _, _ in found if kind == "extra_forbidden"}
+    return [
+        locator.issue((*prefix, *loc), message, at_key=loc in unknown)
+        for loc, messages in merged.items()
+        for message in messages
+    ]
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -42,7 +42,16 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...issues import ConfigError, ConfigIssue, YamlLocator, format_loc, parse_loc, parse_yaml, validate_located
+from ...issues import (
+    ConfigError,
+    ConfigIssue,
+    YamlLocator,
+    format_loc,
+    parse_loc,
+    parse_yaml,
+    suggestion,
+    validate_located,
+)
 from ...metrics import ReloadStatus
 from ...policy import parse_policy
 from . import sigv4a
@@ -220,7 +229,8 @@ def _one_of(raw: Any, loc: tuple[str | int, ...], keys: tuple[str, ...], require
     given = [key for key in keys if raw.get(key) is not None]
     if len(given) > 1:
         return [((*loc, given[1]), f"give only one of {', '.join(keys)} (also {given[0]})")]
-    if required and not given:
+    unknown = [str(k) for k in raw if k not in _Entry.model_fields]
+    if required and not given and not any(suggestion(k, keys) for k in unknown):  # a typo says "did you mean"
         return [(loc, f"missing required key `{keys[0]}` (or {', '.join(keys[1:])})")]
     return []
 
