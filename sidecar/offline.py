@@ -207,5 +207,6 @@ async def decide_http(
         method, _, rest = _split_head(raw)[0][0].partition(" ")
         message = f"Envoy (as shipped) answers 400 itself, the sidecar is never asked: {refusal}"
         decision = reasons.deny(reasons.MALFORMED_REQUEST, message, 400)
-        return CheckResult(decision, method, rest.rpartition(" ")[0] or rest)
+        never_asked = Step(ROUTE, DENY, f"{decision.reason}: {message}")
+        return CheckResult(replace(decision, explanation=(never_asked,)), method, rest.rpartition(" ")[0] or rest)
     return await evaluate(config, check, at)

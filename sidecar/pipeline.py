@@ -203,7 +203,7 @@ class Pipeline:
                 cache.put(key, decision, plan)
         if route.meter_gates and decision.allowed:
             decision = await self._meter(route, request, decision, steps)
-        return _explained(decision, steps), layer
+        return (decision if steps is None else _explained(decision, steps)), layer
 
     async def _admit(self, route: CompiledRoute, request: Request, steps: list[Step] | None = None) -> Decision | None:
         """The admit phase: the first gate that refuses decides; a gate that fails is a deny (fail closed)."""

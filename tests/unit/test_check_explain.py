@@ -164,6 +164,22 @@ def test_no_route_in_a_large_table_lists_twenty_keys_and_counts_the_rest(
     assert listed.startswith("GET /r00, GET /r01, ") and listed.endswith("GET /r19, ... (5 more)")
 
 
+def test_requests_refused_before_routing_say_why(
+    tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, issuer)
+    _, fragment = check(config, f"GET /orders/1#top HTTP/1.1\r\nHost: {HOST}\r\n\r\n", capsys)
+    assert (fragment["status"], fragment["reason"]) == (400, "MalformedRequest")
+    assert [(s["stage"], s["outcome"]) for s in fragment["explanation"]] == [("route", "deny")]
+    assert "the sidecar is never asked" in fragment["explanation"][0]["summary"]
+    raw = f"GET /orders/%2e%2e/admin HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+    _, ambiguous = check(config, raw, capsys, "--raw-path")
+    assert (ambiguous["status"], ambiguous["reason"]) == (400, "MalformedRequest")
+    route = step(ambiguous, "route")
+    assert route["outcome"] == "deny" and route["summary"].startswith("MalformedRequest: the path is ambiguous")
+    assert route["facts"] == {"method": "GET", "path": "/orders/%2e%2e/admin"}
+
+
 # -- scopes -------------------------------------------------------------------------------------------------
 
 

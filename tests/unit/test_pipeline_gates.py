@@ -92,3 +92,22 @@ async def test_a_gate_that_fails_is_a_deny(tmp_path: Path) -> None:
     pipeline = Pipeline(RuntimeHolder(runtime_with(tmp_path, meter=(Broken(),))))
     decision = await pipeline.decide(request("/x"))
     assert not decision.allowed and decision.reason == reasons.INTERNAL_ERROR
+
+
+async def test_explaining_pipelines_name_the_gate_that_refused(tmp_path: Path) -> None:
+    admit, meter = Refuse("/blocked"), Count(limit=0)
+    pipeline = Pipeline(RuntimeHolder(runtime_with(tmp_path, admit=(admit,), meter=(meter,))), explain=True)
+    refused = await pipeline.decide(request("/blocked"))
+    assert [(s.stage, s.outcome) for s in refused.explanation] == [("route", "pass"), ("admit", "deny")]
+    assert refused.explanation[-1].summary == "gate refuse refused: TooManyRequests: slow down"
+    assert refused.explanation[-1].facts == (("status", "429"),)
+    metered = await pipeline.decide(request("/x"))
+    assert [(s.stage, s.outcome) for s in metered.explanation] == [
+        ("route", "pass"),
+        ("admit", "pass"),
+        ("authenticate", "pass"),
+        ("policy", "pass"),
+        ("meter", "deny"),
+    ]
+    assert metered.explanation[1].summary == "gate refuse let the request through"
+    assert metered.principal is not None and metered.principal.id == "alice"

@@ -176,3 +176,37 @@ def test_anonymous_outcome_without_context_has_generic_message() -> None:
     assert not outcome.allowed and outcome.decided_by == "none"
     assert outcome.message == "User is not authorized to access this resource"
     assert ANONYMOUS.id == "anonymous"
+
+
+def test_the_policy_step_says_why_in_words() -> None:
+    """`Outcome.step`, the policy stage of `check --explain`: one summary per way of being denied."""
+    from policy_support import ARN_BASE
+
+    from sidecar.policy import NOT_AUTHENTICATED
+
+    user = iam_user()
+    nobody = evaluate(policy(allow(Principal={"AWS": "111122223333"})), principal=user)
+    everyone = evaluate(policy(allow()), principal=user)
+    assert nobody.source == "resource policy test.json"
+    cases = {
+        "private-api": (authorize(AUTHENTICATED, None, private_api=True), "a private API admits only what the "
+                        "resource policy allows, and there is no resource policy"),
+        "cross-account": (authorize(AUTHENTICATED, nobody, same_account=False), f"{user.arn} is from another "
+                          "account, which needs an Allow from both its identity policies and the resource policy; "
+                          "the authorizer allows it, and no statement of the resource policy test.json allows it"),
+        "open route": (authorize(None, nobody), "the route identifies no caller, so only the resource policy can "
+                       "allow, and no statement of the resource policy test.json allows it"),
+        "no identity policy": (authorize(NOT_AUTHENTICATED, nobody), f"{user.arn}'s credential has no identity "
+                               "policy attached, and no statement of the resource policy test.json allows it; IAM "
+                               "callers (sigv4) need an identity policy or a resource policy that allows the request "
+                               "(API Gateway's rule for AWS_IAM routes)"),
+    }  # fmt: skip
+    for name, (outcome, why) in cases.items():
+        step = outcome.step(user.arn)
+        assert (step.stage, step.outcome) == ("policy", "deny"), name
+        assert step.summary == f"{IMPLICIT_DENY}: {why}", name
+        assert step.details == outcome.explain(), name
+    allowed = authorize(AUTHENTICATED, everyone).step()
+    assert (allowed.outcome, allowed.summary) == ("pass", f"Allow: {user.arn} is authenticated and no policy denies "
+                                                          "(decided by identity)")  # fmt: skip
+    assert dict(allowed.facts) == {"action": "execute-api:invoke", "resource": f"{ARN_BASE}/GET/pets"}
