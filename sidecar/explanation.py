@@ -105,7 +105,10 @@ def as_json(steps: Iterable[Step]) -> list[dict[str, Any]]:
 
 def when(epoch: float) -> str:
     """A time as `2026-01-01T00:00:00Z (1767225600)`: readable, and exact for comparing with a claim."""
-    number = f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.3f}"
+    try:
+        number = f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.3f}"
+    except (OverflowError, ValueError):  # inf, nan: nothing a check lets through, but never a crash
+        return str(epoch)
     try:
         stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
