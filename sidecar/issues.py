@@ -1,7 +1,9 @@
 """Located config errors: the leaf every loader imports (config files, policy documents, credential files).
 
 `ConfigIssue` is one problem at `file:line:col: field`; `ConfigError` carries every problem found at once;
-`parse_yaml` keeps the YAML node tree so any later check can point at the line it complains about. Nothing here
+`parse_yaml` keeps the YAML node tree so any later check can point at the line it complains about;
+`validate_located` is how every loader turns YAML into settings, its errors in the words of the rest of the
+sidecar (`plain_message`: never pydantic's, never the input) with "did you mean" for a misspelt key. Nothing here
 imports the rest of the sidecar, so `policy/` and `authorizers/` can report errors without importing `config.py`.
 """
 
