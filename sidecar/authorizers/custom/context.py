@@ -1,0 +1,37 @@
+"""The Lambda context object a handler receives as its second argument, with the attributes AWS documents
+(`aws_request_id`, `function_name`, `get_remaining_time_in_millis()`, ...), so a handler written for Lambda
+runs here unchanged. A leaf: built once per call by the authorizer, read by the handler, and by the remote
+invoker, which sends its fields (and the time left) along with the event."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LambdaContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class LambdaContext:
+    """Lambda's context attributes. `deadline` is a `time.monotonic()` reading: the moment the call times out,
+    which `get_remaining_time_in_millis()` counts down to, as Lambda's counts down to the function's timeout."""
+
+    aws_request_id: str
+    function_name: str
+    deadline: float
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = ""
+    memory_limit_in_mb: int = 128
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    identity: Any = None
+    """Lambda sets this only for calls from the AWS Mobile SDK (Cognito identity); always None here."""
+    client_context: Any = None
+    """Lambda sets this only for calls from the AWS Mobile SDK; always None here."""
+    monotonic: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds left before the call times out (never negative), as Lambda's context answers."""
+        return max(0, int((self.deadline - self.monotonic()) * 1000))

@@ -1,0 +1,167 @@
+"""How a Lambda handler is called: the `Invoker` interface every execution mode implements, the two outcomes
+other than a response (`HandlerUnauthorized`, `HandlerFailed`), and the in-process `LocalInvoker`.
+
+The authorizer sees only `Invoker`: it builds the event and the context, awaits `invoke`, and judges the raw
+response (`responses.py`). `local_invoker` runs a handler named by an import string, resolved once when the
+config loads (as uvicorn resolves its app string): sync handlers in a bounded thread pool of their own, so a
+handler that blocks delays only calls to itself, async handlers on the event loop. The remote invoker
+(`remote.py`, `target: grpc://`) sends the same event and returns the same response over `proto/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from .context import LambdaContext
+
+__all__ = [
+    "HandlerFailed",
+    "HandlerImportError",
+    "HandlerUnauthorized",
+    "Invoker",
+    "LocalInvoker",
+    "local_invoker",
+    "resolve_handler",
+]
+
+UNAUTHORIZED_MESSAGE = "Unauthorized"
+"""What a handler raises (`raise Exception("Unauthorized")`) to refuse the caller with a 401, API Gateway's way."""
+
+
+class HandlerUnauthorized(Exception):
+    """The handler said Unauthorized (raise Exception('Unauthorized')): 401."""
+
+
+class HandlerFailed(Exception):
+    """Any other failure: 500 AuthorizerConfigurationException.
+
+    `kind` says which, for logs and metrics (never the token or the event): `timeout`, `exception:<TypeName>`,
+    `malformed`, `overloaded` or `unavailable`."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class HandlerImportError(ValueError):
+    """A handler import string that does not name a callable; a config error (the settings report it at the
+    line of `handler:`)."""
+
+
+class Invoker(Protocol):
+    """Calls a handler with one event. Raises `HandlerUnauthorized` or `HandlerFailed`, never anything else."""
+
+    async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
+        """The handler's raw response object (judged by `responses.py`), within `timeout` seconds."""
+        ...
+
+    async def start(self) -> None:
+        """Acquire what calls need (threads, channels). Called once before serving."""
+        ...
+
+    async def stop(self) -> None:
+        """Release them. Called when a newer config replaces this one, or at shutdown."""
+        ...
+
+
+Handler = Callable[[dict[str, Any], LambdaContext], Any]
+
+
+def resolve_handler(ref: str) -> Handler:
+    """The callable `package.module:function` names (`function` may be dotted: `module:App.handler`).
+
+    Raises `HandlerImportError` with what went wrong; importing runs the module's top level, as Lambda's init
+    phase does, so its own exceptions are reported too."""
+    module_name, sep, attr_path = ref.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise HandlerImportError(f"handler {ref!r}: expected 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise HandlerImportError(f"handler {ref!r}: no module named {exc.name!r}") from exc
+        raise HandlerImportError(f"handler {ref!r}: importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:  # the module's own top level failed: still a config error, at handler:
+        raise HandlerImportError(f"handler {ref!r}: importing {module_name!r} raised {type(exc).__name__}") from exc
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError as exc:
+            raise HandlerImportError(f"handler {ref!r}: {module_name!r} has no attribute {attr_path!r}") from exc
+    if not callable(target):
+        raise HandlerImportError(f"handler {ref!r}: {type(target).__name__} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def handler_failure(exc: BaseException) -> HandlerUnauthorized | HandlerFailed:
+    """What an exception a handler raised means: `Unauthorized` (by its message, as API Gateway reads it) or a
+    failure named by the exception's type."""
+    if str(exc) == UNAUTHORIZED_MESSAGE:
+        return HandlerUnauthorized(UNAUTHORIZED_MESSAGE)
+    return HandlerFailed(f"exception:{type(exc).__name__}")
+
+
+class LocalInvoker:
+    """Runs an in-process handler: a sync one in a `ThreadPoolExecutor` of `max_concurrency` threads owned by
+    this invoker (calls beyond that wait for a thread, within their timeout), an async one on the loop.
+
+    A sync handler that outlives its timeout keeps its thread until it returns (Python cannot stop a thread):
+    the call is already answered 500, and the pool's bound keeps such handlers from taking more threads."""
+
+    def __init__(self, handler: Handler, max_concurrency: int, name: str = "lambda") -> None:
+        self.handler = handler
+        self.max_concurrency = max_concurrency
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        if not self.is_async and self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"authz-{self._name}")
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
+        try:
+            return await asyncio.wait_for(self._call(event, context), timeout)
+        except (HandlerUnauthorized, HandlerFailed):
+            raise
+        except TimeoutError:
+            raise HandlerFailed("timeout") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise handler_failure(exc) from None
+
+    async def _call(self, event: dict[str, Any], context: LambdaContext) -> Any:
+        if self.is_async:
+            return await self.handler(event, context)
+        if self._pool is None:
+            await self.start()
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, _run_sync, self.handler, event, context)
+
+
+def _run_sync(handler: Handler, event: dict[str, Any], context: LambdaContext) -> Any:
+    """The handler's call on a pool thread. `SystemExit` and other non-`Exception`s become a failure here, on
+    the thread, so that none of them reaches the event loop."""
+    try:
+        return handler(event, context)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HandlerFailed(f"exception:{type(exc).__name__}") from None
+
+
+def local_invoker(handler_ref: str, max_concurrency: int) -> Invoker:
+    """The in-process invoker for `handler_ref` (`package.module:function`), resolved once, now."""
+    return LocalInvoker(resolve_handler(handler_ref), max_concurrency)
