@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="judge the --http target as written (default: normalized as the shipped Envoy forwards it)",
     )
+    check.add_argument(
+        "--envoy-mode",
+        default="grpc",
+        choices=["grpc", "http"],
+        help="which shipped Envoy file asks (deploy/envoy/envoy.yaml: body cut to 64 KiB and marked partial; "
+        "envoy-http.yaml: bodies up to 1 MiB, larger ones answered 413 by Envoy); default grpc",
+    )
     check.add_argument("--output", default="text", choices=["text", "json"])
     check.add_argument(
         "--explain",
@@ -129,13 +136,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from .offline import InputError, decide_http, dumps, evaluate, load_check_request, parse_time
+    from .proxy_path import GRPC_MODE, HTTP_MODE
 
     try:
         config = load_config(args.config) if args.config else default_config()
         at = parse_time(args.at) if args.at else None
         if args.http:
             raw = args.http.read_bytes()
-            result = asyncio.run(decide_http(config, raw, at, args.source_ip, args.scheme, not args.raw_path))
+            limit = GRPC_MODE if args.envoy_mode == "grpc" else HTTP_MODE
+            result = asyncio.run(decide_http(config, raw, at, args.source_ip, args.scheme, not args.raw_path, limit))
         else:
             result = asyncio.run(evaluate(config, load_check_request(args.check_request), at))
     except ConfigError as exc:

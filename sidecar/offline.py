@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from . import reasons
 from .explanation import DENY, ROUTE, Step, as_json, text_lines
 from .pipeline import Pipeline
-from .proxy_path import ProxyRejects, envoy_path
+from .proxy_path import GRPC_MODE, BodyLimit, ProxyRejects, envoy_body, envoy_path
 from .request import ANONYMOUS, Decision, Principal
 from .runtime import RuntimeHolder, compile_runtime
 from .settings import Config
@@ -58,11 +58,16 @@ def _split_head(raw: bytes) -> tuple[list[str], bytes]:
 
 
 def parse_http_request(
-    raw: bytes, source_ip: str = "127.0.0.1", scheme: str = "http", normalize: bool = True
+    raw: bytes,
+    source_ip: str = "127.0.0.1",
+    scheme: str = "http",
+    normalize: bool = True,
+    body_limit: BodyLimit = GRPC_MODE,
 ) -> CheckRequest:
     """A raw HTTP/1.1 request (request line, headers, blank line, body) as the CheckRequest the shipped Envoy
     would send: its target normalized as Envoy normalizes it (`envoy_path`; raises `ProxyRejects` where Envoy
-    answers 400 itself), unless `normalize` is False (a proxy that forwards the path as written)."""
+    answers 400 itself), unless `normalize` is False (a proxy that forwards the path as written), and its body
+    as `body_limit` makes Envoy send it (`envoy_body`)."""
     lines, body = _split_head(raw)
     request_line = lines[0].split(" ")
     if len(request_line) < 2 or not request_line[0] or not request_line[1]:
@@ -88,12 +93,13 @@ def parse_http_request(
     forwarded = headers.get("x-forwarded-for")
     headers["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
     headers["x-forwarded-proto"] = scheme  # the edge Envoy overwrites a client's copy with the connection's scheme
+    body, size = envoy_body(body, headers, body_limit)
     check = CheckRequest()
     http = check.attributes.request.http
     http.method, http.path, http.host, http.scheme, http.protocol = method, target, authority, scheme, "HTTP/1.1"
     http.headers.update({":authority": authority, ":method": method, ":path": target, ":scheme": scheme, **headers})
     http.raw_body = body
-    http.size = len(body)
+    http.size = size
     check.attributes.source.address.socket_address.address = source_ip
     return check
 
@@ -198,15 +204,22 @@ async def decide_http(
     source_ip: str = "127.0.0.1",
     scheme: str = "http",
     normalize: bool = True,
+    body_limit: BodyLimit = GRPC_MODE,
 ) -> CheckResult:
     """`check --http`: a raw request decided as the server decides what the shipped Envoy forwards of it; a
-    request Envoy answers itself (`ProxyRejects`) gets that 400, with why."""
+    request Envoy answers itself (`ProxyRejects`) gets Envoy's status (400, or 413 for a body over the limit in
+    HTTP mode), with why."""
     try:
-        check = parse_http_request(raw, source_ip, scheme, normalize)
+        check = parse_http_request(raw, source_ip, scheme, normalize, body_limit)
     except ProxyRejects as refusal:
         method, _, rest = _split_head(raw)[0][0].partition(" ")
-        message = f"Envoy (as shipped) answers 400 itself, the sidecar is never asked: {refusal}"
-        decision = reasons.deny(reasons.MALFORMED_REQUEST, message, 400)
+        message = f"Envoy (as shipped) answers {refusal.status} itself, the sidecar is never asked: {refusal}"
+        reason = reasons.MALFORMED_REQUEST if refusal.status == 400 else REQUEST_TOO_LARGE
+        decision = reasons.deny(reason, message, refusal.status)
         never_asked = Step(ROUTE, DENY, f"{decision.reason}: {message}")
         return CheckResult(replace(decision, explanation=(never_asked,)), method, rest.rpartition(" ")[0] or rest)
     return await evaluate(config, check, at)
+
+
+REQUEST_TOO_LARGE = "RequestTooLarge"
+"""`check`'s name for Envoy's own 413 (a body over `max_request_bytes` in HTTP mode): the sidecar never answers it."""

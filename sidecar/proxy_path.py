@@ -1,4 +1,5 @@
-"""The path the shipped Envoy forwards, for `check --http`: what a request file's target becomes before we are asked.
+"""What the shipped Envoy makes of a request before it asks, for `check --http`: the path it forwards and the body
+it sends.
 
 deploy/envoy/*.yaml turn on `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action:
 REJECT_REQUEST`, so the sidecar (and the upstream) never see `/public/../admin` but `/admin`. `check` must judge
@@ -6,13 +7,15 @@ the same path or it would refuse, offline, a request Envoy turns into an allowed
 
 The rules below are Envoy 1.40's observed behaviour, not a copy of its code: tests/e2e/test_check_parity_e2e.py
 sends every case of a corpus (hand-picked and generated) through a real Envoy and compares the path the upstream
-receives, or Envoy's own 400, with `envoy_path`'s answer.
+receives, or Envoy's own 400, with `envoy_path`'s answer, and compares the CheckRequests a real Envoy sends
+(bodies: sized, chunked, over the limit) with the ones `check` builds.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 """Escapes of these characters are decoded (`%7E` -> `~`, `%2e` -> `.`); every other escape is kept as written."""
@@ -24,7 +27,71 @@ _DOT_THEN_PARAMETER = re.compile(r"\.\.?;")
 
 
 class ProxyRejects(ValueError):
-    """The shipped Envoy answers this request itself with a 400: the sidecar is never asked."""
+    """The shipped Envoy answers this request itself (`status`, 400 unless said): the sidecar is never asked."""
+
+    def __init__(self, why: str, status: int = 400) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """What the shipped Envoy does with a request body before it asks (`with_request_body`)."""
+
+    max_bytes: int
+    partial: bool
+    """`allow_partial_message`: send the first `max_bytes` and say so (`x-envoy-auth-partial-body: true`), rather
+    than answer 413 itself."""
+
+
+GRPC_MODE = BodyLimit(65536, partial=True)
+"""deploy/envoy/envoy.yaml."""
+HTTP_MODE = BodyLimit(1048576, partial=False)
+"""deploy/envoy/envoy-http.yaml."""
+
+
+def envoy_body(body: bytes, headers: dict[str, str], limit: BodyLimit) -> tuple[bytes, int]:
+    """The body Envoy sends to the authorization service and the size it reports, adjusting `headers` as Envoy
+    does: a chunked body arrives decoded without `transfer-encoding`, one over the limit cut to it (or refused
+    with 413), and a buffered body is marked `x-envoy-auth-partial-body: true|false`."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        del headers["transfer-encoding"]
+        body = _dechunk(body)
+        size = len(body)
+    else:
+        declared = headers.get("content-length")
+        size = int(declared) if declared is not None and declared.isdigit() else len(body)
+    if not body:
+        return body, size
+    if len(body) > limit.max_bytes:
+        if not limit.partial:
+            raise ProxyRejects(f"the body is over with_request_body.max_request_bytes ({limit.max_bytes})", 413)
+        body = body[: limit.max_bytes]
+        headers["x-envoy-auth-partial-body"] = "true"
+    else:
+        headers["x-envoy-auth-partial-body"] = "false"
+    return body, size
+
+
+def _dechunk(body: bytes) -> bytes:
+    """A chunked body decoded (trailers dropped); a malformed one is refused, as Envoy's codec refuses it."""
+    out: list[bytes] = []
+    rest = body
+    while True:
+        line, sep, rest = rest.partition(b"\r\n")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ProxyRejects("the chunked body is malformed") from None
+        if not sep or size < 0:
+            raise ProxyRejects("the chunked body is malformed")
+        if size == 0:
+            return b"".join(out)
+        if len(rest) < size + 2 or rest[size : size + 2] != b"\r\n":
+            raise ProxyRejects("the chunked body is malformed")
+        out.append(rest[:size])
+        rest = rest[size + 2 :]
 
 
 def envoy_path(target: str) -> str:

@@ -1,5 +1,6 @@
-"""`check --http` judges the path the shipped Envoy forwards: a corpus of odd targets through a real Envoy (shipped
-normalization on, in front of the real sidecar) against `check`'s offline answer for the same request file.
+"""`check --http` judges what the shipped Envoy forwards: a corpus of odd targets through a real Envoy (shipped
+normalization on, in front of the real sidecar) against `check`'s offline answer for the same request file, and
+the CheckRequests a real Envoy sends for bodies (sized, chunked, over the limit) against the ones `check` builds.
 
 For every target, the status the client gets through Envoy (Envoy's own 400, the sidecar's deny, or the
 upstream's 200) equals `check`'s, and on an allow the path the upstream received is the path `check` judged.
@@ -12,11 +13,18 @@ import asyncio
 import json
 import random
 import socket
+from dataclasses import replace
 
+import grpc
 import pytest
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationServicer, add_AuthorizationServicer_to_server
 
 from sidecar.config import parse_config
-from sidecar.offline import decide_http
+from sidecar.harness.demo import EchoUpstream
+from sidecar.harness.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config
+from sidecar.offline import decide_http, parse_http_request
+from sidecar.proxy_path import HTTP_MODE
 from tests.e2e.conftest import StackFactory
 
 pytestmark = pytest.mark.e2e
@@ -101,3 +109,82 @@ def test_check_judges_the_path_the_shipped_envoy_forwards(authz_stack: StackFact
     assert not mismatches, "\n".join(mismatches) + "\n" + stack.logs()[-3000:]
     statuses = {through_envoy(stack.ports.listen_port, t)[0] for t in ("/public/../admin/x", "/a%2fb", "/a/../b")}
     assert statuses == {403, 400, 200}  # the corpus exercises every outcome
+
+
+class Recorder(AuthorizationServicer):
+    """An ext_authz service that records every CheckRequest and allows it: what Envoy really sends."""
+
+    def __init__(self) -> None:
+        self.seen: list[CheckRequest] = []
+
+    async def Check(self, request: CheckRequest, context: object) -> CheckResponse:
+        self.seen.append(request)
+        response = CheckResponse()
+        response.status.code = 0
+        return response
+
+
+BODIES = [
+    b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;x=y\r\nabc\r\n0\r\n\r\n",
+    b"PUT /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n" + b"x" * 70000,
+    b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 65536\r\n\r\n" + b"y" * 65536,
+    b"GET /a/../b?q=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+    b"DELETE /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+]
+ENVOY_ONLY = {"x-request-id", "x-forwarded-for", "x-envoy-external-address"}
+"""Headers whose values differ by nature (a fresh id; the addresses Envoy appends, covered by the source-ip tests)."""
+
+
+def compared(check: CheckRequest) -> dict[str, object]:
+    http = check.attributes.request.http
+    return {
+        "method": http.method,
+        "path": http.path,
+        "host": http.host,
+        "size": http.size,
+        "body": http.raw_body,
+        "headers": {k: v for k, v in http.headers.items() if k not in ENVOY_ONLY},
+    }
+
+
+async def send_raw(port: int, raw: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    status = int((await reader.readline()).split(b" ", 2)[1])
+    writer.close()
+    return status
+
+
+async def test_check_builds_the_check_request_the_shipped_envoy_sends() -> None:
+    recorder = Recorder()
+    server = grpc.aio.server()
+    add_AuthorizationServicer_to_server(recorder, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        with EchoUpstream() as upstream:
+            ports = replace(EnvoyPorts(), listen_port=free_port(), admin_port=free_port(), authz_port=port)
+            ports = replace(ports, upstream_port=upstream.port)
+            with EnvoyProcess(render_envoy_config(ports), ports.admin_port) as envoy:
+                await asyncio.to_thread(envoy.start)
+                for raw in BODIES:
+                    assert await send_raw(ports.listen_port, raw) == 200
+    finally:
+        await server.stop(0)
+    assert len(recorder.seen) == len(BODIES)
+    for raw, sent in zip(BODIES, recorder.seen, strict=True):
+        assert compared(parse_http_request(raw)) == compared(sent), raw[:60]
+
+
+def test_a_body_over_http_modes_limit_is_envoys_413(authz_stack: StackFactory) -> None:
+    stack = authz_stack(CONFIG, template="envoy-http.yaml", max_request_bytes=1048576)
+    raw = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1048577\r\n\r\n" + b"z" * 1048577
+    assert asyncio.run(send_raw(stack.ports.listen_port, raw)) == 413
+    result = asyncio.run(decide_http(parse_config(CONFIG), raw, body_limit=HTTP_MODE))
+    assert (result.decision.status, result.decision.reason) == (413, "RequestTooLarge")
+    small = asyncio.run(
+        decide_http(parse_config(CONFIG), raw[:-2].replace(b"1048577", b"1048575"), body_limit=HTTP_MODE)
+    )
+    assert small.decision.allowed

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.proxy_path import ProxyRejects, envoy_path
+from sidecar.proxy_path import GRPC_MODE, HTTP_MODE, ProxyRejects, envoy_body, envoy_path
 
 FORWARDED = [
     ("/public/../admin/x", "/admin/x"),
@@ -74,3 +74,26 @@ def test_a_target_envoy_refuses_is_its_400_with_why(tmp_path: Path, capsys: pyte
     assert (code, result["status"], result["reason"]) == (1, 400, "MalformedRequest")
     assert "Envoy (as shipped) answers 400 itself" in str(result["message"])
     assert "escaped slash" in str(result["message"])
+
+
+def test_bodies_as_envoy_sends_them() -> None:
+    headers = {"transfer-encoding": "chunked"}
+    assert envoy_body(b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n", headers, GRPC_MODE) == (
+        b"helloabc",
+        8,
+    )
+    assert headers == {"x-envoy-auth-partial-body": "false"}
+    headers = {"content-length": "70000"}
+    body, size = envoy_body(b"x" * 70000, headers, GRPC_MODE)
+    assert (len(body), size, headers["x-envoy-auth-partial-body"]) == (65536, 70000, "true")
+    assert envoy_body(b"", {}, GRPC_MODE) == (b"", 0)
+    with pytest.raises(ProxyRejects) as refused:
+        envoy_body(b"x" * (HTTP_MODE.max_bytes + 1), {}, HTTP_MODE)
+    assert refused.value.status == 413
+
+
+@pytest.mark.parametrize("chunked", [b"zz\r\nhello\r\n0\r\n\r\n", b"5\r\nhel", b"5\r\nhelloXX0\r\n\r\n", b"5"])
+def test_a_malformed_chunked_body_is_envoys_400(chunked: bytes) -> None:
+    with pytest.raises(ProxyRejects) as refused:
+        envoy_body(chunked, {"transfer-encoding": "chunked"}, GRPC_MODE)
+    assert refused.value.status == 400
