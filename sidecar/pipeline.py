@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 _MAX_ALLOW_MEMO = 4096
 NO_ROUTE = reasons.deny(reasons.MISSING_AUTHENTICATION_TOKEN, "Missing Authentication Token")
 AMBIGUOUS_PATH = reasons.deny(
-    reasons.MALFORMED_REQUEST, "The request path is ambiguous (encoded '/', '\\' or '.')", 400
+    reasons.MALFORMED_REQUEST,
+    "The request path is ambiguous (a dot or empty segment, ';', '#' or an encoded separator)",
+    400,
 )
 
 
@@ -360,8 +362,8 @@ def _ambiguous_step(request: Request) -> Step:
     return Step(
         ROUTE,
         DENY,
-        f"{reasons.MALFORMED_REQUEST}: the path is ambiguous (an encoded '/', '\\' or '.' that servers decode "
-        "differently), so no route is judged",
+        f"{reasons.MALFORMED_REQUEST}: the path is ambiguous (a dot or empty segment, ';', '#' or an encoded "
+        "separator, which upstreams resolve differently), so no route is judged",
         _judged(request),
     )
 
