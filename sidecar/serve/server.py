@@ -315,6 +315,13 @@ class Sidecar:
     def _unchanged(self, why: str) -> bool:
         self.state.config_reloads.record("unchanged", why, self.runtime.version)
         log.info("reload (%s): unchanged, still serving config %s", why, self.runtime.version)
+        # The config did not change, but a SIGHUP means "reload everything": the files authorizers reload on
+        # their own (a SigV4 credentials file) are looked at now rather than at their next poll.
+        for authorizer in self.runtime.authorizers.values():
+            try:
+                authorizer.recheck_files(why)
+            except Exception:  # one authorizer's failure must not stop the others' (or the reload's answer)
+                log.exception("reload (%s): authorizer %s could not re-check its files", why, authorizer.name)
         return True
 
     def _rejected(self, why: str, error: str, exc_info: bool = False) -> bool:

@@ -163,6 +163,9 @@ class CredentialStore(abc.ABC):
         """The store's own reloads, for the authorizer's `reload_statuses`: none for a store that never reloads."""
         return ()
 
+    def recheck_files(self, why: str) -> None:  # noqa: B027 - optional hook, a fixed store has no files
+        """Reload now if the store's files changed (`Authorizer.recheck_files`)."""
+
 
 class StaticCredentialStore(CredentialStore):
     """A fixed set of credentials (tests, `check` tooling, embedding)."""
@@ -502,6 +505,9 @@ class FileCredentialStore(CredentialStore):
 
     def reload_statuses(self) -> tuple[ReloadStatus, ...]:
         return (self.status,)
+
+    def recheck_files(self, why: str) -> None:
+        self.reload_if_changed(why)
 
     def reload_if_changed(self, why: str = "file change") -> bool:
         """Reload when any watched file changed; True if a new snapshot was installed. Never raises ConfigError."""

@@ -240,3 +240,19 @@ async def test_a_config_reload_that_swaps_starts_the_credentials_afresh(sidecar:
     assert store_of(sidecar) is not store
     body = await ready_state(port)
     assert body["reload_errors"] == {} and body["authorizer_reloads"] == {}
+
+
+async def test_a_sighup_reloads_a_changed_credentials_file_the_store_never_polls(sidecar: Sidecar) -> None:
+    """`reload_interval: 0`: only a SIGHUP makes the store look. The config is unchanged, the credentials reload."""
+    port, store = admin_port(sidecar), store_of(sidecar)
+    alice, bob = "arn:aws:iam::123456789012:user/alice", "arn:aws:iam::123456789012:user/bob"
+    assert await verified_as(sidecar) == alice
+    before = await reload_counts(port)
+    rewrite(store.path, store.path.read_text().replace(alice, bob))
+    assert await sidecar.reload("SIGHUP") is True
+    assert await verified_as(sidecar) == bob
+    body = await ready_state(port)
+    assert body["last_reload"]["outcome"] == "unchanged"
+    assert body["authorizer_reloads"]["credentials:corp"]["outcome"] == "ok"
+    assert body["authorizer_reloads"]["credentials:corp"]["why"] == "SIGHUP"
+    assert counted(before, await reload_counts(port)) == {("config", "unchanged"): 1, ("credentials:corp", "ok"): 1}
