@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from ..config import Config, ConfigError, default_config, load_config
+from ..lint import lint
 from ..logs import DecisionLogger
 from ..metrics import HTTP_RECORDER, ReloadStatus, exposition
 from ..metrics import flush as flush_metrics
@@ -310,6 +311,7 @@ class Sidecar:
         self.state.reloads_ok += 1
         self.state.config_reloads.record("ok", why, runtime.version)
         log.info("reload (%s): now serving config %s", why, runtime.version)
+        _log_warnings(runtime)
         return True
 
     def _unchanged(self, why: str) -> bool:
@@ -425,7 +427,20 @@ async def start_sidecar(
         return None
     sidecar.install_signal_handlers()
     settle(sidecar.runtime.config.server)
+    _log_warnings(sidecar.runtime)
     return sidecar
+
+
+def _log_warnings(runtime: Runtime) -> None:
+    """What `validate` warns about (`sidecar.lint`: routes nothing can allow, statements no route matches), logged
+    once per config served: an operator who skipped `validate` still learns why a route denies everyone."""
+    try:
+        issues = lint(runtime)
+    except Exception:  # the analysis is advice: it must never stop a config from serving
+        log.exception("config %s: checking for warnings failed", runtime.version)
+        return
+    for issue in issues:
+        log.warning("config %s: %s", runtime.version, issue)
 
 
 async def serve(config_path: Path | None, reuse_port: bool = False) -> int:

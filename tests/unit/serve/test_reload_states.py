@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.authorizers.sigv4.authorizer import SigV4Authorizer
 from sidecar.authorizers.sigv4.credentials import FileCredentialStore
 from sidecar.harness.envoy import free_port
-from sidecar.serve.server import Sidecar
+from sidecar.serve.server import Sidecar, start_sidecar
 from tests.unit.serve.test_reload_race import readyz, serving
 from tests.unit.serve.test_supervisor import send_check
 from tests.unit.serve.test_workers_replay_guard import SECRET, credentials, signed
@@ -256,3 +256,38 @@ async def test_a_sighup_reloads_a_changed_credentials_file_the_store_never_polls
     assert body["authorizer_reloads"]["credentials:corp"]["outcome"] == "ok"
     assert body["authorizer_reloads"]["credentials:corp"]["why"] == "SIGHUP"
     assert counted(before, await reload_counts(port)) == {("config", "unchanged"): 1, ("credentials:corp", "ok"): 1}
+
+
+async def test_serve_logs_what_validate_warns_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A `none` route under a resource policy that allows nothing for it: served, and said at start-up."""
+    (tmp_path / "policy.json").write_text(
+        json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": "*",
+                        "Action": "execute-api:Invoke",
+                        "Resource": "execute-api:/*/GET/a",
+                    }
+                ],
+            }
+        )
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f'listen: {{grpc: "127.0.0.1:{free_port()}", admin: "127.0.0.1:{free_port()}"}}\n'
+        "server: {watch_config: false, grace_period: 1}\nresource_policy: policy.json\n"
+        "authorizers: {open: {type: none}}\n"
+        'routes: [{match: "GET /a", authorizer: open}, {match: "GET /b", authorizer: open}]\n'
+    )
+    caplog.set_level(logging.WARNING, logger="sidecar.serve.server")
+    started = await start_sidecar(path)
+    assert started is not None
+    try:
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1, warned
+        assert "routes[1]" in warned[0] and "never allowed" in warned[0]
+    finally:
+        await started.drain_and_stop()
