@@ -244,6 +244,13 @@ class Pipeline:
         """Authenticate and authorize, with no cache involved. Every deny after a successful authentication
         keeps the verified principal (claims dropped), for decision logs: who was refused, not only why."""
         authorizer = route.authorizer
+        if authorizer.resource_policy_first and runtime.resource_policy is not None:
+            first = self._resource_denies(runtime, request)
+            if first is not None:
+                if steps is not None:
+                    steps.append(first.step(ANONYMOUS.id))
+                refusal = first.to_denied().decision(route=route.key, authorizer=authorizer.name)
+                return replace(refusal, statement=first.deciding.label if first.deciding is not None else "")
         try:
             start = perf_counter()
             principal = await authorizer.authenticate(request)
@@ -280,7 +287,7 @@ class Pipeline:
                 else Step(POLICY, PASS, "no policy applies: the authorizer's word is final")
             )
         if outcome is not None and not outcome.allowed:
-            refusal = outcome.to_denied().decision(route=route.key, authorizer=authorizer.name)
+            refusal = authorizer.policy_refusal(outcome).decision(route=route.key, authorizer=authorizer.name)
             return replace(refusal, principal=principal.without_claims(), statement=statement)
         if steps is not None:
             if not sendable(principal):
@@ -296,6 +303,14 @@ class Pipeline:
             self._allowed.clear()
             self._allowed_for = runtime
         return self._allow(route, principal, runtime, statement)
+
+    def _resource_denies(self, runtime: Runtime, request: Request) -> Outcome | None:
+        """The resource policy's explicit Deny of the anonymous caller, before authenticating (for authorizers
+        that ask: `Authorizer.resource_policy_first`), or None: anything short of a Deny is decided later."""
+        assert runtime.resource_policy is not None
+        ctx = EvalContext(request, ANONYMOUS, runtime.config.api, runtime.context_settings)
+        resource = runtime.resource_policy.evaluate(ctx)
+        return authorize(None, resource) if resource.denied else None
 
     def _policy_outcome(
         self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide

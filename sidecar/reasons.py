@@ -25,6 +25,7 @@ MALFORMED_REQUEST = "MalformedRequest"  # the CheckRequest itself is unusable
 INTERNAL_ERROR = "InternalError"  # a bug or an unexpected exception: fail closed
 NOT_READY = "NotReady"  # config or keys not loaded yet
 UNAUTHORIZED = "Unauthorized"  # missing or invalid credentials, no more specific code
+AUTHORIZER_CONFIGURATION_EXCEPTION = "AuthorizerConfigurationException"  # a custom authorizer failed (API Gateway's)
 
 STATUS_UNAUTHORIZED = 401
 STATUS_FORBIDDEN = 403

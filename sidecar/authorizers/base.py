@@ -27,6 +27,8 @@ from ..settings import AuthorizerSettings
 
 if TYPE_CHECKING:
     from ..metrics import ReloadStatus
+    from ..policy import Outcome
+    from ..reasons import Denied
     from ..settings import ApiSettings, RedisSettings, RouteSettings
 
 __all__ = ["Authorizer", "AuthorizerSettings", "AuthorizerType", "BuildContext", "IdentitySide", "register"]
@@ -70,6 +72,10 @@ class Authorizer(abc.ABC):
       the resource policy can allow.
 
     A Principal that carries identity policies of its own is evaluated against them whatever the side."""
+    resource_policy_first: ClassVar[bool] = False
+    """Whether the resource policy is evaluated before `authenticate`, for the anonymous caller, so that an
+    explicit Deny in it refuses the request without authenticating: API Gateway's order for Lambda authorizers,
+    whose handler is a call worth not making (`lambda`)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -88,6 +94,12 @@ class Authorizer(abc.ABC):
         reads the request): `self`, unless this authorizer keeps verified credentials of its own, which such a
         route would only hold twice. Called once per route at compile time, after `for_route`."""
         return self
+
+    def policy_refusal(self, outcome: Outcome) -> Denied:
+        """The 403 for a policy stage that refused this authorizer's caller: IAM's words (`User: ARN is not
+        authorized to perform: execute-api:Invoke on resource: ...`) unless the type has API Gateway words of its
+        own (a Lambda authorizer's policy: `User is not authorized to access this resource`)."""
+        return outcome.to_denied()
 
     def upstream_header_names(self) -> frozenset[str]:
         """Every upstream header (lower case) this authorizer may set on an allowed request.

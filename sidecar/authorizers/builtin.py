@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import register
+from .custom.settings import LambdaSettings
 from .jwt.settings import CognitoSettings, JwtSettings
 from .sigv4.settings import SigV4Settings
 from .static import DenySettings, NoneSettings
@@ -12,3 +13,4 @@ register("deny", DenySettings)
 register("jwt", JwtSettings)
 register("cognito", CognitoSettings)
 register("sigv4", SigV4Settings)
+register("lambda", LambdaSettings)

@@ -6,11 +6,12 @@ invoker, which sends its fields (and the time left) along with the event."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LambdaContext"]
+__all__ = ["ContextTemplate", "LambdaContext"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +36,38 @@ class LambdaContext:
     def get_remaining_time_in_millis(self) -> int:
         """Milliseconds left before the call times out (never negative), as Lambda's context answers."""
         return max(0, int((self.deadline - self.monotonic()) * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class ContextTemplate:
+    """What every call's context shares (the function's names); `new` adds the call's id and deadline."""
+
+    function_name: str
+    invoked_function_arn: str
+    log_group_name: str
+    log_stream_name: str
+    memory_limit_in_mb: int = 128
+
+    @classmethod
+    def for_function(cls, function_name: str, region: str, account: str) -> ContextTemplate:
+        """Lambda's names for a function called `function_name` in this API's region and account; the log stream
+        is this process's (one per process, as one per Lambda execution environment)."""
+        stream = time.strftime("%Y/%m/%d", time.gmtime()) + "/[$LATEST]" + uuid.uuid4().hex
+        return cls(
+            function_name=function_name,
+            invoked_function_arn=f"arn:aws:lambda:{region}:{account}:function:{function_name}",
+            log_group_name=f"/aws/lambda/{function_name}",
+            log_stream_name=stream,
+        )
+
+    def new(self, timeout: float) -> LambdaContext:
+        """The context of one call that times out in `timeout` seconds."""
+        return LambdaContext(
+            aws_request_id=str(uuid.uuid4()),
+            function_name=self.function_name,
+            deadline=time.monotonic() + timeout,
+            invoked_function_arn=self.invoked_function_arn,
+            memory_limit_in_mb=self.memory_limit_in_mb,
+            log_group_name=self.log_group_name,
+            log_stream_name=self.log_stream_name,
+        )

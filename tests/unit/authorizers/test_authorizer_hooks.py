@@ -45,6 +45,7 @@ def build(settings: AuthorizerSettings, tmp_path: Path) -> Authorizer:
 
 
 COGNITO = {"type": "cognito", "region": "us-east-1", "user_pool_id": "us-east-1_AbC123", "client_ids": ["app"]}
+LAMBDA = {"type": "lambda", "handler": "tests.unit.authorizers.custom.handlers:token_handler"}
 SIGV4 = {"type": "sigv4", "credentials": {"file": "credentials.yaml", "reload_interval": 0}}
 
 # (settings, identity side, watched files relative to the config directory, upstream header names, route options)
@@ -100,6 +101,14 @@ CASES: list[tuple[dict[str, Any], str, tuple[str, ...], frozenset[str], frozense
         (),
         frozenset({"x-principal-arn"}),
         frozenset({"replay_guard"}),
+    ),
+    ({**LAMBDA}, "policies", (), frozenset(), frozenset()),
+    (
+        {**LAMBDA, "context_to_headers": {"tenant": "X-Tenant", "tier": "x-tier"}},
+        "policies",
+        (),
+        frozenset({"x-tenant", "x-tier"}),
+        frozenset(),
     ),
 ]
 
