@@ -1,4 +1,5 @@
-"""`authz-sidecar serve | validate | check | demo`: the command line, kept thin over the modules that do the work."""
+"""`authz-sidecar serve | validate | check | demo | lambda-serve`: the command line, kept thin over the modules
+that do the work."""
 
 from __future__ import annotations
 
@@ -65,6 +66,28 @@ def _parser() -> argparse.ArgumentParser:
         "(--output json always includes the explanation)",
     )
 
+    lambda_serve = sub.add_parser(
+        "lambda-serve",
+        help="serve an unchanged Lambda authorizer handler as a remote custom authorizer (target: grpc://...)",
+    )
+    lambda_serve.add_argument("handler", help="the handler's import string, package.module:function")
+    lambda_serve.add_argument("--listen", default="127.0.0.1:9300", help="host:port to serve on (default %(default)s)")
+    lambda_serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=10,
+        help="handler calls at once; one more is refused at once (the sidecar answers 500), default %(default)s",
+    )
+    lambda_serve.add_argument(
+        "--grace-period",
+        type=float,
+        default=5.0,
+        help="seconds calls in flight get to finish after SIGTERM/SIGINT (default %(default)s)",
+    )
+    lambda_serve.add_argument(
+        "--app-dir", default=".", help="directory put first on sys.path to import the handler from (default: .)"
+    )
+
     demo = sub.add_parser("demo", help="sidecar + real Envoy + upstream on loopback, scripted requests")
     demo.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
     demo.add_argument("--http", action="store_true", help="Envoy asks over HTTP (http_service) instead of gRPC")
@@ -77,7 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    command = {"serve": _serve, "validate": _validate, "check": _check, "demo": _demo}[args.command]
+    command = {
+        "serve": _serve,
+        "validate": _validate,
+        "check": _check,
+        "demo": _demo,
+        "lambda-serve": _lambda_serve,
+    }[args.command]
     return command(args)
 
 
@@ -158,6 +187,13 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print(result.as_text(explain=args.explain))
     return EXIT_ALLOW if result.decision.allowed else EXIT_DENY
+
+
+def _lambda_serve(args: argparse.Namespace) -> int:
+    from .serve.lambda_host import HostOptions, run
+
+    sys.path.insert(0, str(Path(args.app_dir).resolve()))  # as uvicorn's --app-dir: the handler's own modules
+    return run(HostOptions(args.handler, args.listen, args.max_concurrency, args.grace_period))
 
 
 def _demo(args: argparse.Namespace) -> int:

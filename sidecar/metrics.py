@@ -108,6 +108,20 @@ REDIS_BREAKER_OPEN = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+AUTHORIZER_BREAKER_OPEN = Gauge(
+    "authz_authorizer_breaker_open",
+    "1 while a remote custom authorizer's circuit breaker is open (its calls denied with a 500 at once), else 0.",
+    ("authorizer",),
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+REMOTE_AUTHORIZER_CALLS = Counter(
+    "authz_remote_authorizer_calls_total",
+    "Calls to remote custom authorizers by authorizer and outcome (ok, unauthorized, exception, timeout, "
+    "malformed, overloaded, unavailable; shed and breaker_open: refused without a call).",
+    ("authorizer", "outcome"),
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "authz_config_reloads_total",
     "Reloads by source (config, or a file an authorizer reloads itself: credentials:NAME) and outcome (ok, "
