@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from . import reasons
 from .explanation import DENY, ROUTE, Step, as_json, text_lines
 from .pipeline import Pipeline
-from .proxy_path import GRPC_MODE, BodyLimit, ProxyRejects, envoy_body, envoy_path
+from .proxy_path import GRPC_MODE, BodyLimit, ProxyRejects, envoy_body, envoy_framing, envoy_path
 from .request import ANONYMOUS, Decision, Principal
 from .runtime import RuntimeHolder, compile_runtime
 from .settings import Config
@@ -76,6 +76,7 @@ def parse_http_request(
     if normalize:
         target = envoy_path(target)
     headers: dict[str, str] = {}
+    repeated: set[str] = set()
     last = ""
     for line in lines[1:]:
         if line[:1] in (" ", "\t") and last:  # obs-fold continuation
@@ -86,7 +87,12 @@ def parse_http_request(
             raise InputError(f"not a header line: {line!r}")
         last = name.strip().lower()
         value = value.strip()
-        headers[last] = f"{headers[last]},{value}" if last in headers else value
+        if last in headers:
+            repeated.add(last)
+            headers[last] = f"{headers[last]},{value}"
+        else:
+            headers[last] = value
+    envoy_framing(headers, repeated)
     authority = headers.pop("host", "")
     # The shipped Envoy (`use_remote_address: true`) appends its peer to X-Forwarded-For before it asks; do the
     # same, so `aws:SourceIp` with `policy.trusted_proxy_hops` comes out as it does behind Envoy.
@@ -214,12 +220,7 @@ async def decide_http(
     except ProxyRejects as refusal:
         method, _, rest = _split_head(raw)[0][0].partition(" ")
         message = f"Envoy (as shipped) answers {refusal.status} itself, the sidecar is never asked: {refusal}"
-        reason = reasons.MALFORMED_REQUEST if refusal.status == 400 else REQUEST_TOO_LARGE
-        decision = reasons.deny(reason, message, refusal.status)
+        decision = reasons.deny(refusal.reason, message, refusal.status)
         never_asked = Step(ROUTE, DENY, f"{decision.reason}: {message}")
         return CheckResult(replace(decision, explanation=(never_asked,)), method, rest.rpartition(" ")[0] or rest)
     return await evaluate(config, check, at)
-
-
-REQUEST_TOO_LARGE = "RequestTooLarge"
-"""`check`'s name for Envoy's own 413 (a body over `max_request_bytes` in HTTP mode): the sidecar never answers it."""

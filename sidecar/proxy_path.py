@@ -27,11 +27,14 @@ _DOT_THEN_PARAMETER = re.compile(r"\.\.?;")
 
 
 class ProxyRejects(ValueError):
-    """The shipped Envoy answers this request itself (`status`, 400 unless said): the sidecar is never asked."""
+    """The shipped Envoy answers this request itself (`status`, 400 unless said): the sidecar is never asked.
+    `reason` is what `check` calls it: `MalformedRequest` for a 400 (as the sidecar names its own), and for
+    Envoy's other answers names the sidecar never gives (`RequestTooLarge` 413, `NotImplemented` 501)."""
 
-    def __init__(self, why: str, status: int = 400) -> None:
+    def __init__(self, why: str, status: int = 400, reason: str = "MalformedRequest") -> None:
         super().__init__(why)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,23 @@ HTTP_MODE = BodyLimit(1048576, partial=False)
 """deploy/envoy/envoy-http.yaml."""
 
 
+def envoy_framing(headers: dict[str, str], repeated: set[str]) -> None:
+    """Refuse what Envoy's HTTP/1 codec refuses before anything is asked (`ProxyRejects`): no Host, a repeated or
+    non-numeric Content-Length, Content-Length beside Transfer-Encoding (400), a transfer coding other than
+    chunked (501). A request smuggled past these would be framed differently by the next hop."""
+    if not headers.get("host"):
+        raise ProxyRejects("the request has no Host header")
+    length = headers.get("content-length")
+    if length is not None and ("content-length" in repeated or not length.isdigit()):
+        raise ProxyRejects("Content-Length is repeated or not a number")
+    coding = headers.get("transfer-encoding")
+    if coding is not None:
+        if length is not None:
+            raise ProxyRejects("Content-Length and Transfer-Encoding are both present")
+        if coding.lower() != "chunked":
+            raise ProxyRejects(f"transfer coding {coding!r} is not implemented (only chunked)", 501, "NotImplemented")
+
+
 def envoy_body(body: bytes, headers: dict[str, str], limit: BodyLimit) -> tuple[bytes, int]:
     """The body Envoy sends to the authorization service and the size it reports, adjusting `headers` as Envoy
     does: a chunked body arrives decoded without `transfer-encoding`, one over the limit cut to it (or refused
@@ -60,12 +80,14 @@ def envoy_body(body: bytes, headers: dict[str, str], limit: BodyLimit) -> tuple[
         size = len(body)
     else:
         declared = headers.get("content-length")
-        size = int(declared) if declared is not None and declared.isdigit() else len(body)
+        size = int(declared) if declared is not None else len(body)  # a number: `envoy_framing` checked it
     if not body:
         return body, size
     if len(body) > limit.max_bytes:
         if not limit.partial:
-            raise ProxyRejects(f"the body is over with_request_body.max_request_bytes ({limit.max_bytes})", 413)
+            raise ProxyRejects(
+                f"the body is over with_request_body.max_request_bytes ({limit.max_bytes})", 413, "RequestTooLarge"
+            )
         body = body[: limit.max_bytes]
         headers["x-envoy-auth-partial-body"] = "true"
     else:

@@ -188,3 +188,27 @@ def test_a_body_over_http_modes_limit_is_envoys_413(authz_stack: StackFactory) -
         decide_http(parse_config(CONFIG), raw[:-2].replace(b"1048577", b"1048575"), body_limit=HTTP_MODE)
     )
     assert small.decision.allowed
+
+
+FRAMING = [
+    b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+    b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+    b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nHost: g\r\n\r\n",
+    b"GET /a HTTP/1.1\r\n\r\n",
+    b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+]
+"""Framing Envoy's codec refuses (or accepts) before anything is asked: the smuggling shapes."""
+
+
+def test_check_refuses_the_framing_the_shipped_envoy_refuses(authz_stack: StackFactory) -> None:
+    stack = authz_stack(CONFIG)
+    config = parse_config(CONFIG)
+    for raw in FRAMING:
+        served = asyncio.run(send_raw(stack.ports.listen_port, raw))
+        decision = asyncio.run(decide_http(config, raw)).decision
+        assert served == (200 if decision.allowed else decision.status), raw
+    assert {asyncio.run(send_raw(stack.ports.listen_port, raw)) for raw in FRAMING} == {200, 400, 501}
