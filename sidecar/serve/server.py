@@ -44,6 +44,10 @@ _METRICS_FOLD = 1.0
 """Seconds between folds of the hot path's local metric counts into prometheus_client (see sidecar/metrics.py)."""
 
 
+_RECOVERED = "authorizer files recovered"
+"""Why a reload runs that retries a rejected config reload once an authorizer's own files load again."""
+
+
 class BindError(RuntimeError):
     """A listener could not bind its address (taken, or not an address of this host)."""
 
@@ -53,7 +57,7 @@ class _ConfigSource:
     """Where the config comes from, and what the watcher last saw of the files it depends on."""
 
     path: Path | None
-    seen: tuple[tuple[int, int], ...] = ()
+    seen: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
     def read(self) -> Config:
         return load_config(self.path) if self.path is not None else default_config()
@@ -62,11 +66,22 @@ class _ConfigSource:
         """Whether the config file or any `extra` file (e.g. the resource policy) changed since last asked."""
         if self.path is None:
             return False
-        current = tuple(_stat(p) for p in (self.path, *extra))
+        current = self.snapshot(extra)
         if current == self.seen:
             return False
         self.seen = current
         return True
+
+    def snapshot(self, extra: tuple[Path, ...]) -> dict[Path, tuple[int, int]]:
+        """The files as they are now (size and mtime), taken just before a reload reads them."""
+        return {p: _stat(p) for p in (self.path, *extra)} if self.path is not None else {}
+
+    def read_as(self, before: dict[Path, tuple[int, int]], watched: tuple[Path, ...]) -> None:
+        """After a reload (whatever it asked for and however it ended): the watcher counts the files it read as
+        seen, so an edit followed by SIGHUP is one reload, not a second "file change" one. The stats are the ones
+        taken before reading: an edit that lands while the reload runs still differs, and is reloaded next."""
+        if self.path is not None:
+            self.seen = {p: before[p] if p in before else _stat(p) for p in (self.path, *watched)}
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -232,9 +247,25 @@ class Sidecar:
                 for transport in self.transports.values():
                     await transport.set_serving(ready)
                 log.info("readiness: %s", "ready" if ready else "not ready")
+            if self._recovered_since_rejection():
+                self._spawn(self.reload(_RECOVERED), f"a retry ({_RECOVERED})")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._readiness_changed.wait(), _READY_POLL_SERVING if ready else _READY_POLL)
             self._readiness_changed.clear()
+
+    def _recovered_since_rejection(self) -> bool:
+        """Whether the newest config reload was rejected and a file an authorizer reloads on its own has loaded
+        since: the config reload most likely failed on that file (a broken credentials file rejects both), so it is
+        tried again at once rather than leaving a stale `reload_errors.config` until the next SIGHUP. A retry
+        records a newer outcome, so one recovery asks once."""
+        rejected = self.state.config_reloads.last
+        if rejected is None or rejected.outcome != "rejected" or (self._reloader and not self._reloader.done()):
+            return False
+        return any(
+            status.last is not None and status.last.outcome != "rejected" and status.last.at > rejected.at
+            for authorizer in self.runtime.authorizers.values()
+            for status in authorizer.reload_statuses()
+        )
 
     async def _watch_file(self, interval: float) -> None:
         while not self.state.draining:
@@ -281,6 +312,13 @@ class Sidecar:
             self._next_reload = None
 
     async def _reload_once(self, why: str) -> bool:
+        before = self.source.snapshot(self.runtime.watched)
+        try:
+            return await self._reload_read(why)
+        finally:
+            self.source.read_as(before, self.runtime.watched)
+
+    async def _reload_read(self, why: str) -> bool:
         try:
             config = self.source.read()
             if self.vet is not None:

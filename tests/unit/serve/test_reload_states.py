@@ -111,6 +111,17 @@ async def verified_as(sidecar: Sidecar) -> str:
     return headers["x-authz-principal"]
 
 
+async def config_retried(sidecar: Sidecar) -> None:
+    """Wake the readiness watcher (which retries a rejected config reload) and wait, bounded, for the retry."""
+    for _ in range(100):
+        last = sidecar.state.config_reloads.last
+        if last is not None and last.outcome != "rejected":
+            return
+        sidecar._readiness_changed.set()
+        await asyncio.sleep(0.05)  # bounded polling for a condition, not a guess at how long it takes
+    raise AssertionError("the rejected config reload was not retried")
+
+
 async def test_initial_state_reports_no_reload(sidecar: Sidecar) -> None:
     body = await ready_state(admin_port(sidecar))
     assert body["ready"] is True
@@ -209,8 +220,11 @@ async def test_a_broken_credentials_file_is_reported_until_fixed_and_the_old_key
     rewrite(file, good + "# fixed\n")  # fixed: what it says is what serves
     assert store.reload_if_changed() is False
     assert f"(file change): unchanged, still serving credentials {serving}" in caplog.text
+    # The config reload failed on this file: the server retries it once the file loads, clearing its error too.
+    await config_retried(sidecar)
     body = await ready_state(port)
-    assert "credentials:corp" not in body["reload_errors"]
+    assert body["reload_errors"] == {} and "last_reload_error" not in body
+    assert body["last_reload"]["why"] == "authorizer files recovered"
     assert body["authorizer_reloads"]["credentials:corp"]["outcome"] == "unchanged"
 
     rewrite(file, good.replace("user/alice", "user/bob"))
@@ -224,6 +238,7 @@ async def test_a_broken_credentials_file_is_reported_until_fixed_and_the_old_key
         ("credentials:corp", "unchanged"): 1,
         ("credentials:corp", "ok"): 1,
         ("config", "rejected"): 1,
+        ("config", "unchanged"): 1,
     }
 
 
@@ -291,3 +306,14 @@ async def test_serve_logs_what_validate_warns_about(tmp_path: Path, caplog: pyte
         assert "routes[1]" in warned[0] and "never allowed" in warned[0]
     finally:
         await started.drain_and_stop()
+
+
+async def test_an_edit_then_sighup_is_one_reload(sidecar: Sidecar, tmp_path: Path) -> None:
+    """With the file watch on, an edit followed by SIGHUP must not reload twice: the watcher counts what the
+    SIGHUP reload read as seen (and a later edit still shows)."""
+    path = config_path(sidecar)
+    path.write_text(config_text(tmp_path, sidecar.grpc_port, admin_port(sidecar), open_route="closed"))
+    assert await sidecar.reload("SIGHUP") is True
+    assert sidecar.source.changed_on_disk(sidecar.runtime.watched) is False
+    rewrite(path, path.read_text() + "# later\n")
+    assert sidecar.source.changed_on_disk(sidecar.runtime.watched) is True
