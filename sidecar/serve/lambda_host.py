@@ -231,7 +231,7 @@ def _exit_past_stuck_handlers(code: int) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if stuck:
-        log.warning("exiting with %d handler call(s) still running past the grace period", len(stuck))
+        log.warning("exiting with %d handler thread(s) still blocked (their calls are answered already)", len(stuck))
         logging.shutdown()
         with contextlib.suppress(Exception):
             sys.stdout.flush()

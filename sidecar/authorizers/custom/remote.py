@@ -60,13 +60,13 @@ CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.min_reconnect_backoff_ms", 2000),
 )
-"""The reconnect backoff is kept short (0.1 s, growing to at most 1 s, instead of gRPC's 1 s to 120 s) so that once
-the service is back, the breaker's next probe finds the channel reconnecting rather than asleep. gRPC also takes
-`min_reconnect_backoff_ms` as the least time a connection attempt may take (its default is 20 s): 2 s, so a slow
-handshake still connects while a host that accepts and never answers costs a call its deadline, not less."""
+"""gRPC takes `min_reconnect_backoff_ms` as the least time a connection attempt may take (its default is 20 s):
+2 s, so a slow handshake still connects while a host that accepts and never answers costs a call its deadline.
+Reconnects start 0.1 s apart and grow to `RemoteInvoker.max_backoff`."""
+MAX_BACKOFF = 1.0
+"""The longest wait between reconnect attempts (gRPC's own ceiling is 120 s), for timeouts of 2 s and more."""
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 """An exception type name as a service may report it; anything else is not passed on (it reaches logs and
 metrics)."""
@@ -168,6 +168,7 @@ class RemoteInvoker:
         max_concurrency: int,
         breaker: Breaker,
         grace: float = 1.0,
+        max_backoff: float = MAX_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = address
@@ -175,8 +176,13 @@ class RemoteInvoker:
         self.max_concurrency = max_concurrency
         self.breaker = breaker
         self.grace = grace
+        self.max_backoff = max_backoff
+        """The longest wait between reconnect attempts: at most half the timeout, so that the probe after a
+        cooldown, which waits for the connection within its timeout, sees an attempt whatever gRPC's backoff had
+        grown to (with gRPC's own ceiling it would fail until the backoff, not the service, allowed)."""
+        self.clock = clock
+        """The breaker's clock (monotonic; tests move their own)."""
         self.in_flight = 0
-        self._clock = clock
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
         self._counts: dict[str, Tally] = {}
@@ -192,7 +198,8 @@ class RemoteInvoker:
 
     def _open(self) -> Any:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=list(CHANNEL_OPTIONS))
+            options = [*CHANNEL_OPTIONS, ("grpc.max_reconnect_backoff_ms", round(self.max_backoff * 1000))]
+            self._channel = grpc.aio.insecure_channel(self.address, options=options)
             self._call = self._channel.unary_unary(
                 METHOD,
                 request_serializer=AuthorizeRequest.SerializeToString,
@@ -206,7 +213,7 @@ class RemoteInvoker:
             raise HandlerFailed("overloaded")
         breaker = self.breaker
         probe = breaker.is_open
-        if not breaker.allow(self._clock()):
+        if not breaker.allow(self.clock()):
             self._count("breaker_open")
             raise HandlerFailed("unavailable")
         request = encode_request(event, context, timeout)
@@ -235,7 +242,7 @@ class RemoteInvoker:
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             self.breaker.success()
         else:
-            self.breaker.failure(self._clock())
+            self.breaker.failure(self.clock())
         self._count(kind)
         log.debug("authorizer %s: %s answered %s", self.name, self.address, code.name)
         return HandlerFailed(kind)
@@ -251,7 +258,7 @@ class RemoteInvoker:
             raise
         except HandlerFailed as failure:
             if failure.kind == "timeout":
-                self.breaker.failure(self._clock())
+                self.breaker.failure(self.clock())
             else:
                 self.breaker.success()
             self._count(failure.kind.partition(":")[0])
@@ -285,4 +292,5 @@ def remote_invoker(settings: LambdaSettings, ctx: BuildContext) -> Invoker:
         max_concurrency=settings.max_concurrency,
         breaker=breaker,
         grace=settings.timeout,
+        max_backoff=min(MAX_BACKOFF, max(0.1, settings.timeout / 2)),
     )

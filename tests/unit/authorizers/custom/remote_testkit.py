@@ -1,18 +1,28 @@
 """What the remote tests share: an in-process `lambda-serve` (`LambdaHost` over the handlers of
-`remote_handlers`), a client `RemoteInvoker` with a clock the test moves, a black-hole server (accepts TCP and
-never speaks: a hung host), and the Lambda context a call carries."""
+`remote_handlers`) and a real one (`LambdaServe`, a child process), a client `RemoteInvoker` with a clock the
+test moves, a black-hole server (accepts TCP and never speaks: a hung host), and the Lambda context a call
+carries."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.authorizers.custom.context import LambdaContext
 from sidecar.authorizers.custom.invoke import LocalInvoker
-from sidecar.authorizers.custom.remote import RemoteInvoker
+from sidecar.authorizers.custom.remote import SERVICE_NAME, RemoteInvoker
+from sidecar.harness.envoy import free_port
 from sidecar.kv.breaker import Breaker
 from sidecar.metrics import AUTHORIZER_BREAKER_OPEN, REMOTE_AUTHORIZER_CALLS, flush
 from sidecar.serve.lambda_host import LambdaHost
@@ -115,3 +125,60 @@ def calls(name: str, outcome: str) -> float:
 
 def breaker_gauge(name: str) -> float:
     return float(AUTHORIZER_BREAKER_OPEN.labels(name)._value.get())
+
+
+HANDLERS_DIR = Path(remote_handlers.__file__).resolve().parent
+"""On the child's PYTHONPATH, so `remote_handlers:handler` imports there as a deployed handler module would."""
+
+
+class LambdaServe:
+    """A real `authz-sidecar lambda-serve` child process on 127.0.0.1 (its output in a file)."""
+
+    def __init__(self, tmp: Path, handler: str = "remote_handlers:handler", *args: str) -> None:
+        self.port = free_port()
+        self.log_path = tmp / f"lambda-serve-{self.port}.log"
+        self.argv = [
+            sys.executable, "-m", "sidecar", "--log-level", "DEBUG", "lambda-serve", handler,
+            "--listen", f"127.0.0.1:{self.port}", *args,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> LambdaServe:
+        """Start it and wait until its health service answers SERVING."""
+        with open(self.log_path, "wb") as log:
+            env = {**os.environ, "PYTHONPATH": str(HANDLERS_DIR)}
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+            try:  # waits for the port to open (wait_for_ready), not a fixed time
+                reply = await stub.Check(request, timeout=20, wait_for_ready=True)
+            except grpc.aio.AioRpcError:
+                self.kill()
+                raise RuntimeError(f"lambda-serve did not start:\n{self.log()}") from None
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        return self
+
+    def terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float = 20) -> int:
+        """The exit code, once it has exited (within `timeout` seconds)."""
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def run_lambda_serve(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`authz-sidecar lambda-serve ARGS` expected to exit by itself (a usage error), within 30 s."""
+    argv = [sys.executable, "-m", "sidecar", "lambda-serve", *args]
+    env = {**os.environ, "PYTHONPATH": str(HANDLERS_DIR)}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=cwd, env=env)
