@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from . import __version__
 from .config import ConfigError, default_config, load_config
 
 EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose reader closed the pipe."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,7 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "lambda-serve": _lambda_serve,
     }[args.command]
-    return command(args)
+    # httpx logs every request at INFO; the JWKS fetcher logs what matters (failures, key sets) itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        code = command(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `check ... | head`: the reader has gone; stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 def _serve(args: argparse.Namespace) -> int:
