@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..base import Authorizer, AuthorizerSettings, BuildContext
 from .authorizer import LambdaAuthorizer, ResultCache
@@ -82,8 +82,10 @@ class LambdaSettings(AuthorizerSettings):
 
     @field_validator("target")
     @classmethod
-    def _target(cls, value: str | None) -> str | None:
+    def _target(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
+            if info.data.get("handler") is not None:
+                raise ValueError("set handler (in process) or target (remote), not both")
             match = _TARGET.match(value)
             if not match or not 0 < int(match.group(2)) < 65536:
                 raise ValueError("expected grpc://HOST:PORT, e.g. grpc://127.0.0.1:9300")
@@ -99,19 +101,29 @@ class LambdaSettings(AuthorizerSettings):
 
     @field_validator("identity_sources")
     @classmethod
-    def _sources(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for text in value or ():
-            IdentitySource.parse(text)
+    def _sources(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        parsed = [IdentitySource.parse(text) for text in value or ()]
+        if info.data.get("event_format") == "token" and (len(parsed) != 1 or parsed[0].where != "header"):
+            raise ValueError("event_format: token takes exactly one identity source, a header")
         return value
 
     @field_validator("token_validation")
     @classmethod
-    def _regex(cls, value: str | None) -> str | None:
+    def _regex(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
+            if info.data.get("event_format", "token") != "token":
+                raise ValueError("applies to event_format: token only")
             try:
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("simple_responses")
+    @classmethod
+    def _simple(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("event_format", "http-2.0") != "http-2.0":
+            raise ValueError("needs event_format: http-2.0 (API Gateway offers simple responses only there)")
         return value
 
     @field_validator("stage_variables")
@@ -141,17 +153,9 @@ class LambdaSettings(AuthorizerSettings):
         return value
 
     @model_validator(mode="after")
-    def _combinations(self) -> LambdaSettings:
-        if (self.handler is None) == (self.target is None):
-            raise ValueError("set exactly one of handler (in process) or target (grpc://host:port)")
-        if self.simple_responses and self.event_format != "http-2.0":
-            raise ValueError("simple_responses needs event_format: http-2.0 (API Gateway offers them only there)")
-        if self.token_validation is not None and self.event_format != "token":
-            raise ValueError("token_validation applies to event_format: token only")
-        if self.event_format == "token":
-            sources = self.sources()
-            if len(sources) != 1 or sources[0].where != "header":
-                raise ValueError("event_format: token takes exactly one identity source, a header")
+    def _one_of(self) -> LambdaSettings:
+        if self.handler is None and self.target is None:
+            raise ValueError("set handler (package.module:function, in process) or target (grpc://host:port)")
         return self
 
     def sources(self) -> tuple[IdentitySource, ...]:

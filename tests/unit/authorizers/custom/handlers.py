@@ -181,3 +181,24 @@ def system_exit(event: dict[str, Any], context: Any) -> Any:
 
 
 NOT_CALLABLE = 42
+
+
+def sid_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Allows reading pets and denies deleting them, each statement named (for `check --explain`)."""
+    CALLS.append(event)
+    base = event["methodArn"].split("/", 2)[0] + "/" + event["methodArn"].split("/", 2)[1]
+    return {
+        "principalId": "explained-user",
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "ReadPets",
+                    "Effect": "Allow",
+                    "Action": "execute-api:Invoke",
+                    "Resource": f"{base}/GET/pets/*",
+                },
+                {"Sid": "NoDeletes", "Effect": "Deny", "Action": "execute-api:Invoke", "Resource": f"{base}/DELETE/*"},
+            ],
+        },
+    }

@@ -1,0 +1,125 @@
+"""How handlers run: sync ones in a bounded pool of their own (a blocked handler holds a thread, not the loop),
+async ones on the loop; one call per cache key however many requests wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.authorizers.custom.context import LambdaContext
+from sidecar.authorizers.custom.invoke import HandlerFailed, HandlerUnauthorized, LocalInvoker, local_invoker
+
+from . import handlers
+from .lambda_testkit import HANDLERS, pipeline, request, token
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    handlers.reset()
+    yield
+    handlers.RELEASE.set()  # no pool thread stays blocked past a test
+
+
+def context(timeout: float = 1.0) -> LambdaContext:
+    return LambdaContext("req", "fn", time.monotonic() + timeout)
+
+
+async def test_concurrent_requests_with_one_new_identity_make_one_call(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path, f"handler: {HANDLERS}:token_handler\nevent_format: token\n")
+    checks = [asyncio.ensure_future(pipe.check(request(headers=token("block-x")))) for _ in range(20)]
+    assert await asyncio.to_thread(handlers.STARTED.wait, 5)  # the one call is inside the handler
+    assert not any(check.done() for check in checks)
+    handlers.RELEASE.set()
+    decisions = await asyncio.gather(*checks)
+    assert all(d.allowed for d in decisions)
+    assert len(handlers.CALLS) == 1
+
+
+async def test_a_cancelled_waiter_leaves_the_call_to_the_others(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path, f"handler: {HANDLERS}:token_handler\nevent_format: token\n")
+    first = asyncio.ensure_future(pipe.check(request(headers=token("block-x"))))
+    second = asyncio.ensure_future(pipe.check(request(headers=token("block-x"))))
+    assert await asyncio.to_thread(handlers.STARTED.wait, 5)
+    first.cancel()  # Envoy gave up on the first Check
+    handlers.RELEASE.set()
+    assert (await second).allowed
+    assert first.cancelled()
+    assert (await pipe.check(request(headers=token("block-x")))).allowed  # and the result was cached
+    assert len(handlers.CALLS) == 1
+
+
+async def test_a_blocked_handler_does_not_delay_a_check_on_another_route(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path, f"handler: {HANDLERS}:blocking_handler\nidentity_sources: [$request.header.x-t]\n")
+    slow = asyncio.ensure_future(pipe.check(request("/slow", headers={"x-t": "a"})))
+    assert await asyncio.to_thread(handlers.STARTED.wait, 5)
+    start = time.perf_counter()
+    other = await pipe.check(request("/fast", headers={"x-t": "b"}))
+    elapsed = time.perf_counter() - start
+    assert other.allowed and not slow.done()
+    assert elapsed < 0.25, f"a Check on another route took {elapsed:.3f}s while a handler was blocked"
+    handlers.RELEASE.set()
+    assert (await slow).allowed
+
+
+async def test_sync_handlers_run_on_the_invokers_own_threads() -> None:
+    seen: list[str] = []
+
+    def handler(event: dict[str, object], ctx: LambdaContext) -> dict[str, object]:
+        seen.append(threading.current_thread().name)
+        return {}
+
+    invoker = LocalInvoker(handler, 2, name="auth")
+    await invoker.start()
+    try:
+        await invoker.invoke({}, context(), 1.0)
+    finally:
+        await invoker.stop()
+    assert seen[0].startswith("authz-auth") and seen[0] != threading.main_thread().name
+
+
+async def test_the_pool_bounds_concurrent_calls_and_queued_calls_time_out() -> None:
+    """With one thread held, a second call waits for it, within its own timeout: then 500 (timeout)."""
+    invoker = local_invoker(f"{HANDLERS}:sleepy_handler", 1)
+    await invoker.start()
+    try:
+        held = asyncio.ensure_future(invoker.invoke({}, context(), 5.0))
+        assert await asyncio.to_thread(handlers.STARTED.wait, 5)
+        with pytest.raises(HandlerFailed) as caught:
+            await invoker.invoke({}, context(0.1), 0.1)
+        assert caught.value.kind == "timeout"
+        assert len(handlers.CALLS) == 1  # the queued call never ran
+        handlers.RELEASE.set()
+        await held
+    finally:
+        await invoker.stop()
+
+
+async def test_what_a_handler_raises_maps_to_api_gateways_outcomes() -> None:
+    def unauthorized(event: object, ctx: object) -> None:
+        raise Exception("Unauthorized")
+
+    async def broken(event: object, ctx: object) -> None:
+        raise ValueError("secret detail")
+
+    with pytest.raises(HandlerUnauthorized):
+        await LocalInvoker(unauthorized, 1).invoke({}, context(), 1.0)
+    with pytest.raises(HandlerFailed) as caught:
+        await LocalInvoker(broken, 1).invoke({}, context(), 1.0)
+    assert caught.value.kind == "exception:ValueError"
+    assert "secret" not in str(caught.value)
+
+
+async def test_an_async_handler_that_overruns_is_a_timeout() -> None:
+    never = asyncio.Event()
+
+    async def slow(event: object, ctx: object) -> None:
+        await never.wait()
+
+    with pytest.raises(HandlerFailed) as caught:
+        await LocalInvoker(slow, 1).invoke({}, context(0.05), 0.05)
+    assert caught.value.kind == "timeout"
