@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         help="which shipped Envoy file asks (deploy/envoy/envoy.yaml: body cut to 64 KiB and marked partial; "
         "envoy-http.yaml: bodies up to 1 MiB, larger ones answered 413 by Envoy); default grpc",
     )
+    check.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long authorizers may take to get ready (a jwks_uri fetch) before deciding anyway (default 10)",
+    )
     check.add_argument("--output", default="text", choices=["text", "json"])
     check.add_argument(
         "--explain",
@@ -78,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     lambda_serve.add_argument(
         "--max-concurrency",
         type=int,
-        default=10,
+        default=16,
         help="handler calls at once; one more is refused at once (the sidecar answers 500), default %(default)s",
     )
     lambda_serve.add_argument(
@@ -184,9 +191,10 @@ def _check(args: argparse.Namespace) -> int:
         if args.http:
             raw = args.http.read_bytes()
             limit = GRPC_MODE if args.envoy_mode == "grpc" else HTTP_MODE
-            result = asyncio.run(decide_http(config, raw, at, args.source_ip, args.scheme, not args.raw_path, limit))
+            normalize = not args.raw_path
+            result = asyncio.run(decide_http(config, raw, at, args.source_ip, args.scheme, normalize, limit, args.wait))
         else:
-            result = asyncio.run(evaluate(config, load_check_request(args.check_request), at))
+            result = asyncio.run(evaluate(config, load_check_request(args.check_request), at, args.wait))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR

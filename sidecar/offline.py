@@ -211,6 +211,7 @@ async def decide_http(
     scheme: str = "http",
     normalize: bool = True,
     body_limit: BodyLimit = GRPC_MODE,
+    ready_timeout: float = 10.0,
 ) -> CheckResult:
     """`check --http`: a raw request decided as the server decides what the shipped Envoy forwards of it; a
     request Envoy answers itself (`ProxyRejects`) gets Envoy's status (400, or 413 for a body over the limit in
@@ -223,4 +224,4 @@ async def decide_http(
         decision = reasons.deny(refusal.reason, message, refusal.status)
         never_asked = Step(ROUTE, DENY, f"{decision.reason}: {message}")
         return CheckResult(replace(decision, explanation=(never_asked,)), method, rest.rpartition(" ")[0] or rest)
-    return await evaluate(config, check, at)
+    return await evaluate(config, check, at, ready_timeout)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
+from ...explanation import Step, refused, shown_value, when
 from ...reasons import STATUS_UNAUTHORIZED, Denied
 from ...request import CompactMap, Principal, Request
 from ..base import Authorizer, IdentitySide
@@ -205,7 +206,8 @@ class JwtAuthorizer(Authorizer):
         if keyset is None:
             keyset = await self._refetch()
             if keyset is None:
-                raise JwtError(KEYS_UNAVAILABLE, "the issuer's signing keys are not available")
+                message = "the issuer's signing keys are not available"
+                raise JwtError(KEYS_UNAVAILABLE, message, partial(_keys_unavailable_step, message, self.keys))
         try:
             key = verify_signature(parsed, keyset)
         except JwtError as exc:
@@ -266,3 +268,17 @@ class CognitoAuthorizer(JwtAuthorizer):
 
     def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
         return cognito_context(claims, scopes)
+
+
+def _keys_unavailable_step(message: str, keys: KeySource) -> Step:
+    """KeysUnavailable explained (`check --explain`): where the keys come from and why the last fetch failed, which
+    otherwise only a WARNING line on stderr says."""
+    describe = getattr(keys, "describe", None)
+    attempt = getattr(keys, "last_attempt_at", float("-inf"))
+    return refused(
+        KEYS_UNAVAILABLE,
+        message,
+        ("keys_from", describe() if callable(describe) else type(keys).__name__),
+        ("last_fetch_error", shown_value(getattr(keys, "last_error", "")) or "(none recorded)"),
+        ("last_attempt", when(attempt) if attempt > float("-inf") else "(never)"),
+    )
