@@ -119,15 +119,20 @@ class LocalInvoker:
         self.is_async = inspect.iscoroutinefunction(handler)
         self._name = name
         self._pool: ThreadPoolExecutor | None = None
+        self._stopped = False
 
     async def start(self) -> None:
+        self._stopped = False
         if not self.is_async and self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"authz-{self._name}")
 
     async def stop(self) -> None:
+        """Release the threads once the calls already made return (they are not cut short); a call after this
+        fails `unavailable`, as one to a stopped function would."""
+        self._stopped = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False)
 
     async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
         try:
@@ -142,10 +147,15 @@ class LocalInvoker:
             raise handler_failure(exc) from None
 
     async def _call(self, event: dict[str, Any], context: LambdaContext) -> Any:
+        if self._stopped:
+            raise HandlerFailed("unavailable")
         if self.is_async:
-            return await self.handler(event, context)
+            try:
+                return await self.handler(event, context)
+            except SystemExit:  # out of a task it would stop the event loop, and the sidecar with it
+                raise HandlerFailed("exception:SystemExit") from None
         if self._pool is None:
-            await self.start()
+            await self.start()  # first use without `start` (a `check`, a test): the pool starts here
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, _run_sync, self.handler, event, context)

@@ -123,3 +123,22 @@ async def test_an_async_handler_that_overruns_is_a_timeout() -> None:
     with pytest.raises(HandlerFailed) as caught:
         await LocalInvoker(slow, 1).invoke({}, context(0.05), 0.05)
     assert caught.value.kind == "timeout"
+
+
+async def test_an_async_handler_calling_sys_exit_is_a_failure_not_a_stop() -> None:
+    async def leaves(event: object, ctx: object) -> None:
+        raise SystemExit(1)
+
+    with pytest.raises(HandlerFailed) as caught:
+        await LocalInvoker(leaves, 1).invoke({}, context(), 1.0)
+    assert caught.value.kind == "exception:SystemExit"
+
+
+async def test_a_stopped_invoker_answers_unavailable() -> None:
+    invoker = local_invoker(f"{HANDLERS}:token_handler", 1)
+    await invoker.start()
+    await invoker.stop()
+    with pytest.raises(HandlerFailed) as caught:
+        await invoker.invoke({"authorizationToken": "allow-a", "methodArn": "x"}, context(), 1.0)
+    assert caught.value.kind == "unavailable"
+    assert handlers.CALLS == []
