@@ -57,7 +57,8 @@ class HostOptions:
     handler: str
     """`package.module:function`, resolved once at start-up."""
     listen: str = "127.0.0.1:9300"
-    max_concurrency: int = 10
+    max_concurrency: int = 16
+    """The sidecar's own default for `max_concurrency`, so one sidecar alone is never refused by default."""
     grace_period: float = 5.0
 
 
