@@ -118,7 +118,7 @@ AUTHORIZER_BREAKER_OPEN = Gauge(
 REMOTE_AUTHORIZER_CALLS = Counter(
     "authz_remote_authorizer_calls_total",
     "Calls to remote custom authorizers by authorizer and outcome (ok, unauthorized, exception, timeout, "
-    "malformed, overloaded, unavailable; shed and breaker_open: refused without a call).",
+    "malformed, overloaded, unavailable; shed, breaker_open and stopped: refused without a call).",
     ("authorizer", "outcome"),
     registry=REGISTRY,
 )

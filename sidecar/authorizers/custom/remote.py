@@ -183,15 +183,20 @@ class RemoteInvoker:
         self.clock = clock
         """The breaker's clock (monotonic; tests move their own)."""
         self.in_flight = 0
+        self._stopped = False
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
         self._counts: dict[str, Tally] = {}
 
     async def start(self) -> None:
+        self._stopped = False
         self._open()
         self.breaker.gauge.set(1 if self.breaker.is_open else 0)  # a new config's breaker starts closed
 
     async def stop(self) -> None:
+        """Close the channel once the calls in flight end (within `grace`); a call after this fails `unavailable`
+        (a Check still on a replaced config), as `LocalInvoker`'s does, rather than open a channel nobody closes."""
+        self._stopped = True
         channel, self._channel, self._call = self._channel, None, None
         if channel is not None:
             await channel.close(self.grace)
@@ -208,6 +213,9 @@ class RemoteInvoker:
         return self._call
 
     async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
+        if self._stopped:
+            self._count("stopped")
+            raise HandlerFailed("unavailable")
         if self.in_flight >= self.max_concurrency:
             self._count("shed")
             raise HandlerFailed("overloaded")

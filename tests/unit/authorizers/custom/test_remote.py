@@ -228,6 +228,19 @@ async def test_the_wire_is_the_documented_protocol() -> None:
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_stopped_invoker_answers_unavailable_without_a_channel() -> None:
+    async with lambda_host() as host, remote(host.port, name="stopped") as invoker:
+        assert (await invoker.invoke(event("allow"), context(), 1.0))["principalId"] == "alice"
+        await invoker.stop()  # a reload replaced its config; a Check still on the old one arrives
+        with pytest.raises(HandlerFailed) as failed:
+            await invoker.invoke(event("allow"), context(), 1.0)
+        assert failed.value.kind == "unavailable"
+        assert invoker._channel is None  # no channel reopened that nobody would close
+        assert remote_handlers.CALLS == ["allow"]
+    assert calls("stopped", "stopped") == 1
+    assert not invoker.breaker.failures
+
+
 def test_targets_are_grpc_host_port() -> None:
     assert parse_target("grpc://127.0.0.1:9300") == "127.0.0.1:9300"
     assert parse_target("grpc://[::1]:9300") == "[::1]:9300"
