@@ -7,7 +7,8 @@ is a 401 without a call. Otherwise the result cache is asked by the sources' val
 compiled policy, context and usage key, a deny included. The pipeline then evaluates that policy, with the
 resource policy, against *each* request's ARN, which is how a cached policy is applied to later requests, API
 Gateway's way (the `cache_key: identity` pitfall, docs/custom-authorizers.md). `Unauthorized` and failures are
-never cached.
+never cached. Behind the in-process LRU, a `ResultStore` (when one is set) shares results between replicas as
+the handler's own response JSON, validated again when read; none is wired yet (Redis, signed, is a later step).
 
 The decision cache is not used for these routes (`fingerprint` is None): a decision depends on the handler's
 answer, which only this cache may reuse, under its own TTL.
@@ -112,9 +113,13 @@ class ResultCache:
     """A bounded TTL LRU of results, and the calls in flight per key (single-flight). One per authorizer, shared
     by the instances that serve its routes."""
 
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int, clock: Callable[[], float], store: ResultStore | None = None
+    ) -> None:
         self.ttl = ttl
         self.clock = clock
+        self.store = store
+        """Results shared with other replicas, behind the in-process LRU (none is wired yet: a later step)."""
         self.local: LocalCache[Result] = LocalCache(max_entries)
         self.inflight: dict[bytes, asyncio.Task[Result | Refusal]] = {}
 
@@ -215,7 +220,8 @@ class LambdaAuthorizer(Authorizer):
             outcome = await self._call(request, values)
         else:
             key = cache_key(self.version, values, route_key if self.cache_by_route else None)
-            outcome = await self.cache.get_or_call(key, lambda: self._call(request, values))
+            cache = self.cache
+            outcome = await cache.get_or_call(key, lambda: self._shared_or_call(cache, key, request, values))
         if isinstance(outcome, Refusal):
             raise outcome.denied()
         if outcome.principal is None:
@@ -231,6 +237,27 @@ class LambdaAuthorizer(Authorizer):
             return outcome.to_denied()
         message = EXPLICIT_DENY_MESSAGE if outcome.effect == EXPLICIT_DENY else IMPLICIT_DENY_MESSAGE
         return Denied(ACCESS_DENIED, message, STATUS_FORBIDDEN, explain=outcome.step)
+
+    async def _shared_or_call(
+        self, cache: ResultCache, key: bytes, request: Request, values: tuple[str, ...]
+    ) -> Result | Refusal:
+        """A result another replica stored, else the handler's (stored for the others). The store's trouble or a
+        stored value that does not validate means calling the handler: never an allow of its own."""
+        store = cache.store
+        if store is not None:
+            try:
+                data = await store.get(key)
+                if data is not None:
+                    return self._result(self.reader.decode(data))
+            except Exception as exc:
+                log.warning("authorizer %s: the result store failed (%s): calling", self.name, type(exc).__name__)
+        outcome = await self._call(request, values)
+        if store is not None and isinstance(outcome, Result):
+            try:
+                await store.put(key, self.reader.encode(outcome.verdict), cache.ttl)
+            except Exception as exc:
+                log.warning("authorizer %s: storing a result failed (%s)", self.name, type(exc).__name__)
+        return outcome
 
     async def _call(self, request: Request, values: tuple[str, ...]) -> Result | Refusal:
         """One call of the handler and what its answer means. Logs say what failed, never the event."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.authorizers.custom.authorizer import cache_key
+from sidecar.pipeline import Pipeline
 
 from . import handlers
 from .lambda_testkit import HANDLERS, Clock, pipeline, request, token
@@ -137,3 +138,56 @@ async def test_a_reload_with_other_settings_never_reuses_results(tmp_path: Path)
     auth_1 = first.holder.current.authorizers["auth"]
     auth_2 = second.holder.current.authorizers["auth"]
     assert auth_1.version != auth_2.version  # type: ignore[attr-defined]
+
+
+class DictStore:
+    """A `ResultStore` in a dict: what replicas sharing one store see (the Redis one is a later step)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.ttls: list[float] = []
+        self.broken = False
+
+    async def get(self, key: bytes) -> bytes | None:
+        if self.broken:
+            raise ConnectionError("store down")
+        return self.data.get(key)
+
+    async def put(self, key: bytes, value: bytes, ttl: float) -> None:
+        if self.broken:
+            raise ConnectionError("store down")
+        self.data[key] = value
+        self.ttls.append(ttl)
+
+
+def _with_store(pipe: Pipeline, store: DictStore) -> None:
+    """Every route's instance shares its authorizer's result cache, so the store is set once."""
+    pipe.holder.current.authorizers["auth"].cache.store = store  # type: ignore[attr-defined]
+
+
+async def test_two_replicas_sharing_a_store_call_the_handler_once(tmp_path: Path) -> None:
+    store = DictStore()
+    one, two = pipeline(tmp_path, TOKEN), pipeline(tmp_path, TOKEN)
+    _with_store(one, store)
+    _with_store(two, store)
+    assert (await one.check(request(headers=token("allow-alice")))).allowed
+    second = await two.check(request(headers=token("allow-alice")))
+    assert second.allowed and dict(second.all_headers())["x-authz-principal"] == "alice"
+    assert len(handlers.CALLS) == 1 and store.ttls == [300.0]
+
+
+async def test_a_forged_or_unreadable_stored_result_is_ignored(tmp_path: Path) -> None:
+    store = DictStore()
+    pipe = pipeline(tmp_path, TOKEN)
+    _with_store(pipe, store)
+    assert (await pipe.check(request(headers=token("deny-mallory")))).status == 403
+    (key,) = store.data
+    other = pipeline(tmp_path, TOKEN)
+    _with_store(other, store)
+    store.data[key] = b'{"principalId": "mallory", "policyDocument": "allow everything"}'
+    assert (await other.check(request(headers=token("deny-mallory")))).status == 403  # called again, still denied
+    assert len(handlers.CALLS) == 2
+    store.broken = True
+    third = pipeline(tmp_path, TOKEN)
+    _with_store(third, store)
+    assert (await third.check(request(headers=token("allow-alice")))).allowed  # a broken store: just call
