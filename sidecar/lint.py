@@ -289,7 +289,9 @@ def _admits_any(statement: CompiledStatement) -> bool:
 def _unmatched_statements(policy: CompiledPolicy, routes: Iterable[_Route], api: ApiSettings) -> list[ConfigIssue]:
     """Statements whose every Resource pattern misses every route. Patterns that name no resource of this API at
     all were warned about when the policy loaded (`policy.warnings`), and are not warned about twice."""
+    routes = list(routes)
     patterns = [p for route in routes for p in route.patterns]
+    keys = listed_routes(route.settings.match for route in routes)
     already = {w.field for w in policy.warnings}
     out = []
     for statement in policy.statements:
@@ -301,7 +303,10 @@ def _unmatched_statements(policy: CompiledPolicy, routes: Iterable[_Route], api:
             continue
         base = f"arn:aws:execute-api:{api.region}:{api.account}:{api.id}/{api.stage}/"
         which = f"statement {spec.sid!r}" if spec.sid else "this statement"
-        message = f"{which} never matches a route of this config: no Resource names one (their ARNs: {base}METHOD/path)"
+        message = (
+            f"{which} never matches a route of this config: no Resource names one (routes: {keys}; "
+            f"their ARNs: {base}METHOD/path)"
+        )
         out.append(_policy_issue(policy, (*parse_loc(spec.path), "Resource"), message))
     return out
 
@@ -312,3 +317,14 @@ def _policy_issue(policy: CompiledPolicy, path: tuple[str | int, ...], message: 
     except JsonSyntaxError:  # it loaded, so it parses; kept for safety
         line, column = 0, 0
     return ConfigIssue(policy.source, line, column, format_loc(path), message)
+
+
+MAX_LISTED_ROUTES = 10
+"""Route keys a warning lists, so a misspelt path is seen beside the routes it missed."""
+
+
+def listed_routes(keys: Iterable[str]) -> str:
+    """Route keys for a message: in config order, cut after `MAX_LISTED_ROUTES` with a count of the rest."""
+    items = list(keys)
+    shown = ", ".join(items[:MAX_LISTED_ROUTES])
+    return shown if len(items) <= MAX_LISTED_ROUTES else f"{shown}, ... ({len(items) - MAX_LISTED_ROUTES} more)"

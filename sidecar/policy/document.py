@@ -427,7 +427,9 @@ class _Validator:
         if spec.not_resource and "*" in spec.resources:
             self.warn((*path, "NotResource"), 'this statement never matches: NotResource "*" excludes everything')
         elif spec.resources and not spec.not_resource and not any(self.could_match(r) for r in spec.resources):
-            self.warn((*path, "Resource"), "this statement never matches: no Resource names this API")
+            self.warn(
+                (*path, "Resource"), f"this statement never matches: no Resource names this API{self._api_hint()}"
+            )
         principal = spec.principal
         if principal is not None and spec.not_principal and principal.wildcard:
             self.warn((*path, "NotPrincipal"), 'this statement never matches: NotPrincipal "*" excludes everyone')
@@ -436,6 +438,13 @@ class _Validator:
         for condition, why in _contradictions(spec.conditions):
             where = (*path, "Condition", condition.operator.text, condition.key)
             self.warn(where, f"this statement never matches: {why}")
+
+    def _api_hint(self) -> str:
+        """What this API's resources look like, so a wrong stage, region, account or id is seen at a glance."""
+        api = self.api
+        if api is None or self.kind == "identity":
+            return ""
+        return f" (its resources are arn:aws:execute-api:{api.region}:{api.account}:{api.id}/{api.stage}/METHOD/path)"
 
     def could_match(self, resource: str) -> bool:
         """Whether an ARN pattern can name some method/path of this API (or of any API when none is given)."""

@@ -81,7 +81,8 @@ def test_a_none_route_no_allow_can_cover_warns(tmp_path: Path, capsys: pytest.Ca
         "warning: DIR/cfg.yaml:6:13: routes[0].match: this route is never allowed: its callers are anonymous "
         "(authorizer 'open'), and no Allow statement of DIR/policy.json with Principal \"*\" covers it",
         "warning: DIR/policy.json:16:19: Statement[1].Resource: this statement never matches a route of this "
-        "config: no Resource names one (their ARNs: arn:aws:execute-api:us-east-1:123456789012:a1/prod/METHOD/path)",
+        "config: no Resource names one (routes: GET /pets/{id}; their ARNs: "
+        "arn:aws:execute-api:us-east-1:123456789012:a1/prod/METHOD/path)",
         "DIR/cfg.yaml: valid (2 warnings)",
     ]
     assert decide(tmp_path, "GET", "/pets/1") == ("AccessDenied", "deny")
@@ -269,9 +270,10 @@ def test_statements_that_match_no_route_warn_with_label_and_line(
     assert code == 0
     assert lines == [
         "warning: DIR/policy.json:15:19: Statement[1].Resource: statement 'PathTypo' never matches a route of this "
-        "config: no Resource names one (their ARNs: arn:aws:execute-api:us-east-1:123456789012:a1/prod/METHOD/path)",
+        "config: no Resource names one (routes: GET /pets/{id}, ANY /admin/{proxy+}; their ARNs: "
+        "arn:aws:execute-api:us-east-1:123456789012:a1/prod/METHOD/path)",
         "warning: DIR/policy.json:25:19: Statement[2].Resource: this statement never matches: no Resource names "
-        "this API",
+        "this API (its resources are arn:aws:execute-api:us-east-1:123456789012:a1/prod/METHOD/path)",
         "DIR/cfg.yaml: valid (2 warnings)",
     ]
 
