@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from .authorizers.base import Authorizer, BuildContext, registry
 from .cache import TIME_KEYS, DecisionCache, KeyPlan
 from .cache import build as build_decision_cache
-from .issues import ConfigError, ConfigIssue
+from .issues import ConfigError, ConfigIssue, format_loc, parse_yaml
 from .limits import AdmitGate, MeterGate
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
@@ -179,7 +179,7 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
         except ConfigError as exc:
             issues.extend(exc.issues)
         except (OSError, ValueError) as exc:
-            issues.append(ConfigIssue(config.source, 0, 0, f"authorizers.{name}", str(exc)))
+            issues.append(located(config, ("authorizers", name), str(exc)))
     resource_policy = _load_resource_policy(config, issues)
     watched = tuple(p for p in (policy_path(config), *key_files(config)) if p is not None)
     if issues:
@@ -271,10 +271,24 @@ def key_plan(config: Config, route: RouteSettings, version: str, policy: Compile
     )
 
 
+def located(config: Config, loc: tuple[str | int, ...], message: str) -> ConfigIssue:
+    """An issue at the config key `loc` (file:line:col), for problems found after validation (a file a key names
+    cannot be read): the config file is parsed again for its positions, only on this error path."""
+    try:
+        text = Path(config.source).read_text(encoding="utf-8")
+        _, locator = parse_yaml(text, config.source)
+    except (OSError, UnicodeDecodeError, ConfigError):  # the embedded default, or a file gone since: no position
+        return ConfigIssue(config.source, 0, 0, format_loc(loc), message)
+    return locator.issue(loc, message)
+
+
 def _load_resource_policy(config: Config, issues: list[ConfigIssue]) -> CompiledPolicy | None:
     """Compile `resource_policy` (a path relative to the config file); problems are appended to `issues`."""
     path = policy_path(config)
     if path is None:
+        return None
+    if not path.is_file():
+        issues.append(located(config, ("resource_policy",), f"cannot read the policy file {path}: no such file"))
         return None
     try:
         policy = load_policy(path, kind="resource", api=config.api, max_size=config.policy.max_resource_policy_size)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sidecar.cli import main
 from tests.unit.authorizers.jwt.jwt_testkit import public_jwk, rsa_key
 from tests.unit.validate_testkit import run_validate
 
@@ -451,3 +452,21 @@ def test_a_valid_config_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[st
         tmp_path, capsys, "authorizers:\n  open: {type: none}\nroutes:\n  - {match: 'GET /', authorizer: open}\n"
     )
     assert (code, lines) == (0, ["DIR/cfg.yaml: valid"])
+
+
+def test_a_file_a_key_names_that_cannot_be_read_is_reported_at_that_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "resource_policy: nope.json\n"
+        "authorizers:\n"
+        '  corp: {type: jwt, issuer: "https://i.test", audiences: [a], jwks_file: missing.json}\n'
+        "routes:\n"
+        '  - {match: "GET /a", authorizer: corp}\n'
+    )
+    assert main(["validate", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{config}:3:9: authorizers.corp: cannot read JWKS file {tmp_path}/missing.json: No such file or directory",
+        f"{config}:1:18: resource_policy: cannot read the policy file {tmp_path}/nope.json: no such file",
+    ]

@@ -85,7 +85,7 @@ class StaticKeySource:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_JWKS_BYTES + 1)
         except OSError as exc:
-            raise ValueError(f"cannot read JWKS file {path}: {exc}") from None
+            raise ValueError(f"cannot read JWKS file {path}: {exc.strerror or exc}") from None
         if len(data) > MAX_JWKS_BYTES:
             raise ValueError(f"JWKS file {path} is larger than {MAX_JWKS_BYTES} bytes")
         keyset, skipped = parse_jwks_file(data, path)  # ConfigError, located, if it holds no usable key
