@@ -219,12 +219,12 @@ class RemoteInvoker:
         if self.in_flight >= self.max_concurrency:
             self._count("shed")
             raise HandlerFailed("overloaded")
+        request = encode_request(event, context, timeout)  # before `allow`: a probe, once let in, must be settled
         breaker = self.breaker
         probe = breaker.is_open
         if not breaker.allow(self.clock()):
             self._count("breaker_open")
             raise HandlerFailed("unavailable")
-        request = encode_request(event, context, timeout)
         call = self._open()
         self.in_flight += 1
         try:
