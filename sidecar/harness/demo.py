@@ -224,6 +224,28 @@ class _JwksHandler(BaseHTTPRequestHandler):
         """Silence per-request logging."""
 
 
+LAMBDA_AUTHORIZER = {
+    "type": "lambda",
+    "handler": "sidecar.examples.lambda_authorizer:handler",
+    "event_format": "token",
+    "timeout": 0.4,  # below the shipped Envoy's 0.5 s ext_authz timeout: a slow handler is our 500, not Envoy's 503
+    "context_to_headers": {"stringKey": "x-demo-string-key"},
+}
+"""A Lambda authorizer written for API Gateway, run in process: the shipped example handler (AWS's style)."""
+LAMBDA_SCENARIOS = [
+    Scenario("Lambda authorizer (AWS-style handler) allows", "GET", "/pets/7", 200, headers={"authorization": "allow"}),
+    Scenario("Lambda authorizer denies", "GET", "/pets/7", 403, "AccessDenied", headers={"authorization": "deny"}),
+    Scenario(
+        "Lambda authorizer says Unauthorized",
+        "GET",
+        "/pets/7",
+        401,
+        "Unauthorized",
+        headers={"authorization": "unauthorized"},
+    ),
+]
+
+
 class DemoIdentities:
     """A JWT issuer and a SigV4 credential for the demo, made fresh on every run (nothing secret is shipped)."""
 
@@ -257,7 +279,8 @@ class DemoIdentities:
         self._dir.cleanup()
 
     def config(self, base_text: str) -> str:
-        """`base_text` with a `jwt` authorizer, a `sigv4` authorizer and their routes added."""
+        """`base_text` with a `jwt` authorizer, a `sigv4` authorizer, a `lambda` one (`LAMBDA_AUTHORIZER`) and
+        their routes added."""
         credentials = Path(self._dir.name) / "credentials.yaml"
         policy = {
             "Version": "2012-10-17",
@@ -284,9 +307,11 @@ class DemoIdentities:
             "region": "us-east-1",
             "credentials": {"file": str(credentials)},
         }
+        data["authorizers"]["pets"] = LAMBDA_AUTHORIZER
         data["routes"] += [
             {"match": "GET /orders/{id}", "authorizer": "corp", "scopes": ["orders.read"]},
             {"match": "ANY /iam/{proxy+}", "authorizer": "iam"},
+            {"match": "GET /pets/{id}", "authorizer": "pets"},
         ]
         return yaml.safe_dump(data, sort_keys=False)
 
@@ -314,7 +339,7 @@ class DemoIdentities:
         return sign
 
     def scenarios(self) -> list[Scenario]:
-        """What the JWT and SigV4 authorizers add to the demo."""
+        """What the JWT, SigV4 and Lambda authorizers add to the demo."""
         bearer = "Bearer "
         out = [
             Scenario(
@@ -341,6 +366,7 @@ class DemoIdentities:
                 headers={"authorization": bearer + self.token("carol", "orders.read", lifetime=-600)},
             ),
             Scenario("no token", "GET", "/orders/42", 401, "TokenMissing"),
+            *LAMBDA_SCENARIOS,
         ]
         try:
             import botocore  # noqa: F401 - the SigV4 scenarios sign with botocore, AWS's own signer
@@ -401,8 +427,9 @@ def format_table(outcomes: list[Outcome]) -> str:
 def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = None, http: bool = False) -> int:
     """Run the demo and print the table; 0 when every scenario got what it expected.
 
-    With no config, the embedded default runs with two demo identity providers added beside it: a JWT issuer
-    (RSA key made now, JWKS served on 127.0.0.1) and a SigV4 credential with an identity policy. `http`: Envoy
+    With no config, the embedded default runs with demo identity providers added beside it: a JWT issuer (RSA
+    key made now, JWKS served on 127.0.0.1), a SigV4 credential with an identity policy and a Lambda authorizer
+    (the shipped example handler, `sidecar/examples/lambda_authorizer.py`). `http`: Envoy
     asks over HTTP (`http_service`, the sidecar's HTTP listener) instead of gRPC; the table is the same.
     """
     transport = "HTTP" if http else "gRPC"

@@ -224,11 +224,11 @@ def test_shipped_envoy_configs_are_the_rendered_templates() -> None:
 
 @pytest.mark.parametrize("transport", [(), ("--http",)])
 def test_demo_runs_and_leaves_nothing_behind(transport: tuple[str, ...]) -> None:
-    """The demo's scenario table (anonymous, closed and unknown routes, JWT scopes and expiry, SigV4) through a
-    real Envoy, asking over gRPC and over HTTP: both transports decide the table alike."""
+    """The demo's scenario table (anonymous, closed and unknown routes, JWT scopes and expiry, a Lambda authorizer,
+    SigV4) through a real Envoy, asking over gRPC and over HTTP: both transports decide the table alike."""
     result = run_cli("demo", *transport)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "11 of 11 scenarios as expected" in result.stdout
+    assert "14 of 14 scenarios as expected" in result.stdout
     assert ("(HTTP ext_authz)" if transport else "(gRPC ext_authz)") in result.stdout
 
 
