@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from .authorizers.base import Authorizer, BuildContext, registry
-from .cache import TIME_KEYS, DecisionCache, KeyPlan
+from .cache import TIME_KEYS, DecisionCache, KeyPlan, RedisLayer, SignedBlobStore, blob_store, redis_layer
 from .cache import build as build_decision_cache
 from .issues import ConfigError, ConfigIssue, format_loc, parse_yaml
 from .limits import AdmitGate, MeterGate
@@ -71,6 +71,8 @@ class Runtime:
     identity_headers: frozenset[str] = frozenset()
     """Every upstream header any part of this config can set on an allow (`identity_headers`): each allowed
     request has the ones its decision does not set removed, so a client can never supply one."""
+    blob_store: SignedBlobStore | None = None
+    """The signed store in `cache.redis` handed to the authorizers (`BuildContext.blob_store`); closed with them."""
 
     @property
     def private_api(self) -> bool:
@@ -99,6 +101,8 @@ class Runtime:
         await asyncio.gather(*(a.stop() for a in self.authorizers.values()), return_exceptions=True)
         if self.cache is not None:
             await self.cache.close()
+        if self.blob_store is not None:
+            await self.blob_store.close()
 
 
 _NOT_DECISIVE: Any = {"listen": True, "server": True, "decision_log": True}
@@ -172,8 +176,19 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
     types = registry()
     authorizers: dict[str, Authorizer] = {}
     issues: list[ConfigIssue] = []
+    layer = _redis_layer(config, issues)
+    blobs = blob_store(layer, BLOB_PREFIX, "results") if layer is not None else None
+    context_settings = _context_settings(config)
     for name, settings in config.authorizers.items():
-        ctx = BuildContext(name=name, base_dir=config.base_dir, api=config.api, redis=config.redis, clock=clock)
+        ctx = BuildContext(
+            name=name,
+            base_dir=config.base_dir,
+            api=config.api,
+            redis=config.redis,
+            clock=clock,
+            blob_store=blobs,
+            context_settings=context_settings,
+        )
         try:
             authorizers[name] = types[settings.type].build(settings, ctx)
         except ConfigError as exc:
@@ -186,7 +201,7 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
         raise ConfigError(issues)
     version = config_version(config, *watched)
     internal = cache_version(config, version)
-    cache = build_decision_cache(config)
+    cache = build_decision_cache(config, layer)
     routes = RouteTable(
         [(r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy)) for r in config.routes]
     )
@@ -201,15 +216,38 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
         resource_policy=resource_policy,
         watched=watched,
         identity_headers=identity_headers(config.upstream_headers, authorizers.values()),
-        context_settings=ContextSettings(
-            trusted_proxy_hops=config.policy.trusted_proxy_hops,
-            vpce_header=config.policy.vpce_header,
-            vpc_header=config.policy.vpc_header,
-            # Envoy's http_service (use_remote_address) and Traefik append their peer before asking; the
-            # shipped nginx config passes the client's X-Forwarded-For untouched.
-            http_proxy_appends=config.http.flavor != "nginx",
-        ),
+        context_settings=context_settings,
+        blob_store=blobs,
     )
+
+
+def _context_settings(config: Config) -> ContextSettings:
+    """How this config's requests are read for context keys (the policies' and the authorizers')."""
+    return ContextSettings(
+        trusted_proxy_hops=config.policy.trusted_proxy_hops,
+        vpce_header=config.policy.vpce_header,
+        vpc_header=config.policy.vpc_header,
+        # Envoy's http_service (use_remote_address) and Traefik append their peer before asking; the
+        # shipped nginx config passes the client's X-Forwarded-For untouched.
+        http_proxy_appends=config.http.flavor != "nginx",
+    )
+
+
+BLOB_PREFIX = "authz:r:"
+"""Redis keys of the authorizers' shared results (`BuildContext.blob_store`), beside the decisions' `authz:d:`."""
+
+
+def _redis_layer(config: Config, issues: list[ConfigIssue]) -> RedisLayer | None:
+    """`cache.redis` resolved once (its signing key read) for the decision cache and the authorizers; a key that
+    cannot be read is an issue at the key that names it (`signing_key_file`, `signing_key_env`)."""
+    try:
+        return redis_layer(config)
+    except OSError as exc:
+        message = f"cannot read the signing key file {exc.filename}: {exc.strerror or type(exc).__name__}"
+        issues.append(located(config, ("cache", "redis", "signing_key_file"), message))
+    except ValueError as exc:
+        issues.append(located(config, ("cache", "redis", "signing_key_env"), str(exc)))
+    return None
 
 
 DEFAULT_IDENTITY_HEADERS = frozenset({"x-authz-principal", "x-authz-authorizer", "x-authz-route"})

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from ..policy.context import DEFAULT_SETTINGS, ContextSettings
 from ..request import Principal, Request
 from ..settings import AuthorizerSettings
 
 if TYPE_CHECKING:
+    from ..cache.blobs import SignedBlobStore
     from ..metrics import ReloadStatus
     from ..policy import Outcome
     from ..reasons import Denied
@@ -52,6 +54,12 @@ class BuildContext:
     """The process's wall clock, for the authorizer's own state (when keys were fetched, when they go stale).
     A request is judged at `Request.time`, never at this clock: `check --at T` builds its runtime with a clock
     that reads T, so keys fetched offline count as fetched at T and the two agree."""
+    blob_store: SignedBlobStore | None = None
+    """Signed entries in the config's shared Redis (`cache.redis`), for types that share what they computed
+    between replicas (a Lambda authorizer's results), each under keys of its own; None without `cache.redis`."""
+    context_settings: ContextSettings = DEFAULT_SETTINGS
+    """How requests are read for context keys (`policy.trusted_proxy_hops`, ...): what a type that shows the caller's
+    address (a Lambda event's `sourceIp`) reads it with, so it is `aws:SourceIp`."""
 
 
 class Authorizer(abc.ABC):

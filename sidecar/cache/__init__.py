@@ -21,7 +21,8 @@ from .. import reasons
 from ..kv import Breaker, redis_client
 from ..metrics import CACHE_REQUESTS, tally
 from ..request import Decision, Request
-from ..settings import Config
+from ..settings import Config, RedisSettings
+from .blobs import SignedBlobStore
 from .local import LocalCache
 from .remote import RemoteCache, Signer, signing_key
 
@@ -29,7 +30,17 @@ TIME_KEYS = frozenset({"aws:currenttime", "aws:epochtime"})
 CACHEABLE_DENIALS = frozenset({reasons.ACCESS_DENIED, reasons.INSUFFICIENT_SCOPE, reasons.ROUTE_DENY})
 """Denials that follow from who the caller is and what the policy says; anything transient is recomputed."""
 
-__all__ = ["CACHEABLE_DENIALS", "DecisionCache", "KeyPlan", "LocalCache", "RemoteCache"]
+__all__ = [
+    "CACHEABLE_DENIALS",
+    "DecisionCache",
+    "KeyPlan",
+    "LocalCache",
+    "RedisLayer",
+    "RemoteCache",
+    "SignedBlobStore",
+    "blob_store",
+    "redis_layer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,28 +135,64 @@ class DecisionCache:
             await self.remote.close()
 
 
-def build(config: Config) -> DecisionCache | None:
-    """The decision cache `cache` asks for, or None when every layer is off."""
+@dataclass(frozen=True, slots=True)
+class RedisLayer:
+    """`cache.redis` resolved once per config: the connection and the signer every user of it shares (the decision
+    cache, the shared results of `blob_store`). Once, because without a configured signing key a random one is
+    drawn (and warned about): two would make a replica's own entries unreadable to itself."""
+
+    connection: RedisSettings
+    signer: Signer
+
+    def breaker(self) -> Breaker:
+        return Breaker(threshold=self.connection.breaker_threshold, cooldown=self.connection.breaker_cooldown)
+
+    @property
+    def timeout(self) -> float:
+        return self.connection.timeout_ms / 1000
+
+
+def redis_layer(config: Config) -> RedisLayer | None:
+    """The config's `cache.redis`, or None without one. Raises ValueError/OSError for a signing key it cannot
+    read."""
+    r = config.cache.redis
+    if r is None:
+        return None
+    key = signing_key(
+        r.signing_key.get_secret_value() if r.signing_key else None,
+        r.signing_key_file,
+        r.signing_key_env,
+        config.base_dir,
+    )
+    return RedisLayer(r.inline() or config.redis[r.connection or "default"], Signer(key))
+
+
+def blob_store(layer: RedisLayer, prefix: str, metric_layer: str) -> SignedBlobStore:
+    """A signed blob store on `layer` with its own client and breaker (the same timeout and breaker settings as
+    the decision cache), its keys under `prefix`, counted as `metric_layer`."""
+    return SignedBlobStore(
+        redis_client(layer.connection), layer.signer, layer.timeout, prefix, layer.breaker(), layer=metric_layer
+    )
+
+
+def build(config: Config, layer: RedisLayer | None = None) -> DecisionCache | None:
+    """The decision cache `cache` asks for, or None when every layer is off. `layer`: `cache.redis` resolved
+    (`redis_layer`); None resolves it here."""
     settings = config.cache
     if settings.ttl <= 0 and settings.deny_ttl <= 0:
         return None
     local = LocalCache[Decision](settings.local.max_entries) if settings.local.enabled else None
     remote = None
-    if settings.redis is not None:
-        r = settings.redis
-        key = signing_key(
-            r.signing_key.get_secret_value() if r.signing_key else None,
-            r.signing_key_file,
-            r.signing_key_env,
-            config.base_dir,
-        )
-        connection = r.inline() or config.redis[r.connection or "default"]
+    if layer is None and settings.redis is not None:
+        layer = redis_layer(config)
+    if layer is not None:
+        connection = layer.connection
         client = redis_client(connection)
         remote = RemoteCache(
             client,
-            Signer(key),
-            timeout=connection.timeout_ms / 1000,
-            breaker=Breaker(threshold=connection.breaker_threshold, cooldown=connection.breaker_cooldown),
+            layer.signer,
+            timeout=layer.timeout,
+            breaker=layer.breaker(),
             # MGET batching pays off against redis-py's per-command cost; the lean reader pipelines on one
             # connection and is cheaper without it while Checks arrive one at a time. Cluster cannot MGET.
             batch=not connection.cluster and not getattr(client, "times_reads", False),

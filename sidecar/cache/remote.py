@@ -115,7 +115,7 @@ def signing_key(value: str | None, file: str | None, env: str | None, base_dir: 
     if env:
         from_env = os.environ.get(env)
         if not from_env:
-            raise ValueError(f"cache.redis.signing_key_env: environment variable {env} is not set")
+            raise ValueError(f"environment variable {env} is not set")
         return from_env.encode()
     log.warning(
         "cache.redis has no signing_key: using a random per-process key, so replicas cannot share cached decisions"
@@ -123,7 +123,112 @@ def signing_key(value: str | None, file: str | None, env: str | None, base_dir: 
     return secrets.token_bytes(32)
 
 
-class RemoteCache:
+class SignedEntries:
+    """What every user of signed entries in Redis shares: fixed-size keys with nothing readable in them, entries
+    sealed and opened with the cluster's signing key, one timeout per command, the circuit breaker, writes in the
+    background, and the counters of `authz_cache_requests_total` under its `layer` label."""
+
+    def __init__(
+        self,
+        client: RedisLike,
+        signer: Signer,
+        timeout: float,
+        prefix: str,
+        breaker: Breaker | None = None,
+        clock: Callable[[], float] = monotonic,
+        layer: str = "redis",
+    ) -> None:
+        self.client = client
+        self.signer = signer
+        self.timeout = timeout
+        self.prefix = prefix
+        self.breaker = breaker or Breaker()
+        self.clock = clock
+        self._pending: set[asyncio.Task[None]] = set()
+        self._reads_timed = not getattr(client, "times_reads", False)
+        self._hit = tally(CACHE_REQUESTS, layer, "hit").inc
+        self._miss = tally(CACHE_REQUESTS, layer, "miss").inc
+        self._error = tally(CACHE_REQUESTS, layer, "error").inc
+        self._rejected = tally(CACHE_REQUESTS, layer, "rejected").inc
+        self._skipped = tally(CACHE_REQUESTS, layer, "skipped").inc
+
+    def redis_key(self, key: object) -> str:
+        """A fixed-size key with nothing readable in it (no paths, addresses or ids in Redis)."""
+        return self.prefix + hashlib.sha256(repr(key).encode()).hexdigest()
+
+    async def _read(self, name: str) -> bytes | None:
+        """The verified payload stored under `name`, or None, each case counted: the breaker is open (skipped),
+        Redis failed (error), nothing is stored (miss), or the entry is not ours (rejected)."""
+        if not self.breaker.allow(self.clock()):
+            self._skipped()
+            return None
+        blob = await self._fetch(name)
+        if blob is _FAILED:
+            return None
+        if blob is None:
+            self._miss()
+            return None
+        return self._opened(name, blob)
+
+    def _fetch(self, name: str) -> Awaitable[Any]:
+        """One GET (`_FAILED` if it fails)."""
+        return self._call("get", lambda: self.client.get(name), timed=self._reads_timed)
+
+    def _opened(self, name: str, blob: Any) -> bytes | None:
+        """The payload of an entry read under `name`, or None (counted, and logged) when it is not ours: forged,
+        written with another signing key, or moved from another key."""
+        payload = self.signer.open(name, bytes(blob))
+        if payload is None:
+            self._rejected()
+            log.warning("ignored a redis cache entry that failed its integrity check")
+        return payload
+
+    def _write(self, name: str, payload: bytes, ttl: float) -> None:
+        """Seal `payload` and store it under `name` for `ttl` seconds in the background: the request never waits
+        for Redis to acknowledge."""
+        task = asyncio.ensure_future(self._set(name, self.signer.seal(name, payload), int(ttl * 1000)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _set(self, name: str, blob: bytes, ttl_ms: int) -> None:
+        await self._call("set", lambda: self.client.set(name, blob, px=max(ttl_ms, 1)))
+
+    async def _call(self, operation: str, command: Callable[[], Awaitable[T]], timed: bool = True) -> T | Any:
+        """Run a Redis command; any failure is "no answer". `timed=False` for a client that times its own reads
+        (`resp.LeanReader`), which saves an `asyncio.timeout` per call."""
+        try:
+            if timed:
+                result = await in_task(self._timed(command))
+            else:
+                result = await command()
+        except Exception as exc:  # timeouts, connection errors, pool exhaustion: all mean "no answer"
+            self.breaker.failure(self.clock())
+            REDIS_ERRORS.labels(operation).inc()
+            self._error()
+            log.debug("redis %s failed: %r", operation, exc)
+            return _FAILED
+        self.breaker.success()
+        return result
+
+    async def _timed(self, command: Callable[[], Awaitable[T]]) -> T:
+        # `asyncio.timeout` needs a Task; `_call` may run inline in a listener's callback (see sidecar/inline.py)
+        async with asyncio.timeout(self.timeout):
+            return await command()
+
+    def _in_flight(self) -> set[asyncio.Task[None]]:
+        return self._pending
+
+    async def close(self) -> None:
+        """Wait briefly for background reads and writes, then close the client."""
+        tasks = self._in_flight()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.timeout * 2)
+        close = getattr(self.client, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class RemoteCache(SignedEntries):
     """Signed decisions in Redis under `prefix + sha256(key)`, each operation bounded by `timeout`.
 
     Lookups are batched (`batch`, on except for Redis Cluster, where the keys of one MGET must share a slot):
@@ -144,50 +249,19 @@ class RemoteCache:
         wall_clock: Callable[[], float] = time.time,
         batch: bool = True,
     ) -> None:
-        self.client = client
-        self.signer = signer
-        self.timeout = timeout
-        self.prefix = prefix
-        self.breaker = breaker or Breaker()
-        self.clock = clock
+        super().__init__(client, signer, timeout, prefix, breaker, clock)
         self.wall_clock = wall_clock
-        self._pending: set[asyncio.Task[None]] = set()
         self.batch = batch
         self._waiting: dict[str, list[asyncio.Future[Any]]] = {}
         self._reads: set[asyncio.Task[None]] = set()
         self._flush_due = False
-        self._reads_timed = not getattr(client, "times_reads", False)
-        self._hit = tally(CACHE_REQUESTS, "redis", "hit").inc
-        self._miss = tally(CACHE_REQUESTS, "redis", "miss").inc
-        self._error = tally(CACHE_REQUESTS, "redis", "error").inc
-        self._rejected = tally(CACHE_REQUESTS, "redis", "rejected").inc
-        self._skipped = tally(CACHE_REQUESTS, "redis", "skipped").inc
-
-    def redis_key(self, key: object) -> str:
-        """A fixed-size key with nothing readable in it (no paths, addresses or ids in Redis)."""
-        return self.prefix + hashlib.sha256(repr(key).encode()).hexdigest()
 
     async def get(self, key: object) -> tuple[Decision, float] | None:
         """The decision stored for `key` and its absolute expiry, if Redis answers in time and the entry verifies
         and has not expired (Redis's own TTL is the first line; the sealed expiry guards against clock-skewed or
         stale servers)."""
-        if not self.breaker.allow(self.clock()):
-            self._skipped()
-            return None
-        name = self.redis_key(key)
-        if self.batch:
-            blob = await self._batched(name)
-        else:
-            blob = await self._call("get", lambda: self.client.get(name), timed=self._reads_timed)
-        if blob is _FAILED:
-            return None
-        if blob is None:
-            self._miss()
-            return None
-        payload = self.signer.open(name, bytes(blob))
+        payload = await self._read(self.redis_key(key))
         if payload is None:
-            self._rejected()
-            log.warning("ignored a redis cache entry that failed its integrity check")
             return None
         try:
             decision, expires_at = decode_decision(payload)
@@ -199,6 +273,9 @@ class RemoteCache:
             return None
         self._hit()
         return decision, expires_at
+
+    def _fetch(self, name: str) -> Awaitable[Any]:
+        return self._batched(name) if self.batch else super()._fetch(name)
 
     def _batched(self, name: str) -> asyncio.Future[Any]:
         """A future for `name`'s value, fetched by the next MGET."""
@@ -242,44 +319,10 @@ class RemoteCache:
         """Store in the background; the request never waits for Redis to acknowledge."""
         if ttl <= 0 or not self.breaker.allow(self.clock()):
             return
-        name = self.redis_key(key)
-        blob = self.signer.seal(name, encode_decision(decision, self.wall_clock() + ttl))
-        task = asyncio.ensure_future(self._set(name, blob, int(ttl * 1000)))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._write(self.redis_key(key), encode_decision(decision, self.wall_clock() + ttl), ttl)
 
-    async def _set(self, name: str, blob: bytes, ttl_ms: int) -> None:
-        await self._call("set", lambda: self.client.set(name, blob, px=max(ttl_ms, 1)))
-
-    async def _call(self, operation: str, command: Callable[[], Awaitable[T]], timed: bool = True) -> T | Any:
-        """Run a Redis command; any failure is "no answer". `timed=False` for a client that times its own reads
-        (`resp.LeanReader`), which saves an `asyncio.timeout` per call."""
-        try:
-            if timed:
-                result = await in_task(self._timed(command))
-            else:
-                result = await command()
-        except Exception as exc:  # timeouts, connection errors, pool exhaustion: all mean "no answer"
-            self.breaker.failure(self.clock())
-            REDIS_ERRORS.labels(operation).inc()
-            self._error()
-            log.debug("redis %s failed: %r", operation, exc)
-            return _FAILED
-        self.breaker.success()
-        return result
-
-    async def _timed(self, command: Callable[[], Awaitable[T]]) -> T:
-        # `asyncio.timeout` needs a Task; `_call` may run inline in a listener's callback (see sidecar/inline.py)
-        async with asyncio.timeout(self.timeout):
-            return await command()
-
-    async def close(self) -> None:
-        """Wait briefly for background reads and writes, then close the client."""
-        if self._pending or self._reads:
-            await asyncio.wait(self._pending | self._reads, timeout=self.timeout * 2)
-        close = getattr(self.client, "aclose", None)
-        if close is not None:
-            await close()
+    def _in_flight(self) -> set[asyncio.Task[None]]:
+        return self._pending | self._reads
 
 
 _FAILED: Any = object()

@@ -7,8 +7,10 @@ is a 401 without a call. Otherwise the result cache is asked by the sources' val
 compiled policy, context and usage key, a deny included. The pipeline then evaluates that policy, with the
 resource policy, against *each* request's ARN, which is how a cached policy is applied to later requests, API
 Gateway's way (the `cache_key: identity` pitfall, docs/custom-authorizers.md). `Unauthorized` and failures are
-never cached. Behind the in-process LRU, a `ResultStore` (when one is set) shares results between replicas as
-the handler's own response JSON, validated again when read; none is wired yet (Redis, signed, is a later step).
+never cached. Behind the in-process LRU, a `ResultStore` shares results between replicas: with `cache.redis`
+the runtime's signed blob store (`BuildContext.blob_store`, HMAC-sealed like the decision cache's entries), each
+result as the handler's own response JSON with its expiry, validated again when read and never kept past that
+expiry, here or in Redis. Single-flight stays per process: replicas that miss at once may each call once.
 
 The decision cache is not used for these routes (`fingerprint` is None): a decision depends on the handler's
 answer, which only this cache may reuse, under its own TTL.
@@ -19,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,16 +89,40 @@ class Refusal:
 
 
 UNAUTHORIZED_REFUSAL = Refusal("unauthorized")
-Call = Callable[[], Awaitable[Result | Refusal]]
+Call = Callable[[], Awaitable[tuple[Result | Refusal, float]]]
+"""One fill of the cache: the outcome, and how long a result may stay in process (its TTL, or what a shared
+result has left)."""
 
 
 class ResultStore(Protocol):
-    """Where results are shared between replicas (a later step: Redis, signed like the decision cache's entries).
-    Values are `ResponseReader.encode` bytes, which `decode` validates again."""
+    """Where results are shared between replicas: `sidecar.cache.SignedBlobStore` in Redis, or a dict in tests.
+    Values are opaque to it (`shared_result`); `put` must not make the request wait for the write, and trouble
+    is a missing value or an exception, both of which mean calling the handler."""
 
     async def get(self, key: bytes) -> bytes | None: ...
 
     async def put(self, key: bytes, value: bytes, ttl: float) -> None: ...
+
+
+def shared_result(reader: ResponseReader, verdict: Verdict, expires_at: float) -> bytes:
+    """A result as stored for other replicas: the wall time after which none may use it, and the handler's
+    response as `reader.encode` writes it (principalId, the policy document as returned, context,
+    usageIdentifierKey)."""
+    return b'{"expires":' + json.dumps(expires_at).encode() + b',"response":' + reader.encode(verdict) + b"}"
+
+
+def read_shared(reader: ResponseReader, data: bytes) -> tuple[Verdict, float]:
+    """`shared_result`'s verdict, validated again as a handler's response, and its expiry; `MalformedResponse`
+    for anything else."""
+    try:
+        stored = json.loads(data)
+        expires_at = float(stored["expires"])
+        raw = stored["response"]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise MalformedResponse("a stored result is not one") from None
+    if not math.isfinite(expires_at):
+        raise MalformedResponse("a stored result has no expiry")
+    return reader.read(raw), expires_at
 
 
 def cache_key(version: str, values: tuple[str, ...], route: str | None) -> bytes:
@@ -114,12 +142,19 @@ class ResultCache:
     by the instances that serve its routes."""
 
     def __init__(
-        self, ttl: float, max_entries: int, clock: Callable[[], float], store: ResultStore | None = None
+        self,
+        ttl: float,
+        max_entries: int,
+        clock: Callable[[], float],
+        store: ResultStore | None = None,
+        namespace: str = "",
     ) -> None:
         self.ttl = ttl
         self.clock = clock
         self.store = store
-        """Results shared with other replicas, behind the in-process LRU (none is wired yet: a later step)."""
+        """Results shared with other replicas, behind the in-process LRU (`cache.redis`: signed, in Redis)."""
+        self.namespace = namespace.encode() + b"\x00"
+        """Prefixes this authorizer's keys in the store, which every authorizer of the config shares."""
         self.local: LocalCache[Result] = LocalCache(max_entries)
         self.inflight: dict[bytes, asyncio.Task[Result | Refusal]] = {}
 
@@ -137,10 +172,29 @@ class ResultCache:
         return await asyncio.shield(task)
 
     async def _fill(self, key: bytes, call: Call) -> Result | Refusal:
-        outcome = await call()
+        outcome, ttl = await call()
         if isinstance(outcome, Result):
-            self.local.set(key, outcome, self.ttl, self.clock())
+            self.local.set(key, outcome, ttl, self.clock())
         return outcome
+
+    async def shared(self, key: bytes, reader: ResponseReader) -> tuple[Verdict, float] | None:
+        """The verdict another replica stored for `key` and the seconds it has left (never more than this
+        cache's TTL), or None: nothing stored, expired, or not readable."""
+        store = self.store
+        if store is None:
+            return None
+        data = await store.get(self.namespace + key)
+        if data is None:
+            return None
+        verdict, expires_at = read_shared(reader, data)
+        left = min(expires_at - self.clock(), self.ttl)
+        return (verdict, left) if left > 0 else None
+
+    async def share(self, key: bytes, reader: ResponseReader, verdict: Verdict) -> None:
+        """Store a verdict the handler just gave, for the other replicas, until this cache's TTL runs out."""
+        if self.store is not None:
+            data = shared_result(reader, verdict, self.clock() + self.ttl)
+            await self.store.put(self.namespace + key, data, self.ttl)
 
     def _landed(self, key: bytes, task: asyncio.Task[Result | Refusal]) -> None:
         if self.inflight.get(key) is task:
@@ -240,24 +294,24 @@ class LambdaAuthorizer(Authorizer):
 
     async def _shared_or_call(
         self, cache: ResultCache, key: bytes, request: Request, values: tuple[str, ...]
-    ) -> Result | Refusal:
-        """A result another replica stored, else the handler's (stored for the others). The store's trouble or a
-        stored value that does not validate means calling the handler: never an allow of its own."""
-        store = cache.store
-        if store is not None:
+    ) -> tuple[Result | Refusal, float]:
+        """A result another replica stored (kept here for what it has left), else the handler's (stored for the
+        others). The store's trouble or a stored value that does not validate means calling the handler: never
+        an allow of its own."""
+        if cache.store is not None:
             try:
-                data = await store.get(key)
-                if data is not None:
-                    return self._result(self.reader.decode(data))
+                found = await cache.shared(key, self.reader)
+                if found is not None:
+                    return self._result(found[0]), found[1]
             except Exception as exc:
-                log.warning("authorizer %s: the result store failed (%s): calling", self.name, type(exc).__name__)
+                log.warning("authorizer %s: a shared result failed (%s): calling", self.name, type(exc).__name__)
         outcome = await self._call(request, values)
-        if store is not None and isinstance(outcome, Result):
+        if cache.store is not None and isinstance(outcome, Result):
             try:
-                await store.put(key, self.reader.encode(outcome.verdict), cache.ttl)
+                await cache.share(key, self.reader, outcome.verdict)
             except Exception as exc:
-                log.warning("authorizer %s: storing a result failed (%s)", self.name, type(exc).__name__)
-        return outcome
+                log.warning("authorizer %s: sharing a result failed (%s)", self.name, type(exc).__name__)
+        return outcome, cache.ttl
 
     async def _call(self, request: Request, values: tuple[str, ...]) -> Result | Refusal:
         """One call of the handler and what its answer means. Logs say what failed, never the event."""

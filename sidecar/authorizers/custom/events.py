@@ -11,7 +11,9 @@ for API Gateway (and powertools' event classes) reads it unchanged:
 that serves a route knows its key (`Authorizer.for_route`) and reads the parameters from the path with a table of
 that one route, so nothing about routing travels on the `Request`. `methodArn` / `routeArn` is the resource ARN
 the policy stage evaluates (`policy.arn.resource_arn`: the judged method, HEAD as GET, and the canonical path),
-so a policy the handler writes for the ARN it was given matches the request it was given.
+so a policy the handler writes for the ARN it was given matches the request it was given. `sourceIp` is the
+address `aws:SourceIp` reads (`policy.context.client_address`: with `policy.trusted_proxy_hops`, the client
+behind the trusted proxies, not the last proxy), so a handler and the policies see the same caller.
 
 Events are built only when the handler is called (a cache miss) and are fresh objects each time: a handler may
 change its event.
@@ -30,7 +32,7 @@ from urllib.parse import unquote
 from cryptography import x509
 
 from ...policy.arn import resource_arn
-from ...policy.context import resource_path
+from ...policy.context import DEFAULT_SETTINGS, ContextSettings, client_address, resource_path
 from ...request import Request, judged_method
 from ...routes import DEFAULT_ROUTE, AmbiguousPath, RouteTable, parse_match
 from ...settings import ApiSettings
@@ -115,6 +117,8 @@ class EventSpec:
     format: EventFormat
     api: ApiSettings
     stage_variables: Mapping[str, str] = field(default_factory=dict)
+    context_settings: ContextSettings = DEFAULT_SETTINGS
+    """How the caller's address is read (`policy.trusted_proxy_hops`): `sourceIp` is `aws:SourceIp`'s address."""
 
     def build(self, request: Request, route: RouteInfo, identity: tuple[str, ...], now: float) -> dict[str, Any]:
         """The event for `request` on `route`; `identity` holds the identity sources' values (the token first)."""
@@ -163,7 +167,7 @@ class EventSpec:
             "domainPrefix": request.host.split(".", 1)[0],
             "requestTimeEpoch": int(when * 1000),
             "requestId": request_id,
-            "identity": _identity(request),
+            "identity": _identity(request, client_address(request, self.context_settings)),
             "domainName": request.host,
             "apiId": api.id,
         }
@@ -195,7 +199,7 @@ class EventSpec:
                     "method": request.method,
                     "path": request.path,
                     "protocol": request.protocol or "HTTP/1.1",
-                    "sourceIp": request.source_address,
+                    "sourceIp": client_address(request, self.context_settings),
                     "userAgent": request.headers.get("user-agent", ""),
                 },
                 "requestId": request_id,
@@ -218,7 +222,7 @@ class EventSpec:
         return event
 
 
-def _identity(request: Request) -> dict[str, Any]:
+def _identity(request: Request, source_ip: str) -> dict[str, Any]:
     """A REST `requestContext.identity`: the caller's address, agent, API key and certificate; the IAM and Cognito
     fields API Gateway fills for other authorizer types are present and null."""
     return {
@@ -226,7 +230,7 @@ def _identity(request: Request) -> dict[str, Any]:
         "accountId": None,
         "cognitoIdentityId": None,
         "caller": None,
-        "sourceIp": request.source_address,
+        "sourceIp": source_ip,
         "principalOrgId": None,
         "accessKey": None,
         "cognitoAuthenticationType": None,

@@ -7,7 +7,7 @@ any other, against each request's ARN. `context` values must be strings, numbers
 response larger than `max_response_bytes` once encoded as JSON, is malformed: a 500, never an allow. Keys other
 than these are ignored, as API Gateway ignores them.
 
-`encode` / `decode` carry a validated response as bytes: the seam through which results will be shared between
+`encode` / `decode` carry a validated response as bytes: the seam through which results are shared between
 replicas (`ResultStore`); decoding validates again, so bytes from elsewhere are never trusted more than a handler.
 """
 

@@ -182,6 +182,10 @@ class LambdaSettings(AuthorizerSettings):
         assert self.handler is not None
         return local_invoker(self.handler, self.max_concurrency)
 
+    def result_cache(self, ctx: BuildContext) -> ResultCache:
+        """The in-process result cache, in front of the config's shared Redis when it has one (`cache.redis`)."""
+        return ResultCache(self.result_ttl, self.result_cache_size, ctx.clock, store=ctx.blob_store, namespace=ctx.name)
+
     def build(self, ctx: BuildContext) -> Authorizer:
         sources = self.sources()
         caching = self.result_ttl > 0 and bool(sources)  # API Gateway: no identity source, no cache
@@ -190,13 +194,13 @@ class LambdaSettings(AuthorizerSettings):
             ctx.name,
             invoker=self.invoker(ctx),
             sources=IdentitySources(sources, dict(self.stage_variables), self.event_format == "http-2.0"),
-            events=EventSpec(self.event_format, ctx.api, dict(self.stage_variables)),
+            events=EventSpec(self.event_format, ctx.api, dict(self.stage_variables), ctx.context_settings),
             reader=ResponseReader(ctx.name, ctx.api, self.max_response_bytes, self.simple_responses),
             contexts=ContextTemplate.for_function(function, ctx.api.region, ctx.api.account),
             timeout=self.timeout,
             clock=ctx.clock,
             version=self.version(ctx),
-            cache=ResultCache(self.result_ttl, self.result_cache_size, ctx.clock) if caching else None,
+            cache=self.result_cache(ctx) if caching else None,
             cache_by_route=self.cache_key == "identity+route",
             token_pattern=re.compile(self.token_validation) if self.token_validation is not None else None,
             context_headers=self.context_to_headers,
