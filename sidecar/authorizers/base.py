@@ -150,7 +150,7 @@ class Authorizer(abc.ABC):
         newest attempt and, while it was rejected, the error. Most authorizers reload nothing themselves."""
         return ()
 
-    def recheck_files(self, why: str) -> None:  # noqa: B027 - optional hook, most authorizers reload nothing
+    async def recheck_files(self, why: str) -> None:  # noqa: B027 - optional hook, most authorizers reload nothing
         """Look at the files this authorizer reloads on its own now, reloading those that changed (recording each
         in `reload_statuses`): a SIGHUP asks every authorizer, so an operator need not wait for the next poll."""
 

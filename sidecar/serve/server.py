@@ -329,7 +329,8 @@ class Sidecar:
         except Exception as exc:
             return self._rejected(why, repr(exc), exc_info=True)
         if runtime.cache_version == self.runtime.cache_version:
-            return self._unchanged(why)  # nothing that matters changed (e.g. only a comment, or a bad edit reverted)
+            # Nothing that matters changed (e.g. only a comment, or a bad edit reverted).
+            return await self._unchanged(why)
         try:
             await self.holder.swap(runtime)
         except asyncio.CancelledError:
@@ -352,14 +353,14 @@ class Sidecar:
         _log_warnings(runtime)
         return True
 
-    def _unchanged(self, why: str) -> bool:
+    async def _unchanged(self, why: str) -> bool:
         self.state.config_reloads.record("unchanged", why, self.runtime.version)
         log.info("reload (%s): unchanged, still serving config %s", why, self.runtime.version)
         # The config did not change, but a SIGHUP means "reload everything": the files authorizers reload on
         # their own (a SigV4 credentials file) are looked at now rather than at their next poll.
         for authorizer in self.runtime.authorizers.values():
             try:
-                authorizer.recheck_files(why)
+                await authorizer.recheck_files(why)
             except Exception:  # one authorizer's failure must not stop the others' (or the reload's answer)
                 log.exception("reload (%s): authorizer %s could not re-check its files", why, authorizer.name)
         return True

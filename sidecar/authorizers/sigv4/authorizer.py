@@ -132,8 +132,8 @@ class SigV4Authorizer(Authorizer):
     def reload_statuses(self) -> tuple[ReloadStatus, ...]:
         return self.store.reload_statuses()
 
-    def recheck_files(self, why: str) -> None:
-        self.store.recheck_files(why)
+    async def recheck_files(self, why: str) -> None:
+        await self.store.recheck_files(why)
 
     async def start(self) -> None:
         await self.store.start()

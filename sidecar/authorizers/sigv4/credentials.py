@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -163,7 +164,7 @@ class CredentialStore(abc.ABC):
         """The store's own reloads, for the authorizer's `reload_statuses`: none for a store that never reloads."""
         return ()
 
-    def recheck_files(self, why: str) -> None:  # noqa: B027 - optional hook, a fixed store has no files
+    async def recheck_files(self, why: str) -> None:  # noqa: B027 - optional hook, a fixed store has no files
         """Reload now if the store's files changed (`Authorizer.recheck_files`)."""
 
 
@@ -488,6 +489,7 @@ class FileCredentialStore(CredentialStore):
         self._versions = credential_versions(loaded.credentials)
         self._watched = loaded.watched
         self._fingerprint = _fingerprint(self._watched)
+        self._reloading = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self.status = ReloadStatus(source or f"credentials:{path.name}")
         """This store's reloads (the authorizer passes `credentials:<its name>`)."""
@@ -506,11 +508,19 @@ class FileCredentialStore(CredentialStore):
     def reload_statuses(self) -> tuple[ReloadStatus, ...]:
         return (self.status,)
 
-    def recheck_files(self, why: str) -> None:
-        self.reload_if_changed(why)
+    async def recheck_files(self, why: str) -> None:
+        await asyncio.to_thread(self.reload_if_changed, why)  # file reads stay off the event loop
 
     def reload_if_changed(self, why: str = "file change") -> bool:
-        """Reload when any watched file changed; True if a new snapshot was installed. Never raises ConfigError."""
+        """Reload when any watched file changed; True if a new snapshot was installed. Never raises ConfigError.
+
+        One at a time (the poller's thread and a SIGHUP's may ask together): two loads racing could install the
+        older read last, and a revoked key would stay valid. The files are stat'ed before they are read, so an
+        edit that lands during a load differs from what is recorded and is reloaded at the next look."""
+        with self._reloading:
+            return self._reload_if_changed(why)
+
+    def _reload_if_changed(self, why: str) -> bool:
         fingerprint = _fingerprint(self._watched)
         if fingerprint == self._fingerprint:
             return False
@@ -529,7 +539,8 @@ class FileCredentialStore(CredentialStore):
             )
             return False
         self._watched = loaded.watched
-        self._fingerprint = _fingerprint(self._watched)
+        before = {entry[0]: entry for entry in fingerprint}  # known files: their stats from before the read
+        self._fingerprint = tuple(before.get(entry[0], entry) for entry in _fingerprint(self._watched))
         versions = credential_versions(loaded.credentials)
         if versions == self._versions:
             self.status.record("unchanged", why, self.version)
