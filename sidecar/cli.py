@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--explain",
         action="store_true",
-        help="show why, stage by stage (route, admit, authenticate, scopes, policy, meter) as explain: lines "
-        "(--output json always includes the explanation)",
+        help="show why, stage by stage (route, admit, authenticate, scopes, policy, meter): explain: lines in "
+        "text output, an explanation list in --output json",
     )
 
     lambda_serve = sub.add_parser(
@@ -202,7 +202,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if args.output == "json":
-        print(dumps(result))
+        print(dumps(result, args.explain))
     else:
         print(result.as_text(explain=args.explain))
     return EXIT_ALLOW if result.decision.allowed else EXIT_DENY

@@ -126,11 +126,13 @@ class CheckResult:
     method: str
     path: str
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form: the verdict, then the explanation as one object per stage (`Step.as_dict`)."""
+    def as_dict(self, explain: bool = True) -> dict[str, Any]:
+        """The JSON form: the verdict, then (`explain`) the explanation as one object per stage (`Step.as_dict`).
+        Only with `--explain`, as in text: an explanation may show a request's header values (SigV4's canonical
+        request), which a CI job logging `check`'s output must not collect unasked."""
         d = self.decision
         principal = d.principal
-        return {
+        data = {
             "decision": "allow" if d.allowed else "deny",
             "status": d.status,
             "reason": d.reason,
@@ -141,6 +143,9 @@ class CheckResult:
             "explanation": as_json(d.explanation),
             "request": f"{self.method} {self.path}",
         }
+        if not explain:
+            del data["explanation"]
+        return data
 
     def as_text(self, explain: bool = True) -> str:
         """The text form; `explain` adds the explanation, stage by stage, as `explain:` lines."""
@@ -198,9 +203,9 @@ async def evaluate(
         await runtime.stop()
 
 
-def dumps(result: CheckResult) -> str:
-    """JSON output for `--output json`."""
-    return json.dumps(result.as_dict(), indent=2)
+def dumps(result: CheckResult, explain: bool = True) -> str:
+    """JSON output for `--output json` (the explanation with `--explain` only)."""
+    return json.dumps(result.as_dict(explain), indent=2)
 
 
 async def decide_http(

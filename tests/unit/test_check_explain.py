@@ -8,6 +8,7 @@ as it signs, to compare with what the sidecar computed), real policy files. `--a
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import textwrap
 from pathlib import Path
@@ -47,6 +48,9 @@ def policy_document(*statements: dict[str, Any]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": [{**s, "Action": "execute-api:Invoke"} for s in statements]}
 
 
+CAROL_KEY, CAROL_TOKEN = "ASIAIOSFODNN7CAROL00", "IQoJb3JpZ2luX2VjECAROLsessionTOKENvalue=="
+
+
 def write_config(tmp_path: Path, issuer: Issuer, resource_policy: dict[str, Any] | None = None) -> Path:
     (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks()))
     (tmp_path / "credentials.yaml").write_text(
@@ -60,6 +64,13 @@ def write_config(tmp_path: Path, issuer: Issuer, resource_policy: dict[str, Any]
                         "policies": [ORDERS_ONLY],
                     },
                     {"access_key_id": BOB_KEY, "secret_access_key": BOB_SECRET, "principal_arn": BOB},
+                    {
+                        "access_key_id": CAROL_KEY,
+                        "secret_access_key": ALICE_SECRET,
+                        "session_token": CAROL_TOKEN,
+                        "principal_arn": "arn:aws:sts::123456789012:assumed-role/ci/carol",
+                        "policies": [ORDERS_ONLY],
+                    },
                 ]
             }
         )
@@ -98,7 +109,7 @@ def check(
     args = ["check", "--config", str(config), "--http", str(request), "--at", str(at), *extra]
     code = main([*args, "--explain"])
     text = capsys.readouterr().out
-    result: dict[str, Any] = json.loads(_run([*args, "--output", "json"], capsys))
+    result: dict[str, Any] = json.loads(_run([*args, "--output", "json", "--explain"], capsys))
     assert code == (0 if result["decision"] == "allow" else 1), text
     return text, result
 
@@ -379,6 +390,28 @@ def test_invalid_signature_shows_the_canonical_request_as_aws_does(
     assert signature not in text and signature not in json.dumps(result)
 
 
+def test_a_session_token_never_appears_in_an_explanation(
+    tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: dt.datetime.fromtimestamp(T0, dt.UTC).replace(tzinfo=None)
+    )
+    request = AWSRequest(method="GET", url=f"https://{HOST}/iam/reports", headers={})
+    signer = RecordingSigner(Credentials(CAROL_KEY, "not-carols-secret", CAROL_TOKEN), "execute-api", "us-east-1")
+    signer.add_auth(request)
+    lines = ["GET /iam/reports HTTP/1.1", f"Host: {HOST}"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items() if name.lower() != "host"]
+    text, result = check(write_config(tmp_path, issuer), "\r\n".join(lines) + "\r\n\r\n", capsys)
+    assert result["reason"] == "InvalidSignature"
+    assert CAROL_TOKEN not in text and CAROL_TOKEN not in json.dumps(result)
+    ours = aws_block(step(result, "authenticate")["details"], CANONICAL).split("\n")
+    theirs = signer.creq.split("\n")
+    differing = [(a, b) for a, b in zip(ours, theirs, strict=True) if a != b]
+    assert len(differing) == 1 and differing[0][1] == f"x-amz-security-token:{CAROL_TOKEN}"
+    digest = hashlib.sha256(CAROL_TOKEN.encode()).hexdigest()[:12]
+    assert differing[0][0] == f"x-amz-security-token:<{len(CAROL_TOKEN)} chars, sha256 {digest}>"
+
+
 def test_invalid_signature_diff_names_the_header_changed_after_signing(
     tmp_path: Path, issuer: Issuer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -513,7 +546,9 @@ def test_without_explain_text_has_no_explanation_but_json_always_does(
     request.write_text(f"GET /nope HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
     text = _run(["check", "--config", str(config), "--http", str(request)], capsys)
     assert "decision:  deny (403)" in text and "explain:" not in text
-    result = json.loads(_run(["check", "--config", str(config), "--http", str(request), "--output", "json"], capsys))
+    result = json.loads(
+        _run(["check", "--config", str(config), "--http", str(request), "--output", "json", "--explain"], capsys)
+    )
     assert result["explanation"][0]["stage"] == "route"
 
 
@@ -523,4 +558,4 @@ def test_help_says_what_explain_does(capsys: pytest.CaptureFixture[str]) -> None
     help_text = " ".join(capsys.readouterr().out.split())
     assert "always in json" not in help_text
     assert "--explain show why, stage by stage" in help_text
-    assert "(--output json always includes the explanation)" in help_text
+    assert "explain: lines in text output, an explanation list in --output json" in help_text

@@ -25,7 +25,7 @@ def test_keys_unavailable_names_the_fetch_error(tmp_path: Path, capsys: pytest.C
     (tmp_path / "r.req").write_text(f"GET /orders HTTP/1.1\nHost: api.test\nAuthorization: Bearer {token}\n\n")
     started = time.monotonic()
     args = ["check", "--config", str(tmp_path / "config.yaml"), "--http", str(tmp_path / "r.req")]
-    code = main([*args, "--wait", "0.5", "--output", "json"])
+    code = main([*args, "--wait", "0.5", "--output", "json", "--explain"])
     assert time.monotonic() - started < 8  # bounded by --wait, not the default 10 s
     result = json.loads(capsys.readouterr().out)
     assert (code, result["status"], result["reason"]) == (1, 503, "KeysUnavailable")

@@ -455,9 +455,12 @@ class SigV4Verifier:
         ]
         if retried:
             facts.append(("also_tried", "without the X-Amz-Security-Token appended after signing (AWS accepts both)"))
+        shown, masked = _without_session_token(creq)
+        if masked:
+            facts.append(("note", "the session token is shown as its length and SHA-256 prefix, never its value"))
         details = (
             "The Canonical String for this request should have been",
-            *f"'{creq}'".split("\n"),
+            *f"'{shown}'".split("\n"),
             "",
             "The String-to-Sign should have been",
             *f"'{sts.decode('utf-8', 'surrogatepass')}'".split("\n"),
@@ -480,3 +483,31 @@ class SigV4Verifier:
             expected = hmac.new(key, sts, hashlib.sha256).hexdigest().encode()
             return hmac.compare_digest(expected, params.signature.encode("utf-8", "surrogatepass"))
         return sigv4a.verify(snapshot.ecdsa_public_key(credential), params.signature, sts)
+
+
+_TOKEN_HEADER = "x-amz-security-token:"
+_TOKEN_PARAM = "X-Amz-Security-Token="
+
+
+def _without_session_token(creq: str) -> tuple[str, bool]:
+    """A canonical request to show, its session token (a credential, signed as a header or a query parameter)
+    replaced by `<N chars, sha256 PREFIX>`: a client can still compare its own by hashing it. Whether any was."""
+    lines = creq.split("\n")
+    masked = False
+    for index, line in enumerate(lines):
+        if line.startswith(_TOKEN_HEADER):
+            lines[index] = _TOKEN_HEADER + _token_mark(line[len(_TOKEN_HEADER) :])
+            masked = True
+        elif index == 2 and _TOKEN_PARAM in line:  # the canonical query string
+            params = line.split("&")
+            for position, param in enumerate(params):
+                if param.startswith(_TOKEN_PARAM):
+                    params[position] = _TOKEN_PARAM + _token_mark(param[len(_TOKEN_PARAM) :])
+                    masked = True
+            lines[index] = "&".join(params)
+    return "\n".join(lines), masked
+
+
+def _token_mark(value: str) -> str:
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"<{len(value)} chars, sha256 {digest}>"

@@ -25,7 +25,7 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], raw: str, settings: 
     handlers.reset()
     main([*args, "--explain"])
     text = capsys.readouterr().out
-    main([*args, "--output", "json"])
+    main([*args, "--output", "json", "--explain"])
     return text, json.loads(capsys.readouterr().out)
 
 
