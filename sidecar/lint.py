@@ -30,7 +30,7 @@ from .policy import CompiledPolicy
 from .policy.arn import compile_alternatives
 from .policy.compile import CompiledStatement
 from .policy.context import INVOKE
-from .policy.jsonpos import JsonSyntaxError, parse_located
+from .policy.jsonpos import JsonSyntaxError, Located, parse_located
 from .request import judged_method
 from .routes import RouteKey, parse_match
 from .runtime import Runtime
@@ -294,6 +294,7 @@ def _unmatched_statements(policy: CompiledPolicy, routes: Iterable[_Route], api:
     keys = listed_routes(route.settings.match for route in routes)
     already = {w.field for w in policy.warnings}
     out = []
+    positions: Located | None = None
     for statement in policy.statements:
         spec = statement.spec
         field = f"{spec.path}.Resource"
@@ -307,15 +308,23 @@ def _unmatched_statements(policy: CompiledPolicy, routes: Iterable[_Route], api:
             f"{which} never matches a route of this config: no Resource names one (routes: {keys}; "
             f"their ARNs: {base}METHOD/path)"
         )
-        out.append(_policy_issue(policy, (*parse_loc(spec.path), "Resource"), message))
+        if positions is None:
+            positions = _positions(policy)  # parsed once per run, and only when there is something to locate
+        out.append(_policy_issue(policy, positions, (*parse_loc(spec.path), "Resource"), message))
     return out
 
 
-def _policy_issue(policy: CompiledPolicy, path: tuple[str | int, ...], message: str) -> ConfigIssue:
+def _positions(policy: CompiledPolicy) -> Located | None:
     try:
-        line, column = parse_located(policy.document.text).position(path)
+        return parse_located(policy.document.text)
     except JsonSyntaxError:  # it loaded, so it parses; kept for safety
-        line, column = 0, 0
+        return None
+
+
+def _policy_issue(
+    policy: CompiledPolicy, positions: Located | None, path: tuple[str | int, ...], message: str
+) -> ConfigIssue:
+    line, column = positions.position(path) if positions is not None else (0, 0)
     return ConfigIssue(policy.source, line, column, format_loc(path), message)
 
 

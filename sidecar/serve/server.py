@@ -350,7 +350,7 @@ class Sidecar:
         self.state.reloads_ok += 1
         self.state.config_reloads.record("ok", why, runtime.version)
         log.info("reload (%s): now serving config %s", why, runtime.version)
-        _log_warnings(runtime)
+        self._spawn_quietly(_log_warnings(runtime))  # advice: the reload's answer does not wait for it
         return True
 
     async def _unchanged(self, why: str) -> bool:
@@ -436,6 +436,9 @@ class Sidecar:
 
     def _spawn(self, coro: Coroutine[object, object, object], why: str) -> None:
         log.info("received %s", why)
+        self._spawn_quietly(coro)
+
+    def _spawn_quietly(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.ensure_future(coro)
         self._signal_tasks.add(task)  # keep a reference until done, or the task may be collected mid-flight
         task.add_done_callback(self._signal_tasks.discard)
@@ -466,15 +469,29 @@ async def start_sidecar(
         return None
     sidecar.install_signal_handlers()
     settle(sidecar.runtime.config.server)
-    _log_warnings(sidecar.runtime)
+    await _log_warnings(sidecar.runtime)
     return sidecar
 
 
-def _log_warnings(runtime: Runtime) -> None:
+_LINT_BUDGET = 20_000
+"""Resource-policy statements x routes past which `serve` leaves the warnings to `validate`: the analysis is
+pairwise (a 600-statement policy over 50 routes takes about a second of CPU), and a serving process shares it."""
+
+
+async def _log_warnings(runtime: Runtime) -> None:
     """What `validate` warns about (`sidecar.lint`: routes nothing can allow, statements no route matches), logged
-    once per config served: an operator who skipped `validate` still learns why a route denies everyone."""
+    once per config served: an operator who skipped `validate` still learns why a route denies everyone. Run in a
+    thread, so the event loop keeps answering Checks meanwhile."""
+    policy = runtime.resource_policy
+    work = (len(policy.statements) if policy is not None else 0) * len(runtime.config.routes)
+    if work > _LINT_BUDGET:
+        log.info(
+            "config %s: too large to check for warnings while serving; `authz-sidecar validate` reports them",
+            runtime.version,
+        )
+        return
     try:
-        issues = lint(runtime)
+        issues = await asyncio.to_thread(lint, runtime)
     except Exception:  # the analysis is advice: it must never stop a config from serving
         log.exception("config %s: checking for warnings failed", runtime.version)
         return
