@@ -93,6 +93,11 @@ def parse_http_request(
         else:
             headers[last] = value
     envoy_framing(headers, repeated)
+    declared = headers.get("content-length")
+    if declared is not None and len(body) < int(declared):
+        raise InputError(
+            f"the body is {len(body)} bytes, less than its Content-Length {declared}: Envoy would wait for the rest"
+        )
     authority = headers.pop("host", "")
     # The shipped Envoy (`use_remote_address: true`) appends its peer to X-Forwarded-For before it asks; do the
     # same, so `aws:SourceIp` with `policy.trusted_proxy_hops` comes out as it does behind Envoy.

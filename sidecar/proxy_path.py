@@ -22,6 +22,9 @@ _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _ESCAPED = frozenset('"<>`{}|^')
 """Raw characters Envoy escapes (upper-case hex) on the way."""
 _HEX = frozenset(string.hexdigits)
+_DIGITS = re.compile(r"[0-9]+").fullmatch
+"""ASCII digits only: `str.isdigit` admits `²`, which `int` then refuses."""
+_HEX_BYTES = re.compile(rb"[0-9A-Fa-f]+").fullmatch
 _DOT_THEN_PARAMETER = re.compile(r"\.\.?;")
 """A segment of raw dots followed by `;` (`..;x`) counts as a dot segment, its `;...` dropped."""
 
@@ -60,7 +63,7 @@ def envoy_framing(headers: dict[str, str], repeated: set[str]) -> None:
     if not headers.get("host"):
         raise ProxyRejects("the request has no Host header")
     length = headers.get("content-length")
-    if length is not None and ("content-length" in repeated or not length.isdigit()):
+    if length is not None and ("content-length" in repeated or _DIGITS(length) is None):
         raise ProxyRejects("Content-Length is repeated or not a number")
     coding = headers.get("transfer-encoding")
     if coding is not None:
@@ -81,6 +84,8 @@ def envoy_body(body: bytes, headers: dict[str, str], limit: BodyLimit) -> tuple[
     else:
         declared = headers.get("content-length")
         size = int(declared) if declared is not None else len(body)  # a number: `envoy_framing` checked it
+        if len(body) > size:
+            body = body[:size]  # what follows would be the connection's next request, not this one's body
     if not body:
         return body, size
     if len(body) > limit.max_bytes:
@@ -101,13 +106,10 @@ def _dechunk(body: bytes) -> bytes:
     rest = body
     while True:
         line, sep, rest = rest.partition(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProxyRejects("the chunked body is malformed") from None
-        if not sep or size < 0:
+        size_text = line.split(b";", 1)[0]
+        if not sep or _HEX_BYTES(size_text) is None:  # no sign, prefix, space or underscore: int() takes them all
             raise ProxyRejects("the chunked body is malformed")
+        size = int(size_text, 16)
         if size == 0:
             return b"".join(out)
         if len(rest) < size + 2 or rest[size : size + 2] != b"\r\n":

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.proxy_path import GRPC_MODE, HTTP_MODE, ProxyRejects, envoy_body, envoy_path
+from sidecar.offline import InputError, parse_http_request
+from sidecar.proxy_path import GRPC_MODE, HTTP_MODE, ProxyRejects, envoy_body, envoy_framing, envoy_path
 
 FORWARDED = [
     ("/public/../admin/x", "/admin/x"),
@@ -97,3 +98,22 @@ def test_a_malformed_chunked_body_is_envoys_400(chunked: bytes) -> None:
     with pytest.raises(ProxyRejects) as refused:
         envoy_body(chunked, {"transfer-encoding": "chunked"}, GRPC_MODE)
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("size", [b"0x5", b"+5", b"0_5", b" 5", b"5 ", b"-5", b"\xc2\xb2"])
+def test_chunk_sizes_int_would_take_but_envoy_refuses(size: bytes) -> None:
+    with pytest.raises(ProxyRejects):
+        envoy_body(size + b"\r\nhello\r\n0\r\n\r\n", {"transfer-encoding": "chunked"}, GRPC_MODE)
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "5\u0660", "0x5", "-5", ""])
+def test_a_content_length_of_anything_but_ascii_digits_is_envoys_400(length: str) -> None:
+    with pytest.raises(ProxyRejects):
+        envoy_framing({"host": "h", "content-length": length}, set())
+
+
+def test_a_body_is_cut_to_its_content_length_and_a_short_one_is_an_input_error() -> None:
+    body, size = envoy_body(b"helloEXTRA", {"content-length": "5"}, GRPC_MODE)
+    assert (body, size) == (b"hello", 5)
+    with pytest.raises(InputError, match="less than its Content-Length 9"):
+        parse_http_request(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nhello")
