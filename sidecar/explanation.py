@@ -118,7 +118,10 @@ def when(epoch: float) -> str:
 
 def duration(seconds: float) -> str:
     """`6901 s (1 h 55 min)`: exact seconds, and a rough reading once it is more than a couple of minutes."""
-    whole = round(seconds)
+    try:
+        whole = round(seconds)
+    except (OverflowError, ValueError):  # inf, nan: never a crash in an explanation
+        return f"{seconds} s"
     if abs(whole) < 120:
         return f"{whole} s"
     minutes = abs(whole) // 60

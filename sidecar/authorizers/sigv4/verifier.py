@@ -246,17 +246,13 @@ class SigV4Verifier:
     def _check_time(self, params: SignatureParams, signed_at: float, now: float) -> float:
         """Clock-skew and expiry checks; returns how long the signature stays valid from `now` (the replay TTL)."""
         skew = self.options.clock_skew
-
-        def times() -> tuple[Fact, ...]:
-            return (("signed_at", when(signed_at)), ("judged_at", when(now)), ("clock_skew", f"{skew:g} s"))
-
         if signed_at - now > skew:
             raise self._deny(
                 REQUEST_TIME_TOO_SKEWED,
                 f"Signature not yet current: {_iso(signed_at)} is still later "
                 f"than {_iso(now + skew)} ({_iso(now)} + {skew / 60:g} min.)",
                 None,
-                times,
+                partial(_times, signed_at, now, skew),
             )
         if not params.presigned:
             if now - signed_at > skew:
@@ -265,7 +261,7 @@ class SigV4Verifier:
                     f"Signature expired: {_iso(signed_at)} is now earlier than "
                     f"{_iso(now - skew)} ({_iso(now)} - {skew / 60:g} min.)",
                     None,
-                    times,
+                    partial(_times, signed_at, now, skew),
                 )
             return signed_at + skew - now
         if not _DIGITS.match(params.expires):
@@ -278,7 +274,7 @@ class SigV4Verifier:
                 SIGNATURE_EXPIRED,
                 f"Signature expired: the presigned URL expired at {_iso(signed_at + expires)}",
                 None,
-                lambda: (*times()[:2], ("expires", f"{expires} s (X-Amz-Expires)")),
+                lambda: (*_times(signed_at, now, skew)[:2], ("expires", f"{expires} s (X-Amz-Expires)")),
             )
         return signed_at + expires - now
 
@@ -511,3 +507,8 @@ def _without_session_token(creq: str) -> tuple[str, bool]:
 def _token_mark(value: str) -> str:
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"<{len(value)} chars, sha256 {digest}>"
+
+
+def _times(signed_at: float, now: float, skew: float) -> tuple[Fact, ...]:
+    """The facts of a time refusal (`check --explain`)."""
+    return (("signed_at", when(signed_at)), ("judged_at", when(now)), ("clock_skew", f"{skew:g} s"))
