@@ -470,3 +470,24 @@ def test_a_file_a_key_names_that_cannot_be_read_is_reported_at_that_key(
         f"{config}:3:9: authorizers.corp: cannot read JWKS file {tmp_path}/missing.json: No such file or directory",
         f"{config}:1:18: resource_policy: cannot read the policy file {tmp_path}/nope.json: no such file",
     ]
+
+
+def test_an_invalid_entrys_policies_keep_their_own_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "creds.yaml").write_text(
+        "credentials:\n"
+        "  - access_key_id: AKIAIOSFODNN7EXAMPLE\n"
+        "    secret_access_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+        "    principal_arn: arn:aws:iam::123456789012:user/a\n"
+        "    policies: [5, null, {}]\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "authorizers:\n  iam: {type: sigv4, credentials: {file: creds.yaml}}\n"
+        'routes:\n  - {match: "GET /a", authorizer: iam}\n'
+    )
+    assert main(["validate", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path}/creds.yaml:5:16: credentials[0].policies[0]: expected a mapping or a string",
+        f"{tmp_path}/creds.yaml:5:19: credentials[0].policies[1]: expected a mapping or a string",
+        f"{tmp_path}/creds.yaml:5:25: credentials[0].policies[2]: missing Statement",
+    ]

@@ -323,12 +323,14 @@ class _EntryResolver:
             return resolved or None
         return None
 
-    def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str, ...]) -> list[Any]:
+    def _policies(self, loc: tuple[str | int, ...], items: tuple[dict[str, Any] | str | None, ...]) -> list[Any]:
         """Compile each identity policy (inline document or file) with the policy engine, once, at load. Each
         problem is reported once, where it is: an inline policy's at its line in this file, a policy file's at
-        its line there."""
+        its line there (None: an item validation already reported)."""
         out: list[Any] = []
         for index, item in enumerate(items):
+            if item is None:
+                continue
             where = (*loc, "policies", index)
             policy = self._inline_policy(where, item) if isinstance(item, dict) else self._policy_file(where, item)
             if policy is not None:
@@ -447,7 +449,8 @@ def _well_typed(raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {key: raw[key] for key in (*_SECRET_KEYS, *_TOKEN_KEYS) if isinstance(raw.get(key), str)}
     policies = raw.get("policies")
     if isinstance(policies, list):
-        out["policies"] = tuple(item for item in policies if isinstance(item, dict | str))
+        # Wrong-typed items stay as None placeholders, so each policy's problems keep their own index.
+        out["policies"] = tuple(item if isinstance(item, dict | str) else None for item in policies)
     return out
 
 
