@@ -2,8 +2,9 @@
 plain dicts, `plugins/lambda_handlers.py`) run unchanged in the sidecar's child process and behind a real
 `authz-sidecar lambda-serve`, for each event format, with API Gateway's answers (allow with the context reaching
 the upstream as headers, 403, 401, 500 for a crash and a timeout, 401 without a call), its result cache (a
-repeated identity is not asked again; a cached policy meets other routes as `cache_key` says), a remote that is
-down (a fast 500 from the breaker, then recovery) and Envoy's HTTP mode.
+repeated identity is not asked again; a cached policy meets other routes as `cache_key` says; replicas share
+results through a real Redis and ignore an entry moved there), a remote that is down (a fast 500 from the
+breaker, then recovery) and Envoy's HTTP mode.
 
 Handlers append each call to a file (`CALLS_ENV`, set here and inherited by the child processes): a call is on
 disk before the sidecar answers, so reading the file after each response counts calls without waiting.
@@ -22,9 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, RedisServer
 from tests.e2e.conftest import Stack, StackFactory, metric
 from tests.e2e.plugins.lambda_handlers import CALLS_ENV
 from tests.unit.authorizers.custom.remote_testkit import LambdaServe
@@ -105,10 +107,12 @@ FORMATS = {
 }
 
 
-def config(authorizers: dict[str, dict[str, Any]], routes: list[tuple[str, str]] | None = None) -> str:
-    """A config with these authorizers, each on `ANY /NAME/{proxy+}` unless `routes` says otherwise."""
+def config(authorizers: dict[str, dict[str, Any]], routes: list[tuple[str, str]] | None = None, **top: Any) -> str:
+    """A config with these authorizers, each on `ANY /NAME/{proxy+}` unless `routes` says otherwise, and `top`
+    keys (`cache`)."""
     routes = routes or [(f"ANY /{name}/{{proxy+}}", name) for name in authorizers]
     data = {
+        **top,
         "api": API,
         "authorizers": authorizers,
         "routes": [{"match": match, "authorizer": name} for match, name in routes],
@@ -287,6 +291,41 @@ def test_cache_key_identity_and_route_asks_again_on_each_route(authz_stack: Stac
             refused = get(stack, f"/{prefix}/{path}", "allow-alice", method=method)
             assert denied(refused) == (403, "AccessDenied", IMPLICIT_DENY), (style, method, path)
         assert calls.new() == []
+
+
+def stored_keys(raw: redis.Redis, known: set[bytes]) -> set[bytes]:
+    """The keys in Redis besides `known`, once there is at least one (a replica stores in the background)."""
+    deadline = time.monotonic() + 5
+    while not (fresh := set(raw.scan_iter()) - known):
+        assert time.monotonic() < deadline, "nothing was stored in Redis"
+        time.sleep(0.01)
+    return fresh
+
+
+def test_sidecars_sharing_redis_call_the_handler_once_and_ignore_a_moved_entry(
+    authz_stack: StackFactory, calls: Calls, redis_server: RedisServer
+) -> None:
+    # 50 ms as in the decision cache's e2e tests: a fresh client's first command also opens its connection
+    shared = {"redis": {"url": redis_server.url, "signing_key": "shared-test-key", "timeout_ms": 50}}
+    text = config({"plain": FORMATS["token"].settings(PLAIN)}, cache=shared)
+    first, second = authz_stack(text), authz_stack(text)
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        assert upstream(get(first, "/plain/pets/7", "allow-alice"))["x-authz-principal"] == "alice"
+        assert len(calls.new()) == 1
+        (alice,) = stored_keys(raw, set())
+        assert all(b"alice" not in key for key in raw.scan_iter())  # nothing readable in Redis keys
+        seen = upstream(get(second, "/plain/pets/7", "allow-alice"))  # the other replica's result
+        assert (seen["x-authz-principal"], seen["x-string-key"]) == ("alice", "value")
+        assert calls.new() == []
+
+        assert denied(get(first, "/plain/pets/7", "deny-mallory"))[0] == 403
+        (mallory,) = stored_keys(raw, {alice})
+        raw.set(mallory, raw.get(alice) or b"", ex=60)  # alice's sealed allow, moved onto mallory's key
+        assert denied(get(second, "/plain/pets/7", "deny-mallory")) == (403, "AccessDenied", EXPLICIT_DENY)
+        assert handler_names(calls.new()) == ["plain_token", "plain_token"]  # the moved entry was not believed
+    finally:
+        raw.close()
 
 
 # -- remote: the same handlers behind a real lambda-serve ---------------------------------------------------------
