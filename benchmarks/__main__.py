@@ -1,8 +1,8 @@
 """`python -m benchmarks run --smoke|--quick|--full [--output DIR] [--only NAME,...]`: the load benchmark.
 
---smoke runs a few seconds (the floors and the anonymous route, one second per measurement) to keep the harness
-working in CI; it says nothing about speed. --quick takes a few minutes, --full much longer. Results go to
-`benchmarks/results/<profile>/` unless --output says otherwise.
+--smoke runs under a minute (the floors, the anonymous route, the Redis rows and the custom-authorizer rows, one
+second per measurement) to keep the harness working in CI; it says nothing about speed. --quick takes a few
+minutes, --full much longer. Results go to `benchmarks/results/<profile>/` unless --output says otherwise.
 """
 
 from __future__ import annotations

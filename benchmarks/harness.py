@@ -72,7 +72,19 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(
-        "smoke", 1, 0, 4, 200, 4, 2, 2, 20, workers=False, only=frozenset({"anonymous", "redis-l2-hit", "redis-down"})
+        "smoke",
+        1,
+        0,
+        4,
+        200,
+        4,
+        2,
+        2,
+        20,
+        workers=False,
+        only=frozenset(
+            {"anonymous", "redis-l2-hit", "redis-down", "lambda-cached", "lambda-uncached", "lambda-remote"}
+        ),
     ),
     "quick": Profile(
         "quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3, memory_tokens=100_000, floor_beside=True
@@ -108,6 +120,8 @@ class Row:
     """At saturation: the HTTP floor's throughput measured right before each round (median over rounds)."""
     beside_rps_ratio: float | None = None
     """Median over rounds of this row's throughput over the floor's measured right before it."""
+    helper_cpu_us: float | None = None
+    """CPU per Check of the process the scenario's sidecar calls (`lambda-serve`), when it has one."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -120,6 +134,7 @@ class Row:
             "other_cores": self.other_cores,
             "sidecar_cpu_us_per_check": _round(self.sidecar_cpu_us),
             "envoy_cpu_us_per_check": _round(self.envoy_cpu_us),
+            "helper_cpu_us_per_check": _round(self.helper_cpu_us),
             "ratios": self.ratios,
             "note": self.note,
             "rounds": self.rounds,
@@ -213,6 +228,15 @@ def noop_grpc_server(
     return listening_child([sys.executable, "-m", module, "--port", str(port), *spin], port)
 
 
+def lambda_serve(
+    handler: str, port: int, concurrency: int
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """`authz-sidecar lambda-serve` hosting `handler` on 127.0.0.1:port, for the remote custom-authorizer row."""
+    listen = f"127.0.0.1:{port}"
+    args = [sys.executable, "-m", "sidecar", "lambda-serve", handler, "--listen", listen]
+    return listening_child([*args, "--max-concurrency", str(concurrency)], port)
+
+
 def redis_server(port: int, directory: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """`redis-server` on 127.0.0.1:port without persistence, for the Redis scenarios."""
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
@@ -299,26 +323,31 @@ class Measured:
     envoy_us: float | None
     other_cores: float
     """Cores' worth of CPU used during the run by processes that are not part of it (other work on the machine)."""
+    helper_us: float | None = None
+    """CPU per request of the process the server calls (`lambda-serve`), when there is one."""
 
 
-def measured(run: Callable[[], LoadResult], server_pid: int | None, envoy_pid: int | None) -> Measured:
-    """Run the load; CPU from /proc for the server tree and Envoy, and the machine's remaining busy time."""
-    server_before = sum(procs.tree_cpu(server_pid).values()) if server_pid else 0.0
-    envoy_before = procs.cpu_seconds(envoy_pid) if envoy_pid else 0.0
+def measured(
+    run: Callable[[], LoadResult], server_pid: int | None, envoy_pid: int | None, helper_pid: int | None = None
+) -> Measured:
+    """Run the load; CPU from /proc for the server tree, Envoy and the helper the server calls, and the machine's
+    remaining busy time."""
+    pids = {"server": server_pid, "envoy": envoy_pid, "helper": helper_pid}
+    before = {name: _cpu(pid) for name, pid in pids.items()}
     busy_before, ours_before, wall_before = procs.machine_busy_seconds(), procs.own_and_children_seconds(), time.time()
     result = run()
     wall = max(time.time() - wall_before, 1e-3)
-    server_s = sum(procs.tree_cpu(server_pid).values()) - server_before if server_pid else 0.0
-    envoy_s = procs.cpu_seconds(envoy_pid) - envoy_before if envoy_pid else 0.0
-    ours = procs.own_and_children_seconds() - ours_before + server_s + envoy_s
+    spent = {name: _cpu(pid) - before[name] for name, pid in pids.items()}
+    ours = procs.own_and_children_seconds() - ours_before + sum(spent.values())
     other = max(0.0, procs.machine_busy_seconds() - busy_before - ours) / wall
     n = max(result.requests, 1)
-    return Measured(
-        result,
-        server_s * 1e6 / n if server_pid else None,
-        envoy_s * 1e6 / n if envoy_pid else None,
-        other,
-    )
+    per_request = {name: spent[name] * 1e6 / n if pid else None for name, pid in pids.items()}
+    return Measured(result, per_request["server"], per_request["envoy"], other, per_request["helper"])
+
+
+def _cpu(pid: int | None) -> float:
+    """CPU seconds of `pid` and everything below it (0 without a pid)."""
+    return sum(procs.tree_cpu(pid).values()) if pid else 0.0
 
 
 def _median(values: list[float]) -> float:
@@ -342,11 +371,13 @@ def combine(rounds: list[Measured]) -> Measured:
     )
     servers = [r.server_us for r in clean if r.server_us is not None]
     envoys = [r.envoy_us for r in clean if r.envoy_us is not None]
+    helpers = [r.helper_us for r in clean if r.helper_us is not None]
     return Measured(
         result,
         _median(servers) if servers else None,
         _median(envoys) if envoys else None,
         _median([r.other_cores for r in clean]),
+        _median(helpers) if helpers else None,
     )
 
 
@@ -363,6 +394,8 @@ class Harness:
         """Base URL of the Envoy + no-op floor kept running beside the sidecar rows (`Profile.floor_beside`)."""
         self._http_floor_beside: str | None = None
         """The same for HTTP mode: Envoy (http_service) + the no-op HTTP server, beside the HTTP-mode rows."""
+        self._helper_pid: int | None = None
+        """The `lambda-serve` process of the running sidecar group, if it has one (`Scenario.lambda_serve`)."""
 
     @property
     def base(self) -> str:
@@ -370,7 +403,7 @@ class Harness:
 
     def run(self) -> RunResult:
         with tempfile.TemporaryDirectory(prefix="authz-bench-") as tmp:
-            fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens, free_port())
+            fixtures = scenarios.Fixtures(Path(tmp), self.host, self.profile.cold_tokens, free_port(), free_port())
             planned = scenarios.build(fixtures)
             only = self.profile.only
             runnable = [s for s in planned if not s.pending and self._wanted(s)]
@@ -442,6 +475,11 @@ class Harness:
                 redis = None
                 if any(s.redis for s in group):
                     redis = stack.enter_context(redis_server(fixtures.redis_port, tmp))
+                served = next((s.lambda_serve for s in group if s.lambda_serve), "")
+                if served:
+                    host = stack.enter_context(lambda_serve(served, fixtures.lambda_port, scenarios.LAMBDA_CONCURRENCY))
+                    self._helper_pid = host.pid
+                    stack.callback(setattr, self, "_helper_pid", None)
                 side = stack.enter_context(sidecar(config, port, http_port=http_port))
                 proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template=template))
                 assert side.proc is not None
@@ -586,7 +624,7 @@ class Harness:
         for _ in range(max(1, self.profile.rounds)):
             if floor_run is not None:
                 beside.append(floor_run())
-            rounds.append(measured(run, server_pid, envoy_pid))
+            rounds.append(measured(run, server_pid, envoy_pid, self._helper_pid if scenario.lambda_serve else None))
         m = combine(rounds)
         row = Row(
             scenario.name,
@@ -608,6 +646,7 @@ class Harness:
                 }
                 for r in rounds
             ],
+            helper_cpu_us=m.helper_us,
         )
         if beside and mode == "saturation":
             row.beside_rps = _median([b.rps for b in beside])

@@ -19,6 +19,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .lambda_handlers import HANDLER as LAMBDA_HANDLER
 from .load import Rotation
 
 ISSUER = "https://issuer.bench.local"
@@ -57,6 +58,9 @@ class Scenario:
     """For the "noop-grpc" stack: microseconds of pure-Python busy work per Check (a calibration row)."""
     module: str = "benchmarks.noop_grpc_authz"
     """For the "noop-grpc" stack: the no-op server's module."""
+    lambda_serve: str = ""
+    """A handler's import string: the harness runs `authz-sidecar lambda-serve` with it on `Fixtures.lambda_port`
+    before starting this scenario's sidecar (its CPU is measured beside the sidecar's)."""
 
     @property
     def is_floor(self) -> bool:
@@ -72,6 +76,8 @@ class Fixtures:
     cold_tokens: int
     redis_port: int = 0
     """Where the Redis scenarios' `redis-server` listens (picked by the harness)."""
+    lambda_port: int = 0
+    """Where the remote custom-authorizer scenario's `lambda-serve` listens (picked by the harness)."""
     rsa_key: rsa.RSAPrivateKey = field(init=False)
     ec_key: ec.EllipticCurvePrivateKey = field(init=False)
     jwks_file: Path = field(init=False)
@@ -399,6 +405,58 @@ def memory_fill(fx: Fixtures, tokens: int, token_cache: int | None = None, polic
     )
 
 
+LAMBDA_TOKEN = "Bearer bench-lambda-token"
+LAMBDA_CONCURRENCY = 64
+"""Calls at once for the custom-authorizer rows (sidecar and lambda-serve): above the load's 16 connections, so
+no row measures refusals."""
+
+
+def _lambda_authorizer(**settings: Any) -> dict[str, Any]:
+    """A `type: lambda` TOKEN authorizer (the Authorization header) calling the trivial handler."""
+    return {"type": "lambda", "event_format": "token", "max_concurrency": LAMBDA_CONCURRENCY, **settings}
+
+
+def _lambda(name: str, title: str, prefix: str, authorizer: dict[str, Any], **fields: Any) -> Scenario:
+    return Scenario(
+        name,
+        title,
+        "sidecar",
+        path=f"/{prefix}/item",
+        headers=lambda: (("authorization", LAMBDA_TOKEN),),
+        authorizers={prefix.replace("-", "_"): authorizer},
+        routes=({"match": f"ANY /{prefix}/{{proxy+}}", "authorizer": prefix.replace("-", "_")},),
+        **fields,
+    )
+
+
+def lambda_cached(fx: Fixtures) -> Scenario:
+    """A custom authorizer's cached result: the same token every request, so the handler ran once and each
+    Check reads the identity source, hashes the cache key, finds the result and evaluates its policy for this
+    request's ARN. Target: CPU per Check <= 1.10x the warm JWT row's."""
+    authorizer = _lambda_authorizer(handler=LAMBDA_HANDLER, result_ttl=300)
+    return _lambda("lambda-cached", "custom authorizer in process, cached result", "lambda", authorizer)
+
+
+def lambda_uncached(fx: Fixtures) -> Scenario:
+    """The trivial handler called for every Check (`result_ttl: 0`), in process on the handler's thread pool:
+    its excess over `lambda-cached` is what the sidecar spends around a call. Target: <= 40 us per Check."""
+    authorizer = _lambda_authorizer(handler=LAMBDA_HANDLER, result_ttl=0)
+    return _lambda("lambda-uncached", "custom authorizer in process, uncached", "lambda-nocache", authorizer)
+
+
+def lambda_remote(fx: Fixtures) -> Scenario:
+    """The same handler behind `authz-sidecar lambda-serve` (`target: grpc://`), called for every Check: CPU
+    and p99 at 1,000 rps against `lambda-cached`."""
+    authorizer = _lambda_authorizer(target=f"grpc://127.0.0.1:{fx.lambda_port}", result_ttl=0)
+    return _lambda(
+        "lambda-remote",
+        "custom authorizer over lambda-serve, uncached",
+        "lambda-remote",
+        authorizer,
+        lambda_serve=LAMBDA_HANDLER,
+    )
+
+
 SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     envoy_only,
     noop_grpc,
@@ -417,6 +475,9 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     jwt_warm_http,
     redis_l2_hit,
     redis_down,
+    lambda_cached,
+    lambda_uncached,
+    lambda_remote,
 ]
 
 

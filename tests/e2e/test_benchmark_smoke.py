@@ -34,6 +34,9 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
         ("anonymous", "grpc-direct", "saturation"),
         ("redis-l2-hit", "envoy", "fixed-rate"),
         ("redis-down", "envoy", "fixed-rate"),  # Redis stopped under the running sidecar: still no errors
+        ("lambda-cached", "envoy", "saturation"),
+        ("lambda-uncached", "envoy", "saturation"),
+        ("lambda-remote", "envoy", "fixed-rate"),  # through a lambda-serve the harness started
     ]:
         assert key in rows, key
         assert rows[key]["requests"] > 0 and rows[key]["errors"] == 0, rows[key]
@@ -45,4 +48,7 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
     report = (tmp_path / "results.md").read_text()
     assert "anonymous route" in report and "Targets" in report
     assert "| redis-down: p99 vs redis-l2-hit (fixed-rate) | <= 1.20x | " in report
+    assert rows[("lambda-remote", "envoy", "fixed-rate")]["helper_cpu_us_per_check"] > 0  # lambda-serve's CPU
+    assert "## Custom authorizers" in report
+    assert "| lambda-uncached: sidecar CPU per Check minus lambda-cached's (saturation) | <= 40 us | " in report
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

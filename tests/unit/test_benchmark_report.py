@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from benchmarks.harness import PROFILES, Harness, Row, RunResult, add_ratios
 from benchmarks.load import LoadResult
-from benchmarks.report import _table, _targets
+from benchmarks.report import _table, _targets, custom_table
 from benchmarks.scenarios import Scenario
 
 
@@ -62,3 +64,37 @@ def test_a_floor_measured_beside_each_round_gives_the_median_ratio_of_the_pairs(
     assert row.ratios["rps_beside"] == 0.8 and row.ratios["rps"] == round(20_000 / 30_000, 3)
     assert "| JWT warm, HTTP | 20000 | 0.67x |" in "\n".join(_table([row], fixed=False, beside_rps=True))
     assert "| 24000 | 0.80x |" in "\n".join(_table([row], fixed=False, beside_rps=True))
+
+
+def _cpu_row(scenario: str, mode: str, cpu_us: float, p99_us: float = 900, helper_us: float | None = None) -> Row:
+    row = _row(scenario, "envoy", 1000)
+    assert row.result is not None
+    row.mode, row.sidecar_cpu_us, row.helper_cpu_us = mode, cpu_us, helper_us
+    row.result = dataclasses.replace(row.result, p99_us=p99_us)
+    return row
+
+
+def test_custom_authorizer_targets_read_cpu_against_other_rows() -> None:
+    """Issue 20: a cached lambda decision's CPU over the warm JWT row's (<= 1.10x), and the uncached in-process
+    row's CPU minus the cached one's (<= 40 us); the remote row is reported against the cached one."""
+    run = RunResult(
+        PROFILES["quick"],
+        rows=[
+            _cpu_row("jwt-warm", "saturation", 40.0),
+            _cpu_row("lambda-cached", "saturation", 46.0),
+            _cpu_row("lambda-uncached", "saturation", 80.0),
+            _cpu_row("lambda-cached", "fixed-rate", 100.0, p99_us=800),
+            _cpu_row("lambda-remote", "fixed-rate", 300.0, p99_us=2000, helper_us=150.0),
+        ],
+    )
+    lines = "\n".join(_targets(run))
+    assert (
+        "| lambda-cached: sidecar CPU per Check vs jwt-warm (saturation) | <= 1.10x | 1.15x | missed (by 5%) |" in lines
+    )
+    assert (
+        "| lambda-uncached: sidecar CPU per Check minus lambda-cached's (saturation) | <= 40 us | 34.0 us | met |"
+        in (lines)
+    )
+    table = "\n".join(custom_table(run))
+    assert "| lambda-remote | fixed-rate | 1000 | 2.00 | 2.50x | 300 | 3.00x | 150 | 0 |" in table
+    assert custom_table(RunResult(PROFILES["quick"], rows=[_cpu_row("jwt-warm", "saturation", 40.0)])) == []

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ...cache.local import LocalCache
+from ...memo import BoundedMemo
 from ...policy.combine import EXPLICIT_DENY
 from ...reasons import STATUS_FORBIDDEN, Denied
 from ...request import Principal, Request, header_safe
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 
 CONTEXT_PREFIX = "lambda:"
 """Policy condition keys for the handler's `context` (`lambda:tenant`), as `jwt:CLAIM` names a token's claims."""
+ANSWER_MEMO = 1024
+"""Distinct responses (by their JSON text) whose meaning each authorizer remembers (`LambdaAuthorizer._answer`)."""
 
 __all__ = ["LambdaAuthorizer", "LambdaPrincipal", "Refusal", "Result", "ResultCache", "ResultStore", "cache_key"]
 
@@ -243,6 +246,8 @@ class LambdaAuthorizer(Authorizer):
         self.context_headers = tuple((context_headers or {}).items())
         self.route = RouteInfo()
         """The route this instance serves (`for_route`): its key and parameters name it in events."""
+        self._answers: BoundedMemo[str, Result] = BoundedMemo(ANSWER_MEMO)
+        """What each response text meant, shared by the route siblings (`_answer`)."""
 
     def for_route(self, route: RouteSettings) -> LambdaAuthorizer:
         """A sibling that knows `route` (events name it; `identity+route` keys on it); the invoker and the result
@@ -318,7 +323,7 @@ class LambdaAuthorizer(Authorizer):
         event = self.events.build(request, self.route, values, self.clock())
         try:
             raw = await self.invoker.invoke(event, self.contexts.new(self.timeout), self.timeout)
-            return self._result(self.reader.read(raw))
+            return self._answer(raw)
         except HandlerUnauthorized:
             return UNAUTHORIZED_REFUSAL
         except HandlerFailed as exc:
@@ -330,6 +335,16 @@ class LambdaAuthorizer(Authorizer):
         except Exception as exc:  # an invoker that broke its contract: still a 500, never a crash or an allow
             log.error("authorizer %s: the invoker raised %s: denying with a 500", self.name, type(exc).__name__)
             return Refusal(f"exception:{type(exc).__name__}")
+
+    def _answer(self, raw: object) -> Result:
+        """What a handler's response means. Remembered by its JSON text: a handler that answers the same again
+        (a result not cached, `result_ttl: 0`, or the same caller on another route) gets the same Result, so it is
+        validated once and its principal is the same object, which the pipeline's allow memo keys on."""
+        text = self.reader.encoded(raw)
+        found = self._answers.get(text)
+        if found is None:
+            found = self._answers.put(text, self._result(self.reader.read(raw, text)))
+        return found
 
     def _result(self, verdict: Verdict) -> Result:
         if verdict.policy is None:

@@ -136,7 +136,9 @@ class LocalInvoker:
 
     async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
         try:
-            return await asyncio.wait_for(self._call(event, context), timeout)
+            if self.is_async:
+                return await asyncio.wait_for(self._call(event, context), timeout)
+            return await self._on_thread(event, context, timeout)
         except (HandlerUnauthorized, HandlerFailed):
             raise
         except TimeoutError:
@@ -149,16 +151,36 @@ class LocalInvoker:
     async def _call(self, event: dict[str, Any], context: LambdaContext) -> Any:
         if self._stopped:
             raise HandlerFailed("unavailable")
-        if self.is_async:
-            try:
-                return await self.handler(event, context)
-            except SystemExit:  # out of a task it would stop the event loop, and the sidecar with it
-                raise HandlerFailed("exception:SystemExit") from None
+        try:
+            return await self.handler(event, context)
+        except SystemExit:  # out of a task it would stop the event loop, and the sidecar with it
+            raise HandlerFailed("exception:SystemExit") from None
+
+    async def _on_thread(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
+        """A sync handler's call on the pool, timed by a timer that cancels it (`TimeoutError`): `wait_for` of a
+        coroutine would wrap each call in a Task of its own."""
+        if self._stopped:
+            raise HandlerFailed("unavailable")
         if self._pool is None:
             await self.start()  # first use without `start` (a `check`, a test): the pool starts here
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _run_sync, self.handler, event, context)
+        call = loop.run_in_executor(self._pool, _run_sync, self.handler, event, context)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            call.cancel()  # a call still queued never runs; one running keeps its thread until it returns
+
+        timer = loop.call_later(timeout, expire)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if expired:
+                raise TimeoutError from None
+            raise
+        finally:
+            timer.cancel()
 
 
 def _run_sync(handler: Handler, event: dict[str, Any], context: LambdaContext) -> Any:

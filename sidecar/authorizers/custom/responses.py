@@ -71,12 +71,11 @@ def _check_context(raw: Any) -> Mapping[str, str | int | float | bool]:
     return MappingProxyType(dict(raw))
 
 
-def _encoded_size(raw: Any) -> int:
+def _json_text(raw: Any) -> str:
     try:
-        text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(raw, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         raise MalformedResponse(f"the response is not JSON ({type(raw).__name__} or a value inside it)") from None
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 class ResponseReader:
@@ -91,13 +90,22 @@ class ResponseReader:
         self._policies: BoundedMemo[str, CompiledPolicy] = BoundedMemo(_POLICY_MEMO)
         self.allow_all = parse_policy(ALLOW_ALL_TEXT, f"{self.source} (isAuthorized)", kind="identity", api=api)
 
-    def read(self, raw: Any) -> Verdict:
-        """The verdict in `raw`, or `MalformedResponse`."""
+    def encoded(self, raw: Any) -> str:
+        """`raw` as compact JSON: what its size is judged by, and what a caller may remember verdicts by (the same
+        text is the same response); `MalformedResponse` unless it is an object, JSON, within `max_bytes`."""
         if not isinstance(raw, dict):
             raise MalformedResponse(f"the response is {type(raw).__name__}, not an object")
-        size = _encoded_size(raw)
+        text = _json_text(raw)
+        size = len(text.encode("utf-8", "surrogatepass"))
         if size > self.max_bytes:
             raise MalformedResponse(f"the response is {size} bytes as JSON; max_response_bytes is {self.max_bytes}")
+        return text
+
+    def read(self, raw: Any, encoded: str | None = None) -> Verdict:
+        """The verdict in `raw`, or `MalformedResponse`. `encoded`: what `encoded(raw)` returned, if the caller
+        has it already (then it is not computed again)."""
+        if encoded is None:
+            self.encoded(raw)
         return self._simple(raw) if self.simple else self._iam(raw)
 
     def _simple(self, raw: dict[str, Any]) -> Verdict:
