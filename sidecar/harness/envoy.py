@@ -39,8 +39,10 @@ class EnvoyPorts:
 
 
 SHIPPED = {
-    "envoy.yaml": EnvoyPorts(listen_host="0.0.0.0"),
-    "envoy-http.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_port=9192, max_request_bytes=1048576),
+    "envoy.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_timeout="1.5s"),
+    "envoy-http.yaml": EnvoyPorts(
+        listen_host="0.0.0.0", authz_port=9192, max_request_bytes=1048576, authz_timeout="1.5s"
+    ),
 }
 """The files in deploy/envoy/ and the addresses they are rendered with (tests and demos use loopback)."""
 
