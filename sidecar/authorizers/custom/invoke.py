@@ -108,10 +108,12 @@ def handler_failure(exc: BaseException) -> HandlerUnauthorized | HandlerFailed:
 
 class LocalInvoker:
     """Runs an in-process handler: a sync one in a `ThreadPoolExecutor` of `max_concurrency` threads owned by
-    this invoker (calls beyond that wait for a thread, within their timeout), an async one on the loop.
+    this invoker (calls beyond that wait for a thread, within their timeout), an async one on the loop, as a Task
+    of its own.
 
     A sync handler that outlives its timeout keeps its thread until it returns (Python cannot stop a thread):
-    the call is already answered 500, and the pool's bound keeps such handlers from taking more threads."""
+    the call is already answered 500, and the pool's bound keeps such handlers from taking more threads. An async
+    one is cancelled; if it goes on regardless, its answer is never read."""
 
     def __init__(self, handler: Handler, max_concurrency: int, name: str = "lambda") -> None:
         self.handler = handler
@@ -120,6 +122,8 @@ class LocalInvoker:
         self._name = name
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = False
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """Async calls past their timeout that have not ended yet (`_abandon`)."""
 
     async def start(self) -> None:
         self._stopped = False
@@ -137,7 +141,7 @@ class LocalInvoker:
     async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
         try:
             if self.is_async:
-                return await asyncio.wait_for(self._call(event, context), timeout)
+                return await self._on_loop(event, context, timeout)
             return await self._on_thread(event, context, timeout)
         except (HandlerUnauthorized, HandlerFailed):
             raise
@@ -148,9 +152,36 @@ class LocalInvoker:
         except Exception as exc:
             raise handler_failure(exc) from None
 
-    async def _call(self, event: dict[str, Any], context: LambdaContext) -> Any:
+    async def _on_loop(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
+        """An async handler's call as a Task of its own, waited for at most `timeout`. Past it the Task is cancelled
+        and left behind, its result never read: a handler that catches `CancelledError` and answers later is still
+        a timeout, answered at the timeout (`wait_for` would wait for it and return its late answer)."""
         if self._stopped:
             raise HandlerFailed("unavailable")
+        task = asyncio.ensure_future(self._call(event, context))
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:  # the caller gave up: so does the handler
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            raise HandlerFailed("timeout")
+        return task.result()
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        """Cancel a call nobody waits for any more, and keep it referenced until it ends (the loop holds Tasks
+        weakly); whatever it ends with is read there, so nothing is logged as never retrieved."""
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    async def _call(self, event: dict[str, Any], context: LambdaContext) -> Any:
         try:
             return await self.handler(event, context)
         except SystemExit:  # out of a task it would stop the event loop, and the sidecar with it

@@ -8,6 +8,7 @@ ran. `RELEASE` / `STARTED` let a test hold a handler inside its call without sle
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -24,6 +25,8 @@ CALLS: list[dict[str, Any]] = []
 CONTEXTS: list[Any] = []
 STARTED = threading.Event()
 RELEASE = threading.Event()
+FINISHED = threading.Event()
+"""Set when a handler that answers late (`stubborn_handler`) has answered."""
 MALFORMED: dict[str, Any] = {"response": None}
 """What `malformed` returns (a test sets it)."""
 CONTEXT = {"tenant": "acme", "admin": True, "level": 3, "ratio": 0.5}
@@ -34,6 +37,7 @@ def reset() -> None:
     CONTEXTS.clear()
     STARTED.clear()
     RELEASE.clear()
+    FINISHED.clear()
     MALFORMED["response"] = None
 
 
@@ -107,6 +111,21 @@ async def async_token_handler(event: dict[str, Any], context: Any) -> dict[str, 
     """An async handler (run on the event loop)."""
     CALLS.append(event)
     return _powertools_answer(event["authorizationToken"], event["methodArn"])
+
+
+async def stubborn_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An async handler that catches its cancellation at the timeout and answers afterwards, once the test
+    releases it: its late answer must be neither returned nor cached."""
+    CALLS.append(event)
+    STARTED.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await asyncio.to_thread(RELEASE.wait, 10)
+    try:
+        return _powertools_answer("broad-late", event["methodArn"])
+    finally:
+        FINISHED.set()
 
 
 # -- (b) plain dicts, AWS's documented style ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sidecar.authorizers.custom.context import LambdaContext
 from sidecar.authorizers.custom.invoke import HandlerFailed, HandlerUnauthorized, LocalInvoker, local_invoker
 
 from . import handlers
-from .lambda_testkit import HANDLERS, pipeline, request, token
+from .lambda_testkit import ARN, HANDLERS, pipeline, request, token
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +123,39 @@ async def test_an_async_handler_that_overruns_is_a_timeout() -> None:
     with pytest.raises(HandlerFailed) as caught:
         await LocalInvoker(slow, 1).invoke({}, context(0.05), 0.05)
     assert caught.value.kind == "timeout"
+
+
+async def test_an_async_handler_that_swallows_its_cancellation_is_still_a_timeout() -> None:
+    """`wait_for` would wait for such a handler and return its late answer; the call must end at its timeout."""
+    invoker = local_invoker(f"{HANDLERS}:stubborn_handler", 1)
+    call = asyncio.ensure_future(invoker.invoke({"methodArn": f"{ARN}/GET/pets"}, context(0.05), 0.05))
+    try:
+        done, _ = await asyncio.wait({call}, timeout=5)  # a bound, far above the 0.05 s timeout
+        assert call in done, "the call waited for a handler that ignored its cancellation"
+        assert not handlers.FINISHED.is_set()  # answered while the handler still ran
+        with pytest.raises(HandlerFailed) as caught:
+            await call
+        assert caught.value.kind == "timeout"
+    finally:
+        handlers.RELEASE.set()
+    assert await asyncio.to_thread(handlers.FINISHED.wait, 5)  # the late answer came, and went nowhere
+
+
+async def test_waiters_for_a_handler_that_swallows_its_timeout_get_the_500_at_the_timeout(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path, f"handler: {HANDLERS}:stubborn_handler\nevent_format: token\ntimeout: 0.1\n")
+    checks = [asyncio.ensure_future(pipe.check(request(headers=token("t")))) for _ in range(3)]
+    try:
+        done, _ = await asyncio.wait(checks, timeout=5)
+        assert len(done) == 3, "single-flight waiters waited for a handler that ignored its cancellation"
+        assert not handlers.FINISHED.is_set()
+        for check in checks:
+            assert (check.result().status, check.result().reason) == (500, "AuthorizerConfigurationException")
+    finally:
+        handlers.RELEASE.set()
+    assert await asyncio.to_thread(handlers.FINISHED.wait, 5)
+    assert len(handlers.CALLS) == 1
+    again = await pipe.check(request(headers=token("t")))  # the late allow was not cached: the handler is asked
+    assert len(handlers.CALLS) == 2 and again.status == 500
 
 
 async def test_an_async_handler_calling_sys_exit_is_a_failure_not_a_stop() -> None:
