@@ -125,7 +125,7 @@ class LambdaHost:
             return AuthorizeResponse(error=HandlerError(kind=HandlerError.OVERLOADED))
         try:
             event = json.loads(request.event_json)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
             event = None
         if not isinstance(event, dict):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event_json is not a JSON object")
@@ -141,7 +141,7 @@ class LambdaHost:
             self.in_flight -= 1
         try:
             text = json.dumps(response, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError):
+        except Exception:  # not JSON (TypeError, ValueError), nested too deep (RecursionError): in-band, as any
             return self._failed(lambda_context.aws_request_id, HandlerFailed("malformed"))
         log.debug("call %s: answered in %.1f ms", lambda_context.aws_request_id, (time.monotonic() - started) * 1000)
         return AuthorizeResponse(response_json=text)

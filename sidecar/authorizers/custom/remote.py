@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ..._proto.custom_pb2 import AuthorizeRequest, AuthorizeResponse, HandlerError
-from ...kv.breaker import Breaker
+from ...kv.breaker import CLOSED_CALL, Breaker
 from ...metrics import AUTHORIZER_BREAKER_OPEN, REMOTE_AUTHORIZER_CALLS, Tally, tally
 from .context import LambdaContext
 from .invoke import UNAUTHORIZED_MESSAGE, HandlerFailed, HandlerUnauthorized, Invoker
@@ -126,7 +126,7 @@ def encode_request(event: dict[str, Any], context: LambdaContext, timeout: float
     """The call for one invocation; raises `HandlerFailed("malformed")` for an event that is not JSON."""
     try:
         event_json = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise HandlerFailed("malformed") from None
     return AuthorizeRequest(
         event_json=event_json,
@@ -147,7 +147,7 @@ def decode_response(reply: AuthorizeResponse) -> Any:
     if outcome == "response_json":
         try:
             return json.loads(reply.response_json)
-        except ValueError:
+        except Exception:  # not JSON, or nested too deep to decode (RecursionError): not an answer either way
             raise HandlerFailed("malformed") from None
     if outcome == "error":
         raise error_to_failure(reply.error)
@@ -219,59 +219,67 @@ class RemoteInvoker:
         if self.in_flight >= self.max_concurrency:
             self._count("shed")
             raise HandlerFailed("overloaded")
-        request = encode_request(event, context, timeout)  # before `allow`: a probe, once let in, must be settled
+        request = encode_request(event, context, timeout)  # before `admit`: a probe, once let in, must be settled
         breaker = self.breaker
-        probe = breaker.is_open
-        if not breaker.allow(self.clock()):
+        ticket = breaker.admit(self.clock())
+        if ticket is None:
             self._count("breaker_open")
             raise HandlerFailed("unavailable")
+        try:
+            reply = await self._send(request, timeout, probe=ticket != CLOSED_CALL, ticket=ticket)
+            return self._answered(reply, ticket)
+        finally:
+            # Whatever ended the call (a verdict given above, a cancelled Check, an answer nothing could judge),
+            # a probe leaves the half-open slot free: the breaker can never stay open for good.
+            breaker.abandon(ticket)
+
+    async def _send(self, request: AuthorizeRequest, timeout: float, *, probe: bool, ticket: int) -> Any:  # noqa: ASYNC109
+        """The call itself; a service that did not answer is settled here (`_service_failed`)."""
         call = self._open()
         self.in_flight += 1
         try:
             # The probe waits for the channel to (re)connect within its deadline; other calls fail at once when
             # it is down, rather than each waiting a timeout.
-            reply = await call(request, timeout=timeout, wait_for_ready=probe)
+            return await call(request, timeout=timeout, wait_for_ready=probe)
         except grpc.aio.AioRpcError as exc:
-            raise self._service_failed(exc.code()) from None
+            raise self._service_failed(exc.code(), ticket) from None
         except asyncio.CancelledError:  # the Check was abandoned: no verdict on the service
-            if probe:
-                breaker.abandon()
             raise
         except Exception:  # the channel itself failed (closed under the call by a stop): the service is unusable
-            raise self._service_failed(grpc.StatusCode.UNAVAILABLE) from None
+            raise self._service_failed(grpc.StatusCode.UNAVAILABLE, ticket) from None
         finally:
             self.in_flight -= 1
-        return self._answered(reply)
 
-    def _service_failed(self, code: grpc.StatusCode) -> HandlerFailed:
+    def _service_failed(self, code: grpc.StatusCode, ticket: int) -> HandlerFailed:
         """The service did not answer: counted against it (the breaker), unless it only refused a response too
         large to accept, which says nothing about its health."""
         kind = _SERVICE_FAILURES.get(code, "unavailable")
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            self.breaker.success()
+            self.breaker.success(ticket)
         else:
-            self.breaker.failure(self.clock())
+            self.breaker.failure(self.clock(), ticket)
         self._count(kind)
         log.debug("authorizer %s: %s answered %s", self.name, self.address, code.name)
         return HandlerFailed(kind)
 
-    def _answered(self, reply: AuthorizeResponse) -> Any:
+    def _answered(self, reply: AuthorizeResponse, ticket: int) -> Any:
         """The service answered: a handler that ran past its time is a failure of the service as the breaker
-        sees it (waiting is what the breaker is for); any other answer, an error included, is a success."""
+        sees it (waiting is what the breaker is for); any other answer, an error or a malformed one included, is
+        a success."""
         try:
             response = decode_response(reply)
         except HandlerUnauthorized:
-            self.breaker.success()
+            self.breaker.success(ticket)
             self._count("unauthorized")
             raise
         except HandlerFailed as failure:
             if failure.kind == "timeout":
-                self.breaker.failure(self.clock())
+                self.breaker.failure(self.clock(), ticket)
             else:
-                self.breaker.success()
+                self.breaker.success(ticket)
             self._count(failure.kind.partition(":")[0])
             raise
-        self.breaker.success()
+        self.breaker.success(ticket)
         self._count("ok")
         return response
 

@@ -1,9 +1,9 @@
 """Lambda authorizer handlers in AWS's documented plain-dict style, for the remote tests: the same functions run
 in the test's process (a `LambdaHost` in-process) and in a real `authz-sidecar lambda-serve` (this directory on
 PYTHONPATH, `remote_handlers:handler`). What a handler does is chosen by the token, so one handler serves every
-scenario: `allow`, `deny`, `unauthorized`, `crash:<secret>`, `malformed`, `block` (until `RELEASE` is set, or
-for ever in a subprocess), `fifo:<path>` (blocks reading a named pipe: the test knows the call is in flight
-when its writer's open returns, and lets it finish by writing)."""
+scenario: `allow`, `deny`, `unauthorized`, `crash:<secret>`, `malformed`, `deep` (a response nested too deep to
+encode), `block` (until `RELEASE` is set, or for ever in a subprocess), `fifo:<path>` (blocks reading a named pipe:
+the test knows the call is in flight when its writer's open returns, and lets it finish by writing)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ STARTED = threading.Event()
 """Set when a `block` call has started: the test knows it is in flight."""
 CALLS: list[str] = []
 """The tokens of the calls this process's handlers received, in order."""
+DEEP = 100_000
+"""How deep `deep` nests its response (and the tests their JSON): far past Python's recursion limit."""
 
 
 def policy(principal: str, effect: str, resource: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -56,6 +58,11 @@ def handler(event: dict[str, Any], context: Any) -> Any:
         raise KeyError(token)  # the message holds the token: it must never reach a log or the wire
     if token == "malformed":
         return {"principalId": "x", "policyDocument": {1, 2}}  # a set: not JSON
+    if token == "deep":  # JSON nested past what any encoder recurses into
+        nested: list[Any] = []
+        for _ in range(DEEP):
+            nested = [nested]
+        return policy("deep", "Allow", arn, {"nested": nested})
     if token == "block":
         STARTED.set()
         RELEASE.wait(30)  # bounded: a test that forgets to release still ends

@@ -1,17 +1,18 @@
 """What the remote tests share: an in-process `lambda-serve` (`LambdaHost` over the handlers of
 `remote_handlers`) and a real one (`LambdaServe`, a child process), a client `RemoteInvoker` with a clock the
-test moves, a black-hole server (accepts TCP and never speaks: a hung host), and the Lambda context a call
-carries."""
+test moves, a black-hole server (accepts TCP and never speaks: a hung host), a scripted service (answers what
+the test says), and the Lambda context a call carries."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar._proto.custom_pb2 import AuthorizeRequest, AuthorizeResponse
 from sidecar.authorizers.custom.context import LambdaContext
 from sidecar.authorizers.custom.invoke import LocalInvoker
-from sidecar.authorizers.custom.remote import SERVICE_NAME, RemoteInvoker
+from sidecar.authorizers.custom.remote import METHOD, SERVICE_NAME, RemoteInvoker
 from sidecar.harness.envoy import free_port
 from sidecar.kv.breaker import Breaker
 from sidecar.metrics import AUTHORIZER_BREAKER_OPEN, REMOTE_AUTHORIZER_CALLS, flush
@@ -114,6 +116,34 @@ async def black_hole(port: int = 0) -> AsyncIterator[int]:
         for writer in held:
             writer.close()
         await server.wait_closed()
+
+
+Answer = Callable[[str, Any], Awaitable[AuthorizeResponse]]
+"""How a scripted service answers a call: given the event's token and the call's gRPC context."""
+
+
+@asynccontextmanager
+async def scripted_service(answer: Answer) -> AsyncIterator[int]:
+    """A `CustomAuthorizer` service on 127.0.0.1 that answers each call as `answer` says (what `lambda-serve`
+    never sends: a response of the test's making, a gRPC error, a call held until the test lets it go)."""
+
+    async def authorize(request: AuthorizeRequest, context: Any) -> AuthorizeResponse:
+        return await answer(str(json.loads(request.event_json).get("authorizationToken")), context)
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        authorize,
+        request_deserializer=AuthorizeRequest.FromString,
+        response_serializer=AuthorizeResponse.SerializeToString,
+    )
+    service, method = METHOD.strip("/").split("/")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(0)
 
 
 def calls(name: str, outcome: str) -> float:

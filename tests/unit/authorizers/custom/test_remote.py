@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,26 @@ from sidecar.authorizers.custom.remote import METHOD, SERVICE_NAME, TargetError,
 from sidecar.harness.envoy import free_port
 
 from . import remote_handlers
-from .remote_testkit import Clock, black_hole, breaker_gauge, calls, context, event, lambda_host, remote
+from .remote_testkit import (
+    Clock,
+    black_hole,
+    breaker_gauge,
+    calls,
+    context,
+    event,
+    lambda_host,
+    remote,
+    scripted_service,
+)
+
+
+def authorize_call(channel: grpc.aio.Channel) -> Any:
+    """The `Authorize` method on `channel`, as a client of its own (no sidecar code) calls it."""
+    return channel.unary_unary(
+        METHOD,
+        request_serializer=AuthorizeRequest.SerializeToString,
+        response_deserializer=AuthorizeResponse.FromString,
+    )
 
 
 async def test_allow_returns_the_handlers_response_with_the_lambda_context_it_saw() -> None:
@@ -190,6 +210,89 @@ async def test_an_abandoned_probe_lets_the_next_call_probe() -> None:
         assert failed.value.kind == "timeout"  # it was let through, and waited its deadline
 
 
+DEEP_JSON = "[" * remote_handlers.DEEP + "]" * remote_handlers.DEEP
+
+
+async def test_a_probe_answered_with_json_nested_too_deep_is_malformed_and_settles_the_breaker() -> None:
+    """Decoding such a response raises RecursionError: a probe whose verdict is never given would leave the breaker
+    half-open for good, every later call refused unasked."""
+    clock = Clock()
+    answers = iter(("down", "deep", "ok"))
+
+    async def answer(token: str, ctx: Any) -> AuthorizeResponse:
+        said = next(answers)
+        if said == "down":
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return AuthorizeResponse(response_json=DEEP_JSON if said == "deep" else '{"principalId": "alice"}')
+
+    async with scripted_service(answer) as port, remote(port, name="deep", threshold=1, clock=clock) as invoker:
+        with pytest.raises(HandlerFailed):
+            await invoker.invoke(event("allow"), context(), 5.0)
+        assert invoker.breaker.is_open
+        clock.now += invoker.breaker.current_cooldown
+        with pytest.raises(HandlerFailed) as failed:
+            await invoker.invoke(event("allow"), context(), 5.0)  # the probe
+        assert failed.value.kind == "malformed"
+        assert not invoker.breaker.is_open and not invoker.breaker.probing  # the service answered: closed
+        assert (await invoker.invoke(event("allow"), context(), 5.0))["principalId"] == "alice"
+    assert calls("deep", "malformed") == 1
+
+
+async def test_a_late_failure_of_a_call_from_before_the_breaker_opened_is_not_the_probes() -> None:
+    clock = Clock()
+    held = {"old": asyncio.Event(), "probe": asyncio.Event()}
+    arrived = {token: asyncio.Event() for token in held}
+
+    async def answer(token: str, ctx: Any) -> AuthorizeResponse:
+        if token not in held:
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        arrived[token].set()
+        await held[token].wait()
+        if token == "old":
+            await ctx.abort(grpc.StatusCode.UNAVAILABLE, "late")
+        return AuthorizeResponse(response_json='{"principalId": "probe"}')
+
+    async with (
+        scripted_service(answer) as port,
+        remote(port, name="late", threshold=1, cooldown=1.0, clock=clock) as invoker,
+    ):
+        old = asyncio.create_task(invoker.invoke(event("old"), context(timeout=5), 5))
+        await asyncio.wait_for(arrived["old"].wait(), 5)  # in flight while the breaker is still closed
+        with pytest.raises(HandlerFailed):
+            await invoker.invoke(event("down"), context(), 5)
+        assert invoker.breaker.is_open
+        clock.now += 1.0
+        probe = asyncio.create_task(invoker.invoke(event("probe"), context(timeout=5), 5))
+        await asyncio.wait_for(arrived["probe"].wait(), 5)
+        held["old"].set()  # the old call fails now, while the probe is in flight
+        with pytest.raises(HandlerFailed) as late:
+            await old
+        assert late.value.kind == "unavailable"
+        assert invoker.breaker.probing and invoker.breaker.current_cooldown == 1.0  # the probe's verdict is pending
+        held["probe"].set()
+        assert (await probe)["principalId"] == "probe"
+        assert not invoker.breaker.is_open
+
+
+async def test_a_response_nested_too_deep_is_malformed_in_band_not_a_service_failure() -> None:
+    async with lambda_host() as host, remote(host.port, name="deep-host") as invoker:
+        with pytest.raises(HandlerFailed) as failed:
+            await invoker.invoke(event("deep"), context(), 5.0)
+        assert (await invoker.invoke(event("allow"), context(), 5.0))["principalId"] == "alice"
+    assert failed.value.kind == "malformed"
+    assert not invoker.breaker.failures
+    assert calls("deep-host", "unavailable") == 0
+
+
+async def test_an_event_nested_too_deep_is_an_invalid_argument() -> None:
+    async with lambda_host() as host, grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        call = authorize_call(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await call(AuthorizeRequest(event_json=DEEP_JSON, timeout_ms=1000), timeout=5)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert remote_handlers.CALLS == []
+
+
 async def test_a_drain_lets_the_call_in_flight_finish() -> None:
     async with lambda_host() as host, remote(host.port) as invoker:
         call = asyncio.create_task(invoker.invoke(event("block"), context(timeout=5), 5))
@@ -214,11 +317,7 @@ async def test_health_answers_serving_for_the_server_and_the_service() -> None:
 async def test_the_wire_is_the_documented_protocol() -> None:
     """A client of its own (no sidecar code) gets the response JSON, and an error in-band."""
     async with lambda_host() as host, grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
-        call = channel.unary_unary(
-            METHOD,
-            request_serializer=AuthorizeRequest.SerializeToString,
-            response_deserializer=AuthorizeResponse.FromString,
-        )
+        call = authorize_call(channel)
         ok = await call(AuthorizeRequest(event_json='{"authorizationToken": "deny"}', timeout_ms=1000), timeout=5)
         assert ok.WhichOneof("outcome") == "response_json" and '"Effect":"Deny"' in ok.response_json
         crash = await call(AuthorizeRequest(event_json='{"authorizationToken": "crash:x"}'), timeout=5)
