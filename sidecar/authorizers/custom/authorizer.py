@@ -275,12 +275,17 @@ class LambdaAuthorizer(Authorizer):
             raise unauthorized(f"the identity source {missing} is missing or empty, so the handler is not called")
         if self.token_pattern is not None and self.token_pattern.fullmatch(values[0]) is None:
             raise unauthorized("the token does not match token_validation, so the handler is not called")
+        outcome: Result | Refusal
         if self.cache is None:
             outcome = await self._call(request, values)
         else:
             key = cache_key(self.version, values, route_key if self.cache_by_route else None)
             cache = self.cache
-            outcome = await cache.get_or_call(key, lambda: self._shared_or_call(cache, key, request, values))
+            found = cache.local.get(key, self.clock())  # a hit (the warm path) costs no coroutine and no closure
+            if found is not None:
+                outcome = found
+            else:
+                outcome = await cache.get_or_call(key, lambda: self._shared_or_call(cache, key, request, values))
         if isinstance(outcome, Refusal):
             raise outcome.denied()
         if outcome.principal is None:

@@ -14,10 +14,10 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .context import LambdaContext
+from .threads import HandlerThreads
 
 __all__ = [
     "HandlerFailed",
@@ -107,9 +107,9 @@ def handler_failure(exc: BaseException) -> HandlerUnauthorized | HandlerFailed:
 
 
 class LocalInvoker:
-    """Runs an in-process handler: a sync one in a `ThreadPoolExecutor` of `max_concurrency` threads owned by
-    this invoker (calls beyond that wait for a thread, within their timeout), an async one on the loop, as a Task
-    of its own.
+    """Runs an in-process handler: a sync one on `HandlerThreads`, at most `max_concurrency` threads owned by this
+    invoker (calls beyond that wait for a thread, within their timeout), an async one on the loop, as a Task of
+    its own.
 
     A sync handler that outlives its timeout keeps its thread until it returns (Python cannot stop a thread):
     the call is already answered 500, and the pool's bound keeps such handlers from taking more threads. An async
@@ -120,7 +120,7 @@ class LocalInvoker:
         self.max_concurrency = max_concurrency
         self.is_async = inspect.iscoroutinefunction(handler)
         self._name = name
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: HandlerThreads | None = None
         self._stopped = False
         self._abandoned: set[asyncio.Future[Any]] = set()
         """Async calls past their timeout that have not ended yet (`_abandon`)."""
@@ -128,7 +128,7 @@ class LocalInvoker:
     async def start(self) -> None:
         self._stopped = False
         if not self.is_async and self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"authz-{self._name}")
+            self._pool = HandlerThreads(self.max_concurrency, f"authz-{self._name}")
 
     async def stop(self) -> None:
         """Release the threads once the calls already made return (they are not cut short); a call after this
@@ -136,7 +136,7 @@ class LocalInvoker:
         self._stopped = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False)
+            pool.shutdown()
 
     async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
         try:
@@ -196,7 +196,7 @@ class LocalInvoker:
             await self.start()  # first use without `start` (a `check`, a test): the pool starts here
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(self._pool, _run_sync, self.handler, event, context)
+        call = self._pool.submit(_run_sync, self.handler, event, context)
         expired: list[bool] = []
 
         def expire() -> None:
