@@ -21,7 +21,21 @@ from .explanation import ADMIT, AUTHENTICATE, DENY, METER, PASS, POLICY, ROUTE, 
 from .logs import DecisionLogger
 from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
-from .policy import AUTHENTICATED, NOT_AUTHENTICATED, EvalContext, Evaluation, Outcome, authorize, evaluate_all
+from .policy import (
+    AUTHENTICATED,
+    NOT_AUTHENTICATED,
+    CompiledPolicy,
+    EvalContext,
+    Evaluation,
+    Outcome,
+    StatementRef,
+    authorize,
+    evaluate_all,
+)
+from .policy.conditions import template_keys
+from .policy.context import AUTHORIZER_AWS_KEYS, AWS_PREFIX, HEADER_PREFIX, REQUEST_KEYS
+from .policy.document import StatementSpec
+from .policy.variables import has_variables, parse_template
 from .reasons import Denied
 from .request import ANONYMOUS, Decision, Principal, Request, header_safe, judged_method
 from .routes import AmbiguousPath
@@ -59,6 +73,39 @@ def sendable(principal: Principal) -> bool:
             log.error("authorizer %s produced an unsendable %s value; denying", principal.authorizer, name)
             return False
     return True
+
+
+def first_phase_policy(policy: CompiledPolicy) -> CompiledPolicy | None:
+    """The part of a resource policy judged before an authorizer that asks for it runs (`resource_policy_first`):
+    its Deny statements whose every condition key and policy variable the request alone decides (`aws:SourceIp`,
+    `request:header/...`, the keys no caller supplies), each named as in `policy`; None when it has none."""
+    document = policy.document
+    denies = tuple(s for s in document.statements if s.effect == "Deny" and _request_decides(s, document.variables))
+    return CompiledPolicy(replace(document, statements=denies)) if denies else None
+
+
+def _request_decides(statement: StatementSpec, variables: bool) -> bool:
+    keys = {condition.key.lower() for condition in statement.conditions}
+    for condition in statement.conditions:
+        keys |= template_keys(condition.values, condition.operator.family, variables)
+    for resource in statement.resources if variables else ():
+        if has_variables(resource):
+            keys |= parse_template(resource).keys
+    return all(_request_key(key) for key in keys)
+
+
+def _request_key(key: str) -> bool:
+    """Whether a (lower-cased) key has the same value whoever the caller is: one of the request's, or an `aws:`
+    key nothing supplies (absent either way)."""
+    if key in REQUEST_KEYS or key.startswith(HEADER_PREFIX):
+        return True
+    return key.startswith(AWS_PREFIX) and key not in AUTHORIZER_AWS_KEYS
+
+
+def _label(deciding: StatementRef | None) -> str:
+    """The deciding statement's name as a decision carries it to logs: a Sid a handler wrote (control characters,
+    any length) is escaped and cut (`shown_value`)."""
+    return shown_value(deciding.label) if deciding is not None else ""
 
 
 def allow_decision(
@@ -135,6 +182,9 @@ class Pipeline:
         self._allowed: BoundedMemo[tuple[CompiledRoute, Principal, str], Decision] = BoundedMemo(_MAX_ALLOW_MEMO)
         self._allowed_for: Runtime | None = None
         """The runtime whose routes key `_allowed`."""
+        self._first_phase: CompiledPolicy | None = None
+        self._first_phase_for: Runtime | None = None
+        """The runtime whose resource policy `_first_phase` was picked from (`_resource_denies`)."""
         self.explain = explain
         """Attach an explanation to every decision, stage by stage (`sidecar.explanation`): for `check`, never
         while serving (it costs text per request and bypasses the decision cache)."""
@@ -250,7 +300,7 @@ class Pipeline:
                 if steps is not None:
                     steps.append(first.step(ANONYMOUS.id))
                 refusal = first.to_denied().decision(route=route.key, authorizer=authorizer.name)
-                return replace(refusal, statement=first.deciding.label if first.deciding is not None else "")
+                return replace(refusal, statement=_label(first.deciding))
         try:
             start = perf_counter()
             principal = await authorizer.authenticate(request)
@@ -278,8 +328,7 @@ class Pipeline:
             if steps is not None:
                 steps.append(Step(AUTHENTICATE, DENY, f"{authorizer.name} failed unexpectedly (see the log)"))
             return reasons.INTERNAL
-        deciding = outcome.deciding if outcome is not None else None
-        statement = deciding.label if deciding is not None else ""
+        statement = _label(outcome.deciding if outcome is not None else None)
         if steps is not None:
             steps.append(
                 outcome.step(principal.arn or principal.id)
@@ -306,10 +355,20 @@ class Pipeline:
 
     def _resource_denies(self, runtime: Runtime, request: Request) -> Outcome | None:
         """The resource policy's explicit Deny of the anonymous caller, before authenticating (for authorizers
-        that ask: `Authorizer.resource_policy_first`), or None: anything short of a Deny is decided later."""
-        assert runtime.resource_policy is not None
-        ctx = EvalContext(request, ANONYMOUS, runtime.config.api, runtime.context_settings)
-        resource = runtime.resource_policy.evaluate(ctx)
+        that ask: `Authorizer.resource_policy_first`), or None: anything short of a Deny is decided later.
+
+        Only the Denies the request alone decides are judged here (`first_phase_policy`, picked once per runtime):
+        one on a key the authorizer supplies (`lambda:tenant`, `aws:userid`) is not known yet, and a negated
+        operator or `Null` on a missing key matches, which would refuse everyone; it is judged after `authenticate`
+        with the rest of the policy. With no such Deny there is no first phase at all."""
+        if runtime is not self._first_phase_for:
+            assert runtime.resource_policy is not None
+            self._first_phase = first_phase_policy(runtime.resource_policy)
+            self._first_phase_for = runtime
+        first = self._first_phase
+        if first is None:
+            return None
+        resource = first.evaluate(EvalContext(request, ANONYMOUS, runtime.config.api, runtime.context_settings))
         return authorize(None, resource) if resource.denied else None
 
     def _policy_outcome(

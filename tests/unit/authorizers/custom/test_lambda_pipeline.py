@@ -3,12 +3,16 @@ for each thing a handler can say, and for requests it is never asked about."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sidecar.authorizers.custom.authorizer import LambdaPrincipal
+from sidecar.pipeline import first_phase_policy
+from sidecar.policy import parse_policy
 
 from . import handlers
 from .lambda_testkit import ARN, HANDLERS, pipeline, request, token
@@ -253,3 +257,50 @@ async def test_context_keys_reach_policies_as_lambda_keys(tmp_path: Path) -> Non
     assert len(handlers.CALLS) == 1
     assert (decision.status, decision.statement) == (403, "NoAcmeTenants")
     assert decision.message.startswith("User: alice is not authorized")  # the resource policy's words, IAM's
+
+
+def statement(sid: str, effect: str, resource: str, condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    found = {"Sid": sid, "Effect": effect, "Principal": "*", "Action": "execute-api:Invoke", "Resource": resource}
+    return found if condition is None else {**found, "Condition": condition}
+
+
+CALLER_KEYS = {
+    "Version": "2012-10-17",
+    "Statement": [
+        statement("Open", "Allow", f"{ARN}/*"),
+        statement("OnlyAcmePets", "Deny", f"{ARN}/*/pets/*", {"StringNotEquals": {"lambda:tenant": "acme"}}),
+        statement("TenantRequired", "Deny", f"{ARN}/*", {"Null": {"lambda:tenant": "true"}}),
+        statement("OnlyGlobexOwners", "Deny", f"{ARN}/*/owners/*", {"StringNotEquals": {"lambda:tenant": "globex"}}),
+        statement("NoUserIds", "Deny", f"{ARN}/*/users/*", {"StringLike": {"aws:userid": "*"}}),
+        statement("NoBadNet", "Deny", f"{ARN}/*", {"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}),
+    ],
+}
+
+
+async def test_a_negated_condition_on_lambda_keys_is_judged_after_the_handler(tmp_path: Path) -> None:
+    """Before the call no `lambda:` key is known, so a negated operator (or Null) on one would match for everyone:
+    such a Deny is judged only with the handler's context; one on what the request alone says still refuses first."""
+    pipe = pipeline(tmp_path, TOKEN, policy=CALLER_KEYS)
+    assert (await pipe.check(request("/pets/7", headers=token("allow-alice")))).allowed  # tenant acme
+    assert len(handlers.CALLS) == 1
+    owners = await pipe.check(request("/owners/3", headers=token("allow-alice")))
+    assert (owners.status, owners.statement, len(handlers.CALLS)) == (403, "OnlyGlobexOwners", 2)
+    assert owners.message.startswith("User: alice is not authorized")
+    users = await pipe.check(request("/users/3", headers=token("allow-carol")))
+    assert (users.status, users.statement, len(handlers.CALLS)) == (403, "NoUserIds", 3)  # the caller's id: after
+    bad = await pipe.check(request("/pets/7", headers=token("allow-bob"), source_address="198.51.100.7"))
+    assert (bad.status, bad.statement, len(handlers.CALLS)) == (403, "NoBadNet", 3)  # refused before the handler
+
+
+def test_the_first_phase_keeps_only_the_denies_the_request_alone_decides() -> None:
+    policy = parse_policy(json.dumps(CALLER_KEYS), kind="resource")
+    first = first_phase_policy(policy)
+    assert first is not None and [s.ref.label for s in first.statements] == ["NoBadNet"]
+    assert first.statements[0].ref == policy.statements[5].ref  # named as in the policy itself
+    only_callers = {**CALLER_KEYS, "Statement": CALLER_KEYS["Statement"][:5]}
+    assert first_phase_policy(parse_policy(json.dumps(only_callers), kind="resource")) is None  # no first phase
+    headers = statement("NoBots", "Deny", f"{ARN}/*", {"StringLike": {"request:header/user-agent": "bot*"}})
+    templated = statement("Mine", "Deny", f"{ARN}/*", {"StringNotEquals": {"aws:Referer": "${lambda:site}"}})
+    mixed = {"Version": "2012-10-17", "Statement": [headers, templated]}
+    first = first_phase_policy(parse_policy(json.dumps(mixed), kind="resource"))
+    assert first is not None and [s.ref.label for s in first.statements] == ["NoBots"]

@@ -141,3 +141,21 @@ def test_encode_and_decode_carry_a_verdict_and_validate_again() -> None:
         read.decode(b'{"principalId": "forged", "policyDocument": "allow everything"}')
     with pytest.raises(MalformedResponse):
         read.decode(b"\xff not json")
+
+
+async def test_a_sid_a_handler_wrote_reaches_decisions_escaped_and_cut(tmp_path: Path) -> None:
+    """The deciding statement's Sid goes to decision logs: a handler's Sid with control characters, of any length,
+    must not reach them as it is."""
+    handlers.reset()
+    sid = "Read\x1b[31m\nforged line" + "x" * 5000
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Sid": sid, "Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "*"}],
+    }
+    handlers.MALFORMED["response"] = with_(policyDocument=document)
+    decision = await pipeline(tmp_path, f"handler: {HANDLERS}:malformed\nevent_format: token").check(
+        request(headers=token("t"))
+    )
+    assert decision.allowed
+    assert decision.statement.startswith("Read\\x1b[31m\\nforged line")
+    assert decision.statement.isprintable() and len(decision.statement) < 300
