@@ -5,7 +5,8 @@ authorizer names it with `target: grpc://host:port`.
 The handler runs exactly as it runs in the sidecar's own process: the same `LocalInvoker` (sync handlers on a
 bounded thread pool, async ones on the loop), the same outcomes, sent back in-band. The host adds what a
 service needs: a concurrency limit (`--max-concurrency`: a call beyond it is answered OVERLOADED at once, never
-queued), the standard gRPC health service (SERVING while the handler is loaded and the host is not draining),
+queued, and so is one while every handler thread is still held, by a sync handler stuck past a call's timeout
+included), the standard gRPC health service (SERVING while the handler is loaded and the host is not draining),
 and graceful shutdown (SIGTERM/SIGINT: NOT_SERVING, no new calls, calls in flight finish within
 `--grace-period`, exit 0). A bad import string or a taken port is a clear error and exit 2.
 
@@ -48,6 +49,11 @@ REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between log lines about calls refused for --max-concurrency (an overload would otherwise flood)."""
 EXIT_JOIN = 1.0
 """Seconds the exit waits for the handler's idle pool threads to end before it stops waiting for any."""
+
+
+_OVERLOADED = AuthorizeResponse(error=HandlerError(kind=HandlerError.OVERLOADED))
+"""The answer to a call refused for --max-concurrency, or because every handler thread is still held (one stuck
+past its timeout keeps its thread): at once, never queued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +128,7 @@ class LambdaHost:
         """One call: the handler's response JSON, or what it raised as a `HandlerError`."""
         if self.in_flight >= self.max_concurrency:
             self._refused()
-            return AuthorizeResponse(error=HandlerError(kind=HandlerError.OVERLOADED))
+            return _OVERLOADED
         try:
             event = json.loads(request.event_json)
         except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
@@ -136,6 +142,9 @@ class LambdaHost:
         try:
             response = await self.invoker.invoke(event, lambda_context, budget)
         except (HandlerUnauthorized, HandlerFailed) as failure:
+            if isinstance(failure, HandlerFailed) and failure.kind == "overloaded":  # every thread held: say so
+                self._refused()
+                return _OVERLOADED
             return self._failed(lambda_context.aws_request_id, failure)
         finally:
             self.in_flight -= 1
@@ -151,7 +160,11 @@ class LambdaHost:
         self.refused += 1
         now = time.monotonic()
         if now >= self._next_refusal_log:
-            log.warning("refused %d call(s): %d in flight (--max-concurrency)", self.refused, self.max_concurrency)
+            log.warning(
+                "refused %d call(s): %d calls in flight or handler threads held (--max-concurrency)",
+                self.refused,
+                self.max_concurrency,
+            )
             self.refused, self._next_refusal_log = 0, now + REFUSAL_LOG_INTERVAL
 
     def _failed(self, request_id: str, failure: HandlerUnauthorized | HandlerFailed) -> AuthorizeResponse:

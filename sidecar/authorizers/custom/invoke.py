@@ -108,12 +108,13 @@ def handler_failure(exc: BaseException) -> HandlerUnauthorized | HandlerFailed:
 
 class LocalInvoker:
     """Runs an in-process handler: a sync one on `HandlerThreads`, at most `max_concurrency` threads owned by this
-    invoker (calls beyond that wait for a thread, within their timeout), an async one on the loop, as a Task of
+    invoker (a call while every one is busy fails at once, `overloaded`), an async one on the loop, as a Task of
     its own.
 
     A sync handler that outlives its timeout keeps its thread until it returns (Python cannot stop a thread):
-    the call is already answered 500, and the pool's bound keeps such handlers from taking more threads. An async
-    one is cancelled; if it goes on regardless, its answer is never read."""
+    the call is already answered 500, and its thread counts as busy until then, so such handlers cannot take more
+    threads, nor make new calls queue behind them for their whole timeout. An async one is cancelled; if it goes
+    on regardless, its answer is never read."""
 
     def __init__(self, handler: Handler, max_concurrency: int, name: str = "lambda") -> None:
         self.handler = handler
@@ -131,12 +132,13 @@ class LocalInvoker:
             self._pool = HandlerThreads(self.max_concurrency, f"authz-{self._name}")
 
     async def stop(self) -> None:
-        """Release the threads once the calls already made return (they are not cut short); a call after this
-        fails `unavailable`, as one to a stopped function would."""
+        """Release the threads once the calls already running return (they are not cut short); a call still queued
+        is cancelled, so a replaced config never runs its handler later; a call after this fails `unavailable`, as
+        one to a stopped function would."""
         self._stopped = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_queued=True)
 
     async def invoke(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
         try:
@@ -189,14 +191,16 @@ class LocalInvoker:
 
     async def _on_thread(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
         """A sync handler's call on the pool, timed by a timer that cancels it (`TimeoutError`): `wait_for` of a
-        coroutine would wrap each call in a Task of its own."""
+        coroutine would wrap each call in a Task of its own. With every thread busy it is refused at once."""
         if self._stopped:
             raise HandlerFailed("unavailable")
         if self._pool is None:
             await self.start()  # first use without `start` (a `check`, a test): the pool starts here
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        call = self._pool.submit(_run_sync, self.handler, event, context)
+        call = self._pool.submit_now(_run_sync, self.handler, event, context)
+        if call is None:
+            raise HandlerFailed("overloaded")
         expired: list[bool] = []
 
         def expire() -> None:

@@ -8,9 +8,13 @@ one `SimpleQueue` item, and results that finish while the loop is busy reach it 
 
 What the executor did and this keeps: at most `limit` threads, started as calls need them (a call waits in the
 queue when all are busy), calls in the order they came, a queued call whose future was cancelled (its timeout
-passed) never runs, and `shutdown` lets the calls already queued finish before the threads end. The threads are
-daemons: one held by a handler that never returns must not keep the process from exiting (its call was answered
-already, with a timeout).
+passed) never runs, and `shutdown` lets the calls already queued finish before the threads end, or cancels them.
+The threads are daemons: one held by a handler that never returns must not keep the process from exiting (its call
+was answered already, with a timeout).
+
+What it adds: `submit_now`, which refuses a call (None) while every thread is busy instead of queueing it. A call
+counts as busy until its thread is done with it, not until its waiter gives up: a handler that outlives its
+timeout still holds its thread, and queueing behind it would only make each new call wait its whole timeout.
 """
 
 from __future__ import annotations
@@ -39,14 +43,27 @@ class HandlerThreads:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         """Threads waiting for a job that no submitted job has claimed yet."""
+        self._busy = 0
+        """Jobs submitted that no thread is done with yet (running, or queued)."""
         self._finished: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
         """Results waiting for their loop's next wake-up; a loop is in here while one is scheduled."""
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Call `fn(*args)` on a thread; the future (of the running loop) gets its result or its exception."""
+        future = self._submit(fn, args, wait=True)
+        assert future is not None
+        return future
+
+    def submit_now(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any] | None:
+        """`submit`, or None when every thread is busy (the call would have to wait for one)."""
+        return self._submit(fn, args, wait=False)
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], wait: bool) -> asyncio.Future[Any] | None:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
+            if not wait and self._busy >= self.limit:
+                return None
+            self._busy += 1
             if self._idle:
                 self._idle -= 1
                 start = False
@@ -55,16 +72,35 @@ class HandlerThreads:
                 if start:
                     thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True)
                     self._threads.append(thread)
+        future: asyncio.Future[Any] = loop.create_future()
         self._jobs.put((loop, future, fn, args))
         if start:
             thread.start()
         return future
 
-    def shutdown(self) -> None:
-        """End every thread once the jobs queued before this have run (a thread in a call finishes it first)."""
+    def shutdown(self, cancel_queued: bool = False) -> None:
+        """End every thread once the jobs queued before this have run (a thread in a call finishes it first). With
+        `cancel_queued` (on the loop that submitted them) those jobs are cancelled instead, and never run."""
+        if cancel_queued:
+            self._cancel_queued()
         with self._lock:
             count = len(self._threads)
         for _ in range(count):
+            self._jobs.put(_STOP)
+
+    def _cancel_queued(self) -> None:
+        stops = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:  # an earlier shutdown's: put back below, or a thread would never end
+                stops += 1
+                continue
+            job[1].cancel()
+            self._now_idle(claimed=False)
+        for _ in range(stops):
             self._jobs.put(_STOP)
 
     def _work(self) -> None:
@@ -84,9 +120,13 @@ class HandlerThreads:
             self._deliver(loop, future, outcome)
             self._now_idle()
 
-    def _now_idle(self) -> None:
+    def _now_idle(self, claimed: bool = True) -> None:
+        """A job is done with (run, or skipped cancelled): its slot is free, and so is its thread if it `claimed`
+        one (a job cancelled by `shutdown` while queued claimed none)."""
         with self._lock:
-            self._idle += 1
+            self._busy -= 1
+            if claimed:
+                self._idle += 1
 
     def _deliver(
         self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], outcome: tuple[Any, BaseException | None]

@@ -1,5 +1,6 @@
 """`HandlerThreads`, the pool sync handlers run on: bounded, in order, a cancelled queued call never runs, results
-and exceptions reach their futures however many finish at once, and shutdown lets queued calls finish."""
+and exceptions reach their futures however many finish at once, `submit_now` refuses while every thread is busy,
+and shutdown lets queued calls finish or cancels them."""
 
 from __future__ import annotations
 
@@ -92,6 +93,35 @@ async def test_shutdown_lets_queued_calls_finish_then_ends_the_threads() -> None
     for thread in pool._threads:
         await asyncio.to_thread(thread.join, WAIT)
         assert not thread.is_alive()
+
+
+async def test_submit_now_refuses_while_every_thread_is_busy_until_one_returns() -> None:
+    """A call whose waiter gave up (its timeout) still holds its thread: the slot is free once the thread is."""
+    pool = HandlerThreads(1, "authz-test")
+    first, release = await _held(pool)
+    assert pool.submit_now(lambda: "refused") is None
+    first.cancel()  # the waiter gave up; the handler still runs
+    assert pool.submit_now(lambda: "refused") is None
+    release.set()
+    assert await pool.submit(lambda: "queued") == "queued"  # runs once the held thread is back
+    now = pool.submit_now(lambda: "now")
+    assert now is not None and await now == "now"
+    pool.shutdown()
+
+
+async def test_shutdown_can_cancel_the_calls_still_queued() -> None:
+    pool = HandlerThreads(1, "authz-test")
+    first, release = await _held(pool)
+    ran: list[str] = []
+    queued = pool.submit(ran.append, "queued")
+    pool.shutdown(cancel_queued=True)
+    assert queued.cancelled()
+    release.set()
+    assert await first == "first"
+    for thread in pool._threads:
+        await asyncio.to_thread(thread.join, WAIT)
+        assert not thread.is_alive()
+    assert ran == []  # the queued call never ran, even once the thread was free
 
 
 def test_a_result_for_a_closed_loop_is_dropped() -> None:

@@ -132,6 +132,24 @@ async def test_calls_beyond_the_services_limit_are_refused_by_it_as_overloaded()
     assert not invoker.breaker.failures  # a service that sheds load is not down
 
 
+async def test_a_call_while_the_services_thread_is_stuck_past_a_timeout_is_overloaded() -> None:
+    """The stuck call was answered TIMEOUT, but its thread still runs the handler: a new call is refused at once
+    (OVERLOADED, not counted against the service), not queued for its whole timeout."""
+    async with lambda_host(max_concurrency=1) as host, remote(host.port, name="stuck") as invoker:
+        with pytest.raises(HandlerFailed) as stuck:
+            await invoker.invoke(event("block"), context(timeout=0.2), 0.2)
+        assert stuck.value.kind == "timeout" and host.in_flight == 0
+        with pytest.raises(HandlerFailed) as refused:
+            await invoker.invoke(event("allow"), context(timeout=5), 5)
+        assert refused.value.kind == "overloaded"
+        remote_handlers.RELEASE.set()
+        pool = host.invoker._pool  # type: ignore[attr-defined]
+        await pool.submit(lambda: None)  # runs once the stuck thread is back
+        assert (await invoker.invoke(event("allow"), context(), 5.0))["principalId"] == "alice"
+    assert remote_handlers.CALLS == ["block", "allow"]
+    assert calls("stuck", "overloaded") == 1 and invoker.breaker.failures == 0
+
+
 async def test_a_hung_service_opens_the_breaker_then_calls_fail_fast_and_a_probe_recovers() -> None:
     clock = Clock()
     timeout = 0.3
