@@ -244,6 +244,21 @@ def _upstream_header_issues(config: Config, parts: _Parts, locator: YamlLocator)
     return issues
 
 
+def _identity_header_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
+    """No authorizer sets an upstream header under a name `upstream_headers` gives the sidecar's own identity
+    headers: the upstream would read a handler's context value (or a claim) as the sidecar's word on the caller."""
+    if "upstream_headers" in parts.broken:
+        return []
+    names = {header: field for field, header in config.upstream_headers.model_dump().items() if header}
+    issues = []
+    for name, settings in parts.authorizers.valid.items():
+        for where, header in settings.upstream_header_fields().items():
+            if header in names:
+                message = f"{header!r} is the sidecar's own identity header (upstream_headers.{names[header]})"
+                issues.append(locator.issue(("authorizers", name, *where), message))
+    return issues
+
+
 def _unknown_connection(name: str, parts: _Parts) -> str:
     defined = parts.redis.defined()
     known = ", ".join(sorted(defined)) or "none defined"
@@ -308,6 +323,7 @@ def _cross_check(config: Config, parts: _Parts, locator: YamlLocator) -> list[Co
     """Checks that span sections, over the parts that validated (see `_Parts`)."""
     return [
         *_upstream_header_issues(config, parts, locator),
+        *_identity_header_issues(config, parts, locator),
         *_redis_issues(config, parts, locator),
         *_route_issues(parts, locator),
     ]

@@ -24,11 +24,31 @@ from .responses import ResponseReader
 __all__ = ["BreakerSettings", "LambdaSettings"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
-_RESERVED_HEADERS = frozenset({"host", "authorization", "cookie", "content-length", "transfer-encoding"})
+_REQUEST_HEADERS = frozenset({"host", "authorization", "cookie", "content-length"})
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
+_IDENTITY_HEADERS = frozenset({"x-authz-principal", "x-authz-authorizer", "x-authz-route"})
+"""The sidecar's identity headers by their usual names (`upstream_headers`' defaults, and `x-authz-route`): reserved
+whatever this config calls them; the names it does configure are checked with the whole config (`config.py`)."""
 _STAGE_VARIABLE = re.compile(r"^[A-Za-z0-9_]+$")
 _TARGET = re.compile(r"^grpc://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_TOKEN_SOURCE = "method.request.header.Authorization"
+
+
+def _reserved(name: str) -> str | None:
+    """Why a (lower-cased) header name may not carry a context value, or None: one the upstream reads as the
+    sidecar's word on the caller, one a proxy consumes or rewrites, or one that is the request's own."""
+    if name in _IDENTITY_HEADERS:
+        return "the sidecar's own identity header"
+    if name in _HOP_BY_HOP or name.startswith("proxy-"):
+        return "a hop-by-hop header"
+    if name.startswith(":"):
+        return "a pseudo-header"
+    if name.startswith("x-envoy-"):
+        return "one of Envoy's own headers"
+    if name in _REQUEST_HEADERS:
+        return "the request's own header"
+    return None
 
 
 class BreakerSettings(BaseModel):
@@ -140,7 +160,10 @@ class LambdaSettings(AuthorizerSettings):
         out = {}
         for key, header in value.items():
             name = header.strip().lower()
-            if not _HEADER_NAME.match(name) or name in _RESERVED_HEADERS:
+            reserved = _reserved(name)
+            if reserved is not None:
+                raise ValueError(f"context key {key!r}: {header!r} is {reserved}, not a header a handler may set")
+            if not _HEADER_NAME.match(name):
                 raise ValueError(f"context key {key!r}: {header!r} is not a header name that may be set")
             out[key] = name
         return out

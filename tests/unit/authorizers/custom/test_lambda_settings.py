@@ -82,6 +82,49 @@ def test_mistakes_are_located(
     assert not any("Value error" in e for e in errors)
 
 
+RESERVED = [
+    ("x-authz-principal", "the sidecar's own identity header"),
+    ("X-Authz-Authorizer", "the sidecar's own identity header"),
+    ("x-authz-route", "the sidecar's own identity header"),
+    ("connection", "hop-by-hop"),
+    ("keep-alive", "hop-by-hop"),
+    ("te", "hop-by-hop"),
+    ("trailer", "hop-by-hop"),
+    ("transfer-encoding", "hop-by-hop"),
+    ("upgrade", "hop-by-hop"),
+    ("proxy-authorization", "hop-by-hop"),
+    ("host", "the request's own"),
+    ("':authority'", "pseudo-header"),
+    ("x-envoy-original-path", "Envoy's"),
+]
+
+
+@pytest.mark.parametrize(("header", "words"), RESERVED)
+def test_context_headers_may_not_name_headers_the_sidecar_or_the_proxy_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: str, words: str
+) -> None:
+    settings = f"    handler: {HANDLERS}:token_handler\n    context_to_headers:\n      tenant: {header}\n"
+    code, errors = validate(tmp_path, capsys, settings)
+    assert code != 0
+    found = [e for e in errors if "cfg.yaml:11:" in e and "context_to_headers" in e]
+    assert found and any(words in e for e in found), errors
+
+
+def test_context_headers_may_not_name_the_configured_identity_headers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        f"{API}upstream_headers: {{principal: x-caller, route: x-matched}}\nauthorizers:\n  auth:\n"
+        f"    type: lambda\n    handler: {HANDLERS}:token_handler\n    context_to_headers:\n      tenant: x-caller\n"
+        "      level: x-matched\n      fine: x-tenant\nroutes:\n  - {match: 'GET /x', authorizer: auth}\n"
+    )
+    code, errors = run_validate(tmp_path, capsys, text)
+    assert code != 0
+    assert any("cfg.yaml:12:" in e and "upstream_headers.principal" in e for e in errors), errors
+    assert any("cfg.yaml:13:" in e and "upstream_headers.route" in e for e in errors), errors
+    assert not any("cfg.yaml:14:" in e for e in errors), errors
+
+
 def test_a_valid_config_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = (
         f"    handler: {HANDLERS}:request_handler\n    event_format: http-2.0\n    simple_responses: true\n"
