@@ -35,7 +35,7 @@ from ...policy.combine import EXPLICIT_DENY
 from ...reasons import STATUS_FORBIDDEN, Denied
 from ...request import Principal, Request, header_safe
 from ..base import Authorizer, IdentitySide
-from .context import ContextTemplate
+from .context import ContextTemplate, new_request_id
 from .errors import (
     ACCESS_DENIED,
     EXPLICIT_DENY_MESSAGE,
@@ -60,7 +60,16 @@ CONTEXT_PREFIX = "lambda:"
 ANSWER_MEMO = 1024
 """Distinct responses (by their JSON text) whose meaning each authorizer remembers (`LambdaAuthorizer._answer`)."""
 
-__all__ = ["LambdaAuthorizer", "LambdaPrincipal", "Refusal", "Result", "ResultCache", "ResultStore", "cache_key"]
+__all__ = [
+    "LambdaAuthorizer",
+    "LambdaPrincipal",
+    "Refusal",
+    "Result",
+    "ResultCache",
+    "ResultStore",
+    "cache_key",
+    "identity_id",
+]
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -133,11 +142,22 @@ def cache_key(version: str, values: tuple[str, ...], route: str | None) -> bytes
     source values, each length-prefixed so that no two lists of values share a key."""
     digest = hashlib.sha256(version.encode())
     digest.update(b"\x00identity" if route is None else b"\x00route\x00" + route.encode())
+    return _values_digest(digest, values).digest()
+
+
+def identity_id(values: tuple[str, ...]) -> str:
+    """The principal id of a caller a simple response allowed (it names none): 16 hex digits of SHA-256 over its
+    identity source values, so each caller has an id of its own, the same on every replica and config, and the
+    values themselves (a token) reach neither the upstream nor a log."""
+    return _values_digest(hashlib.sha256(b"principal"), values).hexdigest()[:16]
+
+
+def _values_digest(digest: hashlib._Hash, values: tuple[str, ...]) -> hashlib._Hash:
     for value in values:
         data = value.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(4, "big"))
         digest.update(data)
-    return digest.digest()
+    return digest
 
 
 class ResultCache:
@@ -312,7 +332,7 @@ class LambdaAuthorizer(Authorizer):
             try:
                 found = await cache.shared(key, self.reader)
                 if found is not None:
-                    return self._result(found[0]), found[1]
+                    return self._result(found[0], values), found[1]
             except Exception as exc:
                 log.warning("authorizer %s: a shared result failed (%s): calling", self.name, type(exc).__name__)
         outcome = await self._call(request, values)
@@ -325,10 +345,11 @@ class LambdaAuthorizer(Authorizer):
 
     async def _call(self, request: Request, values: tuple[str, ...]) -> Result | Refusal:
         """One call of the handler and what its answer means. Logs say what failed, never the event."""
-        event = self.events.build(request, self.route, values, self.clock())
+        request_id = request.request_id or new_request_id()  # the event's requestId is the context's too
+        event = self.events.build(request, self.route, values, self.clock(), request_id)
         try:
-            raw = await self.invoker.invoke(event, self.contexts.new(self.timeout), self.timeout)
-            return self._answer(raw)
+            raw = await self.invoker.invoke(event, self.contexts.new(self.timeout, request_id), self.timeout)
+            return self._answer(raw, values)
         except HandlerUnauthorized:
             return UNAUTHORIZED_REFUSAL
         except HandlerFailed as exc:
@@ -341,23 +362,25 @@ class LambdaAuthorizer(Authorizer):
             log.error("authorizer %s: the invoker raised %s: denying with a 500", self.name, type(exc).__name__)
             return Refusal(f"exception:{type(exc).__name__}")
 
-    def _answer(self, raw: object) -> Result:
+    def _answer(self, raw: object, values: tuple[str, ...]) -> Result:
         """What a handler's response means. Remembered by its JSON text: a handler that answers the same again
         (a result not cached, `result_ttl: 0`, or the same caller on another route) gets the same Result, so it is
-        validated once and its principal is the same object, which the pipeline's allow memo keys on."""
+        validated once and its principal is the same object, which the pipeline's allow memo keys on. A simple
+        response names no caller: there the identity is part of what is remembered (`identity_id`)."""
         text = self.reader.encoded(raw)
-        found = self._answers.get(text)
+        key = text + "\x00" + identity_id(values) if self.reader.simple else text
+        found = self._answers.get(key)
         if found is None:
-            found = self._answers.put(text, self._result(self.reader.read(raw, text)))
+            found = self._answers.put(key, self._result(self.reader.read(raw, text), values))
         return found
 
-    def _result(self, verdict: Verdict) -> Result:
+    def _result(self, verdict: Verdict, values: tuple[str, ...]) -> Result:
         if verdict.policy is None:
             return Result(None, verdict)
         context = verdict.context
         principal = LambdaPrincipal(
             kind=self.kind,
-            id=verdict.principal_id,
+            id=identity_id(values) if verdict.simple else verdict.principal_id,
             authorizer=self.name,
             context={CONTEXT_PREFIX + key: value for key, value in context.items()},
             upstream_headers=tuple((header, _header_value(context.get(key))) for key, header in self.context_headers),

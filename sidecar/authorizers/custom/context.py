@@ -70,10 +70,11 @@ class ContextTemplate:
             log_stream_name=stream,
         )
 
-    def new(self, timeout: float) -> LambdaContext:
-        """The context of one call that times out in `timeout` seconds."""
+    def new(self, timeout: float, request_id: str | None = None) -> LambdaContext:
+        """The context of one call that times out in `timeout` seconds; `request_id` is the event's
+        `requestContext.requestId` (a new one when None)."""
         return LambdaContext(
-            aws_request_id=new_request_id(),
+            aws_request_id=request_id or new_request_id(),
             function_name=self.function_name,
             deadline=time.monotonic() + timeout,
             invoked_function_arn=self.invoked_function_arn,

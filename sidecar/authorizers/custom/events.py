@@ -22,7 +22,6 @@ change its event.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from ...policy.context import DEFAULT_SETTINGS, ContextSettings, client_address,
 from ...request import Request, judged_method
 from ...routes import DEFAULT_ROUTE, AmbiguousPath, RouteTable, parse_match
 from ...settings import ApiSettings
+from .context import new_request_id
 
 __all__ = ["EventFormat", "EventSpec", "RouteInfo", "client_certificate", "method_arn"]
 
@@ -120,19 +120,24 @@ class EventSpec:
     context_settings: ContextSettings = DEFAULT_SETTINGS
     """How the caller's address is read (`policy.trusted_proxy_hops`): `sourceIp` is `aws:SourceIp`'s address."""
 
-    def build(self, request: Request, route: RouteInfo, identity: tuple[str, ...], now: float) -> dict[str, Any]:
-        """The event for `request` on `route`; `identity` holds the identity sources' values (the token first)."""
+    def build(
+        self, request: Request, route: RouteInfo, identity: tuple[str, ...], now: float, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """The event for `request` on `route`; `identity` holds the identity sources' values (the token first).
+        `request_id` is its `requestContext.requestId`, the call's Lambda context's `aws_request_id` too (default:
+        Envoy's `x-request-id`, else a new one)."""
         if self.format == "token":
             return {"type": "TOKEN", "authorizationToken": identity[0], "methodArn": method_arn(self.api, request)}
+        request_id = request_id or request.request_id or new_request_id()
         if self.format == "http-2.0":
-            return self._v2(request, route, identity, now)
-        event = self._rest(request, route, now)
+            return self._v2(request, route, identity, now, request_id)
+        event = self._rest(request, route, now, request_id)
         if self.format == "http-1.0":
             joined = ",".join(identity) if identity else None
             return {"version": "1.0", **event, "identitySource": joined, "authorizationToken": joined}
         return event
 
-    def _rest(self, request: Request, route: RouteInfo, now: float) -> dict[str, Any]:
+    def _rest(self, request: Request, route: RouteInfo, now: float, request_id: str) -> dict[str, Any]:
         query = request.query
         headers = dict(request.headers)
         return {
@@ -147,12 +152,11 @@ class EventSpec:
             "multiValueQueryStringParameters": {name: list(vs) for name, vs in query.items()} if query else None,
             "pathParameters": route.path_parameters(request),
             "stageVariables": dict(self.stage_variables),
-            "requestContext": self._rest_context(request, route, now),
+            "requestContext": self._rest_context(request, route, now, request_id),
         }
 
-    def _rest_context(self, request: Request, route: RouteInfo, now: float) -> dict[str, Any]:
+    def _rest_context(self, request: Request, route: RouteInfo, now: float, request_id: str) -> dict[str, Any]:
         api = self.api
-        request_id = request.request_id or str(uuid.uuid4())
         when = request.time or now
         return {
             "resourceId": hashlib.sha256(route.resource.encode()).hexdigest()[:6],
@@ -172,12 +176,13 @@ class EventSpec:
             "apiId": api.id,
         }
 
-    def _v2(self, request: Request, route: RouteInfo, identity: tuple[str, ...], now: float) -> dict[str, Any]:
+    def _v2(
+        self, request: Request, route: RouteInfo, identity: tuple[str, ...], now: float, request_id: str
+    ) -> dict[str, Any]:
         api = self.api
         headers = {name: value for name, value in request.headers.items() if name != "cookie"}
         cookies = [part.strip() for part in request.headers.get("cookie", "").split(";") if part.strip()]
         query = request.query
-        request_id = request.request_id or str(uuid.uuid4())
         when = request.time or now
         certificate = client_certificate(request.peer_certificate)
         event: dict[str, Any] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.authorizers.custom.authorizer import LambdaPrincipal
+from sidecar.authorizers.custom.authorizer import LambdaPrincipal, identity_id
 from sidecar.pipeline import first_phase_policy
 from sidecar.policy import parse_policy
 
@@ -196,11 +196,41 @@ async def test_http_api_simple_responses(tmp_path: Path) -> None:
     pipe = pipeline(tmp_path, settings)
     allowed = await pipe.check(request(headers=token("allow")))
     assert allowed.allowed and dict(allowed.all_headers())["x-tenant"] == "acme"
-    assert dict(allowed.all_headers())["x-authz-principal"] == "auth"  # simple responses name no principal
     denied = await pipe.check(request(headers=token("nope")))
     assert (denied.status, denied.reason, denied.message) == (403, "AccessDenied", "Forbidden")
     refused = await pipe.check(request(headers=token("unauthorized")))
     assert refused.status == 401
+
+
+async def test_a_simple_response_names_each_caller_by_a_digest_of_its_identity_never_its_values(
+    tmp_path: Path,
+) -> None:
+    """A simple response names no principal: each caller is named by a SHA-256 prefix of its identity source
+    values, so callers stay apart upstream and in decision logs, and no token reaches either."""
+    settings = (
+        f"handler: {HANDLERS}:v2_simple_handler\nevent_format: http-2.0\nsimple_responses: true\n"
+        "identity_sources: [$request.header.Authorization]\nresult_ttl: 0\n"
+    )
+    pipe = pipeline(tmp_path, settings)
+    first = await pipe.check(request(headers=token("allow-SECRET-1")))
+    again = await pipe.check(request(headers=token("allow-SECRET-1")))
+    other = await pipe.check(request(headers=token("allow-SECRET-2")))
+    assert first.allowed and again.allowed and other.allowed
+    named = [decision.principal.id for decision in (first, again, other) if decision.principal is not None]
+    assert named[0] == identity_id(("allow-SECRET-1",)) == dict(first.all_headers())["x-authz-principal"]
+    assert named[0] == named[1] != named[2]
+    assert all(len(name) == 16 and "SECRET" not in name for name in named)
+    assert first.principal is again.principal  # the same caller is the same principal (the allow memo holds)
+
+
+async def test_the_lambda_contexts_request_id_is_the_events_request_id(tmp_path: Path) -> None:
+    pipe = pipeline(tmp_path, f"handler: {HANDLERS}:request_handler\nidentity_sources: [$request.header.x-token]\n")
+    await pipe.check(request(headers={"x-token": "allow-ann"}, request_id="envoy-id-1"))
+    await pipe.check(request(headers={"x-token": "allow-ben"}, request_id=""))  # a request Envoy did not name
+    for event, context in zip(handlers.CALLS, handlers.CONTEXTS, strict=True):
+        assert context.aws_request_id == event["requestContext"]["requestId"]
+    assert handlers.CONTEXTS[0].aws_request_id == "envoy-id-1"
+    assert len(handlers.CONTEXTS[1].aws_request_id) == 36  # a fresh UUID, the same in both
 
 
 async def test_http_api_2_0_policy_responses_and_the_route_key_source(tmp_path: Path) -> None:
