@@ -109,9 +109,9 @@ async def test_calls_beyond_the_clients_limit_fail_at_once_as_overloaded() -> No
         first = asyncio.create_task(invoker.invoke(event("block"), context(timeout=5), 5))
         await asyncio.to_thread(remote_handlers.STARTED.wait, 5)
         started = time.monotonic()
-        with pytest.raises(HandlerFailed) as failed:
+        with pytest.raises(HandlerFailed) as failed:  # answered while the blocked call still holds its slot
             await invoker.invoke(event("allow"), context(), 5)
-        assert time.monotonic() - started < 0.5  # refused, not queued behind the blocked call
+        assert time.monotonic() - started < 2.5  # refused, not queued for its 5 s behind the blocked call
         remote_handlers.RELEASE.set()
         assert (await first)["principalId"] == "late"
     assert failed.value.kind == "overloaded"
@@ -163,9 +163,9 @@ async def test_a_hung_service_opens_the_breaker_then_calls_fail_fast_and_a_probe
             assert invoker.breaker.is_open and breaker_gauge("hung") == 1
             for _ in range(5):
                 started = time.monotonic()
-                with pytest.raises(HandlerFailed) as failed:
-                    await invoker.invoke(event("allow"), context(), timeout)
-                assert time.monotonic() - started < timeout / 10  # open: no call, no wait
+                with pytest.raises(HandlerFailed) as failed:  # a call let through would wait its 5 s here
+                    await invoker.invoke(event("allow"), context(timeout=5), 5)
+                assert time.monotonic() - started < 1.0  # open: no call, no wait (generous under CI load)
                 assert failed.value.kind == "unavailable"
             assert calls("hung", "timeout") == 2
             assert calls("hung", "breaker_open") == 5
