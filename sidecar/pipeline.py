@@ -183,8 +183,8 @@ class Pipeline:
         self._allowed_for: Runtime | None = None
         """The runtime whose routes key `_allowed`."""
         self._first_phase: CompiledPolicy | None = None
-        self._first_phase_for: Runtime | None = None
-        """The runtime whose resource policy `_first_phase` was picked from (`_resource_denies`)."""
+        self._first_phase_of: CompiledPolicy | None = None
+        """The resource policy `_first_phase` was picked from (`_resource_denies`): one per config load."""
         self.explain = explain
         """Attach an explanation to every decision, stage by stage (`sidecar.explanation`): for `check`, never
         while serving (it costs text per request and bypasses the decision cache)."""
@@ -357,14 +357,15 @@ class Pipeline:
         """The resource policy's explicit Deny of the anonymous caller, before authenticating (for authorizers
         that ask: `Authorizer.resource_policy_first`), or None: anything short of a Deny is decided later.
 
-        Only the Denies the request alone decides are judged here (`first_phase_policy`, picked once per runtime):
+        Only the Denies the request alone decides are judged here (`first_phase_policy`, picked once per loaded policy):
         one on a key the authorizer supplies (`lambda:tenant`, `aws:userid`) is not known yet, and a negated
         operator or `Null` on a missing key matches, which would refuse everyone; it is judged after `authenticate`
         with the rest of the policy. With no such Deny there is no first phase at all."""
-        if runtime is not self._first_phase_for:
-            assert runtime.resource_policy is not None
-            self._first_phase = first_phase_policy(runtime.resource_policy)
-            self._first_phase_for = runtime
+        policy = runtime.resource_policy
+        assert policy is not None
+        if policy is not self._first_phase_of:
+            self._first_phase = first_phase_policy(policy)
+            self._first_phase_of = policy
         first = self._first_phase
         if first is None:
             return None
