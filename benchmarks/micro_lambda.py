@@ -3,7 +3,7 @@
 Run: `python -m benchmarks.micro_lambda [--profile ROW]`. Prints the median microseconds per `Pipeline.check`
 (no transport, no Envoy) of: a cached result (with and without a resource policy, which a Lambda authorizer's
 route evaluates before the handler and again with the handler's policy), the trivial handler called for every
-Check as a sync handler (the authorizer's thread pool) and as an async one (on the loop), and the warm JWT
+Check as a sync handler (the authorizer's threads) and as an async one (on the loop), and the warm JWT
 Check for reference. `--profile ROW` runs that row under cProfile and prints the top of its profile. No
 assertions: figures go in notes and docs/performance.md.
 """
@@ -50,7 +50,7 @@ async def allow_async(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return allow(event, context)
 
 
-def _config(directory: Path, authorizer: str, resource_policy: bool) -> str:
+def _config(directory: Path, authorizer: str, resource_policy: tuple[dict[str, Any], ...]) -> str:
     lines = [
         "api: {id: a1b2c3d4e5, stage: prod, account: '123456789012', region: us-east-1}",
         "decision_log: {enabled: false}",
@@ -60,8 +60,8 @@ def _config(directory: Path, authorizer: str, resource_policy: bool) -> str:
         "  - {match: 'ANY /bench/{proxy+}', authorizer: auth}",
     ]
     if resource_policy:
-        path = directory / "resource-policy.json"
-        path.write_text(json.dumps({"Version": "2012-10-17", "Statement": [ALLOW_ALL, DENY_NETWORK]}))
+        path = directory / f"resource-policy-{len(resource_policy)}.json"
+        path.write_text(json.dumps({"Version": "2012-10-17", "Statement": list(resource_policy)}))
         lines.append(f"resource_policy: {path}")
     return "\n".join(lines) + "\n"
 
@@ -80,16 +80,22 @@ def _jwt_authorizer(directory: Path) -> tuple[str, str]:
     return settings, f"Bearer {token}"
 
 
-def rows(directory: Path) -> dict[str, tuple[str, bool, str]]:
-    """Row name -> (authorizer settings, resource policy, Authorization header)."""
+Row = tuple[str, tuple[dict[str, Any], ...], str]
+"""(authorizer settings, resource policy statements (none: no resource policy), Authorization header)"""
+
+
+def rows(directory: Path) -> dict[str, Row]:
+    """The rows by name."""
     lam = "{{type: lambda, event_format: token, handler: '{handler}', result_ttl: {ttl}}}"
+    cached = lam.format(handler=HANDLER, ttl=300)
     jwt_settings, jwt_token = _jwt_authorizer(directory)
     return {
-        "cached": (lam.format(handler=HANDLER, ttl=300), False, TOKEN),
-        "cached, resource policy": (lam.format(handler=HANDLER, ttl=300), True, TOKEN),
-        "uncached, sync handler": (lam.format(handler=HANDLER, ttl=0), False, TOKEN),
-        "uncached, async handler": (lam.format(handler=f"{__name__}:allow_async", ttl=0), False, TOKEN),
-        "jwt warm (reference)": (jwt_settings, False, jwt_token),
+        "cached": (cached, (), TOKEN),
+        "cached, resource policy: allow": (cached, (ALLOW_ALL,), TOKEN),
+        "cached, resource policy: allow + IP deny": (cached, (ALLOW_ALL, DENY_NETWORK), TOKEN),
+        "uncached, sync handler": (lam.format(handler=HANDLER, ttl=0), (), TOKEN),
+        "uncached, async handler": (lam.format(handler=f"{__name__}:allow_async", ttl=0), (), TOKEN),
+        "jwt warm (reference)": (jwt_settings, (), jwt_token),
     }
 
 
@@ -107,7 +113,7 @@ def _request(authorization: str) -> Request:
     )
 
 
-async def _pipeline(directory: Path, authorizer: str, resource_policy: bool) -> Pipeline:
+async def _pipeline(directory: Path, authorizer: str, resource_policy: tuple[dict[str, Any], ...]) -> Pipeline:
     text = _config(directory, authorizer, resource_policy)
     runtime = compile_runtime(parse_config(text, str(directory / "config.yaml")))
     await runtime.start()
