@@ -17,14 +17,20 @@ from collections.abc import Callable
 class ThrottledWarning:
     """`warning(msg, *args)` that writes at most one line per `interval` seconds, counting the others."""
 
-    __slots__ = ("_clock", "_logger", "_next", "_suppressed", "interval")
+    __slots__ = ("_clock", "_logger", "_next", "_suppressed", "interval", "noun")
 
     def __init__(
-        self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        noun: str = "connection errors",
     ) -> None:
         self._logger = logger
         self.interval = interval
         self._clock = clock
+        self.noun = noun
+        """What the lines are about, for the count of those left out."""
         self._next = float("-inf")
         self._suppressed = 0
 
@@ -35,8 +41,8 @@ class ThrottledWarning:
             self._suppressed += 1
             return
         if self._suppressed:
-            msg += " (and %d more connection errors since the previous line, not logged)"
-            args = (*args, self._suppressed)
+            msg += " (and %d more %s since the previous line, not logged)"
+            args = (*args, self._suppressed, self.noun)
         self._logger.warning(msg, *args)
         self._next = now + self.interval
         self._suppressed = 0

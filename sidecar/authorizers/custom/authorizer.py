@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ...cache.local import LocalCache
+from ...log_throttle import ThrottledWarning
 from ...memo import BoundedMemo
 from ...policy.combine import EXPLICIT_DENY
 from ...reasons import STATUS_FORBIDDEN, Denied
@@ -268,6 +269,10 @@ class LambdaAuthorizer(Authorizer):
         """The route this instance serves (`for_route`): its key and parameters name it in events."""
         self._answers: BoundedMemo[str, Result] = BoundedMemo(ANSWER_MEMO)
         """What each response text meant, shared by the route siblings (`_answer`)."""
+        self._failures = ThrottledWarning(log, noun="handler failures")
+        """Handler failures, at most one line per 10 s for this authorizer (its route siblings share it): a stuck
+        or overloaded handler fails every Check at once (each still counted in the decision metrics), and a line
+        per Check would flood the log."""
 
     def for_route(self, route: RouteSettings) -> LambdaAuthorizer:
         """A sibling that knows `route` (events name it; `identity+route` keys on it); the invoker and the result
@@ -353,10 +358,10 @@ class LambdaAuthorizer(Authorizer):
         except HandlerUnauthorized:
             return UNAUTHORIZED_REFUSAL
         except HandlerFailed as exc:
-            log.warning("authorizer %s: the handler failed (%s): denying with a 500", self.name, exc.kind)
+            self._failures.warning("authorizer %s: the handler failed (%s): denying with a 500", self.name, exc.kind)
             return Refusal(exc.kind)
         except MalformedResponse as exc:
-            log.warning("authorizer %s: malformed response (%s): denying with a 500", self.name, exc)
+            self._failures.warning("authorizer %s: malformed response (%s): denying with a 500", self.name, exc)
             return Refusal("malformed")
         except Exception as exc:  # an invoker that broke its contract: still a 500, never a crash or an allow
             log.error("authorizer %s: the invoker raised %s: denying with a 500", self.name, type(exc).__name__)

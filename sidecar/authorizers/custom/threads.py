@@ -117,8 +117,9 @@ class HandlerThreads:
                 outcome: tuple[Any, BaseException | None] = (fn(*args), None)
             except BaseException as exc:  # handed to the awaiting call, never raised on this thread
                 outcome = (None, exc)
-            self._deliver(loop, future, outcome)
+            # The slot is free before the result is handed over: a caller woken by it may submit again at once.
             self._now_idle()
+            self._deliver(loop, future, outcome)
 
     def _now_idle(self, claimed: bool = True) -> None:
         """A job is done with (run, or skipped cancelled): its slot is free, and so is its thread if it `claimed`
