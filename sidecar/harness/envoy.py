@@ -133,7 +133,10 @@ class EnvoyProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
-        """Start Envoy and wait until its admin /ready says LIVE."""
+        """Start Envoy and wait until its admin /ready says LIVE (once: the context manager starts it too, and a
+        second start would lose the first process, left running with nothing to stop it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("this Envoy is already running (a `with EnvoyProcess(...)` block starts it)")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [

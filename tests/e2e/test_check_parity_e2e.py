@@ -167,10 +167,13 @@ async def test_check_builds_the_check_request_the_shipped_envoy_sends() -> None:
         with EchoUpstream() as upstream:
             ports = replace(EnvoyPorts(), listen_port=free_port(), admin_port=free_port(), authz_port=port)
             ports = replace(ports, upstream_port=upstream.port)
-            with EnvoyProcess(render_envoy_config(ports), ports.admin_port) as envoy:
-                await asyncio.to_thread(envoy.start)
+            envoy = EnvoyProcess(render_envoy_config(ports), ports.admin_port)
+            await asyncio.to_thread(envoy.start)  # started off the loop: the recorder must answer meanwhile
+            try:
                 for raw in BODIES:
                     assert await send_raw(ports.listen_port, raw) == 200
+            finally:
+                envoy.stop()
     finally:
         await server.stop(0)
     assert len(recorder.seen) == len(BODIES)
