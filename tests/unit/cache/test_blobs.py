@@ -106,7 +106,9 @@ async def test_the_runtime_shares_one_random_key_between_the_decision_cache_and_
 ) -> None:
     """Without a configured signing key one random key is drawn per runtime (warned about once), and both users
     of `cache.redis` seal with it: a replica can read what it wrote itself."""
-    text = _config(tmp_path, f"    url: {redis_server.url}\n")
+    # 200 ms per command, not the 5 ms default: the first command also opens the connection, which a loaded CI
+    # machine can take longer than 5 ms to do (the put would then be dropped, as designed, and the get miss).
+    text = _config(tmp_path, f"    url: {redis_server.url}\n    timeout_ms: 200\n")
     with caplog.at_level(logging.WARNING):
         runtime = compile_runtime(parse_config(text, str(tmp_path / "config.yaml")))
     assert [r for r in caplog.records if "signing_key" in r.getMessage()] != []
