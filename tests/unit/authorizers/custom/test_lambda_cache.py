@@ -141,7 +141,7 @@ async def test_a_reload_with_other_settings_never_reuses_results(tmp_path: Path)
 
 
 class DictStore:
-    """A `ResultStore` in a dict: what replicas sharing one store see (the Redis one is a later step)."""
+    """A `ResultStore` in a dict: what replicas sharing one store see (the Redis one: test_shared_results.py)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
