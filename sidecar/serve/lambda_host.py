@@ -235,15 +235,21 @@ def run(options: HostOptions) -> int:
     return code
 
 
+def _holds_exit(thread: threading.Thread) -> bool:
+    """A thread the exit waits for, or one of the handler threads (daemons, named `authz-...` by the invoker's
+    pool: the exit would not wait for them, but one still alive after the drain is a stuck handler to report)."""
+    return thread is not threading.main_thread() and (not thread.daemon or thread.name.startswith("authz-"))
+
+
 def _exit_past_stuck_handlers(code: int) -> None:
     """A sync handler still blocked after the grace period holds a pool thread the interpreter would wait for at
     exit, for ever if it never returns: the drain is over, so exit now rather than hang the shutdown. Idle
     threads of the stopped pool end at once; only one that stays past `EXIT_JOIN` means a stuck handler."""
     deadline = time.monotonic() + EXIT_JOIN
     for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
+        if _holds_exit(thread):
             thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    stuck = [t for t in threading.enumerate() if _holds_exit(t) and t.is_alive()]
     if stuck:
         log.warning("exiting with %d handler thread(s) still blocked (their calls are answered already)", len(stuck))
         logging.shutdown()

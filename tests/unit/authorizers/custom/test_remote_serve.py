@@ -119,3 +119,20 @@ def test_bad_limits_exit_2() -> None:
     run = run_lambda_serve("remote_handlers:handler", "--max-concurrency", "0")
     assert run.returncode == 2
     assert "--max-concurrency must be at least 1" in run.stderr
+
+
+async def test_a_handler_still_blocked_after_the_drain_is_reported_and_the_exit_does_not_wait(tmp_path: Path) -> None:
+    fifo = tmp_path / "never"
+    os.mkfifo(fifo)
+    server = await LambdaServe(tmp_path, "remote_handlers:handler", "--grace-period", "0.2").start()
+    try:
+        async with remote(server.port, name="stuck") as invoker:
+            call = asyncio.create_task(invoker.invoke(event(f"fifo:{fifo}"), context(timeout=20), 20))
+            writer = await asyncio.wait_for(asyncio.to_thread(open, fifo, "w"), 20)  # the handler is running
+            server.terminate()
+            assert await server.wait() == 0  # not held by the handler thread, which stays blocked
+            writer.close()
+            call.cancel()
+    finally:
+        server.kill()
+    assert "still blocked" in server.log()
