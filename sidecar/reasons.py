@@ -57,10 +57,15 @@ class Denied(Exception):
         self.headers = headers
         self.explain = explain
 
-    def decision(self, route: str = "", challenge: str = "", authorizer: str = "") -> Decision:
-        """The deny `Decision` for this exception; 401s get a `WWW-Authenticate` challenge."""
+    def decision(self, route: str = "", challenge: str | None = "", authorizer: str = "") -> Decision:
+        """The deny `Decision` for this exception; 401s get a `WWW-Authenticate` challenge (`Bearer` unless one
+        is given), except when `challenge` is None: an authorizer whose 401 API Gateway sends bare (Lambda)."""
         headers = self.headers
-        if self.status == STATUS_UNAUTHORIZED and not any(k == "www-authenticate" for k, _ in headers):
+        if (
+            self.status == STATUS_UNAUTHORIZED
+            and challenge is not None
+            and not any(k == "www-authenticate" for k, _ in headers)
+        ):
             headers = (*headers, ("www-authenticate", challenge or "Bearer"))
         return Decision(
             allowed=False,

@@ -67,8 +67,8 @@ class Authorizer(abc.ABC):
 
     kind: ClassVar[str] = ""
     """The config `type` this class serves; also the `kind` of the Principals it returns."""
-    challenge: ClassVar[str] = "Bearer"
-    """The `WWW-Authenticate` value sent with 401 denials."""
+    challenge: ClassVar[str | None] = "Bearer"
+    """The `WWW-Authenticate` value sent with 401 denials (None: none, as API Gateway answers a Lambda's 401)."""
     identity_side: ClassVar[IdentitySide] = "authenticated"
     """How the policy stage treats the callers this authorizer identifies, API Gateway's way:
 

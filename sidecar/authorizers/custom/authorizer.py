@@ -232,6 +232,7 @@ class LambdaAuthorizer(Authorizer):
     """A Lambda-style handler, in process or remote (type `lambda`)."""
 
     kind: ClassVar[str] = "lambda"
+    challenge: ClassVar[str | None] = None  # API Gateway's 401 for a Lambda authorizer has no WWW-Authenticate
     identity_side: ClassVar[IdentitySide] = "policies"
     resource_policy_first: ClassVar[bool] = True
 

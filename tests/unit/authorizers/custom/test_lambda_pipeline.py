@@ -69,6 +69,7 @@ async def test_plain_dict_handler_in_aws_documented_style(tmp_path: Path) -> Non
     assert denied.message == "User is not authorized to access this resource with an explicit deny"
     refused = await pipe.check(request(headers=token("unauthorized")))
     assert (refused.status, refused.reason, refused.message) == (401, "Unauthorized", "Unauthorized")
+    assert "www-authenticate" not in dict(refused.all_headers())  # API Gateway sends a Lambda's 401 bare
     failed = await pipe.check(request(headers=token("something else")))
     assert (failed.status, failed.reason) == (500, "AuthorizerConfigurationException")
 
