@@ -181,7 +181,13 @@ class Pipeline:
         # repeated credential (token caches), so a warm request reuses the Decision and its encoded response.
         self._allowed: BoundedMemo[tuple[CompiledRoute, Principal, str], Decision] = BoundedMemo(_MAX_ALLOW_MEMO)
         self._allowed_for: Runtime | None = None
-        """The runtime whose routes key `_allowed`."""
+        """The runtime whose routes key `_allowed` and whose policies `_outcomes` remembers."""
+        self._outcomes: BoundedMemo[tuple[Principal, str, str], tuple[Outcome, str]] = BoundedMemo(_MAX_ALLOW_MEMO)
+        """Policy verdicts (and the deciding statement's label) by (principal object, method, path), where no policy
+        involved reads more of the request than that (`CompiledPolicy.reads_request`): a cached Lambda result or a
+        repeated SigV4 caller on a known path is then judged without evaluating anything."""
+        self._remember_outcomes = False
+        """Whether the current runtime's resource policy lets `_outcomes` remember verdicts."""
         self._first_phase: CompiledPolicy | None = None
         self._first_phase_of: CompiledPolicy | None = None
         """The resource policy `_first_phase` was picked from (`_resource_denies`): one per config load."""
@@ -294,6 +300,8 @@ class Pipeline:
         """Authenticate and authorize, with no cache involved. Every deny after a successful authentication
         keeps the verified principal (claims dropped), for decision logs: who was refused, not only why."""
         authorizer = route.authorizer
+        if runtime is not self._allowed_for:
+            self._serving(runtime)
         if authorizer.resource_policy_first and runtime.resource_policy is not None:
             first = self._resource_denies(runtime, request)
             if first is not None:
@@ -318,7 +326,7 @@ class Pipeline:
                 )
             if steps is not None and route.scopes:
                 steps.append(_scopes_step(route.scopes, principal.scopes))
-            outcome = self._policy_outcome(runtime, request, principal, authorizer.identity_side)
+            outcome, statement = self._policy_outcome(runtime, request, principal, authorizer.identity_side, steps)
         except Denied as denied:
             if steps is not None:
                 steps.append(_refused_step(authorizer, denied))
@@ -328,7 +336,6 @@ class Pipeline:
             if steps is not None:
                 steps.append(Step(AUTHENTICATE, DENY, f"{authorizer.name} failed unexpectedly (see the log)"))
             return reasons.INTERNAL
-        statement = _label(outcome.deciding if outcome is not None else None)
         if steps is not None:
             steps.append(
                 outcome.step(principal.arn or principal.id)
@@ -346,12 +353,16 @@ class Pipeline:
                 return UNSENDABLE_IDENTITY
             decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             return replace(decision, statement=statement) if statement else decision
-        if runtime is not self._allowed_for:
-            # A reload: the memo's keys hold the old runtime's routes (and through them its authorizers), which
-            # would stay alive until the memo filled up.
-            self._allowed.clear()
-            self._allowed_for = runtime
         return self._allow(route, principal, runtime, statement)
+
+    def _serving(self, runtime: Runtime) -> None:
+        """A reload: the memos' keys hold the old runtime's routes and principals (and through them its
+        authorizers), which would stay alive until the memos filled up, and its verdicts."""
+        self._allowed.clear()
+        self._outcomes.clear()
+        self._allowed_for = runtime
+        policy = runtime.resource_policy
+        self._remember_outcomes = policy is None or not policy.reads_request
 
     def _resource_denies(self, runtime: Runtime, request: Request) -> Outcome | None:
         """The resource policy's explicit Deny of the anonymous caller, before authenticating (for authorizers
@@ -373,15 +384,32 @@ class Pipeline:
         return authorize(None, resource) if resource.denied else None
 
     def _policy_outcome(
-        self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide
-    ) -> Outcome | None:
-        """The policy verdict, or None when no policy can apply (then the authorizer's word is final)."""
+        self,
+        runtime: Runtime,
+        request: Request,
+        principal: Principal,
+        side: IdentitySide,
+        steps: list[Step] | None = None,
+    ) -> tuple[Outcome | None, str]:
+        """The policy verdict and its deciding statement's label, or (None, "") when no policy can apply (then the
+        authorizer's word is final). A verdict that only the principal and the resource decide is remembered
+        (`_outcomes`; the `policy` stage times evaluations, not these lookups); never while explaining."""
         if not (runtime.resource_policy is not None or runtime.private_api or principal.policies or side == "policies"):
-            return None
+            return None, ""
+        remember = (
+            steps is None and self._remember_outcomes and not any(policy.reads_request for policy in principal.policies)
+        )
+        if remember:
+            found = self._outcomes.get((principal, request.method, request.path))
+            if found is not None:
+                return found
         start = perf_counter()
         outcome = self._authorize(runtime, request, principal, side)
         self.recorder.stage("policy", perf_counter() - start)
-        return outcome
+        judged = (outcome, _label(outcome.deciding))
+        if remember:
+            self._outcomes.put((principal, request.method, request.path), judged)
+        return judged
 
     def _authorize(self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide) -> Outcome:
         """Evaluate the identity side and the resource policy, combined as API Gateway combines them. The side

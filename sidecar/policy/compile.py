@@ -29,7 +29,7 @@ from ..issues import ConfigError, ConfigIssue
 from ..memo import BoundedMemo
 from .arn import ArnSet, compile_alternatives, literal_prefix, literal_suffix, rendered_matches
 from .conditions import Check, compile_condition, template_keys
-from .context import INVOKE, EvalContext
+from .context import HEADER_PREFIX, INVOKE, REQUEST_KEYS, EvalContext
 from .document import RESOURCE_POLICY_MAX, Kind, PolicyDocument, PrincipalSpec, StatementSpec, parse_document
 from .variables import Template, has_variables, parse_template
 
@@ -263,6 +263,9 @@ class CompiledPolicy:
         self.statements = tuple(_compile_statement(s, document.variables) for s in document.statements)
         self.context_keys = _context_keys(document)
         """Lower-cased condition keys and variables this policy reads (decision caches key on them)."""
+        self.reads_request = any(k in REQUEST_KEYS or k.startswith(HEADER_PREFIX) for k in self.context_keys)
+        """Whether a verdict may depend on more of the request than its method and path (its source, a header, the
+        clock): when not, it is a function of the principal and the resource alone, which the pipeline remembers."""
         self.fingerprint = hashlib.sha256(document.text.encode()).hexdigest()[:16]
         self.label = f"{self.kind} policy {self.source}"
         self._indexes: dict[str, _Index] = {}

@@ -138,9 +138,16 @@ def read_shared(reader: ResponseReader, data: bytes) -> tuple[Verdict, float]:
     return reader.read(raw), expires_at
 
 
+LocalKey = tuple[str | None, tuple[str, ...]]
+"""A result's key in process: the route (None: `cache_key: identity`) and the identity source values. The cache
+is built anew with each config load, so the config version need not be part of it; a tuple is compared whole, so
+no two callers share an entry, and it costs no digest on the warm path."""
+
+
 def cache_key(version: str, values: tuple[str, ...], route: str | None) -> bytes:
-    """SHA-256 over the authorizer's config version, the route (None: `cache_key: identity`) and the identity
-    source values, each length-prefixed so that no two lists of values share a key."""
+    """A result's key in the store shared with other replicas: SHA-256 over the authorizer's config version, the
+    route (None: `cache_key: identity`) and the identity source values, each length-prefixed so that no two lists
+    of values share a key."""
     digest = hashlib.sha256(version.encode())
     digest.update(b"\x00identity" if route is None else b"\x00route\x00" + route.encode())
     return _values_digest(digest, values).digest()
@@ -180,9 +187,9 @@ class ResultCache:
         self.namespace = namespace.encode() + b"\x00"
         """Prefixes this authorizer's keys in the store, which every authorizer of the config shares."""
         self.local: LocalCache[Result] = LocalCache(max_entries)
-        self.inflight: dict[bytes, asyncio.Task[Result | Refusal]] = {}
+        self.inflight: dict[LocalKey, asyncio.Task[Result | Refusal]] = {}
 
-    async def get_or_call(self, key: bytes, call: Call) -> Result | Refusal:
+    async def get_or_call(self, key: LocalKey, call: Call) -> Result | Refusal:
         """The cached result for `key`, or the result of one `call` shared by every request waiting for it."""
         found = self.local.get(key, self.clock())
         if found is not None:
@@ -195,7 +202,7 @@ class ResultCache:
         # A waiter that is cancelled (Envoy gave up) leaves the call running for the others, and for the cache.
         return await asyncio.shield(task)
 
-    async def _fill(self, key: bytes, call: Call) -> Result | Refusal:
+    async def _fill(self, key: LocalKey, call: Call) -> Result | Refusal:
         outcome, ttl = await call()
         if isinstance(outcome, Result):
             self.local.set(key, outcome, ttl, self.clock())
@@ -220,7 +227,7 @@ class ResultCache:
             data = shared_result(reader, verdict, self.clock() + self.ttl)
             await self.store.put(self.namespace + key, data, self.ttl)
 
-    def _landed(self, key: bytes, task: asyncio.Task[Result | Refusal]) -> None:
+    def _landed(self, key: LocalKey, task: asyncio.Task[Result | Refusal]) -> None:
         if self.inflight.get(key) is task:
             del self.inflight[key]
 
@@ -305,13 +312,13 @@ class LambdaAuthorizer(Authorizer):
         if self.cache is None:
             outcome = await self._call(request, values)
         else:
-            key = cache_key(self.version, values, route_key if self.cache_by_route else None)
+            key = (route_key if self.cache_by_route else None, values)
             cache = self.cache
             found = cache.local.get(key, self.clock())  # a hit (the warm path) costs no coroutine and no closure
             if found is not None:
                 outcome = found
             else:
-                outcome = await cache.get_or_call(key, lambda: self._shared_or_call(cache, key, request, values))
+                outcome = await cache.get_or_call(key, lambda: self._shared_or_call(cache, key, request))
         if isinstance(outcome, Refusal):
             raise outcome.denied()
         if outcome.principal is None:
@@ -329,11 +336,13 @@ class LambdaAuthorizer(Authorizer):
         return Denied(ACCESS_DENIED, message, STATUS_FORBIDDEN, explain=outcome.step)
 
     async def _shared_or_call(
-        self, cache: ResultCache, key: bytes, request: Request, values: tuple[str, ...]
+        self, cache: ResultCache, local: LocalKey, request: Request
     ) -> tuple[Result | Refusal, float]:
         """A result another replica stored (kept here for what it has left), else the handler's (stored for the
         others). The store's trouble or a stored value that does not validate means calling the handler: never
         an allow of its own."""
+        route, values = local
+        key = cache_key(self.version, values, route) if cache.store is not None else b""
         if cache.store is not None:
             try:
                 found = await cache.shared(key, self.reader)
