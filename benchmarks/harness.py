@@ -83,7 +83,15 @@ PROFILES = {
         20,
         workers=False,
         only=frozenset(
-            {"anonymous", "redis-l2-hit", "redis-down", "lambda-cached", "lambda-uncached", "lambda-remote"}
+            {
+                "anonymous",
+                "redis-l2-hit",
+                "redis-down",
+                "lambda-cached",
+                "lambda-uncached",
+                "lambda-uncached-async",
+                "lambda-remote",
+            }
         ),
     ),
     "quick": Profile(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 HANDLER = "benchmarks.lambda_handlers:allow"
+ASYNC_HANDLER = "benchmarks.lambda_handlers:allow_async"
 
 
 def allow(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -22,3 +23,8 @@ def allow(event: dict[str, Any], context: Any) -> dict[str, Any]:
         },
         "context": {"tier": "gold"},
     }
+
+
+async def allow_async(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """`allow` as an async function: the sidecar runs it on its event loop, with no thread to hand it to."""
+    return allow(event, context)

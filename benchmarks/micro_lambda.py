@@ -28,7 +28,7 @@ from sidecar.pipeline import Pipeline
 from sidecar.request import Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
 
-from .lambda_handlers import HANDLER
+from .lambda_handlers import ASYNC_HANDLER, HANDLER
 
 BATCH = 500
 ROUNDS = 15
@@ -41,13 +41,6 @@ DENY_NETWORK = {
     "Resource": "*",
     "Condition": {"IpAddress": {"aws:SourceIp": "192.0.2.0/24"}},
 }
-
-
-async def allow_async(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """The trivial handler as an async function (run on the event loop, no thread)."""
-    from .lambda_handlers import allow
-
-    return allow(event, context)
 
 
 def _config(directory: Path, authorizer: str, resource_policy: tuple[dict[str, Any], ...]) -> str:
@@ -94,7 +87,7 @@ def rows(directory: Path) -> dict[str, Row]:
         "cached, resource policy: allow": (cached, (ALLOW_ALL,), TOKEN),
         "cached, resource policy: allow + IP deny": (cached, (ALLOW_ALL, DENY_NETWORK), TOKEN),
         "uncached, sync handler": (lam.format(handler=HANDLER, ttl=0), (), TOKEN),
-        "uncached, async handler": (lam.format(handler=f"{__name__}:allow_async", ttl=0), (), TOKEN),
+        "uncached, async handler": (lam.format(handler=ASYNC_HANDLER, ttl=0), (), TOKEN),
         "jwt warm (reference)": (jwt_settings, (), jwt_token),
     }
 

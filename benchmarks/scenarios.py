@@ -19,6 +19,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .lambda_handlers import ASYNC_HANDLER as LAMBDA_ASYNC_HANDLER
 from .lambda_handlers import HANDLER as LAMBDA_HANDLER
 from .load import Rotation
 
@@ -444,6 +445,15 @@ def lambda_uncached(fx: Fixtures) -> Scenario:
     return _lambda("lambda-uncached", "custom authorizer in process, uncached", "lambda-nocache", authorizer)
 
 
+def lambda_uncached_async(fx: Fixtures) -> Scenario:
+    """`lambda-uncached` with the handler written `async def`: it runs on the sidecar's event loop, so its
+    excess over `lambda-cached` is the call without the hop to a pool thread and back."""
+    authorizer = _lambda_authorizer(handler=LAMBDA_ASYNC_HANDLER, result_ttl=0)
+    return _lambda(
+        "lambda-uncached-async", "custom authorizer in process, uncached, async handler", "lambda-async", authorizer
+    )
+
+
 def lambda_remote(fx: Fixtures) -> Scenario:
     """The same handler behind `authz-sidecar lambda-serve` (`target: grpc://`), called for every Check: CPU
     and p99 at 1,000 rps against `lambda-cached`."""
@@ -477,6 +487,7 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     redis_down,
     lambda_cached,
     lambda_uncached,
+    lambda_uncached_async,
     lambda_remote,
 ]
 
