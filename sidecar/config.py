@@ -27,6 +27,7 @@ from .issues import (
     validate_located,
 )
 from .settings import (
+    GATE_NAME,
     ApiSettings,
     CacheSettings,
     Config,
@@ -319,6 +320,56 @@ def _route_issues(parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
     return issues
 
 
+def _limit_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
+    """API keys, usage plans and rate-based rules name what exists: route keys, the key source, Redis."""
+    issues: list[ConfigIssue] = []
+    routes = {route.match.strip(): route for _, route in parts.routes}
+
+    def unknown_route(loc: Loc, key: str) -> None:
+        hint = did_you_mean(key, routes)
+        issues.append(locator.issue(loc, f"no route has the key {key!r}{hint}"))
+
+    for plan, settings in config.usage_plans.items():
+        if not GATE_NAME.match(plan):
+            issues.append(locator.issue(("usage_plans", plan), "a plan name is 1-64 letters, digits, '-' or '_'"))
+        for key in settings.routes:
+            if key.strip() not in routes:
+                unknown_route(("usage_plans", plan, "routes", key), key)
+    names: dict[str, int] = {}
+    for index, rule in enumerate(config.rate_limits):
+        if rule.name in names:
+            issues.append(locator.issue(("rate_limits", index, "name"), f"duplicates rate_limits[{names[rule.name]}]"))
+        names.setdefault(rule.name, index)
+        for at, key in enumerate(rule.routes):
+            if key.strip() not in routes:
+                unknown_route(("rate_limits", index, "routes", at), key)
+        if "api_key" in rule.key and config.api_keys is None:
+            issues.append(locator.issue(("rate_limits", index, "key"), "the api_key part needs `api_keys:`"))
+    for index, route in parts.routes:
+        if route.api_key_required:
+            issues.extend(_api_key_route_issues(config, parts, locator, index, route))
+    connection = config.limits.connection
+    if connection != "default" and not parts.redis.known(connection):
+        issues.append(locator.issue(("limits", "connection"), _unknown_connection(connection, parts)))
+    return issues
+
+
+def _api_key_route_issues(
+    config: Config, parts: _Parts, locator: YamlLocator, index: int, route: RouteSettings
+) -> list[ConfigIssue]:
+    where = ("routes", index, "api_key_required")
+    if config.api_keys is None:
+        return [locator.issue(where, "api_key_required needs `api_keys:` (the key file and where keys are read)")]
+    authorizer = parts.authorizers.valid.get(route.authorizer)
+    if config.api_keys.source == "authorizer" and authorizer is not None and authorizer.type != "lambda":
+        message = (
+            f"api_keys.source is authorizer (the Lambda authorizer's usageIdentifierKey), but {route.authorizer!r}"
+            f" is {authorizer.type}"
+        )
+        return [locator.issue(where, message)]
+    return []
+
+
 def _cross_check(config: Config, parts: _Parts, locator: YamlLocator) -> list[ConfigIssue]:
     """Checks that span sections, over the parts that validated (see `_Parts`)."""
     return [
@@ -326,6 +377,7 @@ def _cross_check(config: Config, parts: _Parts, locator: YamlLocator) -> list[Co
         *_identity_header_issues(config, parts, locator),
         *_redis_issues(config, parts, locator),
         *_route_issues(parts, locator),
+        *_limit_issues(config, parts, locator),
     ]
 
 

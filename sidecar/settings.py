@@ -272,6 +272,136 @@ class HttpModeSettings(_Frozen):
         return self
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+GATE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+KEY_PARTS = ("ip", "forwarded_ip", "principal", "api_key", "route", "method")
+"""What a rate-based rule's `key` may combine, besides `header:NAME` (docs/limits.md)."""
+
+
+def _header_name(value: str) -> str:
+    value = value.lower()
+    if not _HEADER_NAME.match(value):
+        raise ValueError(f"not a header name: {value!r}")
+    return value
+
+
+def _gate_name(value: str) -> str:
+    if not GATE_NAME.match(value):
+        raise ValueError("use 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+class ThrottleSettings(_Frozen):
+    """API Gateway's throttle: a token bucket refilled at `rate` requests per second, holding `burst` (the most
+    requests that pass back to back)."""
+
+    rate: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class QuotaSettings(_Frozen):
+    """API Gateway's quota: `limit` requests per UTC calendar `period` (DAY from 00:00, WEEK from Sunday 00:00,
+    MONTH from the 1st); `offset` requests are taken off the limit in the key's first period (QuotaSettings.offset)."""
+
+    limit: int = Field(ge=1, le=10**12)
+    period: Literal["DAY", "WEEK", "MONTH"]
+    offset: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _offset_below_limit(self) -> QuotaSettings:
+        if self.offset >= self.limit:
+            raise ValueError("offset must be below limit (it is taken off the limit in the first period)")
+        return self
+
+
+class RouteThrottleSettings(_Frozen):
+    """A usage plan's override for one route (API Gateway's per-method throttling)."""
+
+    throttle: ThrottleSettings
+
+
+class UsagePlanSettings(_Frozen):
+    """One usage plan: the throttle and quota every API key of the plan gets; `routes` overrides the throttle of
+    single routes, keyed by their route key (`GET /pets/{id}`), each with a bucket of its own."""
+
+    throttle: ThrottleSettings | None = None
+    quota: QuotaSettings | None = None
+    routes: dict[str, RouteThrottleSettings] = {}
+
+
+class ApiKeySettings(_Frozen):
+    """Where API keys come from: the key file (`limits/apikeys.py`: digests only, hot-reloaded) and where a
+    request's key is read, its `header` (`source: header`) or the Lambda authorizer's `usageIdentifierKey`
+    (`source: authorizer`)."""
+
+    file: str
+    source: Literal["header", "authorizer"] = "header"
+    header: str = "x-api-key"
+
+    _header = field_validator("header")(lambda cls, v: _header_name(v))
+
+
+class ForwardedIpSettings(_Frozen):
+    """WAF's forwarded IP configuration for the `forwarded_ip` key: the address `trusted_hops` entries left of
+    the peer in `header` (0: the peer Envoy saw, so a client's own entries never count); `fallback` when the
+    header has no valid address there: `MATCH` counts the request under one shared key, `NO_MATCH` skips it."""
+
+    header: str = "x-forwarded-for"
+    trusted_hops: int = Field(default=0, ge=0, le=10)
+    fallback: Literal["MATCH", "NO_MATCH"] = "MATCH"
+
+    _header = field_validator("header")(lambda cls, v: _header_name(v))
+
+
+class RateLimitSettings(_Frozen):
+    """One AWS WAF rate-based rule: at most `limit` requests per trailing `window` seconds for each value of
+    `key` (a combination of `KEY_PARTS` and `header:NAME`); over it, `block` answers `status`, `count` only
+    counts. `routes` (route keys) and `methods` narrow its scope; empty: every request."""
+
+    name: str
+    key: tuple[str, ...] = Field(min_length=1, max_length=5)
+    window: Literal[60, 120, 300, 600] = 300
+    limit: int = Field(ge=10, le=2_000_000_000)
+    action: Literal["block", "count"] = "block"
+    status: int = Field(default=403, ge=400, le=599)
+    routes: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    forwarded_ip: ForwardedIpSettings = ForwardedIpSettings()
+
+    _name = field_validator("name")(lambda cls, v: _gate_name(v))
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for part in value:
+            if part.lower().startswith("header:"):
+                out.append("header:" + _header_name(part.split(":", 1)[1]))
+            elif part in KEY_PARTS:
+                out.append(part)
+            else:
+                raise ValueError(f"unknown key part {part!r}: use {', '.join(KEY_PARTS)} or header:NAME")
+        if len(set(out)) != len(out):
+            raise ValueError("a key part is repeated")
+        return tuple(out)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in value)
+
+
+class LimitSettings(_Frozen):
+    """How usage plans and rate-based rules count: in Redis (`connection`, a name in `redis:`; used when that
+    name is defined, else every gate counts in process, exact for one replica only), what to do when Redis fails
+    (`on_redis_error`: `local` counts in process meanwhile, `allow` admits, `deny` refuses; API Gateway fails
+    open) and whether metrics carry API key ids as labels (off: bounded cardinality)."""
+
+    connection: str = "default"
+    on_redis_error: Literal["local", "allow", "deny"] = "local"
+    key_id_labels: bool = False
+
+
 class RouteSettings(_Frozen):
     """One route: `match` is `METHOD /path/{param}/{proxy+}` (API Gateway's syntax) or `$default`."""
 
@@ -283,6 +413,8 @@ class RouteSettings(_Frozen):
     replay_guard: bool | None = None
     """`sigv4` routes only: deny a signature already used while it is still valid. Null: the authorizer's own
     `replay_guard` setting decides, so the guard can be on for the routes that move money and off elsewhere."""
+    api_key_required: bool = False
+    """Require a valid API key (`api_keys:`) after the authorizer allows, and meter it by its usage plan."""
 
 
 _Gen0 = Annotated[int, Field(ge=100)]
@@ -343,8 +475,12 @@ class Config(_Frozen):
     policy: PolicySettings = PolicySettings()
     http: HttpModeSettings = HttpModeSettings()
     redis: dict[str, RedisSettings] = {}
-    """Named Redis connections that the decision cache, the SigV4 replay guard and (next) usage plans name;
+    """Named Redis connections that the decision cache, the SigV4 replay guard and the gates (`limits`) name;
     each uses `default` when it names none."""
+    api_keys: ApiKeySettings | None = None
+    usage_plans: dict[str, UsagePlanSettings] = {}
+    rate_limits: tuple[RateLimitSettings, ...] = ()
+    limits: LimitSettings = LimitSettings()
     plugins: tuple[str, ...] = ()
     """Python modules imported before validation; each may `register` its own authorizer types."""
     authorizers: dict[str, AuthorizerSettings] = {}
