@@ -108,6 +108,18 @@ REDIS_BREAKER_OPEN = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+LIMIT_FALLBACKS = Counter(
+    "authz_limit_fallbacks_total",
+    "Usage-plan and rate-rule decisions taken without Redis, by on_redis_error mode (local, allow, deny).",
+    ("mode",),
+    registry=REGISTRY,
+)
+LIMIT_DEGRADED = Gauge(
+    "authz_limit_degraded",
+    "1 while usage plans and rate-based rules decide without Redis (on_redis_error), else 0.",
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
 AUTHORIZER_BREAKER_OPEN = Gauge(
     "authz_authorizer_breaker_open",
     "1 while a remote custom authorizer's circuit breaker is open (its calls denied with a 500 at once), else 0.",

@@ -1,0 +1,435 @@
+"""The counting engine of usage plans and rate-based rules: the math, the interface, the in-process backend.
+
+Three kinds of limit, each exact:
+
+- **Throttle** (a usage plan's `{rate, burst}`): GCRA, the generic cell rate algorithm. One number per key, the
+  theoretical arrival time (TAT); a request at `now` passes when `TAT - now <= T * (burst - 1)` (T = 1/rate, the
+  emission interval) and moves the TAT on by T. From a full bucket exactly `burst` requests pass back to back,
+  then one per T, with no refill timer and no drift.
+- **Quota** (`{limit, period, offset}`): a counter per UTC calendar period (DAY from 00:00, WEEK from Sunday
+  00:00 as API Gateway counts, MONTH from the 1st), expiring after the period ends; `offset` requests are
+  subtracted from the limit in the initial period, the one in which the key was first metered.
+- **Window** (a WAF rate-based rule): a sliding-window estimate over two fixed buckets,
+  `previous * (1 - elapsed / window) + current`, without the 2x burst a fixed window allows at its edge.
+
+Time is integer microseconds (windows: milliseconds) so that every comparison is exact: T is rounded *up* to a
+whole microsecond (a rate is never exceeded; rates up to 1,000,000/s). The same arithmetic runs in Lua inside
+Redis (`redis_counters.py`) for counters every replica shares; this module's functions are the reference both
+backends are tested against.
+
+`LocalCounters` keeps the state in this process: exact for one process (one replica, or the fallback while Redis
+is away), bounded in memory (expired state goes first, then the least recently written).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Literal, Protocol
+
+MICROS = 1_000_000
+MAX_RATE = 1_000_000.0
+"""Requests per second at most: T is a whole number of microseconds."""
+DAY_SECONDS = 86_400
+INITIAL_MARKER_SECONDS = 400 * DAY_SECONDS
+"""How long the record of a key's initial quota period outlives the key's last new period (refreshed whenever a
+period's counter is created): a key idle for longer is metered as new, its next period initial again."""
+QUOTA_MARGIN_SECONDS = 60
+"""A quota counter outlives its period by this much (so `usage` at the boundary still reads it)."""
+WINDOW_SECONDS = (60, 120, 300, 600)
+
+Period = Literal["DAY", "WEEK", "MONTH"]
+Reason = Literal["ok", "throttled", "quota", "blocked"]
+REASONS: tuple[Reason, ...] = ("ok", "throttled", "quota", "blocked")
+"""Reply codes of the Lua scripts, by index."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """A usage plan's throttle: a GCRA token bucket."""
+
+    rate: float
+    """Steady requests per second (> 0)."""
+    burst: int
+    """Bucket size (>= 1): this many back-to-back requests pass from a full bucket."""
+    interval_us: int = field(init=False, repr=False, compare=False)
+    """T, the emission interval, in whole microseconds (rounded up: the rate is never exceeded)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate <= MAX_RATE:
+            raise ValueError(f"throttle rate must be in (0, {MAX_RATE:g}], not {self.rate!r}")
+        if self.burst < 1:
+            raise ValueError(f"throttle burst must be >= 1, not {self.burst!r}")
+        exact = MICROS / self.rate
+        nearest = round(exact)
+        object.__setattr__(self, "interval_us", nearest if abs(exact - nearest) < 1e-6 else math.ceil(exact))
+
+    @property
+    def tolerance_us(self) -> int:
+        """How far the TAT may run ahead of now and still admit: T * (burst - 1)."""
+        return self.interval_us * (self.burst - 1)
+
+    @property
+    def window_us(self) -> int:
+        """The bucket's policy window (burst / rate): the time a full burst takes to come back."""
+        return self.interval_us * self.burst
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A usage plan's quota: requests per UTC calendar period."""
+
+    limit: int
+    """Requests per period (>= 1)."""
+    period: Period
+    """DAY from 00:00, WEEK from Sunday 00:00 (API Gateway's), MONTH from the 1st 00:00; all UTC."""
+    offset: int = 0
+    """API Gateway's QuotaSettings.offset: requests subtracted from the limit in the initial period (the one in
+    which this key was first metered)."""
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"quota limit must be >= 1, not {self.limit!r}")
+        if self.period not in ("DAY", "WEEK", "MONTH"):
+            raise ValueError(f"quota period must be DAY, WEEK or MONTH, not {self.period!r}")
+        if self.offset < 0:
+            raise ValueError(f"quota offset must be >= 0, not {self.offset!r}")
+
+    def applies(self, initial: bool) -> int:
+        """The limit of a period: less `offset` in the initial one (never below 0)."""
+        return max(0, self.limit - self.offset) if initial else self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A WAF rate-based rule: requests per trailing window."""
+
+    seconds: int
+    """60 | 120 | 300 | 600 (WAF's evaluation windows)."""
+    limit: int
+    """>= 10 (WAF's minimum)."""
+
+    def __post_init__(self) -> None:
+        if self.seconds not in WINDOW_SECONDS:
+            raise ValueError(f"window must be one of {WINDOW_SECONDS}, not {self.seconds!r}")
+        if self.limit < 10:
+            raise ValueError(f"window limit must be >= 10, not {self.limit!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One counted request's verdict, with what the RateLimit headers and Retry-After need."""
+
+    allowed: bool
+    reason: Reason
+    """Which limit refused ("ok" when allowed)."""
+    limit: int
+    """The limit that applies: burst for a throttle, the period's quota (less the offset in the initial period),
+    a window's limit."""
+    remaining: int
+    """Requests left right now (>= 0)."""
+    reset: float
+    """Seconds until `remaining` is back to `limit`: the bucket full again, the period's end, a window's estimate
+    down to nothing."""
+    retry_after: float
+    """Seconds until the next request could pass: 0 when allowed, never 0 when refused."""
+    window: float
+    """The policy window in seconds (RateLimit-Policy `w`): burst/rate, the period's length, the rule's window."""
+    exceeded: bool = False
+    """Over the limit: refused, or (a count-only rule) what would have been refused."""
+
+
+UNLIMITED = Admission(True, "ok", 0, 0, 0.0, 0.0, 0.0)
+"""`meter` with neither a throttle nor a quota: nothing to count."""
+
+
+class Counters(Protocol):
+    """The counting engine behind usage plans and rate-based rules (in process, or shared through Redis)."""
+
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+        """One request of a usage-plan key: throttle then quota, atomically; a request refused by either consumes
+        neither (API Gateway: a throttled request does not use quota)."""
+        ...
+
+    async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
+        """One request of a rate-based rule's aggregation key: always counted (WAF counts every matching
+        request), refused when the sliding-window estimate is over the limit (never with `count_only`)."""
+        ...
+
+    async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
+        """(used, remaining) in the current quota period (API Gateway's GetUsage); no side effect."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+# --- the math (pure; the Lua scripts compute the same) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Gcra:
+    """One GCRA step: whether it admits, the TAT to store if it does, and the bucket as it is then."""
+
+    allowed: bool
+    tat: int
+    remaining: int
+    reset: int
+    retry: int
+
+
+def gcra(stored_tat: int, now: int, throttle: Throttle) -> Gcra:
+    """Admit one request at `now` (µs) against a bucket whose TAT is `stored_tat` (0: never used)?
+
+    `reset` is how long until the bucket is full again (TAT - now); `retry`, when refused, how long until the TAT
+    is within tolerance, which is exactly when the next request passes."""
+    interval, tolerance = throttle.interval_us, throttle.tolerance_us
+    tat = max(stored_tat, now)
+    debt = tat - now
+    if debt > tolerance:
+        return Gcra(False, stored_tat, 0, debt, debt - tolerance)
+    debt += interval
+    return Gcra(True, tat + interval, (throttle.window_us - debt) // interval, debt, 0)
+
+
+def period_bounds(period: Period, now_s: int) -> tuple[int, int]:
+    """The UTC calendar period holding `now_s` (epoch seconds) as (start, end) epoch seconds."""
+    days = now_s // DAY_SECONDS
+    if period == "DAY":
+        start, end = days, days + 1
+    elif period == "WEEK":
+        start = days - (days + 4) % 7  # 1970-01-01 was a Thursday: day 0 is 4 days after a Sunday
+        end = start + 7
+    else:
+        first = (_EPOCH + timedelta(days=days)).replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        start, end = (first - _EPOCH).days, (following - _EPOCH).days
+    return start * DAY_SECONDS, end * DAY_SECONDS
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A sliding window's state after a hit, in milliseconds."""
+
+    exceeded: bool
+    remaining: int
+    reset: int
+    retry: int
+
+
+def sliding_window(previous: int, current: int, elapsed: int, span: int, limit: int) -> Estimate:
+    """The estimate `previous * (1 - elapsed/span) + current` against `limit`, in integers (everything times
+    `span`, so it is exact); `current` includes the request just counted, `elapsed` is ms into the current bucket.
+
+    `retry` (when over) is how long until one more request would be under the limit if nothing else arrives:
+    while the previous bucket fades, or else once the current one has become the previous and faded enough."""
+    weighted = previous * (span - elapsed) + current * span
+    exceeded = weighted > limit * span
+    remaining = max(0, (limit * span - weighted) // span)
+    reset = 2 * span - elapsed if current else (span - elapsed if previous else 0)
+    return Estimate(
+        exceeded, remaining, reset, _window_retry(previous, current, elapsed, span, limit) if exceeded else 0
+    )
+
+
+def _window_retry(previous: int, current: int, elapsed: int, span: int, limit: int) -> int:
+    left = span - elapsed
+    room = limit - 1 - current  # what the previous bucket's share must fall to, for one more request to pass
+    if room >= 0 and previous > 0:
+        wait = left - (room * span) // previous
+        if wait < left:
+            return max(wait, 1)
+    fade = span - ((limit - 1) * span) // current if current > limit - 1 else 0
+    return left + fade
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPeriod:
+    """A key's current quota period: its limit (less the offset if it is the initial one), the requests it has
+    used so far, and its bounds (epoch seconds)."""
+
+    limit: int
+    used: int
+    start: int
+    end: int
+
+    def reply(self, now: int, counted: bool) -> tuple[int, int, int, int]:
+        """(limit, remaining, reset, length) in µs, after this request if `counted`."""
+        remaining = max(0, self.limit - self.used - counted)
+        return self.limit, remaining, self.end * MICROS - now, (self.end - self.start) * MICROS
+
+
+def meter_reply(code: int, bucket: Gcra | None, period: QuotaPeriod | None, now: int) -> tuple[int, ...]:
+    """The reply of one `meter` step in the Lua script's shape: code, the bucket's (remaining, reset, retry) and
+    the quota's (limit, remaining, reset, period length), in µs; the parts not reached are 0."""
+    head = (code, bucket.remaining, bucket.reset, bucket.retry) if bucket is not None else (code, 0, 0, 0)
+    return head + (period.reply(now, code == 0) if period is not None else (0, 0, 0, 0))
+
+
+def meter_admission(reply: Sequence[int], throttle: Throttle | None, quota: Quota | None) -> Admission:
+    """The Admission of a `meter` call from its reply (`meter_reply`'s shape, from either backend).
+
+    Allowed, the Admission describes the limit closer to refusing (fewer requests remaining; on a tie the one
+    that stays binding longer), as the RateLimit header draft asks of several policies."""
+    code, t_remaining, t_reset, t_retry, q_limit, q_remaining, q_reset, q_length = reply
+    reason, refused = REASONS[code], code != 0
+    bucket = period = None
+    if throttle is not None:
+        bucket = Admission(
+            not refused, reason, throttle.burst, t_remaining, t_reset / MICROS, t_retry / MICROS,
+            throttle.window_us / MICROS, refused,
+        )  # fmt: skip
+        if code == 1 or quota is None:
+            return bucket
+    if quota is None:
+        return UNLIMITED
+    retry = q_reset if refused else 0
+    period = Admission(
+        not refused, reason, q_limit, q_remaining, q_reset / MICROS, retry / MICROS, q_length / MICROS, refused
+    )
+    if bucket is None or refused:
+        return period
+    return min(bucket, period, key=lambda a: (a.remaining, -a.reset))
+
+
+def window_admission(estimate: Estimate, window: Window, count_only: bool) -> Admission:
+    """The Admission of a `hit` from its sliding-window estimate (ms)."""
+    refused = estimate.exceeded and not count_only
+    return Admission(
+        not refused,
+        "blocked" if refused else "ok",
+        window.limit,
+        estimate.remaining,
+        estimate.reset / 1000,
+        estimate.retry / 1000 if refused else 0.0,
+        float(window.seconds),
+        estimate.exceeded,
+    )
+
+
+# --- in process -----------------------------------------------------------------------------------------------
+
+
+class ExpiringStore:
+    """A dict whose values carry an expiry (µs), bounded to `max_entries`: what the Redis backend keeps in Redis.
+
+    When full, expired entries go first; if that is not enough, the least recently written tenth goes. Eviction
+    can only forget (a bucket refills early, a count restarts): it is bounded memory, not a decision."""
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self._items: dict[Hashable, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable, now: int) -> int | None:
+        item = self._items.get(key)
+        if item is None or item[0] <= now:
+            return None
+        return item[1]
+
+    def put(self, key: Hashable, value: int, expires: int, now: int) -> None:
+        items = self._items
+        if items.pop(key, None) is None and len(items) >= self.max_entries:
+            self._make_room(now)
+        items[key] = (expires, value)  # last written last: eviction takes the front
+
+    def _make_room(self, now: int) -> None:
+        items = self._items
+        for key in [k for k, (expires, _) in items.items() if expires <= now]:
+            del items[key]
+        if len(items) >= self.max_entries:
+            for key in list(items)[: max(1, self.max_entries // 10)]:
+                del items[key]
+
+
+class LocalCounters:
+    """Counters in this process: exact for one process, bounded to `max_keys` pieces of state (a bucket, a
+    period's count, a window bucket, an initial-period record).
+
+    `clock` is wall time in seconds (quotas follow the UTC calendar); tests pass a fake one."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_keys: int = 100_000) -> None:
+        self.clock = clock
+        self.store = ExpiringStore(max_keys)
+
+    def now_us(self) -> int:
+        return round(self.clock() * MICROS)
+
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+        return self.meter_now(key, throttle, quota)
+
+    def meter_now(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+        """`meter`, synchronously (nothing here waits)."""
+        if throttle is None and quota is None:
+            return UNLIMITED
+        now, store = self.now_us(), self.store
+        bucket = period = None
+        if throttle is not None:
+            bucket = gcra(store.get(("tat", key), now) or 0, now, throttle)
+            if not bucket.allowed:
+                return meter_admission(meter_reply(1, bucket, None, now), throttle, quota)
+        if quota is not None:
+            period = self._period(key, quota, now)
+            if period.used >= period.limit:
+                return meter_admission(meter_reply(2, bucket, period, now), throttle, quota)
+        if bucket is not None:
+            store.put(("tat", key), bucket.tat, bucket.tat, now)  # a TAT in the past is a full bucket: forget it
+        if quota is not None and period is not None:
+            self._count(key, quota.period, period, now)
+        return meter_admission(meter_reply(0, bucket, period, now), throttle, quota)
+
+    def _period(self, key: str, quota: Quota, now: int) -> QuotaPeriod:
+        """The key's current period; records it as the initial one if the key has none yet."""
+        start, end = period_bounds(quota.period, now // MICROS)
+        marker = ("q0", key, quota.period)
+        initial = self.store.get(marker, now)
+        if initial is None:
+            initial = start
+            self.store.put(marker, start, now + INITIAL_MARKER_SECONDS * MICROS, now)
+        used = self.store.get(("q", key, quota.period, start), now) or 0
+        return QuotaPeriod(quota.applies(initial == start), used, start, end)
+
+    def _count(self, key: str, kind: Period, period: QuotaPeriod, now: int) -> None:
+        """Count one request in `period`; the first of a period renews the initial-period record."""
+        expires = (period.end + QUOTA_MARGIN_SECONDS) * MICROS
+        self.store.put(("q", key, kind, period.start), period.used + 1, expires, now)
+        marker = ("q0", key, kind)
+        initial = self.store.get(marker, now) if period.used == 0 else None
+        if initial is not None:
+            self.store.put(marker, initial, now + INITIAL_MARKER_SECONDS * MICROS, now)
+
+    async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
+        return self.hit_now(key, window, count_only)
+
+    def hit_now(self, key: str, window: Window, count_only: bool = False) -> Admission:
+        """`hit`, synchronously."""
+        now = self.now_us()
+        now_ms, span = now // 1000, window.seconds * 1000
+        bucket = now_ms // span
+        name = ("w", key, window.seconds, bucket)
+        current = (self.store.get(name, now) or 0) + 1
+        self.store.put(name, current, (bucket + 2) * span * 1000, now)
+        previous = self.store.get(("w", key, window.seconds, bucket - 1), now) or 0
+        estimate = sliding_window(previous, current, now_ms - bucket * span, span, window.limit)
+        return window_admission(estimate, window, count_only)
+
+    async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
+        now = self.now_us()
+        start, _ = period_bounds(quota.period, now // MICROS)
+        initial = self.store.get(("q0", key, quota.period), now)
+        used = self.store.get(("q", key, quota.period, start), now) or 0
+        return used, max(0, quota.applies(initial in (None, start)) - used)
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,243 @@
+"""The counting engine's math and its in-process backend, on a fake clock: GCRA throttles, UTC calendar quotas with
+their offset, WAF sliding windows, bounded memory."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sidecar.limits.counters import (
+    UNLIMITED,
+    ExpiringStore,
+    LocalCounters,
+    Quota,
+    Throttle,
+    Window,
+    period_bounds,
+    sliding_window,
+)
+
+
+class Clock:
+    """A settable wall clock (seconds)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+
+
+T0 = utc(2024, 5, 15, 12).timestamp()
+
+
+def test_intervals_round_up_to_whole_microseconds_and_bad_limits_are_refused() -> None:
+    assert Throttle(200, 1).interval_us == 5000
+    assert Throttle(3, 1).interval_us == 333_334  # never faster than the rate
+    assert Throttle(0.1, 1).interval_us == 10_000_000
+    for bad in (lambda: Throttle(0, 1), lambda: Throttle(1, 0), lambda: Quota(0, "DAY"), lambda: Window(30, 10)):
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(ValueError):
+        Window(60, 9)
+
+
+async def test_a_full_bucket_passes_its_burst_then_refuses_until_the_tat_allows() -> None:
+    clock = Clock(T0)
+    counters, throttle = LocalCounters(clock), Throttle(rate=10, burst=5)
+    seen = [await counters.meter("k", throttle, None) for _ in range(5)]
+    assert all(a.allowed for a in seen) and [a.remaining for a in seen] == [4, 3, 2, 1, 0]
+    assert seen[-1].reset == pytest.approx(0.5) and seen[-1].window == pytest.approx(0.5) and seen[-1].limit == 5
+    refused = await counters.meter("k", throttle, None)
+    assert (refused.allowed, refused.reason, refused.remaining, refused.exceeded) == (False, "throttled", 0, True)
+    assert refused.retry_after == pytest.approx(0.1) and refused.reset == pytest.approx(0.5)
+    clock.now += 0.1 - 1e-6
+    assert (await counters.meter("k", throttle, None)).retry_after == pytest.approx(1e-6)  # refused, never 0
+    clock.now += 1e-6
+    assert (await counters.meter("k", throttle, None)).allowed  # exactly when retry_after said
+    assert not (await counters.meter("k", throttle, None)).allowed
+
+
+async def test_the_steady_rate_holds_after_the_burst() -> None:
+    clock = Clock(T0)
+    counters, throttle = LocalCounters(clock), Throttle(rate=7, burst=3)  # T = 142,858 us
+    admitted = 0
+    for _ in range(10_000):  # 10 s in 1 ms steps
+        admitted += (await counters.meter("k", throttle, None)).allowed
+        clock.now += 0.001
+    assert admitted == 3 + int(9.999 / 0.142858)  # the burst, then one per T, not one more
+
+
+async def test_a_throttled_request_uses_no_quota_and_a_quota_refusal_takes_no_token() -> None:
+    clock = Clock(T0)
+    counters = LocalCounters(clock)
+    throttle, quota = Throttle(rate=1, burst=2), Quota(100, "DAY")
+    verdicts = [await counters.meter("k", throttle, quota) for _ in range(10)]
+    assert [v.reason for v in verdicts] == ["ok", "ok"] + ["throttled"] * 8
+    assert await counters.usage("k", quota) == (2, 98)
+
+    small = Quota(2, "DAY")
+    burst = Throttle(rate=1, burst=5)
+    assert [(await counters.meter("q", burst, small)).reason for _ in range(4)] == ["ok", "ok", "quota", "quota"]
+    after = await counters.meter("q", burst, None)
+    assert after.remaining == 2  # 5 - the two admitted - this one: the refused ones took nothing
+
+
+async def test_allowed_with_both_the_admission_is_the_limit_closer_to_refusing() -> None:
+    counters = LocalCounters(Clock(T0))
+    first = await counters.meter("k", Throttle(rate=10, burst=100), Quota(3, "DAY"))
+    assert (first.limit, first.remaining) == (3, 2) and first.window == 86_400
+    other = await counters.meter("j", Throttle(rate=10, burst=2), Quota(1000, "DAY"))
+    assert (other.limit, other.remaining) == (2, 1)
+    assert await counters.meter("k", None, None) is UNLIMITED
+
+
+def _reference_bounds(period: str, when: datetime) -> tuple[datetime, datetime]:
+    """Period bounds by another route: datetime arithmetic on the calendar."""
+    day = when.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "DAY":
+        return day, day + timedelta(days=1)
+    if period == "WEEK":
+        start = day - timedelta(days=(day.weekday() + 1) % 7)  # Monday is 0: Sunday starts the week
+        return start, start + timedelta(days=7)
+    start = day.replace(day=1)
+    return start, (
+        start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    )
+
+
+def test_period_bounds_follow_the_utc_calendar() -> None:
+    rnd = random.Random(21)
+    for _ in range(3000):
+        when = datetime.fromtimestamp(rnd.randrange(0, 4_102_444_800), UTC)
+        for period in ("DAY", "WEEK", "MONTH"):
+            start, end = _reference_bounds(period, when)
+            assert period_bounds(period, int(when.timestamp())) == (start.timestamp(), end.timestamp())  # type: ignore[arg-type]
+    assert period_bounds("WEEK", int(utc(2024, 6, 1, 23, 59, 59).timestamp()))[0] == utc(2024, 5, 26).timestamp()
+    assert period_bounds("WEEK", int(utc(2024, 6, 2).timestamp()))[0] == utc(2024, 6, 2).timestamp()  # a Sunday
+
+
+@pytest.mark.parametrize(
+    ("period", "last", "first", "length_days"),
+    [
+        ("DAY", utc(2024, 3, 9, 23, 59, 59), utc(2024, 3, 10), 1),
+        ("WEEK", utc(2024, 3, 9, 23, 59, 59), utc(2024, 3, 10), 7),  # Saturday night, then Sunday
+        ("MONTH", utc(2024, 2, 29, 23, 59, 59), utc(2024, 3, 1), 29),  # leap February
+        ("MONTH", utc(2023, 2, 28, 23, 59, 59), utc(2023, 3, 1), 28),
+        ("MONTH", utc(2024, 4, 30, 23, 59, 59), utc(2024, 5, 1), 30),
+        ("MONTH", utc(2024, 12, 31, 23, 59, 59), utc(2025, 1, 1), 31),  # and a new year
+    ],
+)
+async def test_quotas_roll_over_at_the_utc_period_boundary(
+    period: str, last: datetime, first: datetime, length_days: int
+) -> None:
+    clock = Clock(last.timestamp() - 10)
+    counters, quota = LocalCounters(clock), Quota(3, period)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert (await counters.meter("k", None, quota)).allowed
+    clock.at(last + timedelta(microseconds=999_999))  # the period's last microsecond
+    refused = await counters.meter("k", None, quota)
+    assert (refused.allowed, refused.reason, refused.limit, refused.remaining) == (False, "quota", 3, 0)
+    assert refused.retry_after == pytest.approx(1e-6) and refused.reset == pytest.approx(1e-6)
+    assert refused.window == length_days * 86_400
+    clock.at(first)
+    fresh = await counters.meter("k", None, quota)
+    assert fresh.allowed and fresh.remaining == 2
+    assert await counters.usage("k", quota) == (1, 2)
+
+
+async def test_the_offset_applies_only_in_the_period_the_key_was_first_metered() -> None:
+    clock = Clock(utc(2024, 5, 15, 8).timestamp())
+    counters, quota = LocalCounters(clock), Quota(10, "DAY", offset=4)
+    assert await counters.usage("k", quota) == (0, 6)  # not metered yet: this period would be its initial one
+    assert sum([(await counters.meter("k", None, quota)).allowed for _ in range(10)]) == 6
+    clock.at(utc(2024, 5, 16, 8))
+    assert await counters.usage("k", quota) == (0, 10)
+    assert sum([(await counters.meter("k", None, quota)).allowed for _ in range(12)]) == 10
+    # another key first metered days later: its initial period is that day
+    clock.at(utc(2024, 5, 20, 8))
+    assert sum([(await counters.meter("late", None, quota)).allowed for _ in range(10)]) == 6
+    assert sum([(await counters.meter("all-used", None, Quota(3, "DAY", offset=5))).allowed for _ in range(3)]) == 0
+
+
+async def test_the_sliding_window_weighs_the_previous_bucket() -> None:
+    clock = Clock(1_800_000_000.0 - 1_800_000_000.0 % 60)  # a bucket start
+    counters, window = LocalCounters(clock), Window(60, 10)
+    verdicts = [await counters.hit("ip", window) for _ in range(11)]
+    assert all(v.allowed for v in verdicts[:10]) and verdicts[9].remaining == 0
+    blocked = verdicts[10]
+    assert (blocked.allowed, blocked.reason, blocked.limit, blocked.exceeded) == (False, "blocked", 10, True)
+    assert blocked.retry_after == pytest.approx(60 + 60 * (1 - 9 / 11), abs=0.001) and blocked.window == 60  # to the ms
+    clock.now += 90  # half-way into the next bucket: 11 * 0.5 + 1 = 6.5
+    half = await counters.hit("ip", window)
+    assert half.allowed and half.remaining == 3 and half.reset == 90  # the current bucket fades by the one after
+    clock.now += 60  # the 11 are gone: 1 * 0.5 + 1
+    assert (await counters.hit("ip", window)).remaining == 8
+
+
+def test_retry_after_is_the_first_millisecond_one_more_request_passes() -> None:
+    def passes(prev: int, cur: int, elapsed: int, span: int, limit: int, wait: int) -> bool:
+        at = elapsed + wait
+        if at < span:
+            return prev * (span - at) + (cur + 1) * span <= limit * span
+        return cur * (2 * span - at) + span <= limit * span if at < 2 * span else True
+
+    rnd = random.Random(7)
+    span = 60_000
+    checked = 0
+    for _ in range(3000):
+        limit = rnd.randint(10, 50)
+        prev, cur, elapsed = rnd.randint(0, 3 * limit), rnd.randint(1, 3 * limit), rnd.randrange(span)
+        estimate = sliding_window(prev, cur, elapsed, span, limit)
+        if not estimate.exceeded:
+            continue
+        checked += 1
+        assert estimate.retry >= 1 and estimate.remaining == 0
+        assert passes(prev, cur, elapsed, span, limit, estimate.retry), (prev, cur, elapsed, limit)
+        assert not passes(prev, cur, elapsed, span, limit, estimate.retry - 1), (prev, cur, elapsed, limit)
+    assert checked > 1000
+
+
+async def test_count_only_never_refuses_but_counts() -> None:
+    clock = Clock(1_800_000_000.0 - 1_800_000_000.0 % 300)
+    counters, window = LocalCounters(clock), Window(300, 10)
+    verdicts = [await counters.hit("ip", window, count_only=True) for _ in range(20)]
+    assert all(v.allowed and v.reason == "ok" and v.retry_after == 0 for v in verdicts)
+    assert [v.exceeded for v in verdicts] == [False] * 10 + [True] * 10
+    enforced = await counters.hit("ip", window)
+    assert not enforced.allowed and enforced.reason == "blocked"  # the counted-only requests were counted
+
+
+def test_the_store_evicts_expired_state_first_then_the_least_recently_written() -> None:
+    store = ExpiringStore(10)
+    for i in range(5):
+        store.put(("short", i), i, expires=100, now=0)
+    for i in range(5):
+        store.put(("long", i), i, expires=10_000, now=0)
+    store.put(("long", 0), 0, expires=10_000, now=0)  # rewritten: now the most recent
+    store.put("new", 1, expires=10_000, now=200)
+    assert len(store) == 6 and all(store.get(("long", i), 200) == i for i in range(5))
+    for i in range(4):
+        store.put(("more", i), i, expires=10_000, now=200)
+    store.put("over", 1, expires=10_000, now=200)  # full of live state: the oldest tenth goes
+    assert len(store) == 10 and store.get(("long", 1), 200) is None and store.get(("long", 0), 200) == 0
+
+
+async def test_memory_stays_bounded_by_max_keys() -> None:
+    clock = Clock(T0)
+    counters = LocalCounters(clock, max_keys=500)
+    for i in range(5000):
+        await counters.meter(f"k{i}", Throttle(1, 5), Quota(10, "DAY"))
+        await counters.hit(f"ip{i}", Window(60, 10))
+        clock.now += 0.001
+    assert len(counters.store) <= 500
+    assert (await counters.meter("k4999", Throttle(1, 5), None)).remaining == 3  # recent state is kept
