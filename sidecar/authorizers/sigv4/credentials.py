@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -55,6 +54,9 @@ from ...issues import (
 )
 from ...metrics import ReloadStatus
 from ...policy import parse_policy
+from ...watched_file import FilePoller, WatchedStore, read_watched_text
+from ...watched_file import fingerprint as _fingerprint
+from ...watched_file import why_unreadable as _why
 from . import sigv4a
 
 if TYPE_CHECKING:
@@ -146,26 +148,14 @@ def derive_signing_key(secret_access_key: str, date: str, region: str, service: 
     return hmac.new(key, b"aws4_request", hashlib.sha256).digest()
 
 
-class CredentialStore(abc.ABC):
-    """Where the `sigv4` authorizer looks up access keys. `current` must be cheap: it runs on every request."""
+class CredentialStore(WatchedStore, abc.ABC):
+    """Where the `sigv4` authorizer looks up access keys. `current` must be cheap: it runs on every request.
+    `reload_statuses` feeds the authorizer's own; `recheck_files` is `Authorizer.recheck_files`."""
 
     @property
     @abc.abstractmethod
     def current(self) -> CredentialSet:
         """The snapshot to verify the next request against."""
-
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        """Begin background refresh."""
-
-    async def stop(self) -> None:  # noqa: B027 - optional hook
-        """Stop background refresh."""
-
-    def reload_statuses(self) -> tuple[ReloadStatus, ...]:
-        """The store's own reloads, for the authorizer's `reload_statuses`: none for a store that never reloads."""
-        return ()
-
-    async def recheck_files(self, why: str) -> None:  # noqa: B027 - optional hook, a fixed store has no files
-        """Reload now if the store's files changed (`Authorizer.recheck_files`)."""
 
 
 class StaticCredentialStore(CredentialStore):
@@ -268,19 +258,7 @@ def principal_details(arn: str) -> tuple[str, str, str, str]:
 
 
 def _read_yaml(path: Path) -> tuple[Any, YamlLocator]:
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read credentials file: {_why(exc)}")]) from None
-    return parse_yaml(text, file, what="YAML/JSON")
-
-
-def _why(exc: Exception) -> str:
-    """Why a file could not be read, without its contents (a decoding error quotes the bytes it choked on)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.__class__.__name__
+    return parse_yaml(read_watched_text(path, "credentials file"), str(path), what="YAML/JSON")
 
 
 @dataclass(slots=True)
@@ -454,17 +432,6 @@ def _well_typed(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...]:
-    out = []
-    for path in paths:
-        try:
-            st = path.stat()
-            out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            out.append((str(path), -1, -1, -1))
-    return tuple(out)
-
-
 class FileCredentialStore(CredentialStore):
     """Credentials from a YAML/JSON file, reloaded when it (or a secret/policy file it names) changes.
 
@@ -493,7 +460,7 @@ class FileCredentialStore(CredentialStore):
         self._watched = loaded.watched
         self._fingerprint = _fingerprint(self._watched)
         self._reloading = threading.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._poller = FilePoller(self.reload_if_changed, reload_interval, f"credentials-watch:{path}")
         self.status = ReloadStatus(source or f"credentials:{path.name}")
         """This store's reloads (the authorizer passes `credentials:<its name>`)."""
         self.reloads = 0
@@ -562,24 +529,11 @@ class FileCredentialStore(CredentialStore):
         )
         return True
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval)
-            try:
-                await asyncio.to_thread(self.reload_if_changed)
-            except Exception:  # a watcher that dies would silently freeze credentials
-                log.exception("credentials watcher for %s failed; will retry", self.path)
-
     async def start(self) -> None:
-        if self._task is None and self.reload_interval > 0:
-            self._task = asyncio.create_task(self._watch(), name=f"credentials-watch:{self.path}")
+        await self._poller.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._poller.stop()
 
 
 def credential_versions(credentials: Mapping[str, Credential]) -> tuple[str, str]:

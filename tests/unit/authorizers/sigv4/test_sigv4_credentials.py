@@ -222,10 +222,9 @@ async def test_store_watch_task_starts_and_stops(tmp_path: Path) -> None:
     path = write(tmp_path, "credentials: []\n")
     store = FileCredentialStore(path, reload_interval=30)
     await store.start()
-    assert store._task is not None and not store._task.done()
-    task = store._task
+    assert store._poller.running
     await store.stop()
-    assert task.cancelled() and store._task is None
+    assert not store._poller.running
 
 
 def test_signing_key_cache_is_bounded_and_per_snapshot() -> None:
