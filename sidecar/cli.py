@@ -1,5 +1,5 @@
-"""`authz-sidecar serve | validate | check | demo | lambda-serve`: the command line, kept thin over the modules
-that do the work."""
+"""`authz-sidecar serve | validate | check | demo | lambda-serve | api-keys`: the command line, kept thin over the
+modules that do the work."""
 
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sidecar + real Envoy + upstream on loopback, scripted requests")
     demo.add_argument("--config", type=Path, help="config file (default: the embedded default config)")
     demo.add_argument("--http", action="store_true", help="Envoy asks over HTTP (http_service) instead of gRPC")
+
+    from .limits.apikeys_cli import add_parser as add_api_keys_parser
+
+    add_api_keys_parser(sub)
     return parser
 
 
@@ -116,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "demo": _demo,
         "lambda-serve": _lambda_serve,
+        "api-keys": _api_keys,
     }[args.command]
     # httpx logs every request at INFO; the JWKS fetcher logs what matters (failures, key sets) itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -213,6 +218,12 @@ def _lambda_serve(args: argparse.Namespace) -> int:
 
     sys.path.insert(0, str(Path(args.app_dir).resolve()))  # as uvicorn's --app-dir: the handler's own modules
     return run(HostOptions(args.handler, args.listen, args.max_concurrency, args.grace_period))
+
+
+def _api_keys(args: argparse.Namespace) -> int:
+    from .limits.apikeys_cli import run
+
+    return run(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
