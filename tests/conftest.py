@@ -6,7 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,13 @@ def repo_root() -> Path:
 class RedisServer:
     """A real redis-server on a free loopback port, no persistence; can be stopped and restarted on that port."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: Sequence[str] = ()) -> None:
         from sidecar.harness.envoy import free_port
 
         self.port = free_port()
         self.dir = tmp
+        self.extra = tuple(extra)
+        """More redis-server options (cluster mode: tests/unit/limits/cluster_testkit.py)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +55,7 @@ class RedisServer:
                 str(self.dir),
                 "--protected-mode",
                 "yes",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

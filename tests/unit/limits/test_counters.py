@@ -12,6 +12,7 @@ from sidecar.limits.counters import (
     UNLIMITED,
     ExpiringStore,
     LocalCounters,
+    Period,
     Quota,
     Throttle,
     Window,
@@ -34,7 +35,7 @@ class Clock:
 
 
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[arg-type,misc]
 
 
 T0 = utc(2024, 5, 15, 12).timestamp()
@@ -101,7 +102,10 @@ async def test_allowed_with_both_the_admission_is_the_limit_closer_to_refusing()
     assert await counters.meter("k", None, None) is UNLIMITED
 
 
-def _reference_bounds(period: str, when: datetime) -> tuple[datetime, datetime]:
+PERIODS: tuple[Period, ...] = ("DAY", "WEEK", "MONTH")
+
+
+def _reference_bounds(period: Period, when: datetime) -> tuple[datetime, datetime]:
     """Period bounds by another route: datetime arithmetic on the calendar."""
     day = when.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "DAY":
@@ -119,9 +123,9 @@ def test_period_bounds_follow_the_utc_calendar() -> None:
     rnd = random.Random(21)
     for _ in range(3000):
         when = datetime.fromtimestamp(rnd.randrange(0, 4_102_444_800), UTC)
-        for period in ("DAY", "WEEK", "MONTH"):
+        for period in PERIODS:
             start, end = _reference_bounds(period, when)
-            assert period_bounds(period, int(when.timestamp())) == (start.timestamp(), end.timestamp())  # type: ignore[arg-type]
+            assert period_bounds(period, int(when.timestamp())) == (start.timestamp(), end.timestamp())
     assert period_bounds("WEEK", int(utc(2024, 6, 1, 23, 59, 59).timestamp()))[0] == utc(2024, 5, 26).timestamp()
     assert period_bounds("WEEK", int(utc(2024, 6, 2).timestamp()))[0] == utc(2024, 6, 2).timestamp()  # a Sunday
 

@@ -1,0 +1,415 @@
+"""Counters every replica shares through Redis, and the wrapper that decides when Redis does not answer.
+
+`RedisCounters`: each call is one round trip, one Lua script (EVALSHA; EVAL when the server does not have it,
+after a restart or a `SCRIPT FLUSH`, which also caches it again). A script runs atomically, so a throttle and a
+quota are judged and counted together, and two replicas never both take the last token. The time is Redis's
+own (`TIME` inside the script: Redis 7 replicates a script's effects, not the script, so a script may read the
+clock before it writes; on Redis 3.2-4 the script asks for effects replication itself), so the clocks of the
+replicas do not matter, only the one of the primary holding the key.
+
+Keys: `authz:l:{<key>}:<part>` with the caller's (already namespaced) key as the hash tag, so every key one call
+touches is in one Redis Cluster slot; keys whose names depend on the time (a quota period, a window bucket) are
+built inside the script from a declared prefix with that same tag:
+
+- `...:tat`: the throttle's theoretical arrival time (integer µs), expiring when the bucket is full again;
+- `...:q:<PERIOD>:<period start>`: the requests of one quota period, expiring a minute after the period;
+- `...:q0:<PERIOD>`: the start of the key's initial period (for the offset), renewed with every new period;
+- `...:w<seconds>:<bucket>`: a rate rule's count in one fixed bucket, expiring after the following bucket.
+
+`FallbackCounters`: Redis with the shared circuit breaker, and what to do without it (`on_redis_error`): decide
+with this process's counters (`local`, API Gateway's failing open made per-replica), admit (`allow`) or refuse
+(`deny`). The mode is a property, a gauge and a counter, and is logged once per change, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any, Literal, TypeVar
+
+from ..inline import in_task
+from ..kv import Breaker, redis_client
+from ..metrics import LIMIT_DEGRADED, LIMIT_FALLBACKS, tally
+from ..settings import RedisSettings
+from .counters import (
+    INITIAL_MARKER_SECONDS,
+    MICROS,
+    QUOTA_MARGIN_SECONDS,
+    UNLIMITED,
+    Admission,
+    LocalCounters,
+    Quota,
+    Reason,
+    Throttle,
+    Window,
+    meter_admission,
+    period_bounds,
+    sliding_window,
+    window_admission,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+OnError = Literal["local", "allow", "deny"]
+
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_us()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function int(x) return string.format('%.0f', x) end
+"""
+
+_CALENDAR = """
+local DAY = 86400
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+local function month_of(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local y = yoe + era * 400
+  if mp < 10 then return y, mp + 3 end
+  return y + 1, mp - 9
+end
+local function period_bounds(period, now_s)
+  local days = math.floor(now_s / DAY)
+  local first, after
+  if period == 'DAY' then
+    first, after = days, days + 1
+  elseif period == 'WEEK' then
+    first = days - (days + 4) % 7
+    after = first + 7
+  else
+    local y, m = month_of(days)
+    first = days_from_civil(y, m, 1)
+    if m == 12 then after = days_from_civil(y + 1, 1, 1) else after = days_from_civil(y, m + 1, 1) end
+  end
+  return first * DAY, after * DAY
+end
+"""
+
+_METER = """
+-- KEYS: tat, initial-period marker, quota counter prefix
+-- ARGV: now ('' = TIME), interval us (0: no throttle), burst, limit (0: no quota), offset, period, margin s, marker s
+local now = now_us()
+local interval, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, offset, period = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local t_remaining, t_reset, tat = 0, 0, 0
+if interval > 0 then
+  tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  local debt, tolerance = tat - now, interval * (burst - 1)
+  if debt > tolerance then return {1, 0, debt, debt - tolerance, 0, 0, 0, 0} end
+  t_reset = debt + interval
+  t_remaining = math.floor((interval * burst - t_reset) / interval)
+  tat = tat + interval
+end
+local q_limit, q_remaining, q_reset, q_length = 0, 0, 0, 0
+local counter
+if limit > 0 then
+  local first, after = period_bounds(period, math.floor(now / 1000000))
+  local initial = redis.call('GET', KEYS[2])
+  if not initial then
+    initial = first
+    redis.call('SET', KEYS[2], int(first), 'EX', ARGV[8])
+  end
+  q_limit = limit
+  if tonumber(initial) == first then q_limit = math.max(0, limit - offset) end
+  counter = KEYS[3] .. int(first)
+  local used = tonumber(redis.call('GET', counter) or '0')
+  q_reset, q_length = after * 1000000 - now, (after - first) * 1000000
+  if used >= q_limit then return {2, 0, 0, 0, q_limit, 0, q_reset, q_length} end
+  q_remaining = q_limit - used - 1
+end
+if interval > 0 then redis.call('SET', KEYS[1], int(tat), 'PX', math.ceil(t_reset / 1000)) end
+if counter then
+  if redis.call('INCR', counter) == 1 then
+    redis.call('PEXPIRE', counter, math.ceil(q_reset / 1000) + tonumber(ARGV[7]) * 1000)
+    redis.call('EXPIRE', KEYS[2], ARGV[8])
+  end
+end
+return {0, t_remaining, t_reset, 0, q_limit, q_remaining, q_reset, q_length}
+"""
+
+_HIT = """
+-- KEYS: window bucket prefix.  ARGV: now ('' = TIME), bucket span ms
+local now_ms = math.floor(now_us() / 1000)
+local span = tonumber(ARGV[2])
+local bucket = math.floor(now_ms / span)
+local current_key = KEYS[1] .. int(bucket)
+local current = redis.call('INCR', current_key)
+if current == 1 then redis.call('PEXPIRE', current_key, (bucket + 2) * span - now_ms) end
+local previous = tonumber(redis.call('GET', KEYS[1] .. int(bucket - 1)) or '0')
+return {previous, current, now_ms - bucket * span}
+"""
+
+_USAGE = """
+-- KEYS: initial-period marker, quota counter prefix.  ARGV: now ('' = TIME), period.  Reads only.
+local first = period_bounds(ARGV[2], math.floor(now_us() / 1000000))
+local initial = redis.call('GET', KEYS[1])
+local used = tonumber(redis.call('GET', KEYS[2] .. int(first)) or '0')
+local is_initial = 0
+if (not initial) or tonumber(initial) == first then is_initial = 1 end
+return {used, is_initial}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA-1 (what EVALSHA names it by)."""
+
+    name: str
+    text: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest())
+
+
+METER = Script("meter", _PRELUDE + _CALENDAR + _METER)
+HIT = Script("hit", _PRELUDE + _HIT)
+USAGE = Script("usage", _PRELUDE + _CALENDAR + _USAGE)
+SCRIPTS = (METER, HIT, USAGE)
+
+
+class CountersUnavailable(Exception):
+    """Redis gave no usable answer: an error, a timeout, or a reply of the wrong shape."""
+
+
+class RedisCounters:
+    """Counters shared through Redis (`Counters`); each method is one EVALSHA. Raises `CountersUnavailable`.
+
+    `client` is a redis-py asyncio client (plain, Cluster or Sentinel master; a `kv.SplitClient`'s redis-py side
+    is used). `clock` is for tests only: it sends the time (seconds) instead of letting the script read Redis's."""
+
+    def __init__(
+        self,
+        client: Any,
+        timeout: float = 0.005,
+        prefix: str = "authz:l:",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        from redis.exceptions import NoScriptError  # deferred like kv.client's redis imports
+
+        self.client = client
+        self.redis: Any = getattr(client, "writer", client)
+        self.timeout = timeout
+        self.prefix = prefix
+        self.clock = clock
+        self._no_script = NoScriptError
+
+    def base(self, key: str) -> str:
+        """The hash-tagged stem of every Redis key of `key` (a `}` inside `key` still leaves one tag per call:
+        Redis takes the tag up to the first `}`, the same for every suffix)."""
+        return f"{self.prefix}{{{key}}}"
+
+    async def load(self) -> None:
+        """SCRIPT LOAD every script (optional: a first EVALSHA that finds none falls back to EVAL)."""
+        for script in SCRIPTS:
+            text = script.text
+            await self._guarded(lambda: self.redis.script_load(text), script)  # noqa: B023  # awaited at once
+
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+        if throttle is None and quota is None:
+            return UNLIMITED
+        base, period = self.base(key), quota.period if quota is not None else ""
+        keys = (f"{base}:tat", f"{base}:q0:{period}", f"{base}:q:{period}:")
+        args = (
+            throttle.interval_us if throttle is not None else 0,
+            throttle.burst if throttle is not None else 0,
+            quota.limit if quota is not None else 0,
+            quota.offset if quota is not None else 0,
+            period,
+            QUOTA_MARGIN_SECONDS,
+            INITIAL_MARKER_SECONDS,
+        )
+        return meter_admission(await self._run(METER, keys, args, 8), throttle, quota)
+
+    async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
+        span = window.seconds * 1000
+        reply = await self._run(HIT, (f"{self.base(key)}:w{window.seconds}:",), (span,), 3)
+        previous, current, elapsed = reply
+        return window_admission(sliding_window(previous, current, elapsed, span, window.limit), window, count_only)
+
+    async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
+        base = self.base(key)
+        keys = (f"{base}:q0:{quota.period}", f"{base}:q:{quota.period}:")
+        used, initial = await self._run(USAGE, keys, (quota.period,), 2)
+        return used, max(0, quota.applies(bool(initial)) - used)
+
+    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[object], size: int) -> list[int]:
+        """One script call, within the timeout, as `size` integers."""
+        now = "" if self.clock is None else str(round(self.clock() * MICROS))
+        reply = await self._guarded(lambda: self._evalsha(script, keys, (now, *args)), script)
+        try:
+            values = [int(value) for value in reply]
+        except (TypeError, ValueError) as exc:
+            raise CountersUnavailable(f"redis {script.name}: malformed reply") from exc
+        if len(values) != size:
+            raise CountersUnavailable(f"redis {script.name}: malformed reply")
+        return values
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> Any:
+        try:
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except self._no_script:  # restarted or flushed: EVAL runs it and caches it again
+            return await self.redis.eval(script.text, len(keys), *keys, *args)
+
+    async def _guarded(self, command: Callable[[], Awaitable[T]], script: Script) -> T:
+        """`command` within the timeout (in a Task: `asyncio.timeout` needs one, and a Check may start inline,
+        see sidecar/inline.py); any failure is `CountersUnavailable`."""
+        try:
+            return await in_task(self._timed(command))
+        except Exception as exc:  # connection errors, timeouts, script errors: all mean "no answer"
+            raise CountersUnavailable(f"redis {script.name}: {exc.__class__.__name__}") from exc
+
+    async def _timed(self, command: Callable[[], Awaitable[T]]) -> T:
+        async with asyncio.timeout(self.timeout):
+            return await command()
+
+    async def close(self) -> None:
+        close = getattr(self.client, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class FallbackCounters:
+    """`RedisCounters` behind the circuit breaker, with `on_error` deciding while Redis does not answer: `local`
+    (this process's counters: exact per replica, starting from nothing), `allow` or `deny` (refused as by the
+    limit that applies, retry after the breaker's cooldown). Back to Redis as soon as it answers again.
+
+    Nothing escapes: a Redis failure is a decision in the fallback mode. `usage` alone has no fallback (GetUsage
+    reads the shared counts): it raises `CountersUnavailable`."""
+
+    def __init__(
+        self,
+        redis: RedisCounters,
+        local: LocalCounters,
+        on_error: OnError = "local",
+        breaker: Breaker | None = None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.redis = redis
+        self.local = local
+        self.on_error = on_error
+        self.breaker = breaker or Breaker()
+        self.clock = clock
+        self._degraded = False
+        self._fallback = tally(LIMIT_FALLBACKS, on_error).inc
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the latest decision was taken without Redis (until Redis answers again)."""
+        return self._degraded
+
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+        if throttle is None and quota is None:
+            return UNLIMITED
+        shared = await self._shared(lambda: self.redis.meter(key, throttle, quota))
+        if shared is not None:
+            return shared
+        self._degrade()
+        if self.on_error == "local":
+            return self.local.meter_now(key, throttle, quota)
+        if throttle is not None:
+            return self._unshared("throttled", throttle.burst, throttle.window_us / MICROS)
+        assert quota is not None  # one of the two is set (checked above)
+        start, end = period_bounds(quota.period, int(self.local.clock()))
+        return self._unshared("quota", quota.limit, float(end - start))
+
+    async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
+        shared = await self._shared(lambda: self.redis.hit(key, window, count_only))
+        if shared is not None:
+            return shared
+        self._degrade()
+        if self.on_error == "local":
+            return self.local.hit_now(key, window, count_only)
+        return self._unshared("blocked", window.limit, float(window.seconds), admit=count_only)
+
+    async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
+        shared = await self._shared(lambda: self.redis.usage(key, quota))
+        if shared is None:
+            raise CountersUnavailable("redis usage: no answer (breaker open or Redis failing)")
+        return shared
+
+    def _unshared(self, reason: Reason, limit: int, window: float, admit: bool = False) -> Admission:
+        """The `allow` or `deny` verdict without Redis (`admit` forces an allow: a count-only rule never refuses)."""
+        if admit or self.on_error == "allow":
+            return Admission(True, "ok", limit, limit, 0.0, 0.0, window)
+        wait = self.breaker.current_cooldown or self.breaker.cooldown
+        return Admission(False, reason, limit, 0, wait, wait, window, True)
+
+    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """Redis's answer, or None when the breaker holds it back or it fails (the breaker is told either way)."""
+        ticket = self.breaker.admit(self.clock())
+        if ticket is None:
+            return None
+        try:
+            answer = await call()
+        except Exception as exc:  # CountersUnavailable, or anything else: no answer, never an escape
+            self.breaker.failure(self.clock(), ticket)
+            log.debug(
+                "rate limits: redis failed: %s", exc if isinstance(exc, CountersUnavailable) else type(exc).__name__
+            )
+            return None
+        else:
+            self.breaker.success(ticket)
+            self._recovered()
+            return answer
+        finally:
+            self.breaker.abandon(ticket)
+
+    def _degrade(self) -> None:
+        self._fallback()
+        if not self._degraded:
+            self._degraded = True
+            LIMIT_DEGRADED.set(1)
+            log.warning("rate limits: Redis unavailable; %s until it answers", _WHILE_DEGRADED[self.on_error])
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            LIMIT_DEGRADED.set(0)
+            log.warning("rate limits: Redis answers again; counting there")
+
+    async def close(self) -> None:
+        await self.redis.close()
+        await self.local.close()
+
+
+_WHILE_DEGRADED: dict[str, str] = {
+    "local": "deciding with this process's counters (on_redis_error: local)",
+    "allow": "admitting every request (on_redis_error: allow)",
+    "deny": "refusing every request (on_redis_error: deny)",
+}
+
+
+def shared_counters(
+    connection: RedisSettings, on_error: OnError = "local", local: LocalCounters | None = None
+) -> FallbackCounters:
+    """The counters of one of the config's Redis connections, with its timeout and breaker settings (scripts
+    need redis-py, so no lean reads)."""
+    client = redis_client(connection.model_copy(update={"lean_reads": False}))
+    breaker = Breaker(
+        threshold=connection.breaker_threshold,
+        cooldown=connection.breaker_cooldown,
+        while_open=_WHILE_DEGRADED[on_error],
+    )
+    redis = RedisCounters(client, timeout=connection.timeout_ms / 1000)
+    return FallbackCounters(redis, local or LocalCounters(), on_error, breaker)

@@ -1,0 +1,268 @@
+"""The counters shared through a real redis-server (and a real three-node Redis Cluster): the Lua scripts give the
+in-process verdicts, time comes from Redis, every key of a call shares one hash tag, NOSCRIPT is survived, and
+FallbackCounters decides (local, allow, deny) while Redis is down, then counts in Redis again."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+
+import pytest
+from pydantic import SecretStr
+from redis.crc import key_slot
+
+from sidecar.kv import Breaker, SplitClient, redis_client
+from sidecar.limits.counters import DAY_SECONDS, LocalCounters, Period, Quota, Throttle, Window
+from sidecar.limits.redis_counters import (
+    METER,
+    SCRIPTS,
+    CountersUnavailable,
+    FallbackCounters,
+    RedisCounters,
+    shared_counters,
+)
+from sidecar.metrics import REGISTRY, flush
+from sidecar.settings import RedisSettings
+from tests.conftest import RedisServer
+from tests.unit.limits.cluster_testkit import RedisClusterServers
+
+
+def settings(url: str, cluster: bool = False, lean_reads: bool = False) -> RedisSettings:
+    # a first command opens the connection, which can take longer than the 5 ms default on a loaded machine
+    return RedisSettings(url=SecretStr(url), timeout_ms=1000, cluster=cluster, lean_reads=lean_reads)
+
+
+def shared(url: str, cluster: bool = False, clock: Callable[[], float] | None = None) -> RedisCounters:
+    return RedisCounters(redis_client(settings(url, cluster)), timeout=1.0, clock=clock)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(url, cluster) of a single redis-server or of the session's Redis Cluster."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url, False
+    nodes: RedisClusterServers = request.getfixturevalue("redis_cluster")
+    return nodes.url, True
+
+
+def fresh(name: str) -> str:
+    """A key no other test (or earlier run against the session's cluster) has used."""
+    return f"{name}:{uuid.uuid4().hex[:12]}"
+
+
+PERIODS: tuple[Period, ...] = ("DAY", "WEEK", "MONTH")
+
+
+async def redis_now(counters: RedisCounters) -> float:
+    seconds, micros = await counters.redis.time()
+    return float(seconds) + float(micros) / 1e6
+
+
+async def test_the_scripts_give_the_in_process_verdicts(backend: tuple[str, bool]) -> None:
+    """The same requests at the same (sent) times: the same Admissions, period bounds in every calendar case."""
+    now = [1_709_164_800.0 - 3600]  # 2024-02-29 (leap day) 23:00 UTC
+    redis, local = shared(*backend, clock=lambda: now[0]), LocalCounters(lambda: now[0])
+    throttle, quota, window = Throttle(3, 5), Quota(20, "MONTH", offset=3), Window(60, 10)
+    key, ip = fresh("plan:p:key:k"), fresh("rule:r:ip")
+    rnd = random.Random(21)
+    try:
+        for _ in range(300):
+            now[0] += rnd.choice([0, 0, 0.01, 0.2, 0.5, 3, 5000])
+            assert await redis.meter(key, throttle, quota) == await local.meter(key, throttle, quota)
+            assert await redis.meter(key + ":t", throttle, None) == await local.meter(key + ":t", throttle, None)
+            assert await redis.hit(ip, window) == await local.hit(ip, window)
+            assert await redis.hit(ip + ":c", window, True) == await local.hit(ip + ":c", window, True)
+            assert await redis.usage(key, quota) == await local.usage(key, quota)
+        for _ in range(150):  # the Lua calendar against Python's: resets and period lengths at random times
+            now[0] = rnd.uniform(946_684_800, 4_102_444_800)  # 2000 to 2100
+            for period in PERIODS:
+                name, q = fresh("cal"), Quota(5, period, offset=2)
+                assert await redis.meter(name, None, q) == await local.meter(name, None, q)
+    finally:
+        await redis.close()
+
+
+async def test_a_burst_passes_then_retry_after_is_timed_by_redis(backend: tuple[str, bool]) -> None:
+    counters, throttle = shared(*backend), Throttle(rate=1, burst=20)
+    key = fresh("plan:p:key:burst")
+    try:
+        before = await redis_now(counters)
+        verdicts = [await counters.meter(key, throttle, None) for _ in range(21)]
+        spent = await redis_now(counters) - before
+        assert [v.remaining for v in verdicts[:20]] == list(range(19, -1, -1))
+        refused = verdicts[20]
+        assert (refused.allowed, refused.reason, refused.limit) == (False, "throttled", 20)
+        # TAT = first + 20 s; refused at `at`: retry = first + 1 - at, with before <= first <= at <= before + spent
+        assert 1 - spent <= refused.retry_after <= 1 and 20 - spent <= refused.reset <= 20
+    finally:
+        await counters.close()
+
+
+async def test_the_steady_rate_holds_in_redis_time(redis_server: RedisServer) -> None:
+    counters, throttle = shared(redis_server.url), Throttle(rate=100, burst=20)
+    key, admitted = fresh("plan:p:key:steady"), 0
+    try:
+        start = await redis_now(counters)
+        while await redis_now(counters) - start < 0.6:
+            admitted += (await counters.meter(key, throttle, None)).allowed
+        elapsed = await redis_now(counters) - start
+        # the burst, then one per 10 ms; stalls under burst * T (200 ms) lose nothing
+        assert abs(admitted - (20 + 100 * elapsed)) <= 2, (admitted, elapsed)
+    finally:
+        await counters.close()
+
+
+async def test_quota_and_throttle_consume_nothing_when_the_other_refuses(redis_server: RedisServer) -> None:
+    counters = shared(redis_server.url)
+    key, other = fresh("plan:p:key:a"), fresh("plan:p:key:b")
+    try:
+        throttle, quota = Throttle(rate=1, burst=2), Quota(100, "DAY")
+        verdicts = [await counters.meter(key, throttle, quota) for _ in range(10)]
+        assert [v.reason for v in verdicts] == ["ok", "ok"] + ["throttled"] * 8
+        assert await counters.usage(key, quota) == (2, 98)
+        burst, small = Throttle(rate=1, burst=5), Quota(5, "DAY")
+        before = await redis_now(counters)
+        reasons = [(await counters.meter(other, burst, small)).reason for _ in range(5)]
+        assert reasons == ["ok"] * 5
+        refused = await counters.meter(other, None, small)
+        midnight = (int(before) // DAY_SECONDS + 1) * DAY_SECONDS
+        assert refused.reason == "quota" and 0 < refused.retry_after <= midnight - before
+        assert refused.retry_after >= midnight - before - 5  # Redis's clock, read just before
+        assert (await counters.meter(other, burst, small)).reason == "throttled"  # the burst was spent, not more
+    finally:
+        await counters.close()
+
+
+async def test_windows_block_over_the_limit_and_count_only_counts(redis_server: RedisServer) -> None:
+    counters, window = shared(redis_server.url), Window(60, 10)
+    ip, dry = fresh("rule:r:ip"), fresh("rule:d:ip")
+    try:
+        verdicts = [await counters.hit(ip, window) for _ in range(11)]
+        assert all(v.allowed for v in verdicts[:10])
+        assert (verdicts[10].allowed, verdicts[10].reason, verdicts[10].exceeded) == (False, "blocked", True)
+        assert 0 < verdicts[10].retry_after <= 120
+        counted = [await counters.hit(dry, window, count_only=True) for _ in range(15)]
+        assert all(v.allowed for v in counted) and [v.exceeded for v in counted] == [False] * 10 + [True] * 5
+    finally:
+        await counters.close()
+
+
+async def test_evalsha_survives_script_flush(backend: tuple[str, bool]) -> None:
+    counters, throttle = shared(*backend), Throttle(rate=1, burst=3)
+    key = fresh("plan:p:key:flush")
+    try:
+        await counters.load()
+        assert all(await counters.redis.script_exists(*[s.sha for s in SCRIPTS]))
+        assert (await counters.meter(key, throttle, None)).remaining == 2
+        await counters.redis.script_flush()
+        assert not any(await counters.redis.script_exists(METER.sha))
+        assert (await counters.meter(key, throttle, None)).remaining == 1  # NOSCRIPT, then EVAL: same state
+        # and EVAL cached it again, on the node of the key (on a cluster, the others still have none)
+        if backend[1]:
+            node = counters.redis.get_node_from_key(counters.base(key))
+            assert await counters.redis.execute_command("SCRIPT EXISTS", METER.sha, target_nodes=node) == [True]
+        else:
+            assert all(await counters.redis.script_exists(METER.sha))
+    finally:
+        await counters.close()
+
+
+async def test_every_key_of_a_call_carries_one_hash_tag(backend: tuple[str, bool]) -> None:
+    """A route key with braces in it still gives one tag per call; on the cluster, a script touching another slot
+    would fail, so these calls succeeding says the same."""
+    counters = shared(*backend)
+    key = fresh("plan:gold:key:k1") + ":route:GET /pets/{id}"
+    try:
+        assert (await counters.meter(key, Throttle(10, 5), Quota(100, "DAY", offset=1))).allowed
+        assert (await counters.hit(key, Window(120, 10))).allowed
+        assert await counters.usage(key, Quota(100, "DAY", offset=1)) == (1, 98)
+        if not backend[1]:
+            names = [n.decode() async for n in counters.redis.scan_iter(match="authz:l:*")]
+            ours = [n for n in names if n.startswith(counters.base(key))]
+            assert sorted(n.rsplit("}", 1)[1].split(":")[1] for n in ours) == ["q", "q0", "tat", "w120"]
+            assert len({key_slot(n.encode()) for n in ours}) == 1
+            assert all(n.startswith("authz:l:{" + key + "}:") for n in ours)
+    finally:
+        await counters.close()
+
+
+async def test_a_split_client_runs_scripts_through_redis_py(redis_server: RedisServer) -> None:
+    client = redis_client(settings(redis_server.url, lean_reads=True))
+    assert isinstance(client, SplitClient)
+    counters = RedisCounters(client, timeout=1.0)
+    try:
+        assert (await counters.meter(fresh("k"), Throttle(1, 2), None)).remaining == 1
+    finally:
+        await counters.close()
+
+
+def fallback_count(mode: str) -> float:
+    flush()
+    return REGISTRY.get_sample_value("authz_limit_fallbacks_total", {"mode": mode}) or 0.0
+
+
+def degraded_gauge() -> float | None:
+    return REGISTRY.get_sample_value("authz_limit_degraded")
+
+
+async def test_redis_killed_mid_stream_decides_locally_then_counts_in_redis_again(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = Breaker(threshold=2, cooldown=0.05)
+    counters = FallbackCounters(
+        RedisCounters(redis_client(settings(redis_server.url)), timeout=0.2), LocalCounters(), "local", breaker
+    )
+    throttle, quota, key = Throttle(rate=1, burst=5), Quota(1000, "DAY"), fresh("plan:p:key:kill")
+    before = fallback_count("local")
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar.limits.redis_counters"):
+            assert [(await counters.meter(key, throttle, quota)).allowed for _ in range(3)] == [True] * 3
+            assert not counters.degraded and await counters.usage(key, quota) == (3, 997)
+            redis_server.stop()
+            verdicts = [await counters.meter(key, throttle, quota) for _ in range(6)]
+            # no exception: the in-process counters decide, from nothing (burst 5 again, then throttled)
+            assert [v.reason for v in verdicts] == ["ok"] * 5 + ["throttled"]
+            assert counters.degraded and breaker.is_open and degraded_gauge() == 1
+            assert await counters.local.usage(key, quota) == (5, 995)
+            assert (await counters.hit(fresh("ip"), Window(60, 10))).allowed
+            assert fallback_count("local") - before == 7
+            with pytest.raises(CountersUnavailable):
+                await counters.usage(key, quota)  # GetUsage has no local answer
+            redis_server.start()  # same port, empty
+            breaker.open_until = 0.0  # the cooldown is over: the next call probes
+            assert (await counters.meter(key, throttle, quota)).allowed
+            assert not counters.degraded and not breaker.is_open and degraded_gauge() == 0
+            assert await counters.usage(key, quota) == (1, 999)  # counted in Redis again
+        changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rate limits")]
+        assert len(changes) == 2 and "this process's counters" in changes[0]  # once per change, not per request
+    finally:
+        await counters.close()
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+async def test_allow_and_deny_decide_without_redis(redis_server: RedisServer, mode: str) -> None:
+    connection = settings(redis_server.url).model_copy(update={"breaker_threshold": 1, "breaker_cooldown": 0.5})
+    counters = shared_counters(connection, mode)  # type: ignore[arg-type]
+    redis_server.stop()
+    try:
+        throttled = await counters.meter("k", Throttle(rate=1, burst=3), Quota(10, "DAY"))
+        quota = await counters.meter("k", None, Quota(10, "WEEK"))
+        blocked = await counters.hit("ip", Window(60, 10))
+        dry = await counters.hit("ip", Window(60, 10), count_only=True)
+        assert counters.degraded and len(counters.local.store) == 0
+        assert dry.allowed  # a count-only rule never refuses
+        if mode == "allow":
+            assert throttled.allowed and quota.allowed and blocked.allowed
+        else:
+            assert [(v.allowed, v.reason, v.limit) for v in (throttled, quota, blocked)] == [
+                (False, "throttled", 3),
+                (False, "quota", 10),
+                (False, "blocked", 10),
+            ]
+            assert throttled.retry_after == quota.retry_after == blocked.retry_after == 0.5  # the breaker's cooldown
+            assert quota.window == 7 * DAY_SECONDS
+    finally:
+        await counters.close()
