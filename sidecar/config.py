@@ -330,7 +330,7 @@ def _limit_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[C
         issues.append(locator.issue(loc, f"no route has the key {key!r}{hint}"))
 
     for plan, settings in config.usage_plans.items():
-        if not GATE_NAME.match(plan):
+        if not GATE_NAME.fullmatch(plan):
             issues.append(locator.issue(("usage_plans", plan), "a plan name is 1-64 letters, digits, '-' or '_'"))
         for key in settings.routes:
             if key.strip() not in routes:
@@ -361,10 +361,10 @@ def _api_key_route_issues(
     if config.api_keys is None:
         return [locator.issue(where, "api_key_required needs `api_keys:` (the key file and where keys are read)")]
     authorizer = parts.authorizers.valid.get(route.authorizer)
-    if config.api_keys.source == "authorizer" and authorizer is not None and authorizer.type != "lambda":
+    if config.api_keys.source == "authorizer" and authorizer is not None and not authorizer.names_usage_keys:
         message = (
-            f"api_keys.source is authorizer (the Lambda authorizer's usageIdentifierKey), but {route.authorizer!r}"
-            f" is {authorizer.type}"
+            f"api_keys.source is authorizer (the authorizer's usageIdentifierKey), but {route.authorizer!r} is"
+            f" {authorizer.type}, which names no API keys"
         )
         return [locator.issue(where, message)]
     return []

@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -370,3 +371,15 @@ def validate_located(
         return model.model_validate(data), []
     except ValidationError as exc:
         return None, pydantic_issues(exc, locator, prefix, model)
+
+
+def issue_at(source: str, loc: tuple[str | int, ...], message: str) -> ConfigIssue:
+    """An issue at the key `loc` of the config file `source` (file:line:col), for problems found after
+    validation (a file a key names cannot be read): the file is parsed again for its positions, only on this
+    error path; without a file (the embedded default, or one gone since) the issue has no position."""
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+        _, locator = parse_yaml(text, source)
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return ConfigIssue(source, 0, 0, format_loc(loc), message)
+    return locator.issue(loc, message)

@@ -40,13 +40,14 @@ FIELDS = (
     "statement",
     "latency_us",
     "cache",
+    "gate",
 )
 _MAX_BUFFER = 4096
 _SLICE = 256
 """Entries formatted and written per event-loop turn (~1 ms of work)."""
 _MAX_RUNS = 4096
 """Memoized runs of repeating fields kept by the formatter (routes x verdicts is a small set in practice)."""
-_Entry = tuple[float, str, str, str, str, str, str | None, str, bool, int, str, str, float, str]
+_Entry = tuple[float, str, str, str, str, str, str | None, str, bool, int, str, str, float, str, str]
 _quote = json.encoder.encode_basestring_ascii  # C: a JSON string literal, ASCII-safe
 
 
@@ -99,6 +100,7 @@ class DecisionLogger:
                 decision.statement,
                 seconds,
                 cache,
+                decision.gate,
             )
         )
 
@@ -190,6 +192,7 @@ class _LineFormatter:
         statement: str,
         seconds: float,
         cache: str,
+        gate: str,
     ) -> str:
         q = _quote
         runs = self._runs
@@ -206,7 +209,7 @@ class _LineFormatter:
                 f'"reason":{q(reason)},"statement":{q(statement)},"latency_us":'
             ),
         )
-        end = runs.get((cache,)) or self._run((cache,), lambda: f',"cache":{q(cache)}}}\n')
+        end = runs.get((cache, gate)) or self._run((cache, gate), lambda: f',"cache":{q(cache)},"gate":{q(gate)}}}\n')
         return (
             f'{{"time":"{self._time(at)}","request_id":{q(rid)},{where}"path":{q(path)},"source_ip":{q(ip)},'
             f'"principal":{"null" if who is None else q(who)},{verdict}{seconds * 1e6:.1f}{end}'

@@ -120,6 +120,19 @@ LIMIT_DEGRADED = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+GATE_DECISIONS = Counter(
+    "authz_gate_decisions_total",
+    "Requests judged by a gate, by gate (usage_plan, rate_limit), its plan or rule, and outcome (ok, throttled,"
+    " quota, blocked, counted; for API keys missing, unknown, disabled, expired, or ok in no plan).",
+    ("gate", "name", "outcome"),
+    registry=REGISTRY,
+)
+USAGE_KEY_DECISIONS = Counter(
+    "authz_usage_key_decisions_total",
+    "Usage-plan outcomes per API key id (only with limits.key_id_labels: one series per key).",
+    ("plan", "key_id", "outcome"),
+    registry=REGISTRY,
+)
 AUTHORIZER_BREAKER_OPEN = Gauge(
     "authz_authorizer_breaker_open",
     "1 while a remote custom authorizer's circuit breaker is open (its calls denied with a 500 at once), else 0.",

@@ -151,6 +151,14 @@ def _shared(value: _T) -> _T:
     return found if found is not None else _SHARED.put(value, value)
 
 
+_COUNTED = Decision(allowed=True, status=200, reason=reasons.ALLOWED)
+"""What `_admit` answers when only count-mode gates spoke (their names in `gate`)."""
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first},{second}" if first and second else first or second
+
+
 def _metered(refused: Decision, allowed: Decision) -> Decision:
     """A meter gate's refusal as the decision of this request: who was refused, where and by which authorizer
     come from the allow it replaces (a gate answers with a shared deny that names no one)."""
@@ -228,10 +236,13 @@ class Pipeline:
         route = match.target
         if steps is not None:
             steps.append(_route_step(request, route, runtime))
+        counted = ""
         if route.admit_gates:
             refused = await self._admit(route, request, steps)
             if refused is not None:
-                return _explained(refused, steps), ""
+                if not refused.allowed:
+                    return _explained(refused, steps), ""
+                counted = refused.gate  # a count-mode rule went over: noted on the decision, nothing refused
         # The cached phase, inline (one coroutine less per Check): identify -> scopes -> policy, or the cache.
         decision: Decision | None = None
         layer = ""
@@ -261,10 +272,16 @@ class Pipeline:
                 cache.put(key, decision, plan)
         if route.meter_gates and decision.allowed:
             decision = await self._meter(route, request, decision, steps)
+        if counted:
+            decision = replace(decision, gate=_joined(counted, decision.gate))
         return (decision if steps is None else _explained(decision, steps)), layer
 
     async def _admit(self, route: CompiledRoute, request: Request, steps: list[Step] | None = None) -> Decision | None:
-        """The admit phase: the first gate that refuses decides; a gate that fails is a deny (fail closed)."""
+        """The admit phase: the first gate that refuses decides; a gate that fails is a deny (fail closed). A gate
+        may instead answer an *allowed* decision naming itself in `gate` (a count-mode rule over its limit): the
+        request goes on, and the names of all such gates come back in one such decision."""
+        counted = ""
+        start = perf_counter()
         for gate in route.admit_gates:
             try:
                 refused = await gate.admit(request, route.key)
@@ -274,14 +291,20 @@ class Pipeline:
             if steps is not None:
                 steps.append(_gate_step(ADMIT, gate.name, refused))
             if refused is not None:
-                return refused
-        return None
+                if not refused.allowed:
+                    self.recorder.stage("admit", perf_counter() - start)
+                    return refused
+                counted = _joined(counted, refused.gate)
+        self.recorder.stage("admit", perf_counter() - start)
+        return replace(_COUNTED, gate=counted) if counted else None
 
     async def _meter(
         self, route: CompiledRoute, request: Request, allowed: Decision, steps: list[Step] | None = None
     ) -> Decision:
         """The meter phase, after an allow (cached ones too): the first gate that refuses replaces the allow. The
         refusal keeps the allowed caller (`principal`), so its decision log line says who was throttled."""
+        start = perf_counter()
+        decision = allowed
         for gate in route.meter_gates:
             try:
                 refused = await gate.meter(request, route.key, allowed)
@@ -291,8 +314,13 @@ class Pipeline:
             if steps is not None:
                 steps.append(_gate_step(METER, gate.name, refused))
             if refused is not None:
+                if refused.allowed:  # a count-mode rule over its limit: noted, the allow stands
+                    decision = replace(decision, gate=_joined(decision.gate, refused.gate))
+                    continue
+                self.recorder.stage("meter", perf_counter() - start)
                 return _metered(refused, allowed)
-        return allowed
+        self.recorder.stage("meter", perf_counter() - start)
+        return decision
 
     async def _compute(
         self, runtime: Runtime, route: CompiledRoute, request: Request, steps: list[Step] | None = None
@@ -503,6 +531,8 @@ def _named(authorizer: Authorizer) -> str:
 def _gate_step(stage: str, gate: str, refused: Decision | None) -> Step:
     if refused is None:
         return Step(stage, PASS, f"gate {gate} let the request through")
+    if refused.allowed:
+        return Step(stage, PASS, f"gate {gate} let the request through, over the limit of {refused.gate} (count mode)")
     said = f"{refused.reason}: {refused.message}" if refused.message else refused.reason
     return Step(stage, DENY, f"gate {gate} refused: {said}", (("status", str(refused.status)),))
 

@@ -26,6 +26,11 @@ INTERNAL_ERROR = "InternalError"  # a bug or an unexpected exception: fail close
 NOT_READY = "NotReady"  # config or keys not loaded yet
 UNAUTHORIZED = "Unauthorized"  # missing or invalid credentials, no more specific code
 AUTHORIZER_CONFIGURATION_EXCEPTION = "AuthorizerConfigurationException"  # a custom authorizer failed (API Gateway's)
+# Gates (`limits/`): API Gateway's gateway responses INVALID_API_KEY, THROTTLED, QUOTA_EXCEEDED; WAF's block
+INVALID_API_KEY = "InvalidApiKey"  # 403 Forbidden: no key, an unknown, disabled or expired one, or one in no plan
+THROTTLED = "Throttled"  # 429 Too Many Requests: the usage plan's token bucket is empty
+QUOTA_EXCEEDED = "QuotaExceeded"  # 429 Limit Exceeded: the usage plan's quota for this period is used up
+RATE_LIMITED = "RateLimited"  # a rate-based rule's block (403 Forbidden unless the rule sets its status)
 
 STATUS_UNAUTHORIZED = 401
 STATUS_FORBIDDEN = 403

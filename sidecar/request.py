@@ -219,6 +219,9 @@ class Decision:
     identity_header: str = ""
     """On allow: the header that carries `principal.id` upstream. Kept apart from `headers` so that the allows
     of one route share a single `headers` tuple (100,000 cached decisions each held two more tuples)."""
+    gate: str = ""
+    """The gate that refused this request (`usage_plan:gold`, `rate_limit:per-ip`), or the count-mode rules it
+    went over (`count:per-ip`), for decision logs."""
 
     def all_headers(self) -> tuple[tuple[str, str], ...]:
         """The headers to send: `headers`, then the principal's id under `identity_header` (when set)."""

@@ -23,8 +23,10 @@ from pydantic import SecretStr
 from .authorizers.base import Authorizer, BuildContext, registry
 from .cache import TIME_KEYS, DecisionCache, KeyPlan, RedisLayer, SignedBlobStore, blob_store, redis_layer
 from .cache import build as build_decision_cache
-from .issues import ConfigError, ConfigIssue, format_loc, parse_yaml
+from .issues import ConfigError, ConfigIssue, issue_at
 from .limits import AdmitGate, MeterGate
+from .limits.build import build_gates
+from .limits.gates import GateSet
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
 from .routes import RouteTable
@@ -73,6 +75,9 @@ class Runtime:
     request has the ones its decision does not set removed, so a client can never supply one."""
     blob_store: SignedBlobStore | None = None
     """The signed store in `cache.redis` handed to the authorizers (`BuildContext.blob_store`); closed with them."""
+    gates: GateSet | None = None
+    """API keys, usage plans and rate-based rules (`limits/`): their key store and counters, started and stopped
+    with the authorizers; the routes hold the gates themselves."""
 
     @property
     def private_api(self) -> bool:
@@ -93,8 +98,10 @@ class Runtime:
         return True
 
     async def start(self) -> None:
-        """Start the authorizers' background work (key fetches, file watches)."""
+        """Start the authorizers' background work (key fetches, file watches) and the API key file's watch."""
         await asyncio.gather(*(a.start() for a in self.authorizers.values()))
+        if self.gates is not None and self.gates.keys is not None:
+            await self.gates.keys.start()
 
     async def stop(self) -> None:
         """Stop the authorizers' background work and close the cache's connections."""
@@ -103,6 +110,8 @@ class Runtime:
             await self.cache.close()
         if self.blob_store is not None:
             await self.blob_store.close()
+        if self.gates is not None:
+            await self.gates.close()
 
 
 _NOT_DECISIVE: Any = {"listen": True, "server": True, "decision_log": True}
@@ -197,13 +206,17 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
             issues.append(located(config, ("authorizers", name), str(exc)))
     resource_policy = _load_resource_policy(config, issues)
     watched = tuple(p for p in (policy_path(config), *key_files(config)) if p is not None)
+    gates = build_gates(config, context_settings, clock, issues) if not issues else None
     if issues:
         raise ConfigError(issues)
     version = config_version(config, *watched)
     internal = cache_version(config, version)
     cache = build_decision_cache(config, layer)
     routes = RouteTable(
-        [(r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy)) for r in config.routes]
+        [
+            (r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy, gates))
+            for r in config.routes
+        ]
     )
     return Runtime(
         config=config,
@@ -218,6 +231,7 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
         identity_headers=identity_headers(config.upstream_headers, authorizers.values()),
         context_settings=context_settings,
         blob_store=blobs,
+        gates=gates,
     )
 
 
@@ -272,6 +286,7 @@ def _compile_route(
     config: Config,
     version: str,
     policy: CompiledPolicy | None,
+    gates: GateSet | None = None,
 ) -> CompiledRoute:
     plan = key_plan(config, route, version, policy) if cache is not None else None
     authorizer = authorizers[route.authorizer].for_route(route)
@@ -286,6 +301,8 @@ def _compile_route(
         scopes=frozenset(route.scopes),
         cache_plan=plan,
         allow_headers=tuple((name, value) for name, value in constant if name),
+        admit_gates=gates.admit.get(key, ()) if gates is not None else (),
+        meter_gates=gates.meter.get(key, ()) if gates is not None else (),
     )
 
 
@@ -311,13 +328,8 @@ def key_plan(config: Config, route: RouteSettings, version: str, policy: Compile
 
 def located(config: Config, loc: tuple[str | int, ...], message: str) -> ConfigIssue:
     """An issue at the config key `loc` (file:line:col), for problems found after validation (a file a key names
-    cannot be read): the config file is parsed again for its positions, only on this error path."""
-    try:
-        text = Path(config.source).read_text(encoding="utf-8")
-        _, locator = parse_yaml(text, config.source)
-    except (OSError, UnicodeDecodeError, ConfigError):  # the embedded default, or a file gone since: no position
-        return ConfigIssue(config.source, 0, 0, format_loc(loc), message)
-    return locator.issue(loc, message)
+    cannot be read): `issue_at` the config's file."""
+    return issue_at(config.source, loc, message)
 
 
 def _load_resource_policy(config: Config, issues: list[ConfigIssue]) -> CompiledPolicy | None:

@@ -28,6 +28,10 @@ class AuthorizerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str
 
+    names_usage_keys: ClassVar[bool] = False
+    """Whether the built authorizer names its callers' API keys (a Lambda authorizer's `usageIdentifierKey`), as
+    `api_keys.source: authorizer` needs of every route requiring a key."""
+
     route_options: ClassVar[frozenset[str]] = frozenset()
     """The per-route options (keys of a `routes[]` entry) that routes naming this type may set, e.g. SigV4's
     `replay_guard`; the config refuses them on routes whose authorizer is of another type. The authorizer reads
@@ -286,7 +290,7 @@ def _header_name(value: str) -> str:
 
 
 def _gate_name(value: str) -> str:
-    if not GATE_NAME.match(value):
+    if not GATE_NAME.fullmatch(value):
         raise ValueError("use 1-64 letters, digits, '-' or '_'")
     return value
 

@@ -149,9 +149,10 @@ UNLIMITED = Admission(True, "ok", 0, 0, 0.0, 0.0, 0.0)
 class Counters(Protocol):
     """The counting engine behind usage plans and rate-based rules (in process, or shared through Redis)."""
 
-    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
         """One request of a usage-plan key: throttle then quota, atomically; a request refused by either consumes
-        neither (API Gateway: a throttled request does not use quota)."""
+        neither (API Gateway: a throttled request does not use quota). `bucket` names the throttle's bucket among
+        the key's (a route's override has its own; "" is the plan-wide one); the quota is the key's whatever it is."""
         ...
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
@@ -366,28 +367,28 @@ class LocalCounters:
     def now_us(self) -> int:
         return round(self.clock() * MICROS)
 
-    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
-        return self.meter_now(key, throttle, quota)
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
+        return self.meter_now(key, throttle, quota, bucket)
 
-    def meter_now(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+    def meter_now(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
         """`meter`, synchronously (nothing here waits)."""
         if throttle is None and quota is None:
             return UNLIMITED
         now, store = self.now_us(), self.store
-        bucket = period = None
+        state = period = None
         if throttle is not None:
-            bucket = gcra(store.get(("tat", key), now) or 0, now, throttle)
-            if not bucket.allowed:
-                return meter_admission(meter_reply(1, bucket, None, now), throttle, quota)
+            state = gcra(store.get(("tat", key, bucket), now) or 0, now, throttle)
+            if not state.allowed:
+                return meter_admission(meter_reply(1, state, None, now), throttle, quota)
         if quota is not None:
             period = self._period(key, quota, now)
             if period.used >= period.limit:
-                return meter_admission(meter_reply(2, bucket, period, now), throttle, quota)
-        if bucket is not None:
-            store.put(("tat", key), bucket.tat, bucket.tat, now)  # a TAT in the past is a full bucket: forget it
+                return meter_admission(meter_reply(2, state, period, now), throttle, quota)
+        if state is not None:
+            store.put(("tat", key, bucket), state.tat, state.tat, now)  # a TAT in the past is a full bucket: forget it
         if quota is not None and period is not None:
             self._count(key, quota.period, period, now)
-        return meter_admission(meter_reply(0, bucket, period, now), throttle, quota)
+        return meter_admission(meter_reply(0, state, period, now), throttle, quota)
 
     def _period(self, key: str, quota: Quota, now: int) -> QuotaPeriod:
         """The key's current period; records it as the initial one if the key has none yet."""

@@ -225,11 +225,13 @@ class RedisCounters:
             text = script.text
             await self._guarded(lambda: self.redis.script_load(text), script)  # noqa: B023  # awaited at once
 
-    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
         if throttle is None and quota is None:
             return UNLIMITED
         base, period = self.base(key), quota.period if quota is not None else ""
-        keys = (f"{base}:tat", f"{base}:q0:{period}", f"{base}:q:{period}:")
+        # A route's own bucket: named by a digest (route keys hold spaces and braces), in the key's hash slot.
+        tat = f"{base}:tat:{hashlib.sha256(bucket.encode()).hexdigest()[:16]}" if bucket else f"{base}:tat"
+        keys = (tat, f"{base}:q0:{period}", f"{base}:q:{period}:")
         args = (
             throttle.interval_us if throttle is not None else 0,
             throttle.burst if throttle is not None else 0,
@@ -318,15 +320,15 @@ class FallbackCounters:
         """Whether the latest decision was taken without Redis (until Redis answers again)."""
         return self._degraded
 
-    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None) -> Admission:
+    async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
         if throttle is None and quota is None:
             return UNLIMITED
-        shared = await self._shared(lambda: self.redis.meter(key, throttle, quota))
+        shared = await self._shared(lambda: self.redis.meter(key, throttle, quota, bucket))
         if shared is not None:
             return shared
         self._degrade()
         if self.on_error == "local":
-            return self.local.meter_now(key, throttle, quota)
+            return self.local.meter_now(key, throttle, quota, bucket)
         if throttle is not None:
             return self._unshared("throttled", throttle.burst, throttle.window_us / MICROS)
         assert quota is not None  # one of the two is set (checked above)

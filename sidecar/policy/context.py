@@ -131,9 +131,9 @@ of the peer's: 127.0.0.1 and ::1 exactly (seen with Envoy 1.40: a 127.0.0.1 peer
 192.0.2.2, a 127.0.0.5 peer as itself)."""
 
 
-def client_address(request: Request, settings: ContextSettings) -> str:
+def client_address(request: Request, settings: ContextSettings, header: str = "x-forwarded-for") -> str:
     """The raw client address: the asking proxy's peer, or with N trusted hops the address the outermost of
-    them saw.
+    them saw (`header`: the chain's header, WAF's forwarded IP config may name another).
 
     The chain is the `X-Forwarded-For` the asking proxy received, then that proxy's own peer
     (`request.source_address`: the last trusted hop). Each trusted proxy appended the address it received the
@@ -146,7 +146,7 @@ def client_address(request: Request, settings: ContextSettings) -> str:
     hops = settings.trusted_proxy_hops
     if hops <= 0:
         return peer
-    chain = [p for p in (p.strip() for p in request.headers.get("x-forwarded-for", "").split(",")) if p]
+    chain = [p for p in (p.strip() for p in request.headers.get(header, "").split(",")) if p]
     # Only the gRPC adapter fills `protocol` (from Envoy's CheckRequest); HTTP-mode requests leave it empty.
     appends = bool(request.protocol) or settings.http_proxy_appends
     if appends and chain and _asking_proxy_entry(chain[-1], peer):

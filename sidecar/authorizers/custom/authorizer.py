@@ -75,10 +75,26 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False, slots=True)
 class LambdaPrincipal(Principal):
-    """A principal a handler named. `usage_identifier_key` is the API key of a usage plan (#21); it is kept out of
-    `repr` and out of what decisions keep (`without_claims`), so it reaches no log."""
+    """A principal a handler named. `usage_identifier_key` is the API key the handler named for usage plans
+    (`api_keys.source: authorizer`); it is kept out of `repr`, so it reaches no log, and it stays on what decisions
+    keep (`without_claims`), because the usage-plan gate reads it from the allow, cached or not. These decisions
+    never leave the process: routes of this authorizer are not in the decision cache (`fingerprint` is None)."""
 
     usage_identifier_key: str | None = field(default=None, repr=False)
+
+    def without_claims(self) -> Principal:
+        if self.usage_identifier_key is None:
+            return Principal.without_claims(self)
+        return LambdaPrincipal(
+            self.kind,
+            self.id,
+            self.authorizer,
+            self.arn,
+            self.account,
+            self.scopes,
+            expires_at=self.expires_at,
+            usage_identifier_key=self.usage_identifier_key,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -62,6 +62,8 @@ class BreakerSettings(BaseModel):
 
 class LambdaSettings(AuthorizerSettings):
     """`type: lambda`: a handler written for API Gateway's Lambda authorizers, in process or behind a target."""
+
+    names_usage_keys: ClassVar[bool] = True  # its responses' usageIdentifierKey (`api_keys.source: authorizer`)
 
     type: Literal["lambda"]
     handler: str | None = None

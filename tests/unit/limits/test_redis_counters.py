@@ -73,6 +73,8 @@ async def test_the_scripts_give_the_in_process_verdicts(backend: tuple[str, bool
             now[0] += rnd.choice([0, 0, 0.01, 0.2, 0.5, 3, 5000])
             assert await redis.meter(key, throttle, quota) == await local.meter(key, throttle, quota)
             assert await redis.meter(key + ":t", throttle, None) == await local.meter(key + ":t", throttle, None)
+            route = Throttle(1, 2)  # a route's own bucket beside the plan's, with the key's one quota
+            assert await redis.meter(key, route, quota, "GET /x") == await local.meter(key, route, quota, "GET /x")
             assert await redis.hit(ip, window) == await local.hit(ip, window)
             assert await redis.hit(ip + ":c", window, True) == await local.hit(ip + ":c", window, True)
             assert await redis.usage(key, quota) == await local.usage(key, quota)

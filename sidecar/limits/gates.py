@@ -1,0 +1,309 @@
+"""The gates of API keys, usage plans and rate-based rules, compiled once per config (`compile_gates`).
+
+- `UsagePlanGate` (meter phase, routes with `api_key_required`): the request's API key must be a known, enabled,
+  unexpired key in a usage plan (else 403 `Forbidden`, API Gateway's INVALID_API_KEY); then the plan's throttle
+  (a route override has a bucket of its own) and quota count it, atomically, in `Counters` (429 `Too Many
+  Requests` / `Limit Exceeded`). It runs after the allow, cached or not, so a denied request costs no quota.
+- `RateLimitGate` (AWS WAF's rate-based rules): before authentication (admit phase), so a flood of bad
+  credentials is refused before any verification; a rule whose key needs the caller (`principal`, or `api_key`
+  read from the authorizer) runs after the allow instead, since no caller is known before. `count` rules never
+  refuse: over the limit they note themselves on the decision (`Decision.gate`, decision logs) and in metrics.
+
+Refusals carry `Retry-After` and the RateLimit headers of draft-ietf-httpapi-ratelimit-headers-09
+(`RateLimit-Policy: "throttle";q=100;w=2`, `RateLimit: "throttle";r=0;t=1`). Key values never reach a log or a
+Redis key: keys are named by their id, and a rule's aggregation key is a digest of its parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from .. import reasons
+from ..metrics import GATE_DECISIONS, USAGE_KEY_DECISIONS
+from ..policy.context import ContextSettings, client_address, parse_ip
+from ..request import Decision, Principal, Request, judged_method
+from ..settings import ApiKeySettings, Config, ForwardedIpSettings, RateLimitSettings, UsagePlanSettings
+from .apikeys import ApiKeyStore, check_key
+from .base import AdmitGate, MeterGate
+from .counters import Admission, Counters, Quota, Throttle, Window
+
+if TYPE_CHECKING:
+    from ..settings import ThrottleSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CompiledPlan", "GateSet", "RateLimitGate", "UsagePlanGate", "compile_gates"]
+
+INVALID_API_KEY = reasons.deny(reasons.INVALID_API_KEY, "Forbidden", 403)
+TOO_MANY_REQUESTS = "Too Many Requests"
+LIMIT_EXCEEDED = "Limit Exceeded"
+NO_FORWARDED_IP = "\x00no-address"
+"""The one aggregation value of requests whose forwarded address is missing or invalid (`fallback: MATCH`)."""
+
+
+def _throttle(settings: ThrottleSettings | None) -> Throttle | None:
+    return Throttle(settings.rate, settings.burst) if settings is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """What one plan applies on one route: the throttle (the route's override, or the plan's), its bucket's
+    name (the route key for an override, "" for the plan-wide bucket) and the plan's quota."""
+
+    throttle: Throttle | None
+    bucket: str
+    quota: Quota | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPlan:
+    """A usage plan ready to meter: its limits per route, worked out once."""
+
+    name: str
+    default: PlanLimits
+    routes: Mapping[str, PlanLimits]
+
+    @classmethod
+    def of(cls, name: str, settings: UsagePlanSettings) -> CompiledPlan:
+        quota = settings.quota
+        compiled = Quota(quota.limit, quota.period, quota.offset) if quota is not None else None
+        routes = {
+            key.strip(): PlanLimits(_throttle(override.throttle), key.strip(), compiled)
+            for key, override in settings.routes.items()
+        }
+        return cls(name, PlanLimits(_throttle(settings.throttle), "", compiled), routes)
+
+    def limits(self, route: str) -> PlanLimits:
+        return self.routes.get(route, self.default)
+
+
+def refusal(admission: Admission, reason: str, message: str, status: int, policy: str, gate: str) -> Decision:
+    """The deny for a refused count, with `Retry-After` (whole seconds, at least 1) and the RateLimit headers."""
+    retry = max(1, math.ceil(admission.retry_after))
+    headers = (
+        ("retry-after", str(retry)),
+        ("ratelimit-policy", f'"{policy}";q={admission.limit};w={max(1, math.ceil(admission.window))}'),
+        ("ratelimit", f'"{policy}";r={admission.remaining};t={max(0, math.ceil(admission.reset))}'),
+    )
+    return replace(reasons.deny(reason, message, status), headers=headers, gate=gate)
+
+
+class UsagePlanGate(MeterGate):
+    """API keys and their usage plans, after the allow (see the module docstring)."""
+
+    name = "usage_plan"
+
+    def __init__(
+        self,
+        keys: ApiKeyStore,
+        settings: ApiKeySettings,
+        plans: Mapping[str, CompiledPlan],
+        counters: Counters,
+        clock: Callable[[], float] = time.time,
+        key_id_labels: bool = False,
+    ) -> None:
+        self.keys = keys
+        self.header = settings.header
+        self.from_authorizer = settings.source == "authorizer"
+        self.plans = plans
+        self.counters = counters
+        self.clock = clock
+        self.key_id_labels = key_id_labels
+
+    def presented(self, request: Request, principal: Principal | None) -> str | None:
+        """The key value this request presents: its header, or the Lambda authorizer's `usageIdentifierKey`."""
+        if self.from_authorizer:
+            return getattr(principal, "usage_identifier_key", None)
+        return request.headers.get(self.header)
+
+    async def meter(self, request: Request, route: str, allowed: Decision) -> Decision | None:
+        key, why = check_key(
+            self.keys.current(), self.presented(request, allowed.principal), request.time or self.clock()
+        )
+        plan = self.plans.get(key.plan) if key is not None and key.plan is not None else None
+        if key is None or why != "ok" or plan is None:
+            GATE_DECISIONS.labels(self.name, key.plan if key is not None and key.plan else "", why).inc()
+            if key is not None and log.isEnabledFor(logging.DEBUG):
+                log.debug("api key %s refused on route %s: %s", key.id, route, why if plan else "in no usage plan")
+            return replace(INVALID_API_KEY, gate=self.name)
+        limits = plan.limits(route)
+        if limits.throttle is None and limits.quota is None:
+            self._count(plan.name, key.id, "ok")
+            return None
+        admission = await self.counters.meter(f"{plan.name}:{key.id}", limits.throttle, limits.quota, limits.bucket)
+        self._count(plan.name, key.id, admission.reason)
+        if admission.allowed:
+            return None
+        gate = f"{self.name}:{plan.name}"
+        if admission.reason == "quota":
+            return refusal(admission, reasons.QUOTA_EXCEEDED, LIMIT_EXCEEDED, 429, "quota", gate)
+        return refusal(admission, reasons.THROTTLED, TOO_MANY_REQUESTS, 429, "throttle", gate)
+
+    def _count(self, plan: str, key_id: str, outcome: str) -> None:
+        GATE_DECISIONS.labels(self.name, plan, outcome).inc()
+        if self.key_id_labels:
+            USAGE_KEY_DECISIONS.labels(plan, key_id, outcome).inc()
+
+
+Part = Callable[[Request, str, Decision | None], str | None]
+"""One component of a rule's key, read from the request, its route key and (after the allow) its decision;
+None when the request lacks it (then the rule does not count the request, as WAF)."""
+
+
+def _forwarded(settings: ForwardedIpSettings, context: ContextSettings) -> Part:
+    hops = replace(context, trusted_proxy_hops=settings.trusted_hops)
+    header = settings.header
+
+    def read(request: Request, route: str, decision: Decision | None) -> str | None:
+        address = client_address(request, hops, header)
+        if address and parse_ip(address) is not None:
+            return address
+        return NO_FORWARDED_IP if settings.fallback == "MATCH" else None
+
+    return read
+
+
+def _part(name: str, rule: RateLimitSettings, context: ContextSettings, keys: ApiKeySettings | None) -> Part:
+    """The reader of one key part (the names are validated by `RateLimitSettings`)."""
+    if name == "ip":
+        return lambda request, route, decision: client_address(request, context) or None
+    if name == "forwarded_ip":
+        return _forwarded(rule.forwarded_ip, context)
+    if name == "principal":
+        return lambda request, route, decision: (
+            f"{decision.authorizer}\x00{decision.principal.id}"
+            if decision is not None and decision.principal is not None
+            else None
+        )
+    if name == "api_key":
+        assert keys is not None  # the config refuses an api_key part without `api_keys:`
+        if keys.source == "authorizer":
+            return lambda request, route, decision: getattr(
+                decision.principal if decision is not None else None, "usage_identifier_key", None
+            )
+        header = keys.header
+        return lambda request, route, decision: request.headers.get(header) or None
+    if name == "route":
+        return lambda request, route, decision: route
+    if name == "method":
+        return lambda request, route, decision: judged_method(request.method)
+    header = name.split(":", 1)[1]
+    return lambda request, route, decision: request.headers.get(header) or None
+
+
+def needs_caller(rule: RateLimitSettings, keys: ApiKeySettings | None) -> bool:
+    """Whether a rule's key names the caller, known only after authentication (then it meters allows)."""
+    return "principal" in rule.key or ("api_key" in rule.key and keys is not None and keys.source == "authorizer")
+
+
+class RateLimitGate(AdmitGate, MeterGate):
+    """One rate-based rule, in the admit phase (or, for a key naming the caller, the meter phase)."""
+
+    def __init__(self, rule: RateLimitSettings, parts: tuple[Part, ...], counters: Counters) -> None:
+        self.name = f"rate_limit:{rule.name}"
+        self.rule = rule.name
+        self.window = Window(rule.window, rule.limit)
+        self.count_only = rule.action == "count"
+        self.methods = frozenset(rule.methods)
+        self.parts = parts
+        self.counters = counters
+        self.refused = reasons.deny(reasons.RATE_LIMITED, "Forbidden" if rule.status == 403 else "", rule.status)
+
+    async def admit(self, request: Request, route: str) -> Decision | None:
+        return await self._judge(request, route, None)
+
+    async def meter(self, request: Request, route: str, allowed: Decision) -> Decision | None:
+        return await self._judge(request, route, allowed)
+
+    async def _judge(self, request: Request, route: str, decision: Decision | None) -> Decision | None:
+        if self.methods and judged_method(request.method) not in self.methods:
+            return None
+        values = []
+        for part in self.parts:
+            value = part(request, route, decision)
+            if value is None:
+                return None  # WAF: a request missing a key component is not counted
+            values.append(value)
+        digest = hashlib.sha256("\x00".join(values).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        admission = await self.counters.hit(f"{self.rule}:{digest}", self.window, self.count_only)
+        if not admission.exceeded:
+            GATE_DECISIONS.labels("rate_limit", self.rule, "ok").inc()
+            return None
+        if self.count_only:
+            GATE_DECISIONS.labels("rate_limit", self.rule, "counted").inc()
+            return replace(_COUNTED, gate=f"count:{self.rule}")
+        GATE_DECISIONS.labels("rate_limit", self.rule, "blocked").inc()
+        return refusal(
+            admission,
+            self.refused.reason,
+            self.refused.message,
+            self.refused.status,
+            self.rule,
+            self.name,
+        )
+
+
+_COUNTED = Decision(allowed=True, status=200, reason=reasons.ALLOWED)
+
+
+@dataclass(frozen=True, slots=True)
+class GateSet:
+    """The gates of one config: per route key, its admit and meter gates, in order; and what they share."""
+
+    admit: Mapping[str, tuple[AdmitGate, ...]]
+    meter: Mapping[str, tuple[MeterGate, ...]]
+    counters: Counters | None
+    keys: ApiKeyStore | None
+    plans: Mapping[str, CompiledPlan]
+
+    async def close(self) -> None:
+        """Stop the key file's watch and release the counters' connections (the process's own counters stay)."""
+        if self.keys is not None:
+            await self.keys.stop()
+        if self.counters is not None:
+            await self.counters.close()
+
+
+def compile_gates(
+    config: Config,
+    context: ContextSettings,
+    counters: Counters | None,
+    keys: ApiKeyStore | None,
+    clock: Callable[[], float] = time.time,
+) -> GateSet:
+    """Every route's gates. WAF rules come before the usage plan in the meter phase, as WAF judges before API
+    Gateway does; the admit phase has only rules."""
+    plans = {name: CompiledPlan.of(name, settings) for name, settings in config.usage_plans.items()}
+    routes = [route.match.strip() for route in config.routes]
+    admit: dict[str, list[AdmitGate]] = {key: [] for key in routes}
+    meter: dict[str, list[MeterGate]] = {key: [] for key in routes}
+    if config.rate_limits:
+        assert counters is not None
+        for rule in config.rate_limits:
+            parts = tuple(_part(name, rule, context, config.api_keys) for name in rule.key)
+            gate = RateLimitGate(rule, parts, counters)
+            after = needs_caller(rule, config.api_keys)
+            for key in rule.routes or routes:
+                if after:
+                    meter[key.strip()].append(gate)
+                else:
+                    admit[key.strip()].append(gate)
+    if config.api_keys is not None and keys is not None:
+        assert counters is not None
+        plan_gate = UsagePlanGate(keys, config.api_keys, plans, counters, clock, config.limits.key_id_labels)
+        for route in config.routes:
+            if route.api_key_required:
+                meter[route.match.strip()].append(plan_gate)
+    return GateSet(
+        admit={key: tuple(gates) for key, gates in admit.items() if gates},
+        meter={key: tuple(gates) for key, gates in meter.items() if gates},
+        counters=counters,
+        keys=keys,
+        plans=plans,
+    )
