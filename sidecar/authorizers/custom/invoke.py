@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...inline import Resume
 from .context import LambdaContext
 from .threads import HandlerThreads
 
@@ -155,12 +156,20 @@ class LocalInvoker:
             raise handler_failure(exc) from None
 
     async def _on_loop(self, event: dict[str, Any], context: LambdaContext, timeout: float) -> Any:  # noqa: ASYNC109
-        """An async handler's call as a Task of its own, waited for at most `timeout`. Past it the Task is cancelled
-        and left behind, its result never read: a handler that catches `CancelledError` and answers later is still
-        a timeout, answered at the timeout (`wait_for` would wait for it and return its late answer)."""
+        """An async handler's call, run at once up to its first `await`: one that answers without waiting is done
+        there. One that waits goes on as a Task of its own, waited for at most `timeout`. Past it the Task is
+        cancelled and left behind, its result never read: a handler that catches `CancelledError` and answers later
+        is still a timeout, answered at the timeout (`wait_for` would wait for it and return its late answer)."""
         if self._stopped:
             raise HandlerFailed("unavailable")
-        task = asyncio.ensure_future(self._call(event, context))
+        coro = self._call(event, context)
+        try:
+            first = coro.send(None)  # started eagerly, as Python 3.12's eager tasks do
+        except StopIteration as answered:
+            # Answered without waiting for anything: no Task, no timer, and the Check can finish in the same turn
+            # of the loop, so the transport still answers it with the others it read (one write for all).
+            return answered.value
+        task = asyncio.ensure_future(Resume(coro, first))
         try:
             done, _ = await asyncio.wait((task,), timeout=timeout)
         except asyncio.CancelledError:  # the caller gave up: so does the handler

@@ -9,11 +9,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sidecar.authorizers.custom.context import LambdaContext, new_request_id
-from sidecar.authorizers.custom.invoke import HandlerFailed, local_invoker
+from sidecar.authorizers.custom.invoke import HandlerFailed, LocalInvoker, local_invoker
 
 from . import handlers
 from .lambda_testkit import HANDLERS, pipeline, request, token
@@ -86,3 +87,22 @@ async def test_a_sync_call_cancelled_from_outside_is_cancelled_not_a_timeout() -
     finally:
         handlers.RELEASE.set()
         await invoker.stop()
+
+
+async def _tasks_seen(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Records the Task it runs in, before and after an await when the event asks for one."""
+    seen = [asyncio.current_task()]
+    if event.get("wait"):
+        await asyncio.sleep(0)
+        seen.append(asyncio.current_task())
+    return {"seen": seen}
+
+
+async def test_an_async_handler_that_waits_for_nothing_runs_in_the_callers_task() -> None:
+    invoker = LocalInvoker(_tasks_seen, 2)
+    context = LambdaContext("r", "f", time.monotonic() + 5)
+    answer = await invoker.invoke({}, context, 1.0)
+    assert answer["seen"] == [asyncio.current_task()]  # no Task of its own: answered in the same turn
+    waited = await invoker.invoke({"wait": True}, context, 1.0)
+    first, after = waited["seen"]
+    assert first is asyncio.current_task() and after is not None and after is not first  # the rest ran as a Task
