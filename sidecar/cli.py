@@ -1,5 +1,5 @@
-"""`authz-sidecar serve | validate | check | demo | lambda-serve | api-keys`: the command line, kept thin over the
-modules that do the work."""
+"""`authz-sidecar serve | validate | check | demo | lambda-serve | api-keys | usage`: the command line, kept thin
+over the modules that do the work."""
 
 from __future__ import annotations
 
@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     from .limits.apikeys_cli import add_parser as add_api_keys_parser
 
     add_api_keys_parser(sub)
+    from .limits.usage_cli import add_parser as add_usage_parser
+
+    add_usage_parser(sub)
     return parser
 
 
@@ -121,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "lambda-serve": _lambda_serve,
         "api-keys": _api_keys,
+        "usage": _usage,
     }[args.command]
     # httpx logs every request at INFO; the JWKS fetcher logs what matters (failures, key sets) itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -224,6 +228,12 @@ def _api_keys(args: argparse.Namespace) -> int:
     from .limits.apikeys_cli import run
 
     return run(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from .limits.usage_cli import run
+
+    return run(args, load_config)
 
 
 def _demo(args: argparse.Namespace) -> int:
