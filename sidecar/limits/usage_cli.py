@@ -43,12 +43,14 @@ CLI_TIMEOUT_MS = 1000.0
 
 
 class UsageError(Exception):
-    """Why no usage is reported for a key (the message names the key by id, never by value); `status` is the
-    admin endpoint's answer: 404 for a key, plan or quota that is not there, 503 for counters that do not answer."""
+    """Why no usage is reported for a key; `status` is the admin endpoint's answer: 404 for a key, plan or quota
+    that is not there, 503 for counters that do not answer. `key` is the id of a key the file holds (None for an
+    unknown one: what was asked for is never repeated, since it may be a key's value given by mistake)."""
 
-    def __init__(self, message: str, status: int = 404) -> None:
+    def __init__(self, message: str, status: int = 404, key: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +116,17 @@ def metered_quota(keys: ApiKeySet, plans: Mapping[str, CompiledPlan], key_id: st
     disabled or expired key still has its usage (GetUsage reports any key of the plan)."""
     key = keys.by_id(key_id) if valid_name(key_id) else None
     if key is None:
-        raise UsageError(f"no api key with id {key_id!r}" if valid_name(key_id) else "not an api key id")
+        raise UsageError("no api key has this id" if valid_name(key_id) else "not an api key id")
     if key.plan is None:
-        raise UsageError(f"api key {key.id} is in no usage plan (a request with it is refused: 403 InvalidApiKey)")
+        message = f"api key {key.id} is in no usage plan (a request with it is refused: 403 InvalidApiKey)"
+        raise UsageError(message, key=key.id)
     plan = plans.get(key.plan)
     if plan is None:
-        raise UsageError(f"api key {key.id} names usage plan {key.plan}, which the config does not define")
+        raise UsageError(f"api key {key.id} names usage plan {key.plan}, which the config does not define", key=key.id)
     quota = plan.default.quota
     if quota is None:
-        raise UsageError(f"usage plan {plan.name} of api key {key.id} has no quota (nothing is counted per period)")
+        message = f"usage plan {plan.name} of api key {key.id} has no quota (nothing is counted per period)"
+        raise UsageError(message, key=key.id)
     return key, plan.name, quota
 
 
@@ -139,7 +143,7 @@ async def read_usage(
     try:
         used, remaining = await counters.usage(f"{plan}:{key.id}", quota)  # the key UsagePlanGate counts under
     except CountersUnavailable as exc:
-        raise UsageError(f"cannot read the counts of api key {key.id}: {exc}", 503) from None
+        raise UsageError(f"cannot read the counts of api key {key.id}: {exc}", 503, key.id) from None
     if now is None:
         now = counters.clock() if isinstance(counters, LocalCounters) else time.time()
     start, end = period_bounds(quota.period, int(now))

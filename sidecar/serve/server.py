@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from ..config import Config, ConfigError, default_config, load_config
 from ..lint import lint
@@ -31,7 +31,7 @@ from ..pipeline import Pipeline
 from ..runtime import Runtime, RuntimeHolder, compile_runtime
 from ..transports import Checker, Transport, load
 from ..transports.listener import split_hostport
-from .admin import AdminResponse, AdminServer, json_response
+from .admin import AdminResponse, AdminServer, json_response, usage_handler
 from .heap import settle
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,30 @@ class ServerState:
         return self.config_reloads.problem
 
 
+class _ReloadsOwnFiles(Protocol):
+    """A part of the serving config that reloads files of its own (an authorizer, the API key store)."""
+
+    def reload_statuses(self) -> tuple[ReloadStatus, ...]: ...
+
+    async def recheck_files(self, why: str) -> None: ...
+
+
+def self_reloading(runtime: Runtime) -> list[tuple[str, _ReloadsOwnFiles]]:
+    """Every part of `runtime` that reloads files of its own, with how logs name it: the authorizers and the API
+    key store (`api_keys.file`). /readyz reports their reloads, a SIGHUP asks them to look at their files."""
+    parts: list[tuple[str, _ReloadsOwnFiles]] = [(f"authorizer {a.name}", a) for a in runtime.authorizers.values()]
+    if runtime.gates is not None and runtime.gates.keys is not None:
+        parts.append(("the api key store", runtime.gates.keys))
+    return parts
+
+
 def reload_fields(config: ReloadStatus, owned: Iterable[ReloadStatus]) -> dict[str, object]:
-    """/readyz's account of reloads: the config's and those the serving config's authorizers do of their own files
-    (`Authorizer.reload_statuses`).
+    """/readyz's account of reloads: the config's and those the serving config's parts do of their own files
+    (`Authorizer.reload_statuses`, the API key store's).
 
     - `last_reload`: the config's newest reload attempt, `{outcome, why, at, version}` (null before the first);
-    - `authorizer_reloads`: the same per authorizer-owned source (`credentials:NAME`) that has reloaded since the
-      serving config loaded;
+    - `authorizer_reloads`: the same per self-reloading source (`credentials:NAME`, `api_keys`) that has reloaded
+      since the serving config loaded;
     - `reload_errors`: `{source: error}` for every source whose newest attempt was rejected, config included
       (`{}` when none): each entry goes once that source loads again;
     - `last_reload_error`: the config's entry of `reload_errors`, only while it is there (the older field).
@@ -218,7 +235,8 @@ class Sidecar:
             pipeline = Pipeline(self.holder, self.decision_log, recorder=HTTP_RECORDER)
             await self._start_transport("http", config.listen.http, "http", pipeline)
         if config.listen.admin:
-            self.admin = AdminServer({"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": _metrics})
+            routes = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": _metrics}
+            self.admin = AdminServer(routes, {"/usage": usage_handler(lambda: self.runtime.gates)})
             host, port = split_hostport(config.listen.admin)
             try:
                 await self.admin.start(host, port)
@@ -263,8 +281,8 @@ class Sidecar:
             return False
         return any(
             status.last is not None and status.last.outcome != "rejected" and status.last.at > rejected.at
-            for authorizer in self.runtime.authorizers.values()
-            for status in authorizer.reload_statuses()
+            for _, part in self_reloading(self.runtime)
+            for status in part.reload_statuses()
         )
 
     async def _watch_file(self, interval: float) -> None:
@@ -356,13 +374,13 @@ class Sidecar:
     async def _unchanged(self, why: str) -> bool:
         self.state.config_reloads.record("unchanged", why, self.runtime.version)
         log.info("reload (%s): unchanged, still serving config %s", why, self.runtime.version)
-        # The config did not change, but a SIGHUP means "reload everything": the files authorizers reload on
-        # their own (a SigV4 credentials file) are looked at now rather than at their next poll.
-        for authorizer in self.runtime.authorizers.values():
+        # The config did not change, but a SIGHUP means "reload everything": the files authorizers and the API key
+        # store reload on their own (a SigV4 credentials file, api_keys.file) are looked at now, not at their next poll.
+        for name, part in self_reloading(self.runtime):
             try:
-                await authorizer.recheck_files(why)
-            except Exception:  # one authorizer's failure must not stop the others' (or the reload's answer)
-                log.exception("reload (%s): authorizer %s could not re-check its files", why, authorizer.name)
+                await part.recheck_files(why)
+            except Exception:  # one part's failure must not stop the others' (or the reload's answer)
+                log.exception("reload (%s): %s could not re-check its files", why, name)
         return True
 
     def _rejected(self, why: str, error: str, exc_info: bool = False) -> bool:
@@ -386,7 +404,7 @@ class Sidecar:
             "config_version": runtime.version,
             "waiting_for": waiting,
         }
-        owned = (status for authorizer in runtime.authorizers.values() for status in authorizer.reload_statuses())
+        owned = (status for _, part in self_reloading(runtime) for status in part.reload_statuses())
         body.update(reload_fields(self.state.config_reloads, owned))
         return json_response(200 if ready else 503, body)
 

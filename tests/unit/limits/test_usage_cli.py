@@ -119,7 +119,8 @@ def test_in_process_counters_cannot_be_read_by_another_process(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("key", "said"),
     [
-        ("k-nobody", "error: no api key with id 'k-nobody'"),
+        ("k-nobody", "error: no api key has this id"),
+        (GOLD, "error: no api key has this id"),  # a value given by mistake is not repeated
         ("k-loose", "error: api key k-loose is in no usage plan"),
         ("k-free", "error: usage plan free of api key k-free has no quota"),
         ("not an id!", "error: not an api key id"),
