@@ -197,6 +197,7 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
             clock=clock,
             blob_store=blobs,
             context_settings=context_settings,
+            mtls=config.mtls,
         )
         try:
             authorizers[name] = types[settings.type].build(settings, ctx)

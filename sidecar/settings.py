@@ -395,6 +395,37 @@ class RateLimitSettings(_Frozen):
         return tuple(m.upper() for m in value)
 
 
+class MtlsSettings(_Frozen):
+    """Client certificates (docs/mtls.md): the CA bundle they must chain to (`truststore`, PEM, hot-reloaded),
+    CRLs (`crls`, PEM or DER, hot-reloaded), where a request's certificate is read (`sources`, in order: Envoy's
+    `source.certificate`, the `x-forwarded-client-cert` header, RFC 9440 `Client-Cert`; headers only from trusted
+    peers) and which field names the caller (`principal`). `max_chain_depth` counts the certificates above the
+    client's (API Gateway: 4); `stale_crl` says what a CRL past its nextUpdate does (`deny`: every certificate
+    it covers is refused until a fresh one is loaded; `allow`: it is still used)."""
+
+    truststore: str
+    crls: tuple[str, ...] = ()
+    sources: tuple[Literal["envoy", "xfcc", "client-cert-header"], ...] = Field(default=("envoy",), min_length=1)
+    principal: Literal["san.uri", "san.dns", "san.email", "subject.cn"] = "san.uri"
+    max_chain_depth: int = Field(default=4, ge=1, le=10)
+    stale_crl: Literal["deny", "allow"] = "deny"
+    trusted_peers: tuple[str, ...] | None = None
+    """Peers whose certificate headers (xfcc, client-cert-header) are believed; None: `http.trusted_peers`. In gRPC
+    mode the headers come from Envoy, which must set them itself (`forward_client_cert_details: SANITIZE_SET`)."""
+    verify_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    """Verified chains remembered by the certificate's SHA-256, so a warm Check does no cryptography."""
+
+    @field_validator("trusted_peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for peer in value or ():
+            try:
+                ipaddress.ip_network(peer, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an address or CIDR: {peer!r}") from exc
+        return value
+
+
 class LimitSettings(_Frozen):
     """How usage plans and rate-based rules count: in Redis (`connection`, a name in `redis:`; used when that
     name is defined, else every gate counts in process, exact for one replica only), what to do when Redis fails
@@ -419,6 +450,8 @@ class RouteSettings(_Frozen):
     `replay_guard` setting decides, so the guard can be on for the routes that move money and off elsewhere."""
     api_key_required: bool = False
     """Require a valid API key (`api_keys:`) after the authorizer allows, and meter it by its usage plan."""
+    require_client_cert: bool = False
+    """Require a verified client certificate (`mtls:`) before the route's own authorizer runs (mTLS and JWT)."""
 
 
 _Gen0 = Annotated[int, Field(ge=100)]
@@ -485,6 +518,7 @@ class Config(_Frozen):
     usage_plans: dict[str, UsagePlanSettings] = {}
     rate_limits: tuple[RateLimitSettings, ...] = ()
     limits: LimitSettings = LimitSettings()
+    mtls: MtlsSettings | None = None
     plugins: tuple[str, ...] = ()
     """Python modules imported before validation; each may `register` its own authorizer types."""
     authorizers: dict[str, AuthorizerSettings] = {}

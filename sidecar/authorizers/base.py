@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..metrics import ReloadStatus
     from ..policy import Outcome
     from ..reasons import Denied
-    from ..settings import ApiSettings, RedisSettings, RouteSettings
+    from ..settings import ApiSettings, MtlsSettings, RedisSettings, RouteSettings
 
 __all__ = ["Authorizer", "AuthorizerSettings", "AuthorizerType", "BuildContext", "IdentitySide", "register"]
 
@@ -60,6 +60,8 @@ class BuildContext:
     context_settings: ContextSettings = DEFAULT_SETTINGS
     """How requests are read for context keys (`policy.trusted_proxy_hops`, ...): what a type that shows the caller's
     address (a Lambda event's `sourceIp`) reads it with, so it is `aws:SourceIp`."""
+    mtls: MtlsSettings | None = None
+    """The config's `mtls:` section (truststore, CRLs, certificate sources), for `type: mtls`."""
 
 
 class Authorizer(abc.ABC):

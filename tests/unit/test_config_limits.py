@@ -98,3 +98,10 @@ def test_keys_from_the_authorizer_need_a_lambda_authorizer() -> None:
 def test_an_api_key_rule_part_needs_api_keys() -> None:
     text = BASE.replace(", api_key_required: true", "") + "rate_limits: [{name: r, key: [api_key], limit: 10}]\n"
     assert any("rate_limits[0].key: the api_key part needs `api_keys:`" in e for e in _errors(text))
+
+
+def test_a_route_requiring_a_client_cert_needs_mtls() -> None:
+    text = BASE.replace("api_key_required: true", "require_client_cert: true")
+    assert any("routes[0].require_client_cert: require_client_cert needs `mtls:`" in e for e in _errors(text))
+    loaded = parse_config(text + "mtls: {truststore: ca.pem, sources: [envoy, xfcc]}\n", "cfg.yaml")
+    assert loaded.mtls is not None and loaded.mtls.principal == "san.uri" and loaded.routes[0].require_client_cert
