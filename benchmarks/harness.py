@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import yaml
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.harness.demo import SidecarProcess, config_with_ports
 from sidecar.harness.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process
@@ -38,6 +39,8 @@ from .scenarios import Scenario
 REPO = Path(__file__).resolve().parents[1]
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 GRPC_HEADERS = (("content-type", "application/grpc"), ("te", "trailers"))
+ADMISSION = "limits-admission"
+"""The name `--only` gives the two-sidecar over-admission measurement (`Profile.admission_seconds`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,9 @@ class Profile:
     then be read against a floor measured seconds apart and sent the same requests, not one measured minutes
     earlier with anonymous requests: the floor's own p99 and throughput drift within a run, and a 700-byte
     bearer token is work for Envoy that an anonymous floor request does not carry."""
+    admission_seconds: float = 0.0
+    """Seconds of the two-sidecar over-admission measurement (`benchmarks/limits_admission.py`; 0: none). It runs
+    when every scenario does, or when `only` names it (`limits-admission`) or the Redis usage-plan row."""
 
 
 PROFILES = {
@@ -91,14 +97,43 @@ PROFILES = {
                 "lambda-uncached",
                 "lambda-uncached-async",
                 "lambda-remote",
+                "apikey-plan-redis",
+                "apikey-plan-local",
             }
         ),
+        admission_seconds=2,
     ),
     "quick": Profile(
-        "quick", 3, 2, 16, 1000, 16, 4, 4, 2000, workers=True, rounds=3, memory_tokens=100_000, floor_beside=True
+        "quick",
+        3,
+        2,
+        16,
+        1000,
+        16,
+        4,
+        4,
+        2000,
+        workers=True,
+        rounds=3,
+        memory_tokens=100_000,
+        floor_beside=True,
+        admission_seconds=5,
     ),
     "full": Profile(
-        "full", 10, 5, 32, 1000, 16, 4, 8, 10000, workers=True, rounds=5, memory_tokens=100_000, floor_beside=True
+        "full",
+        10,
+        5,
+        32,
+        1000,
+        16,
+        4,
+        8,
+        10000,
+        workers=True,
+        rounds=5,
+        memory_tokens=100_000,
+        floor_beside=True,
+        admission_seconds=10,
     ),
 }
 
@@ -163,6 +198,11 @@ class RunResult:
     pending: list[dict[str, str]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
+    admission: list[dict[str, Any]] = field(default_factory=list)
+    """The two-sidecar over-admission measurements (`limits_admission.Admission.as_dict`)."""
+    metered: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per usage-plan scenario, what its sidecar's gate metrics grew by over all its rows (`gate_tallies`): every
+    request metered, none refused, none decided without Redis is what its figures assume."""
 
 
 def _round(value: float | None) -> float | None:
@@ -260,6 +300,27 @@ def sidecar(
     args = ("--workers", str(workers)) if workers > 1 else ()
     with SidecarProcess(config_with_ports(config_text, grpc_port, admin, http_port), admin, args) as proc:
         yield proc
+
+
+def gate_tallies(admin_port: int) -> dict[str, float]:
+    """From a sidecar's /metrics: `fallbacks` (usage-plan and rate-rule decisions taken without Redis, in any
+    `on_redis_error` mode) and the usage-plan gate's outcomes (`ok`, `throttled`, `quota`, ...) over every plan."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    tallies: dict[str, float] = {"fallbacks": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "authz_limit_fallbacks_total":
+                tallies["fallbacks"] += sample.value
+            elif sample.name == "authz_gate_decisions_total" and sample.labels.get("gate") == "usage_plan":
+                outcome = sample.labels.get("outcome", "")
+                tallies[outcome] = tallies.get(outcome, 0.0) + sample.value
+    return tallies
+
+
+def tally_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each of `gate_tallies`' counts grew by."""
+    return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
 # -- checks before loading ----------------------------------------------------------------------------------
@@ -453,6 +514,8 @@ class Harness:
             noop = next((s for s in runnable if s.name == "noop-grpc"), None)
             if noop is not None and on_sidecar and self.profile.workers:
                 self.floor_again(noop)
+            if self._admission_wanted():
+                self.admission()
             if self.profile.memory_tokens and (only is None or "memory" in only):
                 n = self.profile.memory_tokens
                 self.memory(scenarios.memory_fill(fixtures, n), "as shipped (token cache 10,000)")
@@ -494,12 +557,28 @@ class Harness:
                 for scenario in group:
                     if scenario.redis == "down" and redis is not None:
                         stop_process(redis)  # killed under a running sidecar, as in an outage
+                    before = gate_tallies(side.admin_port) if scenario.metered else {}
                     self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
+                    if scenario.metered:
+                        self.result.metered[scenario.name] = tally_delta(before, gate_tallies(side.admin_port))
 
     def _wanted(self, scenario: Scenario) -> bool:
         if scenario.is_floor:
             return self.profile.floors is None or scenario.name in self.profile.floors
         return self.profile.only is None or scenario.name in self.profile.only
+
+    def _admission_wanted(self) -> bool:
+        only = self.profile.only
+        wanted = only is None or bool(only & {ADMISSION, "apikey-plan-redis"})
+        return bool(self.profile.admission_seconds) and wanted
+
+    def admission(self) -> None:
+        """Two sidecars sharing one Redis, offered twice a throttle's rate (`benchmarks/limits_admission.py`)."""
+        from . import limits_admission  # it builds on this module's process helpers
+
+        measured = limits_admission.measure(self.profile.admission_seconds, log=self.log)
+        self.result.admission.append(measured.as_dict())
+        self.log(limits_admission.describe(measured))
 
     def memory(self, scenario: Scenario, variant: str) -> None:
         """RSS of one sidecar process before and after it has verified and cached `memory_tokens` distinct JWTs."""

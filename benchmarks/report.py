@@ -55,8 +55,14 @@ RELATIVE_RPS_TARGETS = [
     ("jwt-warm-http", "envoy-http", "jwt-warm", "envoy", 2.5, "the gRPC mode on the lean listener (default)"),
 ]
 # (scenario, against, limit, mode): sidecar CPU per Check of one row over another's through Envoy. Issue 20: a
-# cached custom-authorizer decision costs at most 1.10x the warm JWT one.
-RELATIVE_CPU_TARGETS = [("lambda-cached", "jwt-warm", 1.10, "saturation")]
+# cached custom-authorizer decision costs at most 1.10x the warm JWT one. Issue 21: an API key metered by its
+# usage plan on the warm JWT route costs at most 1.25x the Redis L2-hit row when counted in Redis, and at most
+# 1.10x the warm JWT row when counted in process.
+RELATIVE_CPU_TARGETS = [
+    ("lambda-cached", "jwt-warm", 1.10, "saturation"),
+    ("apikey-plan-redis", "redis-l2-hit", 1.25, "saturation"),
+    ("apikey-plan-local", "jwt-warm", 1.10, "saturation"),
+]
 # (scenario, against, limit in us, mode): sidecar CPU per Check of one row minus another's. Issue 20: what the
 # sidecar spends around an in-process handler call (the trivial handler's own few us included) <= 40 us, read
 # for a sync handler (on the pool's threads) and an async one (on the loop).
@@ -66,6 +72,16 @@ OVERHEAD_TARGETS = [
 ]
 CUSTOM_ROWS = ("jwt-warm", "lambda-cached", "lambda-uncached", "lambda-uncached-async", "lambda-remote")
 """The custom-authorizer rows, beside the warm JWT row they are held against (`custom_table`)."""
+LIMITS_ROWS = (
+    ("jwt-warm", ""),
+    ("redis-l2-hit", ""),
+    ("apikey-plan-local", "jwt-warm"),
+    ("apikey-plan-redis", "redis-l2-hit"),
+)
+"""The usage-plan rows and the rows their CPU is held against, with those references (`limits_table`); p99 is
+read against `jwt-warm`'s in the same mode (issue 21: p99 at 1,000 rps against the warm JWT row)."""
+ADMISSION_BOUND = 0.01
+"""How far the two sidecars' admitted count may be from the exact allowance (the tests' bound, issue 21)."""
 
 
 def _run(cmd: list[str]) -> str:
@@ -245,6 +261,60 @@ def custom_table(result: RunResult) -> list[str]:
     return lines if any(r.scenario.startswith("lambda-") for r in result.rows) else []
 
 
+def limits_table(result: RunResult) -> list[str]:
+    """The usage-plan rows beside their references through Envoy, per mode: p99 against `jwt-warm`'s, sidecar
+    CPU per Check against the reference of each (`LIMITS_ROWS`). Empty when no usage-plan row ran."""
+    index = {(r.scenario, r.mode, r.transport): r for r in result.rows}
+    lines = [
+        "| scenario | mode | rps | p99 ms | p99 vs jwt-warm | sidecar CPU us/Check | CPU vs | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in ("saturation", "fixed-rate"):
+        warm = index.get(("jwt-warm", mode, "envoy"))
+        for name, against in LIMITS_ROWS:
+            row = index.get((name, mode, "envoy"))
+            if row is None or row.result is None:
+                continue
+            r = row.result
+            p99 = relative_p99(row, warm) if name != "jwt-warm" else None
+            cpu = relative_cpu(row, index.get((against, mode, "envoy"))) if against else None
+            lines.append(
+                f"| {row.title} | {mode} | {r.rps:.0f} | {_ms(r.p99_us)} | {f'{p99:.2f}x' if p99 else ''}"
+                f" | {_cpu(row.sidecar_cpu_us)} | {f'{cpu:.2f}x {against}' if cpu else ''} | {r.errors} |"
+            )
+    return lines if any(r.scenario.startswith("apikey-plan") for r in result.rows) else []
+
+
+def metered_lines(result: RunResult) -> list[str]:
+    """What each usage-plan row's sidecar metered over all its measurements (its gate metrics)."""
+    lines = []
+    for name, counts in result.metered.items():
+        ok, refused = counts.get("ok", 0.0), sum(v for k, v in counts.items() if k not in ("ok", "fallbacks"))
+        lines.append(
+            f"- `{name}`: {ok:,.0f} requests metered and admitted by the plan, {refused:,.0f} refused,"
+            f" {counts.get('fallbacks', 0.0):,.0f} decided without Redis."
+        )
+    return lines
+
+
+def admission_table(result: RunResult) -> list[str]:
+    """The two-sidecar over-admission measurements (`benchmarks/limits_admission.py`), one line each."""
+    lines = [
+        "| sidecars | throttle | offered (rps) | Redis time s | admitted | allowance (burst + rate x s) | admitted /"
+        f" allowance | throttled | errors | without Redis | within {ADMISSION_BOUND:.0%} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in result.admission:
+        ratio = a["ratio"]
+        verdict = "yes" if abs(ratio - 1) <= ADMISSION_BOUND else f"no ({ratio - 1:+.2%})"
+        lines.append(
+            f"| {a['sidecars']} | {a['rate']:g}/s, burst {a['burst']} | {a['offered']} ({a['offered_rate']:g})"
+            f" | {a['seconds']:.3f} | {a['admitted']} | {a['allowance']:.1f} | {ratio:.4f} ({ratio - 1:+.2%})"
+            f" | {a['throttled']} | {a['errors']} | {a['fallbacks']} | {verdict} |"
+        )
+    return lines if result.admission else []
+
+
 def relative_rps(row: Row | None, against: Row | None) -> float | None:
     """Throughput of `row` over throughput of `against`, when both were measured."""
     if row is None or against is None or row.result is None or against.result is None or not against.result.rps:
@@ -371,13 +441,49 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
             *custom,
             "",
         ]
-    out += ["## Targets this run can check (issues 6, 8, 9, 20)", "", *_targets(result), ""]
+    out += _limits_section(result)
+    out += ["## Targets this run can check (issues 6, 8, 9, 20, 21)", "", *_targets(result), ""]
     if result.pending:
         out += ["## Not measured yet", "", "| scenario | waiting for |", "|---|---|"]
         out += [f"| {p['title']} | {p['why']} |" for p in result.pending]
         out.append("")
     out.append("Plot: `latency.png`. Raw figures: `results.json`.")
     return "\n".join(out) + "\n"
+
+
+def _limits_section(result: RunResult) -> list[str]:
+    """API keys and usage plans (issue 21): the rows against their references, and the over-admission table."""
+    table, metered, admission = limits_table(result), metered_lines(result), admission_table(result)
+    if not (table or admission):
+        return []
+    out = ["## API keys and usage plans", ""]
+    if table:
+        out += [
+            "The warm JWT request plus an `x-api-key` on a route with `api_key_required`, its key in a usage plan"
+            " whose throttle (1,000,000/s) and quota (10^12 a day) no load here reaches: every Check is the warm"
+            " decision, the key's lookup and one meter call, and nothing is refused. `apikey-plan-redis` counts in"
+            " Redis (`redis.default`, one EVALSHA per Check; the decision cache stays in process), held against"
+            " `redis-l2-hit` (one Redis read per Check); `apikey-plan-local` counts in process, held against"
+            " `jwt-warm`. p99 is against `jwt-warm`'s in the same mode.",
+            "",
+            *table,
+            "",
+            *metered,
+            "",
+        ]
+    if admission:
+        out += [
+            "Over-admission (`python -m benchmarks.limits_admission`): two sidecar processes count one API key's"
+            " throttle in one Redis; Checks go straight at their gRPC ports, alternating, on a fixed schedule at"
+            " twice the throttle's rate. The allowance is what one exact token bucket admits over the Redis time"
+            " from just before the first request to just after the last reply (`burst + rate x seconds`, an upper"
+            " bound): above 1 is over-admission. `without Redis` counts the sidecars' fallback decisions"
+            " (`authz_limit_fallbacks_total`), which count per process and would over-admit.",
+            "",
+            *admission,
+            "",
+        ]
+    return out
 
 
 def plot(result: RunResult, path: Path) -> None:
@@ -422,6 +528,8 @@ def write(result: RunResult, directory: Path) -> list[Path]:
         "rows": [r.as_dict() for r in result.rows],
         "workers": result.workers,
         "memory": result.memory,
+        "admission": result.admission,
+        "metered": result.metered,
         "pending": result.pending,
     }
     paths = [directory / "results.json", directory / "results.md", directory / "latency.png"]

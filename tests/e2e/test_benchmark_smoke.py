@@ -17,7 +17,7 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -37,6 +37,11 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
         ("lambda-cached", "envoy", "saturation"),
         ("lambda-uncached", "envoy", "saturation"),
         ("lambda-remote", "envoy", "fixed-rate"),  # through a lambda-serve the harness started
+        ("apikey-plan-redis", "envoy", "saturation"),  # errors 0: the plan refused none of them
+        ("apikey-plan-redis", "envoy", "fixed-rate"),
+        ("apikey-plan-redis", "grpc-direct", "saturation"),
+        ("apikey-plan-local", "envoy", "saturation"),
+        ("apikey-plan-local", "envoy", "fixed-rate"),
     ]:
         assert key in rows, key
         assert rows[key]["requests"] > 0 and rows[key]["errors"] == 0, rows[key]
@@ -51,4 +56,14 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
     assert rows[("lambda-remote", "envoy", "fixed-rate")]["helper_cpu_us_per_check"] > 0  # lambda-serve's CPU
     assert "## Custom authorizers" in report
     assert "| lambda-uncached: sidecar CPU per Check minus lambda-cached's (saturation) | <= 40 us | " in report
+    for name in ("apikey-plan-redis", "apikey-plan-local"):  # every request was metered by the plan, none refused
+        metered = data["metered"][name]
+        assert metered["ok"] >= sum(r["requests"] for r in data["rows"] if r["scenario"] == name), metered
+        assert not any(count for outcome, count in metered.items() if outcome not in ("ok", "fallbacks")), metered
+    (admission,) = data["admission"]  # two sidecars sharing one Redis, offered twice the throttle's rate
+    assert admission["offered"] == 800 and admission["errors"] == 0, admission  # 400 rps for 2 s
+    assert admission["throttled"] > 0 and admission["fallbacks"] == 0, admission
+    assert 0.9 <= admission["ratio"] <= 1.01, admission  # never above the exact allowance by more than 1%
+    assert "| apikey-plan-redis: sidecar CPU per Check vs redis-l2-hit (saturation) | <= 1.25x | " in report
+    assert "## API keys and usage plans" in report and "| 2 | 200/s, burst 100 | 800 (400) |" in report
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from benchmarks import report
 from benchmarks.harness import PROFILES, Harness, Row, RunResult, add_ratios
+from benchmarks.limits_admission import Admission
 from benchmarks.load import LoadResult
-from benchmarks.report import _table, _targets, custom_table
+from benchmarks.report import _table, _targets, admission_table, custom_table, limits_table, metered_lines
 from benchmarks.scenarios import Scenario
 
 
@@ -98,3 +100,48 @@ def test_custom_authorizer_targets_read_cpu_against_other_rows() -> None:
     table = "\n".join(custom_table(run))
     assert "| lambda-remote | fixed-rate | 1000 | 2.00 | 2.50x | 300 | 3.00x | 150 | 0 |" in table
     assert custom_table(RunResult(PROFILES["quick"], rows=[_cpu_row("jwt-warm", "saturation", 40.0)])) == []
+
+
+def test_usage_plan_rows_are_held_against_their_references_and_p99_against_the_warm_jwt_row() -> None:
+    """Issue 21: counted in Redis <= 1.25x the Redis L2-hit row's CPU, in process <= 1.10x the warm JWT row's;
+    both rows' p99 at the fixed rate is read against the warm JWT row's."""
+    run = RunResult(
+        PROFILES["quick"],
+        rows=[
+            _cpu_row("jwt-warm", "saturation", 40.0),
+            _cpu_row("redis-l2-hit", "saturation", 60.0),
+            _cpu_row("apikey-plan-redis", "saturation", 81.0),
+            _cpu_row("apikey-plan-local", "saturation", 42.0),
+            _cpu_row("jwt-warm", "fixed-rate", 90.0, p99_us=800),
+            _cpu_row("apikey-plan-redis", "fixed-rate", 120.0, p99_us=1200),
+        ],
+        metered={"apikey-plan-redis": {"fallbacks": 0.0, "ok": 123_456.0, "throttled": 0.0}},
+    )
+    lines = "\n".join(_targets(run))
+    assert (
+        "| apikey-plan-redis: sidecar CPU per Check vs redis-l2-hit (saturation) | <= 1.25x | 1.35x | missed (by 8%) |"
+        in lines
+    )
+    assert "| apikey-plan-local: sidecar CPU per Check vs jwt-warm (saturation) | <= 1.10x | 1.05x | met |" in lines
+    table = "\n".join(limits_table(run))
+    assert "| apikey-plan-redis | saturation | 1000 | 0.90 | 1.00x | 81 | 1.35x redis-l2-hit | 0 |" in table
+    assert "| apikey-plan-redis | fixed-rate | 1000 | 1.20 | 1.50x | 120 |  | 0 |" in table  # no L2 row at this rate
+    assert "| jwt-warm | fixed-rate | 1000 | 0.80 |  | 90 |  | 0 |" in table
+    assert metered_lines(run) == [
+        "- `apikey-plan-redis`: 123,456 requests metered and admitted by the plan, 0 refused, 0 decided without Redis."
+    ]
+    assert limits_table(RunResult(PROFILES["quick"], rows=[_cpu_row("jwt-warm", "saturation", 40.0)])) == []
+
+
+def test_the_admission_table_gives_admitted_over_the_allowance_and_the_one_percent_verdict() -> None:
+    exact = Admission(2, 200.0, 100, 5.0, 400.0, 2000, 1098, 902, 0, 0, 1098)
+    over = Admission(2, 200.0, 100, 5.0, 400.0, 2000, 1200, 800, 0, 37, 1200)
+    run = RunResult(PROFILES["quick"], admission=[exact.as_dict(), over.as_dict()])
+    assert exact.allowance == 1100 and exact.as_dict()["ratio"] == 0.9982
+    table = admission_table(run)
+    assert table[2] == (
+        "| 2 | 200/s, burst 100 | 2000 (400) | 5.000 | 1098 | 1100.0 | 0.9982 (-0.18%) | 902 | 0 | 0 | yes |"
+    )
+    assert table[3].endswith("| 1200 | 1100.0 | 1.0909 (+9.09%) | 800 | 0 | 37 | no (+9.09%) |")
+    assert admission_table(RunResult(PROFILES["quick"])) == []
+    assert "## API keys and usage plans" in "\n".join(report._limits_section(run))
