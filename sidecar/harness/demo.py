@@ -28,6 +28,7 @@ import jwt
 import yaml
 
 from ..config import default_config_text
+from ..limits.apikeys import digest_of, new_key_value
 from .envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process, wait_for_http
 
 
@@ -160,6 +161,8 @@ class Scenario:
     body: bytes = b""
     sign: Callable[[str, str, bytes], dict[str, str]] | None = None
     """Given (method, url, body), the headers that authenticate the request (SigV4 signs the final URL)."""
+    expect_header: str = ""
+    """A response header that must come back (e.g. a 429's `retry-after`), shown in the table."""
 
 
 SCENARIOS: list[Scenario] = [
@@ -179,11 +182,23 @@ class Outcome:
     status: int
     reason: str
     principal: str
+    headers: dict[str, str] = field(default_factory=dict)
+    """The response's headers, names in lower case."""
 
     @property
     def ok(self) -> bool:
         s = self.scenario
-        return self.status == s.expect_status and (not s.expect_reason or self.reason == s.expect_reason)
+        return (
+            self.status == s.expect_status
+            and (not s.expect_reason or self.reason == s.expect_reason)
+            and (not s.expect_header or s.expect_header in self.headers)
+        )
+
+    @property
+    def shown_reason(self) -> str:
+        """The reason, with the expected header's value when the scenario names one."""
+        name = self.scenario.expect_header
+        return f"{self.reason}, {name}: {self.headers.get(name, '(none)')}" if name else self.reason
 
 
 def send(base: str, scenario: Scenario) -> Outcome:
@@ -197,15 +212,15 @@ def send(base: str, scenario: Scenario) -> Outcome:
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            status, body = response.status, response.read()
+            status, body, answered = response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
+        status, body, answered = exc.code, exc.read(), exc.headers
     reason, principal = "", ""
     with contextlib.suppress(ValueError):
         payload = json.loads(body or b"{}")
         reason = str(payload.get("reason", ""))
         principal = str(payload.get("headers", {}).get("x-authz-principal", "")) if status == 200 else ""
-    return Outcome(scenario, status, reason, principal)
+    return Outcome(scenario, status, reason, principal, {k.lower(): v for k, v in answered.items()})
 
 
 class _JwksHandler(BaseHTTPRequestHandler):
@@ -246,8 +261,33 @@ LAMBDA_SCENARIOS = [
 ]
 
 
+API_KEY_PLAN = {"throttle": {"rate": 0.2, "burst": 1}, "quota": {"limit": 1000, "period": "DAY"}}
+"""The demo's usage plan: one request back to back, then one every 5 s (the second request is throttled)."""
+API_KEY_ROUTE = {"match": "GET /widgets/{id}", "authorizer": "public", "api_key_required": True}
+"""An open route that still needs an API key (API Gateway's `apiKeyRequired` on a method with no authorizer)."""
+
+
+def api_key_scenarios(value: str) -> list[Scenario]:
+    """A missing key, a good one, and the same key again at once: over the plan's burst of 1, 429."""
+    key = {"x-api-key": value}
+    return [
+        Scenario("API key route without a key", "GET", "/widgets/1", 403, "InvalidApiKey"),
+        Scenario("API key in its usage plan", "GET", "/widgets/1", 200, headers=key),
+        Scenario(
+            "the same key again: throttled (burst 1)",
+            "GET",
+            "/widgets/1",
+            429,
+            "Throttled",
+            headers=key,
+            expect_header="retry-after",
+        ),
+    ]
+
+
 class DemoIdentities:
-    """A JWT issuer and a SigV4 credential for the demo, made fresh on every run (nothing secret is shipped)."""
+    """A JWT issuer, a SigV4 credential and an API key for the demo, made fresh on every run (nothing secret is
+    shipped)."""
 
     ACCESS_KEY = "AKIDDEMO00000000"
     AUDIENCE = "demo-api"
@@ -257,6 +297,7 @@ class DemoIdentities:
 
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._secret = secrets.token_urlsafe(30)
+        self._api_key = new_key_value()
         self._dir = tempfile.TemporaryDirectory(prefix="authz-demo-idp-")
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._key.public_key()))
         handler = type(
@@ -279,8 +320,12 @@ class DemoIdentities:
         self._dir.cleanup()
 
     def config(self, base_text: str) -> str:
-        """`base_text` with a `jwt` authorizer, a `sigv4` authorizer, a `lambda` one (`LAMBDA_AUTHORIZER`) and
-        their routes added."""
+        """`base_text` with a `jwt` authorizer, a `sigv4` authorizer, a `lambda` one (`LAMBDA_AUTHORIZER`), an API
+        key file with one key in the `demo` usage plan (in-process counters: the demo has no Redis) and their
+        routes added."""
+        keys = Path(self._dir.name) / "api-keys.yaml"
+        key = {"id": "demo-key", "name": "Demo", "sha256": digest_of(self._api_key), "plan": "demo"}
+        keys.write_text(yaml.safe_dump([key]), encoding="utf-8")
         credentials = Path(self._dir.name) / "credentials.yaml"
         policy = {
             "Version": "2012-10-17",
@@ -308,10 +353,13 @@ class DemoIdentities:
             "credentials": {"file": str(credentials)},
         }
         data["authorizers"]["pets"] = LAMBDA_AUTHORIZER
+        data["api_keys"] = {"file": str(keys)}
+        data["usage_plans"] = {"demo": API_KEY_PLAN}
         data["routes"] += [
             {"match": "GET /orders/{id}", "authorizer": "corp", "scopes": ["orders.read"]},
             {"match": "ANY /iam/{proxy+}", "authorizer": "iam"},
             {"match": "GET /pets/{id}", "authorizer": "pets"},
+            API_KEY_ROUTE,
         ]
         return yaml.safe_dump(data, sort_keys=False)
 
@@ -339,7 +387,7 @@ class DemoIdentities:
         return sign
 
     def scenarios(self) -> list[Scenario]:
-        """What the JWT, SigV4 and Lambda authorizers add to the demo."""
+        """What the JWT, SigV4 and Lambda authorizers and the API key add to the demo."""
         bearer = "Bearer "
         out = [
             Scenario(
@@ -367,6 +415,7 @@ class DemoIdentities:
             ),
             Scenario("no token", "GET", "/orders/42", 401, "TokenMissing"),
             *LAMBDA_SCENARIOS,
+            *api_key_scenarios(self._api_key),
         ]
         try:
             import botocore  # noqa: F401 - the SigV4 scenarios sign with botocore, AWS's own signer
@@ -418,7 +467,14 @@ def format_table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         mark = "ok" if o.ok else "FAIL"
         rows.append(
-            (mark, f"{o.scenario.method} {o.scenario.path}", str(o.status), o.reason, o.principal, o.scenario.title)
+            (
+                mark,
+                f"{o.scenario.method} {o.scenario.path}",
+                str(o.status),
+                o.shown_reason,
+                o.principal,
+                o.scenario.title,
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
@@ -428,8 +484,9 @@ def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = 
     """Run the demo and print the table; 0 when every scenario got what it expected.
 
     With no config, the embedded default runs with demo identity providers added beside it: a JWT issuer (RSA
-    key made now, JWKS served on 127.0.0.1), a SigV4 credential with an identity policy and a Lambda authorizer
-    (the shipped example handler, `sidecar/examples/lambda_authorizer.py`). `http`: Envoy
+    key made now, JWKS served on 127.0.0.1), a SigV4 credential with an identity policy, a Lambda authorizer
+    (the shipped example handler, `sidecar/examples/lambda_authorizer.py`) and an API key whose usage plan
+    throttles its second request (429 with Retry-After). `http`: Envoy
     asks over HTTP (`http_service`, the sidecar's HTTP listener) instead of gRPC; the table is the same.
     """
     transport = "HTTP" if http else "gRPC"

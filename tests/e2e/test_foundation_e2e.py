@@ -225,10 +225,12 @@ def test_shipped_envoy_configs_are_the_rendered_templates() -> None:
 @pytest.mark.parametrize("transport", [(), ("--http",)])
 def test_demo_runs_and_leaves_nothing_behind(transport: tuple[str, ...]) -> None:
     """The demo's scenario table (anonymous, closed and unknown routes, JWT scopes and expiry, a Lambda authorizer,
-    SigV4) through a real Envoy, asking over gRPC and over HTTP: both transports decide the table alike."""
+    an API key route: no key, a good key, the same key throttled with Retry-After; SigV4) through a real Envoy,
+    asking over gRPC and over HTTP: both transports decide the table alike."""
     result = run_cli("demo", *transport)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "14 of 14 scenarios as expected" in result.stdout
+    assert "17 of 17 scenarios as expected" in result.stdout
+    assert "429     Throttled, retry-after: 5" in result.stdout  # Envoy passes the 429's Retry-After to the client
     assert ("(HTTP ext_authz)" if transport else "(gRPC ext_authz)") in result.stdout
 
 
