@@ -337,9 +337,11 @@ class Pipeline:
                     steps.append(first.step(ANONYMOUS.id))
                 refusal = first.to_denied().decision(route=route.key, authorizer=authorizer.name)
                 return replace(refusal, statement=_label(first.deciding))
+        authenticating = True
         try:
             start = perf_counter()
             principal = await authorizer.authenticate(request)
+            authenticating = False
             self.recorder.stage("authenticate", perf_counter() - start)
             if steps is not None:
                 steps.append(_identified_step(authorizer, principal))
@@ -356,6 +358,8 @@ class Pipeline:
                 steps.append(_scopes_step(route.scopes, principal.scopes))
             outcome, statement = self._policy_outcome(runtime, request, principal, authorizer.identity_side, steps)
         except Denied as denied:
+            if authenticating:  # a refused credential was verified too (a bad token's signature): the stage's time
+                self.recorder.stage("authenticate", perf_counter() - start)
             if steps is not None:
                 steps.append(_refused_step(authorizer, denied))
             return denied.decision(route=route.key, challenge=authorizer.challenge, authorizer=authorizer.name)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sidecar.config import parse_config
 from sidecar.explanation import text_lines
+from sidecar.metrics import RECORDER, Recorder
 from sidecar.pipeline import Pipeline
 from sidecar.request import Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
@@ -14,13 +15,15 @@ from sidecar.runtime import RuntimeHolder, compile_runtime
 ARN = "arn:aws:execute-api:us-east-1:000000000000:local/prod"
 
 
-def pipeline(tmp_path: Path, extra: str = "", policy: dict[str, object] | None = None) -> Pipeline:
+def pipeline(
+    tmp_path: Path, extra: str = "", policy: dict[str, object] | None = None, recorder: Recorder = RECORDER
+) -> Pipeline:
     text = "authorizers:\n  open: {type: none}\nroutes:\n  - {match: 'ANY /{proxy+}', authorizer: open}\n" + extra
     if policy is not None:
         path = tmp_path / "policy.json"
         path.write_text(json.dumps(policy))
         text += f"resource_policy: {path}\n"
-    return Pipeline(RuntimeHolder(compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))))
+    return Pipeline(RuntimeHolder(compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))), recorder=recorder)
 
 
 def request(path: str = "/x", source: str = "127.0.0.1") -> Request:
@@ -235,3 +238,26 @@ def test_a_settings_class_builds_its_authorizer_and_register_needs_no_build_func
     runtime = compile_runtime(config)
     assert isinstance(runtime.authorizers["open"], NoneAuthorizer)
     assert entry.build.__name__ == "_settings_build"
+
+
+class StageRecorder(Recorder):
+    """A recorder that keeps the stage names it is given (not registered for `metrics.flush`)."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self.stages.append(stage)
+
+
+async def test_a_refused_credential_is_timed_in_the_authenticate_stage(tmp_path: Path) -> None:
+    """A bad credential costs verification too (a flood of bad tokens shows in the stage's time and count); a
+    refusal after the caller was identified (scopes, policy) is not timed twice."""
+    text = "authorizers:\n  closed: {type: deny}\nroutes:\n  - {match: 'ANY /{proxy+}', authorizer: closed}\n"
+    recorder = StageRecorder()
+    runtime = compile_runtime(parse_config(text, str(tmp_path / "c.yaml")))
+    refused = await Pipeline(RuntimeHolder(runtime), recorder=recorder).decide(request())
+    assert not refused.allowed and recorder.stages.count("authenticate") == 1
+    recorder.stages.clear()
+    await pipeline(tmp_path, "policy: {private_api: true}\n", recorder=recorder).decide(request())
+    assert recorder.stages.count("authenticate") == 1
