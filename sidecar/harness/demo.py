@@ -87,6 +87,7 @@ class SidecarProcess:
         admin_port: int,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        log_level: str | None = None,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="authz-sidecar-")
         self.config_path = Path(self._dir.name) / "config.yaml"
@@ -95,13 +96,16 @@ class SidecarProcess:
         self.admin_port = admin_port
         self.extra_args = extra_args
         self.env = env
+        self.log_level = log_level
+        """`--log-level` (e.g. DEBUG, to show that nothing secret is logged even then); None: the command's default."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> SidecarProcess:
         """Start and wait for /readyz."""
+        level = ("--log-level", self.log_level) if self.log_level else ()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path), *self.extra_args],
+                [sys.executable, "-m", "sidecar", *level, "serve", "--config", str(self.config_path), *self.extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=None if self.env is None else {**os.environ, **self.env},

@@ -61,6 +61,7 @@ def authz_stack() -> Iterator[StackFactory]:
             template: str = "envoy.yaml",
             sidecar_args: tuple[str, ...] = (),
             envoy_edit: Callable[[str], str] | None = None,
+            log_level: str | None = None,
             **envoy_options: object,
         ) -> Stack:
             grpc_port, admin_port = free_port(), free_port()
@@ -70,6 +71,7 @@ def authz_stack() -> Iterator[StackFactory]:
                 admin_port,
                 sidecar_args,
                 env={"PYTHONPATH": str(REPO)},  # so `plugins:` can name test modules
+                log_level=log_level,
             )
             stack.callback(sidecar.cleanup)
             stack.callback(sidecar.stop)
@@ -94,8 +96,8 @@ def authz_stack() -> Iterator[StackFactory]:
         yield start
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
+def metric(text: str, name: str, /, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent); `name` positional, as gates label `name`."""
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith("#"):
