@@ -229,7 +229,7 @@ def _from_counters(config: Config, key_id: str) -> dict[str, object]:
         raise UsageError(
             f"{config.source} counts in process (no redis: connection {config.limits.connection!r}): each sidecar"
             f" process has its own counts, which this command cannot read. Ask the running sidecar instead:"
-            f" usage --admin (GET /usage?key={key_id} on its listen.admin)"
+            f" authz-sidecar usage --admin (GET /usage?key={key_id} on its listen.admin)"
         )
     return asyncio.run(_read_redis(connection, keys, plans, key_id)).as_json()
 

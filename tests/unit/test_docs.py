@@ -34,7 +34,15 @@ from tests.conftest import REPO
 DOCS = REPO / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 ALL_PAGES = [*PAGES, REPO / "README.md", REPO / "proto" / "README.md"]
-EXAMPLE_PAGES = ["check.md", "envoy.md", "configuration.md", "sigv4.md", "explanations.md", "custom-authorizers.md"]
+EXAMPLE_PAGES = [
+    "check.md",
+    "envoy.md",
+    "configuration.md",
+    "sigv4.md",
+    "explanations.md",
+    "custom-authorizers.md",
+    "limits.md",
+]
 """Pages whose `file=` blocks and console commands are run (each must have at least one command)."""
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)(?P<info>.*)$")
