@@ -117,6 +117,7 @@ def test_usage_plan_rows_are_held_against_their_references_and_p99_against_the_w
         ],
         metered={"apikey-plan-redis": {"fallbacks": 0.0, "ok": 123_456.0, "throttled": 0.0}},
     )
+    run.rows[-1].ratios["p99_beside"] = 1.4
     lines = "\n".join(_targets(run))
     assert (
         "| apikey-plan-redis: sidecar CPU per Check vs redis-l2-hit (saturation) | <= 1.25x | 1.35x | missed (by 8%) |"
@@ -124,12 +125,17 @@ def test_usage_plan_rows_are_held_against_their_references_and_p99_against_the_w
     )
     assert "| apikey-plan-local: sidecar CPU per Check vs jwt-warm (saturation) | <= 1.10x | 1.05x | met |" in lines
     table = "\n".join(limits_table(run))
-    assert "| apikey-plan-redis | saturation | 1000 | 0.90 | 1.00x | 81 | 1.35x redis-l2-hit | 0 |" in table
-    assert "| apikey-plan-redis | fixed-rate | 1000 | 1.20 | 1.50x | 120 |  | 0 |" in table  # no L2 row at this rate
-    assert "| jwt-warm | fixed-rate | 1000 | 0.80 |  | 90 |  | 0 |" in table
+    assert "| apikey-plan-redis | saturation | 1000 | 0.90 | 1.00x |  | 81 | 1.35x redis-l2-hit | 0 |" in table
+    assert "| apikey-plan-redis | fixed-rate | 1000 | 1.20 | 1.50x | 1.40x | 120 |  | 0 |" in table  # no L2 row here
+    assert "| jwt-warm | fixed-rate | 1000 | 0.80 |  |  | 90 |  | 0 |" in table
     assert metered_lines(run) == [
         "- `apikey-plan-redis`: 123,456 requests metered and admitted by the plan, 0 refused, 0 decided without Redis."
     ]
+    run.metered["apikey-plan-redis"] = {"fallbacks": 81_775.0, "ok": 90_056.0}
+    assert metered_lines(run)[0].endswith(
+        "81,775 decided without Redis (91%: its figures are partly of the in-process fallback, not of counting in"
+        " Redis)."
+    )
     assert limits_table(RunResult(PROFILES["quick"], rows=[_cpu_row("jwt-warm", "saturation", 40.0)])) == []
 
 
