@@ -278,6 +278,7 @@ class HttpModeSettings(_Frozen):
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 GATE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_METHOD = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
 KEY_PARTS = ("ip", "forwarded_ip", "principal", "api_key", "route", "method")
 """What a rate-based rule's `key` may combine, besides `header:NAME` (docs/limits.md)."""
 
@@ -299,7 +300,7 @@ class ThrottleSettings(_Frozen):
     """API Gateway's throttle: a token bucket refilled at `rate` requests per second, holding `burst` (the most
     requests that pass back to back)."""
 
-    rate: float = Field(gt=0, le=1_000_000)
+    rate: float = Field(ge=0.001, le=1_000_000)
     burst: int = Field(ge=1, le=1_000_000)
 
 
@@ -392,7 +393,14 @@ class RateLimitSettings(_Frozen):
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(m.upper() for m in value)
+        out = tuple(m.upper() for m in value)
+        for method in out:
+            if method in ("HEAD", "ANY"):
+                hint = "HEAD is judged as GET: name GET" if method == "HEAD" else "leave methods out for all of them"
+                raise ValueError(f"{method} cannot be a rule's method ({hint})")
+            if not _METHOD.fullmatch(method):
+                raise ValueError(f"not an HTTP method: {method!r}")
+        return out
 
 
 class MtlsSettings(_Frozen):
@@ -435,6 +443,9 @@ class LimitSettings(_Frozen):
     connection: str = "default"
     on_redis_error: Literal["local", "allow", "deny"] = "local"
     key_id_labels: bool = False
+    timeout_ms: int = Field(default=50, ge=1, le=10_000)
+    """How long a gate waits for Redis before `on_redis_error` decides. Longer than the decision cache's (a
+    count that times out may still land in Redis: the request is then counted twice, or refused and counted)."""
 
 
 class RouteSettings(_Frozen):

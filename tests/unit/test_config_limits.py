@@ -53,7 +53,7 @@ rate_limits:
             "usage_plans: {gold: {throttle: {rate: 5, burst: 0}}}\n",
             "usage_plans.gold.throttle.burst: must be at least 1",
         ),
-        ("usage_plans: {gold: {throttle: {rate: 0, burst: 1}}}\n", "usage_plans.gold.throttle.rate: must be greater"),
+        ("usage_plans: {gold: {throttle: {rate: 0, burst: 1}}}\n", "usage_plans.gold.throttle.rate: must be at least 0.001"),
         (
             "usage_plans: {gold: {quota: {limit: 10, period: DAY, offset: 10}}}\n",
             "usage_plans.gold.quota: offset must be below limit",
@@ -74,6 +74,9 @@ rate_limits:
             "rate_limits: [{name: r, key: [ip], limit: 10}, {name: r, key: [ip], limit: 10}]\n",
             "duplicates rate_limits[0]",
         ),
+        ("rate_limits: [{name: r, key: [ip], limit: 10, methods: [head]}]\n", "HEAD is judged as GET: name GET"),
+        ("rate_limits: [{name: r, key: [ip], limit: 10, methods: [ANY]}]\n", "leave methods out"),
+        ("rate_limits: [{name: r, key: [ip], limit: 10, methods: ['GE T']}]\n", "not an HTTP method"),
         ("limits: {connection: shared}\n", "limits.connection: names Redis connection 'shared'"),
         ("limits: {on_redis_error: retry}\n", "limits.on_redis_error:"),
     ],
