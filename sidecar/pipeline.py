@@ -328,7 +328,7 @@ class Pipeline:
         """Authenticate and authorize, with no cache involved. Every deny after a successful authentication
         keeps the verified principal (claims dropped), for decision logs: who was refused, not only why."""
         authorizer = route.authorizer
-        if runtime is not self._allowed_for:
+        if runtime is not self._allowed_for and runtime is self.holder.current:
             self._serving(runtime)
         if authorizer.resource_policy_first and runtime.resource_policy is not None:
             first = self._resource_denies(runtime, request)
@@ -389,7 +389,9 @@ class Pipeline:
 
     def _serving(self, runtime: Runtime) -> None:
         """A reload: the memos' keys hold the old runtime's routes and principals (and through them its
-        authorizers), which would stay alive until the memos filled up, and its verdicts."""
+        authorizers), which would stay alive until the memos filled up, and its verdicts. Only the runtime the
+        holder serves takes the memos over: a Check of the replaced one still finishing (it waited in a gate, or
+        for Redis) is decided without them, so it can neither switch them back nor leave its verdicts in them."""
         self._allowed.clear()
         self._outcomes.clear()
         self._allowed_for = runtime
@@ -429,7 +431,10 @@ class Pipeline:
         if not (runtime.resource_policy is not None or runtime.private_api or principal.policies or side == "policies"):
             return None, ""
         remember = (
-            steps is None and self._remember_outcomes and not any(policy.reads_request for policy in principal.policies)
+            steps is None
+            and runtime is self._allowed_for  # a replaced runtime's last requests neither read nor fill the memo
+            and self._remember_outcomes
+            and not any(policy.reads_request for policy in principal.policies)
         )
         if remember:
             found = self._outcomes.get((principal, request.method, request.path))
@@ -461,14 +466,15 @@ class Pipeline:
 
     def _allow(self, route: CompiledRoute, principal: Principal, runtime: Runtime, statement: str) -> Decision:
         key = (route, principal, statement)
-        decision = self._allowed.get(key)
+        decision = self._allowed.get(key) if runtime is self._allowed_for else None
         if decision is None:
             if not sendable(principal):
                 return UNSENDABLE_IDENTITY
             decision = allow_decision(route, principal, runtime.upstream_headers, runtime.identity_headers)
             if statement:
                 decision = replace(decision, statement=statement)
-            self._allowed.put(key, decision)
+            if runtime is self._allowed_for:
+                self._allowed.put(key, decision)
         return decision
 
 

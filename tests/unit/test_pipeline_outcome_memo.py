@@ -3,6 +3,7 @@ can change it (`CompiledPolicy.reads_request`), and forgets every verdict on a r
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from sidecar.runtime import RuntimeHolder, compile_runtime
 
 from .authorizers.custom import handlers
 from .authorizers.custom.lambda_testkit import ARN, HANDLERS, Clock, config_text, pipeline, request, token
+from .limits import gate_handlers
 
 CACHED = f"handler: {HANDLERS}:malformed\nevent_format: token\n"
 
@@ -91,3 +93,66 @@ async def test_a_reload_forgets_the_verdicts_of_the_old_policy(tmp_path: Path) -
     assert (await pipe.check(request("/open"))).allowed
     holder.current = _open_runtime(tmp_path, [{**allow, "Effect": "Deny"}])
     assert (await pipe.check(request("/open"))).status == 403
+
+
+class _HeldCounters:
+    """An admit gate's counters whose answer waits until the test releases it (a Redis round trip in flight)."""
+
+    def __init__(self, inner: Any, release: asyncio.Event) -> None:
+        self.inner = inner
+        self.release = release
+        self.entered = asyncio.Event()
+
+    async def hit(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await self.inner.hit(*args, **kwargs)
+
+
+def _gated_runtime(tmp_path: Path, name: str, statements: list[dict[str, Any]], rule: bool) -> Any:
+    policy = tmp_path / f"{name}.json"
+    policy.write_text(json.dumps(_policy(*statements)))
+    text = (
+        "api: {id: a1b2c3d4e5, stage: prod, account: '123456789012', region: us-east-1}\n"
+        f"resource_policy: {policy}\n"
+        + ("rate_limits: [{name: per-ip, key: [ip], limit: 1000}]\n" if rule else "")
+        + "authorizers:\n  auth: {type: lambda, handler: 'tests.unit.limits.gate_handlers:gated_handler',"
+        " event_format: token}\nroutes: [{match: 'ANY /{proxy+}', authorizer: auth}]\n"
+    )
+    (tmp_path / f"{name}.yaml").write_text(text)
+    return compile_runtime(parse_config(text, str(tmp_path / f"{name}.yaml")), clock=Clock())
+
+
+async def test_a_check_of_the_replaced_runtime_cannot_turn_the_memo_back_on(tmp_path: Path) -> None:
+    """A Check of the old runtime held in an admit gate across a reload reaches the policy stage after the new
+    runtime's first Checks: it must not make the pipeline remember verdicts of the new policy, which reads
+    aws:SourceIp (the caller outside the network would be answered with the verdict of the one inside)."""
+    gate_handlers.GATE[:] = [asyncio.Event()]
+    gate_handlers.CALLS.clear()
+    allow = {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": "*"}
+    deny_outside = {
+        **allow,
+        "Effect": "Deny",
+        "Condition": {"NotIpAddress": {"aws:SourceIp": "203.0.113.0/24"}, "StringEquals": {"aws:userid": "carol"}},
+    }
+    old = _gated_runtime(tmp_path, "old", [allow], rule=True)
+    new = _gated_runtime(tmp_path, "new", [allow, deny_outside], rule=False)
+    holder = RuntimeHolder(old)
+    pipe = Pipeline(holder)
+    release = asyncio.Event()
+    gate = old.gates.admit["ANY /{proxy+}"][0]
+    gate.counters = held_counters = _HeldCounters(gate.counters, release)
+    held = asyncio.ensure_future(pipe.check(request("/admin", headers=token("t"))))
+    await held_counters.entered.wait()  # the old runtime's Check waits in its admit gate
+    holder.current = new
+    inside = asyncio.ensure_future(pipe.check(request("/admin", headers=token("t"), source_address="203.0.113.9")))
+    outside = asyncio.ensure_future(pipe.check(request("/admin", headers=token("t"), source_address="198.51.100.1")))
+    while len(gate_handlers.CALLS) < 1:  # the new runtime's single call is waiting in the handler
+        await asyncio.sleep(0)
+    release.set()
+    while len(gate_handlers.CALLS) < 2:  # the old runtime's Check has reached its own handler call
+        await asyncio.sleep(0)
+    gate_handlers.GATE[0].set()
+    assert (await inside).status == 200
+    assert (await outside).status == 403
+    assert (await held).status == 200

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 CALLS: list[dict[str, Any]] = []
@@ -22,3 +23,20 @@ def usage_key_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if token.startswith("key:"):
         answer["usageIdentifierKey"] = token[4:]
     return answer
+
+
+GATE: list[asyncio.Event] = []
+"""The event `gated_handler` waits for (the test puts one in)."""
+
+
+async def gated_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Allows everything as `carol`, once the test sets `GATE[0]`."""
+    CALLS.append(event)
+    await GATE[0].wait()
+    return {
+        "principalId": "carol",
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "*"}],
+        },
+    }
