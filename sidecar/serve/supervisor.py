@@ -93,11 +93,13 @@ def local_replay_guards(config: Config) -> dict[tuple[str | int, ...], str]:
 
 def check_workers(config: Config, workers: int) -> None:
     """Refuse (`ConfigError`, located like every config error) what `config` cannot do right with `workers`
-    processes: a replay guard only one process sees would accept a signed request once per worker."""
+    processes: a replay guard only one process sees would accept a signed request once per worker, and limits
+    counted in process would be multiplied by the number of workers."""
     if workers <= 1:
         return
     sites = local_replay_guards(config)
-    if not sites:
+    gates = local_gates(config)
+    if not sites and not gates:
         return
     locator = _locator(config)
     issues = []
@@ -108,7 +110,27 @@ def check_workers(config: Config, workers: int) -> None:
             "Redis, or serve with one worker"
         )
         issues.append(locator.issue(loc, message))
+    for loc in gates:
+        message = (
+            f"with --workers {workers} every worker counts usage plans and rate rules on its own, so every limit "
+            f"would be {workers} times what it says; define redis.{config.limits.connection} to count in Redis, "
+            "or serve with one worker"
+        )
+        issues.append(locator.issue(loc, message))
     raise ConfigError(issues)
+
+
+def local_gates(config: Config) -> list[tuple[str | int, ...]]:
+    """Where the config asks for limits that would be counted in process (no `redis.<limits.connection>`): the
+    `usage_plans` and `rate_limits` sections."""
+    if config.redis.get(config.limits.connection) is not None:
+        return []
+    sites: list[tuple[str | int, ...]] = []
+    if config.usage_plans and config.api_keys is not None:
+        sites.append(("usage_plans",))
+    if config.rate_limits:
+        sites.append(("rate_limits",))
+    return sites
 
 
 def _locator(config: Config) -> YamlLocator:
