@@ -28,6 +28,7 @@ from .issues import (
 )
 from .settings import (
     GATE_NAME,
+    MTLS_SECTION,
     ApiSettings,
     CacheSettings,
     Config,
@@ -348,7 +349,7 @@ def _limit_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[C
     for index, route in parts.routes:
         if route.api_key_required:
             issues.extend(_api_key_route_issues(config, parts, locator, index, route))
-        if route.require_client_cert and config.mtls is None and "mtls" not in parts.broken:
+        if route.require_client_cert and config.mtls is None and MTLS_SECTION not in parts.broken:
             message = "require_client_cert needs `mtls:` (the truststore client certificates must chain to)"
             issues.append(locator.issue(("routes", index, "require_client_cert"), message))
     connection = config.limits.connection

@@ -190,7 +190,7 @@ async def evaluate(
     """Decide one CheckRequest with a fresh runtime for `config` (starting and stopping its authorizers)."""
     if at is not None:
         check.attributes.request.time.FromNanoseconds(int(at * 1e9))
-    runtime = compile_runtime(config, clock=time.time if at is None else _clock_from(at))
+    runtime = compile_runtime(config, clock=time.time if at is None else _clock_from(at), private_limits=True)
     await runtime.start()
     try:
         await runtime.wait_ready(ready_timeout)

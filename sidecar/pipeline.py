@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from . import reasons
 from .authorizers.base import Authorizer, IdentitySide
 from .explanation import ADMIT, AUTHENTICATE, DENY, METER, PASS, POLICY, ROUTE, SCOPES, Step, listed, shown_value, when
+from .limits import AdmitGate
 from .logs import DecisionLogger
 from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
@@ -159,16 +160,16 @@ def _joined(first: str, second: str) -> str:
     return f"{first},{second}" if first and second else first or second
 
 
-def _metered(refused: Decision, allowed: Decision) -> Decision:
-    """A meter gate's refusal as the decision of this request: who was refused, where and by which authorizer
-    come from the allow it replaces (a gate answers with a shared deny that names no one)."""
-    if refused.principal is allowed.principal and refused.route and refused.authorizer:
+def _metered(refused: Decision, route: str, authorizer: str, principal: Principal | None = None) -> Decision:
+    """A gate's refusal as the decision of this request: where, by which route's authorizer and (after an allow)
+    who was refused, for logs and metrics (a gate answers with a shared deny that names no one)."""
+    if refused.principal is principal and refused.route and refused.authorizer:
         return refused
     return replace(
         refused,
-        principal=refused.principal or allowed.principal,
-        route=refused.route or allowed.route,
-        authorizer=refused.authorizer or allowed.authorizer,
+        principal=refused.principal or principal,
+        route=refused.route or route,
+        authorizer=refused.authorizer or authorizer,
     )
 
 
@@ -230,18 +231,18 @@ class Pipeline:
         try:
             match = runtime.routes.match(judged_method(request.method), request.path)
         except AmbiguousPath:
-            return _explained(AMBIGUOUS_PATH, steps, _ambiguous_step, request), ""
+            return await self._unrouted(runtime, request, AMBIGUOUS_PATH, steps, _ambiguous_step, request), ""
         if match is None:
-            return _explained(NO_ROUTE, steps, _no_route_step, request, runtime), ""
+            return await self._unrouted(runtime, request, NO_ROUTE, steps, _no_route_step, request, runtime), ""
         route = match.target
         if steps is not None:
             steps.append(_route_step(request, route, runtime))
         counted = ""
         if route.admit_gates:
-            refused = await self._admit(route, request, steps)
+            refused = await self._admit(route.admit_gates, route.key, request, steps)
             if refused is not None:
                 if not refused.allowed:
-                    return _explained(refused, steps), ""
+                    return _explained(_metered(refused, route.key, route.authorizer.name), steps), ""
                 counted = refused.gate  # a count-mode rule went over: noted on the decision, nothing refused
         # The cached phase, inline (one coroutine less per Check): identify -> scopes -> policy, or the cache.
         decision: Decision | None = None
@@ -276,17 +277,39 @@ class Pipeline:
             decision = replace(decision, gate=_joined(counted, decision.gate))
         return (decision if steps is None else _explained(decision, steps)), layer
 
-    async def _admit(self, route: CompiledRoute, request: Request, steps: list[Step] | None = None) -> Decision | None:
+    async def _unrouted(
+        self,
+        runtime: Runtime,
+        request: Request,
+        answer: Decision,
+        steps: list[Step] | None,
+        last: Callable[..., Step],
+        *args: Any,
+    ) -> Decision:
+        """The answer to a request no route takes, after the rate rules that watch every request (a scanner
+        probing unknown paths is counted and blocked like any other caller)."""
+        gates = runtime.gates.unrouted if runtime.gates is not None else ()
+        if gates:
+            refused = await self._admit(gates, "", request, steps)
+            if refused is not None and not refused.allowed:
+                return _explained(refused, steps)
+            if refused is not None:
+                answer = replace(answer, gate=refused.gate)
+        return _explained(answer, steps, last, *args)
+
+    async def _admit(
+        self, gates: tuple[AdmitGate, ...], route: str, request: Request, steps: list[Step] | None = None
+    ) -> Decision | None:
         """The admit phase: the first gate that refuses decides; a gate that fails is a deny (fail closed). A gate
         may instead answer an *allowed* decision naming itself in `gate` (a count-mode rule over its limit): the
         request goes on, and the names of all such gates come back in one such decision."""
         counted = ""
         start = perf_counter()
-        for gate in route.admit_gates:
+        for gate in gates:
             try:
-                refused = await gate.admit(request, route.key)
+                refused = await gate.admit(request, route)
             except Exception:
-                log.exception("admit gate %s failed on route %s; denying", gate.name, route.key)
+                log.exception("admit gate %s failed on route %s; denying", gate.name, route or "(none)")
                 refused = reasons.INTERNAL
             if steps is not None:
                 steps.append(_gate_step(ADMIT, gate.name, refused))
@@ -318,7 +341,7 @@ class Pipeline:
                     decision = replace(decision, gate=_joined(decision.gate, refused.gate))
                     continue
                 self.recorder.stage("meter", perf_counter() - start)
-                return _metered(refused, allowed)
+                return _metered(refused, allowed.route, allowed.authorizer, allowed.principal)
         self.recorder.stage("meter", perf_counter() - start)
         return decision
 

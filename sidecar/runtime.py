@@ -178,10 +178,12 @@ def policy_path(config: Config) -> Path | None:
     return _resolve(config, config.resource_policy)
 
 
-def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> Runtime:
+def compile_runtime(config: Config, clock: Callable[[], float] = time.time, private_limits: bool = False) -> Runtime:
     """Build a `Runtime`; raise `ConfigError` if a part cannot be compiled (e.g. a credentials file is bad).
 
-    `clock` is the authorizers' own clock (`BuildContext.clock`): `check --at` passes one that reads its time."""
+    `clock` is the authorizers' own clock (`BuildContext.clock`): `check --at` passes one that reads its time.
+    `private_limits`: the gates count in fresh counters of their own, never Redis nor the process's (`check`:
+    judging a request offline must not spend anyone's quota)."""
     types = registry()
     authorizers: dict[str, Authorizer] = {}
     issues: list[ConfigIssue] = []
@@ -207,7 +209,7 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time) -> R
             issues.append(located(config, ("authorizers", name), str(exc)))
     resource_policy = _load_resource_policy(config, issues)
     watched = tuple(p for p in (policy_path(config), *key_files(config)) if p is not None)
-    gates = build_gates(config, context_settings, clock, issues) if not issues else None
+    gates = build_gates(config, context_settings, clock, issues, private_limits) if not issues else None
     if issues:
         raise ConfigError(issues)
     version = config_version(config, *watched)

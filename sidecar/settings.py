@@ -403,6 +403,10 @@ class RateLimitSettings(_Frozen):
         return out
 
 
+MTLS_SECTION = "mtls"
+"""The top-level section of `MtlsSettings` (also the `type` of the mtls authorizer, which the spine never names)."""
+
+
 class MtlsSettings(_Frozen):
     """Client certificates (docs/mtls.md): the CA bundle they must chain to (`truststore`, PEM, hot-reloaded),
     CRLs (`crls`, PEM or DER, hot-reloaded), where a request's certificate is read (`sources`, in order: Envoy's

@@ -34,16 +34,22 @@ def uses_gates(config: Config) -> bool:
 
 
 def build_gates(
-    config: Config, context: ContextSettings, clock: Callable[[], float], issues: list[ConfigIssue]
+    config: Config,
+    context: ContextSettings,
+    clock: Callable[[], float],
+    issues: list[ConfigIssue],
+    private: bool = False,
 ) -> GateSet | None:
     """The config's gates, or None without any; problems (a bad key file, a key naming an unknown plan) are
-    appended to `issues` at the config key that names the file."""
+    appended to `issues` at the config key that names the file. `private`: counted in fresh in-process counters
+    of their own (`check`), never in Redis nor in the process's shared ones."""
     if not uses_gates(config):
         return None
     keys = _key_store(config, clock, issues)
     if config.api_keys is not None and keys is None:
         return None
-    return compile_gates(config, context, _counters(config, clock), keys, clock)
+    counters = LocalCounters(clock) if private else _counters(config, clock)
+    return compile_gates(config, context, counters, keys, clock)
 
 
 def _counters(config: Config, clock: Callable[[], float]) -> Counters:

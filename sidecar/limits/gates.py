@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import reasons
 from ..metrics import GATE_DECISIONS, USAGE_KEY_DECISIONS
@@ -43,6 +43,8 @@ __all__ = ["CompiledPlan", "GateSet", "RateLimitGate", "UsagePlanGate", "compile
 INVALID_API_KEY = reasons.deny(reasons.INVALID_API_KEY, "Forbidden", 403)
 TOO_MANY_REQUESTS = "Too Many Requests"
 LIMIT_EXCEEDED = "Limit Exceeded"
+_COUNTED = Decision(allowed=True, status=200, reason=reasons.ALLOWED)
+"""A count-mode rule over its limit: the request goes on, the rule's name in `gate` (see `Pipeline._admit`)."""
 NO_FORWARDED_IP = "\x00no-address"
 """The one aggregation value of requests whose forwarded address is missing or invalid (`fallback: MATCH`)."""
 
@@ -115,6 +117,7 @@ class UsagePlanGate(MeterGate):
         self.counters = counters
         self.clock = clock
         self.key_id_labels = key_id_labels
+        self._tallies: dict[tuple[str, str], Any] = {}
 
     def presented(self, request: Request, principal: Principal | None) -> str | None:
         """The key value this request presents: its header, or the Lambda authorizer's `usageIdentifierKey`."""
@@ -128,7 +131,7 @@ class UsagePlanGate(MeterGate):
         )
         plan = self.plans.get(key.plan) if key is not None and key.plan is not None else None
         if key is None or why != "ok" or plan is None:
-            GATE_DECISIONS.labels(self.name, key.plan if key is not None and key.plan else "", why).inc()
+            self._tally(key.plan if key is not None and key.plan else "", why)
             if key is not None and log.isEnabledFor(logging.DEBUG):
                 log.debug("api key %s refused on route %s: %s", key.id, route, why if plan else "in no usage plan")
             return replace(INVALID_API_KEY, gate=self.name)
@@ -146,9 +149,16 @@ class UsagePlanGate(MeterGate):
         return refusal(admission, reasons.THROTTLED, TOO_MANY_REQUESTS, 429, "throttle", gate)
 
     def _count(self, plan: str, key_id: str, outcome: str) -> None:
-        GATE_DECISIONS.labels(self.name, plan, outcome).inc()
+        self._tally(plan, outcome)
         if self.key_id_labels:
             USAGE_KEY_DECISIONS.labels(plan, key_id, outcome).inc()
+
+    def _tally(self, plan: str, outcome: str) -> None:
+        """Count one outcome; each (plan, outcome) child is looked up once (plans and outcomes are few)."""
+        child = self._tallies.get((plan, outcome))
+        if child is None:
+            child = self._tallies[(plan, outcome)] = GATE_DECISIONS.labels(self.name, plan, outcome)
+        child.inc()
 
 
 Part = Callable[[Request, str, Decision | None], str | None]
@@ -157,14 +167,23 @@ None when the request lacks it (then the rule does not count the request, as WAF
 
 
 def _forwarded(settings: ForwardedIpSettings, context: ContextSettings) -> Part:
-    hops = replace(context, trusted_proxy_hops=settings.trusted_hops)
-    header = settings.header
+    """WAF's forwarded IP. `X-Forwarded-For` is read as `aws:SourceIp` is, with this rule's own hops: the address
+    `trusted_hops` entries left of the peer (0: the peer, so a client's own entries never count). Another header
+    (`x-real-ip`) is a list a trusted proxy wrote: its entry `trusted_hops` from the right. A missing header (with
+    hops to trust) or an entry that is no address takes WAF's fallback: MATCH counts it under one shared value."""
+    header, trusted = settings.header, settings.trusted_hops
+    hops = replace(context, trusted_proxy_hops=trusted)
+    fallback = NO_FORWARDED_IP if settings.fallback == "MATCH" else None
 
     def read(request: Request, route: str, decision: Decision | None) -> str | None:
-        address = client_address(request, hops, header)
-        if address and parse_ip(address) is not None:
-            return address
-        return NO_FORWARDED_IP if settings.fallback == "MATCH" else None
+        if header == "x-forwarded-for":
+            if trusted and header not in request.headers:
+                return fallback
+            address = client_address(request, hops)
+        else:
+            chain = [entry.strip() for entry in request.headers.get(header, "").split(",") if entry.strip()]
+            address = chain[-trusted - 1] if len(chain) > trusted else ""
+        return address if address and parse_ip(address) is not None else fallback
 
     return read
 
@@ -214,6 +233,10 @@ class RateLimitGate(AdmitGate, MeterGate):
         self.parts = parts
         self.counters = counters
         self.refused = reasons.deny(reasons.RATE_LIMITED, "Forbidden" if rule.status == 403 else "", rule.status)
+        self.noted = replace(_COUNTED, gate=f"count:{rule.name}")
+        self._ok = GATE_DECISIONS.labels("rate_limit", rule.name, "ok").inc
+        self._counted = GATE_DECISIONS.labels("rate_limit", rule.name, "counted").inc
+        self._blocked = GATE_DECISIONS.labels("rate_limit", rule.name, "blocked").inc
 
     async def admit(self, request: Request, route: str) -> Decision | None:
         return await self._judge(request, route, None)
@@ -233,12 +256,12 @@ class RateLimitGate(AdmitGate, MeterGate):
         digest = hashlib.sha256("\x00".join(values).encode("utf-8", "surrogatepass")).hexdigest()[:32]
         admission = await self.counters.hit(f"{self.rule}:{digest}", self.window, self.count_only)
         if not admission.exceeded:
-            GATE_DECISIONS.labels("rate_limit", self.rule, "ok").inc()
+            self._ok()
             return None
         if self.count_only:
-            GATE_DECISIONS.labels("rate_limit", self.rule, "counted").inc()
-            return replace(_COUNTED, gate=f"count:{self.rule}")
-        GATE_DECISIONS.labels("rate_limit", self.rule, "blocked").inc()
+            self._counted()
+            return self.noted
+        self._blocked()
         return refusal(
             admission,
             self.refused.reason,
@@ -249,15 +272,15 @@ class RateLimitGate(AdmitGate, MeterGate):
         )
 
 
-_COUNTED = Decision(allowed=True, status=200, reason=reasons.ALLOWED)
-
-
 @dataclass(frozen=True, slots=True)
 class GateSet:
     """The gates of one config: per route key, its admit and meter gates, in order; and what they share."""
 
     admit: Mapping[str, tuple[AdmitGate, ...]]
     meter: Mapping[str, tuple[MeterGate, ...]]
+    unrouted: tuple[AdmitGate, ...]
+    """The rules that watch every request (no `routes` scope, keyed before authentication), for the requests no
+    route takes: a scanner probing unknown paths is counted like any other caller."""
     counters: Counters | None
     keys: ApiKeyStore | None
     plans: Mapping[str, CompiledPlan]
@@ -283,12 +306,15 @@ def compile_gates(
     routes = [route.match.strip() for route in config.routes]
     admit: dict[str, list[AdmitGate]] = {key: [] for key in routes}
     meter: dict[str, list[MeterGate]] = {key: [] for key in routes}
+    unrouted: list[AdmitGate] = []
     if config.rate_limits:
         assert counters is not None
         for rule in config.rate_limits:
             parts = tuple(_part(name, rule, context, config.api_keys) for name in rule.key)
             gate = RateLimitGate(rule, parts, counters)
             after = needs_caller(rule, config.api_keys)
+            if not after and not rule.routes:
+                unrouted.append(gate)
             for key in rule.routes or routes:
                 if after:
                     meter[key.strip()].append(gate)
@@ -303,6 +329,7 @@ def compile_gates(
     return GateSet(
         admit={key: tuple(gates) for key, gates in admit.items() if gates},
         meter={key: tuple(gates) for key, gates in meter.items() if gates},
+        unrouted=tuple(unrouted),
         counters=counters,
         keys=keys,
         plans=plans,

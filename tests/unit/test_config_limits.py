@@ -53,7 +53,10 @@ rate_limits:
             "usage_plans: {gold: {throttle: {rate: 5, burst: 0}}}\n",
             "usage_plans.gold.throttle.burst: must be at least 1",
         ),
-        ("usage_plans: {gold: {throttle: {rate: 0, burst: 1}}}\n", "usage_plans.gold.throttle.rate: must be at least 0.001"),
+        (
+            "usage_plans: {gold: {throttle: {rate: 0, burst: 1}}}\n",
+            "usage_plans.gold.throttle.rate: must be at least 0.001",
+        ),
         (
             "usage_plans: {gold: {quota: {limit: 10, period: DAY, offset: 10}}}\n",
             "usage_plans.gold.quota: offset must be below limit",

@@ -69,7 +69,8 @@ async def test_admit_gates_refuse_before_authentication(tmp_path: Path) -> None:
     pipeline = Pipeline(RuntimeHolder(runtime_with(tmp_path, admit=(gate,))))
     assert (await pipeline.decide(request("/ok"))).allowed
     refused = await pipeline.decide(request("/blocked", token="bad-token"))  # a bad token never gets looked at
-    assert refused is TOO_MANY
+    assert (refused.status, refused.reason, refused.message) == (429, TOO_MANY.reason, TOO_MANY.message)
+    assert refused.route and refused.authorizer  # where it was refused, for logs and metrics
     assert gate.seen == 2
 
 

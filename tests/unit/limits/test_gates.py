@@ -262,3 +262,39 @@ def test_a_key_naming_an_unconfigured_plan_is_a_config_error(tmp_path: Path) -> 
         _pipeline(tmp_path, text, Clock())
     (issue,) = caught.value.issues
     assert issue.field == "api_keys.file" and "'silver'" in issue.message and issue.line == 6
+
+
+WATCH_ALL = (
+    BASE
+    + """\
+rate_limits:
+  - {name: everywhere, key: [ip], window: 60, limit: 10}
+  - {name: real-ip, key: [forwarded_ip], window: 60, limit: 10, routes: ["ANY /orders/{proxy+}"],
+     forwarded_ip: {header: x-real-ip, fallback: NO_MATCH}}
+"""
+)
+
+
+async def test_a_rule_without_routes_counts_requests_no_route_takes(tmp_path: Path) -> None:
+    pipe = _pipeline(tmp_path, WATCH_ALL, Clock())
+    for _ in range(10):  # a scanner probing unknown paths
+        assert (await pipe.check(_request("/wp-admin/setup.php"))).reason == "MissingAuthenticationToken"
+    blocked = await pipe.check(_request("/wp-admin/setup.php"))
+    assert (blocked.status, blocked.reason, blocked.gate) == (403, "RateLimited", "rate_limit:everywhere")
+    on_route = await pipe.check(_request("/free/1"))  # the same address on a route: over the same count
+    assert (on_route.reason, on_route.route, on_route.authorizer) == ("RateLimited", "ANY /free/{proxy+}", "open")
+
+
+async def test_a_forwarded_ip_header_other_than_xff_is_read_from_the_right_and_skipped_when_missing(
+    tmp_path: Path,
+) -> None:
+    pipe = _pipeline(tmp_path, WATCH_ALL, Clock())
+    statuses = []
+    for index in range(11):  # one client behind the proxy that writes x-real-ip, from ever-changing peers
+        peer = f"198.51.100.{index}"
+        request = _request("/orders/1", GOLD, headers={"x-real-ip": "192.0.2.77"}, source_address=peer)
+        statuses.append((await pipe.check(request)).reason)
+    assert statuses[-1] == "RateLimited" and "RateLimited" not in statuses[:10]
+    for index in range(12):  # no x-real-ip: NO_MATCH, not counted (the everywhere rule sees fresh peers)
+        request = _request("/orders/1", GOLD, source_address=f"198.51.101.{index}")
+        assert (await pipe.check(request)).reason != "RateLimited"
