@@ -147,6 +147,12 @@ REMOTE_AUTHORIZER_CALLS = Counter(
     ("authorizer", "outcome"),
     registry=REGISTRY,
 )
+MTLS_HEADERS_IGNORED = Counter(
+    "authz_mtls_headers_ignored_total",
+    "Client certificate headers (xfcc, client-cert-header) ignored because the peer that sent them is not trusted.",
+    ("source",),
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "authz_config_reloads_total",
     "Reloads by source (config, or a file an authorizer reloads itself: credentials:NAME) and outcome (ok, "

@@ -31,6 +31,12 @@ INVALID_API_KEY = "InvalidApiKey"  # 403 Forbidden: no key, an unknown, disabled
 THROTTLED = "Throttled"  # 429 Too Many Requests: the usage plan's token bucket is empty
 QUOTA_EXCEEDED = "QuotaExceeded"  # 429 Limit Exceeded: the usage plan's quota for this period is used up
 RATE_LIMITED = "RateLimited"  # a rate-based rule's block (403 Forbidden unless the rule sets its status)
+# Client certificates (`authorizers/mtls/`): a missing one is 401 (sent without WWW-Authenticate), the rest 403
+CLIENT_CERT_MISSING = "ClientCertMissing"  # no certificate from any configured source (or only untrusted headers)
+CLIENT_CERT_UNTRUSTED = "ClientCertUntrusted"  # no path to the truststore, or its revocation cannot be checked
+CLIENT_CERT_EXPIRED = "ClientCertExpired"  # outside its validity (or a chain certificate's) at the request's time
+CLIENT_CERT_REVOKED = "ClientCertRevoked"  # listed in its issuer's CRL (or a certificate of its chain is)
+CLIENT_CERT_INVALID = "ClientCertInvalid"  # unreadable, wrong EKU, weak key, chain too deep, no principal field
 
 STATUS_UNAUTHORIZED = 401
 STATUS_FORBIDDEN = 403

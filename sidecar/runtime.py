@@ -200,6 +200,8 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time, priv
             blob_store=blobs,
             context_settings=context_settings,
             mtls=config.mtls,
+            source=config.source,
+            http_trusted_peers=config.http.trusted_peers,
         )
         try:
             authorizers[name] = types[settings.type].build(settings, ctx)

@@ -62,6 +62,10 @@ class BuildContext:
     address (a Lambda event's `sourceIp`) reads it with, so it is `aws:SourceIp`."""
     mtls: MtlsSettings | None = None
     """The config's `mtls:` section (truststore, CRLs, certificate sources), for `type: mtls`."""
+    source: str = ""
+    """The config file, for problems found while building that belong at one of its keys (`issues.issue_at`)."""
+    http_trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")
+    """`http.trusted_peers`: whom `mtls:` believes certificate headers from when it names no peers of its own."""
 
 
 class Authorizer(abc.ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import register
 from .custom.settings import LambdaSettings
 from .jwt.settings import CognitoSettings, JwtSettings
+from .mtls.settings import MtlsAuthorizerSettings
 from .sigv4.settings import SigV4Settings
 from .static import DenySettings, NoneSettings
 
@@ -14,3 +15,4 @@ register("jwt", JwtSettings)
 register("cognito", CognitoSettings)
 register("sigv4", SigV4Settings)
 register("lambda", LambdaSettings)
+register("mtls", MtlsAuthorizerSettings)

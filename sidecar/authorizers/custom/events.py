@@ -28,13 +28,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from cryptography import x509
-
 from ...policy.arn import resource_arn
 from ...policy.context import DEFAULT_SETTINGS, ContextSettings, client_address, resource_path
 from ...request import Request, judged_method
 from ...routes import DEFAULT_ROUTE, AmbiguousPath, RouteTable, parse_match
 from ...settings import ApiSettings
+from ..mtls.cert import CertificateError, from_pem
 from .context import new_request_id
 
 __all__ = ["EventFormat", "EventSpec", "RouteInfo", "client_certificate", "method_arn"]
@@ -78,30 +77,14 @@ def method_arn(api: ApiSettings, request: Request) -> str:
 
 
 def client_certificate(certificate: str) -> dict[str, Any] | None:
-    """API Gateway's `clientCert` for the peer's certificate (Envoy sends it URL-encoded PEM), or None."""
+    """API Gateway's `clientCert` for the peer's certificate (Envoy sends it URL-encoded PEM), or None when there
+    is none or it cannot be read: the same `ClientCert` model the mtls engine verifies (`authorizers/mtls/cert.py`)."""
     if not certificate:
         return None
-    pem = unquote(certificate) if "%" in certificate else certificate
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-    except ValueError:
+        return from_pem(unquote(certificate) if "%" in certificate else certificate).api_gateway()
+    except CertificateError:
         return None
-    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 7) // 8 or 1, "big")
-    return {
-        "clientCertPem": pem,
-        "subjectDN": cert.subject.rfc4514_string(),
-        "issuerDN": cert.issuer.rfc4514_string(),
-        "serialNumber": ":".join(f"{byte:02x}" for byte in serial),
-        "validity": {
-            "notBefore": _cert_time(cert.not_valid_before_utc),
-            "notAfter": _cert_time(cert.not_valid_after_utc),
-        },
-    }
-
-
-def _cert_time(moment: datetime) -> str:
-    """`May 28 12:30:02 2019 GMT`, `Aug  5 09:36:04 2021 GMT`: OpenSSL's form, which API Gateway shows."""
-    return f"{_MONTHS[moment.month - 1]} {moment.day:2d} {moment:%H:%M:%S} {moment.year} GMT"
 
 
 def _request_time(seconds: float) -> str:

@@ -15,14 +15,16 @@ from sidecar.authorizers import Authorizer, AuthorizerSettings, BuildContext
 from sidecar.authorizers.base import registry, types_accepting
 from sidecar.reasons import Denied
 from sidecar.request import Principal, Request
-from sidecar.settings import ApiSettings
+from sidecar.settings import ApiSettings, MtlsSettings
 from tests.unit.authorizers.jwt.jwt_testkit import ISSUER, Issuer
+from tests.unit.authorizers.mtls.certs_testkit import Pki, write_truststore
 
 ISS = Issuer.default()
 
 
 def write_files(tmp_path: Path) -> None:
     (tmp_path / "jwks.json").write_text(json.dumps(ISS.jwks()))
+    write_truststore(tmp_path / "ca.pem", Pki().root)
     (tmp_path / "credentials.yaml").write_text(
         textwrap.dedent(
             """\
@@ -40,7 +42,7 @@ def settings_of(spec: dict[str, Any]) -> AuthorizerSettings:
 
 
 def build(settings: AuthorizerSettings, tmp_path: Path) -> Authorizer:
-    ctx = BuildContext(name="a", base_dir=tmp_path, api=ApiSettings())
+    ctx = BuildContext(name="a", base_dir=tmp_path, api=ApiSettings(), mtls=MtlsSettings(truststore="ca.pem"))
     return registry()[settings.type].build(settings, ctx)
 
 
@@ -103,6 +105,7 @@ CASES: list[tuple[dict[str, Any], str, tuple[str, ...], frozenset[str], frozense
         frozenset({"replay_guard"}),
     ),
     ({**LAMBDA}, "policies", (), frozenset(), frozenset()),
+    ({"type": "mtls"}, "authenticated", (), frozenset(), frozenset()),  # the truststore reloads on its own
     (
         {**LAMBDA, "context_to_headers": {"tenant": "X-Tenant", "tier": "x-tier"}},
         "policies",
