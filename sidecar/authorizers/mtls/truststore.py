@@ -58,8 +58,9 @@ class TrustSnapshot:
 
     store: Store
     anchors: tuple[x509.Certificate, ...]
-    crls: Mapping[x509.Name, tuple[x509.CertificateRevocationList, ...]]
-    """The CRLs by issuer name, newest (`last_update`) first."""
+    crls: Mapping[bytes, tuple[x509.CertificateRevocationList, ...]]
+    """The CRLs by their issuer's name (its DER: `Name.public_bytes()`, hashed at C speed where a `Name` hashes in
+    Python), newest (`last_update`) first."""
     version: str
     """A digest of every file's bytes: the verify cache's key part, what logs and /readyz show."""
     signed: BoundedMemo[tuple[int, bytes], bool] = field(default_factory=lambda: BoundedMemo(1024))
@@ -72,14 +73,14 @@ def load_snapshot(truststore: Path, crls: Sequence[Path]) -> TrustSnapshot:
     data = _read(truststore, ("mtls", "truststore"), "truststore")
     digest.update(hashlib.sha256(data).digest())
     anchors = _anchors(data)
-    by_issuer: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
+    by_issuer: dict[bytes, list[x509.CertificateRevocationList]] = {}
     for index, path in enumerate(crls):
         loc: tuple[str | int, ...] = ("mtls", "crls", index)
         raw = _read(path, loc, "CRL file")
         digest.update(hashlib.sha256(raw).digest())
         for crl in _crls(raw, loc):
             _check_signed_by_anchor(crl, anchors, loc)
-            by_issuer.setdefault(crl.issuer, []).append(crl)
+            by_issuer.setdefault(crl.issuer.public_bytes(), []).append(crl)
     ordered = {name: tuple(sorted(found, key=_issued, reverse=True)) for name, found in by_issuer.items()}
     return TrustSnapshot(Store(list(anchors)), anchors, MappingProxyType(ordered), digest.hexdigest()[:16])
 

@@ -27,7 +27,6 @@ past the moment the leaf becomes valid, so a cached refusal never outlives what 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, VerificationError
 
@@ -207,23 +206,22 @@ def _crl_check(
     """Whether `path[index]` is revoked by its issuer's (`path[index + 1]`) CRL: a refusal, or until when the
     answer holds (the CRL's nextUpdate under `stale_crl: deny`; forever without a CRL to read)."""
     subject, issuer = path[index], path[index + 1]
-    crls = snapshot.crls.get(subject.issuer)
+    crls = snapshot.crls.get(subject.issuer.public_bytes())
     if not crls:
         return math.inf
     crl = _newest_signed(crls, issuer, snapshot)
-    issuer_name = issuer.subject.rfc4514_string()
     if crl is None:
         message = "revocation cannot be checked: no CRL of its issuer verifies against the issuer's key"
-        return _refused(CLIENT_CERT_UNTRUSTED, message, cert, at, issuer_name)
+        return _refused(CLIENT_CERT_UNTRUSTED, message, cert, at, issuer.subject.rfc4514_string())
     if crl.get_revoked_certificate_by_serial_number(subject.serial_number) is not None:
         whose = "the certificate is revoked" if index == 0 else "a CA certificate of its chain is revoked"
-        return _refused(CLIENT_CERT_REVOKED, whose, cert, at, f"by the CRL of {issuer_name}")
+        return _refused(CLIENT_CERT_REVOKED, whose, cert, at, f"by the CRL of {issuer.subject.rfc4514_string()}")
     if rules.stale_crl == "allow" or crl.next_update_utc is None:
         return math.inf
     next_update = crl.next_update_utc.timestamp()
     if at > next_update:
         message = f"revocation cannot be checked: its issuer's CRL is past its nextUpdate ({openssl_time(next_update)})"
-        return _refused(CLIENT_CERT_UNTRUSTED, message, cert, at, issuer_name)
+        return _refused(CLIENT_CERT_UNTRUSTED, message, cert, at, issuer.subject.rfc4514_string())
     return next_update
 
 
@@ -231,7 +229,7 @@ def _newest_signed(
     crls: Sequence[x509.CertificateRevocationList], issuer: x509.Certificate, snapshot: TrustSnapshot
 ) -> x509.CertificateRevocationList | None:
     """The newest of the issuer's CRLs that its key signed (each check remembered in the snapshot)."""
-    issuer_id = hashlib.sha256(issuer.public_bytes(Encoding.DER)).digest()
+    issuer_id = issuer.fingerprint(SHA256())
     for crl in crls:
         key = (id(crl), issuer_id)
         signed = snapshot.signed.get(key)
