@@ -2,23 +2,29 @@
 
 The sidecar is the real HTTP listener with `http.flavor: nginx` and the real pipeline, in a thread of the test
 process (as in test_http_mode_e2e.py) so each test also sees the `Request` the adapter built from what nginx sent.
+Usage plans and WAF rules count in process here: their refusals (429, a rule's own status) reach the client
+through the config's `@authz_denied` with Retry-After and the RateLimit headers.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sidecar.harness.demo import EchoUpstream
 from sidecar.harness.envoy import free_port, stop_process, wait_for_http
 from sidecar.settings import HttpModeSettings
 from tests.conftest import REPO
+from tests.e2e.limits_testkit import KEY_HEADER, KeyFile, limits_config
 from tests.e2e.test_http_mode_e2e import (
     JWT_CONFIG,
     POLICY_CONFIG,
@@ -190,3 +196,75 @@ def test_nginx_sigv4_without_a_body(nginx_stack: NginxStackFactory, tmp_path: Pa
     tampered = sigv4_request(client, stack.base_url, "GET", "/orders/7?b=2&a=1", b"", headers)
     tampered.headers["x-tenant"] = "evil"
     assert client.send(tampered).status_code == 403
+
+
+OPEN = {"open": {"type": "none"}}
+PLANS = {
+    "gold": {"throttle": {"rate": 0.1, "burst": 2}},  # a token every 10 s: nothing refills during a test's burst
+    "bronze": {"quota": {"limit": 1, "period": "DAY"}},
+}
+WAF_RULES = [
+    {"name": "per-ip", "key": ["ip"], "window": 60, "limit": 10, "routes": ["ANY /ip/{proxy+}"]},
+    {"name": "calm", "key": ["ip"], "window": 60, "limit": 10, "status": 429, "routes": ["ANY /calm/{proxy+}"]},
+    {"name": "teapot", "key": ["ip"], "window": 60, "limit": 10, "status": 418, "routes": ["ANY /tea/{proxy+}"]},
+]
+
+
+def limits_nginx_stack(nginx_stack: NginxStackFactory, tmp_path: Path) -> tuple[HttpStack, KeyFile]:
+    """nginx in front of a config with an API key route metered by usage plans and WAF rules, counted in process."""
+    keys = KeyFile.write(tmp_path / "api-keys.yaml", [("k-gold", "gold", True), ("k-bronze", "bronze", True)])
+    routes: list[dict[str, object]] = [{"match": "ANY /pets/{proxy+}", "authorizer": "open", "api_key_required": True}]
+    routes += [{"match": f"ANY /{name}/{{proxy+}}", "authorizer": "open"} for name in ("ip", "calm", "tea")]
+    text = limits_config(keys, None, authorizers=OPEN, usage_plans=PLANS, rate_limits=WAF_RULES, routes=routes)
+    return nginx_stack(text), keys
+
+
+def assert_refusal_headers(response: httpx.Response, policy: str) -> None:
+    """Retry-After and the RateLimit headers of a refusal under the RateLimit-Policy `policy`, as the client sees
+    them (their exact figures are the limits e2e tests' business; here: that nginx lets them through)."""
+    assert int(response.headers["retry-after"]) >= 1, response.headers
+    assert response.headers["ratelimit-policy"] == policy
+    assert re.fullmatch(r'"[a-z-]+";r=0;t=\d+', response.headers["ratelimit"]), response.headers
+    assert response.headers["ratelimit"].startswith(policy.partition(";")[0])
+    assert "x-authz-status" not in response.headers  # the sidecar's note to nginx stays between them
+
+
+def test_nginx_answers_a_throttled_api_key_429_with_retry_after_and_ratelimit(
+    nginx_stack: NginxStackFactory, tmp_path: Path
+) -> None:
+    stack, keys = limits_nginx_stack(nginx_stack, tmp_path)
+    client = stack.client()
+    unknown = client.get("/pets/1", headers={KEY_HEADER: "not-a-key"})
+    assert unknown.status_code == 403, stack.proxy.log()
+    assert "retry-after" not in unknown.headers and "ratelimit" not in unknown.headers  # empty: never sent
+    began = time.monotonic()
+    for _ in range(2):
+        allowed = client.get("/pets/1", headers=keys.header("k-gold"))
+        assert allowed.status_code == 200, stack.proxy.log()
+    throttled = client.get("/pets/1", headers=keys.header("k-gold"))
+    elapsed = time.monotonic() - began
+    assert throttled.status_code == 429, stack.proxy.log()  # not nginx's 500: the flavor sent 403 + x-authz-status
+    # GCRA at 0.1/s, burst 2: the third request is one interval (10 s) short of a token, the bucket 20 s from full.
+    assert math.ceil(10 - elapsed) <= int(throttled.headers["retry-after"]) <= 10
+    assert_refusal_headers(throttled, '"throttle";q=2;w=20')
+    assert client.get("/pets/1", headers=keys.header("k-bronze")).status_code == 200
+    spent = client.get("/pets/1", headers=keys.header("k-bronze"))
+    assert spent.status_code == 429
+    assert_refusal_headers(spent, '"quota";q=1;w=86400')
+
+
+def test_nginx_answers_waf_blocks_403_a_rule_status_429_as_it_is_and_others_403(
+    nginx_stack: NginxStackFactory, tmp_path: Path
+) -> None:
+    stack, _ = limits_nginx_stack(nginx_stack, tmp_path)
+    client = stack.client()
+    ambiguous = client.get("/ip/a%2Fb")  # an encoded separator: MalformedRequest, 400 (nginx's 500 before)
+    assert ambiguous.status_code == 400, stack.proxy.log()
+    assert stack.sidecar.seen[-1].raw_path == "/ip/a%2Fb"
+    for prefix, refused in (("ip", 403), ("calm", 429), ("tea", 403)):  # a rule's 418 has no `if`: 403
+        statuses = [client.get(f"/{prefix}/{i}").status_code for i in range(11)]
+        assert statuses == [200] * 10 + [refused], (prefix, stack.proxy.log())
+        blocked = client.get(f"/{prefix}/again")
+        assert blocked.status_code == refused
+        name = {"ip": "per-ip", "calm": "calm", "tea": "teapot"}[prefix]
+        assert_refusal_headers(blocked, f'"{name}";q=10;w=60')

@@ -15,7 +15,8 @@ Trust: `x-authz-source-address` / `x-authz-peer-certificate` (or the forwarded h
 flavors) are honoured only when the TCP peer is one of `http.trusted_peers` (`sidecar.settings.HttpModeSettings`);
 the shipped Envoy config removes client copies of them before adding its own (deploy/envoy/envoy-http.yaml).
 
-- `flavors.py`: what each proxy sends, as a table of one small function per flavor (`Request` from the head);
+- `flavors.py`: what each proxy sends, as a table of one small function per flavor (`Request` from the head),
+  and how a proxy that relays only some deny statuses (nginx) is answered;
 - `render.py`: `Decision` -> response bytes, and the canned answers to requests we refuse;
 - `protocol.py`: one proxy connection (`HttpAuthzProtocol`) and what a listener's connections share;
 - `server.py`: the running listener (`HttpAuthzServer`, `start_http_server`).

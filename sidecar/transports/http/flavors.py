@@ -4,6 +4,9 @@ Every function has the same shape, `(method, url, headers, body, peer, trusted, 
 the head lacks what the flavor requires), and builds the `Request` itself, so a request costs one call whatever
 the flavor. `trusted` says whether the TCP peer may vouch for the client (`http.trusted_peers`): only then are
 the forwarded source address, certificate and scheme believed; otherwise the peer itself is the source.
+
+A flavor may also say how its proxy must be answered on a deny (`DENY_STATUSES`): nginx relays only some
+statuses, so a refusal it would turn into its own 500 travels as a 403 that names the real status.
 """
 
 from __future__ import annotations
@@ -100,6 +103,24 @@ def traefik(
 
 FLAVORS: Final[Mapping[str, BuildRequest]] = {"envoy": envoy, "nginx": nginx, "traefik": traefik}
 """`http.flavor` -> its function (the names `sidecar.settings.HttpModeSettings.flavor` accepts)."""
+
+DenyStatus = Callable[[int], int]
+"""A deny's status -> the status to answer the proxy with (the real one then travels in `x-authz-status`)."""
+
+NGINX_RELAYED: Final = frozenset({401, 403})
+"""The deny statuses nginx's `auth_request` hands to the client; it answers every other one with its own 500."""
+
+
+def nginx_deny_status(status: int) -> int:
+    """nginx relays 401 and 403 only: a refusal it cannot relay (429 Throttled / QuotaExceeded, a WAF rule's own
+    4xx, a 400 MalformedRequest) is answered 403, so that the shipped config's `error_page 403` can answer the
+    client with the real status and the Retry-After / RateLimit headers nginx would otherwise drop with the
+    response. A 5xx stays: nginx's 500 is the honest answer to our own failure, and must not read as a deny."""
+    return status if status in NGINX_RELAYED or status >= 500 else 403
+
+
+DENY_STATUSES: Final[Mapping[str, DenyStatus]] = {"nginx": nginx_deny_status}
+"""The flavors whose proxy cannot relay every deny status; the others (Envoy, Traefik) get ours as it is."""
 
 
 def _request(

@@ -18,7 +18,7 @@ from ...inline import Resume
 from ...log_throttle import ThrottledWarning
 from ...memo import BoundedMemo
 from ...request import Decision, Request
-from .flavors import FLAVORS
+from .flavors import DENY_STATUSES, FLAVORS
 from .render import (
     _BAD_REQUEST,
     _BUSY,
@@ -57,6 +57,7 @@ class _Shared:
         "build",
         "checked_names",
         "connections",
+        "deny_status",
         "max_body_bytes",
         "max_buffered_bytes",
         "max_header_bytes",
@@ -74,6 +75,8 @@ class _Shared:
         self.settings = settings
         self.build = FLAVORS[settings.flavor]
         """The flavor's `BuildRequest`, chosen once: a request costs one call whatever the flavor."""
+        self.deny_status = DENY_STATUSES.get(settings.flavor)
+        """How the flavor's proxy is answered on a deny (None: with the decision's own status)."""
         self.prefix = settings.path_prefix
         # The limits read for every request, as slots: reading a field of the (pydantic) settings model costs
         # several times as much as reading a slot.
@@ -382,7 +385,7 @@ class HttpAuthzProtocol(asyncio.Protocol):
         else:
             connection = b""
         if request is None:
-            response = render(_MALFORMED, head_only, connection, self._shared.checked_names)
+            response = render(_MALFORMED, head_only, connection, shared.checked_names, shared.deny_status)
             self._enqueue(_Pending(None, keep_alive, connection, head_only, response))
         else:
             self._enqueue(_Pending(request, keep_alive, connection, head_only))
@@ -444,14 +447,15 @@ class HttpAuthzProtocol(asyncio.Protocol):
             self._shared.buffered -= size
         connection = pending.connection
         common = not connection and not pending.head_only  # HTTP/1.1 keep-alive: the case worth remembering
-        memo = self._shared.rendered
+        shared = self._shared
+        memo = shared.rendered
         data = memo.get(decision) if common else None
         if data is None:
             try:
-                data = render(decision, pending.head_only, connection, self._shared.checked_names)
+                data = render(decision, pending.head_only, connection, shared.checked_names, shared.deny_status)
             except _RenderError as bad:
                 log.error("decision header %r cannot be sent; answering 500 instead", str(bad))
-                data = render(INTERNAL, pending.head_only, connection, self._shared.checked_names)
+                data = render(INTERNAL, pending.head_only, connection, shared.checked_names, shared.deny_status)
             else:
                 if common and len(memo) < _MAX_RENDERED:
                     memo[decision] = data

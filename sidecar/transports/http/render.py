@@ -11,9 +11,12 @@ from typing import Final
 
 from ... import reasons
 from ...request import Decision
+from .flavors import DenyStatus
 
 HEADERS_TO_REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
 """Envoy removes the comma-separated headers named here from the upstream request on a 200."""
+STATUS_HEADER: Final = "x-authz-status"
+"""A deny's real status, when the flavor's proxy is answered with another (`flavors.DENY_STATUSES`)."""
 
 # Reason codes for failures only this transport can have (the set in reasons.py covers the rest).
 PAYLOAD_TOO_LARGE: Final = "PayloadTooLarge"
@@ -29,6 +32,7 @@ _ALLOW_BARE: Final = _ALLOW_HEAD + b"\r\n"
 _CLOSE: Final = b"connection: close\r\n"
 _KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINE: Final = STATUS_HEADER.encode("ascii") + b": %d\r\n"
 _JSON: Final = b"content-type: application/json\r\ncontent-length: "
 _UNSAFE_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]").search
 """Control characters Envoy refuses in a header value (tab is allowed): answering with them would split the
@@ -84,13 +88,16 @@ def _header_block(headers: Iterable[tuple[str, str]], checked: set[str]) -> byte
         raise _RenderError("a header value that is not UTF-8 text") from None
 
 
-def render(decision: Decision, head_only: bool, connection: bytes, checked: set[str]) -> bytes:
+def render(
+    decision: Decision, head_only: bool, connection: bytes, checked: set[str], deny_status: DenyStatus | None = None
+) -> bytes:
     """The HTTP/1.1 response for `decision`. `connection` is b"", `_CLOSE` or `_KEEP_ALIVE`.
 
     Allowed: 200 with the decision's headers (Envoy copies those in `allowed_upstream_headers`) and the names in
     `headers_to_remove` via `x-envoy-auth-headers-to-remove`. Denied: the decision's status (never 200: that
     would allow), its headers and a JSON body; `head_only` (the original request was HEAD) omits the body, as
-    HTTP requires, so the proxy's parser stays in step.
+    HTTP requires, so the proxy's parser stays in step. `deny_status` (the flavor's, for a proxy that relays only
+    some statuses) may answer with another status: the real one is then sent in `x-authz-status`.
     """
     headers = decision.all_headers()
     if decision.allowed:
@@ -105,6 +112,9 @@ def render(decision: Decision, head_only: bool, connection: bytes, checked: set[
         status = 500 if status < 100 or status > 599 else 403
     body = _json_body(decision.reason, decision.message)
     block = _header_block(headers, checked) if headers else b""
+    if deny_status is not None and (sent := deny_status(status)) != status:
+        block += _STATUS_LINE % status
+        status = sent
     return b"%s%s%d\r\n%s%s\r\n%s" % (
         _status_line(status),
         _JSON,
