@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidecar.config import parse_config
@@ -71,6 +72,18 @@ class Issued:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
+
+    @property
+    def key_pem(self) -> str:
+        """The private key, unencrypted PKCS#8 PEM (for a TLS client or Envoy's listener)."""
+        return self.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+
+    def write(self, directory: Path, name: str, *chain: Issued) -> tuple[Path, Path]:
+        """`name.pem` (the certificate, then `chain`: what a TLS peer presents) and `name.key` in `directory`."""
+        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+        cert.write_text(pem(self, *chain))
+        key.write_text(self.key_pem)
+        return cert, key
 
 
 @dataclass
@@ -168,6 +181,21 @@ class Pki:
         if eku is not None:
             extensions.append((x509.ExtendedKeyUsage(list(eku)), False))
         cert = self._build(_name(cn), key, issuer or self.intermediate, ca=False, extensions=extensions, **options)
+        return Issued(cert, key)
+
+    def server(self, hosts: Sequence[str] = ("localhost",), addresses: Sequence[str] = ("127.0.0.1",)) -> Issued:
+        """A TLS server certificate (serverAuth) for `hosts` and `addresses`, under the intermediate: what a listener
+        that asks for client certificates presents."""
+        key = self.key_factory()
+        names: list[x509.GeneralName] = [x509.DNSName(host) for host in hosts]
+        names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+        extensions: list[tuple[x509.ExtensionType, bool]] = [
+            (x509.SubjectAlternativeName(names), False),
+            (x509.ExtendedKeyUsage(list(SERVER_AUTH)), False),
+        ]
+        cert = self._build(
+            _name(hosts[0] if hosts else "server"), key, self.intermediate, ca=False, extensions=extensions
+        )
         return Issued(cert, key)
 
     def crl(
