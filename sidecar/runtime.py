@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from .authorizers.base import Authorizer, BuildContext, registry
+from .authorizers.mtls import ClientCertGate, ClientCertVerifier, build_engine
 from .cache import TIME_KEYS, DecisionCache, KeyPlan, RedisLayer, SignedBlobStore, blob_store, redis_layer
 from .cache import build as build_decision_cache
 from .issues import ConfigError, ConfigIssue, issue_at
@@ -75,6 +76,9 @@ class Runtime:
     request has the ones its decision does not set removed, so a client can never supply one."""
     blob_store: SignedBlobStore | None = None
     """The signed store in `cache.redis` handed to the authorizers (`BuildContext.blob_store`); closed with them."""
+    client_certs: ClientCertVerifier | None = None
+    """The engine of the `require_client_cert` routes' gate (its truststore watch starts and stops with the
+    runtime); a `type: mtls` authorizer has its own."""
     gates: GateSet | None = None
     """API keys, usage plans and rate-based rules (`limits/`): their key store and counters, started and stopped
     with the authorizers; the routes hold the gates themselves."""
@@ -102,6 +106,8 @@ class Runtime:
         await asyncio.gather(*(a.start() for a in self.authorizers.values()))
         if self.gates is not None and self.gates.keys is not None:
             await self.gates.keys.start()
+        if self.client_certs is not None:
+            await self.client_certs.start()
 
     async def stop(self) -> None:
         """Stop the authorizers' background work and close the cache's connections."""
@@ -112,6 +118,8 @@ class Runtime:
             await self.blob_store.close()
         if self.gates is not None:
             await self.gates.close()
+        if self.client_certs is not None:
+            await self.client_certs.stop()
 
 
 _NOT_DECISIVE: Any = {"listen": True, "server": True, "decision_log": True}
@@ -212,14 +220,16 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time, priv
     resource_policy = _load_resource_policy(config, issues)
     watched = tuple(p for p in (policy_path(config), *key_files(config)) if p is not None)
     gates = build_gates(config, context_settings, clock, issues, private_limits) if not issues else None
+    client_certs = _client_cert_engine(config, clock, issues) if not issues else None
     if issues:
         raise ConfigError(issues)
+    cert_gate = ClientCertGate(client_certs) if client_certs is not None else None
     version = config_version(config, *watched)
     internal = cache_version(config, version)
     cache = build_decision_cache(config, layer)
     routes = RouteTable(
         [
-            (r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy, gates))
+            (r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy, gates, cert_gate))
             for r in config.routes
         ]
     )
@@ -237,7 +247,22 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time, priv
         context_settings=context_settings,
         blob_store=blobs,
         gates=gates,
+        client_certs=client_certs,
     )
+
+
+def _client_cert_engine(
+    config: Config, clock: Callable[[], float], issues: list[ConfigIssue]
+) -> ClientCertVerifier | None:
+    """The engine the `require_client_cert` routes share, or None when no route requires a certificate; a
+    truststore or CRL that does not load is an issue at its `mtls:` key."""
+    if config.mtls is None or not any(route.require_client_cert for route in config.routes):
+        return None
+    try:
+        return build_engine(config.mtls, config.base_dir, config.source, config.http.trusted_peers, clock)
+    except ConfigError as exc:
+        issues.extend(exc.issues)
+    return None
 
 
 def _context_settings(config: Config) -> ContextSettings:
@@ -292,6 +317,7 @@ def _compile_route(
     version: str,
     policy: CompiledPolicy | None,
     gates: GateSet | None = None,
+    cert_gate: AdmitGate | None = None,
 ) -> CompiledRoute:
     plan = key_plan(config, route, version, policy) if cache is not None else None
     authorizer = authorizers[route.authorizer].for_route(route)
@@ -306,7 +332,10 @@ def _compile_route(
         scopes=frozenset(route.scopes),
         cache_plan=plan,
         allow_headers=tuple((name, value) for name, value in constant if name),
-        admit_gates=gates.admit.get(key, ()) if gates is not None else (),
+        admit_gates=(
+            *((cert_gate,) if cert_gate is not None and route.require_client_cert else ()),
+            *(gates.admit.get(key, ()) if gates is not None else ()),
+        ),
         meter_gates=gates.meter.get(key, ()) if gates is not None else (),
     )
 

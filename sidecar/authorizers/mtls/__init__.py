@@ -11,17 +11,20 @@ One job per module, each importing only those before it:
 - `engine`: `ClientCertVerifier.verify_request(request) -> ClientCert`, or `Denied`;
 - `principal`: the principal field and the `mtls:*` policy keys;
 - `authorizer`: `MtlsAuthorizer`;
-- `settings`: `type: mtls` and `build_engine`.
+- `settings`: `type: mtls` and `build_engine`;
+- `gate`: `ClientCertGate`, what `require_client_cert: true` puts first on a route.
 """
 
 from .authorizer import MtlsAuthorizer
 from .cert import CertificateError, ClientCert
 from .engine import ClientCertVerifier
+from .gate import ClientCertGate
 from .settings import MtlsAuthorizerSettings, build_engine
 
 __all__ = [
     "CertificateError",
     "ClientCert",
+    "ClientCertGate",
     "ClientCertVerifier",
     "MtlsAuthorizer",
     "MtlsAuthorizerSettings",
