@@ -120,6 +120,13 @@ LIMIT_DEGRADED = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+LIMIT_EVICTIONS = Counter(
+    "authz_limit_evictions_total",
+    "In-process usage-plan and rate-rule state forgotten before it expired, to stay within its bound, by store"
+    " (usage_plan, rate_limit:RULE).",
+    ("store",),
+    registry=REGISTRY,
+)
 GATE_DECISIONS = Counter(
     "authz_gate_decisions_total",
     "Requests judged by a gate, by gate (usage_plan, rate_limit), its plan or rule, and outcome (ok, throttled,"

@@ -59,7 +59,7 @@ def _counters(config: Config, clock: Callable[[], float]) -> Counters:
         return local
     from .redis_counters import shared_counters  # redis-py is imported only by configs that count in Redis
 
-    return shared_counters(connection, config.limits.on_redis_error, local)
+    return shared_counters(connection, config.limits.on_redis_error, local, config.limits.timeout_ms)
 
 
 def _key_store(config: Config, clock: Callable[[], float], issues: list[ConfigIssue]) -> FileApiKeyStore | None:

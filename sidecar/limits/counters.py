@@ -18,21 +18,32 @@ Redis (`redis_counters.py`) for counters every replica shares; this module's fun
 backends are tested against.
 
 `LocalCounters` keeps the state in this process: exact for one process (one replica, or the fallback while Redis
-is away), bounded in memory (expired state goes first, then the least recently written).
+is away), bounded in memory. Usage-plan state (bounded by the key file: only known keys are metered) is only ever
+dropped when it expires, below a generous hard bound; each rate rule's windows (keyed on what a client sends, so
+as many as it likes) live in a bounded store of their own, so that a flood through one rule forgets only that
+rule's counts, never a quota or another rule's.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from itertools import islice
 from typing import Literal, Protocol
+
+from ..metrics import LIMIT_EVICTIONS
+
+log = logging.getLogger(__name__)
 
 MICROS = 1_000_000
 MAX_RATE = 1_000_000.0
 """Requests per second at most: T is a whole number of microseconds."""
+MIN_RATE = 0.001
+"""Requests per second at least (as `ThrottleSettings` requires): T fits every expiry Redis takes."""
 DAY_SECONDS = 86_400
 INITIAL_MARKER_SECONDS = 400 * DAY_SECONDS
 """How long the record of a key's initial quota period outlives the key's last new period (refreshed whenever a
@@ -59,8 +70,8 @@ class Throttle:
     """T, the emission interval, in whole microseconds (rounded up: the rate is never exceeded)."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.rate <= MAX_RATE:
-            raise ValueError(f"throttle rate must be in (0, {MAX_RATE:g}], not {self.rate!r}")
+        if not MIN_RATE <= self.rate <= MAX_RATE:
+            raise ValueError(f"throttle rate must be in [{MIN_RATE:g}, {MAX_RATE:g}], not {self.rate!r}")
         if self.burst < 1:
             raise ValueError(f"throttle burst must be >= 1, not {self.burst!r}")
         exact = MICROS / self.rate
@@ -174,7 +185,8 @@ class Counters(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Gcra:
-    """One GCRA step: whether it admits, the TAT to store if it does, and the bucket as it is then."""
+    """One GCRA step: whether it admits, the TAT to store (if it admits, or if refused and it differs from the
+    stored one: capped), and the bucket as it is then."""
 
     allowed: bool
     tat: int
@@ -187,12 +199,17 @@ def gcra(stored_tat: int, now: int, throttle: Throttle) -> Gcra:
     """Admit one request at `now` (µs) against a bucket whose TAT is `stored_tat` (0: never used)?
 
     `reset` is how long until the bucket is full again (TAT - now); `retry`, when refused, how long until the TAT
-    is within tolerance, which is exactly when the next request passes."""
+    is within tolerance, which is exactly when the next request passes.
+
+    The stored TAT is capped at `now + T * burst` of `throttle`, the furthest ahead this throttle ever puts it: a
+    no-op in normal operation, but a TAT stored under an older, slower throttle (a plan changed on reload) would
+    otherwise refuse for as long as the old one's whole burst took to come back. A capped TAT is refused (the
+    bucket is empty) and must be stored, so that the next request passes one new T later."""
     interval, tolerance = throttle.interval_us, throttle.tolerance_us
-    tat = max(stored_tat, now)
+    tat = min(max(stored_tat, now), now + throttle.window_us)
     debt = tat - now
     if debt > tolerance:
-        return Gcra(False, stored_tat, 0, debt, debt - tolerance)
+        return Gcra(False, tat, 0, debt, debt - tolerance)
     debt += interval
     return Gcra(True, tat + interval, (throttle.window_us - debt) // interval, debt, 0)
 
@@ -318,17 +335,37 @@ def window_admission(estimate: Estimate, window: Window, count_only: bool) -> Ad
 # --- in process -----------------------------------------------------------------------------------------------
 
 
+PLAN_ENTRIES = 1_000_000
+"""The hard bound on in-process usage-plan state (buckets, period counts, initial-period records). That state is
+bounded by the key file (only known keys are metered: keys x their buckets, and two quota entries each), so
+this is never reached by any plausible file; if it is, the least recently written go and are counted
+(`authz_limit_evictions_total{store="usage_plan"}`) with a warning."""
+RULE_ENTRIES = 100_000
+"""The bound on each rate rule's window buckets in process: a rule keyed on what a client chooses (a header, an
+API key value) has as many keys as the client likes, so its store forgets its own least recently written counts
+(`authz_limit_evictions_total{store="rate_limit:RULE"}`) and nothing else."""
+SWEEP_FLOOR = 1024
+"""A store first sweeps out expired entries at this size (or at its bound, if smaller)."""
+
+
 class ExpiringStore:
     """A dict whose values carry an expiry (µs), bounded to `max_entries`: what the Redis backend keeps in Redis.
 
-    When full, expired entries go first; if that is not enough, the least recently written tenth goes. Eviction
-    can only forget (a bucket refills early, a count restarts): it is bounded memory, not a decision."""
+    Expired entries are swept out whenever the store has doubled since the last sweep (amortized O(1) a write,
+    memory at most twice the live state). Only at `max_entries` do live entries go: the least recently written,
+    down to nine tenths of the bound (so that a sweep freeing a handful does not recur on every write), each
+    counted by `evicted`. Eviction can only forget (a bucket refills early, a count restarts): it is bounded
+    memory, not a decision."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, evicted: Callable[[int], None] | None = None) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
+        self.evicted = evicted
+        self.latest = 0
+        """The latest expiry written (µs): once it has passed, every entry has expired."""
         self._items: dict[Hashable, tuple[int, int]] = {}
+        self._sweep_at = min(max_entries, SWEEP_FLOOR)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -341,31 +378,88 @@ class ExpiringStore:
 
     def put(self, key: Hashable, value: int, expires: int, now: int) -> None:
         items = self._items
-        if items.pop(key, None) is None and len(items) >= self.max_entries:
+        if items.pop(key, None) is None and len(items) >= self._sweep_at:
             self._make_room(now)
         items[key] = (expires, value)  # last written last: eviction takes the front
+        if expires > self.latest:
+            self.latest = expires
+
+    def idle(self, now: int) -> bool:
+        """Whether every entry has expired: dropping the store would forget nothing."""
+        return self.latest <= now
 
     def _make_room(self, now: int) -> None:
         items = self._items
+        full = len(items) >= self.max_entries
         for key in [k for k, (expires, _) in items.items() if expires <= now]:
             del items[key]
-        if len(items) >= self.max_entries:
-            for key in list(items)[: max(1, self.max_entries // 10)]:
+        keep = self.max_entries - max(1, self.max_entries // 10)
+        if full and len(items) > keep:
+            evict = len(items) - keep
+            for key in list(islice(items, evict)):
                 del items[key]
+            if self.evicted is not None:
+                self.evicted(evict)
+        self._sweep_at = min(self.max_entries, max(SWEEP_FLOOR, 2 * len(items)))
+
+
+def _evictions(store: str, warn: bool = False) -> Callable[[int], None]:
+    """The `evicted` callback of one store: counted under its name (and, for usage plans, a warning)."""
+    child = LIMIT_EVICTIONS.labels(store)
+
+    def evicted(count: int) -> None:
+        child.inc(count)
+        if warn:
+            log.warning(
+                "rate limits: in-process %s state at its bound: forgot the %d least recently written entries"
+                " (their buckets refill, their quota counts restart)",
+                store,
+                count,
+            )
+
+    return evicted
 
 
 class LocalCounters:
-    """Counters in this process: exact for one process, bounded to `max_keys` pieces of state (a bucket, a
-    period's count, a window bucket, an initial-period record).
+    """Counters in this process: exact for one process, bounded in memory (the module docstring says how).
+
+    Usage-plan state lives in `plans` (at most `max_plan_entries`); a rate rule's window buckets in a store of
+    the rule's own (`rules`, at most `max_rule_entries` each), named by the key's first `:`-separated part (the
+    gates count `RULE:DIGEST`; a rule's name holds no `:`). Rule stores whose entries have all expired are dropped
+    whenever another rule's store is made, so a rule renamed or removed on reload leaves at most its own bounded
+    store behind, and only until the next new one.
 
     `clock` is wall time in seconds (quotas follow the UTC calendar); tests pass a fake one."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        max_plan_entries: int = PLAN_ENTRIES,
+        max_rule_entries: int = RULE_ENTRIES,
+    ) -> None:
         self.clock = clock
-        self.store = ExpiringStore(max_keys)
+        self.plans = ExpiringStore(max_plan_entries, _evictions("usage_plan", warn=True))
+        self.max_rule_entries = max_rule_entries
+        self.rules: dict[str, ExpiringStore] = {}
+
+    @property
+    def entries(self) -> int:
+        """Pieces of state held, in every store (a bucket, a period's count, a window bucket, an initial-period
+        record; expired ones not yet swept out included)."""
+        return len(self.plans) + sum(len(store) for store in self.rules.values())
 
     def now_us(self) -> int:
         return round(self.clock() * MICROS)
+
+    def rule_store(self, key: str, now: int) -> ExpiringStore:
+        """The store of the rule counting `key` (made on its first hit)."""
+        rule = key.partition(":")[0]
+        store = self.rules.get(rule)
+        if store is None:
+            for name in [name for name, other in self.rules.items() if other.idle(now)]:
+                del self.rules[name]
+            store = self.rules[rule] = ExpiringStore(self.max_rule_entries, _evictions(f"rate_limit:{rule}"))
+        return store
 
     async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
         return self.meter_now(key, throttle, quota, bucket)
@@ -374,11 +468,14 @@ class LocalCounters:
         """`meter`, synchronously (nothing here waits)."""
         if throttle is None and quota is None:
             return UNLIMITED
-        now, store = self.now_us(), self.store
+        now, store = self.now_us(), self.plans
         state = period = None
         if throttle is not None:
-            state = gcra(store.get(("tat", key, bucket), now) or 0, now, throttle)
+            stored = store.get(("tat", key, bucket), now) or 0
+            state = gcra(stored, now, throttle)
             if not state.allowed:
+                if state.tat != stored:  # capped: stored under a slower throttle (see gcra)
+                    store.put(("tat", key, bucket), state.tat, state.tat, now)
                 return meter_admission(meter_reply(1, state, None, now), throttle, quota)
         if quota is not None:
             period = self._period(key, quota, now)
@@ -394,21 +491,21 @@ class LocalCounters:
         """The key's current period; records it as the initial one if the key has none yet."""
         start, end = period_bounds(quota.period, now // MICROS)
         marker = ("q0", key, quota.period)
-        initial = self.store.get(marker, now)
+        initial = self.plans.get(marker, now)
         if initial is None:
             initial = start
-            self.store.put(marker, start, now + INITIAL_MARKER_SECONDS * MICROS, now)
-        used = self.store.get(("q", key, quota.period, start), now) or 0
+            self.plans.put(marker, start, now + INITIAL_MARKER_SECONDS * MICROS, now)
+        used = self.plans.get(("q", key, quota.period, start), now) or 0
         return QuotaPeriod(quota.applies(initial == start), used, start, end)
 
     def _count(self, key: str, kind: Period, period: QuotaPeriod, now: int) -> None:
         """Count one request in `period`; the first of a period renews the initial-period record."""
         expires = (period.end + QUOTA_MARGIN_SECONDS) * MICROS
-        self.store.put(("q", key, kind, period.start), period.used + 1, expires, now)
+        self.plans.put(("q", key, kind, period.start), period.used + 1, expires, now)
         marker = ("q0", key, kind)
-        initial = self.store.get(marker, now) if period.used == 0 else None
+        initial = self.plans.get(marker, now) if period.used == 0 else None
         if initial is not None:
-            self.store.put(marker, initial, now + INITIAL_MARKER_SECONDS * MICROS, now)
+            self.plans.put(marker, initial, now + INITIAL_MARKER_SECONDS * MICROS, now)
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
         return self.hit_now(key, window, count_only)
@@ -417,19 +514,19 @@ class LocalCounters:
         """`hit`, synchronously."""
         now = self.now_us()
         now_ms, span = now // 1000, window.seconds * 1000
-        bucket = now_ms // span
-        name = ("w", key, window.seconds, bucket)
-        current = (self.store.get(name, now) or 0) + 1
-        self.store.put(name, current, (bucket + 2) * span * 1000, now)
-        previous = self.store.get(("w", key, window.seconds, bucket - 1), now) or 0
+        bucket, store = now_ms // span, self.rule_store(key, now)
+        name = (key, window.seconds, bucket)
+        current = (store.get(name, now) or 0) + 1
+        store.put(name, current, (bucket + 2) * span * 1000, now)
+        previous = store.get((key, window.seconds, bucket - 1), now) or 0
         estimate = sliding_window(previous, current, now_ms - bucket * span, span, window.limit)
         return window_admission(estimate, window, count_only)
 
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
         now = self.now_us()
         start, _ = period_bounds(quota.period, now // MICROS)
-        initial = self.store.get(("q0", key, quota.period), now)
-        used = self.store.get(("q", key, quota.period, start), now) or 0
+        initial = self.plans.get(("q0", key, quota.period), now)
+        used = self.plans.get(("q", key, quota.period, start), now) or 0
         return used, max(0, quota.applies(initial in (None, start)) - used)
 
     async def close(self) -> None:

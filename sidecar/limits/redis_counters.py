@@ -18,12 +18,15 @@ built inside the script from a declared prefix with that same tag:
 
 `FallbackCounters`: Redis with the shared circuit breaker, and what to do without it (`on_redis_error`): decide
 with this process's counters (`local`, API Gateway's failing open made per-replica), admit (`allow`) or refuse
-(`deny`). The mode is a property, a gauge and a counter, and is logged once per change, never per request.
+(`deny`). The mode is a property, a gauge and a counter, and is logged once per change, never per request. A
+script error (Redis answered, but this call failed: a bug, or arguments the script cannot take) is not Redis
+failing: `on_redis_error` decides that call alone, the breaker is not told, and it is logged at most once a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,8 +36,9 @@ from typing import Any, Literal, TypeVar
 
 from ..inline import in_task
 from ..kv import Breaker, redis_client
+from ..log_throttle import ThrottledWarning
 from ..metrics import LIMIT_DEGRADED, LIMIT_FALLBACKS, tally
-from ..settings import RedisSettings
+from ..settings import LimitSettings, RedisSettings
 from .counters import (
     INITIAL_MARKER_SECONDS,
     MICROS,
@@ -55,6 +59,7 @@ from .counters import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 OnError = Literal["local", "allow", "deny"]
+DEFAULT_TIMEOUT_MS: int = LimitSettings.model_fields["timeout_ms"].default
 
 _PRELUDE = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -115,6 +120,10 @@ if interval > 0 then
   tat = tonumber(redis.call('GET', KEYS[1]) or '0')
   if tat < now then tat = now end
   local debt, tolerance = tat - now, interval * (burst - 1)
+  if debt > interval * burst then -- stored under a slower throttle: capped, and the cap kept (counters.gcra)
+    tat, debt = now + interval * burst, interval * burst
+    redis.call('SET', KEYS[1], int(tat), 'PX', math.ceil(debt / 1000))
+  end
   if debt > tolerance then return {1, 0, debt, debt - tolerance, 0, 0, 0, 0} end
   t_reset = debt + interval
   t_remaining = math.floor((interval * burst - t_reset) / interval)
@@ -192,6 +201,23 @@ class CountersUnavailable(Exception):
     """Redis gave no usable answer: an error, a timeout, or a reply of the wrong shape."""
 
 
+class ScriptFailed(CountersUnavailable):
+    """Redis answered this call with a script error (a bug, or arguments the script cannot take): this call's
+    trouble, not Redis's."""
+
+
+def is_script_error(exc: BaseException, response_error: type[Exception]) -> bool:
+    """Whether `exc` (from redis-py) is a script error rather than Redis unable to serve: a plain `ResponseError`
+    whose message starts with no error code. redis-py strips the `ERR` a script's errors carry and gives the
+    server's own states their classes (READONLY, OOM, CLUSTERDOWN, TRYAGAIN, MASTERDOWN, NOSCRIPT; LOADING is a
+    connection error); a code it does not know (BUSY: another script runs too long; MISCONF; NOREPLICAS) stays at
+    the front of the message, and is Redis's trouble."""
+    if type(exc) is not response_error:
+        return False
+    head = str(exc).split(" ", 1)[0]
+    return not (head.isalpha() and head.isupper())
+
+
 class RedisCounters:
     """Counters shared through Redis (`Counters`); each method is one EVALSHA. Raises `CountersUnavailable`.
 
@@ -205,7 +231,7 @@ class RedisCounters:
         prefix: str = "authz:l:",
         clock: Callable[[], float] | None = None,
     ) -> None:
-        from redis.exceptions import NoScriptError  # deferred like kv.client's redis imports
+        from redis.exceptions import NoScriptError, ResponseError  # deferred like kv.client's redis imports
 
         self.client = client
         self.redis: Any = getattr(client, "writer", client)
@@ -213,6 +239,7 @@ class RedisCounters:
         self.prefix = prefix
         self.clock = clock
         self._no_script = NoScriptError
+        self._response_error = ResponseError
 
     def base(self, key: str) -> str:
         """The hash-tagged stem of every Redis key of `key` (a `}` inside `key` still leaves one tag per call:
@@ -275,10 +302,12 @@ class RedisCounters:
 
     async def _guarded(self, command: Callable[[], Awaitable[T]], script: Script) -> T:
         """`command` within the timeout (in a Task: `asyncio.timeout` needs one, and a Check may start inline,
-        see sidecar/inline.py); any failure is `CountersUnavailable`."""
+        see sidecar/inline.py); any failure is `CountersUnavailable`, a script error `ScriptFailed`."""
         try:
             return await in_task(self._timed(command))
         except Exception as exc:  # connection errors, timeouts, script errors: all mean "no answer"
+            if is_script_error(exc, self._response_error):
+                raise ScriptFailed(f"redis {script.name}: {str(exc)[:200]}") from exc
             raise CountersUnavailable(f"redis {script.name}: {exc.__class__.__name__}") from exc
 
     async def _timed(self, command: Callable[[], Awaitable[T]]) -> T:
@@ -297,7 +326,12 @@ class FallbackCounters:
     limit that applies, retry after the breaker's cooldown). Back to Redis as soon as it answers again.
 
     Nothing escapes: a Redis failure is a decision in the fallback mode. `usage` alone has no fallback (GetUsage
-    reads the shared counts): it raises `CountersUnavailable`."""
+    reads the shared counts): it raises `CountersUnavailable`. A script error (`ScriptFailed`) is decided the
+    same way, for that call only: Redis answered, so the breaker counts it as an answer and the mode does not
+    change (one plan's bad call must not send every plan and rule of the config off Redis).
+
+    `authz_limit_degraded` is one gauge per process and a reload builds new counters: each starts at 0 (its
+    state) until its own first failure, so a config built while Redis is back does not inherit a stale 1."""
 
     def __init__(
         self,
@@ -314,6 +348,8 @@ class FallbackCounters:
         self.clock = clock
         self._degraded = False
         self._fallback = tally(LIMIT_FALLBACKS, on_error).inc
+        self._script_errors = ThrottledWarning(log, 60.0, clock, "script errors")
+        LIMIT_DEGRADED.set(0)
 
     @property
     def degraded(self) -> bool:
@@ -324,9 +360,9 @@ class FallbackCounters:
         if throttle is None and quota is None:
             return UNLIMITED
         shared = await self._shared(lambda: self.redis.meter(key, throttle, quota, bucket))
-        if shared is not None:
+        if not isinstance(shared, NoAnswer):
             return shared
-        self._degrade()
+        self._without_redis(shared)
         if self.on_error == "local":
             return self.local.meter_now(key, throttle, quota, bucket)
         if throttle is not None:
@@ -337,16 +373,16 @@ class FallbackCounters:
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
         shared = await self._shared(lambda: self.redis.hit(key, window, count_only))
-        if shared is not None:
+        if not isinstance(shared, NoAnswer):
             return shared
-        self._degrade()
+        self._without_redis(shared)
         if self.on_error == "local":
             return self.local.hit_now(key, window, count_only)
         return self._unshared("blocked", window.limit, float(window.seconds), admit=count_only)
 
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
         shared = await self._shared(lambda: self.redis.usage(key, quota))
-        if shared is None:
+        if isinstance(shared, NoAnswer):
             raise CountersUnavailable("redis usage: no answer (breaker open or Redis failing)")
         return shared
 
@@ -357,19 +393,26 @@ class FallbackCounters:
         wait = self.breaker.current_cooldown or self.breaker.cooldown
         return Admission(False, reason, limit, 0, wait, wait, window, True)
 
-    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T | None:
-        """Redis's answer, or None when the breaker holds it back or it fails (the breaker is told either way)."""
+    async def _shared(self, call: Callable[[], Awaitable[T]]) -> T | NoAnswer:
+        """Redis's answer, or why there is none: the breaker holds it back or the call fails (the breaker is told),
+        or Redis answered with a script error (the breaker is told it answered)."""
         ticket = self.breaker.admit(self.clock())
         if ticket is None:
-            return None
+            return NoAnswer.UNAVAILABLE
         try:
             answer = await call()
+        except ScriptFailed as exc:
+            self.breaker.success(ticket)
+            self._script_errors.warning(
+                "rate limits: %s; on_redis_error (%s) decides that call, the breaker is not told", exc, self.on_error
+            )
+            return NoAnswer.SCRIPT_FAILED
         except Exception as exc:  # CountersUnavailable, or anything else: no answer, never an escape
             self.breaker.failure(self.clock(), ticket)
             log.debug(
                 "rate limits: redis failed: %s", exc if isinstance(exc, CountersUnavailable) else type(exc).__name__
             )
-            return None
+            return NoAnswer.UNAVAILABLE
         else:
             self.breaker.success(ticket)
             self._recovered()
@@ -377,9 +420,10 @@ class FallbackCounters:
         finally:
             self.breaker.abandon(ticket)
 
-    def _degrade(self) -> None:
+    def _without_redis(self, why: NoAnswer) -> None:
+        """Count a decision taken without Redis; Redis unavailable (not a script error) makes this degraded."""
         self._fallback()
-        if not self._degraded:
+        if why is NoAnswer.UNAVAILABLE and not self._degraded:
             self._degraded = True
             LIMIT_DEGRADED.set(1)
             log.warning("rate limits: Redis unavailable; %s until it answers", _WHILE_DEGRADED[self.on_error])
@@ -395,6 +439,15 @@ class FallbackCounters:
         await self.local.close()
 
 
+class NoAnswer(enum.Enum):
+    """Why `FallbackCounters` decides a call without Redis."""
+
+    UNAVAILABLE = "unavailable"
+    """The breaker holds calls back, or this one failed (an error, a timeout, a malformed reply)."""
+    SCRIPT_FAILED = "script_failed"
+    """Redis answered with a script error: about this call, not Redis."""
+
+
 _WHILE_DEGRADED: dict[str, str] = {
     "local": "deciding with this process's counters (on_redis_error: local)",
     "allow": "admitting every request (on_redis_error: allow)",
@@ -403,15 +456,25 @@ _WHILE_DEGRADED: dict[str, str] = {
 
 
 def shared_counters(
-    connection: RedisSettings, on_error: OnError = "local", local: LocalCounters | None = None
+    connection: RedisSettings,
+    on_error: OnError = "local",
+    local: LocalCounters | None = None,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
 ) -> FallbackCounters:
-    """The counters of one of the config's Redis connections, with its timeout and breaker settings (scripts
-    need redis-py, so no lean reads)."""
-    client = redis_client(connection.model_copy(update={"lean_reads": False}))
+    """The counters of one of the config's Redis connections, with its breaker settings (scripts need redis-py,
+    so no lean reads) and `timeout_ms` (`limits.timeout_ms`), not the connection's own timeout: the decision
+    cache gives up on Redis sooner than a count should.
+
+    A call that times out may still have counted in Redis: the script was sent and runs when Redis gets to it.
+    That request is then counted there as well as decided by `on_error`: refused and counted with `deny`, counted
+    twice (in Redis and in process) with `local`, admitted and counted with `allow`. A timeout longer than
+    Redis's usual stalls keeps this rare."""
+    # the socket and pool timeouts too: redis-py's own would otherwise give up at the connection's timeout
+    client = redis_client(connection.model_copy(update={"lean_reads": False, "timeout_ms": timeout_ms}))
     breaker = Breaker(
         threshold=connection.breaker_threshold,
         cooldown=connection.breaker_cooldown,
         while_open=_WHILE_DEGRADED[on_error],
     )
-    redis = RedisCounters(client, timeout=connection.timeout_ms / 1000)
+    redis = RedisCounters(client, timeout=timeout_ms / 1000)
     return FallbackCounters(redis, local or LocalCounters(), on_error, breaker)

@@ -3,22 +3,27 @@ their offset, WAF sliding windows, bounded memory."""
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sidecar.limits.counters import (
+    RULE_ENTRIES,
     UNLIMITED,
     ExpiringStore,
+    Gcra,
     LocalCounters,
     Period,
     Quota,
     Throttle,
     Window,
+    gcra,
     period_bounds,
     sliding_window,
 )
+from sidecar.metrics import REGISTRY, flush
 
 
 class Clock:
@@ -45,7 +50,9 @@ def test_intervals_round_up_to_whole_microseconds_and_bad_limits_are_refused() -
     assert Throttle(200, 1).interval_us == 5000
     assert Throttle(3, 1).interval_us == 333_334  # never faster than the rate
     assert Throttle(0.1, 1).interval_us == 10_000_000
-    for bad in (lambda: Throttle(0, 1), lambda: Throttle(1, 0), lambda: Quota(0, "DAY"), lambda: Window(30, 10)):
+    assert Throttle(0.001, 1).interval_us == 1_000_000_000  # the slowest rate settings take
+    bad_limits = (lambda: Throttle(0, 1), lambda: Throttle(0.0009, 1), lambda: Throttle(1, 0), lambda: Quota(0, "DAY"))
+    for bad in (*bad_limits, lambda: Window(30, 10)):
         with pytest.raises(ValueError):
             bad()
     with pytest.raises(ValueError):
@@ -221,27 +228,153 @@ async def test_count_only_never_refuses_but_counts() -> None:
     assert not enforced.allowed and enforced.reason == "blocked"  # the counted-only requests were counted
 
 
+def _uncapped(stored_tat: int, now: int, throttle: Throttle) -> Gcra:
+    """GCRA as it was before the TAT cap (the textbook step), to show the cap changes nothing in normal operation."""
+    interval, tolerance = throttle.interval_us, throttle.tolerance_us
+    tat = max(stored_tat, now)
+    if tat - now > tolerance:
+        return Gcra(False, tat, 0, tat - now, tat - now - tolerance)
+    debt = tat - now + interval
+    return Gcra(True, tat + interval, (throttle.window_us - debt) // interval, debt, 0)
+
+
+def test_the_tat_cap_changes_nothing_while_the_throttle_stays_the_same() -> None:
+    rnd = random.Random(11)
+    for _ in range(200):
+        throttle, tat, now = Throttle(rnd.choice([0.5, 3, 7, 100, 5000]), rnd.randint(1, 50)), 0, 10**15
+        for _ in range(200):
+            now += rnd.choice([0, 1, 10, 1000, 100_000, 1_000_000, 30_000_000])
+            step = gcra(tat, now, throttle)
+            assert step == _uncapped(tat, now, throttle)
+            tat = step.tat if step.allowed else tat
+
+
+async def test_a_throttle_made_faster_on_reload_is_not_held_back_by_the_old_tat() -> None:
+    """A plan at 1/s burst 100, its burst spent; reloaded at 100/s burst 10: refused for one new interval at most,
+    not for the ~99 s the old bucket took to refill."""
+    clock = Clock(T0)
+    counters, old, new = LocalCounters(clock), Throttle(rate=1, burst=100), Throttle(rate=100, burst=10)
+    assert sum([(await counters.meter("gold:k1", old, None)).allowed for _ in range(101)]) == 100
+    clock.now += 1.0
+    first = await counters.meter("gold:k1", new, None)  # the TAT is capped at now + 100 ms: full, not 99 s ahead
+    assert (first.allowed, first.reset, first.window) == (False, pytest.approx(0.1), pytest.approx(0.1))
+    assert first.retry_after == pytest.approx(0.01)
+    clock.now += 0.01
+    admitted = 0
+    for _ in range(1000):  # one second in 1 ms steps: the new rate from there on, the old TAT forgotten
+        admitted += (await counters.meter("gold:k1", new, None)).allowed
+        clock.now += 0.001
+    assert admitted == 100
+    # and slower on reload: the stored TAT (under 100 ms ahead) is within the new bucket, so it simply applies
+    slow = Throttle(rate=0.5, burst=2)
+    assert (await counters.meter("gold:k1", slow, None)).allowed
+    refused = await counters.meter("gold:k1", slow, None)  # 2 s of tolerance, 2 s + the old debt ahead
+    assert not refused.allowed and 0 < refused.retry_after <= 0.1
+
+
 def test_the_store_evicts_expired_state_first_then_the_least_recently_written() -> None:
-    store = ExpiringStore(10)
+    evicted: list[int] = []
+    store = ExpiringStore(10, evicted.append)
     for i in range(5):
         store.put(("short", i), i, expires=100, now=0)
     for i in range(5):
         store.put(("long", i), i, expires=10_000, now=0)
     store.put(("long", 0), 0, expires=10_000, now=0)  # rewritten: now the most recent
     store.put("new", 1, expires=10_000, now=200)
-    assert len(store) == 6 and all(store.get(("long", i), 200) == i for i in range(5))
+    assert len(store) == 6 and all(store.get(("long", i), 200) == i for i in range(5)) and evicted == []
     for i in range(4):
         store.put(("more", i), i, expires=10_000, now=200)
     store.put("over", 1, expires=10_000, now=200)  # full of live state: the oldest tenth goes
     assert len(store) == 10 and store.get(("long", 1), 200) is None and store.get(("long", 0), 200) == 0
+    assert evicted == [1]
+    assert not store.idle(9_999) and store.idle(10_000)
 
 
-async def test_memory_stays_bounded_by_max_keys() -> None:
+def test_below_its_bound_a_store_only_drops_what_expired_and_sweeps_in_amortized_time() -> None:
+    """Short-lived entries (buckets refilled) by the hundred thousand in a store bounded at a million: the sweeps
+    keep it within twice the live state, and nothing live is ever evicted below the bound."""
+    evicted: list[int] = []
+    store, now = ExpiringStore(1_000_000, evicted.append), 0
+    for i in range(1000):
+        store.put(("quota", i), i, expires=10**12, now=now)  # long-lived: a day's counts
+    largest = 0
+    for i in range(200_000):
+        now += 10
+        store.put(("tat", i), i, expires=now + 1000, now=now)  # a bucket full again 1 ms later
+        largest = max(largest, len(store))
+    assert evicted == [] and largest <= 2 * (1000 + 100) + 1024
+    assert all(store.get(("quota", i), now) == i for i in range(1000))
+
+
+def evictions(store: str) -> float:
+    flush()
+    return REGISTRY.get_sample_value("authz_limit_evictions_total", {"store": store}) or 0.0
+
+
+async def test_a_flood_through_one_rule_forgets_no_quota_and_no_other_rule_s_counts() -> None:
+    """A WAF rule keyed on a value the client picks (a header, an API key value) sprayed with more distinct values
+    than a rule store holds: the exhausted quota stays exhausted and another rule still blocks its caller; the
+    sprayed rule forgets its own oldest counts, counted by store."""
+    clock = Clock(T0 - T0 % 60)
+    counters, quota, window = LocalCounters(clock), Quota(3, "DAY"), Window(60, 10)
+    assert [(await counters.meter("gold:k1", Throttle(100, 100), quota)).allowed for _ in range(4)] == [True] * 3 + [
+        False
+    ]
+    assert not [(await counters.hit("per-ip:203.0.113.9", window)) for _ in range(11)][-1].allowed
+    before = evictions("rate_limit:per-key")
+    flood = RULE_ENTRIES + RULE_ENTRIES // 5
+    for i in range(flood):
+        counters.hit_now(f"per-key:{i:032x}", window, count_only=True)
+    refused = await counters.meter("gold:k1", Throttle(100, 100), quota)
+    assert (refused.allowed, refused.reason) == (False, "quota")
+    assert await counters.usage("gold:k1", quota) == (3, 0)
+    assert not (await counters.hit("per-ip:203.0.113.9", window)).allowed
+    sprayed = counters.rules["per-key"]
+    assert len(sprayed) <= RULE_ENTRIES and evictions("rate_limit:per-key") - before == flood - len(sprayed)
+    assert (await counters.hit(f"per-key:{flood - 1:032x}", window, count_only=True)).remaining == 8  # recent kept
+
+
+async def test_many_keys_metered_once_do_not_push_out_a_spent_quota() -> None:
+    """60,000 keys of a plan (throttle and quota: three pieces of state each) are usage-plan state, bounded by
+    the key file: far below the plan store's bound, so the key that spent its quota first is not forgotten."""
     clock = Clock(T0)
-    counters = LocalCounters(clock, max_keys=500)
-    for i in range(5000):
-        await counters.meter(f"k{i}", Throttle(1, 5), Quota(10, "DAY"))
-        await counters.hit(f"ip{i}", Window(60, 10))
+    counters, throttle, quota = LocalCounters(clock), Throttle(100, 100), Quota(3, "DAY")
+    assert [counters.meter_now("gold:heavy", throttle, quota).allowed for _ in range(4)] == [True] * 3 + [False]
+    before = evictions("usage_plan")
+    for i in range(60_000):
         clock.now += 0.001
-    assert len(counters.store) <= 500
-    assert (await counters.meter("k4999", Throttle(1, 5), None)).remaining == 3  # recent state is kept
+        counters.meter_now(f"gold:k{i}", throttle, quota)
+    assert [counters.meter_now("gold:heavy", throttle, quota).allowed for _ in range(4)] == [False] * 4
+    assert evictions("usage_plan") == before
+
+
+async def test_memory_stays_bounded_by_each_store_s_bound(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(T0)
+    counters = LocalCounters(clock, max_plan_entries=500, max_rule_entries=300)
+    before = evictions("usage_plan")
+    with caplog.at_level(logging.WARNING, logger="sidecar.limits.counters"):
+        for i in range(5000):
+            await counters.meter(f"p:k{i}", Throttle(1, 5), Quota(10, "DAY"))
+            await counters.hit(f"a:ip{i}", Window(60, 10))
+            await counters.hit(f"b:ip{i}", Window(60, 10))
+            clock.now += 0.001
+    assert len(counters.plans) <= 500 and len(counters.rules["a"]) <= 300 and len(counters.rules["b"]) <= 300
+    assert counters.entries == len(counters.plans) + len(counters.rules["a"]) + len(counters.rules["b"])
+    assert (await counters.meter("p:k4999", Throttle(1, 5), None)).remaining == 3  # recent state is kept
+    # past the hard bound, usage-plan state is forgotten too, but never silently
+    assert evictions("usage_plan") > before
+    warned = [r.getMessage() for r in caplog.records if "usage_plan state at its bound" in r.getMessage()]
+    assert warned and all("p:k" not in line for line in warned)
+
+
+async def test_a_rule_store_left_idle_is_dropped_when_another_rule_s_is_made() -> None:
+    """A rule removed or renamed on reload: its store goes once everything in it has expired."""
+    clock = Clock(T0)
+    counters = LocalCounters(clock)
+    await counters.hit("old-name:ip", Window(60, 10))
+    clock.now += 60
+    await counters.hit("new-name:ip", Window(60, 10))
+    assert set(counters.rules) == {"old-name", "new-name"}  # old-name's count still weighs in the next minute
+    clock.now += 120
+    await counters.hit("third:ip", Window(60, 10))
+    assert set(counters.rules) == {"third"}  # both idle: nothing they held was still counting

@@ -6,21 +6,30 @@ from __future__ import annotations
 
 import logging
 import random
+import textwrap
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from redis.crc import key_slot
+from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 
+from sidecar.config import parse_config
+from sidecar.harness.envoy import free_port
 from sidecar.kv import Breaker, SplitClient, redis_client
-from sidecar.limits.counters import DAY_SECONDS, LocalCounters, Period, Quota, Throttle, Window
+from sidecar.limits import build
+from sidecar.limits.counters import DAY_SECONDS, MICROS, LocalCounters, Period, Quota, Throttle, Window
 from sidecar.limits.redis_counters import (
     METER,
     SCRIPTS,
     CountersUnavailable,
     FallbackCounters,
     RedisCounters,
+    is_script_error,
     shared_counters,
 )
 from sidecar.metrics import REGISTRY, flush
@@ -104,17 +113,50 @@ async def test_a_burst_passes_then_retry_after_is_timed_by_redis(backend: tuple[
 
 
 async def test_the_steady_rate_holds_in_redis_time(redis_server: RedisServer) -> None:
+    """The burst, then one per T (10 ms), in Redis's clock, whatever this process's stalls.
+
+    Redis TIME is read between calls, so call i ran in Redis between reads[i] and reads[i + 1]. GCRA admits
+    exactly `A * T = (m_last - m_first) + debt - lost`: the first and last call's Redis times, the last reply's
+    debt (its `reset`) and the time the bucket sat full, which happens only in a gap between two calls longer
+    than the debt then (never under T): a stall here. That is the one slack the lower bound gets; the upper
+    bound (never more than the burst and one per T) has none but a request for rounding."""
     counters, throttle = shared(redis_server.url), Throttle(rate=100, burst=20)
-    key, admitted = fresh("plan:p:key:steady"), 0
+    interval, key, admitted = throttle.interval_us / MICROS, fresh("plan:p:key:steady"), 0
     try:
-        start = await redis_now(counters)
-        while await redis_now(counters) - start < 0.6:
-            admitted += (await counters.meter(key, throttle, None)).allowed
-        elapsed = await redis_now(counters) - start
-        # the burst, then one per 10 ms; stalls under burst * T (200 ms) lose nothing
-        assert abs(admitted - (20 + 100 * elapsed)) <= 2, (admitted, elapsed)
+        reads = [await redis_now(counters)]
+        while reads[-1] - reads[0] < 0.6:
+            last = await counters.meter(key, throttle, None)
+            admitted += last.allowed
+            reads.append(await redis_now(counters))
+        calls = len(reads) - 1
+        assert interval - 1e-6 <= last.reset <= throttle.burst * interval + 1e-6
+        lost = sum(max(0.0, reads[i + 2] - reads[i] - interval) for i in range(calls - 1))
+        lower = (reads[calls - 1] - reads[1] - lost + last.reset) / interval
+        upper = throttle.burst + (reads[calls] - reads[0]) / interval
+        assert lower - 1 <= admitted <= upper + 1, (admitted, lower, upper, lost)
     finally:
         await counters.close()
+
+
+async def test_a_throttle_made_faster_caps_the_old_tat_in_redis_too(backend: tuple[str, bool]) -> None:
+    """A plan's burst spent at 1/s burst 100, then reloaded at 100/s burst 10: the script caps the stored TAT as
+    `gcra` does (the same verdicts at the same sent times), so the key waits one new T, not ~99 s."""
+    now = [1_800_000_000.0]
+    redis, local = shared(*backend, clock=lambda: now[0]), LocalCounters(lambda: now[0])
+    key, old, new = fresh("gold:k1"), Throttle(rate=1, burst=100), Throttle(rate=100, burst=10)
+    try:
+        for _ in range(101):
+            assert await redis.meter(key, old, None) == await local.meter(key, old, None)
+        now[0] += 1.0
+        verdicts = []
+        for step in (0, 0.005, 0.005, 0.001, 0.01, 0.01):
+            now[0] += step
+            verdict = await redis.meter(key, new, Quota(1000, "DAY"))
+            assert verdict == await local.meter(key, new, Quota(1000, "DAY"))
+            verdicts.append((verdict.allowed, round(verdict.retry_after, 6)))
+        assert verdicts == [(False, 0.01), (False, 0.005), (True, 0), (False, 0.009), (True, 0), (True, 0)]
+    finally:
+        await redis.close()
 
 
 async def test_quota_and_throttle_consume_nothing_when_the_other_refuses(redis_server: RedisServer) -> None:
@@ -254,7 +296,7 @@ async def test_allow_and_deny_decide_without_redis(redis_server: RedisServer, mo
         quota = await counters.meter("k", None, Quota(10, "WEEK"))
         blocked = await counters.hit("ip", Window(60, 10))
         dry = await counters.hit("ip", Window(60, 10), count_only=True)
-        assert counters.degraded and len(counters.local.store) == 0
+        assert counters.degraded and counters.local.entries == 0
         assert dry.allowed  # a count-only rule never refuses
         if mode == "allow":
             assert throttled.allowed and quota.allowed and blocked.allowed
@@ -268,3 +310,99 @@ async def test_allow_and_deny_decide_without_redis(redis_server: RedisServer, mo
             assert quota.window == 7 * DAY_SECONDS
     finally:
         await counters.close()
+
+
+def test_script_errors_are_told_from_redis_being_unable_to_serve() -> None:
+    """redis-py's own classes and messages, as Redis 7 sends them (the real ones: test below)."""
+    assert is_script_error(
+        ResponseError("user_script:54: attempt to compare nil with number script: ab"), ResponseError
+    )
+    assert is_script_error(ResponseError("Error running script (call to f_ab): @user_script:1: x"), ResponseError)
+    assert is_script_error(ResponseError("invalid expire time in 'set' command script: ab"), ResponseError)
+    for outage in (
+        ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."),
+        ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"),
+        ReadOnlyError("You can't write against a read only replica."),
+        RedisTimeout("Timeout reading from socket"),
+        ConnectionRefusedError(),
+    ):
+        assert not is_script_error(outage, ResponseError), outage
+
+
+@pytest.mark.parametrize("mode", ["local", "deny"])
+async def test_a_script_error_is_decided_for_that_call_alone_and_leaves_the_breaker_closed(
+    redis_server: RedisServer, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key whose stored state the script cannot read (here: a TAT that is not a number) fails in Lua on every
+    call: on_redis_error decides each of those calls, but Redis answered, so the breaker stays closed, the
+    counters are not degraded and every other plan and rule keeps counting in Redis; one warning, not ten."""
+    breaker = Breaker(threshold=2, cooldown=30)
+    redis = RedisCounters(redis_client(settings(redis_server.url)), timeout=1.0)
+    counters = FallbackCounters(redis, LocalCounters(), mode, breaker, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    broken, other, throttle, quota = fresh("slow:k1"), fresh("gold:k2"), Throttle(rate=1, burst=3), Quota(100, "DAY")
+    before = fallback_count(mode)
+    try:
+        await redis.redis.set(redis.base(broken) + ":tat", "not-a-number")
+        with caplog.at_level(logging.WARNING, logger="sidecar.limits.redis_counters"):
+            verdicts = [await counters.meter(broken, throttle, None) for _ in range(10)]
+            assert [v.allowed for v in verdicts] == ([True] * 3 + [False] * 7 if mode == "local" else [False] * 10)
+            assert not breaker.is_open and breaker.failures == 0 and not counters.degraded
+            assert degraded_gauge() == 0 and fallback_count(mode) - before == 10
+            assert (await counters.meter(other, None, quota)).allowed
+            assert await redis.usage(other, quota) == (1, 99)  # counted in Redis, not here
+            assert await counters.local.usage(other, quota) == (0, 100)
+        lines = [r for r in caplog.records if r.name == "sidecar.limits.redis_counters"]
+        assert len(lines) == 1 and "user_script" in lines[0].getMessage()
+        assert broken not in lines[0].getMessage() and "not-a-number" not in lines[0].getMessage()
+    finally:
+        await counters.close()
+
+
+async def test_a_count_waits_for_limits_timeout_not_the_connection_s(redis_server: RedisServer) -> None:
+    """Redis paused for 150 ms (CLIENT PAUSE WRITE holds every script) behind a connection whose timeout is the
+    shipped 5 ms: with `limits.timeout_ms` of 2 s the count waits and lands once, in Redis, instead of timing out
+    (deny: refused, yet counted once Redis resumes)."""
+    connection = settings(redis_server.url).model_copy(update={"timeout_ms": 5.0})
+    counters, quota, key = shared_counters(connection, "deny", timeout_ms=2000), Quota(10, "DAY"), fresh("gold:k")
+    before = fallback_count("deny")
+    try:
+        assert counters.redis.timeout == 2.0
+        assert (await counters.meter(key, None, quota)).allowed  # opens the connection, which may take long too
+        await counters.redis.redis.execute_command("CLIENT", "PAUSE", 150, "WRITE")
+        started = time.monotonic()
+        verdict = await counters.meter(key, None, quota)
+        waited = time.monotonic() - started
+        assert verdict.allowed and not counters.degraded and fallback_count("deny") == before, waited
+        assert await counters.usage(key, quota) == (2, 8)
+    finally:
+        await counters.close()
+
+
+def test_a_config_s_counters_take_limits_timeout_ms(tmp_path: Path, redis_server: RedisServer) -> None:
+    text = textwrap.dedent(f"""\
+        api: {{id: a1b2c3d4e5, stage: prod, account: '123456789012', region: us-east-1}}
+        redis: {{default: {{url: "{redis_server.url}", timeout_ms: 5}}}}
+        limits: {{timeout_ms: 250, on_redis_error: deny}}
+        """)
+    counters = build._counters(parse_config(text, str(tmp_path / "config.yaml")), time.time)
+    assert isinstance(counters, FallbackCounters)
+    assert (counters.redis.timeout, counters.on_error) == (0.25, "deny")
+
+
+async def test_counters_built_after_an_outage_start_with_the_degraded_gauge_at_0(redis_server: RedisServer) -> None:
+    """A reload while degraded: the old config's counters set the gauge to 1; the new config's, counting in a
+    Redis that answers, set it to 0 when they are built, not only on a change of their own."""
+    dead = settings(f"redis://127.0.0.1:{free_port()}/0").model_copy(update={"breaker_threshold": 1})
+    old = shared_counters(dead, "local", timeout_ms=200)
+    try:
+        await old.meter(fresh("gold:k1"), None, Quota(100, "DAY"))
+        assert old.degraded and degraded_gauge() == 1
+        new = shared_counters(settings(redis_server.url), "local", timeout_ms=1000)
+        assert not new.degraded and degraded_gauge() == 0
+        try:
+            assert (await new.meter(fresh("gold:k1"), None, Quota(100, "DAY"))).allowed
+            assert not new.degraded and degraded_gauge() == 0
+        finally:
+            await new.close()
+    finally:
+        await old.close()
