@@ -41,7 +41,7 @@ def build_gates(
     private: bool = False,
 ) -> GateSet | None:
     """The config's gates, or None without any; problems (a bad key file, a key naming an unknown plan) are
-    appended to `issues` at the config key that names the file. `private`: counted in fresh in-process counters
+    appended to `issues` at their line in the key file. `private`: counted in fresh in-process counters
     of their own (`check`), never in Redis nor in the process's shared ones."""
     if not uses_gates(config):
         return None
@@ -70,7 +70,7 @@ def _key_store(config: Config, clock: Callable[[], float], issues: list[ConfigIs
     if not path.is_absolute():
         path = config.base_dir / path
     try:
-        store = FileApiKeyStore(path, clock)
+        return FileApiKeyStore(path, config.usage_plans.keys(), clock)  # a key naming another plan: at its line
     except ConfigError as exc:
         issues.extend(exc.issues)
         return None
@@ -78,10 +78,3 @@ def _key_store(config: Config, clock: Callable[[], float], issues: list[ConfigIs
         message = f"cannot read the API key file {path}: {exc.strerror or type(exc).__name__}"
         issues.append(issue_at(config.source, ("api_keys", "file"), message))
         return None
-    unknown = sorted(store.current().plans - config.usage_plans.keys())
-    if unknown:
-        named = ", ".join(repr(plan) for plan in unknown)
-        message = f"keys in {path} name usage plans not configured: {named}"
-        issues.append(issue_at(config.source, ("api_keys", "file"), message))
-        return None
-    return store

@@ -26,6 +26,8 @@ VALUE = "k3y-Value_ThatMustNeverLeak-0123456789"
 OTHER = "another-key-value-of-forty-characters-xx"
 DIGEST = digest_of(VALUE)
 EXPIRES = 1798761600.0  # 2027-01-01T00:00:00Z
+PLANS = ("gold", "silver")
+"""The usage plans of the config the stores here serve."""
 
 
 def write(path: Path, text: str) -> Path:
@@ -230,7 +232,7 @@ def test_a_static_store_serves_its_set() -> None:
 def test_an_edit_is_a_new_snapshot_a_bad_edit_keeps_the_old(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sidecar.limits.apikeys")
     path = write(tmp_path / "keys.yaml", entry("mobile"))
-    store = FileApiKeyStore(path, clock=lambda: 1234.0, reload_interval=0)
+    store = FileApiKeyStore(path, PLANS, clock=lambda: 1234.0, reload_interval=0)
     first = store.current()
     (status,) = store.reload_statuses()
     assert status.source == "api_keys" and status.last is None
@@ -260,7 +262,7 @@ def test_an_edit_is_a_new_snapshot_a_bad_edit_keeps_the_old(tmp_path: Path, capl
 
 async def test_recheck_files_reloads_an_edit(tmp_path: Path) -> None:
     path = write(tmp_path / "keys.yaml", entry("mobile"))
-    store = FileApiKeyStore(path, reload_interval=0)
+    store = FileApiKeyStore(path, PLANS, reload_interval=0)
     await store.recheck_files("config reload")
     assert store.reload_statuses()[0].last is None  # unchanged on disk: not even looked at
     write(path, "[]\n")
@@ -270,15 +272,54 @@ async def test_recheck_files_reloads_an_edit(tmp_path: Path) -> None:
 
 def test_a_bad_file_fails_the_first_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
-        FileApiKeyStore(write(tmp_path / "keys.yaml", "{}\n"))
+        FileApiKeyStore(write(tmp_path / "keys.yaml", "{}\n"), PLANS)
 
 
 async def test_the_store_poller_starts_and_stops(tmp_path: Path) -> None:
-    store = FileApiKeyStore(write(tmp_path / "keys.yaml", "[]\n"), reload_interval=30)
+    store = FileApiKeyStore(write(tmp_path / "keys.yaml", "[]\n"), PLANS, reload_interval=30)
     await store.start()
     assert store._poller.running
     await store.stop()
     assert not store._poller.running
-    never = FileApiKeyStore(tmp_path / "keys.yaml", reload_interval=0)
+    never = FileApiKeyStore(tmp_path / "keys.yaml", PLANS, reload_interval=0)
     await never.start()
     assert not never._poller.running
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plans: a key must name a plan the config defines, at load and on every reload
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_key_naming_an_undefined_plan_fails_the_first_load_at_its_plan(tmp_path: Path) -> None:
+    path = write(tmp_path / "keys.yaml", entry("mobile", extra="  plan: gold\n") + entry("b", OTHER, "  plan: glod\n"))
+    with pytest.raises(ConfigError) as info:
+        FileApiKeyStore(path, PLANS, reload_interval=0)
+    (issue,) = info.value.issues
+    assert (issue.file, issue.line, issue.column, issue.field) == (str(path), 8, 9, "[1].plan")
+    assert "'glod'" in issue.message and "(gold, silver)" in issue.message and "did you mean `gold`" in issue.message
+    with pytest.raises(ConfigError, match="none defined"):
+        FileApiKeyStore(path, (), reload_interval=0)
+    assert len(FileApiKeyStore(path, ("gold", "glod"), reload_interval=0).current()) == 2
+    assert len(load_api_keys(path)) == 2  # without plans (the api-keys tool) a plan is only a name
+
+
+def test_a_reload_naming_an_undefined_plan_is_rejected_and_the_old_keys_serve(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "keys.yaml", entry("mobile", extra="  plan: gold\n"))
+    store = FileApiKeyStore(path, PLANS, reload_interval=0)
+    serving = store.current()
+    write(path, entry("mobile", extra="  plan: glod\n"))  # a typo
+    assert store.reload_if_changed("SIGHUP") is False
+    assert store.current() is serving and store.reload_errors == 1
+    assert check_key(store.current(), VALUE, 0.0) == (serving.by_id("mobile"), "ok")
+    last = store.status.last
+    assert last is not None and (last.outcome, last.why) == ("rejected", "SIGHUP")
+    assert f"{path}:4:9: [0].plan: names usage plan 'glod'" in last.error
+    (logged,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"{path}:4:9: [0].plan" in logged and VALUE not in logged
+
+    write(path, entry("mobile", extra="  plan: silver\n"))
+    assert store.reload_if_changed() is True
+    assert store.current().plans == frozenset({"silver"}) and store.status.problem == ""

@@ -260,8 +260,9 @@ def test_a_key_naming_an_unconfigured_plan_is_a_config_error(tmp_path: Path) -> 
     text = BASE.replace("  silver:\n    quota: {limit: 4, period: DAY}\n", "")
     with pytest.raises(ConfigError) as caught:
         _pipeline(tmp_path, text, Clock())
-    (issue,) = caught.value.issues
-    assert issue.field == "api_keys.file" and "'silver'" in issue.message and issue.line == 6
+    (issue,) = caught.value.issues  # at the key's plan in the key file, as a reload of the file reports it
+    assert (issue.file, issue.line, issue.field) == (str(tmp_path / "api-keys.yaml"), 10, "[1].plan")
+    assert "'silver'" in issue.message and "(gold)" in issue.message
 
 
 WATCH_ALL = (
