@@ -118,6 +118,9 @@ def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocat
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        duplicates = list(_duplicate_keys(node, file)) if node is not None else []
+        if duplicates:  # before constructing: merge keys (`<<`) are flattened into the node tree by then
+            raise ConfigError(duplicates)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -134,6 +137,33 @@ def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocat
             message = "is not valid Unicode text (an unpaired surrogate escape such as \\ud800)"
             raise ConfigError([locator.issue(path, message) for path in bad])
     return data, locator
+
+
+def _duplicate_keys(node: yaml.Node, file: str) -> Iterator[ConfigIssue]:
+    """A key repeated in one mapping: YAML keeps the last silently, so `enabled: false` written above an older
+    `enabled: true` would leave a key enabled. Refused, at the repeat's line (a merge key's values may be
+    overridden: that is what `<<` is for)."""
+    stack: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(node, ())]
+    visited: set[int] = set()
+    while stack:
+        current, path = stack.pop()
+        if id(current) in visited:  # an alias: its node is walked once (and a recursive one ends)
+            continue
+        visited.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in current.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                    if name in seen:
+                        message = f"duplicate key {name!r} (first at line {seen[name]}): YAML would keep only the last"
+                        where = format_loc((*path, name))
+                        yield ConfigIssue(file, key.start_mark.line + 1, key.start_mark.column + 1, where, message)
+                    else:
+                        seen[name] = key.start_mark.line + 1
+                stack.append((value, (*path, name) if name is not None else path))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(current.value))
 
 
 def _unpaired_surrogates(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:

@@ -382,7 +382,9 @@ def _walk(loader: _Loader) -> list[dict[Any, Any]]:
         entry = {}
         while not isinstance(event := get(), MappingEndEvent):
             key = scalar(event)
-            entry[key] = scalar(get())  # a repeated key: the last wins, as in PyYAML
+            if key in entry:
+                raise _Declined  # a repeated key: the located read refuses it at its line (`issues.parse_yaml`)
+            entry[key] = scalar(get())
         entries.append(entry)
     _expect(get(), DocumentEndEvent)
     _expect(get(), StreamEndEvent)  # a second document is the located read's error

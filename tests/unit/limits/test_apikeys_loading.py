@@ -83,7 +83,6 @@ VALID = {
     "json": f'[{{"id": "j", "name": "caf\\u00e9 \\U0001F600", "sha256": "{_digest(2)}", "plan": "silver"}}]',
     "timestamps": f"- id: t\n  name: T\n  sha256: {_digest(3)}\n  expires: 2027-01-01 02:00:00+02:00\n"
     f"- id: u\n  name: U\n  sha256: {_digest(4)}\n  expires: '2027-06-01T00:00:00Z'\n",
-    "repeated-key": f"- id: a\n  name: first\n  name: second\n  sha256: {_digest(5)}\n",
     "anchors": f"- {{id: a, name: &n shared, sha256: {_digest(6)}}}\n- {{id: b, name: *n, sha256: {_digest(7)}}}\n",
     "merge": f"- &base {{id: a, name: A, sha256: {_digest(8)}, plan: gold}}\n"
     f"- {{<<: *base, id: b, sha256: {_digest(9)}}}\n",
@@ -131,6 +130,7 @@ INVALID = {
         1,  # where the merged value is written
         "[1].sha256",
     ),
+    "repeated-key": (f"- id: a\n  name: first\n  name: second\n  sha256: {_digest(5)}\n", 3, "[0].name"),
     "impossible-date": (f"- {{id: a, name: A, sha256: {_digest(1)}, expires: 2027-02-30}}\n", 1, "[0].expires"),
     "impossible-offset": (
         f"- id: a\n  name: A\n  sha256: {_digest(1)}\n  expires: 2027-01-01T00:00:00+25:00\n",
