@@ -128,6 +128,8 @@ def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocat
         raise ConfigError([ConfigIssue(file, line, column, "", f"invalid {what}: {exc.problem}")]) from None
     except yaml.YAMLError:
         raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}")]) from None
+    except (ValueError, OverflowError) as exc:  # a timestamp that is no date (`2027-02-30`): YAML raises it bare
+        raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}: {exc}")]) from None
     finally:
         loader.dispose()
     locator = YamlLocator(file, node)

@@ -38,3 +38,9 @@ def test_a_repeated_key_in_the_api_key_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_api_keys(path)
     assert any(issue.line == 5 and "duplicate key 'enabled'" in issue.message for issue in caught.value.issues)
+
+
+def test_an_impossible_date_is_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("api: {stage: 2027-02-30}\n", "cfg.yaml")
+    assert "invalid YAML" in str(caught.value)
