@@ -1,11 +1,11 @@
 """`python -m benchmarks run --smoke|--quick|--full [--output DIR] [--only NAME,...]`: the load benchmark.
 
---smoke runs under a minute (the floors, the anonymous route, the Redis rows, the custom-authorizer rows and the
-usage-plan rows, one second per measurement, and two seconds of the two-sidecar over-admission measurement) to
-keep the harness working in CI; it says nothing about speed. --quick takes a few minutes, --full much longer.
-Results go to `benchmarks/results/<profile>/` unless --output says otherwise. Besides scenario names, --only takes
-`memory` (the memory step) and `limits-admission` (the over-admission measurement, also run with
-`apikey-plan-redis`).
+--smoke runs in about a minute (the floors, the anonymous and warm JWT routes, the Redis rows, the custom-authorizer
+rows, the usage-plan rows and the warm mTLS row, one second per measurement, and two seconds of the two-sidecar
+over-admission measurement) to keep the harness working in CI; it says nothing about speed. --quick takes a few
+minutes, --full much longer. Results go to `benchmarks/results/<profile>/` unless --output says otherwise. Besides
+scenario names, --only takes `memory` (the memory step) and `limits-admission` (the over-admission measurement,
+also run with `apikey-plan-redis`).
 """
 
 from __future__ import annotations

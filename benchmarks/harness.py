@@ -99,6 +99,8 @@ PROFILES = {
                 "lambda-remote",
                 "apikey-plan-redis",
                 "apikey-plan-local",
+                "jwt-warm",
+                "mtls-warm",
             }
         ),
         admission_seconds=2,
@@ -365,6 +367,7 @@ def check_request(scenario: Scenario, host: str) -> bytes:
     http.headers.update(dict(first_headers(scenario)))
     check.attributes.source.address.socket_address.address = "127.0.0.1"
     check.attributes.source.address.socket_address.port_value = 40000
+    check.attributes.source.certificate = scenario.peer_certificate  # what Envoy sends of a TLS peer's certificate
     wire: bytes = check.SerializeToString()
     return wire
 
@@ -622,6 +625,16 @@ class Harness:
 
     def scenario(self, scenario: Scenario, proxy: EnvoyProcess, server_pid: int | None, grpc_port: int | None) -> None:
         """Every mode and transport of one scenario on a running stack."""
+        if scenario.through_envoy and not self._through_envoy(scenario, proxy, server_pid):
+            return
+        if scenario.direct and grpc_port is not None:
+            self._direct(scenario, server_pid, grpc_port)
+        elif not scenario.through_envoy:
+            self.log(f"  {scenario.name}: not measured, it goes straight at a gRPC port and this stack has none")
+
+    def _through_envoy(self, scenario: Scenario, proxy: EnvoyProcess, server_pid: int | None) -> bool:
+        """The rows through Envoy (saturation, and the fixed rate); False when the precheck failed (no row for the
+        scenario is measured then)."""
         p = self.profile
         url = self.base + scenario.path
         envoy_pid = proxy.proc.pid if proxy.proc else None
@@ -638,7 +651,7 @@ class Harness:
                     note=problem,
                 )
             )
-            return
+            return False
         headers = scenario.headers()
         http_beside = self._http_floor_beside if scenario.transport == "envoy-http" and not scenario.is_floor else None
         if p.warmup:
@@ -675,26 +688,29 @@ class Harness:
                     ),
                 )
             )
-        if scenario.direct and grpc_port is not None:
-            message = check_request(scenario, self.host)
-            problem = precheck_grpc(grpc_port, message)
-            if problem:
-                self.log(f"  {scenario.name}: gRPC-direct skipped: {problem}")
-                return
-            frame = grpc_frame(message)
-            direct = f"http://127.0.0.1:{grpc_port}{CHECK_PATH}"
-            self.add(
-                self.row(
-                    scenario,
-                    "grpc-direct",
-                    "saturation",
-                    lambda: run_h2load(
-                        direct, p.direct_clients, p.seconds, streams=p.direct_streams, headers=GRPC_HEADERS, body=frame
-                    ),
-                    server_pid,
-                    None,
-                )
+        return True
+
+    def _direct(self, scenario: Scenario, server_pid: int | None, grpc_port: int) -> None:
+        """The row straight at the gRPC port: h2load sending one pre-encoded CheckRequest (`check_request`)."""
+        p = self.profile
+        message = check_request(scenario, self.host)
+        problem = precheck_grpc(grpc_port, message)
+        if problem:
+            self.log(f"  {scenario.name}: gRPC-direct skipped: {problem}")
+            if not scenario.through_envoy:  # its only row: the report says why it is missing
+                self.add(Row(scenario.name, scenario.title, "grpc-direct", "saturation", note=problem))
+            return
+        frame = grpc_frame(message)
+        direct = f"http://127.0.0.1:{grpc_port}{CHECK_PATH}"
+
+        def load(seconds: float) -> LoadResult:
+            return run_h2load(
+                direct, p.direct_clients, seconds, streams=p.direct_streams, headers=GRPC_HEADERS, body=frame
             )
+
+        if p.warmup and not scenario.through_envoy:  # no load through Envoy has warmed this sidecar up
+            load(p.warmup)
+        self.add(self.row(scenario, "grpc-direct", "saturation", lambda: load(p.seconds), server_pid, None))
 
     def row(
         self,

@@ -35,7 +35,8 @@ ROWS = {
 }
 
 
-def _request(scenario: Scenario) -> Request:
+def request_for(scenario: Scenario) -> Request:
+    """The Request the transport would build from the scenario's CheckRequest (its headers and certificate)."""
     headers = {"host": "api.bench", "user-agent": "bench", **dict(scenario.headers())}
     return Request(
         method="GET",
@@ -46,10 +47,12 @@ def _request(scenario: Scenario) -> Request:
         source_address="203.0.113.9",
         protocol="HTTP/1.1",
         request_id="00000000-0000-4000-8000-000000000001",
+        peer_certificate=scenario.peer_certificate,
     )
 
 
-async def _pipeline(directory: Path, scenario: Scenario) -> Pipeline:
+async def pipeline_for(directory: Path, scenario: Scenario) -> Pipeline:
+    """A started pipeline over the scenario's own sidecar config (the real loader and runtime)."""
     text = scenarios.sidecar_config([scenario])
     runtime = compile_runtime(parse_config(text, str(directory / "config.yaml")))
     await runtime.start()
@@ -63,8 +66,8 @@ async def _run(fx: Fixtures, profile: str | None) -> None:
         print(f"{'row':<{width}}  median us per Check")
     for name in names:
         scenario = ROWS[name](fx)
-        pipe = await _pipeline(fx.directory, scenario)
-        request = _request(scenario)
+        pipe = await pipeline_for(fx.directory, scenario)
+        request = request_for(scenario)
         try:
             if profile is None:
                 print(f"{name:<{width}}  {await median_us(pipe, request):8.2f}", flush=True)

@@ -54,14 +54,17 @@ RELATIVE_RPS_TARGETS = [
     ("jwt-warm-http", "envoy-http", "jwt-warm-grpcio", "envoy", 2.5, "the gRPC mode on grpc.aio"),
     ("jwt-warm-http", "envoy-http", "jwt-warm", "envoy", 2.5, "the gRPC mode on the lean listener (default)"),
 ]
-# (scenario, against, limit, mode): sidecar CPU per Check of one row over another's through Envoy. Issue 20: a
-# cached custom-authorizer decision costs at most 1.10x the warm JWT one. Issue 21: an API key metered by its
-# usage plan on the warm JWT route costs at most 1.25x the Redis L2-hit row when counted in Redis, and at most
-# 1.10x the warm JWT row when counted in process.
+# (scenario, against, limit, mode, transport): sidecar CPU per Check of one row over another's, both on the same
+# transport. Issue 20: a cached custom-authorizer decision costs at most 1.10x the warm JWT one. Issue 21: an API
+# key metered by its usage plan on the warm JWT route costs at most 1.25x the Redis L2-hit row when counted in
+# Redis, and at most 1.10x the warm JWT row when counted in process. Issue 22: a warm mTLS Check (verify cache
+# hit) at most 1.10x the warm JWT one, both straight at the gRPC port (Envoy sends a certificate only from a TLS
+# listener, and neither wrk nor h2load presents one).
 RELATIVE_CPU_TARGETS = [
-    ("lambda-cached", "jwt-warm", 1.10, "saturation"),
-    ("apikey-plan-redis", "redis-l2-hit", 1.25, "saturation"),
-    ("apikey-plan-local", "jwt-warm", 1.10, "saturation"),
+    ("lambda-cached", "jwt-warm", 1.10, "saturation", "envoy"),
+    ("apikey-plan-redis", "redis-l2-hit", 1.25, "saturation", "envoy"),
+    ("apikey-plan-local", "jwt-warm", 1.10, "saturation", "envoy"),
+    ("mtls-warm", "jwt-warm", 1.10, "saturation", "grpc-direct"),
 ]
 # (scenario, against, limit in us, mode): sidecar CPU per Check of one row minus another's. Issue 20: what the
 # sidecar spends around an in-process handler call (the trivial handler's own few us included) <= 40 us, read
@@ -80,6 +83,8 @@ LIMITS_ROWS = (
 )
 """The usage-plan rows and the rows their CPU is held against, with those references (`limits_table`); p99 is
 read against `jwt-warm`'s in the same mode (issue 21: p99 at 1,000 rps against the warm JWT row)."""
+MTLS_ROWS = ("jwt-warm", "mtls-warm")
+"""The mTLS row beside the warm JWT row it is held against, straight at the gRPC port (`mtls_table`)."""
 ADMISSION_BOUND = 0.01
 """How far the two sidecars' admitted count may be from the exact allowance (the tests' bound, issue 21)."""
 
@@ -136,6 +141,16 @@ def _x(row: Row, key: str) -> str:
 
 def _cpu(value: float | None) -> str:
     return f"{value:.0f}" if value is not None else "-"
+
+
+def _times(value: float | None, suffix: str = "") -> str:
+    """A ratio of two rows as a table cell (`1.15x`), empty when there is none."""
+    return f"{value:.2f}x{suffix}" if value else ""
+
+
+def _index(result: RunResult) -> dict[tuple[str, str, str], Row]:
+    """The run's rows by (scenario, mode, transport)."""
+    return {(r.scenario, r.mode, r.transport): r for r in result.rows}
 
 
 def _table(rows: list[Row], fixed: bool, beside_rps: bool = False) -> list[str]:
@@ -198,9 +213,10 @@ def _targets(result: RunResult) -> list[str]:
             index.get((scenario, "saturation", transport)), index.get((against, "saturation", against_transport))
         )
         lines.append(_verdict(f"{scenario}: rps vs {against}, {label} (saturation)", ratio, limit, at_most=False))
-    for scenario, against, limit, mode in RELATIVE_CPU_TARGETS:
-        ratio = relative_cpu(index.get((scenario, mode, "envoy")), index.get((against, mode, "envoy")))
-        lines.append(_verdict(f"{scenario}: sidecar CPU per Check vs {against} ({mode})", ratio, limit))
+    for scenario, against, limit, mode, transport in RELATIVE_CPU_TARGETS:
+        ratio = relative_cpu(index.get((scenario, mode, transport)), index.get((against, mode, transport)))
+        where = mode if transport == "envoy" else f"{mode}, {transport}"
+        lines.append(_verdict(f"{scenario}: sidecar CPU per Check vs {against} ({where})", ratio, limit))
     for scenario, against, limit_us, mode in OVERHEAD_TARGETS:
         extra = cpu_over(index.get((scenario, mode, "envoy")), index.get((against, mode, "envoy")))
         lines.append(
@@ -238,7 +254,7 @@ def custom_table(result: RunResult) -> list[str]:
     """The custom-authorizer rows side by side through Envoy, each against `lambda-cached` of the same mode: CPU
     per Check (the sidecar's, and `lambda-serve`'s for the remote row) and p99. Empty when no custom-authorizer
     row ran."""
-    index = {(r.scenario, r.mode, r.transport): r for r in result.rows}
+    index = _index(result)
     lines = [
         "| scenario | mode | rps | p99 ms | p99 vs lambda-cached | sidecar CPU us/Check | CPU vs lambda-cached"
         " | lambda-serve CPU us/Check | errors |",
@@ -254,9 +270,8 @@ def custom_table(result: RunResult) -> list[str]:
             p99 = relative_p99(row, cached)
             cpu = relative_cpu(row, cached)
             lines.append(
-                f"| {row.title} | {mode} | {r.rps:.0f} | {_ms(r.p99_us)} | {f'{p99:.2f}x' if p99 else ''}"
-                f" | {_cpu(row.sidecar_cpu_us)} | {f'{cpu:.2f}x' if cpu else ''} | {_cpu(row.helper_cpu_us)}"
-                f" | {r.errors} |"
+                f"| {row.title} | {mode} | {r.rps:.0f} | {_ms(r.p99_us)} | {_times(p99)}"
+                f" | {_cpu(row.sidecar_cpu_us)} | {_times(cpu)} | {_cpu(row.helper_cpu_us)} | {r.errors} |"
             )
     return lines if any(r.scenario.startswith("lambda-") for r in result.rows) else []
 
@@ -264,7 +279,7 @@ def custom_table(result: RunResult) -> list[str]:
 def limits_table(result: RunResult) -> list[str]:
     """The usage-plan rows beside their references through Envoy, per mode: p99 against `jwt-warm`'s, sidecar
     CPU per Check against the reference of each (`LIMITS_ROWS`). Empty when no usage-plan row ran."""
-    index = {(r.scenario, r.mode, r.transport): r for r in result.rows}
+    index = _index(result)
     lines = [
         "| scenario | mode | rps | p99 ms | p99 vs jwt-warm | p99 vs the floor right before | sidecar CPU us/Check"
         " | CPU vs | errors |",
@@ -280,11 +295,57 @@ def limits_table(result: RunResult) -> list[str]:
             p99 = relative_p99(row, warm) if name != "jwt-warm" else None
             cpu = relative_cpu(row, index.get((against, mode, "envoy"))) if against else None
             lines.append(
-                f"| {row.title} | {mode} | {r.rps:.0f} | {_ms(r.p99_us)} | {f'{p99:.2f}x' if p99 else ''}"
-                f" | {_x(row, 'p99_beside')} | {_cpu(row.sidecar_cpu_us)} | {f'{cpu:.2f}x {against}' if cpu else ''}"
-                f" | {r.errors} |"
+                f"| {row.title} | {mode} | {r.rps:.0f} | {_ms(r.p99_us)} | {_times(p99)} | {_x(row, 'p99_beside')}"
+                f" | {_cpu(row.sidecar_cpu_us)} | {_times(cpu, ' ' + against)} | {r.errors} |"
             )
     return lines if any(r.scenario.startswith("apikey-plan") for r in result.rows) else []
+
+
+def mtls_table(result: RunResult) -> list[str]:
+    """The mTLS rows beside `jwt-warm`, straight at the gRPC port: throughput, p99 and sidecar CPU per Check, each
+    against `jwt-warm`'s. Empty when no mTLS row ran."""
+    index = _index(result)
+    warm = index.get(("jwt-warm", "saturation", "grpc-direct"))
+    lines = [
+        "| scenario | rps | rps vs jwt-warm | p99 ms | sidecar CPU us/Check | CPU vs jwt-warm | errors"
+        " | other work (cores) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in (index.get((name, "saturation", "grpc-direct")) for name in MTLS_ROWS):
+        if row is None:
+            continue
+        if row.result is None:
+            lines.append(f"| {row.title} | not measured: {row.note} |" + " |" * 6)
+            continue
+        ratios = (None, None) if row is warm else (relative_rps(row, warm), relative_cpu(row, warm))
+        lines.append(
+            f"| {row.title} | {row.result.rps:.0f} | {_times(ratios[0])} | {_ms(row.result.p99_us)}"
+            f" | {_cpu(row.sidecar_cpu_us)} | {_times(ratios[1])} | {row.result.errors} | {row.other_cores:.2f} |"
+        )
+    return lines if any(r.scenario.startswith("mtls-") for r in result.rows) else []
+
+
+def _mtls_section(result: RunResult) -> list[str]:
+    """Client certificates (issue 22): the warm mTLS row against the warm JWT row, and why straight at gRPC."""
+    table = mtls_table(result)
+    if not table:
+        return []
+    return [
+        "## Client certificates (mTLS)",
+        "",
+        "Measured straight at the gRPC port only (h2load, one pre-encoded CheckRequest whose"
+        " `attributes.source.certificate` carries the client's certificate as URL-encoded PEM, as Envoy sends it"
+        " with `include_peer_certificate: true`): Envoy sends a certificate only from a TLS listener that asked"
+        " for one, and neither wrk nor h2load presents a client certificate. So `mtls-warm` is held against"
+        " `jwt-warm` in the same mode. The certificate (an EC P-256 key under an RSA 2048 intermediate, a SPIFFE"
+        " ID as URI SAN) is the same every request: a Check finds it parsed by its text, its chain's verdict in"
+        " the verify cache and its Principal in the authorizer's memo. The truststore holds the root and the"
+        " intermediate, and a CRL of the intermediate is loaded. The cold Check (a new certificate each request)"
+        " is in process: `python -m benchmarks.micro_mtls`, against the cold RS256 JWT Check.",
+        "",
+        *table,
+        "",
+    ]
 
 
 def metered_lines(result: RunResult) -> list[str]:
@@ -447,7 +508,8 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
             "",
         ]
     out += _limits_section(result)
-    out += ["## Targets this run can check (issues 6, 8, 9, 20, 21)", "", *_targets(result), ""]
+    out += _mtls_section(result)
+    out += ["## Targets this run can check (issues 6, 8, 9, 20, 21, 22)", "", *_targets(result), ""]
     if result.pending:
         out += ["## Not measured yet", "", "| scenario | waiting for |", "|---|---|"]
         out += [f"| {p['title']} | {p['why']} |" for p in result.pending]

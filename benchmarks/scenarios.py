@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sidecar.limits.apikeys import digest_of
 
+from .certs import BenchPki, envoy_value
 from .lambda_handlers import ASYNC_HANDLER as LAMBDA_ASYNC_HANDLER
 from .lambda_handlers import HANDLER as LAMBDA_HANDLER
 from .load import Rotation
@@ -52,6 +54,11 @@ class Scenario:
     """Also measured at the fixed rate (benchmarks/paced.py)."""
     direct: bool = True
     """Also measured straight at the gRPC port (a constant pre-encoded CheckRequest, so not with a rotation)."""
+    through_envoy: bool = True
+    """False: measured straight at the gRPC port only. For a request Envoy would only send from a TLS listener
+    (a client certificate), which neither wrk nor h2load can present."""
+    peer_certificate: str = ""
+    """The CheckRequest's `attributes.source.certificate` (URL-encoded PEM, as Envoy sends a TLS peer's)."""
     transport: str = "envoy"
     """How Envoy asks: "envoy" (gRPC ext_authz) or "envoy-http" (HTTP ext_authz, the sidecar's listen.http)."""
     redis: str = ""
@@ -99,6 +106,11 @@ class Fixtures:
             {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec_key.public_key())), "kid": "ec", "alg": "ES256"},
         ]
         self.jwks_file.write_text(json.dumps({"keys": [{**k, "use": "sig"} for k in keys]}))
+
+    @cached_property
+    def pki(self) -> BenchPki:
+        """The private CA of the mTLS rows (RSA 2048), made on first use."""
+        return BenchPki(self.directory)
 
     def token(self, alg: str, subject: str) -> str:
         """A valid JWT for the benchmark issuer, signed with the RSA (RS256) or EC (ES256) key."""
@@ -548,6 +560,60 @@ def apikey_plan_local(fx: Fixtures) -> Scenario:
     return _apikey_plan(fx, "apikey-plan-local", title, "apikey-local", {}, "")
 
 
+def mtls_settings(pki: BenchPki) -> dict[str, Any]:
+    """The `mtls:` section: `pki`'s truststore and CRL, the certificate Envoy sends, the SPIFFE ID as principal;
+    the verify cache as shipped."""
+    return {
+        "mtls": {
+            "truststore": str(pki.truststore),
+            "crls": [str(pki.crl)],
+            "sources": ["envoy"],
+            "principal": "san.uri",
+        }
+    }
+
+
+def mtls_scenario(pki: BenchPki, name: str, title: str) -> Scenario:
+    """A `type: mtls` route whose request carries one client certificate of `pki` as `source.certificate`."""
+    return Scenario(
+        name,
+        title,
+        "sidecar",
+        path="/mtls/item",
+        peer_certificate=envoy_value(pki.leaf("warm-client")),
+        authorizers={"peers": {"type": "mtls"}},
+        routes=({"match": "ANY /mtls/{proxy+}", "authorizer": "peers"},),
+        settings=mtls_settings(pki),
+        fixed_rate=False,
+        through_envoy=False,
+    )
+
+
+def mtls_warm(fx: Fixtures) -> Scenario:
+    """The same client certificate every request: after the first, a Check finds the parsed certificate by its
+    text, the chain's verdict in the verify cache and the Principal in the authorizer's memo (no cryptography).
+    Target: sidecar CPU per Check <= 1.10x `jwt-warm`'s, both straight at the gRPC port (`through_envoy`). The
+    cold Check (a new certificate each request) is `benchmarks/micro_mtls.py`'s: h2load sends one body."""
+    return mtls_scenario(fx.pki, "mtls-warm", "mTLS client certificate, warm (verify cache hit)")
+
+
+def jwt_warm_client_cert(fx: Fixtures) -> Scenario:
+    """Not in SCENARIOS (`benchmarks/micro_mtls.py` measures it): the warm JWT request on a route that also
+    requires a client certificate (`require_client_cert`: mTLS and JWT, as API Gateway combines them)."""
+    warm = jwt_warm(fx)
+    return replace(
+        warm,
+        name="jwt-warm-client-cert",
+        title="JWT RS256 warm + require_client_cert (warm certificate)",
+        path="/jwt-cert/item",
+        peer_certificate=envoy_value(fx.pki.leaf("jwt-client")),
+        routes=({"match": "ANY /jwt-cert/{proxy+}", "authorizer": "jwt_warm", "require_client_cert": True},),
+        settings=mtls_settings(fx.pki),
+        fixed_rate=False,
+        through_envoy=False,
+    )
+
+
 SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     envoy_only,
     noop_grpc,
@@ -572,6 +638,7 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     lambda_remote,
     apikey_plan_redis,
     apikey_plan_local,
+    mtls_warm,
 ]
 
 

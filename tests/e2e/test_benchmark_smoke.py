@@ -42,6 +42,8 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
         ("apikey-plan-redis", "grpc-direct", "saturation"),
         ("apikey-plan-local", "envoy", "saturation"),
         ("apikey-plan-local", "envoy", "fixed-rate"),
+        ("jwt-warm", "grpc-direct", "saturation"),
+        ("mtls-warm", "grpc-direct", "saturation"),  # a client certificate in source.certificate, straight at gRPC
     ]:
         assert key in rows, key
         assert rows[key]["requests"] > 0 and rows[key]["errors"] == 0, rows[key]
@@ -66,4 +68,8 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
     assert 0.9 <= admission["ratio"] <= 1.01, admission  # never above the exact allowance by more than 1%
     assert "| apikey-plan-redis: sidecar CPU per Check vs redis-l2-hit (saturation) | <= 1.25x | " in report
     assert "## API keys and usage plans" in report and "| 2 | 200/s, burst 100 | 800 (400) |" in report
+    assert not [key for key in rows if key[0] == "mtls-warm" and key[1] != "grpc-direct"]  # never through Envoy
+    assert "## Client certificates (mTLS)" in report
+    assert "| mtls-warm: sidecar CPU per Check vs jwt-warm (saturation, grpc-direct) | <= 1.10x | " in report
+    assert "| mtls-warm: sidecar CPU per Check vs jwt-warm (saturation, grpc-direct) | <= 1.10x | - |" not in report
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from benchmarks import report
-from benchmarks.harness import PROFILES, Harness, Row, RunResult, add_ratios
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+from benchmarks import report, scenarios
+from benchmarks.harness import PROFILES, Harness, Row, RunResult, add_ratios, check_request
 from benchmarks.limits_admission import Admission
 from benchmarks.load import LoadResult
-from benchmarks.report import _table, _targets, admission_table, custom_table, limits_table, metered_lines
+from benchmarks.micro_limits import pipeline_for
+from benchmarks.report import _table, _targets, admission_table, custom_table, limits_table, metered_lines, mtls_table
 from benchmarks.scenarios import Scenario
+from sidecar.transports.ext_authz import to_request
 
 
 def _row(scenario: str, transport: str, rps: float) -> Row:
@@ -151,3 +156,74 @@ def test_the_admission_table_gives_admitted_over_the_allowance_and_the_one_perce
     assert table[3].endswith("| 1200 | 1100.0 | 1.0909 (+9.09%) | 800 | 0 | 37 | no (+9.09%) |")
     assert admission_table(RunResult(PROFILES["quick"])) == []
     assert "## API keys and usage plans" in "\n".join(report._limits_section(run))
+
+
+def _direct_row(scenario: str, rps: float, cpu_us: float) -> Row:
+    row = _row(scenario, "grpc-direct", rps)
+    row.sidecar_cpu_us = cpu_us
+    return row
+
+
+def test_the_warm_mtls_row_is_held_against_the_warm_jwt_row_straight_at_grpc() -> None:
+    """Issue 22: warm mTLS CPU per Check <= 1.10x the warm JWT one, read on the gRPC-direct rows (the only ones
+    an mTLS row has), never against the JWT row through Envoy."""
+    run = RunResult(
+        PROFILES["quick"],
+        rows=[
+            _cpu_row("jwt-warm", "saturation", 20.0),  # through Envoy: not the reference
+            _direct_row("jwt-warm", 10_000, 40.0),
+            _direct_row("mtls-warm", 9_000, 46.0),
+        ],
+    )
+    lines = "\n".join(_targets(run))
+    assert (
+        "| mtls-warm: sidecar CPU per Check vs jwt-warm (saturation, grpc-direct) | <= 1.10x | 1.15x | missed (by 5%) |"
+        in lines
+    )
+    assert "| lambda-cached: sidecar CPU per Check vs jwt-warm (saturation) | <= 1.10x | - | not run |" in lines
+    table = mtls_table(run)
+    assert table[2] == "| jwt-warm | 10000 |  | 0.90 | 40 |  | 0 | 0.00 |"
+    assert table[3] == "| mtls-warm | 9000 | 0.90x | 0.90 | 46 | 1.15x | 0 | 0.00 |"
+    assert "## Client certificates (mTLS)" in report.markdown(run, _HOST)
+    assert mtls_table(RunResult(PROFILES["quick"], rows=[_direct_row("jwt-warm", 10_000, 40.0)])) == []
+
+
+def test_an_mtls_row_that_could_not_be_measured_says_why() -> None:
+    missing = Row("mtls-warm", "mTLS warm", "grpc-direct", "saturation", note="grpc status 16")
+    run = RunResult(PROFILES["quick"], rows=[_direct_row("jwt-warm", 10_000, 40.0), missing])
+    assert mtls_table(run)[3] == "| mTLS warm | not measured: grpc status 16 | | | | | | |"
+    assert "| mtls-warm: sidecar CPU per Check vs jwt-warm (saturation, grpc-direct) | <= 1.10x | - | not run |" in (
+        "\n".join(_targets(run))
+    )
+
+
+_HOST = {
+    key: "x"
+    for key in ("cpu_model", "cores", "cores_usable", "kernel", "python", "grpcio", "protobuf", "uvloop", "envoy")
+} | {"wrk": "wrk", "h2load": "h2load", "commit": "abc1234", "date": "today"}
+
+
+async def test_the_mtls_check_request_carries_the_certificate_as_envoy_sends_it_and_its_config_allows_it(
+    tmp_path: Path,
+) -> None:
+    """The pre-encoded CheckRequest h2load sends for `mtls-warm` holds the client certificate in
+    `attributes.source.certificate` (URL-encoded PEM), and the scenario's own config (its CA, truststore and CRL
+    made by `benchmarks/certs.py`) allows it with the certificate's SPIFFE ID as the principal: the row measures
+    allowed Checks, not refusals."""
+    fx = scenarios.Fixtures(tmp_path, "127.0.0.1:10000", 0)
+    scenario = scenarios.mtls_warm(fx)
+    check = CheckRequest.FromString(check_request(scenario, fx.envoy_host))
+    assert check.attributes.source.certificate == scenario.peer_certificate
+    assert scenario.peer_certificate.startswith("-----BEGIN%20CERTIFICATE-----")
+    assert not scenario.through_envoy and scenario.direct
+    request = to_request(check)
+    pipe = await pipeline_for(tmp_path, scenario)
+    try:
+        decision = await pipe.check(request)
+        assert decision.allowed, decision
+        assert decision.principal is not None
+        assert decision.principal.id == fx.pki.spiffe_id("warm-client")
+        missing = await pipe.check(request._replace(peer_certificate=""))
+        assert not missing.allowed and missing.reason == "ClientCertMissing"
+    finally:
+        await pipe.holder.current.stop()
