@@ -2,12 +2,17 @@
 
 One template (`defaults/envoy.yaml`) serves the shipped `deploy/envoy/envoy.yaml`, the `demo` command, the
 end-to-end tests and the benchmark harness, so what we test is what we ship. Everything binds to loopback.
+
+The TLS variant (`DownstreamTls`) is either template with Envoy terminating TLS: `deploy/envoy/envoy-mtls.yaml` is
+`envoy.yaml`'s template with it, made by a few checked edits of the template's text (comments kept) rather than a
+third template, so the mTLS file never drifts from the plain one. docs/mtls.md explains the choices.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,6 +42,35 @@ class EnvoyPorts:
     authz_timeout: str = "0.5s"
     max_request_bytes: int = 65536
     authz_max_streams: int = 1
+    private_port: int = 10001
+    """The TLS variant's private listener (`DownstreamTls.private`); unused by the plain files."""
+
+
+TLS_DIR = "/etc/envoy/tls"
+"""Where the shipped mTLS file reads its server certificate and key (and, Envoy verifying, the clients' CA)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """The TLS variant of a template: the client listener terminates TLS and asks every client for a certificate.
+
+    `trusted_ca` None (shipped): Envoy requests a certificate but lets any through, none included
+    (`require_client_certificate: false`, `trust_chain_verification: ACCEPT_UNTRUSTED`); the sidecar verifies it
+    (truststore, CRLs, key strength, depth) and answers with a `ClientCert*` reason. A CA bundle: Envoy verifies
+    too, and ends the handshake of a client without a certificate chaining to it (no HTTP answer, no reason);
+    the sidecar still judges what gets through. Both: `forward_client_cert_details: SANITIZE_SET`, so the XFCC
+    header the sidecar and upstream see is Envoy's own (leaf and presented chain), never a client's.
+
+    `private` adds a second listener (`EnvoyPorts.private_port`), the same as the first but that its route tells
+    the sidecar the network origin in ext_authz `context_extensions` (`vpce`, `vpc`: a VPC endpoint's listener).
+    Only over gRPC: `http_service` sends no context extensions."""
+
+    certificate_chain: str = f"{TLS_DIR}/server.crt"
+    private_key: str = f"{TLS_DIR}/server.key"
+    trusted_ca: str | None = None
+    private: bool = True
+    vpce: str = "vpce-0123456789abcdef0"
+    vpc: str = "vpc-0123456789abcdef0"
 
 
 SHIPPED = {
@@ -43,14 +78,167 @@ SHIPPED = {
     "envoy-http.yaml": EnvoyPorts(
         listen_host="0.0.0.0", authz_port=9192, max_request_bytes=1048576, authz_timeout="1.5s"
     ),
+    "envoy-mtls.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_timeout="1.5s"),
 }
 """The files in deploy/envoy/ and the addresses they are rendered with (tests and demos use loopback)."""
 
+VARIANTS: Mapping[str, tuple[str, DownstreamTls]] = {"envoy-mtls.yaml": ("envoy.yaml", DownstreamTls())}
+"""Shipped names that are not templates: (the template, the TLS variant applied to it)."""
 
-def render_envoy_config(ports: EnvoyPorts = EnvoyPorts(), template: str = "envoy.yaml") -> str:
-    """The Envoy bootstrap YAML for these addresses (`template`: envoy.yaml for gRPC, envoy-http.yaml for HTTP)."""
-    text = resources.files("sidecar").joinpath(f"defaults/{template}").read_text(encoding="utf-8")
+
+def render_envoy_config(
+    ports: EnvoyPorts = EnvoyPorts(), template: str = "envoy.yaml", tls: DownstreamTls | None = None
+) -> str:
+    """The Envoy bootstrap YAML for these addresses (`template`: envoy.yaml for gRPC, envoy-http.yaml for HTTP,
+    envoy-mtls.yaml for envoy.yaml's TLS variant); `tls`: the TLS variant of any of them, with these files."""
+    base, shipped_tls = VARIANTS.get(template, (template, None))
+    text = resources.files("sidecar").joinpath(f"defaults/{base}").read_text(encoding="utf-8")
+    variant = tls or shipped_tls
+    if variant is not None:
+        text = tls_variant(text, base, variant)
     return Template(text).substitute({k: str(v) for k, v in asdict(ports).items()})
+
+
+def tls_variant(template: str, name: str, tls: DownstreamTls) -> str:
+    """`template`'s text (unsubstituted) with TLS on its client listener and, if asked, the private listener.
+
+    Each edit finds its anchor exactly once in the listener (else `ValueError`: the template changed shape and
+    this function must follow it), and keeps the template's indentation and comments."""
+    grpc = "grpc_service:" in template
+    if tls.private and not grpc:
+        raise ValueError(f"{name}: a private listener needs gRPC ext_authz (http_service sends no context extensions)")
+    body = _without_header(template)
+    head, listener, tail = _split_listener(body, name)
+    listener = _edit(listener, name, _FILTER_CHAIN, lambda m: _transport_socket(m["indent"], tls))
+    listener = _edit(listener, name, _STAT_PREFIX, lambda m: m[0] + _client_cert_details(m["indent"]))
+    listener = _edit(listener, name, _LAST_REMOVAL, lambda m: m[0] + _removals(m["indent"]))
+    private = _private_listener(listener, name, tls) if tls.private else ""
+    return _tls_header(name, tls) + head + listener + private + tail
+
+
+_LISTENER = re.compile(r"^(?P<indent> *)- name: ingress\n(?:(?P=indent) .*\n|\n)+", re.MULTILINE)
+_FILTER_CHAIN = re.compile(r"^(?P<indent> *)- filters:$", re.MULTILINE)
+_STAT_PREFIX = re.compile(r"^(?P<indent> *)stat_prefix: ingress\w*$", re.MULTILINE)
+_LAST_REMOVAL = re.compile(r"^(?P<indent> *)- remove: x-authz-route$", re.MULTILINE)
+_ROUTE = re.compile(r"^(?P<indent> *)route: \{cluster: upstream.*\}$", re.MULTILINE)
+_LISTEN_PORT = re.compile(r"port_value: \$\{listen_port\}")
+
+
+def _without_header(template: str) -> str:
+    """The template without its opening comment (which names the file it renders; the variant writes its own)."""
+    lines = template.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    return "".join(lines[start:])
+
+
+def _split_listener(text: str, name: str) -> tuple[str, str, str]:
+    """(before, the `ingress` listener, after): the listener is its item line and every line indented deeper."""
+    found = list(_LISTENER.finditer(text))
+    if len(found) != 1:
+        raise ValueError(f"{name}: expected one listener named ingress, found {len(found)}")
+    match = found[0]
+    return text[: match.start()], match[0], text[match.end() :]
+
+
+def _edit(text: str, name: str, anchor: re.Pattern[str], replace: Callable[[re.Match[str]], str]) -> str:
+    found = list(anchor.finditer(text))
+    if len(found) != 1:
+        raise ValueError(f"{name}: the TLS variant expects {anchor.pattern!r} once in the listener, found {len(found)}")
+    match = found[0]
+    return text[: match.start()] + replace(match) + text[match.end() :]
+
+
+def _indented(indent: str, lines: str) -> str:
+    return "".join(f"{indent}{line}\n" if line else "\n" for line in lines.split("\n"))
+
+
+def _after(indent: str, lines: str) -> str:
+    """`lines` as new lines after an anchor line (whose own newline the match left out)."""
+    return "\n" + _indented(indent, lines).removesuffix("\n")
+
+
+def _literal(value: str) -> str:
+    """A value put into the template's text before it is substituted (a `$` in a path is not a placeholder)."""
+    return value.replace("$", "$$")
+
+
+def _transport_socket(indent: str, tls: DownstreamTls) -> str:
+    """The filter chain's `transport_socket`, before its `filters` (which the replaced anchor line opened)."""
+    if tls.trusted_ca is None:
+        why = (
+            "# TLS ends here. Envoy asks every client for a certificate and lets any through, none included: the\n"
+            "# sidecar verifies it (mtls.truststore, CRLs) and refuses with a reason (docs/mtls.md). To have Envoy\n"
+            "# refuse at the handshake instead: require_client_certificate: true and validation_context.trusted_ca."
+        )
+        required, validation = "false", "validation_context: {trust_chain_verification: ACCEPT_UNTRUSTED}"
+    else:
+        why = (
+            "# TLS ends here. Envoy requires a client certificate chaining to trusted_ca and ends the handshake\n"
+            "# otherwise; the sidecar still verifies what gets through (CRLs, key strength, depth: docs/mtls.md)."
+        )
+        ca = _literal(tls.trusted_ca)
+        required, validation = "true", f"validation_context: {{trusted_ca: {{filename: {ca}}}}}"
+    lines = f"""- transport_socket:
+    {why.replace(chr(10), chr(10) + "    ")}
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+      require_client_certificate: {required}
+      common_tls_context:
+        alpn_protocols: [h2, http/1.1]
+        tls_certificates:
+        - certificate_chain: {{filename: {_literal(tls.certificate_chain)}}}
+          private_key: {{filename: {_literal(tls.private_key)}}}
+        {validation}
+  filters:"""
+    return _indented(indent, lines).removesuffix("\n")
+
+
+def _client_cert_details(indent: str) -> str:
+    lines = """# Envoy writes x-forwarded-client-cert itself (a client's copy is dropped): the leaf and the chain it
+# presented, for the upstream and the sidecar (mtls.sources: [xfcc] reads the chain source.certificate lacks).
+forward_client_cert_details: SANITIZE_SET
+set_current_client_cert_details: {subject: true, cert: true, chain: true, dns: true, uri: true}"""
+    return _after(indent, lines)
+
+
+def _removals(indent: str) -> str:
+    """RFC 9440's headers are a proxy's to write: at the edge, a client's own never reaches the sidecar."""
+    return _after(indent, "- remove: client-cert\n- remove: client-cert-chain")
+
+
+def _private_listener(listener: str, name: str, tls: DownstreamTls) -> str:
+    """The client listener again, on `private_port`, its route naming the VPC endpoint (comments left to the first)."""
+    indent = listener[: len(listener) - len(listener.lstrip(" "))]
+    text = "".join(line for line in listener.splitlines(keepends=True) if not line.lstrip().startswith("#"))
+    text = text.replace("- name: ingress", "- name: private", 1).replace("name: local", "name: private", 1)
+    text = _edit(text, name, _LISTEN_PORT, lambda m: "port_value: ${private_port}")
+    text = _edit(text, name, _STAT_PREFIX, lambda m: f"{m['indent']}stat_prefix: private")
+    text = _edit(text, name, _ROUTE, lambda m: m[0] + _origin(m["indent"], tls))
+    why = f"""# A private API's listener, reached through the VPC endpoint {tls.vpce}: ingress again, but that its
+# route tells the sidecar the network origin in ext_authz context_extensions, which no client can set (vpce,
+# vpc: aws:SourceVpce, aws:SourceVpc, the endpoint's policy: docs/mtls.md). One such listener per endpoint.
+"""
+    return _indented(indent, why.removesuffix("\n")) + text
+
+
+def _origin(indent: str, tls: DownstreamTls) -> str:
+    lines = f"""typed_per_filter_config:
+  envoy.filters.http.ext_authz:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+    check_settings:
+      context_extensions: {{vpce: {tls.vpce}, vpc: {tls.vpc}}}"""
+    return _after(indent, lines)
+
+
+def _tls_header(name: str, tls: DownstreamTls) -> str:
+    return f"""# Envoy terminating TLS in front of authz-sidecar and asking clients for certificates (mutual TLS): the
+# TLS variant of sidecar/defaults/{name}, rendered by `sidecar.harness.envoy.render_envoy_config`; the shipped
+# deploy/envoy/envoy-mtls.yaml is envoy.yaml's with the default ports and `DownstreamTls()`.
+# Envoy reads its server certificate (with its chain) and key from {_literal(tls.certificate_chain)} and
+# {_literal(tls.private_key)}. The sidecar's side (the mtls: section), both ways of checking client
+# certificates, and the private listener: docs/mtls.md. Check an edited copy: envoy --mode validate -c FILE
+"""
 
 
 def envoy_binary() -> str:

@@ -19,6 +19,7 @@ from sidecar.config import default_config_text
 from sidecar.harness.envoy import SHIPPED, render_envoy_config, validate_envoy_config
 from tests.conftest import REPO
 from tests.e2e.conftest import StackFactory, metric
+from tests.e2e.tls_testkit import with_tls_files
 
 pytestmark = pytest.mark.e2e
 
@@ -209,11 +210,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_shipped_envoy_configs_validate() -> None:
+def test_shipped_envoy_configs_validate(tmp_path: Path) -> None:
+    """Validating loads every certificate a file names: envoy-mtls.yaml's /etc/envoy/tls/ files are made here."""
     shipped = sorted((REPO / "deploy" / "envoy").glob("*.yaml"))
     assert shipped, "no Envoy configs shipped"
     for path in shipped:
-        result = validate_envoy_config(path)
+        checked = tmp_path / path.name
+        checked.write_text(with_tls_files(path.read_text(), tmp_path))
+        result = validate_envoy_config(checked)
         assert result.returncode == 0, f"{path}: {result.stdout}{result.stderr}"
 
 
