@@ -13,8 +13,9 @@ transport, no Envoy) of:
 - `jwt-warm-client-cert`: the warm JWT request on a route with `require_client_cert` (mTLS and JWT);
 - `jwt-warm` and `jwt-cold-rs256` (a new token each Check, token and decision caches off) for reference.
 
-`--profile ROW` runs that row under cProfile (after one unprofiled pass) and prints the top of its profile. No
-assertions: figures go in notes and docs/performance.md.
+Beside each figure: the cores' worth of CPU other processes used while it was measured (as the load benchmark's
+`other work` column). `--profile ROW` runs that row under cProfile (after one unprofiled pass) and prints the top
+of its profile. No assertions: figures go in notes and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from pathlib import Path
 from sidecar.pipeline import Pipeline
 from sidecar.request import Request
 
-from . import scenarios
+from . import procs, scenarios
 from .certs import BenchPki
 from .micro_limits import pipeline_for, request_for
 from .scenarios import Fixtures, Scenario
 
-WARM_BATCH = 500
+WARM_BATCH = 5000
 COLD_BATCH = 100
 ROUNDS = 15
-"""Timed batches per row (after one untimed batch); a cold row needs (ROUNDS + 1) x COLD_BATCH new credentials."""
+"""Timed batches per row (after one untimed batch); a cold row needs (ROUNDS + 1) x COLD_BATCH new credentials.
+Each row runs for half a second or more, so its `other work` spans many of /proc/stat's 10 ms ticks."""
 COLD_COUNT = (ROUNDS + 1) * COLD_BATCH
 
 Batches = list[Sequence[Request]]
@@ -109,12 +111,22 @@ async def median_us(pipe: Pipeline, batches: Batches) -> float:
     return statistics.median(samples)
 
 
-async def _measure(fx: Fixtures, name: str, row: Row, profile: bool) -> float:
+async def _quietly(pipe: Pipeline, batches: Batches) -> tuple[float, float]:
+    """`median_us`, and the cores' worth of CPU other processes used meanwhile (`procs.machine_busy_seconds` less
+    ours): this figure is one process's on a machine that may be shared, and is only as steady as that is quiet."""
+    busy, ours, wall = procs.machine_busy_seconds(), procs.own_and_children_seconds(), time.monotonic()
+    micros = await median_us(pipe, batches)
+    elapsed = max(time.monotonic() - wall, 1e-3)
+    spent = procs.machine_busy_seconds() - busy - (procs.own_and_children_seconds() - ours)
+    return micros, max(0.0, spent) / elapsed
+
+
+async def _measure(fx: Fixtures, name: str, row: Row, profile: bool) -> tuple[float, float]:
     scenario, batches = row
     pipe = await pipeline_for(fx.directory, scenario)
     try:
         if not profile:
-            return await median_us(pipe, batches())
+            return await _quietly(pipe, batches())
         await median_us(pipe, batches())
         ready = batches()
         profiler = cProfile.Profile()
@@ -122,7 +134,7 @@ async def _measure(fx: Fixtures, name: str, row: Row, profile: bool) -> float:
         micros = await median_us(pipe, ready)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        return micros
+        return micros, 0.0
     finally:
         await pipe.holder.current.stop()
 
@@ -131,10 +143,10 @@ async def _run(fx: Fixtures, profile: str | None) -> None:
     found = rows(fx)
     names = [profile] if profile is not None else list(found)
     width = max(len(name) for name in names)
-    print(f"{'row':<{width}}  median us per Check")
+    print(f"{'row':<{width}}  median us per Check  other work (cores)")
     for name in names:
-        micros = await _measure(fx, name, found[name], profile is not None)
-        print(f"{name:<{width}}  {micros:8.2f}", flush=True)
+        micros, others = await _measure(fx, name, found[name], profile is not None)
+        print(f"{name:<{width}}  {micros:19.2f}  {others:18.2f}", flush=True)
 
 
 def main(profile: str | None) -> None:
