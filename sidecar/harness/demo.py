@@ -2,7 +2,9 @@
 
 It runs the embedded default config (or the one given), prints what each request got, and leaves no process
 behind. Each authorizer adds its scenarios to `SCENARIOS`; a scenario states what it expects, so the demo
-doubles as a smoke test (exit 1 when any expectation fails).
+doubles as a smoke test (exit 1 when any expectation fails). With its own identity providers (no config given)
+Envoy terminates TLS with certificates made at run time (`demo_certs.py`) and asks clients for one, so the table
+also shows mutual TLS: a scenario names the client certificate it presents.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,7 +32,8 @@ import yaml
 
 from ..config import default_config_text
 from ..limits.apikeys import digest_of, new_key_value
-from .envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process, wait_for_http
+from .demo_certs import DemoCertificates
+from .envoy import DownstreamTls, EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process, wait_for_http
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
@@ -167,6 +171,8 @@ class Scenario:
     """Given (method, url, body), the headers that authenticate the request (SigV4 signs the final URL)."""
     expect_header: str = ""
     """A response header that must come back (e.g. a 429's `retry-after`), shown in the table."""
+    client_cert: str = ""
+    """The client certificate presented over TLS (`DemoCertificates.CLIENTS`; "": none)."""
 
 
 SCENARIOS: list[Scenario] = [
@@ -205,8 +211,12 @@ class Outcome:
         return f"{self.reason}, {name}: {self.headers.get(name, '(none)')}" if name else self.reason
 
 
-def send(base: str, scenario: Scenario) -> Outcome:
-    """Send one scenario through Envoy."""
+ClientContexts = Callable[[str], ssl.SSLContext]
+"""A client certificate's name ("" for none) -> the TLS client context presenting it."""
+
+
+def send(base: str, scenario: Scenario, contexts: ClientContexts | None = None) -> Outcome:
+    """Send one scenario through Envoy (over TLS with `contexts`, presenting the scenario's client certificate)."""
     url = base + scenario.path
     headers = dict(scenario.headers)
     if scenario.sign is not None:
@@ -215,7 +225,8 @@ def send(base: str, scenario: Scenario) -> Outcome:
         url, data=scenario.body or None, method=scenario.method, headers=headers
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        context = contexts(scenario.client_cert) if contexts is not None else None
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
             status, body, answered = response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
         status, body, answered = exc.code, exc.read(), exc.headers
@@ -289,9 +300,36 @@ def api_key_scenarios(value: str) -> list[Scenario]:
     ]
 
 
+MTLS_ROUTES = [
+    {"match": "ANY /b2b/{proxy+}", "authorizer": "partners"},
+    {"match": "GET /payments/{id}", "authorizer": "corp", "scopes": ["payments.read"], "require_client_cert": True},
+]
+"""A route whose callers are their client certificates (`type: mtls`), and a JWT route that needs one too
+(API Gateway's mutual TLS in front of any authorizer)."""
+
+
+def mtls_scenarios(token: str) -> list[Scenario]:
+    """A partner's certificate, none, a stranger's; and the JWT route without a certificate, then with both."""
+    bearer = {"authorization": f"Bearer {token}"}
+    return [
+        Scenario("mTLS: a partner's client certificate", "GET", "/b2b/orders", 200, client_cert="partner"),
+        Scenario("mTLS: no client certificate", "GET", "/b2b/orders", 401, "ClientCertMissing"),
+        Scenario(
+            "mTLS: a certificate from an unknown CA",
+            "GET",
+            "/b2b/orders",
+            403,
+            "ClientCertUntrusted",
+            client_cert="stranger",
+        ),
+        Scenario("JWT + mTLS: the token alone", "GET", "/payments/7", 401, "ClientCertMissing", headers=bearer),
+        Scenario("JWT + mTLS: token and certificate", "GET", "/payments/7", 200, headers=bearer, client_cert="partner"),
+    ]
+
+
 class DemoIdentities:
-    """A JWT issuer, a SigV4 credential and an API key for the demo, made fresh on every run (nothing secret is
-    shipped)."""
+    """A JWT issuer, a SigV4 credential, an API key and a CA with client certificates for the demo, made fresh on
+    every run (nothing secret is shipped)."""
 
     ACCESS_KEY = "AKIDDEMO00000000"
     AUDIENCE = "demo-api"
@@ -313,6 +351,7 @@ class DemoIdentities:
         self._server.daemon_threads = True
         self.issuer = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="demo-jwks", daemon=True)
+        self.certs = DemoCertificates()
 
     def __enter__(self) -> DemoIdentities:
         self._thread.start()
@@ -322,11 +361,12 @@ class DemoIdentities:
         self._server.shutdown()
         self._server.server_close()
         self._dir.cleanup()
+        self.certs.cleanup()
 
     def config(self, base_text: str) -> str:
         """`base_text` with a `jwt` authorizer, a `sigv4` authorizer, a `lambda` one (`LAMBDA_AUTHORIZER`), an API
-        key file with one key in the `demo` usage plan (in-process counters: the demo has no Redis) and their
-        routes added."""
+        key file with one key in the `demo` usage plan (in-process counters: the demo has no Redis), the `mtls:`
+        section trusting the demo CA with a `type: mtls` authorizer, and their routes added."""
         keys = Path(self._dir.name) / "api-keys.yaml"
         key = {"id": "demo-key", "name": "Demo", "sha256": digest_of(self._api_key), "plan": "demo"}
         keys.write_text(yaml.safe_dump([key]), encoding="utf-8")
@@ -359,11 +399,14 @@ class DemoIdentities:
         data["authorizers"]["pets"] = LAMBDA_AUTHORIZER
         data["api_keys"] = {"file": str(keys)}
         data["usage_plans"] = {"demo": API_KEY_PLAN}
+        data["mtls"] = {"truststore": str(self.certs.truststore), "principal": "san.uri"}
+        data["authorizers"]["partners"] = {"type": "mtls"}
         data["routes"] += [
             {"match": "GET /orders/{id}", "authorizer": "corp", "scopes": ["orders.read"]},
             {"match": "ANY /iam/{proxy+}", "authorizer": "iam"},
             {"match": "GET /pets/{id}", "authorizer": "pets"},
             API_KEY_ROUTE,
+            *MTLS_ROUTES,
         ]
         return yaml.safe_dump(data, sort_keys=False)
 
@@ -391,7 +434,7 @@ class DemoIdentities:
         return sign
 
     def scenarios(self) -> list[Scenario]:
-        """What the JWT, SigV4 and Lambda authorizers and the API key add to the demo."""
+        """What the JWT, SigV4, Lambda and mTLS authorizers and the API key add to the demo."""
         bearer = "Bearer "
         out = [
             Scenario(
@@ -420,6 +463,7 @@ class DemoIdentities:
             Scenario("no token", "GET", "/orders/42", 401, "TokenMissing"),
             *LAMBDA_SCENARIOS,
             *api_key_scenarios(self._api_key),
+            *mtls_scenarios(self.token("dave", "payments.read")),
         ]
         try:
             import botocore  # noqa: F401 - the SigV4 scenarios sign with botocore, AWS's own signer
@@ -446,9 +490,9 @@ HTTP_TEMPLATE = "envoy-http.yaml"
 
 
 @contextlib.contextmanager
-def stack(config_text: str, template: str = "envoy.yaml") -> Iterator[str]:
+def stack(config_text: str, template: str = "envoy.yaml", tls: DownstreamTls | None = None) -> Iterator[str]:
     """Sidecar + upstream + Envoy on free loopback ports; yields Envoy's base URL. With `HTTP_TEMPLATE`, Envoy
-    asks the sidecar's HTTP listener instead of its gRPC one."""
+    asks the sidecar's HTTP listener instead of its gRPC one; with `tls`, Envoy's listener is the TLS variant."""
     grpc_port, admin_port = free_port(), free_port()
     http_port = free_port() if template == HTTP_TEMPLATE else None
     with (
@@ -461,8 +505,8 @@ def stack(config_text: str, template: str = "envoy.yaml") -> Iterator[str]:
             upstream_port=upstream.port,
             admin_port=free_port(),
         )
-        with EnvoyProcess(render_envoy_config(ports, template), ports.admin_port):
-            yield f"http://127.0.0.1:{ports.listen_port}"
+        with EnvoyProcess(render_envoy_config(ports, template, tls), ports.admin_port):
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{ports.listen_port}"
 
 
 def format_table(outcomes: list[Outcome]) -> str:
@@ -489,23 +533,27 @@ def run_demo(config_text: str | None = None, scenarios: list[Scenario] | None = 
 
     With no config, the embedded default runs with demo identity providers added beside it: a JWT issuer (RSA
     key made now, JWKS served on 127.0.0.1), a SigV4 credential with an identity policy, a Lambda authorizer
-    (the shipped example handler, `sidecar/examples/lambda_authorizer.py`) and an API key whose usage plan
-    throttles its second request (429 with Retry-After). `http`: Envoy
+    (the shipped example handler, `sidecar/examples/lambda_authorizer.py`), an API key whose usage plan
+    throttles its second request (429 with Retry-After) and a CA whose client certificates `type: mtls` and
+    `require_client_cert` verify; Envoy then terminates TLS (the TLS variant of its template). `http`: Envoy
     asks over HTTP (`http_service`, the sidecar's HTTP listener) instead of gRPC; the table is the same.
     """
     transport = "HTTP" if http else "gRPC"
     print(
-        f"starting authz-sidecar ({transport} ext_authz), Envoy, an echo upstream and demo identity providers"
-        " on 127.0.0.1 ...",
+        f"starting authz-sidecar ({transport} ext_authz), Envoy{' (TLS)' if config_text is None else ''}, an echo"
+        " upstream and demo identity providers on 127.0.0.1 ...",
         flush=True,
     )
     with contextlib.ExitStack() as resources:
+        tls: DownstreamTls | None = None
+        contexts: ClientContexts | None = None
         if config_text is None:
             idp = resources.enter_context(DemoIdentities())
             config_text = idp.config(default_config_text())
             scenarios = scenarios or [*SCENARIOS, *idp.scenarios()]
-        base = resources.enter_context(stack(config_text, HTTP_TEMPLATE if http else "envoy.yaml"))
-        outcomes = [send(base, s) for s in (scenarios or SCENARIOS)]
+            tls, contexts = idp.certs.envoy_tls(), idp.certs.client_context
+        base = resources.enter_context(stack(config_text, HTTP_TEMPLATE if http else "envoy.yaml", tls))
+        outcomes = [send(base, s, contexts) for s in (scenarios or SCENARIOS)]
     print(format_table(outcomes))
     failed = sum(not o.ok for o in outcomes)
     print(f"\n{len(outcomes) - failed} of {len(outcomes)} scenarios as expected; all processes stopped.")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from sidecar.config import default_config_text
+from sidecar.harness.demo_certs import PARTNER_ID
 from sidecar.harness.envoy import SHIPPED, render_envoy_config, validate_envoy_config
 from tests.conftest import REPO
 from tests.e2e.conftest import StackFactory, metric
@@ -229,11 +230,14 @@ def test_shipped_envoy_configs_are_the_rendered_templates() -> None:
 @pytest.mark.parametrize("transport", [(), ("--http",)])
 def test_demo_runs_and_leaves_nothing_behind(transport: tuple[str, ...]) -> None:
     """The demo's scenario table (anonymous, closed and unknown routes, JWT scopes and expiry, a Lambda authorizer,
-    an API key route: no key, a good key, the same key throttled with Retry-After; SigV4) through a real Envoy,
-    asking over gRPC and over HTTP: both transports decide the table alike."""
+    an API key route: no key, a good key, the same key throttled with Retry-After; mutual TLS: a partner's
+    certificate, none, a stranger's, JWT with and without one; SigV4) through a real Envoy terminating TLS, asking
+    over gRPC and over HTTP: both transports decide the table alike."""
     result = run_cli("demo", *transport)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "17 of 17 scenarios as expected" in result.stdout
+    assert "22 of 22 scenarios as expected" in result.stdout
+    partner = [line for line in result.stdout.splitlines() if "a partner's client certificate" in line]
+    assert len(partner) == 1 and partner[0].startswith("ok") and PARTNER_ID in partner[0]  # its SPIFFE id upstream
     assert "429     Throttled, retry-after: 5" in result.stdout  # Envoy passes the 429's Retry-After to the client
     assert ("(HTTP ext_authz)" if transport else "(gRPC ext_authz)") in result.stdout
 
