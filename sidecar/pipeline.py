@@ -34,8 +34,9 @@ from .policy import (
     evaluate_all,
 )
 from .policy.conditions import template_keys
-from .policy.context import AUTHORIZER_AWS_KEYS, AWS_PREFIX, HEADER_PREFIX, REQUEST_KEYS
+from .policy.context import AUTHORIZER_AWS_KEYS, AWS_PREFIX, HEADER_PREFIX, REQUEST_KEYS, origin_value
 from .policy.document import StatementSpec
+from .policy.endpoints import AUTHORIZER_ALLOWS
 from .policy.variables import has_variables, parse_template
 from .reasons import Denied
 from .request import ANONYMOUS, Decision, Principal, Request, header_safe, judged_method
@@ -101,6 +102,35 @@ def _request_key(key: str) -> bool:
     if key in REQUEST_KEYS or key.startswith(HEADER_PREFIX):
         return True
     return key.startswith(AWS_PREFIX) and key not in AUTHORIZER_AWS_KEYS
+
+
+def _policies_apply(runtime: Runtime, principal: Principal, side: IdentitySide) -> bool:
+    """Whether the identity side or the resource policy has a say (else the authorizer's word is final, unless a
+    VPC endpoint's policy speaks)."""
+    return runtime.resource_policy is not None or runtime.private_api or bool(principal.policies) or side == "policies"
+
+
+def _origin_key(runtime: Runtime, request: Request) -> str:
+    """What of the origin an outcome depends on besides the principal, method and path: the VPC endpoint, when
+    the config has endpoint policies (a verdict through one endpoint is never reused for another, or for none)."""
+    if runtime.endpoint_policies is None:
+        return ""
+    settings = runtime.context_settings
+    return origin_value(request, "vpce", settings.vpce_header) or ""
+
+
+def _combined(runtime: Runtime, ctx: EvalContext, principal: Principal, side: IdentitySide) -> Outcome:
+    """The identity side and the resource policy combined (`Pipeline._authorize`)."""
+    identity: Evaluation | None
+    if principal.policies or side == "policies":
+        identity = evaluate_all(principal.policies, ctx) or NOT_AUTHENTICATED
+    elif side == "anonymous" or principal is ANONYMOUS:
+        identity = None  # an open route: only the resource policy can allow
+    else:
+        identity = AUTHENTICATED  # JWT/Cognito: authenticated callers are allowed unless a policy denies
+    resource = runtime.resource_policy.evaluate(ctx) if runtime.resource_policy is not None else None
+    same_account = not principal.account or principal.account == runtime.config.api.account
+    return authorize(identity, resource, same_account=same_account, private_api=runtime.private_api)
 
 
 def _label(deciding: StatementRef | None) -> str:
@@ -191,10 +221,11 @@ class Pipeline:
         self._allowed: BoundedMemo[tuple[CompiledRoute, Principal, str], Decision] = BoundedMemo(_MAX_ALLOW_MEMO)
         self._allowed_for: Runtime | None = None
         """The runtime whose routes key `_allowed` and whose policies `_outcomes` remembers."""
-        self._outcomes: BoundedMemo[tuple[Principal, str, str], tuple[Outcome, str]] = BoundedMemo(_MAX_ALLOW_MEMO)
-        """Policy verdicts (and the deciding statement's label) by (principal object, method, path), where no policy
-        involved reads more of the request than that (`CompiledPolicy.reads_request`): a cached Lambda result or a
-        repeated SigV4 caller on a known path is then judged without evaluating anything."""
+        self._outcomes: BoundedMemo[tuple[Principal, str, str, str], tuple[Outcome, str]] = BoundedMemo(_MAX_ALLOW_MEMO)
+        """Policy verdicts (and the deciding statement's label) by (principal object, method, path, VPC endpoint),
+        where no policy involved reads more of the request than that (`CompiledPolicy.reads_request`): a cached
+        Lambda result or a repeated SigV4 caller on a known path is then judged without evaluating anything. The
+        endpoint is "" unless the config has endpoint policies (`_origin_key`)."""
         self._remember_outcomes = False
         """Whether the current runtime's resource policy lets `_outcomes` remember verdicts."""
         self._first_phase: CompiledPolicy | None = None
@@ -418,8 +449,10 @@ class Pipeline:
         self._allowed.clear()
         self._outcomes.clear()
         self._allowed_for = runtime
-        policy = runtime.resource_policy
-        self._remember_outcomes = policy is None or not policy.reads_request
+        policy, endpoints = runtime.resource_policy, runtime.endpoint_policies
+        self._remember_outcomes = (policy is None or not policy.reads_request) and (
+            endpoints is None or not endpoints.reads_request
+        )
 
     def _resource_denies(self, runtime: Runtime, request: Request) -> Outcome | None:
         """The resource policy's explicit Deny of the anonymous caller, before authenticating (for authorizers
@@ -451,7 +484,8 @@ class Pipeline:
         """The policy verdict and its deciding statement's label, or (None, "") when no policy can apply (then the
         authorizer's word is final). A verdict that only the principal and the resource decide is remembered
         (`_outcomes`; the `policy` stage times evaluations, not these lookups); never while explaining."""
-        if not (runtime.resource_policy is not None or runtime.private_api or principal.policies or side == "policies"):
+        applies = _policies_apply(runtime, principal, side)
+        if not applies and runtime.endpoint_policies is None:
             return None, ""
         remember = (
             steps is None
@@ -459,33 +493,32 @@ class Pipeline:
             and self._remember_outcomes
             and not any(policy.reads_request for policy in principal.policies)
         )
-        if remember:
-            found = self._outcomes.get((principal, request.method, request.path))
+        key = (principal, request.method, request.path, _origin_key(runtime, request)) if remember else None
+        if key is not None:
+            found = self._outcomes.get(key)
             if found is not None:
                 return found
         start = perf_counter()
-        outcome = self._authorize(runtime, request, principal, side)
+        outcome = self._authorize(runtime, request, principal, side, applies)
         self.recorder.stage("policy", perf_counter() - start)
+        if outcome is AUTHORIZER_ALLOWS:
+            return None, ""  # only an endpoint policy could have spoken, and the request came through no endpoint
         judged = (outcome, _label(outcome.deciding))
-        if remember:
-            self._outcomes.put((principal, request.method, request.path), judged)
+        if key is not None:
+            self._outcomes.put(key, judged)
         return judged
 
-    def _authorize(self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide) -> Outcome:
-        """Evaluate the identity side and the resource policy, combined as API Gateway combines them. The side
-        is what the authorizer class declares (`Authorizer.identity_side`); the shared ANONYMOUS principal is
+    def _authorize(
+        self, runtime: Runtime, request: Request, principal: Principal, side: IdentitySide, applies: bool = True
+    ) -> Outcome:
+        """Evaluate the identity side and the resource policy, combined as API Gateway combines them, then the VPC
+        endpoint's policy (`applies` False: only the endpoint's can apply, else the authorizer's word stands). The
+        side is what the authorizer class declares (`Authorizer.identity_side`); the shared ANONYMOUS principal is
         anonymous whoever returns it, so a plugin cannot make it count as authenticated by forgetting to say so."""
         ctx = EvalContext(request, principal, runtime.config.api, runtime.context_settings)
-        identity: Evaluation | None
-        if principal.policies or side == "policies":
-            identity = evaluate_all(principal.policies, ctx) or NOT_AUTHENTICATED
-        elif side == "anonymous" or principal is ANONYMOUS:
-            identity = None  # an open route: only the resource policy can allow
-        else:
-            identity = AUTHENTICATED  # JWT/Cognito: authenticated callers are allowed unless a policy denies
-        resource = runtime.resource_policy.evaluate(ctx) if runtime.resource_policy is not None else None
-        same_account = not principal.account or principal.account == runtime.config.api.account
-        return authorize(identity, resource, same_account=same_account, private_api=runtime.private_api)
+        outcome = _combined(runtime, ctx, principal, side) if applies else AUTHORIZER_ALLOWS
+        endpoints = runtime.endpoint_policies
+        return endpoints.judge(ctx, outcome) if endpoints is not None else outcome
 
     def _allow(self, route: CompiledRoute, principal: Principal, runtime: Runtime, statement: str) -> Decision:
         key = (route, principal, statement)

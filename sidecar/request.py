@@ -84,6 +84,13 @@ class Request(NamedTuple):
     request_id: str = ""
     time: float = 0.0
     """Seconds since the epoch at which Envoy received the request (our clock if Envoy did not say)."""
+    origin: Mapping[str, str] = EMPTY_MAP
+    """The network origin Envoy vouches for (`vpce`, `vpc`: `aws:SourceVpce`, `aws:SourceVpc`), never read from a
+    header: the gRPC adapter takes it from the route's `context_extensions` and from the PROXY-protocol TLV Envoy
+    forwards in `metadata_context` (docs/private-apis.md)."""
+    trusted_peer: bool = False
+    """HTTP mode: the TCP peer that asked is one of `http.trusted_peers`, so the headers it sets about the
+    connection (`policy.vpce_header`, `policy.vpc_header`) are believed; a client's copy from anyone else is not."""
 
     @property
     def query_string(self) -> str:

@@ -30,6 +30,7 @@ from .limits.build import build_gates
 from .limits.gates import GateSet
 from .policy import CompiledPolicy, ContextSettings, load_policy
 from .policy.context import DEFAULT_SETTINGS, HEADER_PREFIX, REQUEST_KEYS
+from .policy.endpoints import EndpointPolicies, load_endpoint_policies
 from .routes import RouteTable
 from .settings import Config, RouteSettings, UpstreamHeaderSettings
 
@@ -82,6 +83,8 @@ class Runtime:
     gates: GateSet | None = None
     """API keys, usage plans and rate-based rules (`limits/`): their key store and counters, started and stopped
     with the authorizers; the routes hold the gates themselves."""
+    endpoint_policies: EndpointPolicies | None = None
+    """`policy.vpc_endpoint_policies` compiled (None when there are none): judged in the policy stage."""
 
     @property
     def private_api(self) -> bool:
@@ -186,6 +189,11 @@ def policy_path(config: Config) -> Path | None:
     return _resolve(config, config.resource_policy)
 
 
+def endpoint_policy_paths(config: Config) -> dict[str, Path]:
+    """Where each `policy.vpc_endpoint_policies` entry points, resolved against the config file's directory."""
+    return {vpce: _resolve(config, name) for vpce, name in config.policy.vpc_endpoint_policies.items()}
+
+
 def compile_runtime(config: Config, clock: Callable[[], float] = time.time, private_limits: bool = False) -> Runtime:
     """Build a `Runtime`; raise `ConfigError` if a part cannot be compiled (e.g. a credentials file is bad).
 
@@ -218,7 +226,10 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time, priv
         except (OSError, ValueError) as exc:
             issues.append(located(config, ("authorizers", name), str(exc)))
     resource_policy = _load_resource_policy(config, issues)
-    watched = tuple(p for p in (policy_path(config), *key_files(config)) if p is not None)
+    endpoints = _load_endpoint_policies(config, issues)
+    watched = tuple(
+        p for p in (policy_path(config), *endpoint_policy_paths(config).values(), *key_files(config)) if p is not None
+    )
     gates = build_gates(config, context_settings, clock, issues, private_limits) if not issues else None
     client_certs = _client_cert_engine(config, clock, issues) if not issues else None
     if issues:
@@ -229,7 +240,10 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time, priv
     cache = build_decision_cache(config, layer)
     routes = RouteTable(
         [
-            (r.match, _compile_route(r, authorizers, cache, config, internal, resource_policy, gates, cert_gate))
+            (
+                r.match,
+                _compile_route(r, authorizers, cache, config, internal, resource_policy, gates, cert_gate, endpoints),
+            )
             for r in config.routes
         ]
     )
@@ -248,6 +262,7 @@ def compile_runtime(config: Config, clock: Callable[[], float] = time.time, priv
         blob_store=blobs,
         gates=gates,
         client_certs=client_certs,
+        endpoint_policies=endpoints,
     )
 
 
@@ -318,8 +333,9 @@ def _compile_route(
     policy: CompiledPolicy | None,
     gates: GateSet | None = None,
     cert_gate: AdmitGate | None = None,
+    endpoints: EndpointPolicies | None = None,
 ) -> CompiledRoute:
-    plan = key_plan(config, route, version, policy) if cache is not None else None
+    plan = key_plan(config, route, version, policy, endpoints) if cache is not None else None
     authorizer = authorizers[route.authorizer].for_route(route)
     if cache is not None and cache.local is not None and plan is not None and plan.ttl > 0 and not plan.with_resource:
         authorizer = authorizer.behind_decision_cache()  # allows here are cached per credential alone
@@ -340,20 +356,28 @@ def _compile_route(
     )
 
 
-def key_plan(config: Config, route: RouteSettings, version: str, policy: CompiledPolicy | None) -> KeyPlan | None:
-    """How decisions on `route` are keyed, or None when they must not be cached (TTL 0, clock-reading policy)."""
+def key_plan(
+    config: Config,
+    route: RouteSettings,
+    version: str,
+    policy: CompiledPolicy | None,
+    endpoints: EndpointPolicies | None = None,
+) -> KeyPlan | None:
+    """How decisions on `route` are keyed, or None when they must not be cached (TTL 0, clock-reading policy).
+    Endpoint policies make the origin (`aws:SourceVpce`) and whatever they read part of every key."""
     ttl = config.cache.ttl if route.cache_ttl is None else route.cache_ttl
     if ttl <= 0 and config.cache.deny_ttl <= 0:
         return None
-    request_keys: tuple[str, ...] = ()
-    if policy is not None:
-        if policy.context_keys & TIME_KEYS:
-            return None
-        request_keys = tuple(sorted(k for k in policy.context_keys if k in REQUEST_KEYS or k.startswith(HEADER_PREFIX)))
+    keys = (policy.context_keys if policy is not None else frozenset()) | (
+        endpoints.context_keys if endpoints is not None else frozenset()
+    )
+    if keys & TIME_KEYS:
+        return None
+    request_keys = tuple(sorted(k for k in keys if k in REQUEST_KEYS or k.startswith(HEADER_PREFIX)))
     return KeyPlan(
         version=version,
         route=route.match.strip(),
-        with_resource=policy is not None,
+        with_resource=policy is not None or endpoints is not None,
         request_keys=request_keys,
         ttl=ttl,
         deny_ttl=config.cache.deny_ttl,
@@ -382,6 +406,29 @@ def _load_resource_policy(config: Config, issues: list[ConfigIssue]) -> Compiled
     for warning in policy.warnings:
         log.warning("%s", warning)
     return policy
+
+
+def _load_endpoint_policies(config: Config, issues: list[ConfigIssue]) -> EndpointPolicies | None:
+    """Compile `policy.vpc_endpoint_policies` (paths relative to the config file), None when there are none; a
+    file that is missing is an issue at its entry, one that does not parse is located in the file itself."""
+    files = endpoint_policy_paths(config)
+    if not files:
+        return None
+    missing = [vpce for vpce, path in files.items() if not path.is_file()]
+    for vpce in missing:
+        where = ("policy", "vpc_endpoint_policies", vpce)
+        issues.append(located(config, where, f"cannot read the policy file {files[vpce]}: no such file"))
+    if missing:
+        return None
+    try:
+        endpoints = load_endpoint_policies(files, config.api, config.policy.private_api)
+    except ConfigError as exc:
+        issues.extend(exc.issues)
+        return None
+    for policy in endpoints.policies.values():
+        for warning in policy.warnings:
+            log.warning("%s", warning)
+    return endpoints
 
 
 class RuntimeHolder:

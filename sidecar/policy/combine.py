@@ -11,6 +11,8 @@ no identity-side decision at all (an open route), so the resource policy alone d
 
 Cross-account callers (`same_account=False`) need an explicit Allow on both sides. Private APIs
 (`private_api=True`) deny unless the resource policy explicitly allows, whatever the identity side says.
+A request through a VPC endpoint that has a policy must also be allowed by it (`through_endpoint`): its explicit
+Deny, or no Allow, denies (`decided_by` `vpc-endpoint`), as AWS evaluates endpoint policies.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ IMPLICIT_DENY = "ImplicitDeny"
 
 
 class Outcome(NamedTuple):
-    """The combined verdict. `decided_by` is `identity`, `resource`, `private-api`, `cross-account` or `none`.
+    """The combined verdict. `decided_by` is `identity`, `resource`, `private-api`, `cross-account`,
+    `vpc-endpoint` or `none`. `endpoint` is the VPC endpoint policy's evaluation, when one was judged.
 
     A NamedTuple: one is built per request, and that is several times cheaper than a frozen dataclass.
     """
@@ -41,12 +44,18 @@ class Outcome(NamedTuple):
     decided_by: str
     identity: Evaluation | None = None
     resource: Evaluation | None = None
+    endpoint: Evaluation | None = None
 
     @property
     def deciding(self) -> StatementRef | None:
         """The statement that decided, when a statement did (for decision logs)."""
-        side = self.identity if self.decided_by == "identity" else self.resource
+        side = self._deciding_side()
         return side.deciding if side is not None else None
+
+    def _deciding_side(self) -> Evaluation | None:
+        if self.decided_by == "identity":
+            return self.identity
+        return self.endpoint if self.decided_by == "vpc-endpoint" else self.resource
 
     @property
     def reason(self) -> str:
@@ -63,6 +72,8 @@ class Outcome(NamedTuple):
             return "User is not authorized to access this resource"
         who = ctx.principal.arn or ctx.principal.id
         tail = " with an explicit deny" if self.effect == EXPLICIT_DENY else ""
+        if self.decided_by == "vpc-endpoint":
+            tail = _ENDPOINT_TAILS[self.effect if self.endpoint is not None else ""]
         return f"User: {who} is not authorized to perform: execute-api:Invoke on resource: {ctx.resource}{tail}"
 
     def explain(self) -> tuple[str, ...]:
@@ -73,6 +84,8 @@ class Outcome(NamedTuple):
                 lines.append(f"{name}: no policy")
             else:
                 lines.extend(side.explain())
+        if self.endpoint is not None:
+            lines.extend(self.endpoint.explain())
         return tuple(lines)
 
     def step(self, caller: str = "") -> Step:
@@ -86,18 +99,20 @@ class Outcome(NamedTuple):
 
     def _context(self) -> EvalContext | None:
         """The request context either side was evaluated with (the resource side's first)."""
-        for side in (self.resource, self.identity):
+        for side in (self.resource, self.identity, self.endpoint):
             if side is not None and side.context is not None:
                 return side.context
         return None
 
     def _summary(self, who: str) -> str:
         deciding = self.deciding
-        side = self.identity if self.decided_by == "identity" else self.resource
+        side = self._deciding_side()
         if deciding is not None and side is not None:
             return f"{self.effect} by statement {deciding.label!r} of {side.source} (decided by {self.decided_by})"
         if self.allowed:
             return f"{self.effect}: {who} is authenticated and no policy denies (decided by {self.decided_by})"
+        if self.decided_by == "vpc-endpoint":
+            return f"{self.effect}: {_endpoint_says(self.endpoint)}"
         resource = _resource_says(self.resource)
         if self.decided_by == "private-api":
             return f"{self.effect}: a private API admits only what the resource policy allows, and {resource}"
@@ -121,6 +136,40 @@ class Outcome(NamedTuple):
     def to_denied(self) -> Denied:
         """A 403 `Denied` for this outcome (call only when not allowed); its explainer is `step`."""
         return Denied(self.reason, self.message, reasons.STATUS_FORBIDDEN, explain=self.step)
+
+
+_ENDPOINT_TAILS = {
+    EXPLICIT_DENY: " with an explicit deny in a VPC endpoint policy",
+    IMPLICIT_DENY: " because no VPC endpoint policy allows the execute-api:Invoke action",
+    "": " because the request did not come through a VPC endpoint",
+}
+"""IAM's wording for a denial by an endpoint policy, and ours for a private API reached through no endpoint."""
+
+
+def _endpoint_says(endpoint: Evaluation | None) -> str:
+    if endpoint is None:
+        return (
+            "the API is private and has VPC endpoint policies, and the request came through no VPC endpoint (no "
+            "origin from Envoy's context_extensions or PROXY protocol, nor a trusted peer's header)"
+        )
+    if endpoint.policy is None:  # an endpoint `vpc_endpoint_policies` does not list (`EndpointPolicies.judge`)
+        return f"the request came through {endpoint.source}, so nothing allows it"
+    return f"the request came through a VPC endpoint, and no statement of its {endpoint.source} allows it"
+
+
+def through_endpoint(outcome: Outcome, endpoint: Evaluation | None) -> Outcome:
+    """`outcome` for a request through a VPC endpoint judged by `endpoint`, its policy's evaluation (None: the
+    request came through no endpoint, and the API admits none such). An explicit Deny anywhere wins and is
+    reported where it was found first; then any implicit deny; the endpoint's Allow is needed as well."""
+    if outcome.effect == EXPLICIT_DENY:
+        return outcome._replace(endpoint=endpoint)
+    if endpoint is not None and endpoint.denied:
+        return Outcome(False, EXPLICIT_DENY, "vpc-endpoint", outcome.identity, outcome.resource, endpoint)
+    if not outcome.allowed:
+        return outcome._replace(endpoint=endpoint)
+    if endpoint is None or not endpoint.allowed:
+        return Outcome(False, IMPLICIT_DENY, "vpc-endpoint", outcome.identity, outcome.resource, endpoint)
+    return outcome._replace(endpoint=endpoint)
 
 
 def _resource_says(resource: Evaluation | None) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ class ContextSettings:
     its own entry to `X-Forwarded-For` before it asks, as Envoy (`use_remote_address: true`) and Traefik do; the
     shipped nginx config passes the client's header untouched. False is the safe default: mistaken, it makes
     `aws:SourceIp` a proxy's address, never one a client wrote. gRPC Checks always come from Envoy, which appends.
-    `vpce_header` / `vpc_header`: headers the network layer sets (and strips from clients) carrying the VPC
-    endpoint / VPC id; None leaves `aws:SourceVpce` / `aws:SourceVpc` absent.
+    `vpce_header` / `vpc_header`: HTTP mode's headers carrying the VPC endpoint / VPC id, set by the trusted proxy
+    that asks (which strips a client's copy); believed only from `http.trusted_peers` (`Request.trusted_peer`),
+    never in gRPC mode, where Envoy's word is `Request.origin` (see `origin_value`).
     """
 
     trusted_proxy_hops: int = 0
@@ -176,6 +178,41 @@ def _source_ip(ctx: EvalContext) -> str | None:
     return source
 
 
+_ORIGIN_ID = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,128}").fullmatch
+"""An origin value: 1-128 visible ASCII characters and no `,` (AWS's ids are `vpce-` / `vpc-` and hex digits; a
+comma means two headers were joined)."""
+
+
+def is_origin_id(value: str) -> bool:
+    """Whether `value` can name a VPC endpoint or VPC; anything else (a TLV of another subtype, control
+    characters, joined headers) is no origin at all, which a private API denies."""
+    return _ORIGIN_ID(value) is not None
+
+
+def origin_value(request: Request, key: str, header: str | None) -> str | None:
+    """The network origin's `key` (`vpce`, `vpc`) as the proxy that asks vouches for it, or None.
+
+    `Request.origin` is Envoy's word (a route's `context_extensions`, the PROXY-protocol TLV): when the adapter
+    filled it, it is the only source. Otherwise `header` counts only when a trusted peer asked (HTTP mode's
+    `Request.trusted_peer`); the gRPC adapter never sets that, so in gRPC mode a header a client sent through
+    Envoy never names an endpoint."""
+    origin = request.origin
+    if origin:
+        return origin.get(key)
+    if header is None or not request.trusted_peer:
+        return None
+    value = request.headers.get(header)
+    return value if value is not None and is_origin_id(value) else None
+
+
+def _vpc_source_ip(ctx: EvalContext) -> str | None:
+    """`aws:VpcSourceIp`: the client address (`aws:SourceIp`'s) when the request came through a VPC endpoint (an
+    origin is known), absent otherwise, as in AWS."""
+    if ctx.get("aws:sourcevpce") is None and ctx.get("aws:sourcevpc") is None:
+        return None
+    return _source_ip(ctx)
+
+
 def resource_path(path: str) -> str:
     """The path as the route table judged it (`routes.canonical_path`): dot segments resolved, escapes decoded,
     empty segments and the trailing slash dropped, so `/public/../admin/x`, `/%61dmin/x` and `/admin/x/` cannot
@@ -220,8 +257,9 @@ _REQUEST_KEYS: dict[str, Resolver] = {
     "aws:securetransport": lambda c: "true" if c.request.scheme == "https" else "false",
     "aws:referer": lambda c: c.request.headers.get("referer"),
     "aws:useragent": lambda c: c.request.headers.get("user-agent"),
-    "aws:sourcevpce": lambda c: c.request.headers.get(c.settings.vpce_header) if c.settings.vpce_header else None,
-    "aws:sourcevpc": lambda c: c.request.headers.get(c.settings.vpc_header) if c.settings.vpc_header else None,
+    "aws:sourcevpce": lambda c: origin_value(c.request, "vpce", c.settings.vpce_header),
+    "aws:sourcevpc": lambda c: origin_value(c.request, "vpc", c.settings.vpc_header),
+    "aws:vpcsourceip": _vpc_source_ip,
     "aws:requestedregion": lambda c: c.api.region,
 }
 

@@ -64,7 +64,7 @@ def envoy(
         scheme = headers.get("x-forwarded-proto", "http")
     else:
         source, cert, scheme = peer, "", "http"  # nobody vouches for a client: the connection's peer is the truth
-    return _request(method, raw_path, headers, scheme, source, cert, body)
+    return _request(method, raw_path, headers, scheme, source, cert, body, trusted)
 
 
 def nginx(
@@ -81,7 +81,7 @@ def nginx(
         scheme = headers.get("x-forwarded-proto", "http")
     else:
         source, cert, scheme = peer, "", "http"
-    return _request(method, raw_path, headers, scheme, source, cert, body)
+    return _request(method, raw_path, headers, scheme, source, cert, body, trusted)
 
 
 def traefik(
@@ -98,7 +98,7 @@ def traefik(
         scheme = headers.get("x-forwarded-proto", "http")
     else:
         source, scheme = peer, "http"
-    return _request(method, raw_path, headers, scheme, source, "", body)
+    return _request(method, raw_path, headers, scheme, source, "", body, trusted)
 
 
 FLAVORS: Final[Mapping[str, BuildRequest]] = {"envoy": envoy, "nginx": nginx, "traefik": traefik}
@@ -124,10 +124,18 @@ DENY_STATUSES: Final[Mapping[str, DenyStatus]] = {"nginx": nginx_deny_status}
 
 
 def _request(
-    method: str, raw_path: str | None, headers: dict[str, str], scheme: str, source: str, cert: str, body: bytes
+    method: str,
+    raw_path: str | None,
+    headers: dict[str, str],
+    scheme: str,
+    source: str,
+    cert: str,
+    body: bytes,
+    trusted: bool,
 ) -> Request | None:
     """The `Request` every flavor builds from what it read, or None when the path or method cannot be judged.
-    Positional, in field order (sidecar/request.py): keywords cost several times as much, once per request."""
+    Positional, in field order (sidecar/request.py): keywords cost several times as much, once per request.
+    `trusted` becomes `Request.trusted_peer`: only then are the proxy's origin headers (`policy.vpce_header`) read."""
     if not raw_path or raw_path[0] != "/" or not is_canonical_method(method):
         return None
     return Request(
@@ -145,4 +153,6 @@ def _request(
         EMPTY_MAP,
         headers.get("x-request-id", ""),
         time.time(),
+        EMPTY_MAP,
+        trusted,
     )

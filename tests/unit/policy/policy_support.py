@@ -21,8 +21,9 @@ def request(
     headers: dict[str, str] | None = None,
     scheme: str = "https",
     time: float = NOON,
+    trusted_peer: bool = False,
 ) -> Request:
-    """A request as the adapter would build it."""
+    """A request as the adapter would build it (`trusted_peer`: HTTP mode's, from one of `http.trusted_peers`)."""
     return Request(
         method=method,
         raw_path=path,
@@ -31,6 +32,7 @@ def request(
         scheme=scheme,
         source_address=source,
         time=time,
+        trusted_peer=trusted_peer,
     )
 
 

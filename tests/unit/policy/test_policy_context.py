@@ -67,7 +67,8 @@ def test_parse_ip(text: str, expected: tuple[int, int] | None) -> None:
 
 def test_request_keys() -> None:
     headers = {"referer": "https://example.com/", "user-agent": "curl/8", "x-vpce": "vpce-1", "x-vpc": "vpc-2"}
-    ctx = _ctx(headers=headers, scheme="https", settings=ContextSettings(vpce_header="x-vpce", vpc_header="x-vpc"))
+    settings = ContextSettings(vpce_header="x-vpce", vpc_header="x-vpc")
+    ctx = _ctx(headers=headers, scheme="https", settings=settings, trusted_peer=True)
     assert ctx.get("aws:currenttime") == "2026-01-01T12:00:00Z"
     assert ctx.get("aws:epochtime") == str(int(NOON))
     assert ctx.get("aws:securetransport") == "true"

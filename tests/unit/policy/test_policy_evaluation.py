@@ -152,7 +152,7 @@ VPCE_SETTINGS = ContextSettings(vpce_header="x-amzn-vpce-id")
     ],
 )
 def test_vpc_endpoint_restriction(headers: dict[str, str], expected: str) -> None:
-    assert effect(VPCE_ONLY, req=request(headers=headers), settings=VPCE_SETTINGS) == expected
+    assert effect(VPCE_ONLY, req=request(headers=headers, trusted_peer=True), settings=VPCE_SETTINGS) == expected
 
 
 def test_vpce_header_is_ignored_unless_configured() -> None:
