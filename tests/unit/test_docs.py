@@ -42,6 +42,7 @@ EXAMPLE_PAGES = [
     "explanations.md",
     "custom-authorizers.md",
     "limits.md",
+    "mtls.md",
 ]
 """Pages whose `file=` blocks and console commands are run (each must have at least one command)."""
 
