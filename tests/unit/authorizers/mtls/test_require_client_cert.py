@@ -52,3 +52,13 @@ async def test_the_certificate_is_required_before_the_routes_authorizer(tmp_path
     assert (await pipe.check(request("/admin/1", peer_certificate=good))).reason == "RouteDeny"
     assert (await pipe.check(request("/admin/1"))).reason == "ClientCertMissing"
     assert (await pipe.check(request("/public/1"))).allowed  # no certificate asked for there
+
+
+def test_the_gates_truststore_reloads_like_an_authorizers_files(tmp_path: Path, pki: Pki) -> None:
+    from sidecar.serve.server import self_reloading
+
+    runtime = _pipeline(tmp_path, pki).holder.current
+    names = [name for name, _ in self_reloading(runtime)]
+    assert "the require_client_cert truststore" in names  # /readyz lists its reloads, SIGHUP rechecks its files
+    part = dict(self_reloading(runtime))["the require_client_cert truststore"]
+    assert [status.source for status in part.reload_statuses()] == ["mtls"]
