@@ -128,8 +128,8 @@ def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocat
         raise ConfigError([ConfigIssue(file, line, column, "", f"invalid {what}: {exc.problem}")]) from None
     except yaml.YAMLError:
         raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}")]) from None
-    except (ValueError, OverflowError) as exc:  # a timestamp that is no date (`2027-02-30`): YAML raises it bare
-        raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}: {exc}")]) from None
+    except (ValueError, OverflowError):  # a timestamp that is no date (`2027-02-30`): YAML raises it bare
+        raise ConfigError([_impossible_time(text, file, what)]) from None
     finally:
         loader.dispose()
     locator = YamlLocator(file, node)
@@ -166,6 +166,40 @@ def _duplicate_keys(node: yaml.Node, file: str) -> Iterator[ConfigIssue]:
                 stack.append((value, (*path, name) if name is not None else path))
         elif isinstance(current, yaml.SequenceNode):
             stack.extend((item, (*path, index)) for index, item in enumerate(current.value))
+
+
+def _impossible_time(text: str, file: str, what: str) -> ConfigIssue:
+    """Where the timestamp is that PyYAML could not build (a day, month or offset out of range: 2027-02-30)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        locator = YamlLocator(file, root)
+        for loc, node in _scalar_nodes(root, (), set()):
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                try:
+                    loader.construct_yaml_timestamp(node)
+                except (ValueError, OverflowError):
+                    return locator.issue(loc, "not a real date and time (a day, month or offset out of range)")
+    finally:
+        loader.dispose()
+    return ConfigIssue(file, 0, 0, "", f"invalid {what}: a value that cannot be built")
+
+
+def _scalar_nodes(
+    node: yaml.Node | None, loc: tuple[str | int, ...], seen: set[int]
+) -> Iterator[tuple[tuple[str | int, ...], yaml.ScalarNode]]:
+    """Every scalar value under `node` with its path, each node once (aliases make a graph, even a cycle)."""
+    if node is None or id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        yield loc, node
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _scalar_nodes(item, (*loc, index), seen)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield from _scalar_nodes(value, (*loc, str(key.value)), seen)
 
 
 def _unpaired_surrogates(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:

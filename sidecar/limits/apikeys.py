@@ -261,10 +261,7 @@ def read_key_text(path: Path) -> str:
 
 def parse_key_text(text: str, file: str) -> tuple[Any, YamlLocator]:
     """The file's data and its locator (`ConfigError` for a syntax error); `parse_keys` validates the data."""
-    try:
-        return parse_yaml(text, file, what="YAML/JSON")
-    except ValueError:  # PyYAML builds a timestamp of YAML's form naming no real time with a ValueError
-        raise ConfigError([_impossible_time(text, file)]) from None
+    return parse_yaml(text, file, what="YAML/JSON")  # an impossible date is located there
 
 
 def parse_keys(data: Any, locator: YamlLocator, plans: Collection[str] | None = None) -> ApiKeySet:
@@ -405,40 +402,6 @@ def _typed(loader: _Loader, value: str, implicit: tuple[bool, bool]) -> Any:
     if tag not in _SCALAR_TAGS:
         raise _Declined
     return loader.yaml_constructors[tag](loader, ScalarNode(tag, value))
-
-
-def _impossible_time(text: str, file: str) -> ConfigIssue:
-    """Where the timestamp is that PyYAML could not build (a day, month or offset out of range: 2027-02-30)."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        locator = YamlLocator(file, root)
-        for loc, node in _scalar_nodes(root, (), set()):
-            if node.tag == _TIMESTAMP:
-                try:
-                    loader.construct_yaml_timestamp(node)
-                except ValueError:
-                    return locator.issue(loc, "not a real date and time (a day, month or offset out of range)")
-    finally:
-        loader.dispose()
-    return ConfigIssue(file, 0, 0, "", "invalid YAML/JSON: a value that cannot be built")
-
-
-def _scalar_nodes(
-    node: Node | None, loc: tuple[str | int, ...], seen: set[int]
-) -> Iterator[tuple[tuple[str | int, ...], ScalarNode]]:
-    """Every scalar value under `node` with its path, each node once (aliases make a graph, even a cycle)."""
-    if node is None or id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, ScalarNode):
-        yield loc, node
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _scalar_nodes(item, (*loc, index), seen)
-    elif isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            yield from _scalar_nodes(value, (*loc, str(key.value)), seen)
 
 
 # ---------------------------------------------------------------------------------------------------------------

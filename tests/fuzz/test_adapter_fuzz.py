@@ -110,10 +110,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def _tokens() -> list[str]:
+    """Made at import (collection): valid for an hour, since a whole suite on a loaded machine can run longer than
+    the 5 minutes the test issuer's tokens last by default, and the HTTP-mode fuzz test reuses them."""
     now = int(time.time())
-    return [ISS.token(ISS.claims(now=now), kid=kid) for kid in ISS.keys] + [
-        ISS.token(ISS.claims(now=now, sub="a\u00e9\U0001f600", scope=None, scp=["orders.read"])),
-        ISS.token(ISS.claims(now=now, scope="orders.write")),  # lacks the route's scope
+    exp = now + 3600
+    return [ISS.token(ISS.claims(now=now, exp=exp), kid=kid) for kid in ISS.keys] + [
+        ISS.token(ISS.claims(now=now, exp=exp, sub="a\u00e9\U0001f600", scope=None, scp=["orders.read"])),
+        ISS.token(ISS.claims(now=now, exp=exp, scope="orders.write")),  # lacks the route's scope
     ]
 
 

@@ -43,4 +43,5 @@ def test_a_repeated_key_in_the_api_key_file_is_refused(tmp_path: Path) -> None:
 def test_an_impossible_date_is_a_config_error_not_a_crash() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("api: {stage: 2027-02-30}\n", "cfg.yaml")
-    assert "invalid YAML" in str(caught.value)
+    (issue,) = caught.value.issues
+    assert (issue.line, issue.field) == (1, "api.stage") and "not a real date" in issue.message
