@@ -43,6 +43,7 @@ EXAMPLE_PAGES = [
     "custom-authorizers.md",
     "limits.md",
     "mtls.md",
+    "private-apis.md",
 ]
 """Pages whose `file=` blocks and console commands are run (each must have at least one command)."""
 
