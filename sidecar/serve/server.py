@@ -120,7 +120,8 @@ class _ReloadsOwnFiles(Protocol):
 
 def self_reloading(runtime: Runtime) -> list[tuple[str, _ReloadsOwnFiles]]:
     """Every part of `runtime` that reloads files of its own, with how logs name it: the authorizers, the API
-    key store (`api_keys.file`) and the truststore of the `require_client_cert` routes. /readyz reports their reloads, a SIGHUP asks them to look at their files."""
+    key store (`api_keys.file`) and the truststore of the `require_client_cert` routes. /readyz reports their
+    reloads, a SIGHUP asks them to look at their files."""
     parts: list[tuple[str, _ReloadsOwnFiles]] = [(f"authorizer {a.name}", a) for a in runtime.authorizers.values()]
     if runtime.gates is not None and runtime.gates.keys is not None:
         parts.append(("the api key store", runtime.gates.keys))
