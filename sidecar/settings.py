@@ -439,8 +439,9 @@ class MtlsSettings(_Frozen):
     max_chain_depth: int = Field(default=4, ge=1, le=10)
     stale_crl: Literal["deny", "allow"] = "deny"
     trusted_peers: tuple[str, ...] | None = None
-    """Peers whose certificate headers (xfcc, client-cert-header) are believed; None: `http.trusted_peers`. In gRPC
-    mode the headers come from Envoy, which must set them itself (`forward_client_cert_details: SANITIZE_SET`)."""
+    """The proxies whose certificate headers (xfcc, client-cert-header) are believed; None: nobody's (not
+    `http.trusted_peers`: who may ask the sidecar is often a whole network, and a client inside it must not write
+    its own certificate). In gRPC mode XFCC comes from Envoy, which must set it itself (`SANITIZE_SET`)."""
     verify_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
     """Verified chains remembered by the certificate's SHA-256, so a warm Check does no cryptography."""
 

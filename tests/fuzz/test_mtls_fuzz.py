@@ -57,7 +57,10 @@ class World:
         write_truststore(directory / "ca.pem", self.pki.root)
         write_crl(directory / "intermediate.crl", self.pki.crl([self.revoked]))
         mtls = MtlsSettings(
-            truststore="ca.pem", crls=("intermediate.crl",), sources=("xfcc", "client-cert-header", "envoy")
+            truststore="ca.pem",
+            crls=("intermediate.crl",),
+            sources=("xfcc", "client-cert-header", "envoy"),
+            trusted_peers=("127.0.0.1",),
         )
         self.engine: ClientCertVerifier = build_engine(
             mtls, directory, str(directory / "config.yaml"), ("127.0.0.1",), clock=lambda: T0

@@ -44,9 +44,12 @@ def build_engine(
 ) -> ClientCertVerifier:
     """The engine for the `mtls:` section of the config file `source` (whose directory is `base_dir`): the
     truststore and CRLs loaded now (`ConfigError` at `mtls.truststore` / `mtls.crls[i]` if one does not load).
-    Certificate headers are believed from `mtls.trusted_peers`, else from `http_trusted_peers`."""
+    Certificate headers are believed only from `mtls.trusted_peers` (none when unset; `http_trusted_peers` is kept
+    for the signature's callers and ignored)."""
     store = TrustStore(_resolved(base_dir, mtls.truststore), [_resolved(base_dir, crl) for crl in mtls.crls], source)
-    peers = mtls.trusted_peers if mtls.trusted_peers is not None else http_trusted_peers
+    # Header sources are believed only from the proxies `mtls.trusted_peers` names: `http.trusted_peers` says who
+    # may ask the sidecar, often a whole network, and a client inside it must not write its own certificate.
+    peers = mtls.trusted_peers or ()
     sources = CertSources(mtls.sources, peers, memo_size=max(1, mtls.verify_cache_size))
     rules = Rules(max_chain_depth=mtls.max_chain_depth, stale_crl=mtls.stale_crl)
     return ClientCertVerifier(sources, store, rules, mtls.verify_cache_size, clock)

@@ -16,7 +16,7 @@ A header is believed only when whoever wrote it is trusted:
   downstream and is judged like an HTTP mode header, below;
 - otherwise the header was written by the hop that sent the request to the proxy that asks us, whose address is
   `Request.source_address` (in HTTP mode: the address a trusted proxy reported, or the TCP peer itself when that
-  peer is not trusted): believed only when that address is in `mtls.trusted_peers` (default `http.trusted_peers`).
+  peer is not trusted): believed only when that address is in `mtls.trusted_peers` (by default nobody).
   A proxy that terminates the client's TLS itself and asks us directly sends the certificate as
   `x-authz-peer-certificate` instead (source `envoy`).
 

@@ -37,6 +37,7 @@ def pki() -> Pki:
 
 def engine(tmp_path: Path, pki: Pki, **mtls: Any) -> ClientCertVerifier:
     write_truststore(tmp_path / "ca.pem", pki.root)
+    mtls.setdefault("trusted_peers", (PROXY,))
     settings = MtlsSettings(truststore="ca.pem", **mtls)
     return build_engine(settings, tmp_path, str(tmp_path / "config.yaml"), (PROXY,), clock=lambda: T0)
 
@@ -158,6 +159,15 @@ def test_grpc_mode_xfcc_is_envoys_own_and_client_cert_is_not(tmp_path: Path, pki
     assert reason(engine(tmp_path, pki, sources=("client-cert-header",)), grpc_client_cert) == (
         reasons.CLIENT_CERT_MISSING
     )
+
+
+def test_without_mtls_trusted_peers_no_one_may_write_a_certificate_header(tmp_path: Path, pki: Pki) -> None:
+    """`http.trusted_peers` says who may ask (often a whole network): a client inside it sending a victim's
+    certificate (public, no key needed) in a header must not be that victim."""
+    verifier = engine(tmp_path, pki, sources=("client-cert-header", "xfcc"), trusted_peers=None)
+    victim = pki.leaf("victim")
+    forged = {**client_cert_headers(victim, [pki.intermediate]), "x-forwarded-client-cert": xfcc(victim)}
+    assert reason(verifier, http_mode(forged, source=PROXY)) == reasons.CLIENT_CERT_MISSING
 
 
 def test_mtls_trusted_peers_replace_the_http_ones(tmp_path: Path, pki: Pki) -> None:
