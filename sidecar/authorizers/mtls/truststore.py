@@ -101,16 +101,47 @@ def _anchors(data: bytes) -> tuple[x509.Certificate, ...]:
 
 
 def _crls(data: bytes, loc: tuple[str | int, ...]) -> list[x509.CertificateRevocationList]:
-    """The CRLs of one file: every PEM block, or the file as one DER CRL."""
+    """The CRLs of one file: every PEM block, or the file as one DER CRL; each a complete CRL (`_complete`)."""
     try:
         if b"-----BEGIN" in data:
             blocks = _PEM_CRL.findall(data)
             if not blocks:
                 raise TrustFileError(loc, "the file holds no PEM `X509 CRL` block")
-            return [x509.load_pem_x509_crl(block) for block in blocks]
-        return [x509.load_der_x509_crl(data)]
+            crls = [x509.load_pem_x509_crl(block) for block in blocks]
+        else:
+            crls = [x509.load_der_x509_crl(data)]
     except ValueError:
         raise TrustFileError(loc, "not a readable CRL (PEM or DER)") from None
+    for crl in crls:
+        _complete(crl, loc)
+    return crls
+
+
+def _complete(crl: x509.CertificateRevocationList, loc: tuple[str | int, ...]) -> None:
+    """Refuse a delta CRL or a partitioned one (an issuing distribution point naming a scope): revocation reads
+    an issuer's newest CRL as the whole list, so a delta would hide the base's revocations and a partition the
+    others'. Publish full CRLs (Microsoft AD CS: turn delta CRLs off, or list only the base)."""
+    extensions = crl.extensions
+    try:
+        extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        raise TrustFileError(loc, "a delta CRL: list the issuer's full (base) CRL instead")
+    try:
+        point = extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return
+    if (
+        point.full_name
+        or point.relative_name
+        or point.only_some_reasons
+        or point.indirect_crl
+        or point.only_contains_user_certs
+        or point.only_contains_ca_certs
+        or point.only_contains_attribute_certs
+    ):
+        raise TrustFileError(loc, "a partitioned CRL (its issuing distribution point names a scope): list full CRLs")
 
 
 def _check_signed_by_anchor(

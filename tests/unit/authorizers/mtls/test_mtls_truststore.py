@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from sidecar import reasons
 from sidecar.authorizers.mtls import ClientCertVerifier, build_engine
@@ -179,3 +182,45 @@ async def test_recheck_files_reloads_off_the_loop_and_the_poller_starts_and_stop
     assert store.status.last is not None and store.status.last.why == "SIGHUP"
     await store.stop()
     assert not store._poller.running
+
+
+def _with(pki: Pki, extension: x509.ExtensionType) -> x509.CertificateRevocationList:
+    """A CRL of the intermediate carrying `extension` (a delta indicator, a scoped distribution point)."""
+    issuer = pki.intermediate
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(dt.datetime.fromtimestamp(T0 - 3600, dt.UTC))
+        .next_update(dt.datetime.fromtimestamp(T0 + 86_400, dt.UTC))
+        .add_extension(extension, critical=True)
+    )
+    return builder.sign(issuer.key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extension", "words"),
+    [
+        (x509.DeltaCRLIndicator(1), "a delta CRL"),
+        (
+            x509.IssuingDistributionPoint(
+                full_name=[x509.UniformResourceIdentifier("http://crl.example.test/part1.crl")],
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=False,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            ),
+            "a partitioned CRL",
+        ),
+    ],
+)
+def test_delta_and_partitioned_crls_are_refused_at_their_index(
+    tmp_path: Path, pki: Pki, extension: x509.ExtensionType, words: str
+) -> None:
+    """Revocation reads an issuer's newest CRL as the whole list: a delta would hide the base's revocations."""
+    write_truststore(tmp_path / "ca.pem", pki.root)
+    write_crl(tmp_path / "base.crl", pki.crl())
+    write_crl(tmp_path / "other.crl", _with(pki, extension))
+    (issue,) = load_error(tmp_path, "truststore: ca.pem\ncrls: [base.crl, other.crl]").issues
+    assert issue.field == "mtls.crls[1]" and words in issue.message
