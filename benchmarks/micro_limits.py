@@ -1,11 +1,14 @@
 """Micro-benchmark: the usage-plan rows' Check in process, through the real config loader, runtime and pipeline.
 
 Run: `python -m benchmarks.micro_limits [--profile ROW]`. Prints the median microseconds per `Pipeline.check`
-(no transport, no Envoy) of the load benchmark's `jwt-warm`, `apikey-plan-local` and `apikey-plan-redis`
-requests on their own configs (`benchmarks/scenarios.py`; a `redis-server` on loopback for the Redis row), so
-what the API key and the meter add to the warm decision can be read without Envoy or the gRPC listener around
-it. `--profile ROW` runs that row under cProfile and prints the top of its profile. No assertions: figures go in
-notes and docs.
+(no transport, no Envoy) of the load benchmark's `jwt-warm`, `apikey-plan-local`, `redis-l2-hit` and
+`apikey-plan-redis` requests on their own configs (`benchmarks/scenarios.py`; a `redis-server` on loopback for
+the Redis rows), so what the API key and the meter add to the warm decision can be read without Envoy or the gRPC
+listener around it. The rows take turns, a batch each per round, so a burst of other work on the machine weighs on
+all of them alike; each is printed with its ratio to the row it is held against (the load benchmark's targets
+compare sidecar CPU through Envoy, where the transport's fixed cost dilutes these ratios) and the cores' worth of
+other work meanwhile (`redis-server` included). `--profile ROW` runs that row under cProfile and prints the top of
+its profile. No assertions: figures go in notes and docs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import argparse
 import contextlib
 import cProfile
 import pstats
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from sidecar.config import parse_config
@@ -23,7 +28,7 @@ from sidecar.pipeline import Pipeline
 from sidecar.request import Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
 
-from . import scenarios
+from . import procs, scenarios
 from .harness import redis_server
 from .micro_lambda import median_us
 from .scenarios import Fixtures, Scenario
@@ -31,8 +36,13 @@ from .scenarios import Fixtures, Scenario
 ROWS = {
     "jwt-warm": scenarios.jwt_warm,
     "apikey-plan-local": scenarios.apikey_plan_local,
+    "redis-l2-hit": scenarios.redis_l2_hit,
     "apikey-plan-redis": scenarios.apikey_plan_redis,
 }
+AGAINST = {"apikey-plan-local": "jwt-warm", "apikey-plan-redis": "redis-l2-hit"}
+"""Each usage-plan row's reference row (`RELATIVE_CPU_TARGETS`' pairs)."""
+ROUNDS = 15
+BATCH = 500
 
 
 def request_for(scenario: Scenario) -> Request:
@@ -59,26 +69,57 @@ async def pipeline_for(directory: Path, scenario: Scenario) -> Pipeline:
     return Pipeline(RuntimeHolder(runtime))
 
 
+async def _batch_us(pipe: Pipeline, request: Request) -> float:
+    """Microseconds per Check over one batch."""
+    start = time.perf_counter_ns()
+    for _ in range(BATCH):
+        decision = await pipe.check(request)
+    assert decision.allowed, decision
+    return (time.perf_counter_ns() - start) / BATCH / 1000
+
+
+async def _side_by_side(pipes: dict[str, tuple[Pipeline, Request]]) -> tuple[dict[str, float], float]:
+    """Each row's median over ROUNDS rounds (a warm-up round first), the rows taking turns; and the cores' worth
+    of other work on the machine meanwhile."""
+    samples: dict[str, list[float]] = {name: [] for name in pipes}
+    busy, ours, wall = procs.machine_busy_seconds(), procs.own_and_children_seconds(), time.monotonic()
+    for index in range(ROUNDS + 1):
+        for name, (pipe, request) in pipes.items():
+            micros = await _batch_us(pipe, request)
+            if index:
+                samples[name].append(micros)
+    spent = procs.machine_busy_seconds() - busy - (procs.own_and_children_seconds() - ours)
+    return {name: statistics.median(values) for name, values in samples.items()}, max(0.0, spent) / (
+        time.monotonic() - wall
+    )
+
+
 async def _run(fx: Fixtures, profile: str | None) -> None:
     names = [profile] if profile is not None else list(ROWS)
-    width = max(len(name) for name in names)
-    if profile is None:
-        print(f"{'row':<{width}}  median us per Check")
-    for name in names:
-        scenario = ROWS[name](fx)
-        pipe = await pipeline_for(fx.directory, scenario)
-        request = request_for(scenario)
-        try:
-            if profile is None:
-                print(f"{name:<{width}}  {await median_us(pipe, request):8.2f}", flush=True)
-                continue
-            await median_us(pipe, request)
-            profiler = cProfile.Profile()
-            profiler.enable()
-            await median_us(pipe, request)
-            profiler.disable()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        finally:
+    pipes: dict[str, tuple[Pipeline, Request]] = {}
+    try:
+        for name in names:
+            scenario = ROWS[name](fx)
+            pipes[name] = (await pipeline_for(fx.directory, scenario), request_for(scenario))
+        if profile is None:
+            medians, others = await _side_by_side(pipes)
+            width = max(len(name) for name in names)
+            print(f"{'row':<{width}}  median us per Check  against")
+            for name, micros in medians.items():
+                against = AGAINST.get(name)
+                ratio = f"{micros / medians[against]:.2f}x {against}" if against in medians else ""
+                print(f"{name:<{width}}  {micros:19.2f}  {ratio}")
+            print(f"other work meanwhile: {others:.2f} cores")
+            return
+        pipe, request = pipes[profile]
+        await median_us(pipe, request)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await median_us(pipe, request)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    finally:
+        for pipe, _ in pipes.values():
             await pipe.holder.current.stop()
 
 

@@ -173,16 +173,21 @@ def check_key(keys: ApiKeySet, value: str | None, now: float) -> tuple[ApiKey | 
     """(the key, why) for a presented value: `ok` only for a known, enabled, unexpired key; the key is
     returned for `disabled` and `expired` too, so the deny can be logged with its id. Never raises: a value
     that cannot be judged is `missing` or `unknown`, a deny."""
+    key = keys.find(value) if value else None
+    return key, judge_key(key, value, now)
+
+
+def judge_key(key: ApiKey | None, value: str | None, now: float) -> Why:
+    """`check_key`'s verdict on the key `find` gave for `value` (None: none)."""
     if not value:
-        return None, "missing"
-    key = keys.find(value)
+        return "missing"
     if key is None:
-        return None, "unknown"
+        return "unknown"
     if not key.enabled:
-        return key, "disabled"
+        return "disabled"
     if key.expires is not None and now >= key.expires:
-        return key, "expired"
-    return key, "ok"
+        return "expired"
+    return "ok"
 
 
 def new_key_value() -> str:

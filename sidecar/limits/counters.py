@@ -68,6 +68,10 @@ class Throttle:
     """Bucket size (>= 1): this many back-to-back requests pass from a full bucket."""
     interval_us: int = field(init=False, repr=False, compare=False)
     """T, the emission interval, in whole microseconds (rounded up: the rate is never exceeded)."""
+    tolerance_us: int = field(init=False, repr=False, compare=False)
+    """How far the TAT may run ahead of now and still admit: T * (burst - 1)."""
+    window_us: int = field(init=False, repr=False, compare=False)
+    """The bucket's policy window (burst / rate): the time a full burst takes to come back."""
 
     def __post_init__(self) -> None:
         if not MIN_RATE <= self.rate <= MAX_RATE:
@@ -76,17 +80,11 @@ class Throttle:
             raise ValueError(f"throttle burst must be >= 1, not {self.burst!r}")
         exact = MICROS / self.rate
         nearest = round(exact)
-        object.__setattr__(self, "interval_us", nearest if abs(exact - nearest) < 1e-6 else math.ceil(exact))
-
-    @property
-    def tolerance_us(self) -> int:
-        """How far the TAT may run ahead of now and still admit: T * (burst - 1)."""
-        return self.interval_us * (self.burst - 1)
-
-    @property
-    def window_us(self) -> int:
-        """The bucket's policy window (burst / rate): the time a full burst takes to come back."""
-        return self.interval_us * self.burst
+        interval = nearest if abs(exact - nearest) < 1e-6 else math.ceil(exact)
+        # fields rather than properties: the in-process meter reads them on every request
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "tolerance_us", interval * (self.burst - 1))
+        object.__setattr__(self, "window_us", interval * self.burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +98,8 @@ class Quota:
     offset: int = 0
     """API Gateway's QuotaSettings.offset: requests subtracted from the limit in the initial period (the one in
     which this key was first metered)."""
+    initial_limit: int = field(init=False, repr=False, compare=False)
+    """The limit of the initial period: `limit - offset`, never below 0."""
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -108,10 +108,11 @@ class Quota:
             raise ValueError(f"quota period must be DAY, WEEK or MONTH, not {self.period!r}")
         if self.offset < 0:
             raise ValueError(f"quota offset must be >= 0, not {self.offset!r}")
+        object.__setattr__(self, "initial_limit", max(0, self.limit - self.offset))
 
     def applies(self, initial: bool) -> int:
         """The limit of a period: less `offset` in the initial one (never below 0)."""
-        return max(0, self.limit - self.offset) if initial else self.limit
+        return self.initial_limit if initial else self.limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,9 +337,9 @@ def window_admission(estimate: Estimate, window: Window, count_only: bool) -> Ad
 
 
 PLAN_ENTRIES = 1_000_000
-"""The hard bound on in-process usage-plan state (buckets, period counts, initial-period records). That state is
-bounded by the key file (only known keys are metered: keys x their buckets, and two quota entries each), so
-this is never reached by any plausible file; if it is, the least recently written go and are counted
+"""The hard bound on in-process usage-plan state, in keys (each key's buckets, quota periods and initial-period
+records are one `KeyState`). That state is bounded by the key file (only known keys are metered), so this is
+never reached by any plausible file; if it is, the least recently metered keys go and are counted
 (`authz_limit_evictions_total{store="usage_plan"}`) with a warning."""
 RULE_ENTRIES = 100_000
 """The bound on each rate rule's window buckets in process: a rule keyed on what a client chooses (a header, an
@@ -420,6 +421,98 @@ def _evictions(store: str, warn: bool = False) -> Callable[[int], None]:
     return evicted
 
 
+class QuotaCount:
+    """One key's count in its current quota period of one kind, updated in place: the period's bounds are
+    worked out when a period begins, not on every request."""
+
+    __slots__ = ("end", "end_us", "initial", "marker_until", "start", "start_us", "used")
+
+    def __init__(self) -> None:
+        self.start = self.end = self.start_us = self.end_us = 0
+        """The current period's bounds (epoch seconds, and µs); 0: none yet."""
+        self.used = 0
+        """Requests counted in the current period."""
+        self.initial = -1
+        """The start of the key's initial period (the offset's), while `marker_until` has not passed."""
+        self.marker_until = 0
+        """When the initial-period record expires (µs): `INITIAL_MARKER_SECONDS` after the key's latest new
+        period; a key idle for longer is metered as new."""
+
+    def roll(self, kind: Period, now: int) -> None:
+        """Move to the period holding `now` (µs), its count at 0; a key without a live initial-period record
+        makes this period its initial one."""
+        self.start, self.end = period_bounds(kind, now // MICROS)
+        self.start_us, self.end_us, self.used = self.start * MICROS, self.end * MICROS, 0
+        if self.marker_until <= now:
+            self.initial, self.marker_until = self.start, now + INITIAL_MARKER_SECONDS * MICROS
+
+
+class KeyState:
+    """Everything one usage-plan key holds in process, mutated in place: one dict lookup finds it, and the common
+    allow writes a few integers and allocates nothing."""
+
+    __slots__ = ("expires", "quotas", "tats", "written")
+
+    def __init__(self) -> None:
+        self.tats: dict[str, int] = {}
+        """Each bucket's TAT (µs), by bucket name ("" the plan-wide one); one in the past is a full bucket."""
+        self.quotas: dict[str, QuotaCount] = {}
+        """The quota counts, by period kind (a reload may change a plan's period: each kind keeps its own)."""
+        self.expires = 0
+        """When everything here has expired (µs): the latest TAT, initial-period record."""
+        self.written = 0
+        """When it was last metered (µs): eviction at the bound takes the least recently metered."""
+
+    def count(self, kind: Period) -> QuotaCount:
+        """The quota count of `kind`, made on its first use (it has no period yet)."""
+        count = self.quotas[kind] = QuotaCount()
+        return count
+
+
+class PlanStore:
+    """The usage-plan state of every key (`KeyState`), bounded to `max_entries` keys.
+
+    A key's state is never removed on the hot path: expired state reads as a full bucket and a fresh period.
+    Expired keys are swept out whenever the store has doubled since the last sweep (amortized O(1) a new key).
+    Only at `max_entries` do live keys go: the least recently metered, down to nine tenths of the bound, each
+    counted by `evicted` (a sort of the store, once per tenth of the bound's new keys: a bound no key file
+    reaches)."""
+
+    def __init__(self, max_entries: int, evicted: Callable[[int], None] | None = None) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self.evicted = evicted
+        self.keys: dict[str, KeyState] = {}
+        self._sweep_at = min(max_entries, SWEEP_FLOOR)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def state(self, key: str, now: int) -> KeyState:
+        """`key`'s state, made on its first use."""
+        state = self.keys.get(key)
+        if state is None:
+            if len(self.keys) >= self._sweep_at:
+                self._make_room(now)
+            state = self.keys[key] = KeyState()
+        return state
+
+    def _make_room(self, now: int) -> None:
+        keys = self.keys
+        full = len(keys) >= self.max_entries
+        for key in [k for k, state in keys.items() if state.expires <= now]:
+            del keys[key]
+        keep = self.max_entries - max(1, self.max_entries // 10)
+        if full and len(keys) > keep:
+            evict = len(keys) - keep
+            for key in sorted(keys, key=lambda k: keys[k].written)[:evict]:
+                del keys[key]
+            if self.evicted is not None:
+                self.evicted(evict)
+        self._sweep_at = min(self.max_entries, max(SWEEP_FLOOR, 2 * len(keys)))
+
+
 class LocalCounters:
     """Counters in this process: exact for one process, bounded in memory (the module docstring says how).
 
@@ -438,7 +531,7 @@ class LocalCounters:
         max_rule_entries: int = RULE_ENTRIES,
     ) -> None:
         self.clock = clock
-        self.plans = ExpiringStore(max_plan_entries, _evictions("usage_plan", warn=True))
+        self.plans = PlanStore(max_plan_entries, _evictions("usage_plan", warn=True))
         self.max_rule_entries = max_rule_entries
         self.rules: dict[str, ExpiringStore] = {}
 
@@ -468,44 +561,69 @@ class LocalCounters:
         """`meter`, synchronously (nothing here waits)."""
         if throttle is None and quota is None:
             return UNLIMITED
-        now, store = self.now_us(), self.plans
-        state = period = None
+        now = self.now_us()
+        refused = self._judge(key, throttle, quota, bucket, now)
+        return refused if refused is not None else self._admitted(self.plans.keys[key], throttle, quota, bucket, now)
+
+    def refusal(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission | None:
+        """`meter_now` for a caller that needs only refusals (the usage-plan gate: an allow carries no headers):
+        None when the request is admitted, and counted, without building the allowed `Admission`."""
+        if throttle is None and quota is None:
+            return None
+        return self._judge(key, throttle, quota, bucket, self.now_us())
+
+    def _judge(
+        self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str, now: int
+    ) -> Admission | None:
+        """One request of `key` at `now`: `gcra` and the quota fused on the key's mutable state (the pure
+        functions above remain the reference, and build every refusal); None when admitted and counted."""
+        state = self.plans.keys.get(key) or self.plans.state(key, now)
+        state.written = now
+        tats, tat, count = state.tats, 0, None
         if throttle is not None:
-            stored = store.get(("tat", key, bucket), now) or 0
-            state = gcra(stored, now, throttle)
-            if not state.allowed:
-                if state.tat != stored:  # capped: stored under a slower throttle (see gcra)
-                    store.put(("tat", key, bucket), state.tat, state.tat, now)
-                return meter_admission(meter_reply(1, state, None, now), throttle, quota)
+            stored = tats.get(bucket, 0)
+            tat, cap = (stored if stored > now else now), now + throttle.window_us
+            if tat > cap:  # capped: see gcra
+                tat = cap
+            if tat - now > throttle.tolerance_us:
+                if tat != stored:
+                    tats[bucket] = tat
+                    state.expires = max(state.expires, tat)
+                return meter_admission(meter_reply(1, gcra(stored, now, throttle), None, now), throttle, quota)
         if quota is not None:
-            period = self._period(key, quota, now)
-            if period.used >= period.limit:
-                return meter_admission(meter_reply(2, state, period, now), throttle, quota)
-        if state is not None:
-            store.put(("tat", key, bucket), state.tat, state.tat, now)  # a TAT in the past is a full bucket: forget it
-        if quota is not None and period is not None:
-            self._count(key, quota.period, period, now)
-        return meter_admission(meter_reply(0, state, period, now), throttle, quota)
+            count = state.quotas.get(quota.period) or state.count(quota.period)
+            if not count.start_us <= now < count.end_us:  # a new period: its bounds worked out once
+                count.roll(quota.period, now)
+                state.expires = max(state.expires, count.marker_until)
+            limit = quota.initial_limit if count.initial == count.start else quota.limit
+            if count.used >= limit:
+                period = QuotaPeriod(limit, count.used, count.start, count.end)
+                return meter_admission(meter_reply(2, None, period, now), throttle, quota)
+        if throttle is not None:
+            tat += throttle.interval_us
+            tats[bucket] = tat
+            if tat > state.expires:
+                state.expires = tat
+        if count is not None:
+            if not count.used:  # a period's first request renews the initial-period record
+                count.marker_until = now + INITIAL_MARKER_SECONDS * MICROS
+                if count.marker_until > state.expires:
+                    state.expires = count.marker_until
+            count.used += 1
+        return None
 
-    def _period(self, key: str, quota: Quota, now: int) -> QuotaPeriod:
-        """The key's current period; records it as the initial one if the key has none yet."""
-        start, end = period_bounds(quota.period, now // MICROS)
-        marker = ("q0", key, quota.period)
-        initial = self.plans.get(marker, now)
-        if initial is None:
-            initial = start
-            self.plans.put(marker, start, now + INITIAL_MARKER_SECONDS * MICROS, now)
-        used = self.plans.get(("q", key, quota.period, start), now) or 0
-        return QuotaPeriod(quota.applies(initial == start), used, start, end)
-
-    def _count(self, key: str, kind: Period, period: QuotaPeriod, now: int) -> None:
-        """Count one request in `period`; the first of a period renews the initial-period record."""
-        expires = (period.end + QUOTA_MARGIN_SECONDS) * MICROS
-        self.plans.put(("q", key, kind, period.start), period.used + 1, expires, now)
-        marker = ("q0", key, kind)
-        initial = self.plans.get(marker, now) if period.used == 0 else None
-        if initial is not None:
-            self.plans.put(marker, initial, now + INITIAL_MARKER_SECONDS * MICROS, now)
+    @staticmethod
+    def _admitted(state: KeyState, throttle: Throttle | None, quota: Quota | None, bucket: str, now: int) -> Admission:
+        """The Admission of a request `_judge` just admitted, from the state it left."""
+        step = period = None
+        if throttle is not None:
+            debt = state.tats[bucket] - now
+            step = Gcra(True, state.tats[bucket], (throttle.window_us - debt) // throttle.interval_us, debt, 0)
+        if quota is not None:
+            count = state.quotas[quota.period]
+            limit = quota.initial_limit if count.initial == count.start else quota.limit
+            period = QuotaPeriod(limit, count.used - 1, count.start, count.end)
+        return meter_admission(meter_reply(0, step, period, now), throttle, quota)
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
         return self.hit_now(key, window, count_only)
@@ -525,9 +643,13 @@ class LocalCounters:
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
         now = self.now_us()
         start, _ = period_bounds(quota.period, now // MICROS)
-        initial = self.plans.get(("q0", key, quota.period), now)
-        used = self.plans.get(("q", key, quota.period, start), now) or 0
-        return used, max(0, quota.applies(initial in (None, start)) - used)
+        state = self.plans.keys.get(key)
+        count = state.quotas.get(quota.period) if state is not None else None
+        if count is None:
+            return 0, quota.initial_limit  # never metered: this period would be its initial one
+        used = count.used if count.start == start and now < count.end_us else 0
+        initial = count.initial if count.marker_until > now else start  # no live record: as if never metered
+        return used, max(0, quota.applies(initial == start) - used)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -22,16 +22,16 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import reasons
-from ..metrics import GATE_DECISIONS, USAGE_KEY_DECISIONS
+from ..metrics import GATE_DECISIONS, USAGE_KEY_DECISIONS, Tally, tally
 from ..policy.context import ContextSettings, client_address, parse_ip
 from ..request import Decision, Principal, Request, judged_method
 from ..settings import ApiKeySettings, Config, ForwardedIpSettings, RateLimitSettings, UsagePlanSettings
-from .apikeys import ApiKeyStore, check_key
+from .apikeys import ApiKey, ApiKeyStore, judge_key
 from .base import AdmitGate, MeterGate
-from .counters import Admission, Counters, Quota, Throttle, Window
+from .counters import Admission, Counters, LocalCounters, Quota, Throttle, Window
 
 if TYPE_CHECKING:
     from ..settings import ThrottleSettings
@@ -117,7 +117,11 @@ class UsagePlanGate(MeterGate):
         self.counters = counters
         self.clock = clock
         self.key_id_labels = key_id_labels
-        self._tallies: dict[tuple[str, str], Any] = {}
+        self._tallies: dict[tuple[str, str], Tally] = {}
+        self._admitted: dict[str, Tally] = {}
+        """Each plan's `ok` tally, found with one lookup on the common allow."""
+        self._refusal = counters.refusal if isinstance(counters, LocalCounters) else None
+        """The in-process counters' synchronous meter, which builds an `Admission` only for a refusal."""
 
     def presented(self, request: Request, principal: Principal | None) -> str | None:
         """The key value this request presents: its header, or the Lambda authorizer's `usageIdentifierKey`."""
@@ -126,20 +130,24 @@ class UsagePlanGate(MeterGate):
         return request.headers.get(self.header)
 
     async def meter(self, request: Request, route: str, allowed: Decision) -> Decision | None:
-        key, why = check_key(
-            self.keys.current(), self.presented(request, allowed.principal), request.time or self.clock()
-        )
+        value = self.presented(request, allowed.principal) if self.from_authorizer else request.headers.get(self.header)
+        key = self.keys.current().find(value) if value else None
         plan = self.plans.get(key.plan) if key is not None and key.plan is not None else None
-        if key is None or why != "ok" or plan is None:
-            self._tally(key.plan if key is not None and key.plan else "", why)
-            if key is not None and log.isEnabledFor(logging.DEBUG):
-                log.debug("api key %s refused on route %s: %s", key.id, route, why if plan else "in no usage plan")
-            return replace(INVALID_API_KEY, gate=self.name)
+        expires = key.expires if key is not None else None
+        if key is None or plan is None or not key.enabled or (expires is not None and self._now(request) >= expires):
+            return self._invalid(key, value, route, self._now(request))
         limits = plan.limits(route)
         if limits.throttle is None and limits.quota is None:
-            self._count(plan.name, key.id, "ok")
+            self._ok(plan.name, key.id)
             return None
-        admission = await self.counters.meter(f"{plan.name}:{key.id}", limits.throttle, limits.quota, limits.bucket)
+        name = f"{plan.name}:{key.id}"
+        if self._refusal is not None:  # in process: nothing to wait for, and an allow builds nothing
+            admission = self._refusal(name, limits.throttle, limits.quota, limits.bucket)
+            if admission is None:
+                self._ok(plan.name, key.id)
+                return None
+        else:
+            admission = await self.counters.meter(name, limits.throttle, limits.quota, limits.bucket)
         self._count(plan.name, key.id, admission.reason)
         if admission.allowed:
             return None
@@ -147,6 +155,27 @@ class UsagePlanGate(MeterGate):
         if admission.reason == "quota":
             return refusal(admission, reasons.QUOTA_EXCEEDED, LIMIT_EXCEEDED, 429, "quota", gate)
         return refusal(admission, reasons.THROTTLED, TOO_MANY_REQUESTS, 429, "throttle", gate)
+
+    def _now(self, request: Request) -> float:
+        return request.time or self.clock()
+
+    def _invalid(self, key: ApiKey | None, value: str | None, route: str, now: float) -> Decision:
+        """The 403 for a key that is missing, unknown, disabled, expired or in no plan, counted by why."""
+        why = judge_key(key, value, now)
+        in_plan = key is not None and key.plan is not None and key.plan in self.plans
+        self._tally(key.plan if key is not None and key.plan else "", why)
+        if key is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("api key %s refused on route %s: %s", key.id, route, why if in_plan else "in no usage plan")
+        return replace(INVALID_API_KEY, gate=self.name)
+
+    def _ok(self, plan: str, key_id: str) -> None:
+        """`_count` of an admitted request."""
+        admitted = self._admitted.get(plan)
+        if admitted is None:
+            admitted = self._admitted[plan] = tally(GATE_DECISIONS, self.name, plan, "ok")
+        admitted.inc()
+        if self.key_id_labels:
+            USAGE_KEY_DECISIONS.labels(plan, key_id, "ok").inc()
 
     def _count(self, plan: str, key_id: str, outcome: str) -> None:
         self._tally(plan, outcome)
@@ -157,7 +186,7 @@ class UsagePlanGate(MeterGate):
         """Count one outcome; each (plan, outcome) child is looked up once (plans and outcomes are few)."""
         child = self._tallies.get((plan, outcome))
         if child is None:
-            child = self._tallies[(plan, outcome)] = GATE_DECISIONS.labels(self.name, plan, outcome)
+            child = self._tallies[(plan, outcome)] = tally(GATE_DECISIONS, self.name, plan, outcome)
         child.inc()
 
 
@@ -234,9 +263,9 @@ class RateLimitGate(AdmitGate, MeterGate):
         self.counters = counters
         self.refused = reasons.deny(reasons.RATE_LIMITED, "Forbidden" if rule.status == 403 else "", rule.status)
         self.noted = replace(_COUNTED, gate=f"count:{rule.name}")
-        self._ok = GATE_DECISIONS.labels("rate_limit", rule.name, "ok").inc
-        self._counted = GATE_DECISIONS.labels("rate_limit", rule.name, "counted").inc
-        self._blocked = GATE_DECISIONS.labels("rate_limit", rule.name, "blocked").inc
+        self._ok = tally(GATE_DECISIONS, "rate_limit", rule.name, "ok").inc
+        self._counted = tally(GATE_DECISIONS, "rate_limit", rule.name, "counted").inc
+        self._blocked = tally(GATE_DECISIONS, "rate_limit", rule.name, "blocked").inc
 
     async def admit(self, request: Request, route: str) -> Decision | None:
         return await self._judge(request, route, None)

@@ -10,16 +10,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sidecar.limits.counters import (
+    MICROS,
     RULE_ENTRIES,
     UNLIMITED,
+    Admission,
     ExpiringStore,
     Gcra,
     LocalCounters,
     Period,
     Quota,
+    QuotaPeriod,
     Throttle,
     Window,
     gcra,
+    meter_admission,
+    meter_reply,
     period_bounds,
     sliding_window,
 )
@@ -378,3 +383,58 @@ async def test_a_rule_store_left_idle_is_dropped_when_another_rule_s_is_made() -
     clock.now += 120
     await counters.hit("third:ip", Window(60, 10))
     assert set(counters.rules) == {"third"}  # both idle: nothing they held was still counting
+
+
+class _Reference:
+    """The in-process meter as the pure functions state it (`gcra`, `period_bounds`, `meter_admission`), on plain
+    dicts with no expiry and no bound: what the fused in-place path must answer, request for request."""
+
+    def __init__(self) -> None:
+        self.tats: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.initial: dict[tuple[str, str], int] = {}
+
+    def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str, now: int) -> Admission:
+        step = period = None
+        if throttle is not None:
+            stored = self.tats.get((key, bucket), 0)
+            step = gcra(stored, now, throttle)
+            if not step.allowed:
+                self.tats[(key, bucket)] = step.tat
+                return meter_admission(meter_reply(1, step, None, now), throttle, quota)
+        if quota is not None:
+            start, end = period_bounds(quota.period, now // MICROS)
+            initial = self.initial.setdefault((key, quota.period), start)
+            used = self.counts.get((key, quota.period, start), 0)
+            period = QuotaPeriod(quota.applies(initial == start), used, start, end)
+            if used >= period.limit:
+                return meter_admission(meter_reply(2, step, period, now), throttle, quota)
+            self.counts[(key, quota.period, start)] = used + 1
+        if step is not None:
+            self.tats[(key, bucket)] = step.tat
+        return meter_admission(meter_reply(0, step, period, now), throttle, quota)
+
+
+def test_the_fused_in_process_meter_answers_as_the_reference_functions_do() -> None:
+    """Random keys, buckets, throttles (changed as a reload would), quotas with offsets and periods, and time steps
+    from 0 to two days: every Admission equals the reference's, and `refusal` is None exactly for the allows."""
+    rnd = random.Random(2121)
+    clock = Clock(T0)
+    counters, reference = LocalCounters(clock), _Reference()
+    throttles = [None, Throttle(1, 1), Throttle(5, 3), Throttle(0.5, 2), Throttle(1000, 50)]
+    quotas = [None, Quota(5, "DAY"), Quota(20, "WEEK", offset=7), Quota(3, "MONTH", offset=1)]
+    refused = 0
+    for index in range(20_000):
+        clock.now += rnd.choice([0, 0, 1e-6, 0.001, 0.2, 1.0, 3600.0, 86_400.0, 2 * 86_400.0])
+        key, bucket = rnd.choice(["gold:a", "gold:b", "silver:c"]), rnd.choice(["", "GET /pets/{id}"])
+        throttle, quota = rnd.choice(throttles), rnd.choice(quotas)
+        if throttle is None and quota is None:
+            continue
+        now = counters.now_us()
+        expected = reference.meter(key, throttle, quota, bucket, now)
+        if index % 2:
+            assert counters.meter_now(key, throttle, quota, bucket) == expected, (index, key, throttle, quota)
+        else:
+            assert counters.refusal(key, throttle, quota, bucket) == (None if expected.allowed else expected), index
+        refused += not expected.allowed
+    assert refused > 1000
