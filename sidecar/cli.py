@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     from .limits.usage_cli import add_parser as add_usage_parser
 
     add_usage_parser(sub)
+    from .harness.envoy_config_cli import add_parser as add_envoy_config_parser
+
+    add_envoy_config_parser(sub)
     return parser
 
 
@@ -125,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lambda-serve": _lambda_serve,
         "api-keys": _api_keys,
         "usage": _usage,
+        "envoy-config": _envoy_config,
     }[args.command]
     # httpx logs every request at INFO; the JWKS fetcher logs what matters (failures, key sets) itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -234,6 +238,12 @@ def _usage(args: argparse.Namespace) -> int:
     from .limits.usage_cli import run
 
     return run(args, load_config)
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    from .harness.envoy_config_cli import run
+
+    return run(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

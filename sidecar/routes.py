@@ -158,8 +158,13 @@ class RouteTable(Generic[T]):
         self._default: Match[T] | None = None
         self._has_templates = False
         self._memo: BoundedMemo[tuple[str, str], Match[T] | None] = BoundedMemo(_MEMO_SIZE)
+        entries = []
         for text, target in routes:
-            self._add(parse_match(text), text.strip(), target)
+            key = parse_match(text)
+            self._add(key, text.strip(), target)
+            entries.append((key, text.strip(), target))
+        self.entries: tuple[tuple[RouteKey, str, T], ...] = tuple(entries)
+        """Every route as given: (parsed key, key text, target), for tools that render the table elsewhere."""
 
     def _add(self, key: RouteKey, text: str, target: T) -> None:
         if key.is_default:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from ..hop import HopNeeds
 from ..policy.context import DEFAULT_SETTINGS, ContextSettings
 from ..request import Principal, Request
 from ..settings import AuthorizerSettings
@@ -122,6 +123,12 @@ class Authorizer(abc.ABC):
         does not set them itself: a client must never pass its own `x-user-id` to the upstream on a route whose
         authorizer happens not to write that header."""
         return frozenset()
+
+    def hop_needs(self) -> HopNeeds:
+        """What of a request this authorizer reads (`sidecar.hop`): the ext_authz settings Envoy is given
+        (`envoy-config`) send no more than what every route's parts read. Every header unless a type says less:
+        a type that reads headers it cannot name in advance, or does not say, must get them all."""
+        return HopNeeds.everything(f"authorizer {self.name} (type {self.kind}) does not name the headers it reads")
 
     def fingerprint(self, request: Request) -> bytes | None:
         """A digest of the credential this request presents, or None if decisions about it must not be cached.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ..hop import NOTHING, HopNeeds
 from ..reasons import ROUTE_DENY, STATUS_FORBIDDEN, Denied
 from ..request import ANONYMOUS, Principal, Request
 from .base import Authorizer, AuthorizerSettings, BuildContext
@@ -38,6 +39,10 @@ class NoneAuthorizer(Authorizer):
     def fingerprint(self, request: Request) -> bytes | None:
         return b"anonymous"
 
+    def hop_needs(self) -> HopNeeds:
+        """Nothing: the anonymous caller is everyone."""
+        return NOTHING
+
     async def authenticate(self, request: Request) -> Principal:
         return ANONYMOUS
 
@@ -51,6 +56,10 @@ class DenyAuthorizer(Authorizer):
 
     def fingerprint(self, request: Request) -> bytes | None:
         return b"-"
+
+    def hop_needs(self) -> HopNeeds:
+        """Nothing: every request is refused, whatever it carries."""
+        return NOTHING
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(name)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ...cache.local import LocalCache
+from ...hop import HopNeeds
 from ...log_throttle import ThrottledWarning
 from ...memo import BoundedMemo
 from ...policy.combine import EXPLICIT_DENY
@@ -297,6 +298,12 @@ class LambdaAuthorizer(Authorizer):
         """Handler failures, at most one line per 10 s for this authorizer (its route siblings share it): a stuck
         or overloaded handler fails every Check at once (each still counted in the decision metrics), and a line
         per Check would flood the log."""
+
+    def hop_needs(self) -> HopNeeds:
+        """Every header: a REQUEST event carries them all, and a returned policy may read any of them."""
+        return HopNeeds.everything(
+            f"authorizer {self.name} (lambda): its events carry every header, and a policy it returns may read any"
+        )
 
     def for_route(self, route: RouteSettings) -> LambdaAuthorizer:
         """A sibling that knows `route` (events name it; `identity+route` keys on it); the invoker and the result

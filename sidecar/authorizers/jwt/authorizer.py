@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from ...explanation import Step, refused, shown_value, when
+from ...hop import HopNeeds
 from ...reasons import STATUS_UNAUTHORIZED, Denied
 from ...request import CompactMap, Principal, Request
 from ..base import Authorizer, IdentitySide
@@ -136,6 +137,11 @@ class JwtAuthorizer(Authorizer):
 
     def upstream_header_names(self) -> frozenset[str]:
         return frozenset(header for _, header in self.claim_to_headers)
+
+    def hop_needs(self) -> HopNeeds:
+        """The identity sources' headers (a cookie source reads `cookie`; a query source, the path)."""
+        names = [s.name if s.where == "header" else "cookie" for s in self.sources if s.where != "query"]
+        return HopNeeds.of(names, f"authorizer {self.name} reads its token from {', '.join(names) or 'the query'}")
 
     def fingerprint(self, request: Request) -> bytes | None:
         """SHA-256 of the presented token (the key of the verified-token cache), or None when there is none.

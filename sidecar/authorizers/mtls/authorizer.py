@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from ...hop import HopNeeds
 from ...memo import BoundedMemo
 from ...metrics import ReloadStatus
 from ...request import Principal, Request
@@ -54,6 +55,9 @@ class MtlsAuthorizer(Authorizer):
             context=policy_context(cert),
             expires_at=verdict.valid_until,
         )
+
+    def hop_needs(self) -> HopNeeds:
+        return self.engine.hop_needs(f"authorizer {self.name} (mtls)")
 
     def fingerprint(self, request: Request) -> bytes | None:
         """None: see the module's docstring."""

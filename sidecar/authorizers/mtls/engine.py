@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 
 from ...explanation import Step, refused, shown_value, when
+from ...hop import HopNeeds
 from ...metrics import ReloadStatus
 from ...reasons import CLIENT_CERT_INVALID, CLIENT_CERT_MISSING, STATUS_FORBIDDEN, STATUS_UNAUTHORIZED, Denied
 from ...request import Request
@@ -45,6 +46,13 @@ class ClientCertVerifier(WatchedStore):
         self.rules = rules
         self.cache = VerifyCache(cache_size)
         self._clock = clock
+
+    def hop_needs(self, who: str) -> HopNeeds:
+        """What the certificate sources read: Envoy's `source.certificate` (in HTTP mode the header Envoy adds),
+        the XFCC header, RFC 9440's two headers."""
+        headers = {"envoy": ("x-authz-peer-certificate",), "xfcc": ("x-forwarded-client-cert",)}
+        names = [h for n in self.sources.names for h in headers.get(n, ("client-cert", "client-cert-chain"))]
+        return HopNeeds.of(names, f"{who} reads a client certificate", peer_cert="envoy" in self.sources.names)
 
     def verify_request(self, request: Request) -> ClientCert:
         """The request's verified client certificate, or `Denied` (`ClientCertMissing` 401, the others 403)."""

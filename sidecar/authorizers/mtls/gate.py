@@ -8,6 +8,7 @@ only required, not the caller: the route's own authorizer still names who calls.
 
 from __future__ import annotations
 
+from ...hop import HopNeeds
 from ...limits import AdmitGate
 from ...reasons import Denied
 from ...request import Decision, Request
@@ -21,6 +22,10 @@ class ClientCertGate(AdmitGate):
 
     def __init__(self, engine: ClientCertVerifier) -> None:
         self.engine = engine
+
+    def hop_needs(self, route: str) -> HopNeeds:
+        """What the engine's certificate sources read (`envoy-config`)."""
+        return self.engine.hop_needs(f"route {route}'s require_client_cert")
 
     async def admit(self, request: Request, route: str) -> Decision | None:
         try:

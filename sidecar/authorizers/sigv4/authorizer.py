@@ -11,6 +11,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ...hop import HopNeeds
 from ...reasons import Denied
 from ...request import Principal, Request
 from ..base import Authorizer
@@ -96,6 +97,11 @@ class SigV4Authorizer(Authorizer):
 
     def upstream_header_names(self) -> frozenset[str]:
         return identity_header_names(self.upstream_headers)
+
+    def hop_needs(self) -> HopNeeds:
+        """Every header (a signature covers whichever headers the client chose to sign) and the body (its hash)."""
+        why = f"authorizer {self.name} (sigv4) verifies signatures over any headers the client signed and the body"
+        return HopNeeds(headers=None, body=True, why=(why,))
 
     def for_route(self, route: RouteSettings) -> Authorizer:
         """A route's `replay_guard` overrides the authorizer's: such routes get a sibling instance that shares

@@ -1,0 +1,245 @@
+"""`authz-sidecar envoy-config CONFIG`: the shipped Envoy bootstrap, fitted to one sidecar config.
+
+The shipped files (`render_envoy_config`) must serve any config, so they send everything: every header, the
+body, the peer certificate. This renders the same bootstrap with only what the config's routes read crossing the
+hop (`sidecar.hop`): a token the sidecar never reads, or a body no route verifies, stays in Envoy.
+
+- **Routes.** Each sidecar route gets an Envoy route (`envoy_routes`: sound matchers in the sidecar's precedence
+  order) and a catch-all takes the rest. The body goes only to routes that need it, through per-route
+  `check_settings.with_request_body`; the catch-all gets it if any route does.
+- **Profiles.** Envoy sets `allowed_headers` and `include_peer_certificate` per filter, not per route, so the
+  filter is repeated once per distinct need (every header or the named ones; with or without the certificate)
+  and each route enables exactly one (`ExtAuthzPerRoute.disabled` on the others). The named set is the same for
+  every profile: the union of every header any part of the config names, so a request Envoy files under one route
+  still carries every header another route's policy or rate rule reads.
+- What every request needs (`BASE_HEADERS`): the forwarded chain and scheme Envoy writes and the request id.
+
+The renderer changes only the ext_authz filters and the route list of the template's `ingress` listener, and
+writes YAML without the template's comments; `explain` says, route by route, what crosses and why.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ..hop import HopNeeds, union
+from ..policy.context import HEADER_PREFIX
+from ..runtime import CompiledRoute, Runtime
+from ..settings import Config
+from .envoy import SHIPPED, EnvoyPorts, render_envoy_config
+from .envoy_routes import EnvoyRoute, envoy_routes
+
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+BASE_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-request-id"})
+"""Read on every request: the source address and scheme (policies, rate rules, logs) and the request id (logs)."""
+PARTIAL_BODY = "x-envoy-auth-partial-body"
+HTTP_ADDED = ("x-authz-source-address", "x-authz-peer-certificate")
+"""What the HTTP-mode template adds to each check (`headers_to_add`); kept in `allowed_headers` too."""
+_KEY_HEADERS = {"aws:referer": "referer", "aws:useragent": "user-agent"}
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One ext_authz filter instance: every header or the named ones, with or without the peer certificate."""
+
+    all_headers: bool
+    peer_cert: bool
+
+    @property
+    def name(self) -> str:
+        """The filter's name (what routes key their per-route settings by)."""
+        return f"{EXT_AUTHZ}.{'all' if self.all_headers else 'named'}{'.cert' if self.peer_cert else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """What one Envoy route sends: its profile, whether the body goes, and why."""
+
+    key: str
+    needs: HopNeeds
+    profile: Profile
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The whole rendering: the named headers, each Envoy route's plan in order, the catch-all's, and the routes
+    left to the catch-all with why."""
+
+    named: frozenset[str]
+    routes: tuple[tuple[EnvoyRoute[CompiledRoute], RoutePlan], ...]
+    catch_all: RoutePlan
+    left: tuple[tuple[str, str], ...]
+
+    @property
+    def profiles(self) -> tuple[Profile, ...]:
+        """Every profile in use, catch-all's first."""
+        seen = [self.catch_all.profile]
+        for _, plan in self.routes:
+            if plan.profile not in seen:
+                seen.append(plan.profile)
+        return tuple(seen)
+
+
+def _policy_headers(keys: Iterable[str], who: str) -> HopNeeds:
+    names = [k[len(HEADER_PREFIX) :] for k in keys if k.startswith(HEADER_PREFIX)]
+    names += [_KEY_HEADERS[k] for k in keys if k in _KEY_HEADERS]
+    return HopNeeds.of(names, f"{who} reads {', '.join(sorted(set(names)))}")
+
+
+def _limit_headers(config: Config) -> HopNeeds:
+    """Headers the rate rules' keys and the API key source read (a rule whose key part is missing does not count
+    the request: leaving its header out would switch the rule off)."""
+    names: list[str] = []
+    keys = config.api_keys
+    wants_key = any(r.api_key_required for r in config.routes)
+    for rule in config.rate_limits:
+        for part in rule.key:
+            if part.lower().startswith("header:"):
+                names.append(part.split(":", 1)[1])
+            elif part == "forwarded_ip":
+                names.append(rule.forwarded_ip.header)
+            elif part == "api_key":
+                wants_key = True
+    if keys is not None and keys.source == "header" and wants_key:
+        names.append(keys.header)
+    return HopNeeds.of(names, f"rate rules and API keys read {', '.join(sorted(set(names)))}")
+
+
+def config_needs(runtime: Runtime) -> HopNeeds:
+    """What every request needs whatever its route: the base headers, the policies' header keys, the gates'."""
+    config = runtime.config
+    parts = [HopNeeds.of(BASE_HEADERS, "every request: the forwarded address and scheme, the request id")]
+    if runtime.resource_policy is not None:
+        parts.append(_policy_headers(runtime.resource_policy.context_keys, "the resource policy"))
+    if runtime.endpoint_policies is not None:
+        parts.append(_policy_headers(runtime.endpoint_policies.context_keys, "a VPC endpoint policy"))
+    settings = runtime.context_settings
+    origin = [h for h in (settings.vpce_header, settings.vpc_header) if h]
+    parts.append(HopNeeds.of(origin, "policy.vpce_header / vpc_header name the network origin"))
+    parts.append(_limit_headers(config))
+    return union(parts)
+
+
+def route_needs(runtime: Runtime, route: CompiledRoute, base: HopNeeds) -> HopNeeds:
+    """`base` and what this route's authorizer and certificate gate read (the body with `PARTIAL_BODY`)."""
+    needs = base | route.authorizer.hop_needs()
+    for gate in route.admit_gates:
+        declared = getattr(gate, "hop_needs", None)  # the certificate gate; rate rules are in `base`
+        if declared is not None:
+            needs = needs | declared(route.key)
+    if needs.body and needs.headers is not None:
+        needs = needs | HopNeeds.of([PARTIAL_BODY], "a body cut at the buffer limit is marked partial")
+    return needs
+
+
+def plan(runtime: Runtime) -> Plan:
+    """Which profile and body setting each route gets (see the module's docstring)."""
+    base = config_needs(runtime)
+    matchers, left = envoy_routes(runtime.routes)
+    by_key = {text: route_needs(runtime, target, base) for _, text, target in runtime.routes.entries}
+    routes = tuple((m, _route_plan(m.key, by_key[m.key])) for m in matchers)
+    everything = union([base, *by_key.values()])
+    catch_all = _route_plan("(catch-all)", everything)
+    named = frozenset().union(*(n.headers for n in (base, *by_key.values()) if n.headers is not None))
+    return Plan(named, routes, catch_all, tuple(left))
+
+
+def _route_plan(key: str, needs: HopNeeds) -> RoutePlan:
+    return RoutePlan(key, needs, Profile(needs.all_headers, needs.peer_cert))
+
+
+def render(runtime: Runtime, ports: EnvoyPorts | None = None, template: str = "envoy.yaml") -> str:
+    """The bootstrap YAML for `runtime`'s config (see the module's docstring); `ports`: the shipped file's."""
+    doc = yaml.safe_load(render_envoy_config(ports or SHIPPED[template], template))
+    built = plan(runtime)
+    hcm = _ingress_hcm(doc)
+    filters = hcm["http_filters"]
+    index = next(i for i, f in enumerate(filters) if f["name"] == EXT_AUTHZ)
+    original = filters[index]["typed_config"]
+    body = original.get("with_request_body")
+    filters[index : index + 1] = [_filter(original, p, built.named) for p in built.profiles]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    action = vhost["routes"][-1]["route"]
+    names = [p.name for p in built.profiles]
+    out = [_route(m.match(), action, rp, names, body) for m, rp in built.routes]
+    out.append(_route({"prefix": "/"}, action, built.catch_all, names, body))
+    vhost["routes"] = out
+    return _HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+_HEADER = """# Envoy in front of authz-sidecar, fitted to one sidecar config by `authz-sidecar envoy-config`: only
+# what the config's routes read crosses the hop (docs/envoy-config.md). Generated: edit the sidecar config and
+# render again.
+"""
+
+
+def _ingress_hcm(doc: Mapping[str, Any]) -> dict[str, Any]:
+    listener = next(x for x in doc["static_resources"]["listeners"] if x["name"] == "ingress")
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def _filter(original: Mapping[str, Any], profile: Profile, named: frozenset[str]) -> dict[str, Any]:
+    config = copy.deepcopy(dict(original))
+    config.pop("with_request_body", None)
+    http = config.get("http_service")
+    if profile.all_headers:
+        config.pop("allowed_headers", None)
+        if http is not None:  # Envoy's HTTP mode sends a fixed few unless told otherwise
+            config["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
+    else:
+        names = sorted(named | (set(HTTP_ADDED) if http is not None else set()))
+        config["allowed_headers"] = {"patterns": [{"exact": name} for name in names]}
+    if http is not None:
+        request = http.get("authorization_request", {})
+        added = request.get("headers_to_add", [])
+        request["headers_to_add"] = [
+            h for h in added if profile.peer_cert or h.get("key") != "x-authz-peer-certificate"
+        ]
+    else:
+        config["include_peer_certificate"] = profile.peer_cert
+    return {"name": profile.name, "typed_config": config}
+
+
+def _route(
+    match: Mapping[str, Any], action: Mapping[str, Any], plan: RoutePlan, names: list[str], body: Any
+) -> dict[str, Any]:
+    per_filter: dict[str, Any] = {}
+    for name in names:
+        if name != plan.profile.name:
+            per_filter[name] = {"@type": PER_ROUTE, "disabled": True}
+        elif plan.needs.body and body is not None:
+            per_filter[name] = {"@type": PER_ROUTE, "check_settings": {"with_request_body": copy.deepcopy(body)}}
+    route: dict[str, Any] = {"match": dict(match), "route": copy.deepcopy(dict(action))}
+    if per_filter:
+        route["typed_per_filter_config"] = per_filter
+    return route
+
+
+def explain(runtime: Runtime) -> str:
+    """Route by route, what crosses the hop and why (`envoy-config --explain`)."""
+    built = plan(runtime)
+    base = config_needs(runtime).why
+    lines = [f"named headers ({len(built.named)}): {', '.join(sorted(built.named))}"]
+    lines += [f"   because {why}" for why in base]
+    for position, (matcher, rp) in enumerate(built.routes, 1):
+        lines.append(f"{position}. {matcher.key}  path ~ {matcher.regex}  -> {_summary(rp)}")
+        lines += [f"     because {why}" for why in rp.needs.why if why not in base]
+    lines.append(f"{len(built.routes) + 1}. catch-all (every other request)  -> {_summary(built.catch_all)}")
+    lines += [f"   left to the catch-all: {key}: {why}" for key, why in built.left]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(rp: RoutePlan) -> str:
+    headers = "every header" if rp.needs.all_headers else "the named headers"
+    extras = [x for x, on in (("the body", rp.needs.body), ("the peer certificate", rp.needs.peer_cert)) if on]
+    return f"{headers}{''.join(', ' + x for x in extras)} (filter {rp.profile.name})"
+
+
+__all__ = ["Plan", "Profile", "RoutePlan", "config_needs", "explain", "plan", "render", "route_needs"]
