@@ -5,8 +5,11 @@ body, the peer certificate. This renders the same bootstrap with only what the c
 hop (`sidecar.hop`): a token the sidecar never reads, or a body no route verifies, stays in Envoy.
 
 - **Routes.** Each sidecar route gets an Envoy route (`envoy_routes`: sound matchers in the sidecar's precedence
-  order) and a catch-all takes the rest. The body goes only to routes that need it, through per-route
-  `check_settings.with_request_body`; the catch-all gets it if any route does.
+  order) and a catch-all takes the rest. The body goes only to routes that need it: a profile one of whose routes
+  needs it keeps the template's `with_request_body`, and its other routes turn buffering off
+  (`check_settings.disable_request_body_buffering`). Not the other way round: Envoy 1.40 sends a body enabled by a
+  per-route `with_request_body` as text, ignoring its `pack_as_bytes` (seen in the e2e test), and SigV4 must
+  hash the exact bytes. The catch-all gets the body if any route does.
 - **Profiles.** Envoy sets `allowed_headers` and `include_peer_certificate` per filter, not per route, so the
   filter is repeated once per distinct need (every header or the named ones; with or without the certificate)
   and each route enables exactly one (`ExtAuthzPerRoute.disabled` on the others). The named set is the same for
@@ -162,13 +165,14 @@ def render(runtime: Runtime, ports: EnvoyPorts | None = None, template: str = "e
     filters = hcm["http_filters"]
     index = next(i for i, f in enumerate(filters) if f["name"] == EXT_AUTHZ)
     original = filters[index]["typed_config"]
-    body = original.get("with_request_body")
-    filters[index : index + 1] = [_filter(original, p, built.named) for p in built.profiles]
+    plans = [rp for _, rp in built.routes] + [built.catch_all]
+    buffering = {rp.profile for rp in plans if rp.needs.body}
+    filters[index : index + 1] = [_filter(original, p, built.named, p in buffering) for p in built.profiles]
     vhost = hcm["route_config"]["virtual_hosts"][0]
     action = vhost["routes"][-1]["route"]
     names = [p.name for p in built.profiles]
-    out = [_route(m.match(), action, rp, names, body) for m, rp in built.routes]
-    out.append(_route({"prefix": "/"}, action, built.catch_all, names, body))
+    out = [_route(m.match(), action, rp, names, rp.profile in buffering) for m, rp in built.routes]
+    out.append(_route({"prefix": "/"}, action, built.catch_all, names, built.catch_all.profile in buffering))
     vhost["routes"] = out
     return _HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
@@ -185,9 +189,10 @@ def _ingress_hcm(doc: Mapping[str, Any]) -> dict[str, Any]:
     return manager
 
 
-def _filter(original: Mapping[str, Any], profile: Profile, named: frozenset[str]) -> dict[str, Any]:
+def _filter(original: Mapping[str, Any], profile: Profile, named: frozenset[str], body: bool) -> dict[str, Any]:
     config = copy.deepcopy(dict(original))
-    config.pop("with_request_body", None)
+    if not body:
+        config.pop("with_request_body", None)
     http = config.get("http_service")
     if profile.all_headers:
         config.pop("allowed_headers", None)
@@ -208,14 +213,16 @@ def _filter(original: Mapping[str, Any], profile: Profile, named: frozenset[str]
 
 
 def _route(
-    match: Mapping[str, Any], action: Mapping[str, Any], plan: RoutePlan, names: list[str], body: Any
+    match: Mapping[str, Any], action: Mapping[str, Any], plan: RoutePlan, names: list[str], buffering: bool
 ) -> dict[str, Any]:
+    """`buffering`: the route's filter buffers bodies (one of its routes needs them), so a route that does not
+    turns it off."""
     per_filter: dict[str, Any] = {}
     for name in names:
         if name != plan.profile.name:
             per_filter[name] = {"@type": PER_ROUTE, "disabled": True}
-        elif plan.needs.body and body is not None:
-            per_filter[name] = {"@type": PER_ROUTE, "check_settings": {"with_request_body": copy.deepcopy(body)}}
+        elif buffering and not plan.needs.body:
+            per_filter[name] = {"@type": PER_ROUTE, "check_settings": {"disable_request_body_buffering": True}}
     route: dict[str, Any] = {"match": dict(match), "route": copy.deepcopy(dict(action))}
     if per_filter:
         route["typed_per_filter_config"] = per_filter

@@ -62,6 +62,7 @@ def authz_stack() -> Iterator[StackFactory]:
             sidecar_args: tuple[str, ...] = (),
             envoy_edit: Callable[[str], str] | None = None,
             log_level: str | None = None,
+            envoy_render: Callable[[EnvoyPorts, str], str] | None = None,
             **envoy_options: object,
         ) -> Stack:
             grpc_port, admin_port = free_port(), free_port()
@@ -85,7 +86,8 @@ def authz_stack() -> Iterator[StackFactory]:
                 admin_port=free_port(),
                 **envoy_options,  # type: ignore[arg-type]
             )
-            envoy_text = render_envoy_config(ports, template)
+            # `envoy_render`: another rendering of the template for these ports (`envoy-config`'s).
+            envoy_text = (envoy_render or render_envoy_config)(ports, template)
             if envoy_edit is not None:  # a documented variation of the shipped file (e.g. normalization off)
                 envoy_text = envoy_edit(envoy_text)
             envoy = stack.enter_context(EnvoyProcess(envoy_text, ports.admin_port))
