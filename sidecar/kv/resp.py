@@ -1,20 +1,23 @@
-"""A lean Redis reader for hot reads: GET and MGET over one pipelined connection.
+"""A lean Redis client for the hot path: GET, MGET and Lua scripts (EVALSHA) over one pipelined connection.
 
 Why by hand: redis-py's asyncio client costs several times this reader's CPU per GET (pool checkout, stream
 reader, a timeout per call; measured side by side in docs/performance.md, `python -m benchmarks.micro_redis`),
-and a Redis lookup sits on every cache-missing Check. Here a command is one `transport.write`, and its reply is
-parsed in `data_received`: Redis answers in order, so one connection carries any number of lookups at once.
+and a Redis lookup sits on every cache-missing Check, a usage plan's script on every metered one. Here a command
+is one `transport.write`, and its reply is parsed in `data_received`: Redis answers in order, so one connection
+carries any number of commands at once, each bounded by the connection's one timer (no `asyncio.timeout`, so no
+Task, per call).
 
-Scope: reads, on plain `redis://host:port/db` URLs with an optional user and password (RESP2: no HELLO is sent).
-TLS (`rediss://`), unix sockets, URL options, Cluster and Sentinel, and every write stay on redis-py
-(`kv.redis_client` decides). A connection that times out, breaks or returns something unparsable is dropped;
-the next read opens a new one.
+Scope: the decision cache's reads and the gates' scripts (`evalsha`), on plain `redis://host:port/db` URLs with
+an optional user and password (RESP2: no HELLO is sent). TLS (`rediss://`), unix sockets, URL options, Cluster
+and Sentinel, and the cache's writes stay on redis-py (`kv.redis_client` decides). A connection that times out,
+breaks or returns something unparsable is dropped; the next command opens a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +27,10 @@ _MAX_REPLY = 64 * 1024 * 1024
 
 class RespError(Exception):
     """An error reply from Redis (`-ERR ...`)."""
+
+
+class SetupRefused(RespError, ConnectionError):
+    """Redis refused a new connection's AUTH or SELECT: an error reply, but to no caller's command."""
 
 
 class ProtocolError(ConnectionError):
@@ -77,6 +84,20 @@ def parse_reply(buffer: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
     if kind == 0x3A:  # : integer
         return _integer(line), after
     raise ProtocolError(f"unexpected RESP type byte {kind!r}")
+
+
+def _argument(value: str | int) -> bytes:
+    return b"%d" % value if isinstance(value, int) else value.encode("utf-8", "surrogatepass")
+
+
+def is_script_error(message: str) -> bool:
+    """Whether an error reply to EVAL/EVALSHA is the script's own failure (a bug, arguments it cannot take:
+    `ERR user_script:1: ...`, `ERR value is not an integer ...` from a `redis.call`) rather than Redis unable to
+    serve (`BUSY`, `NOSCRIPT`, `READONLY`, `OOM`, `LOADING`, `MISCONF`, `CLUSTERDOWN`, `MOVED`, ...): after an
+    `ERR` prefix, no upper-case error code leads the message. redis-py's own classification says the same."""
+    body = message[4:] if message.startswith("ERR ") else message
+    head = body.split(" ", 1)[0]
+    return not (head.isalpha() and head.isupper())
 
 
 def _integer(line: bytes) -> int:
@@ -181,7 +202,8 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class LeanReader:
-    """GET/MGET against one Redis server over a single pipelined connection, reconnecting on demand."""
+    """GET, MGET and scripts against one Redis server over a single pipelined connection, reconnecting on
+    demand."""
 
     times_reads = True
     """Each read fails after `timeout` by itself: callers need no `asyncio.timeout` of their own."""
@@ -226,6 +248,18 @@ class LeanReader:
             raise ProtocolError("MGET did not answer with an array")
         return found
 
+    async def evalsha(self, sha: bytes, script: bytes, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Run a Lua script by its SHA-1 (`EVALSHA`); when the server has not got it (`NOSCRIPT`: restarted, or
+        `SCRIPT FLUSH`) by its text (`EVAL`, which caches it again). The script's reply as `parse_reply` gives it,
+        unchecked (the caller knows its shape); an error reply raises `RespError`."""
+        tail = (b"%d" % len(keys), *(key.encode("utf-8", "surrogatepass") for key in keys), *map(_argument, args))
+        try:
+            return await self.execute(b"EVALSHA", sha, *tail)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT "):
+                raise
+        return await self.execute(b"EVAL", script, *tail)
+
     async def execute(self, *args: bytes) -> Any:
         """Send one command and wait for its reply (or the connection's timeout). A caller that stops waiting
         leaves its place in the queue: the reply is read and dropped, so the ones after it stay in step."""
@@ -250,6 +284,9 @@ class LeanReader:
                 await connection.send(encode_command(self._login))
             if self.db:
                 await connection.send(encode_command((b"SELECT", str(self.db).encode())))
+        except RespError as exc:  # refused (a wrong password, too many clients): Redis unusable, not a reply
+            connection.close()
+            raise SetupRefused(str(exc)) from None
         except BaseException:
             connection.close()
             raise

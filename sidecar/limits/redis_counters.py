@@ -35,7 +35,9 @@ from time import monotonic
 from typing import Any, Literal, TypeVar
 
 from ..inline import in_task
-from ..kv import Breaker, redis_client
+from ..kv import Breaker, LeanReader, redis_client
+from ..kv.resp import RespError
+from ..kv.resp import is_script_error as is_lean_script_error
 from ..log_throttle import ThrottledWarning
 from ..metrics import LIMIT_DEGRADED, LIMIT_FALLBACKS, tally
 from ..settings import LimitSettings, RedisSettings
@@ -181,14 +183,18 @@ return {used, is_initial}
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """A Lua script and its SHA-1 (what EVALSHA names it by)."""
+    """A Lua script and its SHA-1 (what EVALSHA names it by), also encoded as the lean client sends them."""
 
     name: str
     text: str
     sha: str = field(init=False)
+    encoded: bytes = field(init=False, repr=False)
+    sha_encoded: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest())
+        object.__setattr__(self, "encoded", self.text.encode())
+        object.__setattr__(self, "sha", hashlib.sha1(self.encoded, usedforsecurity=False).hexdigest())
+        object.__setattr__(self, "sha_encoded", self.sha.encode())
 
 
 METER = Script("meter", _PRELUDE + _CALENDAR + _METER)
@@ -221,8 +227,12 @@ def is_script_error(exc: BaseException, response_error: type[Exception]) -> bool
 class RedisCounters:
     """Counters shared through Redis (`Counters`); each method is one EVALSHA. Raises `CountersUnavailable`.
 
-    `client` is a redis-py asyncio client (plain, Cluster or Sentinel master; a `kv.SplitClient`'s redis-py side
-    is used). `clock` is for tests only: it sends the time (seconds) instead of letting the script read Redis's."""
+    `client` is a redis-py asyncio client (plain, Cluster or Sentinel master), a `kv.LeanReader`, or a
+    `kv.SplitClient`, whose lean side then runs the scripts. Through the lean client a call is one write on its
+    pipelined connection, bounded by that connection's one timer: no pool, no Task and no `asyncio.timeout` per
+    call, a fraction of redis-py's CPU (docs/performance.md). Through redis-py each call runs in a Task under
+    `asyncio.timeout(timeout)`. `clock` is for tests only: it sends the time (seconds) instead of letting the
+    script read Redis's."""
 
     def __init__(
         self,
@@ -234,6 +244,8 @@ class RedisCounters:
         from redis.exceptions import NoScriptError, ResponseError  # deferred like kv.client's redis imports
 
         self.client = client
+        self.lean: LeanReader | None = client if isinstance(client, LeanReader) else getattr(client, "reader", None)
+        """The lean client that runs the scripts, when there is one."""
         self.redis: Any = getattr(client, "writer", client)
         self.timeout = timeout
         self.prefix = prefix
@@ -248,9 +260,13 @@ class RedisCounters:
 
     async def load(self) -> None:
         """SCRIPT LOAD every script (optional: a first EVALSHA that finds none falls back to EVAL)."""
+        lean = self.lean
         for script in SCRIPTS:
-            text = script.text
-            await self._guarded(lambda: self.redis.script_load(text), script)  # noqa: B023  # awaited at once
+            text, encoded = script.text, script.encoded
+            if lean is not None:
+                await self._lean(script, lambda: lean.execute(b"SCRIPT", b"LOAD", encoded))  # noqa: B023  # awaited at once
+            else:
+                await self._guarded(lambda: self.redis.script_load(text), script)  # noqa: B023  # awaited at once
 
     async def meter(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission:
         if throttle is None and quota is None:
@@ -268,7 +284,10 @@ class RedisCounters:
             QUOTA_MARGIN_SECONDS,
             INITIAL_MARKER_SECONDS,
         )
-        return meter_admission(await self._run(METER, keys, args, 8), throttle, quota)
+        reply = await self._run(METER, keys, args, 8)
+        if reply[0] > 2:
+            raise CountersUnavailable("redis meter: malformed reply")
+        return meter_admission(reply, throttle, quota)
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
         span = window.seconds * 1000
@@ -282,17 +301,31 @@ class RedisCounters:
         used, initial = await self._run(USAGE, keys, (quota.period,), 2)
         return used, max(0, quota.applies(bool(initial)) - used)
 
-    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[object], size: int) -> list[int]:
-        """One script call, within the timeout, as `size` integers."""
+    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int], size: int) -> list[int]:
+        """One script call, within the timeout, as `size` integers (each >= 0, as every script answers): any
+        other reply (a string, a nested array, a float, a negative number) is `CountersUnavailable`."""
         now = "" if self.clock is None else str(round(self.clock() * MICROS))
-        reply = await self._guarded(lambda: self._evalsha(script, keys, (now, *args)), script)
-        try:
-            values = [int(value) for value in reply]
-        except (TypeError, ValueError) as exc:
-            raise CountersUnavailable(f"redis {script.name}: malformed reply") from exc
-        if len(values) != size:
+        lean = self.lean
+        if lean is not None:
+            call = (now, *args)
+            reply = await self._lean(script, lambda: lean.evalsha(script.sha_encoded, script.encoded, keys, call))
+        else:
+            reply = await self._guarded(lambda: self._evalsha(script, keys, (now, *args)), script)
+        if type(reply) is not list or len(reply) != size or not all(type(v) is int and v >= 0 for v in reply):
             raise CountersUnavailable(f"redis {script.name}: malformed reply")
-        return values
+        return reply
+
+    async def _lean(self, script: Script, command: Callable[[], Awaitable[T]]) -> T:
+        """`command` on the lean client, which bounds it by its connection's timer; any failure is
+        `CountersUnavailable`, a script error `ScriptFailed`."""
+        try:
+            return await command()
+        except RespError as exc:
+            if not isinstance(exc, ConnectionError) and is_lean_script_error(str(exc)):
+                raise ScriptFailed(f"redis {script.name}: {str(exc)[:200]}") from exc
+            raise CountersUnavailable(f"redis {script.name}: {str(exc).split(' ', 1)[0][:40]}") from exc
+        except Exception as exc:  # connection errors, timeouts, protocol errors: all mean "no answer"
+            raise CountersUnavailable(f"redis {script.name}: {exc.__class__.__name__}") from exc
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
@@ -461,16 +494,17 @@ def shared_counters(
     local: LocalCounters | None = None,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
 ) -> FallbackCounters:
-    """The counters of one of the config's Redis connections, with its breaker settings (scripts need redis-py,
-    so no lean reads) and `timeout_ms` (`limits.timeout_ms`), not the connection's own timeout: the decision
-    cache gives up on Redis sooner than a count should.
+    """The counters of one of the config's Redis connections, with its breaker settings and `timeout_ms`
+    (`limits.timeout_ms`), not the connection's own timeout: the decision cache gives up on Redis sooner than a
+    count should. The scripts run through the lean client where the connection allows it (`lean_reads`, a plain
+    `redis://` URL), else through redis-py.
 
     A call that times out may still have counted in Redis: the script was sent and runs when Redis gets to it.
     That request is then counted there as well as decided by `on_error`: refused and counted with `deny`, counted
     twice (in Redis and in process) with `local`, admitted and counted with `allow`. A timeout longer than
     Redis's usual stalls keeps this rare."""
     # the socket and pool timeouts too: redis-py's own would otherwise give up at the connection's timeout
-    client = redis_client(connection.model_copy(update={"lean_reads": False, "timeout_ms": timeout_ms}))
+    client = redis_client(connection.model_copy(update={"timeout_ms": timeout_ms}))
     breaker = Breaker(
         threshold=connection.breaker_threshold,
         cooldown=connection.breaker_cooldown,

@@ -43,18 +43,27 @@ def settings(url: str, cluster: bool = False, lean_reads: bool = False) -> Redis
     return RedisSettings(url=SecretStr(url), timeout_ms=1000, cluster=cluster, lean_reads=lean_reads)
 
 
-def shared(url: str, cluster: bool = False, clock: Callable[[], float] | None = None) -> RedisCounters:
-    return RedisCounters(redis_client(settings(url, cluster)), timeout=1.0, clock=clock)
+def shared(
+    url: str, cluster: bool = False, lean: bool = False, clock: Callable[[], float] | None = None
+) -> RedisCounters:
+    """Counters on `url`; `lean`: the scripts run through the lean client (a `SplitClient`, whose redis-py side
+    the tests still use for their own commands: SCRIPT FLUSH, TIME, SCAN)."""
+    return RedisCounters(redis_client(settings(url, cluster, lean_reads=lean)), timeout=1.0, clock=clock)
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def backend(request: pytest.FixtureRequest) -> tuple[str, bool]:
-    """(url, cluster) of a single redis-server or of the session's Redis Cluster."""
-    if request.param == "redis":
+Backend = tuple[str, bool, bool]
+"""(url, cluster, lean): what `shared` takes."""
+
+
+@pytest.fixture(params=["redis", "lean", "cluster"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """A single redis-server (scripts through redis-py, or through the lean client) or the session's Redis
+    Cluster."""
+    if request.param in ("redis", "lean"):
         server: RedisServer = request.getfixturevalue("redis_server")
-        return server.url, False
+        return server.url, False, request.param == "lean"
     nodes: RedisClusterServers = request.getfixturevalue("redis_cluster")
-    return nodes.url, True
+    return nodes.url, True, False
 
 
 def fresh(name: str) -> str:
@@ -70,7 +79,7 @@ async def redis_now(counters: RedisCounters) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-async def test_the_scripts_give_the_in_process_verdicts(backend: tuple[str, bool]) -> None:
+async def test_the_scripts_give_the_in_process_verdicts(backend: Backend) -> None:
     """The same requests at the same (sent) times: the same Admissions, period bounds in every calendar case."""
     now = [1_709_164_800.0 - 3600]  # 2024-02-29 (leap day) 23:00 UTC
     redis, local = shared(*backend, clock=lambda: now[0]), LocalCounters(lambda: now[0])
@@ -96,7 +105,7 @@ async def test_the_scripts_give_the_in_process_verdicts(backend: tuple[str, bool
         await redis.close()
 
 
-async def test_a_burst_passes_then_retry_after_is_timed_by_redis(backend: tuple[str, bool]) -> None:
+async def test_a_burst_passes_then_retry_after_is_timed_by_redis(backend: Backend) -> None:
     counters, throttle = shared(*backend), Throttle(rate=1, burst=20)
     key = fresh("plan:p:key:burst")
     try:
@@ -138,7 +147,7 @@ async def test_the_steady_rate_holds_in_redis_time(redis_server: RedisServer) ->
         await counters.close()
 
 
-async def test_a_throttle_made_faster_caps_the_old_tat_in_redis_too(backend: tuple[str, bool]) -> None:
+async def test_a_throttle_made_faster_caps_the_old_tat_in_redis_too(backend: Backend) -> None:
     """A plan's burst spent at 1/s burst 100, then reloaded at 100/s burst 10: the script caps the stored TAT as
     `gcra` does (the same verdicts at the same sent times), so the key waits one new T, not ~99 s."""
     now = [1_800_000_000.0]
@@ -194,7 +203,7 @@ async def test_windows_block_over_the_limit_and_count_only_counts(redis_server: 
         await counters.close()
 
 
-async def test_evalsha_survives_script_flush(backend: tuple[str, bool]) -> None:
+async def test_evalsha_survives_script_flush(backend: Backend) -> None:
     counters, throttle = shared(*backend), Throttle(rate=1, burst=3)
     key = fresh("plan:p:key:flush")
     try:
@@ -214,7 +223,7 @@ async def test_evalsha_survives_script_flush(backend: tuple[str, bool]) -> None:
         await counters.close()
 
 
-async def test_every_key_of_a_call_carries_one_hash_tag(backend: tuple[str, bool]) -> None:
+async def test_every_key_of_a_call_carries_one_hash_tag(backend: Backend) -> None:
     """A route key with braces in it still gives one tag per call; on the cluster, a script touching another slot
     would fail, so these calls succeeding says the same."""
     counters = shared(*backend)
@@ -233,14 +242,19 @@ async def test_every_key_of_a_call_carries_one_hash_tag(backend: tuple[str, bool
         await counters.close()
 
 
-async def test_a_split_client_runs_scripts_through_redis_py(redis_server: RedisServer) -> None:
-    client = redis_client(settings(redis_server.url, lean_reads=True))
-    assert isinstance(client, SplitClient)
-    counters = RedisCounters(client, timeout=1.0)
+async def test_the_gates_run_their_scripts_through_the_lean_client_where_the_connection_allows(
+    redis_server: RedisServer, redis_cluster: RedisClusterServers
+) -> None:
+    plain = shared_counters(settings(redis_server.url, lean_reads=True))
+    off = shared_counters(settings(redis_server.url, lean_reads=False))
+    cluster = shared_counters(settings(redis_cluster.url, cluster=True, lean_reads=True))
     try:
-        assert (await counters.meter(fresh("k"), Throttle(1, 2), None)).remaining == 1
+        assert isinstance(plain.redis.client, SplitClient) and plain.redis.lean is plain.redis.client.reader
+        assert (await plain.meter(fresh("k"), Throttle(1, 2), None)).remaining == 1
+        assert off.redis.lean is None and cluster.redis.lean is None
     finally:
-        await counters.close()
+        for counters in (plain, off, cluster):
+            await counters.close()
 
 
 def fallback_count(mode: str) -> float:
