@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,7 +16,7 @@ from sidecar.config import RedisCacheSettings
 from sidecar.kv import Breaker, SplitClient, redis_client
 from sidecar.kv.resp import LeanReader, ProtocolError, RespError, _Connection, encode_command, parse_reply
 from sidecar.request import Decision, Principal
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, StartServer
 
 INCOMPLETE = parse_reply(b"")[0]
 
@@ -135,25 +134,6 @@ async def test_redis_client_reads_lean_and_writes_through_redis_py(redis_server:
     off = redis_client(RedisCacheSettings(url=redis_server.url, lean_reads=False))  # type: ignore[arg-type]
     assert not isinstance(off, SplitClient)
     await off.aclose()  # type: ignore[attr-defined]
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-StartServer = Callable[[Handler], Awaitable[int]]
-
-
-@pytest.fixture
-async def fake_server() -> AsyncIterator[StartServer]:
-    """Scripted TCP servers on 127.0.0.1 standing in for a Redis that misbehaves."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 async def test_a_silent_server_times_out_and_the_next_read_reconnects(fake_server: StartServer) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,7 +23,7 @@ from sidecar.limits.redis_counters import (
     RedisCounters,
     ScriptFailed,
 )
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, StartServer
 
 
 def fresh(name: str) -> str:
@@ -100,13 +100,9 @@ async def test_a_script_error_decides_its_own_call_and_redis_trouble_opens_the_b
         await admin.aclose()
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
 @pytest.fixture
-async def answering() -> AsyncIterator[Callable[[bytes | None], Awaitable[int]]]:
+def answering(fake_server: StartServer) -> Callable[[bytes | None], Awaitable[int]]:
     """A server on 127.0.0.1 that answers every command with the same bytes (None: never answers)."""
-    servers: list[asyncio.Server] = []
 
     async def start(reply: bytes | None) -> int:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -114,13 +110,9 @@ async def answering() -> AsyncIterator[Callable[[bytes | None], Awaitable[int]]]
                 if reply is not None:
                     writer.write(reply)
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
+        return await fake_server(handle)
 
-    yield start
-    for server in servers:
-        server.close()
+    return start
 
 
 EIGHT = b"*8\r\n" + b":0\r\n" * 8
