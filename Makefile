@@ -27,6 +27,7 @@ lint: setup
 
 test: setup
 	bash scripts/ensure-system-deps.sh
+	bash scripts/ensure-kube-tools.sh $(VENV)
 	$(MAKE) lint
 	$(BIN)/pytest
 
