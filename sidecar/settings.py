@@ -468,6 +468,32 @@ class LimitSettings(_Frozen):
     timeout_ms: int = Field(default=50, ge=1, le=10_000)
     """How long a gate waits for Redis before `on_redis_error` decides. Longer than the decision cache's (a
     count that times out may still land in Redis: the request is then counted twice, or refused and counted)."""
+    key_secret: SecretStr | None = None
+    """The HMAC-SHA256 key a rate rule's aggregation key is made with (its parts may be a credential header or an
+    API key value: an unkeyed digest of them in Redis could be guessed back). At least 16 bytes; one of
+    `key_secret`, `key_secret_file`, `key_secret_env`. None of them: derived from `cache.redis`'s signing key when
+    that is configured, else a random per-process secret, which only counting in process may use (every replica
+    sharing Redis must make the same keys). docs/limits.md#rate-based-rules."""
+    key_secret_file: str | None = None
+    key_secret_env: str | None = None
+
+    @field_validator("key_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_SECRET:
+            raise ValueError(f"must be at least {MIN_KEY_SECRET} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> LimitSettings:
+        given = [self.key_secret is not None, self.key_secret_file is not None, self.key_secret_env is not None]
+        if sum(given) > 1:
+            raise ValueError("give one of key_secret, key_secret_file and key_secret_env")
+        return self
+
+
+MIN_KEY_SECRET = 16
+"""Bytes a rate rule's key secret has at least: a short one could be searched for from a digest."""
 
 
 class RouteSettings(_Frozen):

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from ..inline import in_task
 from ..kv import Breaker, RedisLike
 from ..metrics import CACHE_REQUESTS, REDIS_ERRORS, tally
 from ..request import Decision, Principal
+from ..secret import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,9 @@ class Signer:
 
 def signing_key(value: str | None, file: str | None, env: str | None, base_dir: Path) -> bytes:
     """The configured signing key, or a random per-process one (with a warning: replicas cannot share)."""
-    if value:
-        return value.encode()
-    if file:
-        path = Path(file) if Path(file).is_absolute() else base_dir / file
-        return path.read_bytes().strip()
-    if env:
-        from_env = os.environ.get(env)
-        if not from_env:
-            raise ValueError(f"environment variable {env} is not set")
-        return from_env.encode()
+    configured = read_secret(value, file, env, base_dir)
+    if configured is not None:
+        return configured
     log.warning(
         "cache.redis has no signing_key: using a random per-process key, so replicas cannot share cached decisions"
     )

@@ -7,13 +7,17 @@ every config load: a reload must not hand every caller a fresh bucket and quota.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..issues import ConfigError, ConfigIssue, issue_at
 from ..policy.context import ContextSettings
-from ..settings import Config
+from ..secret import read_secret
+from ..settings import MIN_KEY_SECRET, Config
 from .apikeys import FileApiKeyStore
 from .counters import Counters, LocalCounters
 from .gates import GateSet, compile_gates
@@ -46,10 +50,78 @@ def build_gates(
     if not uses_gates(config):
         return None
     keys = _key_store(config, clock, issues)
-    if config.api_keys is not None and keys is None:
+    secret = key_secret(config, issues, shared=not private and counts_in_redis(config))
+    if (config.api_keys is not None and keys is None) or secret is None:
         return None
     counters = LocalCounters(clock) if private else _counters(config, clock)
-    return compile_gates(config, context, counters, keys, clock)
+    return compile_gates(config, context, counters, keys, secret, clock)
+
+
+def counts_in_redis(config: Config) -> bool:
+    """Whether the gates count in Redis (`limits.connection` names a connection `redis:` defines)."""
+    return config.limits.connection in config.redis
+
+
+KEY_SECRET_LABEL = b"authz-sidecar limits.key_secret"
+"""What the cache's signing key is HMACed with to make the rate rules' key secret: one configured secret serves
+both, and neither use can stand in for the other."""
+_PROCESS_SECRET = secrets.token_bytes(32)
+"""The key secret of a config that counts in process and configures none: drawn once per process, so that a
+reload keeps every rule's counts (`process_counters` outlive configs too)."""
+
+
+def key_secret(config: Config, issues: list[ConfigIssue], shared: bool) -> bytes | None:
+    """The HMAC key of the rate rules' aggregation keys (`limits.key_secret`): its own setting, else derived
+    from `cache.redis`'s configured signing key, else (only when not `shared` through Redis: every replica must
+    make the same keys) this process's random one. None, with an issue at its setting, when it cannot be had."""
+    limits = config.limits
+    try:
+        own = read_secret(
+            limits.key_secret.get_secret_value() if limits.key_secret is not None else None,
+            limits.key_secret_file,
+            limits.key_secret_env,
+            config.base_dir,
+        )
+    except OSError as exc:
+        message = f"cannot read the key secret file {exc.filename}: {exc.strerror or type(exc).__name__}"
+        issues.append(issue_at(config.source, ("limits", "key_secret_file"), message))
+        return None
+    except ValueError as exc:
+        issues.append(issue_at(config.source, ("limits", "key_secret_env"), str(exc)))
+        return None
+    if own is not None:
+        if len(own) < MIN_KEY_SECRET:
+            where = "key_secret_file" if limits.key_secret_file else "key_secret_env"
+            issues.append(issue_at(config.source, ("limits", where), f"must be at least {MIN_KEY_SECRET} bytes"))
+            return None
+        return own
+    cache = _cache_signing_key(config)
+    if cache is not None:
+        return hmac.new(cache, KEY_SECRET_LABEL, hashlib.sha256).digest()
+    if shared and config.rate_limits:
+        message = (
+            "rate rules counted in Redis need one secret every replica shares for their keys: set"
+            " limits.key_secret, key_secret_file or key_secret_env (16 bytes or more), or cache.redis.signing_key"
+        )
+        issues.append(issue_at(config.source, ("rate_limits",), message))
+        return None
+    return _PROCESS_SECRET
+
+
+def _cache_signing_key(config: Config) -> bytes | None:
+    """`cache.redis`'s signing key when the config sets one (the runtime reports it if it cannot be read)."""
+    cache = config.cache.redis
+    if cache is None:
+        return None
+    try:
+        return read_secret(
+            cache.signing_key.get_secret_value() if cache.signing_key is not None else None,
+            cache.signing_key_file,
+            cache.signing_key_env,
+            config.base_dir,
+        )
+    except (OSError, ValueError):
+        return None
 
 
 def _counters(config: Config, clock: Callable[[], float]) -> Counters:

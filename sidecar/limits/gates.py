@@ -11,12 +11,14 @@
 
 Refusals carry `Retry-After` and the RateLimit headers of draft-ietf-httpapi-ratelimit-headers-09
 (`RateLimit-Policy: "throttle";q=100;w=2`, `RateLimit: "throttle";r=0;t=1`). Key values never reach a log or a
-Redis key: keys are named by their id, and a rule's aggregation key is a digest of its parts.
+Redis key: keys are named by their id, and a rule's aggregation key is an HMAC-SHA256 of its parts under the
+deployment's key secret (`limits.key_secret`), so what Redis holds cannot be checked against a guessed value.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 import time
@@ -253,8 +255,10 @@ def needs_caller(rule: RateLimitSettings, keys: ApiKeySettings | None) -> bool:
 class RateLimitGate(AdmitGate, MeterGate):
     """One rate-based rule, in the admit phase (or, for a key naming the caller, the meter phase)."""
 
-    def __init__(self, rule: RateLimitSettings, parts: tuple[Part, ...], counters: Counters) -> None:
+    def __init__(self, rule: RateLimitSettings, parts: tuple[Part, ...], counters: Counters, secret: bytes) -> None:
         self.name = f"rate_limit:{rule.name}"
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+        """HMAC-SHA256 under the key secret, its key schedule done once (`copy` per request)."""
         self.rule = rule.name
         self.window = Window(rule.window, rule.limit)
         self.count_only = rule.action == "count"
@@ -282,7 +286,9 @@ class RateLimitGate(AdmitGate, MeterGate):
             if value is None:
                 return None  # WAF: a request missing a key component is not counted
             values.append(value)
-        digest = hashlib.sha256("\x00".join(values).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        keyed = self._keyed.copy()
+        keyed.update("\x00".join(values).encode("utf-8", "surrogatepass"))
+        digest = keyed.hexdigest()[:32]
         admission = await self.counters.hit(f"{self.rule}:{digest}", self.window, self.count_only)
         if not admission.exceeded:
             self._ok()
@@ -327,10 +333,12 @@ def compile_gates(
     context: ContextSettings,
     counters: Counters | None,
     keys: ApiKeyStore | None,
+    key_secret: bytes,
     clock: Callable[[], float] = time.time,
 ) -> GateSet:
     """Every route's gates. WAF rules come before the usage plan in the meter phase, as WAF judges before API
-    Gateway does; the admit phase has only rules."""
+    Gateway does; the admit phase has only rules, whose aggregation keys are HMACs under `key_secret`
+    (`build.key_secret`)."""
     plans = {name: CompiledPlan.of(name, settings) for name, settings in config.usage_plans.items()}
     routes = [route.match.strip() for route in config.routes]
     admit: dict[str, list[AdmitGate]] = {key: [] for key in routes}
@@ -340,7 +348,7 @@ def compile_gates(
         assert counters is not None
         for rule in config.rate_limits:
             parts = tuple(_part(name, rule, context, config.api_keys) for name in rule.key)
-            gate = RateLimitGate(rule, parts, counters)
+            gate = RateLimitGate(rule, parts, counters, key_secret)
             after = needs_caller(rule, config.api_keys)
             if not after and not rule.routes:
                 unrouted.append(gate)

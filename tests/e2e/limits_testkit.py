@@ -60,6 +60,10 @@ class KeyFile:
         return {KEY_HEADER: self.values[key_id]}
 
 
+KEY_SECRET = "e2e-limits-key-secret-0123456789"
+"""The rate rules' key secret of every config counting in Redis (`limits.key_secret`: replicas share it)."""
+
+
 def limits_config(keys: KeyFile | None, redis_url: str | None, redis: dict[str, Any] | None = None, **top: Any) -> str:
     """A config counting in Redis at `redis_url` (connection `default`, with `redis` options) or, without one, in
     process; `keys` (absolute path: the stack writes the config elsewhere) as `api_keys.file`; `top` the rest
@@ -67,6 +71,7 @@ def limits_config(keys: KeyFile | None, redis_url: str | None, redis: dict[str, 
     data: dict[str, Any] = {"decision_log": {"flush_interval": 0.05}, **top}
     if redis_url is not None:
         data["redis"] = {"default": {"url": redis_url, "timeout_ms": 200, **(redis or {})}}
+        data["limits"] = {"key_secret": KEY_SECRET, **data.get("limits", {})}  # what rate rules in Redis need
     if keys is not None:
         data["api_keys"] = {**data.get("api_keys", {}), "file": str(keys.path)}
     return yaml.safe_dump(data, sort_keys=False)

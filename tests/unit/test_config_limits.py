@@ -6,6 +6,7 @@ import pytest
 
 from sidecar.config import parse_config
 from sidecar.issues import ConfigError
+from sidecar.runtime import compile_runtime
 
 BASE = """\
 authorizers:
@@ -111,3 +112,49 @@ def test_a_route_requiring_a_client_cert_needs_mtls() -> None:
     assert any("routes[0].require_client_cert: require_client_cert needs `mtls:`" in e for e in _errors(text))
     loaded = parse_config(text + "mtls: {truststore: ca.pem, sources: [envoy, xfcc]}\n", "cfg.yaml")
     assert loaded.mtls is not None and loaded.mtls.principal == "san.uri" and loaded.routes[0].require_client_cert
+
+
+OPEN = "authorizers:\n  corp: {type: none}\nroutes:\n  - {match: ANY /login, authorizer: corp}\n"
+REDIS = 'redis: {default: {url: "redis://127.0.0.1:1/0"}}\n'
+RULE = "rate_limits:\n  - {name: per-key, key: [header:x-tenant], window: 60, limit: 10}\n"
+
+
+def _runtime_errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        compile_runtime(parse_config(text, "cfg.yaml"))
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_rate_rules_counted_in_redis_need_a_shared_key_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every replica must make the same aggregation keys: with Redis and no secret the config is refused at the
+    rules; a secret of its own, or the decision cache's signing key, makes it load. In process a random secret
+    is fine."""
+    (refused,) = _runtime_errors(OPEN + REDIS + RULE)
+    assert refused.startswith("cfg.yaml:") and "rate_limits" in refused and "limits.key_secret" in refused
+    assert compile_runtime(parse_config(OPEN + RULE, "cfg.yaml")).gates is not None  # in process
+    own = OPEN + REDIS + RULE + "limits: {key_secret: 0123456789abcdef}\n"
+    assert compile_runtime(parse_config(own, "cfg.yaml")).gates is not None
+    cache = "cache: {redis: {connection: default, signing_key: a-signing-key}}\n"
+    assert compile_runtime(parse_config(OPEN + REDIS + RULE + cache, "cfg.yaml")).gates is not None
+    monkeypatch.setenv("AUTHZ_TEST_KEY_SECRET", "short")
+    (short,) = _runtime_errors(OPEN + REDIS + RULE + "limits: {key_secret_env: AUTHZ_TEST_KEY_SECRET}\n")
+    assert "limits.key_secret_env: must be at least 16 bytes" in short
+    (unset,) = _runtime_errors(OPEN + REDIS + RULE + "limits: {key_secret_env: AUTHZ_TEST_NO_SUCH_VAR}\n")
+    assert "limits.key_secret_env: environment variable AUTHZ_TEST_NO_SUCH_VAR is not set" in unset
+    (missing,) = _runtime_errors(OPEN + REDIS + RULE + "limits: {key_secret_file: /nonexistent/secret}\n")
+    assert "limits.key_secret_file: cannot read the key secret file /nonexistent/secret" in missing
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ("{key_secret: short}", "limits.key_secret: must be at least 16 bytes"),
+        (
+            "{key_secret: 0123456789abcdef, key_secret_env: X}",
+            "give one of key_secret, key_secret_file and key_secret_env",
+        ),
+    ],
+)
+def test_key_secret_mistakes_are_located(limits: str, expected: str) -> None:
+    (error,) = _errors(OPEN + RULE + f"limits: {limits}\n")
+    assert error.startswith("cfg.yaml:") and expected in error and "0123456789abcdef" not in error

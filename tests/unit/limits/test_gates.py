@@ -3,6 +3,8 @@ process on a clock the test moves (Redis: test_gates_redis.py and the e2e tests)
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import pytest
 from sidecar.config import parse_config
 from sidecar.issues import ConfigError
 from sidecar.limits.apikeys import digest_of
+from sidecar.limits.build import KEY_SECRET_LABEL
+from sidecar.limits.counters import LocalCounters
 from sidecar.pipeline import Pipeline
 from sidecar.request import Decision, Request
 from sidecar.runtime import RuntimeHolder, compile_runtime
@@ -299,3 +303,30 @@ async def test_a_forwarded_ip_header_other_than_xff_is_read_from_the_right_and_s
     for index in range(12):  # no x-real-ip: NO_MATCH, not counted (the everywhere rule sees fresh peers)
         request = _request("/orders/1", GOLD, source_address=f"198.51.101.{index}")
         assert (await pipe.check(request)).reason != "RateLimited"
+
+
+def _rule_keys(pipe: Pipeline, rule: str) -> set[str]:
+    """The aggregation keys a rule has counted in process (`LocalCounters`' rule store: (key, window, bucket))."""
+    gates = pipe.holder.current.gates
+    assert gates is not None and isinstance(gates.counters, LocalCounters)
+    return {name[0] for name in gates.counters.rules[rule]._items}
+
+
+async def test_a_rule_s_aggregation_key_is_an_hmac_under_the_key_secret(tmp_path: Path) -> None:
+    """A rule keyed on a credential header: the key it counts under is HMAC-SHA256 of the value with
+    `limits.key_secret` (or, without one, a secret derived from the decision cache's signing key), never a plain
+    digest anyone holding a guess could recompute from what Redis shows."""
+    rule = "rate_limits:\n  - {name: tok, key: ['header:authorization'], window: 60, limit: 10}\n"
+    token = "Bearer a-credential-0123456789"
+    own = _pipeline(tmp_path, BASE + rule + "limits: {key_secret: 0123456789abcdef-own}\n", Clock())
+    await own.check(_request("/free/1", headers={"authorization": token}))
+    keyed = hmac.new(b"0123456789abcdef-own", token.encode(), hashlib.sha256).hexdigest()[:32]
+    assert _rule_keys(own, "tok") == {f"tok:{keyed}"}
+    assert hashlib.sha256(token.encode()).hexdigest()[:32] != keyed
+
+    cache = "cache: {redis: {url: 'redis://127.0.0.1:1/0', signing_key: the-cache-signing-key}}\n"
+    derived = _pipeline(tmp_path, BASE + rule + cache, Clock())
+    await derived.check(_request("/free/1", headers={"authorization": token}))
+    secret = hmac.new(b"the-cache-signing-key", KEY_SECRET_LABEL, hashlib.sha256).digest()
+    assert _rule_keys(derived, "tok") == {f"tok:{hmac.new(secret, token.encode(), hashlib.sha256).hexdigest()[:32]}"}
+    await derived.holder.current.stop()
