@@ -562,21 +562,20 @@ class LocalCounters:
         if throttle is None and quota is None:
             return UNLIMITED
         now = self.now_us()
-        refused = self._judge(key, throttle, quota, bucket, now)
+        refused = self.refusal(key, throttle, quota, bucket, now)
         return refused if refused is not None else self._admitted(self.plans.keys[key], throttle, quota, bucket, now)
 
-    def refusal(self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "") -> Admission | None:
-        """`meter_now` for a caller that needs only refusals (the usage-plan gate: an allow carries no headers):
-        None when the request is admitted, and counted, without building the allowed `Admission`."""
-        if throttle is None and quota is None:
-            return None
-        return self._judge(key, throttle, quota, bucket, self.now_us())
-
-    def _judge(
-        self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str, now: int
+    def refusal(
+        self, key: str, throttle: Throttle | None, quota: Quota | None, bucket: str = "", now: int | None = None
     ) -> Admission | None:
-        """One request of `key` at `now`: `gcra` and the quota fused on the key's mutable state (the pure
-        functions above remain the reference, and build every refusal); None when admitted and counted."""
+        """`meter_now` for a caller that needs only refusals (the usage-plan gate: an allow carries no headers):
+        None when the request is admitted, and counted, without building the allowed `Admission`.
+
+        One request of `key` at `now` (µs, default the clock's) against a throttle, a quota or both (not neither:
+        callers answer `UNLIMITED` first): `gcra` and the quota fused on the key's mutable state (the pure
+        functions above remain the reference, and build every refusal)."""
+        if now is None:
+            now = round(self.clock() * MICROS)
         state = self.plans.keys.get(key) or self.plans.state(key, now)
         state.written = now
         tats, tat, count = state.tats, 0, None

@@ -138,7 +138,7 @@ class UsagePlanGate(MeterGate):
         expires = key.expires if key is not None else None
         if key is None or plan is None or not key.enabled or (expires is not None and self._now(request) >= expires):
             return self._invalid(key, value, route, self._now(request))
-        limits = plan.limits(route)
+        limits = plan.routes.get(route, plan.default)  # `plan.limits`, inline: hot
         if limits.throttle is None and limits.quota is None:
             self._ok(plan.name, key.id)
             return None
@@ -146,7 +146,11 @@ class UsagePlanGate(MeterGate):
         if self._refusal is not None:  # in process: nothing to wait for, and an allow builds nothing
             admission = self._refusal(name, limits.throttle, limits.quota, limits.bucket)
             if admission is None:
-                self._ok(plan.name, key.id)
+                admitted = self._admitted.get(plan.name)
+                if admitted is None or self.key_id_labels:
+                    self._ok(plan.name, key.id)
+                else:
+                    admitted.n += 1  # `_ok`, inline: Tally.inc
                 return None
         else:
             admission = await self.counters.meter(name, limits.throttle, limits.quota, limits.bucket)
