@@ -1,7 +1,8 @@
 """One shared Redis layer for every user: clients (redis-py, the lean RESP reader), the circuit breaker.
 
-The decision cache (`cache/remote.py`) and the SigV4 replay guard use it today; usage plans and rate-based rules
-will. Nothing here knows what is stored: keys, encodings and signatures belong to each user.
+The decision cache (`cache/remote.py`), the SigV4 replay guard, and usage plans and rate-based rules
+(`limits/redis_counters.py`: their Lua scripts through the lean client) use it. Nothing here knows what is
+stored: keys, encodings and signatures belong to each user.
 """
 
 from __future__ import annotations

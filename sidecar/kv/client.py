@@ -1,8 +1,9 @@
-"""Redis clients: redis-py for writes and everything else, the lean RESP reader (`resp.py`) for hot reads.
+"""Redis clients: redis-py for writes and everything else, the lean RESP client (`resp.py`) for hot reads and
+the gates' scripts.
 
 One function builds the client for a connection's settings (plain URL with a blocking pool, Cluster or
-Sentinel); every user (decision cache, SigV4 replay guard, the coming usage plans and rate rules) gets it from
-here, with the same timeouts.
+Sentinel); every user (decision cache, SigV4 replay guard, usage plans and rate rules) gets it from here, with
+the same timeouts.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def redis_client(settings: RedisSettings) -> RedisLike:
 
 
 class SplitClient:
-    """Reads through the lean RESP reader (`resp.py`), writes through redis-py."""
+    """Reads through the lean RESP reader (`resp.py`), writes through redis-py (the gates' scripts use `reader`
+    directly: `limits.redis_counters.RedisCounters`)."""
 
     times_reads = True
 
