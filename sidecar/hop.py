@@ -59,4 +59,59 @@ def union(needs: Iterable[HopNeeds]) -> HopNeeds:
     return out
 
 
-__all__ = ["NOTHING", "HopNeeds", "union"]
+@dataclass(frozen=True, slots=True)
+class TokenRules:
+    """What Envoy's own filters must check to decide a bearer-token route exactly as the sidecar does
+    (`Authorizer.offload_rules`; `envoy-config --offload` renders it as jwt_authn and an RBAC condition)."""
+
+    issuer: str
+    audiences: frozenset[str]
+    """Any `aud` value, or else `client_id`, must be one of these."""
+    leeway: float
+    algorithms: frozenset[str]
+    header: str
+    """The one header the token is read from (`Bearer ` stripped, or a bare token)."""
+    claim_to_headers: tuple[tuple[str, str], ...]
+    max_token_bytes: int
+    jwks_uri: str | None
+    jwks_file: str | None
+    token_cache_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRoute:
+    """Everyone passes as `principal` (`type: none` with nothing else judging the route)."""
+
+    principal: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedRoute:
+    """Everyone is refused with this status, reason and message (`type: deny`)."""
+
+    status: int
+    reason: str
+    message: str
+
+
+OffloadRules = TokenRules | OpenRoute | ClosedRoute
+"""What Envoy's own filters check in place of the sidecar (`Authorizer.offload_rules`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotOffloadable:
+    """Why a route stays on ext_authz (`envoy-config --explain`)."""
+
+    reason: str
+
+
+__all__ = [
+    "NOTHING",
+    "ClosedRoute",
+    "HopNeeds",
+    "NotOffloadable",
+    "OffloadRules",
+    "OpenRoute",
+    "TokenRules",
+    "union",
+]

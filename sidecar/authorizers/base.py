@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..hop import HopNeeds
+from ..hop import HopNeeds, NotOffloadable, OffloadRules
 from ..policy.context import DEFAULT_SETTINGS, ContextSettings
 from ..request import Principal, Request
 from ..settings import AuthorizerSettings
@@ -129,6 +129,12 @@ class Authorizer(abc.ABC):
         (`envoy-config`) send no more than what every route's parts read. Every header unless a type says less:
         a type that reads headers it cannot name in advance, or does not say, must get them all."""
         return HopNeeds.everything(f"authorizer {self.name} (type {self.kind}) does not name the headers it reads")
+
+    def offload_rules(self) -> OffloadRules | NotOffloadable:
+        """What Envoy's own filters would have to check to decide this authorizer's requests exactly as it does,
+        or why they cannot (`envoy-config --offload`). Only a type that can restate its whole judgement in
+        Envoy's terms answers with rules."""
+        return NotOffloadable(f"authorizer {self.name} (type {self.kind}) has no equivalent among Envoy's filters")
 
     def fingerprint(self, request: Request) -> bytes | None:
         """A digest of the credential this request presents, or None if decisions about it must not be cached.

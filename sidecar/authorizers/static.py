@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ..hop import NOTHING, HopNeeds
+from ..hop import NOTHING, ClosedRoute, HopNeeds, NotOffloadable, OffloadRules, OpenRoute
 from ..reasons import ROUTE_DENY, STATUS_FORBIDDEN, Denied
 from ..request import ANONYMOUS, Principal, Request
 from .base import Authorizer, AuthorizerSettings, BuildContext
@@ -43,6 +43,9 @@ class NoneAuthorizer(Authorizer):
         """Nothing: the anonymous caller is everyone."""
         return NOTHING
 
+    def offload_rules(self) -> OffloadRules | NotOffloadable:
+        return OpenRoute(ANONYMOUS.id)
+
     async def authenticate(self, request: Request) -> Principal:
         return ANONYMOUS
 
@@ -60,6 +63,9 @@ class DenyAuthorizer(Authorizer):
     def hop_needs(self) -> HopNeeds:
         """Nothing: every request is refused, whatever it carries."""
         return NOTHING
+
+    def offload_rules(self) -> OffloadRules | NotOffloadable:
+        return ClosedRoute(STATUS_FORBIDDEN, ROUTE_DENY, self._message)
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(name)

@@ -30,12 +30,15 @@ from typing import Any
 
 import yaml
 
-from ..hop import HopNeeds, union
+from ..hop import ClosedRoute, HopNeeds, NotOffloadable, OffloadRules, OpenRoute, TokenRules, union
 from ..policy.context import HEADER_PREFIX
+from ..reasons import Denied
 from ..runtime import CompiledRoute, Runtime
 from ..settings import Config
+from ..transports.ext_authz import deny_body
 from .envoy import SHIPPED, EnvoyPorts, render_envoy_config
 from .envoy_routes import EnvoyRoute, envoy_routes
+from .offload import JWT_AUTHN, RBAC, Flow, eligibility, jwks_cluster, provider, rbac_per_route
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -62,11 +65,19 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
-    """What one Envoy route sends: its profile, whether the body goes, and why."""
+    """What one Envoy route sends: its profile, whether the body goes, and why; with `--offload`, whether Envoy
+    decides it itself (`offload`: the rules, or why not)."""
 
     key: str
     needs: HopNeeds
     profile: Profile
+    offload: OffloadRules | NotOffloadable | None = None
+    authorizer: str = ""
+    scopes: frozenset[str] = frozenset()
+
+    @property
+    def offloaded(self) -> OffloadRules | None:
+        return None if self.offload is None or isinstance(self.offload, NotOffloadable) else self.offload
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,26 +152,34 @@ def route_needs(runtime: Runtime, route: CompiledRoute, base: HopNeeds) -> HopNe
     return needs
 
 
-def plan(runtime: Runtime) -> Plan:
-    """Which profile and body setting each route gets (see the module's docstring)."""
+def plan(runtime: Runtime, offload: bool = False) -> Plan:
+    """Which profile and body setting each route gets (see the module's docstring); with `offload`, which
+    routes Envoy decides itself (`offload.py`)."""
     base = config_needs(runtime)
     matchers, left = envoy_routes(runtime.routes)
     by_key = {text: route_needs(runtime, target, base) for _, text, target in runtime.routes.entries}
-    routes = tuple((m, _route_plan(m.key, by_key[m.key])) for m in matchers)
+    routes = tuple((m, _route_plan(m.key, by_key[m.key], runtime, m.target, offload)) for m in matchers)
     everything = union([base, *by_key.values()])
     catch_all = _route_plan("(catch-all)", everything)
     named = frozenset().union(*(n.headers for n in (base, *by_key.values()) if n.headers is not None))
     return Plan(named, routes, catch_all, tuple(left))
 
 
-def _route_plan(key: str, needs: HopNeeds) -> RoutePlan:
-    return RoutePlan(key, needs, Profile(needs.all_headers, needs.peer_cert))
+def _route_plan(
+    key: str, needs: HopNeeds, runtime: Runtime | None = None, route: CompiledRoute | None = None, offload: bool = False
+) -> RoutePlan:
+    verdict = eligibility(runtime, route) if offload and runtime is not None and route is not None else None
+    name, scopes = (route.authorizer.name, route.scopes) if route is not None else ("", frozenset())
+    return RoutePlan(key, needs, Profile(needs.all_headers, needs.peer_cert), verdict, name, scopes)
 
 
-def render(runtime: Runtime, ports: EnvoyPorts | None = None, template: str = "envoy.yaml") -> str:
-    """The bootstrap YAML for `runtime`'s config (see the module's docstring); `ports`: the shipped file's."""
+def render(
+    runtime: Runtime, ports: EnvoyPorts | None = None, template: str = "envoy.yaml", offload: bool = False
+) -> str:
+    """The bootstrap YAML for `runtime`'s config (see the module's docstring); `ports`: the shipped file's;
+    `offload`: Envoy decides the routes it can itself (`offload.py`)."""
     doc = yaml.safe_load(render_envoy_config(ports or SHIPPED[template], template))
-    built = plan(runtime)
+    built = plan(runtime, offload)
     hcm = _ingress_hcm(doc)
     filters = hcm["http_filters"]
     index = next(i for i, f in enumerate(filters) if f["name"] == EXT_AUTHZ)
@@ -171,16 +190,134 @@ def render(runtime: Runtime, ports: EnvoyPorts | None = None, template: str = "e
     vhost = hcm["route_config"]["virtual_hosts"][0]
     action = vhost["routes"][-1]["route"]
     names = [p.name for p in built.profiles]
-    out = [_route(m.match(), action, rp, names, rp.profile in buffering) for m, rp in built.routes]
+    out = []
+    for m, rp in built.routes:
+        rules = rp.offloaded
+        if isinstance(
+            rules, TokenRules
+        ):  # Envoy decides a canonical `Bearer` token; any other spelling asks the sidecar
+            out.append({**_route(_canonical_token(m.match(), rules), action, rp, names, False), "_offload": 1})
+        elif rules is not None:
+            out.append({**_route(m.match(), action, rp, names, False), "_offload": 1})
+            continue
+        out.append(_route(m.match(), action, rp, names, rp.profile in buffering))
     out.append(_route({"prefix": "/"}, action, built.catch_all, names, built.catch_all.profile in buffering))
     vhost["routes"] = out
-    return _HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+    offloaded = [rp for _, rp in built.routes if rp.offloaded is not None]
+    if offloaded:
+        _add_offload(doc, hcm, runtime, offloaded, out, names)
+    for route in out:
+        del route["_key"]
+        route.pop("_offload", None)
+    # No wrapping: a flow-style condition is one long line (wrapped, each piece would be indented again).
+    return _HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1 << 30)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper, with `Flow` mappings in flow style."""
+
+
+_Dumper.add_representer(
+    Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", dict(data), flow_style=True)
+)
 
 
 _HEADER = """# Envoy in front of authz-sidecar, fitted to one sidecar config by `authz-sidecar envoy-config`: only
 # what the config's routes read crosses the hop (docs/envoy-config.md). Generated: edit the sidecar config and
 # render again.
 """
+
+
+def _add_offload(
+    doc: dict[str, Any],
+    hcm: dict[str, Any],
+    runtime: Runtime,
+    offloaded: list[RoutePlan],
+    routes: list[dict[str, Any]],
+    ext_authz: list[str],
+) -> None:
+    """jwt_authn and rbac before the ext_authz filters (when a token route is offloaded), client identity headers
+    removed first, and each offloaded route switched from ext_authz to what decides it in Envoy."""
+    tokens = {rp.authorizer: rp.offloaded for rp in offloaded if isinstance(rp.offloaded, TokenRules)}
+    filters = hcm["http_filters"]
+    if tokens:
+        _add_token_filters(doc, filters, runtime, tokens)
+    _remove_identity_headers(filters, runtime)
+    by_key = {rp.key: rp for rp in offloaded}
+    for route in routes:
+        found = by_key.get(route["_key"])
+        if found is not None and route.get("_offload"):
+            _offloaded_route(route, found, runtime, ext_authz)
+
+
+def _add_token_filters(
+    doc: dict[str, Any], filters: list[dict[str, Any]], runtime: Runtime, tokens: Mapping[str, TokenRules]
+) -> None:
+    providers = {name: provider(name, rules, runtime.upstream_headers.principal) for name, rules in tokens.items()}
+    clusters = doc["static_resources"]["clusters"]
+    for name, rules in tokens.items():
+        if rules.jwks_file is None and rules.jwks_uri is not None:
+            clusters.append(jwks_cluster(name, rules.jwks_uri))
+    at = next(i for i, f in enumerate(filters) if f["name"].startswith(EXT_AUTHZ))
+    jwt = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": providers,
+        "requirement_map": {name: {"provider_name": name} for name in providers},
+    }
+    rbac = {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}
+    filters[at:at] = [{"name": JWT_AUTHN, "typed_config": jwt}, {"name": RBAC, "typed_config": rbac}]
+
+
+def _offloaded_route(route: dict[str, Any], rp: RoutePlan, runtime: Runtime, ext_authz: list[str]) -> None:
+    names = runtime.upstream_headers
+    rules = rp.offloaded
+    per_filter: dict[str, Any] = {name: {"@type": PER_ROUTE, "disabled": True} for name in ext_authz}
+    added = [(names.authorizer, rp.authorizer), (names.route, rp.key)]
+    if isinstance(rules, TokenRules):
+        per_filter[JWT_AUTHN] = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+            "requirement_name": rp.authorizer,
+        }
+        per_filter[RBAC] = rbac_per_route(rules, rp.scopes)
+    elif isinstance(rules, OpenRoute):
+        added.append((names.principal, rules.principal))
+    elif isinstance(rules, ClosedRoute):
+        refusal = Denied(rules.reason, rules.message, rules.status).decision(route=rp.key, challenge=None)
+        route.pop("route")
+        route["direct_response"] = {"status": rules.status, "body": {"inline_string": deny_body(refusal)}}
+        route["response_headers_to_add"] = [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        added = []
+    route["typed_per_filter_config"] = per_filter
+    if added:
+        route["request_headers_to_add"] = [
+            {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in added if k
+        ]
+
+
+CANONICAL_BEARER = r"^Bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$"
+"""The one spelling jwt_authn reads as the sidecar does: its `value_prefix` is case-sensitive and it cannot also
+take a bare token (a second, empty prefix would read `Bearer x` as a token of its own, and every token must
+verify). The sidecar's other spellings (`bearer`, a bare token, extra spaces) skip the offloaded route and reach
+the sidecar through the route's ext_authz twin below it."""
+
+
+def _canonical_token(match: Mapping[str, Any], rules: TokenRules) -> dict[str, Any]:
+    wanted = {"name": rules.header, "string_match": {"safe_regex": {"regex": CANONICAL_BEARER}}}
+    return {**match, "headers": [*match.get("headers", []), wanted]}
+
+
+def _remove_identity_headers(filters: list[dict[str, Any]], runtime: Runtime) -> None:
+    """Every identity header any part of the config sets, removed from client requests before anything runs (the
+    sidecar removes them on its allows; on an offloaded route jwt_authn sets them)."""
+    mutation = next(f for f in filters if f["name"] == "envoy.filters.http.header_mutation")
+    removals = mutation["typed_config"]["mutations"]["request_mutations"]
+    present = {r.get("remove") for r in removals}
+    removals += [{"remove": name} for name in sorted(runtime.identity_headers) if name not in present]
 
 
 def _ingress_hcm(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,20 +360,23 @@ def _route(
             per_filter[name] = {"@type": PER_ROUTE, "disabled": True}
         elif buffering and not plan.needs.body:
             per_filter[name] = {"@type": PER_ROUTE, "check_settings": {"disable_request_body_buffering": True}}
-    route: dict[str, Any] = {"match": dict(match), "route": copy.deepcopy(dict(action))}
+    route: dict[str, Any] = {"match": dict(match), "route": copy.deepcopy(dict(action)), "_key": plan.key}
     if per_filter:
         route["typed_per_filter_config"] = per_filter
     return route
 
 
-def explain(runtime: Runtime) -> str:
-    """Route by route, what crosses the hop and why (`envoy-config --explain`)."""
-    built = plan(runtime)
+def explain(runtime: Runtime, offload: bool = False) -> str:
+    """Route by route, what crosses the hop and why (`envoy-config --explain`); with `offload`, which routes
+    Envoy decides itself and why the others cannot be."""
+    built = plan(runtime, offload)
     base = config_needs(runtime).why
     lines = [f"named headers ({len(built.named)}): {', '.join(sorted(built.named))}"]
     lines += [f"   because {why}" for why in base]
     for position, (matcher, rp) in enumerate(built.routes, 1):
         lines.append(f"{position}. {matcher.key}  path ~ {matcher.regex}  -> {_summary(rp)}")
+        if isinstance(rp.offload, NotOffloadable):
+            lines.append(f"     stays on ext_authz: {rp.offload.reason}")
         lines += [f"     because {why}" for why in rp.needs.why if why not in base]
     lines.append(f"{len(built.routes) + 1}. catch-all (every other request)  -> {_summary(built.catch_all)}")
     lines += [f"   left to the catch-all: {key}: {why}" for key, why in built.left]
@@ -244,6 +384,9 @@ def explain(runtime: Runtime) -> str:
 
 
 def _summary(rp: RoutePlan) -> str:
+    how = {TokenRules: f"jwt_authn provider {rp.authorizer} + rbac", OpenRoute: "open", ClosedRoute: "closed"}
+    if rp.offloaded is not None:
+        return f"decided by Envoy itself ({how[type(rp.offloaded)]}): nothing crosses the hop"
     headers = "every header" if rp.needs.all_headers else "the named headers"
     extras = [x for x, on in (("the body", rp.needs.body), ("the peer certificate", rp.needs.peer_cert)) if on]
     return f"{headers}{''.join(', ' + x for x in extras)} (filter {rp.profile.name})"

@@ -27,6 +27,11 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--explain", action="store_true", help="say, route by route, what crosses the hop and why, instead"
     )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="Envoy decides the routes it can itself (jwt_authn + rbac); the sidecar is asked only for the rest",
+    )
     parser.add_argument("--output", "-o", type=Path, help="write the bootstrap here instead of stdout")
 
 
@@ -40,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
     if args.explain:
-        sys.stdout.write(explain(runtime))
+        sys.stdout.write(explain(runtime, args.offload))
         return 0
-    text = render(runtime, template="envoy-http.yaml" if args.http else "envoy.yaml")
+    text = render(runtime, template="envoy-http.yaml" if args.http else "envoy.yaml", offload=args.offload)
     if args.output is not None:
         args.output.write_text(text, encoding="utf-8")
     else:

@@ -32,7 +32,7 @@ from sidecar.harness.envoy import EnvoyPorts, EnvoyProcess, free_port, validate_
 from sidecar.harness.envoy_config import render
 from sidecar.runtime import compile_runtime
 from tests.e2e.conftest import Stack, StackFactory
-from tests.e2e.test_jwt_e2e import KeyServer
+from tests.e2e.test_jwt_e2e import serving_keys
 from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, Issuer, rsa_key
 
 pytestmark = pytest.mark.e2e
@@ -95,18 +95,13 @@ def write_config(tmp: Path, issuer_url: str) -> str:
 
 @pytest.fixture
 def issuer_and_config(tmp_path: Path) -> Iterator[tuple[Issuer, str, Path]]:
-    server = KeyServer()
-    server.thread.start()
-    issuer = Issuer(server.url, {"rsa": (rsa_key(0), "RS256")})
-    server.jwks = issuer.jwks()
-    text = write_config(tmp_path, server.url)
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(text)
-    try:
+    with serving_keys() as key_server:
+        issuer = Issuer(key_server.url, {"rsa": (rsa_key(0), "RS256")})
+        key_server.jwks = issuer.jwks()
+        text = write_config(tmp_path, key_server.url)
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(text)
         yield issuer, text, path
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
 
 
 def renderer(path: Path) -> Callable[[EnvoyPorts, str], str]:

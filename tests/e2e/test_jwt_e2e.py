@@ -4,6 +4,7 @@ itself, becomes ready only once it has them, and follows a key rotation. Moto's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -54,8 +55,9 @@ class KeyServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
 
-@pytest.fixture
-def key_server() -> Iterator[KeyServer]:
+@contextlib.contextmanager
+def serving_keys() -> Iterator[KeyServer]:
+    """A started `KeyServer`, shut down at the end."""
     server = KeyServer()
     server.thread.start()
     try:
@@ -63,6 +65,12 @@ def key_server() -> Iterator[KeyServer]:
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+@pytest.fixture
+def key_server() -> Iterator[KeyServer]:
+    with serving_keys() as server:
+        yield server
 
 
 CONFIG = """\

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from ...explanation import Step, refused, shown_value, when
-from ...hop import HopNeeds
+from ...hop import HopNeeds, NotOffloadable, OffloadRules, TokenRules
 from ...reasons import STATUS_UNAUTHORIZED, Denied
 from ...request import CompactMap, Principal, Request
 from ..base import Authorizer, IdentitySide
@@ -88,8 +88,11 @@ class JwtAuthorizer(Authorizer):
         max_token_bytes: int = 16384,
         cache_size: int = 10_000,
         clock: Clock = time.time,
+        keys_at: tuple[str | None, str | None] = (None, None),
     ) -> None:
         super().__init__(name)
+        self.keys_at = keys_at
+        """(jwks_uri, jwks_file) as configured; both None when keys are found by OIDC discovery."""
         self.rules = rules
         self.keys = keys
         self.algorithms = allowed_algorithms(algorithms)
@@ -142,6 +145,28 @@ class JwtAuthorizer(Authorizer):
         """The identity sources' headers (a cookie source reads `cookie`; a query source, the path)."""
         names = [s.name if s.where == "header" else "cookie" for s in self.sources if s.where != "query"]
         return HopNeeds.of(names, f"authorizer {self.name} reads its token from {', '.join(names) or 'the query'}")
+
+    def offload_rules(self) -> OffloadRules | NotOffloadable:
+        """The claim rules, for Envoy's jwt_authn and an RBAC condition (`envoy-config --offload`)."""
+        headers = [s for s in self.sources if s.where == "header"]
+        if len(self.sources) != 1 or not headers:
+            return NotOffloadable(f"authorizer {self.name} reads its token from somewhere else than one header")
+        if self.keys_at == (None, None):
+            return NotOffloadable(f"authorizer {self.name} finds its keys by OIDC discovery: set jwks_uri")
+        if self.rules.leeway != int(self.rules.leeway):
+            return NotOffloadable(f"authorizer {self.name}'s leeway is not whole seconds (jwt_authn's clock skew is)")
+        return TokenRules(
+            issuer=self.rules.issuer,
+            audiences=self.rules.audiences,
+            leeway=self.rules.leeway,
+            algorithms=frozenset(self.algorithms),
+            header=headers[0].name,
+            claim_to_headers=self.claim_to_headers,
+            max_token_bytes=self.max_token_bytes,
+            jwks_uri=self.keys_at[0],
+            jwks_file=self.keys_at[1],
+            token_cache_size=self.cache_size,
+        )
 
     def fingerprint(self, request: Request) -> bytes | None:
         """SHA-256 of the presented token (the key of the verified-token cache), or None when there is none.
@@ -274,6 +299,9 @@ class CognitoAuthorizer(JwtAuthorizer):
 
     def _context(self, claims: Mapping[str, Any], scopes: frozenset[str]) -> dict[str, Any]:
         return cognito_context(claims, scopes)
+
+    def offload_rules(self) -> OffloadRules | NotOffloadable:
+        return NotOffloadable(f"authorizer {self.name} (cognito): token_use and client_id rules jwt_authn lacks")
 
 
 def _keys_unavailable_step(message: str, keys: KeySource) -> Step:

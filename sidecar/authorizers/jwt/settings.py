@@ -245,7 +245,9 @@ def build_jwt(settings: Any, ctx: BuildContext) -> Authorizer:
     assert isinstance(settings, JwtSettings)
     rules = ClaimRules(issuer=settings.issuer, audiences=frozenset(settings.audiences), leeway=settings.leeway)
     keys = _key_source(settings, settings.issuer, None, ctx)
-    return JwtAuthorizer(ctx.name, rules=rules, keys=keys, **_common(settings, ctx))
+    path = settings.jwks_path(ctx.base_dir)
+    where = (settings.jwks_uri, str(path) if path is not None else None)
+    return JwtAuthorizer(ctx.name, rules=rules, keys=keys, keys_at=where, **_common(settings, ctx))
 
 
 def build_cognito(settings: Any, ctx: BuildContext) -> Authorizer:

@@ -1,0 +1,230 @@
+"""`envoy-config --offload`: routes Envoy can decide with its own filters, decided there, exactly as the sidecar would.
+
+A route is offloaded only when its whole judgement can be restated in Envoy's terms (`eligibility`): its authorizer
+answers `offload_rules()` with `TokenRules` (a `jwt` authorizer reading one header, keys at a `jwks_uri` or file),
+and nothing else on the route judges the request (no resource or endpoint policy, not a private API, no gates:
+rate rules, API keys, client certificates). Everything else stays on ext_authz, and `--explain` says why.
+
+An offloaded route gets, instead of ext_authz:
+- `jwt_authn`: the signature, `iss`, `exp` and `nbf` (with the leeway as clock skew), the keys (remote JWKS through
+  a cluster of its own, or the local file), and the identity headers (`claim_to_headers`; the principal header
+  from `sub`, else `client_id`);
+- `rbac` with a CEL condition over the verified header and payload (`condition`) restating the rest of the
+  sidecar's rules (claims.py): the algorithm list, `iat` not in the future, the JSON types of the claims it reads,
+  `aud` any-of or else `client_id`, a principal id and claim headers that can travel as they are, the token's size,
+  and the route's scopes (any one of, from `scope` and `scp`);
+- the authorizer and route headers as route `request_headers_to_add`.
+
+`tests/e2e/test_offload_e2e.py` sends one corpus (valid, expired, early, future-issued, wrong issuer, audience,
+scope, algorithm, tampered, forged, missing, odd claims) through an offloaded Envoy and an ext_authz Envoy: the
+allow/deny and the upstream identity headers must agree. What differs by design (the status and body of a
+refusal, decision logs, metrics) is in docs/envoy-config.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..hop import NotOffloadable, OffloadRules, TokenRules
+from ..runtime import CompiledRoute, Runtime
+from .cel import Builder, Expr
+
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+RBAC = "envoy.filters.http.rbac"
+PAYLOAD, HEADER = "jwt_payload", "jwt_header"
+_UNSAFE = r"[\x00-\x1f\x7f-\x{9f}]|^ | $"
+"""What `header_safe` refuses, in RE2."""
+_STRINGS = ("iss", "sub", "client_id", "scope")
+_STRINGS_OR_LISTS = ("scp",)
+"""Claims read as a string or a list of strings that jwt_authn does not type-check itself (it refuses an `aud` that
+is neither: the differential test holds it to that)."""
+_MAX_DATE = 2.0**53
+MAX_LIST = 16
+"""The longest `aud` or `scp` list an offloaded route accepts (`_string_list`)."""
+
+
+def eligibility(runtime: Runtime, route: CompiledRoute) -> OffloadRules | NotOffloadable:
+    """The rules Envoy must check for `route`, or why it stays on ext_authz."""
+    if runtime.resource_policy is not None:
+        return NotOffloadable("the resource policy judges every route")
+    if runtime.endpoint_policies is not None or runtime.private_api:
+        return NotOffloadable("VPC endpoint policies or a private API judge every route")
+    if route.admit_gates or route.meter_gates:
+        names = ", ".join(getattr(g, "name", type(g).__name__) for g in (*route.admit_gates, *route.meter_gates))
+        return NotOffloadable(f"gates run on this route ({names})")
+    rules = route.authorizer.offload_rules()
+    if isinstance(rules, TokenRules):
+        odd = [claim for claim, _ in rules.claim_to_headers if claim not in _STRINGS]
+        if odd:
+            return NotOffloadable(f"claim_to_headers of {', '.join(odd)}: Envoy renders non-string claims its own way")
+    return rules
+
+
+def provider(name: str, rules: TokenRules, upstream_principal: str | None) -> dict[str, Any]:
+    """One `jwt_authn` provider for authorizer `name`."""
+    out: dict[str, Any] = {
+        "issuer": rules.issuer,
+        "from_headers": [{"name": rules.header, "value_prefix": "Bearer "}],
+        "forward": True,
+        "require_expiration": True,
+        "clock_skew_seconds": int(rules.leeway),
+        "payload_in_metadata": PAYLOAD,
+        "header_in_metadata": HEADER,
+        "jwt_cache_config": {"jwt_cache_size": max(1, rules.token_cache_size)},
+    }
+    if rules.jwks_file is not None:
+        out["local_jwks"] = {"filename": rules.jwks_file}
+    else:
+        assert rules.jwks_uri is not None
+        out["remote_jwks"] = {
+            "http_uri": {"uri": rules.jwks_uri, "cluster": jwks_cluster_name(name), "timeout": "5s"},
+            "cache_duration": "300s",
+            "async_fetch": {"fast_listener": False},
+        }
+    # Set in this order, the later overwriting: the principal is `sub`, else `client_id` (claims.principal_id).
+    heads = [{"header_name": h, "claim_name": c} for c, h in rules.claim_to_headers]
+    if upstream_principal is not None:
+        heads += [{"header_name": upstream_principal, "claim_name": c} for c in ("client_id", "sub")]
+    if heads:
+        out["claim_to_headers"] = heads
+    return out
+
+
+def jwks_cluster_name(authorizer: str) -> str:
+    return f"jwks_{authorizer}"
+
+
+def jwks_cluster(authorizer: str, uri: str) -> dict[str, Any]:
+    """An Envoy cluster that reaches `uri`'s host (TLS with SNI for https)."""
+    parts = urlsplit(uri)
+    host = parts.hostname or "localhost"
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    cluster: dict[str, Any] = {
+        "name": jwks_cluster_name(authorizer),
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": jwks_cluster_name(authorizer),
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
+            ],
+        },
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+            },
+        }
+    return cluster
+
+
+def condition(rules: TokenRules, scopes: frozenset[str]) -> Expr:
+    """The CEL condition restating what jwt_authn does not check (see the module's docstring)."""
+    b = Builder()
+    meta = b.index(b.field(b.ident("metadata"), "filter_metadata"), JWT_AUTHN)
+
+    def payload() -> Expr:
+        return b.index(meta, PAYLOAD)
+
+    def claim(name: str) -> Expr:
+        return b.index(payload(), name)
+
+    def has(name: str) -> Expr:
+        return b.within(b.string(name), payload())
+
+    def safe(value: Expr) -> Expr:
+        return b.not_(b.matches(value, _UNSAFE))
+
+    epoch = b.call("timestamp", b.string("1970-01-01T00:00:00Z"))
+    now = b.call("double", b.call("getSeconds", target=b.call("_-_", b.field(b.ident("request"), "time"), epoch)))
+    terms = [
+        b.within(b.index(b.index(meta, HEADER), "alg"), b.strings(sorted(rules.algorithms))),
+        b.call("_<=_", b.call("size", b.index(b.field(b.ident("request"), "headers"), rules.header)),
+               b.number(rules.max_token_bytes + len("Bearer "))),
+    ]  # fmt: skip
+    iat = b.and_(
+        b.is_type(claim("iat"), "double"), b.call("_<=_", claim("iat"), b.call("_+_", now, b.number(rules.leeway)))
+    )
+    terms.append(b.or_(b.not_(has("iat")), b.and_(iat, b.call("_<=_", claim("iat"), b.number(_MAX_DATE)))))
+    for name in _STRINGS:
+        terms.append(b.or_(b.not_(has(name)), b.is_type(claim(name), "string")))
+    for name in _STRINGS_OR_LISTS:
+        terms.append(b.or_(b.not_(has(name)), b.is_type(claim(name), "string"), _string_list(b, claim)(name)))
+    audiences = sorted(rules.audiences)
+    aud = b.or_(
+        b.and_(b.is_type(claim("aud"), "string"), b.within(claim("aud"), b.strings(audiences))),
+        b.and_(b.is_type(claim("aud"), "list"), b.or_(*(b.within(b.string(a), claim("aud")) for a in audiences))),
+    )
+    by_client = b.and_(has("client_id"), b.within(claim("client_id"), b.strings(audiences)))
+    terms.append(b.or_(b.and_(has("aud"), aud), by_client))
+    # The principal: a non-empty `sub` that can travel, else a `client_id` that can (an empty `sub` is refused:
+    # jwt_authn would send it, where the sidecar names the caller by client_id).
+    sub_ok = b.and_(has("sub"), b.call("_!=_", claim("sub"), b.string("")), safe(claim("sub")))
+    client_ok = b.and_(
+        b.not_(has("sub")), has("client_id"), b.call("_!=_", claim("client_id"), b.string("")), safe(claim("client_id"))
+    )
+    terms.append(b.or_(sub_ok, client_ok))
+    for name, _ in rules.claim_to_headers:
+        terms.append(b.or_(b.not_(has(name)), safe(claim(name))))
+    if scopes:
+        terms.append(b.or_(*(_has_scope(b, payload, s) for s in sorted(scopes))))
+    return b.and_(*terms)
+
+
+def _string_list(b: Builder, claim: Callable[[str], Expr]) -> Callable[[str], Expr]:
+    """`claim(name)` is a list of at most `MAX_LIST` strings. Envoy's RBAC compiles no comprehensions
+    ("Comprehension support is disabled"), so the elements are checked one by one, each guarded by the size; a
+    longer list is refused (the one place an offloaded route is stricter than the sidecar: docs/envoy-config.md)."""
+
+    def check(name: str) -> Expr:
+        size = b.call("size", claim(name))
+        terms = [b.is_type(claim(name), "list"), b.call("_<=_", size, b.integer(MAX_LIST))]
+        for i in range(MAX_LIST):
+            item = b.call("_[_]", claim(name), b.integer(i))
+            terms.append(b.or_(b.call("_<=_", size, b.integer(i)), b.is_type(item, "string")))
+        return b.and_(*terms)
+
+    return check
+
+
+def _has_scope(b: Builder, payload: Any, scope: str) -> Expr:
+    """`scope` is among the space-separated `scope`, or `scp` (a list, or a space-separated string)."""
+    word = r"(^|\s)" + "".join(f"\\x{{{ord(c):x}}}" for c in scope) + r"(\s|$)"
+    in_scope = b.and_(b.within(b.string("scope"), payload()), b.matches(b.index(payload(), "scope"), word))
+    scp = b.index(payload(), "scp")
+    in_scp = b.and_(
+        b.within(b.string("scp"), payload()),
+        b.or_(
+            b.and_(b.is_type(scp, "string"), b.matches(b.index(payload(), "scp"), word)),
+            b.and_(b.is_type(b.index(payload(), "scp"), "list"), b.within(b.string(scope), b.index(payload(), "scp"))),
+        ),
+    )
+    return b.or_(in_scope, in_scp)
+
+
+class Flow(dict[str, Any]):
+    """A mapping written in YAML's flow style (one line of JSON-like text): the condition is a deep tree, which
+    block style would indent into hundreds of kilobytes."""
+
+
+def rbac_per_route(rules: TokenRules, scopes: frozenset[str]) -> dict[str, Any]:
+    """The route's `RBACPerRoute`: allow only when the condition holds."""
+    policy = {
+        "permissions": [{"any": True}],
+        "principals": [{"any": True}],
+        "condition": Flow(condition(rules, scopes)),
+    }
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+        "rbac": {"rules": {"action": "ALLOW", "policies": {"sidecar-rules": policy}}},
+    }
+
+
+__all__ = ["condition", "eligibility", "jwks_cluster", "provider", "rbac_per_route"]
