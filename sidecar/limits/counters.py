@@ -537,8 +537,8 @@ class LocalCounters:
 
     @property
     def entries(self) -> int:
-        """Pieces of state held, in every store (a bucket, a period's count, a window bucket, an initial-period
-        record; expired ones not yet swept out included)."""
+        """Pieces of state held, in every store (a usage-plan key's state, a window bucket; expired ones not yet
+        swept out included)."""
         return len(self.plans) + sum(len(store) for store in self.rules.values())
 
     def now_us(self) -> int:
