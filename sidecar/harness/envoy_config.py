@@ -377,7 +377,8 @@ def explain(runtime: Runtime, offload: bool = False) -> str:
         lines.append(f"{position}. {matcher.key}  path ~ {matcher.regex}  -> {_summary(rp)}")
         if isinstance(rp.offload, NotOffloadable):
             lines.append(f"     stays on ext_authz: {rp.offload.reason}")
-        lines += [f"     because {why}" for why in rp.needs.why if why not in base]
+        if not isinstance(rp.offloaded, OpenRoute | ClosedRoute):
+            lines += [f"     because {why}" for why in rp.needs.why if why not in base]
     lines.append(f"{len(built.routes) + 1}. catch-all (every other request)  -> {_summary(built.catch_all)}")
     lines += [f"   left to the catch-all: {key}: {why}" for key, why in built.left]
     return "\n".join(lines) + "\n"
@@ -385,6 +386,9 @@ def explain(runtime: Runtime, offload: bool = False) -> str:
 
 def _summary(rp: RoutePlan) -> str:
     how = {TokenRules: f"jwt_authn provider {rp.authorizer} + rbac", OpenRoute: "open", ClosedRoute: "closed"}
+    if isinstance(rp.offloaded, TokenRules):
+        twin = _summary(RoutePlan(rp.key, rp.needs, rp.profile))
+        return f"decided by Envoy itself ({how[TokenRules]}) for a 'Bearer <jws>' token; other spellings: {twin}"
     if rp.offloaded is not None:
         return f"decided by Envoy itself ({how[type(rp.offloaded)]}): nothing crosses the hop"
     headers = "every header" if rp.needs.all_headers else "the named headers"

@@ -202,7 +202,7 @@ def _checks(stack: Stack) -> float:
 def test_explain_says_why_a_route_stays(setup: tuple[Issuer, str, Path]) -> None:
     _, _, path = setup
     text = explain(compile_runtime(load_config(path), private_limits=True), offload=True)
-    assert "GET /orders/{id}" in text and "decided by Envoy itself" in text
+    assert "decided by Envoy itself (jwt_authn provider corp + rbac) for a 'Bearer <jws>' token" in text
     assert "stays on ext_authz: gates run on this route (rate_limit:per-ip)" in text
     assert "GET /public  path ~ ^/public$  -> decided by Envoy itself (open)" in text
     assert "decided by Envoy itself (closed)" in text

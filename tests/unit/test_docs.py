@@ -44,6 +44,7 @@ EXAMPLE_PAGES = [
     "limits.md",
     "mtls.md",
     "private-apis.md",
+    "envoy-config.md",
 ]
 """Pages whose `file=` blocks and console commands are run (each must have at least one command)."""
 
