@@ -1,0 +1,278 @@
+"""deploy/helm, deploy/kubernetes, deploy/istio and the Dockerfile, checked by the real tools (issue #24).
+
+helm lints and renders every ci/ values file; every object is validated against Kubernetes' OpenAPI schemas
+(two releases, strict) or its vendored CRD; checkov finds nothing unjustified; hadolint passes the Dockerfile;
+the Envoy bootstrap the chart renders is `render_envoy_config` for the pod's ports (and Envoy accepts it); the
+sidecar config it renders passes `authz-sidecar validate --strict` with the Secret's files in place.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar.harness.envoy import render_envoy_config, validate_envoy_config
+from sidecar.harness.kubernetes import CHART, DEPLOY, TEMPLATES, helm_binary, main, pod_envoy_ports
+from tests.conftest import REPO
+from tests.e2e.kube_testkit import (
+    CI_VALUES,
+    KUBERNETES_VERSIONS,
+    SECRETS_DIR,
+    only,
+    plain_files,
+    pod_spec,
+    render,
+    tool,
+    validate_object,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _values(name: str) -> dict[str, Any]:
+    """The chart's defaults overlaid with ci/`name` (a shallow-enough merge for the keys tests read)."""
+    merged: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    for key, value in (yaml.safe_load((CHART / "ci" / name).read_text(encoding="utf-8")) or {}).items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and key != "config" else value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every ci/ values file's objects, the helm test pod included."""
+    return {name: render([f"ci/{name}"], tests=True) for name in CI_VALUES}
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_helm_lint_strict(values: str) -> None:
+    done = subprocess.run(
+        [helm_binary(), "lint", "--strict", str(CHART), "--values", str(CHART / "ci" / values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("bogus=1", "additional properties 'bogus' not allowed"),
+        ("envoy.bogus=1", "additional properties 'bogus' not allowed"),
+        ("config.listen.grpc=0.0.0.0:1", "/config"),
+        ("redis.url=redis://:hunter2@redis:6379", "/redis/url"),
+        ("mode=sidecars", "/mode"),
+    ],
+)
+def test_values_schema_refuses(setting: str, complaint: str) -> None:
+    """values.schema.json: unknown keys anywhere, a config that sets the chart's `listen`, a Redis URL with a
+    password (it would land in a ConfigMap) and unknown modes are errors, not silently ignored."""
+    with pytest.raises(RuntimeError, match="helm template failed") as caught:
+        render([], "--set", setting)
+    assert complaint in str(caught.value)
+
+
+def test_every_level_of_the_schema_refuses_unknown_keys() -> None:
+    def objects(node: Any, where: str) -> list[str]:
+        if not isinstance(node, dict):
+            return []
+        found = []
+        if node.get("type") == "object" and "properties" in node:
+            found += [] if node.get("additionalProperties") is False else [where]
+        for key, child in (node.get("properties") or {}).items():
+            if f"{where}/{key}" != "/config":  # the sidecar's own schema: `authz-sidecar validate` checks it
+                found += objects(child, f"{where}/{key}")
+        return found
+
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    assert objects(schema, "") == []
+
+
+def test_rendered_objects_match_kubernetes_schemas(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    kinds = set()
+    for name, docs in rendered.items():
+        for doc in docs:
+            kinds.add(doc["kind"])
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    validate_object(doc, version)
+                except Exception as exc:
+                    pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']} (Kubernetes {version}): {exc}")
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert {"ServiceMonitor", "ConfigMap", "Secret", "ServiceAccount", "Pod"} <= kinds
+
+
+def test_plain_manifests_match_kubernetes_schemas() -> None:
+    files = list(plain_files())
+    assert len(files) >= 3
+    for path in files:
+        for doc in (d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d):
+            for version in KUBERNETES_VERSIONS:
+                validate_object(doc, version)
+    for kustomization in (DEPLOY / "kubernetes").rglob("kustomization.yaml"):
+        listed = yaml.safe_load(kustomization.read_text(encoding="utf-8"))["resources"]
+        assert listed and all((kustomization.parent / r).exists() for r in listed), kustomization
+
+
+def test_generated_files_are_current() -> None:
+    """The chart's Envoy files and deploy/kubernetes/ are what `python -m sidecar.harness.kubernetes` writes
+    today: after a template or chart change, run it (this test names the stale files)."""
+    assert main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("values", ["sidecar-values.yaml", "sidecar-http-values.yaml"])
+def test_envoy_bootstrap_is_the_shipped_template(values: str, tmp_path: Path) -> None:
+    """The chart's Envoy bootstrap is `render_envoy_config` for the pod's ports, for the chart's ports and for
+    others, and Envoy accepts it."""
+    chosen = {"envoy": 18000, "envoyAdmin": 18001, "app": 18002, "grpc": 18003, "http": 18004, "admin": 18005}
+    settings = [f"ports.{k}={v}" for k, v in chosen.items()]
+    authz = _values(values)["authz"]
+    for ports, args in ((_values(values)["ports"], []), (chosen, ["--set", ",".join(settings)])):
+        docs = render([f"ci/{values}"], *args)
+        bootstrap = only(docs, "ConfigMap", "-config")["data"]["envoy.yaml"]
+        assert bootstrap == render_envoy_config(pod_envoy_ports(ports, authz), TEMPLATES[authz])
+    path = tmp_path / "envoy.yaml"
+    path.write_text(bootstrap, encoding="utf-8")
+    checked = validate_envoy_config(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def _write_pod_files(docs: list[dict[str, Any]], root: Path) -> Path:
+    """The sidecar config and the Secret's files under `root` (paths in the config mapped there); the config."""
+    secret = only(docs, "Secret")
+    secrets = root / SECRETS_DIR.lstrip("/")
+    secrets.mkdir(parents=True)
+    for name, content in (secret.get("stringData") or {}).items():
+        (secrets / name).write_text(content, encoding="utf-8")
+    config = only(docs, "ConfigMap", "-config")["data"]["config.yaml"].replace(SECRETS_DIR, str(secrets))
+    path = root / "config.yaml"
+    path.write_text(config, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_sidecar_config_validates(values: str, rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    config = _write_pod_files(rendered[values], tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "validate", "--strict", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    listen = yaml.safe_load(config.read_text(encoding="utf-8"))["listen"]
+    standalone = _values(values)["mode"] == "standalone"
+    assert listen["admin"].startswith("0.0.0.0:")
+    assert (listen.get("grpc") or listen["http"]).startswith("0.0.0.0:" if standalone else "127.0.0.1:")
+
+
+def test_a_config_change_rolls_the_pods() -> None:
+    def annotations(*args: str) -> dict[str, str]:
+        found: dict[str, str] = only(render([], *args), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return found
+
+    before = annotations()
+    assert before == annotations()
+    config_changed = annotations("--set", "config.server.grace_period=12")
+    assert config_changed["checksum/config"] != before["checksum/config"]
+    secret_changed = annotations("--set-string", "secret.files.extra=1")
+    assert secret_changed["checksum/secret"] != before["checksum/secret"]
+    assert secret_changed["checksum/config"] == before["checksum/config"]
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_pod_shape(values: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Native sidecars in start order (authz-sidecar, then Envoy) or plain containers; the hardened security
+    context everywhere; a grace period that covers the stop sequence."""
+    v, spec = _values(values), pod_spec(rendered[values])
+    containers = spec.get("initContainers", []) + spec["containers"]
+    names = [c["name"] for c in containers]
+    if v["mode"] == "standalone":
+        assert names == ["authz-sidecar"]
+        assert spec["containers"][0]["readinessProbe"]["grpc"] == {"port": v["ports"]["grpc"]}
+    elif v["nativeSidecars"]:
+        assert [c["name"] for c in spec["initContainers"]] == ["authz-sidecar", "envoy"]
+        assert all(c["restartPolicy"] == "Always" for c in spec["initContainers"])
+    else:
+        assert "initContainers" not in spec and set(names) == {"app", "authz-sidecar", "envoy"}
+    for container in containers:
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+        assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"} and security["runAsUser"] >= 10000
+        assert {"readinessProbe", "livenessProbe"} <= container.keys() and container["resources"]["limits"]
+    grace = int(v["config"].get("server", {}).get("grace_period", 10))
+    stops = v["preStopSleepSeconds"] + grace + 2
+    if v["mode"] != "standalone":
+        stops += v["app"]["shutdownSeconds"] + v["envoy"]["shutdownSeconds"]
+    assert spec["terminationGracePeriodSeconds"] == stops
+    assert spec["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_network_policy_admits_the_door_and_prometheus(values: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    v = _values(values)
+    policy = only(rendered[values], "NetworkPolicy")["spec"]
+    door = v["ports"]["grpc"] if v["mode"] == "standalone" else v["ports"]["envoy"]
+    assert [[p["port"] for p in rule["ports"]] for rule in policy["ingress"]] == [[door], [v["ports"]["admin"]]]
+    assert policy["ingress"][0].get("from", []) == v["networkPolicy"]["clients"]
+    prometheus = policy["ingress"][1]["from"]
+    assert prometheus == [dict(v["networkPolicy"]["prometheus"])]
+
+
+def test_checkov_finds_nothing_unjustified(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    for name, docs in rendered.items():
+        (tmp_path / name).write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    for path in plain_files():
+        (tmp_path / f"plain-{path.parent.name}-{path.name}").write_text(path.read_text(encoding="utf-8"))
+    (tmp_path / "Dockerfile").write_text((REPO / "Dockerfile").read_text(encoding="utf-8"), encoding="utf-8")
+    checkov = tool("checkov", Path(sys.executable).parent.parent / "opt" / "checkov" / "bin" / "checkov")
+    done = subprocess.run(
+        [checkov, "-d", str(tmp_path), "--framework", "kubernetes", "dockerfile", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "LOG_LEVEL": "ERROR"},
+    )
+    reports = json.loads(done.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    summary = {r["check_type"]: r["summary"] for r in reports}
+    failed = [(c["check_id"], c["resource"]) for r in reports for c in r["results"]["failed_checks"]]
+    assert failed == [], failed
+    assert {"kubernetes", "dockerfile"} <= summary.keys() and all(s["passed"] > 0 for s in summary.values())
+    skipped = [c for r in reports for c in r["results"]["skipped_checks"]]
+    assert all(c["check_result"].get("suppress_comment") for c in skipped), skipped
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    done = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "info", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_istio_objects() -> None:
+    """The AuthorizationPolicies match Istio's CRD (vendored); the extension provider is envoyExtAuthzGrpc with
+    an explicit timeout, fail-closed, the body as bytes, and names the standalone release's Service."""
+    policies = [doc for path in (DEPLOY / "istio").glob("*policy.yaml") for doc in yaml.safe_load_all(path.read_text())]
+    assert len(policies) == 2
+    for policy in policies:
+        validate_object(policy, KUBERNETES_VERSIONS[-1])
+        assert policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"] == {"name": "authz-sidecar"}
+    mesh = yaml.safe_load((DEPLOY / "istio" / "mesh-config.yaml").read_text(encoding="utf-8"))["meshConfig"]
+    (provider,) = mesh["extensionProviders"]
+    grpc = provider["envoyExtAuthzGrpc"]
+    assert provider["name"] == "authz-sidecar" and grpc["timeout"] == "1.5s" and grpc["failOpen"] is False
+    assert grpc["includeRequestBodyInCheck"]["packAsBytes"] is True
+    service = only(render(["ci/standalone-values.yaml"], release="authz", namespace="authz"), "Service")
+    assert grpc["service"] == f"{service['metadata']['name']}.authz.svc.cluster.local"
+    assert grpc["port"] == next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
