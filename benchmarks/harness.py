@@ -3,8 +3,10 @@ and stops everything it started.
 
 Stacks, in order: Envoy alone (no ext_authz); Envoy + the no-op grpc.aio server; Envoy + the sidecar serving
 every scenario; and the sidecar under `--workers 2` to measure how Envoy's calls split over the workers.
-Envoy is the shipped bootstrap (`sidecar/defaults/envoy.yaml` through `render_envoy_config`) with one change:
-its route answers with `direct_response`, so no upstream server sits in the measurement. Each scenario is
+Envoy is the shipped bootstrap (`render_envoy_config` with `SHIPPED`'s values, the authz cluster untouched: one
+endpoint per worker, health-checked) with its addresses on loopback and one change: its route answers with
+`direct_response`, so no upstream server sits in the measurement (`tests/unit/test_benchmark_envoy.py` holds it
+to the shipped file). Each scenario is
 checked once (a 200 through Envoy, an OK straight at gRPC) before it is loaded, so no figure is of denials.
 """
 
@@ -30,7 +32,16 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.harness.demo import SidecarProcess, config_with_ports
-from sidecar.harness.envoy import EnvoyPorts, EnvoyProcess, free_port, render_envoy_config, stop_process
+from sidecar.harness.envoy import (
+    SHIPPED,
+    SHIPPED_WORKERS,
+    EnvoyPorts,
+    EnvoyProcess,
+    free_port,
+    free_ports,
+    render_envoy_config,
+    stop_process,
+)
 
 from . import procs, scenarios
 from .load import LoadResult, ensure_tools, grpc_frame, run_h2load, run_paced, run_wrk
@@ -229,19 +240,36 @@ def envoy_config(ports: EnvoyPorts, ext_authz: bool = True, template: str = "env
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-@contextlib.contextmanager
-def envoy(
-    listen_port: int, authz_port: int | None, max_streams: int = 100, template: str = "envoy.yaml"
-) -> Iterator[EnvoyProcess]:
-    """A real Envoy (one worker thread) in front of `authz_port`, or with no ext_authz when it is None."""
-    ports = EnvoyPorts(
+def envoy_ports(listen_port: int, authz_port: int, template: str = "envoy.yaml", socket: str = "") -> EnvoyPorts:
+    """The shipped file's values (`SHIPPED[template]`: timeouts, body limit, one endpoint per worker) with every
+    address on loopback: the authz endpoints `authz_port` + k (`authz_ports` reserves them), or `socket`'s
+    `{worker}` paths (a Unix socket row)."""
+    return dataclasses.replace(
+        SHIPPED[template],
+        listen_host="127.0.0.1",
         listen_port=listen_port,
-        authz_port=authz_port or 1,
+        authz_port=authz_port,
+        authz_socket=socket,
         upstream_port=1,
         admin_port=free_port(),
-        authz_max_streams=max_streams,
     )
-    with EnvoyProcess(envoy_config(ports, authz_port is not None, template), ports.admin_port) as proc:
+
+
+def authz_ports() -> int:
+    """The first of the consecutive free ports the shipped gRPC file's endpoints need (`SHIPPED_WORKERS`): a
+    single-process server answers on the first, Envoy's health check leaves the others out."""
+    return free_ports(SHIPPED_WORKERS)
+
+
+@contextlib.contextmanager
+def envoy(
+    listen_port: int, authz_port: int | None, template: str = "envoy.yaml", socket: str = ""
+) -> Iterator[EnvoyProcess]:
+    """A real Envoy (one worker thread) in front of `authz_port` (or `socket`), or with no ext_authz when both
+    are absent."""
+    ports = envoy_ports(listen_port, authz_port or 1, template, socket)
+    wanted = authz_port is not None or bool(socket)
+    with EnvoyProcess(envoy_config(ports, wanted, template), ports.admin_port) as proc:
         yield proc
 
 
@@ -488,7 +516,7 @@ class Harness:
                     with envoy(self.listen_port, None) as proxy:
                         self.scenario(scenario, proxy, None, None)
                 elif scenario.stack == "noop-grpc":
-                    port = free_port()
+                    port = authz_ports()
                     with (
                         noop_grpc_server(port, scenario.module, spin_us=scenario.spin_us) as server,
                         envoy(self.listen_port, port) as proxy,
@@ -507,7 +535,7 @@ class Harness:
                 groups.setdefault((scenarios.settings_key(s), s.transport), []).append(s)
             floor_stack = contextlib.ExitStack()
             if self.profile.floor_beside and on_sidecar and self.profile.rate:
-                floor_port, floor_listen = free_port(), free_port()
+                floor_port, floor_listen = authz_ports(), free_port()
                 floor_stack.enter_context(noop_grpc_server(floor_port))
                 floor_stack.enter_context(envoy(floor_listen, floor_port))
                 self._floor_beside = f"http://127.0.0.1:{floor_listen}"
@@ -536,7 +564,7 @@ class Harness:
         """Every sidecar scenario, one sidecar process per group of scenarios that share their settings."""
         for (_, transport), group in groups.items():
             config = scenarios.sidecar_config(group)
-            port = free_port()
+            port = authz_ports()
             http_port = free_port() if transport == "envoy-http" else None
             template = HTTP_TEMPLATE if http_port else "envoy.yaml"
             with contextlib.ExitStack() as stack:
@@ -587,7 +615,7 @@ class Harness:
         """RSS of one sidecar process before and after it has verified and cached `memory_tokens` distinct JWTs."""
         n = self.profile.memory_tokens
         self.log(f"  memory ({variant}): filling the caches with {n:,} distinct ES256 tokens ...")
-        port = free_port()
+        port = authz_ports()
         with sidecar(scenarios.sidecar_config([scenario]), port) as side, envoy(self.listen_port, port):
             assert side.proc is not None
             problem = precheck_envoy(self.base, scenario)
@@ -619,7 +647,7 @@ class Harness:
     def floor_again(self, noop: Scenario) -> None:
         """The gRPC floor once more at the end: its ratio to the first shows how much the machine drifted."""
         again = dataclasses.replace(noop, name="noop-grpc-again", title="floor again, end of run")
-        port = free_port()
+        port = authz_ports()
         with noop_grpc_server(port) as server, envoy(self.listen_port, port) as proxy:
             self.scenario(again, proxy, server.pid, port)
 
@@ -780,43 +808,46 @@ class Harness:
         )
 
     def workers_split(self, config: str, scenario: Scenario) -> None:
-        """`--workers 2`: saturate through Envoy and see how calls (CPU) and connections spread over workers."""
+        """`--workers 2` behind the shipped bootstrap (one endpoint per worker): saturate through Envoy and see how
+        calls (CPU) and connections spread over the workers. The other ways of reaching the workers are measured
+        side by side by `benchmarks/authz_options.py`."""
         p = self.profile
-        for max_streams in (100, 4, 1):
-            port = free_port()
-            with sidecar(config, port, workers=2) as side, envoy(self.listen_port, port, max_streams) as proxy:
-                assert side.proc is not None
-                supervisor = side.proc.pid
-                workers = [w for w in procs.children(supervisor) if "spawn_main" in procs.cmdline(w)]
-                if p.warmup:
-                    run_wrk(self.base + scenario.path, p.connections, p.warmup)
-                before = {w: procs.cpu_seconds(w) for w in workers}
-                row = self.row(
-                    scenario,
-                    "envoy",
-                    f"workers-2/streams-{max_streams}",
-                    lambda: run_wrk(self.base + scenario.path, p.connections, p.seconds),
-                    supervisor,
-                    proxy.proc.pid if proxy.proc else None,
-                )
-                spent = {w: procs.cpu_seconds(w) - before[w] for w in workers}
-                connections = procs.established_on_port(workers, port)
-                total = sum(spent.values()) or 1.0
-                self.result.workers.append(
-                    {
-                        "authz_max_streams": max_streams,
-                        "connections": p.connections,
-                        "rps": round(row.result.rps, 1) if row.result else None,
-                        "sidecar_cpu_us_per_check": _round(row.sidecar_cpu_us),
-                        "per_worker": [
-                            {"cpu_share": round(spent[w] / total, 3), "authz_connections": connections[w]}
-                            for w in workers
-                        ],
-                    }
-                )
-                self.add(row)
-                shares = ", ".join(f"{spent[w] / total:.0%} ({connections[w]} conn)" for w in workers)
-                self.log(f"  workers split with max_concurrent_streams={max_streams}: {shares}")
+        port = authz_ports()
+        with sidecar(config, port, workers=2) as side, envoy(self.listen_port, port) as proxy:
+            assert side.proc is not None
+            supervisor = side.proc.pid
+            workers = [w for w in procs.children(supervisor) if "spawn_main" in procs.cmdline(w)]
+            if p.warmup:
+                run_wrk(self.base + scenario.path, p.connections, p.warmup)
+            before = {w: procs.cpu_seconds(w) for w in workers}
+            row = self.row(
+                scenario,
+                "envoy",
+                "workers-2/shipped",
+                lambda: run_wrk(self.base + scenario.path, p.connections, p.seconds),
+                supervisor,
+                proxy.proc.pid if proxy.proc else None,
+            )
+            spent = {w: procs.cpu_seconds(w) - before[w] for w in workers}
+            connections = {w: 0 for w in workers}
+            for k in range(SHIPPED_WORKERS):
+                for w, n in procs.established_on_port(workers, port + k).items():
+                    connections[w] += n
+            total = sum(spent.values()) or 1.0
+            self.result.workers.append(
+                {
+                    "envoy": "shipped: one endpoint per worker, 100 streams per connection",
+                    "connections": p.connections,
+                    "rps": round(row.result.rps, 1) if row.result else None,
+                    "sidecar_cpu_us_per_check": _round(row.sidecar_cpu_us),
+                    "per_worker": [
+                        {"cpu_share": round(spent[w] / total, 3), "authz_connections": connections[w]} for w in workers
+                    ],
+                }
+            )
+            self.add(row)
+            shares = ", ".join(f"{spent[w] / total:.0%} ({connections[w]} conn)" for w in workers)
+            self.log(f"  workers split behind the shipped bootstrap: {shares}")
 
 
 def add_ratios(rows: list[Row]) -> None:

@@ -7,6 +7,8 @@ pre-serialized `CheckResponse`, so every microsecond the real sidecar spends abo
 With `--spin-us N` it also busy-waits N microseconds of pure Python per Check: a calibration floor that shows
 what N microseconds of in-process work cost once they run inside grpc.aio under load.
 
+It serves `grpc.health.v1.Health` (SERVING) too: the shipped bootstrap health-checks its authz endpoints.
+
 Run: `python -m benchmarks.noop_grpc_authz --port 9191 [--reuse-port] [--spin-us N]`; SIGTERM/SIGINT stop it.
 """
 
@@ -22,6 +24,8 @@ from typing import Any
 import grpc
 import uvloop
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 OK_RESPONSE: bytes = CheckResponse(status={"code": 0}).SerializeToString()
 CHECK_METHOD = "Check"
@@ -56,9 +60,12 @@ async def serve(host: str, port: int, reuse_port: bool = False, spin_us: float =
     """Serve until SIGTERM/SIGINT."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     server.add_generic_rpc_handlers((_handler(spin_us),))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise SystemExit(f"cannot listen on {host}:{port}")
     await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,8 @@ framing, HPACK, one pre-serialized `CheckResponse`. The request message is not e
 grpc.aio floor, it shows how much of the framework cost the lean listener removes, and the sidecar's rows over
 it show how much of what remains is ours.
 
+It answers `grpc.health.v1.Health/Check` with SERVING too: the shipped bootstrap health-checks its endpoints.
+
 Run: `python -m benchmarks.noop_lean_grpc --port 9191 [--reuse-port]`; SIGTERM/SIGINT stop it.
 """
 
@@ -16,6 +18,7 @@ import signal
 from collections.abc import Sequence
 
 import uvloop
+from grpc_health.v1 import health_pb2
 
 from sidecar.transports.grpc_lean import start_lean_grpc
 
@@ -26,9 +29,17 @@ async def _check(request: bytes) -> bytes:
     return OK_RESPONSE
 
 
+SERVING: bytes = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+
+
+async def _health(request: bytes) -> bytes:
+    return SERVING
+
+
 async def serve(host: str, port: int, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT."""
-    server = await start_lean_grpc(host, port, {f"/{SERVICE}/{CHECK_METHOD}": _check}, reuse_port=reuse_port)
+    handlers = {f"/{SERVICE}/{CHECK_METHOD}": _check, "/grpc.health.v1.Health/Check": _health}
+    server = await start_lean_grpc(host, port, handlers, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -458,17 +458,18 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
         out += [
             "## `--workers 2`: how Envoy's calls spread over the workers",
             "",
-            "The kernel spreads connections (SO_REUSEPORT), not calls; Envoy opens another HTTP/2 connection to the"
-            " authz cluster only when `max_concurrent_streams` streams are in flight on the ones it has. Calls per"
-            " worker are read as each worker's share of the CPU (every call here costs the same).",
+            "The shipped bootstrap lists one authz endpoint per worker (`listen.grpc_per_worker`) and takes them in"
+            " turn; the other ways of reaching the workers are compared by `benchmarks/authz_options.py`"
+            " (docs/performance.md). Calls per worker are read as each worker's share of the CPU (every call here"
+            " costs the same).",
             "",
-            "| authz_max_streams | rps | sidecar CPU us/Check (all processes)"
-            " | per worker: CPU share (authz connections) |",
+            "| Envoy | rps | sidecar CPU us/Check (all processes) | per worker: CPU share (authz connections) |",
             "|---|---|---|---|",
         ]
         for w in result.workers:
             split = ", ".join(f"{x['cpu_share']:.0%} ({x['authz_connections']})" for x in w["per_worker"])
-            out.append(f"| {w['authz_max_streams']} | {w['rps']} | {w['sidecar_cpu_us_per_check']} | {split} |")
+            name = w.get("envoy", f"max_concurrent_streams {w.get('authz_max_streams')}")
+            out.append(f"| {name} | {w['rps']} | {w['sidecar_cpu_us_per_check']} | {split} |")
         out.append("")
     if result.memory:
         out += [

@@ -662,7 +662,8 @@ def sidecar_config(scenarios: list[Scenario]) -> str:
             authorizers.update(s.authorizers)
             routes.extend(r for r in s.routes if r not in routes)
     config = {
-        "listen": {"grpc": "127.0.0.1:9191", "admin": "127.0.0.1:9190"},
+        # Per-worker gRPC addresses, as the shipped config (the shipped bootstrap lists one endpoint per worker).
+        "listen": {"grpc": "127.0.0.1:9191", "admin": "127.0.0.1:9190", "grpc_per_worker": True},
         "server": {"watch_config": False, "grace_period": 2},
         "authorizers": authorizers or {"public": {"type": "none"}},
         "routes": routes or [{"match": "ANY /anon/{proxy+}", "authorizer": "public"}],

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _API_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -79,14 +79,66 @@ def _check_hostport(value: str | None) -> str | None:
     return value
 
 
-class ListenSettings(_Frozen):
-    """Where the sidecar listens. `admin` serves /metrics, /healthz and /readyz; null turns a listener off."""
+_UNIX_PATH_MAX = 107
+"""Bytes of a Unix socket path (sun_path holds 108 with its terminating NUL on Linux)."""
+_WORKER = "{worker}"
 
+
+def _check_unix(value: str, per_worker: bool) -> str:
+    path = value.removeprefix("unix:")
+    if not path.startswith("/"):
+        raise ValueError(f"a Unix socket path must be absolute, e.g. unix:/run/authz-sidecar/grpc.sock, got {value!r}")
+    if "\0" in path or path.endswith("/"):
+        raise ValueError(f"not a usable socket path: {value!r}")
+    if _WORKER in path and not per_worker:
+        raise ValueError("{worker} names each worker's own socket: only in listen.grpc with grpc_per_worker: true")
+    if per_worker and path.count(_WORKER) != 1:
+        raise ValueError("with grpc_per_worker: true, a Unix path names each worker's socket with {worker} once")
+    longest = path.replace(_WORKER, "999")
+    if len(longest.encode()) > _UNIX_PATH_MAX:
+        raise ValueError(f"a Unix socket path holds at most {_UNIX_PATH_MAX} bytes, this one {len(longest.encode())}")
+    return value
+
+
+def _socket_mode(value: object) -> object:
+    """`socket_mode: 0660` (YAML reads an octal integer) or "0660"/"660" as a string."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            raise ValueError(f"expected an octal mode such as 0660, got {value!r}") from None
+    return value
+
+
+class ListenSettings(_Frozen):
+    """Where the sidecar listens. `admin` serves /metrics, /healthz and /readyz; null turns a listener off.
+
+    `grpc` and `http` take `HOST:PORT` or a Unix domain socket, `unix:/absolute/path` (docs/configuration.md)."""
+
+    grpc_per_worker: bool = False
+    """With `serve --workers N`, instead of every worker sharing `grpc`, worker k listens on its own address: the
+    TCP port + k (worker 0, and a single process, on the port itself), a Unix path with its
+    `{worker}` replaced by k. Envoy then lists one endpoint per worker (deploy/envoy/: the kernel balances
+    connections, not calls, and Envoy opens one connection per endpoint: docs/performance.md)."""
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    """Permissions of the Unix socket files the sidecar creates: 0660 lets the owner and its group (Envoy's user
+    joins it) connect, and nobody else; the directory should be the group's alone too."""
     grpc: str | None = "127.0.0.1:9191"
     admin: str | None = "127.0.0.1:9190"
     http: str | None = None
 
-    _hostports = field_validator("grpc", "admin", "http")(_check_hostport)
+    _mode = field_validator("socket_mode", mode="before")(_socket_mode)
+
+    @field_validator("grpc", "http")
+    @classmethod
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.startswith("unix:"):
+            if value is not None and _WORKER in value:
+                raise ValueError("{worker} belongs in a Unix socket path (unix:/...); a TCP port is counted up")
+            return _check_hostport(value)
+        return _check_unix(value, info.field_name == "grpc" and bool(info.data.get("grpc_per_worker")))
+
+    _admin = field_validator("admin")(_check_hostport)
 
 
 class ApiSettings(_Frozen):

@@ -41,9 +41,24 @@ class EnvoyPorts:
     admin_port: int = 9901
     authz_timeout: str = "0.5s"
     max_request_bytes: int = 65536
-    authz_max_streams: int = 1
     private_port: int = 10001
     """The TLS variant's private listener (`DownstreamTls.private`); unused by the plain files."""
+    authz_workers: int = 1
+    """Endpoints of the authz cluster, one per sidecar worker (`listen.grpc_per_worker`): `authz_port` + k, or
+    `authz_socket` with `{worker}` = k."""
+    authz_socket: str = ""
+    """A Unix socket path for the authz endpoints instead of `authz_host:authz_port` (`{worker}`: the index)."""
+
+    def authz_endpoints(self, indent: int) -> str:
+        """The authz cluster's `lb_endpoints` items, each on its own line at `indent` spaces but the first."""
+        items = []
+        for k in range(self.authz_workers):
+            if self.authz_socket:
+                address = f"{{pipe: {{path: {self.authz_socket.replace('{worker}', str(k))}}}}}"
+            else:
+                address = f"{{socket_address: {{address: {self.authz_host}, port_value: {self.authz_port + k}}}}}"
+            items.append(f"- endpoint: {{address: {address}}}")
+        return ("\n" + " " * indent).join(items)
 
 
 TLS_DIR = "/etc/envoy/tls"
@@ -73,17 +88,30 @@ class DownstreamTls:
     vpc: str = "vpc-0123456789abcdef0"
 
 
+SHIPPED_WORKERS = 2
+"""The shipped gRPC files' endpoints: one per worker of `serve --workers 2` (one process answers alone)."""
+
 SHIPPED = {
-    "envoy.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_timeout="1.5s"),
+    "envoy.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_timeout="1.5s", authz_workers=SHIPPED_WORKERS),
     "envoy-http.yaml": EnvoyPorts(
         listen_host="0.0.0.0", authz_port=9192, max_request_bytes=1048576, authz_timeout="1.5s"
     ),
-    "envoy-mtls.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_timeout="1.5s"),
+    "envoy-mtls.yaml": EnvoyPorts(listen_host="0.0.0.0", authz_timeout="1.5s", authz_workers=SHIPPED_WORKERS),
+    "envoy-uds.yaml": EnvoyPorts(
+        listen_host="0.0.0.0",
+        authz_timeout="1.5s",
+        authz_workers=SHIPPED_WORKERS,
+        authz_socket="/run/authz-sidecar/grpc-{worker}.sock",
+    ),
 }
 """The files in deploy/envoy/ and the addresses they are rendered with (tests and demos use loopback)."""
 
-VARIANTS: Mapping[str, tuple[str, DownstreamTls]] = {"envoy-mtls.yaml": ("envoy.yaml", DownstreamTls())}
-"""Shipped names that are not templates: (the template, the TLS variant applied to it)."""
+VARIANTS: Mapping[str, tuple[str, DownstreamTls | None]] = {
+    "envoy-mtls.yaml": ("envoy.yaml", DownstreamTls()),
+    "envoy-uds.yaml": ("envoy.yaml", None),
+}
+"""Shipped names that are not templates: (the template, the TLS variant applied to it, if any). envoy-uds.yaml is
+envoy.yaml reaching the workers over Unix domain sockets (its `SHIPPED` ports name them)."""
 
 
 def render_envoy_config(
@@ -96,7 +124,50 @@ def render_envoy_config(
     variant = tls or shipped_tls
     if variant is not None:
         text = tls_variant(text, base, variant)
-    return Template(text).substitute({k: str(v) for k, v in asdict(ports).items()})
+    elif ports.authz_socket and template in VARIANTS:
+        text = _UDS_HEADER.replace("$name", base) + _without_header(text)
+    values = {k: str(v) for k, v in asdict(ports).items()}
+    values["authz_endpoints"] = ports.authz_endpoints(_placeholder_indent(text, "authz_endpoints"))
+    text = _block(text, "authz_balancing", _BALANCING if ports.authz_workers > 1 else "")
+    return Template(text).substitute(values)
+
+
+_UDS_HEADER = """# Envoy in front of authz-sidecar (gRPC ext_authz) over Unix domain sockets: sidecar/defaults/$name
+# with the authz endpoints on sockets, rendered by `sidecar.harness.envoy.render_envoy_config`. The sidecar's side:
+#   listen: {grpc: "unix:/run/authz-sidecar/grpc-{worker}.sock", grpc_per_worker: true}
+# with Envoy's user in the group owning /run/authz-sidecar (sockets are 0660: docs/configuration.md). Measured
+# (docs/performance.md): the same CPU in both processes as loopback TCP, less in the kernel.
+"""
+
+_BALANCING = """# Checks go to the workers in turn, and only to those whose grpc.health.v1 answers SERVING (asked every
+# second): a worker starting, draining or gone gets none (a single process leaves its missing siblings out).
+# None answering: 503, as any failure to ask.
+lb_policy: ROUND_ROBIN
+health_checks:
+- timeout: 0.5s
+  interval: 1s
+  no_traffic_interval: 1s
+  unhealthy_threshold: 1
+  healthy_threshold: 1
+  grpc_health_check: {}
+common_lb_config: {healthy_panic_threshold: {value: 0}}"""
+"""What several authz endpoints add to the cluster (one endpoint needs none of it: nothing to choose from)."""
+
+
+def _block(text: str, name: str, block: str) -> str:
+    """`text` with the line holding only `${name}` replaced by `block`'s lines at that line's indentation (removed
+    when `block` is empty)."""
+    found = re.search(rf"^(?P<indent> *)\$\{{{name}\}}\n", text, re.MULTILINE)
+    if found is None:
+        return text
+    lines = _indented(found["indent"], block) if block else ""
+    return text[: found.start()] + lines + text[found.end() :]
+
+
+def _placeholder_indent(text: str, name: str) -> int:
+    """The column of `${name}` in the template (the lines a list value adds after the first must start there)."""
+    line = next(line for line in text.splitlines() if f"${{{name}}}" in line)
+    return line.index(f"${{{name}}}")
 
 
 def tls_variant(template: str, name: str, tls: DownstreamTls) -> str:
@@ -282,6 +353,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """The first of `count` consecutive TCP ports free on loopback right now (a sidecar's per-worker ports:
+    `listen.grpc_per_worker`, and the endpoints Envoy lists for them)."""
+    for _ in range(attempts):
+        first = free_port(host)
+        if first + count > 65536:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, port))
+            except OSError:
+                continue
+            return first
+    raise OSError(f"no {count} consecutive free ports on {host}")
 
 
 def wait_for_http(

@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -30,7 +31,15 @@ from ..metrics import flush as flush_metrics
 from ..pipeline import Pipeline
 from ..runtime import Runtime, RuntimeHolder, compile_runtime
 from ..transports import Checker, Transport, load
-from ..transports.listener import split_hostport
+from ..transports.listener import (
+    SocketFile,
+    bind_listener,
+    is_unix,
+    socket_file,
+    split_hostport,
+    unix_path,
+    worker_address,
+)
 from .admin import AdminResponse, AdminServer, json_response, usage_handler
 from .heap import settle
 
@@ -192,8 +201,17 @@ class Sidecar:
         config_path: Path | None = None,
         reuse_port: bool = False,
         vet: Callable[[Config], None] | None = None,
+        worker: int = 0,
+        inherited: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.source = _ConfigSource(config_path)
+        self.worker = worker
+        """This process's worker index under `serve --workers` (0 alone): `listen.grpc_per_worker` addresses."""
+        self.inherited = dict(inherited or {})
+        """Listening sockets the supervisor bound and shares with every worker, by listener (`grpc`, `http`):
+        a Unix socket, which SO_REUSEPORT cannot share (`sidecar/serve/supervisor.py`)."""
+        self._socket_files: list[SocketFile] = []
+        """The Unix socket files this process made, removed when it stops."""
         self.vet = vet
         """Checks a config must also pass to be served here (raising `ConfigError`), here and on every reload:
         `serve --workers N` passes the rules that depend on N (`sidecar/serve/supervisor.py`)."""
@@ -231,7 +249,10 @@ class Sidecar:
         if self.decision_log is not None:
             self.decision_log.start()
         if config.listen.grpc:
-            await self._start_transport("grpc", config.listen.grpc, config.server.grpc_engine, self.pipeline)
+            address = config.listen.grpc
+            own = config.listen.grpc_per_worker  # an address of its own: never shared through SO_REUSEPORT
+            address = worker_address(address, self.worker) if own else address
+            await self._start_transport("grpc", address, config.server.grpc_engine, self.pipeline, shared=not own)
             self.grpc_port = self.transports["grpc"].port
         if config.listen.http:
             # Same runtime and decision log, its own metric children: every series carries transport="http".
@@ -250,11 +271,23 @@ class Sidecar:
         if config.server.watch_config and self.source.path is not None:
             self.state.tasks.append(asyncio.create_task(self._watch_file(config.server.watch_interval)))
 
-    async def _start_transport(self, listener: str, address: str, name: str, checker: Checker) -> None:
-        """Start the transport `name` of `sidecar.transports.TRANSPORTS` on `address`."""
+    async def _start_transport(
+        self, listener: str, address: str, name: str, checker: Checker, shared: bool = True
+    ) -> None:
+        """Start the transport `name` of `sidecar.transports.TRANSPORTS` on `address`: on the socket the supervisor
+        shares for it, or one bound here (grpc.aio binds its own)."""
         start = load(name)
+        config = self.runtime.config
+        reuse_port = self.reuse_port and shared
         try:
-            transport = await start(address, checker, self.runtime.config, reuse_port=self.reuse_port)
+            sock = self.inherited.get(listener)
+            if sock is None and name != "grpcio":
+                bound = bind_listener(address, reuse_port=reuse_port, mode=config.listen.socket_mode)
+                self._socket_files.append(bound.file)
+                sock = bound.sock
+            transport = await start(address, checker, config, reuse_port=reuse_port, sock=sock)
+            if name == "grpcio" and is_unix(address):
+                self._socket_files.append(socket_file(unix_path(address)))
         except OSError as exc:
             raise BindError(f"cannot listen on {address} ({listener}): {exc.strerror or exc}") from None
         self.transports[listener] = transport
@@ -421,6 +454,7 @@ class Sidecar:
         for transport in self.transports.values():
             await transport.enter_graceful_shutdown()
         await asyncio.gather(*(transport.shutdown(grace) for transport in self.transports.values()))
+        self._remove_socket_files()
         if self.admin is not None:
             await self.admin.stop()
         for task in self.state.tasks:
@@ -439,6 +473,13 @@ class Sidecar:
         finally:
             flush_metrics()  # the last second of counts reaches the multiprocess files before this worker exits
             self._stopped.set()
+
+    def _remove_socket_files(self) -> None:
+        """The Unix socket files this process bound go with it (the supervisor's shared ones go with the
+        supervisor); one replaced since by another process is left alone (`SocketFile.remove`)."""
+        for file in self._socket_files:
+            file.remove()
+        self._socket_files.clear()
 
     async def wait_stopped(self) -> None:
         """Return once `drain_and_stop` has finished."""
@@ -470,15 +511,18 @@ async def start_sidecar(
     reuse_port: bool = False,
     adjust: Callable[[Config], Config] | None = None,
     vet: Callable[[Config], None] | None = None,
+    worker: int = 0,
+    inherited: Mapping[str, socket.socket] | None = None,
 ) -> Sidecar | None:
     """Load the config (optionally `adjust` it), start serving and install signal handlers; `vet` checks it
-    (and every reload) beyond its own validation.
+    (and every reload) beyond its own validation. `worker` and `inherited`: see `Sidecar`.
 
     A bad config or a taken port is logged and gives None: the caller exits 1.
     """
     try:
         config = load_config(config_path) if config_path is not None else default_config()
-        sidecar = Sidecar(adjust(config) if adjust else config, config_path, reuse_port=reuse_port, vet=vet)
+        config = adjust(config) if adjust else config
+        sidecar = Sidecar(config, config_path, reuse_port=reuse_port, vet=vet, worker=worker, inherited=inherited)
     except ConfigError as exc:
         log.error("invalid config:\n%s", exc)
         return None

@@ -2,6 +2,10 @@
 
 Each worker is a fresh interpreter (multiprocessing "spawn": gRPC's core must never be forked) running the same
 `Sidecar` with `reuse_port=True`, so the kernel spreads incoming connections over the workers (SO_REUSEPORT).
+SO_REUSEPORT does not balance Unix domain sockets: a `unix:` listener shared by every worker is bound once,
+here, and its socket passed to each worker (which accept from the one queue); with `listen.grpc_per_worker`
+each worker binds its own gRPC address instead (port + index, or the path's `{worker}`), and Envoy lists one
+endpoint per worker (docs/performance.md, "Reaching the workers").
 Workers do not bind the admin listener: the supervisor serves `/healthz` (it is alive) and `/readyz` (every
 worker is alive and ready), so probes see the group. The supervisor, modelled on uvicorn's multiprocess
 supervisor, keeps N workers running:
@@ -26,9 +30,10 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
@@ -46,7 +51,7 @@ from ..config import (
     parse_yaml,
 )
 from ..runtime import compile_runtime
-from ..transports.listener import split_hostport
+from ..transports.listener import BoundSocket, bind_listener, is_unix, split_hostport, worker_address
 from .admin import AdminResponse, AdminServer, json_response
 
 log = logging.getLogger(__name__)
@@ -56,22 +61,32 @@ _STOP_MARGIN = 5.0
 _BACKOFF_MAX = 10.0
 _STABLE_AFTER = 30.0
 
-WorkerTarget = Callable[[str | None, Any, str, int], None]
-"""A worker's entry point: (config path, shared ready flag, log level, number of workers)."""
+WorkerTarget = Callable[[str | None, Any, str, int, int, dict[str, socket.socket]], None]
+"""A worker's entry point: (config path, shared ready flag, log level, number of workers, this worker's index,
+the listening sockets the supervisor shares by listener name)."""
 
 
 def _ctx() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def worker_main(config_path: str | None, ready: Synchronized[int], log_level: str, workers: int) -> None:
-    """Entry point of one worker process: serve with SO_REUSEPORT, report readiness through `ready`."""
+def worker_main(
+    config_path: str | None,
+    ready: Synchronized[int],
+    log_level: str,
+    workers: int,
+    index: int = 0,
+    sockets: dict[str, socket.socket] | None = None,
+) -> None:
+    """Entry point of one worker process: serve with SO_REUSEPORT (or on the supervisor's shared `sockets`, or
+    per-worker addresses), report readiness through `ready`."""
     import uvloop
 
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s %(levelname)s %(name)s[worker {os.getpid()}]: %(message)s"
     )
-    code = uvloop.run(_serve_worker(Path(config_path) if config_path else None, ready, workers))
+    path = Path(config_path) if config_path else None
+    code = uvloop.run(_serve_worker(path, ready, workers, index, sockets or {}))
     raise SystemExit(code)
 
 
@@ -99,10 +114,24 @@ def check_workers(config: Config, workers: int) -> None:
         return
     sites = local_replay_guards(config)
     gates = local_gates(config)
-    if not sites and not gates:
+    shared_grpcio = _grpcio_shared_unix(config)
+    if not sites and not gates and not shared_grpcio and not _per_worker_collisions(config, workers):
         return
     locator = _locator(config)
     issues = []
+    for loc, other in _per_worker_collisions(config, workers):
+        message = (
+            f"with --workers {workers} and grpc_per_worker, worker gRPC ports run from listen.grpc's up to "
+            f"{workers - 1} more, which takes listen.{other}'s: move one of them"
+        )
+        issues.append(locator.issue(loc, message))
+    if shared_grpcio:
+        message = (
+            f"with --workers {workers} a Unix socket is bound once and shared, which the grpcio engine cannot "
+            "serve (it binds its own); use server.grpc_engine: lean, or listen.grpc_per_worker: true with "
+            "{worker} in the path"
+        )
+        issues.append(locator.issue(("listen", "grpc"), message))
     for loc, name in sites.items():
         message = (
             f"with --workers {workers} every worker keeps its own replay guard, so a signed request would be "
@@ -118,6 +147,26 @@ def check_workers(config: Config, workers: int) -> None:
         )
         issues.append(locator.issue(loc, message))
     raise ConfigError(issues)
+
+
+def _per_worker_collisions(config: Config, workers: int) -> list[tuple[tuple[str | int, ...], str]]:
+    """The other TCP listeners a per-worker gRPC port range (listen.grpc's port + 0..workers-1) would take."""
+    listen = config.listen
+    if not listen.grpc_per_worker or listen.grpc is None or is_unix(listen.grpc):
+        return []
+    taken = [worker_address(listen.grpc, k) for k in range(1, workers)]
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for other in ("http", "admin"):
+        address = getattr(listen, other)
+        if address is not None and not is_unix(address) and address in taken:
+            found.append((("listen", other), other))
+    return found
+
+
+def _grpcio_shared_unix(config: Config) -> bool:
+    listen = config.listen
+    unix = listen.grpc is not None and is_unix(listen.grpc)
+    return unix and not listen.grpc_per_worker and config.server.grpc_engine == "grpcio"
 
 
 def local_gates(config: Config) -> list[tuple[str | int, ...]]:
@@ -156,13 +205,21 @@ def worker_config(config: Config) -> Config:
     return config.model_copy(update={"listen": config.listen.model_copy(update={"admin": None})})
 
 
-async def _serve_worker(config_path: Path | None, ready: Synchronized[int], workers: int) -> int:
+async def _serve_worker(
+    config_path: Path | None,
+    ready: Synchronized[int],
+    workers: int,
+    index: int,
+    sockets: dict[str, socket.socket],
+) -> int:
     from .server import start_sidecar
 
     def vet(config: Config) -> None:
         check_workers(config, workers)
 
-    sidecar = await start_sidecar(config_path, reuse_port=True, adjust=worker_config, vet=vet)
+    sidecar = await start_sidecar(
+        config_path, reuse_port=True, adjust=worker_config, vet=vet, worker=index, inherited=sockets
+    )
     if sidecar is None:
         return 1
     parent = os.getppid()
@@ -211,6 +268,7 @@ class Supervisor:
         grace_period: float = 10.0,
         log_level: str = "INFO",
         target: WorkerTarget = worker_main,
+        sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -220,6 +278,8 @@ class Supervisor:
         self.grace_period = grace_period
         self.log_level = log_level
         self.target = target
+        self.sockets = dict(sockets or {})
+        """Listening sockets every worker serves (a shared Unix socket: `shared_sockets`), by listener."""
         self.workers: list[Worker] = []
         self.restarts = 0
         self.admin: AdminServer | None = None
@@ -276,7 +336,7 @@ class Supervisor:
         path = str(self.config_path) if self.config_path is not None else None
         process = ctx.Process(
             target=self.target,
-            args=(path, ready, self.log_level, self.count),
+            args=(path, ready, self.log_level, self.count, index, self.sockets),
             name=f"authz-worker-{index}",
             daemon=False,
         )
@@ -402,16 +462,46 @@ def run_supervisor(config_path: Path | None, workers: int, log_level: str = "INF
     except ConfigError as exc:
         log.error("invalid config:\n%s", exc)
         return 1
+    try:
+        bound = shared_sockets(config)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
     supervisor = Supervisor(
         config_path,
         workers,
         config.listen.admin,
         grace_period=config.server.grace_period,
         log_level=log_level,
+        sockets={name: b.sock for name, b in bound.items()},
     )
     directory = _metrics_dir()
     try:
         return uvloop.run(supervisor.run())
     finally:
+        for b in bound.values():
+            b.sock.close()
+            b.file.remove()
         if directory is not None:
             directory.cleanup()
+
+
+def shared_sockets(config: Config) -> dict[str, BoundSocket]:
+    """The Unix listeners every worker shares, bound here once (by listener name; raises `OSError` naming the
+    address): a worker binding the path itself would unlink and replace its siblings' socket."""
+    listen = config.listen
+    wanted = {"http": listen.http}
+    if not listen.grpc_per_worker:
+        wanted["grpc"] = listen.grpc
+    bound: dict[str, BoundSocket] = {}
+    for name, address in wanted.items():
+        if address is None or not is_unix(address):
+            continue
+        try:
+            bound[name] = bind_listener(address, mode=listen.socket_mode)
+        except OSError as exc:
+            for b in bound.values():
+                b.sock.close()
+                b.file.remove()
+            raise OSError(f"cannot listen on {address} ({name}): {exc.strerror or exc}") from None
+    return bound

@@ -11,6 +11,7 @@ importing one transport never imports the others.
 from __future__ import annotations
 
 import importlib
+import socket
 from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Protocol, cast
@@ -33,7 +34,7 @@ class Transport(Protocol):
 
     @property
     def port(self) -> int:
-        """The bound port (useful with port 0)."""
+        """The bound port (useful with port 0; 0 on a Unix domain socket)."""
         ...
 
     async def set_serving(self, serving: bool) -> None:
@@ -50,11 +51,19 @@ class Transport(Protocol):
 
 
 class Start(Protocol):
-    """How a transport starts: listen on `address` (HOST:PORT, validated) in front of `checker`, configured by
-    `config`. Raises `OSError` when the address cannot be bound."""
+    """How a transport starts: listen on `address` (HOST:PORT or unix:/path, validated) in front of `checker`,
+    configured by `config`. Raises `OSError` when the address cannot be bound. `sock`: a listening socket the
+    server bound for `address` (`listener.bind_listener`, or the supervisor's shared one) to serve instead;
+    a transport that cannot serve a given socket (grpcio) is only ever started without one."""
 
     def __call__(
-        self, address: str, checker: Checker, config: Config, *, reuse_port: bool = False
+        self,
+        address: str,
+        checker: Checker,
+        config: Config,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
     ) -> Awaitable[Transport]: ...
 
 

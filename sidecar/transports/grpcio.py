@@ -7,6 +7,8 @@ for what only it serves: `Health/Watch` and reflection.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import TYPE_CHECKING
 
 import grpc
@@ -15,6 +17,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from .ext_authz import SERVICE_NAME, AuthorizationService
+from .listener import is_unix, remove_stale_socket, unix_path
 
 if TYPE_CHECKING:
     from ..settings import Config
@@ -46,9 +49,19 @@ class GrpcioTransport:
         await self.server.stop(grace)
 
 
-async def start(address: str, checker: Checker, config: Config, *, reuse_port: bool = False) -> GrpcioTransport:
-    """Serve Check, health and reflection on `address`; raises `OSError` when it cannot be bound. Health reports
-    NOT_SERVING until `set_serving(True)`."""
+async def start(
+    address: str, checker: Checker, config: Config, *, reuse_port: bool = False, sock: socket.socket | None = None
+) -> GrpcioTransport:
+    """Serve Check, health and reflection on `address` (`unix:/path` too: gRPC's own syntax); raises `OSError`
+    when it cannot be bound. Health reports NOT_SERVING until `set_serving(True)`.
+
+    grpc.aio binds its own sockets: it cannot serve a socket bound elsewhere (`sock`, the supervisor's shared
+    Unix socket), so `check_workers` refuses that setup. A Unix path's stale file is removed as the other
+    listeners do (gRPC would unlink whatever is there, a live socket included); its mode is set once bound."""
+    if sock is not None:
+        raise OSError("the grpcio engine binds its own sockets; it cannot serve one bound by the supervisor")
+    if is_unix(address):
+        remove_stale_socket(unix_path(address))
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     service = AuthorizationService(checker.check)
     server.add_generic_rpc_handlers((service.handler(),))
@@ -62,6 +75,9 @@ async def start(address: str, checker: Checker, config: Config, *, reuse_port: b
     if port == 0:
         raise OSError("address in use or unavailable")
     await server.start()
+    if is_unix(address):
+        os.chmod(unix_path(address), config.listen.socket_mode)
+        port = 0
     transport = GrpcioTransport(server, port, health)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -4,13 +4,14 @@ lean engine as the server starts it (`start`: ext_authz Check and `grpc.health.v
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 
 from ..ext_authz import SERVICE_NAME, AuthorizationService
-from ..listener import RunningListener, split_hostport
+from ..listener import RunningListener, bind_listener, create_server
 from ..status import GRPC_INTERNAL, GRPC_NOT_FOUND, GrpcError
 from .protocol import Handler, LeanGrpcProtocol, LeanSettings, _Shared
 
@@ -87,11 +88,13 @@ async def start_lean_grpc(
     *,
     reuse_port: bool = False,
     backlog: int = 1024,
+    sock: socket.socket | None = None,
 ) -> LeanGrpcServer:
-    """Listen on `host:port` serving `handlers` ({"/package.Service/Method": handler}). Port 0 picks one."""
+    """Listen on `host:port` (or serve the listening `sock`) with `handlers` ({"/package.Service/Method": handler}).
+    Port 0 picks one."""
     shared = _Shared(handlers, settings or LeanSettings())
-    server = await asyncio.get_running_loop().create_server(
-        lambda: LeanGrpcProtocol(shared), host, port, reuse_port=reuse_port or None, backlog=backlog
+    server = await create_server(
+        lambda: LeanGrpcProtocol(shared), host, port, reuse_port=reuse_port, backlog=backlog, sock=sock
     )
     return LeanGrpcServer(server, shared)
 
@@ -143,15 +146,19 @@ class LeanTransport:
         await self.listener.shutdown(grace)
 
 
-async def start(address: str, checker: Checker, config: Config, *, reuse_port: bool = False) -> LeanTransport:
-    """Serve ext_authz Check over `checker` and Health/Check on `address`, with the `server.grpc_*` limits;
-    raises `OSError` when it cannot be bound. Health answers NOT_SERVING until `set_serving(True)`."""
-    host, port = split_hostport(address)
+async def start(
+    address: str, checker: Checker, config: Config, *, reuse_port: bool = False, sock: socket.socket | None = None
+) -> LeanTransport:
+    """Serve ext_authz Check over `checker` and Health/Check on `address` (or the listening `sock` the server bound
+    for it), with the `server.grpc_*` limits; raises `OSError` when it cannot be bound. Health answers
+    NOT_SERVING until `set_serving(True)`."""
+    if sock is None:
+        sock = bind_listener(address, reuse_port=reuse_port, mode=config.listen.socket_mode).sock
     service = AuthorizationService(checker.check)
     health = _Health()
     handlers: dict[str, Handler] = {
         f"/{SERVICE_NAME}/Check": service.check_wire,
         f"/{HEALTH_SERVICE}/Check": health.check,
     }
-    listener = await start_lean_grpc(host, port, handlers, settings_from_server(config.server), reuse_port=reuse_port)
+    listener = await start_lean_grpc("", 0, handlers, settings_from_server(config.server), sock=sock)
     return LeanTransport(listener, health)

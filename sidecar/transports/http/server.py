@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING
 
 from ...settings import HttpModeSettings
-from ..listener import RunningListener, split_hostport
+from ..listener import RunningListener, bind_listener, create_server
 from .protocol import HttpAuthzProtocol, _Shared
 
 if TYPE_CHECKING:
@@ -49,20 +50,22 @@ async def start_http_server(
     *,
     reuse_port: bool = False,
     backlog: int = 1024,
+    sock: socket.socket | None = None,
 ) -> HttpAuthzServer:
-    """Listen on `host:port` and answer authorization requests with `pipeline`. Port 0 picks a free port."""
+    """Listen on `host:port` (or serve the listening `sock`) and answer authorization requests with `pipeline`.
+    Port 0 picks a free port."""
     shared = _Shared(pipeline, settings if settings is not None else HttpModeSettings())
-    server = await asyncio.get_running_loop().create_server(
-        lambda: HttpAuthzProtocol(shared),
-        host,
-        port,
-        reuse_port=reuse_port or None,
-        backlog=backlog,
+    server = await create_server(
+        lambda: HttpAuthzProtocol(shared), host, port, reuse_port=reuse_port, backlog=backlog, sock=sock
     )
     return HttpAuthzServer(server, shared)
 
 
-async def start(address: str, checker: Checker, config: Config, *, reuse_port: bool = False) -> HttpAuthzServer:
-    """Serve `listen.http` over `checker` with the `http:` settings; raises `OSError` when it cannot be bound."""
-    host, port = split_hostport(address)
-    return await start_http_server(host, port, checker, config.http, reuse_port=reuse_port)
+async def start(
+    address: str, checker: Checker, config: Config, *, reuse_port: bool = False, sock: socket.socket | None = None
+) -> HttpAuthzServer:
+    """Serve `listen.http` (or the listening `sock` the server bound for it) over `checker` with the `http:`
+    settings; raises `OSError` when it cannot be bound."""
+    if sock is None:
+        sock = bind_listener(address, reuse_port=reuse_port, mode=config.listen.socket_mode).sock
+    return await start_http_server("", 0, checker, config.http, sock=sock)

@@ -38,7 +38,7 @@ routes:
 # -- fake workers (module level: spawned processes import them by name) ------------------------------------
 
 
-def ready_until_term(config_path: str | None, ready: Any, log_level: str, workers: int) -> None:
+def ready_until_term(config_path: str | None, ready: Any, log_level: str, workers: int, *_: object) -> None:
     """Becomes ready at once, exits 0 on SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ready.value = 1
@@ -46,7 +46,7 @@ def ready_until_term(config_path: str | None, ready: Any, log_level: str, worker
         signal.pause()
 
 
-def exit_at_once(config_path: str | None, ready: Any, log_level: str, workers: int) -> None:
+def exit_at_once(config_path: str | None, ready: Any, log_level: str, workers: int, *_: object) -> None:
     """Dies before becoming ready, as a worker with an unusable port does."""
     sys.exit(3)
 

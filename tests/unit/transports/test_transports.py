@@ -17,8 +17,9 @@ def test_every_entry_is_a_start(name: str) -> None:
     start = load(name)
     assert inspect.iscoroutinefunction(start)
     parameters = inspect.signature(start).parameters
-    assert list(parameters) == ["address", "checker", "config", "reuse_port"]
+    assert list(parameters) == ["address", "checker", "config", "reuse_port", "sock"]
     assert parameters["reuse_port"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameters["sock"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_every_grpc_engine_has_an_entry() -> None:
