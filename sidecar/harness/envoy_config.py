@@ -38,7 +38,7 @@ from ..settings import Config
 from ..transports.ext_authz import deny_body
 from .envoy import SHIPPED, EnvoyPorts, render_envoy_config
 from .envoy_routes import EnvoyRoute, envoy_routes
-from .offload import JWT_AUTHN, RBAC, Flow, eligibility, jwks_cluster, provider, rbac_per_route
+from .offload import JWT_AUTHN, RBAC, Flow, eligibility, jwks_cluster, provider, rbac_per_route, refusal_mappers
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -241,7 +241,7 @@ def _add_offload(
     tokens = {rp.authorizer: rp.offloaded for rp in offloaded if isinstance(rp.offloaded, TokenRules)}
     filters = hcm["http_filters"]
     if tokens:
-        _add_token_filters(doc, filters, runtime, tokens)
+        _add_token_filters(doc, hcm, runtime, tokens)
     _remove_identity_headers(filters, runtime)
     by_key = {rp.key: rp for rp in offloaded}
     for route in routes:
@@ -251,8 +251,12 @@ def _add_offload(
 
 
 def _add_token_filters(
-    doc: dict[str, Any], filters: list[dict[str, Any]], runtime: Runtime, tokens: Mapping[str, TokenRules]
+    doc: dict[str, Any],
+    hcm: dict[str, Any],
+    runtime: Runtime,
+    tokens: Mapping[str, TokenRules],
 ) -> None:
+    filters = hcm["http_filters"]
     providers = {name: provider(name, rules, runtime.upstream_headers.principal) for name, rules in tokens.items()}
     clusters = doc["static_resources"]["clusters"]
     for name, rules in tokens.items():
@@ -266,6 +270,7 @@ def _add_token_filters(
     }
     rbac = {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}
     filters[at:at] = [{"name": JWT_AUTHN, "typed_config": jwt}, {"name": RBAC, "typed_config": rbac}]
+    hcm["local_reply_config"] = {"mappers": refusal_mappers()}
 
 
 def _offloaded_route(route: dict[str, Any], rp: RoutePlan, runtime: Runtime, ext_authz: list[str]) -> None:

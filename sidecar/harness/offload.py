@@ -33,7 +33,7 @@ from .cel import Builder, Expr
 
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 RBAC = "envoy.filters.http.rbac"
-PAYLOAD, HEADER = "jwt_payload", "jwt_header"
+PAYLOAD, HEADER, FAILURE = "jwt_payload", "jwt_header", "jwt_failure"
 _UNSAFE = r"[\x00-\x1f\x7f-\x{9f}]|^ | $"
 """What `header_safe` refuses, in RE2."""
 _STRINGS = ("iss", "sub", "client_id", "scope")
@@ -72,6 +72,7 @@ def provider(name: str, rules: TokenRules, upstream_principal: str | None) -> di
         "clock_skew_seconds": int(rules.leeway),
         "payload_in_metadata": PAYLOAD,
         "header_in_metadata": HEADER,
+        "failed_status_in_metadata": FAILURE,
         "jwt_cache_config": {"jwt_cache_size": max(1, rules.token_cache_size)},
     }
     if rules.jwks_file is not None:
@@ -212,6 +213,72 @@ def _has_scope(b: Builder, payload: Any, scope: str) -> Expr:
 class Flow(dict[str, Any]):
     """A mapping written in YAML's flow style (one line of JSON-like text): the condition is a deep tree, which
     block style would indent into hundreds of kilobytes."""
+
+
+JWT_FAILURES = (
+    ("Jwt is expired", "TokenExpired", "the token has expired"),
+    ("Jwt not yet valid", "TokenNotYetValid", "the token is not valid yet (nbf)"),
+    ("Jwt verification fails", "InvalidSignature", "the token's signature does not verify"),
+    ("Jwt issuer is not configured", "InvalidIssuer", "the token comes from another issuer"),
+    ("Jwks doesn't have key to match kid or alg from Jwt", "UnknownKey", "no key of the issuer matches the token"),
+)
+"""jwt_authn's failure messages (its `failed_status_in_metadata`) and the sidecar's reason codes for them; any
+other failure is `TokenMalformed`."""
+_INVALID_TOKEN = 'Bearer error="invalid_token"'
+
+
+def refusal_mappers() -> list[dict[str, Any]]:
+    """`local_reply_config` mappers giving an offloaded route's refusals the sidecar's JSON body and reason code
+    (`{"message": ..., "reason": ...}`) as far as Envoy can tell them apart: jwt_authn's failures by their message,
+    and the RBAC condition's refusal (a verified token that breaks a claim rule or lacks the route's scope) as
+    `AccessDenied`. Only replies of offloaded routes match: the failure and payload metadata are jwt_authn's, which
+    runs nowhere else, so the sidecar's own refusals pass through unchanged."""
+
+    def failure(value: dict[str, Any]) -> dict[str, Any]:
+        path = [{"key": FAILURE}, {"key": "message"}]
+        return _metadata({"filter": JWT_AUTHN, "path": path, "value": value})
+
+    def reply(reason: str, message: str, challenge: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "body_format_override": {
+                "json_format": {"message": message, "reason": reason},
+                "content_type": "application/json",
+            }
+        }
+        if challenge:
+            header = {"key": "www-authenticate", "value": _INVALID_TOKEN}
+            out["headers_to_add"] = [{"header": header, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+        return out
+
+    mappers = [
+        {"filter": failure({"string_match": {"exact": text}}), **reply(reason, message, True)}
+        for text, reason, message in JWT_FAILURES
+    ]
+    mappers.append(
+        {"filter": failure({"present_match": True}), **reply("TokenMalformed", "the token is malformed", True)}
+    )
+    verified = {"filter": JWT_AUTHN, "path": [{"key": PAYLOAD}], "value": {"present_match": True}}
+    refused = {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": 403, "runtime_key": "authz_sidecar.offload.rbac_status"},
+            }
+        }
+    }
+    mappers.append(
+        {
+            "filter": {"and_filter": {"filters": [refused, _metadata(verified)]}},
+            **reply("AccessDenied", "the token does not meet this route's claim rules or scopes", False),
+        }
+    )
+    return mappers
+
+
+def _metadata(matcher: dict[str, Any]) -> dict[str, Any]:
+    """A metadata filter that does not match when the key is absent (Envoy's default matches: every local reply,
+    the sidecar's own refusals included, would be rewritten)."""
+    return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": False}}
 
 
 def rbac_per_route(rules: TokenRules, scopes: frozenset[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sidecar.authorizers.jwt import errors as jwt_errors
 from sidecar.config import load_config
 from sidecar.harness.envoy import EnvoyPorts
 from sidecar.harness.envoy_config import CANONICAL_BEARER, explain, render
@@ -135,7 +136,10 @@ def tokens(issuer: Issuer) -> list[tuple[str, str | None]]:
 TARGETS = ["/orders/7", "/me"]
 
 
-def outcomes(stack: Stack, cases: list[tuple[str, str | None]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+def outcomes(
+    stack: Stack, cases: list[tuple[str, str | None]], refusals: dict[tuple[str, str], tuple[int, str]] | None = None
+) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(allowed, upstream identity headers) per (target, case); each refusal's (status, reason) into `refusals`."""
     out: dict[tuple[str, str], tuple[Any, ...]] = {}
     for target in TARGETS:
         for name, header in cases:
@@ -145,7 +149,15 @@ def outcomes(stack: Stack, cases: list[tuple[str, str | None]]) -> dict[tuple[st
             allowed = response.status_code == 200
             upstream = response.json()["headers"] if allowed else {}
             out[(target, name)] = (allowed, {k: upstream.get(k) for k in IDENTITY})
+            if not allowed and refusals is not None:
+                assert response.headers["content-type"] == "application/json", (name, response.text)
+                refusals[(target, name)] = (response.status_code, response.json()["reason"])
     return out
+
+
+SAME_REFUSAL = ("expired", "not yet valid", "forged", "tampered", "wrong issuer", "garbage", "missing")
+"""Cases whose refusal jwt_authn tells apart as the sidecar does (status and reason code); the others are refused
+by the RBAC condition as 403 AccessDenied (docs/envoy-config.md)."""
 
 
 def fitted(path: Path) -> Callable[[EnvoyPorts, str], str]:
@@ -159,10 +171,11 @@ def test_offloaded_routes_decide_as_the_sidecar_does(
     issuer, text, path = setup
     cases = tokens(issuer)
     sidecar = authz_stack(text)
-    by_sidecar = outcomes(sidecar, cases)
+    told, fitted_told = {}, {}
+    by_sidecar = outcomes(sidecar, cases, told)
     offloaded = authz_stack(text, envoy_render=fitted(path))
     checks_before = _checks(offloaded)
-    by_envoy = outcomes(offloaded, cases)
+    by_envoy = outcomes(offloaded, cases, fitted_told)
     differences = {k: (by_sidecar[k], by_envoy[k]) for k in by_sidecar if by_sidecar[k] != by_envoy[k]}
     assert not differences, json.dumps({f"{t} {n}": v for (t, n), v in differences.items()}, default=str)
     # Only the spellings jwt_authn cannot read as the sidecar does reach it (a lower-case scheme, a bare token,
@@ -170,6 +183,10 @@ def test_offloaded_routes_decide_as_the_sidecar_does(
     odd = [name for name, header in cases if header is None or not re.fullmatch(CANONICAL_BEARER, header)]
     assert set(odd) == {"lower-case scheme", "bare token", "missing", "other scheme"}
     assert _checks(offloaded) == checks_before + len(odd) * len(TARGETS), "an offloaded route asked the sidecar"
+    for key in [(target, name) for target in TARGETS for name in SAME_REFUSAL]:
+        assert fitted_told[key] == told[key], (key, told[key], fitted_told[key])
+    documented = {v for v in vars(jwt_errors).values() if isinstance(v, str) and v[:1].isupper()} | {"AccessDenied"}
+    assert {reason for _, reason in fitted_told.values()} <= documented
     allowed = {k for k, (ok, _) in by_sidecar.items() if ok}
     assert ("/orders/7", "valid") in allowed and ("/orders/7", "other scopes") not in allowed
     assert ("/me", "other scopes") in allowed and ("/me", "expired") not in allowed
