@@ -38,7 +38,17 @@ from ..settings import Config
 from ..transports.ext_authz import deny_body
 from .envoy import SHIPPED, EnvoyPorts, render_envoy_config
 from .envoy_routes import EnvoyRoute, envoy_routes
-from .offload import JWT_AUTHN, RBAC, Flow, eligibility, jwks_cluster, provider, rbac_per_route, refusal_mappers
+from .offload import (
+    JWT_AUTHN,
+    RBAC,
+    Flow,
+    decision_log,
+    eligibility,
+    jwks_cluster,
+    provider,
+    rbac_per_route,
+    refusal_mappers,
+)
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -271,6 +281,7 @@ def _add_token_filters(
     rbac = {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}
     filters[at:at] = [{"name": JWT_AUTHN, "typed_config": jwt}, {"name": RBAC, "typed_config": rbac}]
     hcm["local_reply_config"] = {"mappers": refusal_mappers()}
+    hcm.setdefault("access_log", []).append(decision_log())
 
 
 def _offloaded_route(route: dict[str, Any], rp: RoutePlan, runtime: Runtime, ext_authz: list[str]) -> None:
@@ -365,7 +376,12 @@ def _route(
             per_filter[name] = {"@type": PER_ROUTE, "disabled": True}
         elif buffering and not plan.needs.body:
             per_filter[name] = {"@type": PER_ROUTE, "check_settings": {"disable_request_body_buffering": True}}
-    route: dict[str, Any] = {"match": dict(match), "route": copy.deepcopy(dict(action)), "_key": plan.key}
+    route: dict[str, Any] = {
+        "name": plan.key,  # Envoy's %ROUTE_NAME% and route stats name the sidecar's route key
+        "match": dict(match),
+        "route": copy.deepcopy(dict(action)),
+        "_key": plan.key,
+    }
     if per_filter:
         route["typed_per_filter_config"] = per_filter
     return route

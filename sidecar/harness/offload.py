@@ -275,6 +275,42 @@ def refusal_mappers() -> list[dict[str, Any]]:
     return mappers
 
 
+def decision_log() -> dict[str, Any]:
+    """An access log of offloaded token routes' requests, one JSON line each on stdout with the decision log's field
+    names where Envoy knows the value (`sidecar/logs.py`; never a header value but the identity ones, never the
+    query). Only requests jwt_authn judged are logged: the sidecar logs its own."""
+    meta = f"%DYNAMIC_METADATA({JWT_AUTHN}"
+    fields = {
+        "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "route": "%ROUTE_NAME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%PATH(WQ)%",
+        "source_ip": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "principal": f"{meta}:{PAYLOAD}:sub)%",
+        "authorizer": "%REQ(X-AUTHZ-AUTHORIZER)%",
+        "status": "%RESPONSE_CODE%",
+        "reason": f"{meta}:{FAILURE}:message)%",
+        "decided_by": "envoy",
+    }
+    judged = {
+        "or_filter": {
+            "filters": [
+                _metadata({"filter": JWT_AUTHN, "path": [{"key": key}], "value": {"present_match": True}})
+                for key in (PAYLOAD, FAILURE)
+            ]
+        }
+    }
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "filter": judged,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": fields},
+        },
+    }
+
+
 def _metadata(matcher: dict[str, Any]) -> dict[str, Any]:
     """A metadata filter that does not match when the key is absent (Envoy's default matches: every local reply,
     the sidecar's own refusals included, would be rewritten)."""

@@ -191,6 +191,7 @@ def test_offloaded_routes_decide_as_the_sidecar_does(
     assert ("/orders/7", "valid") in allowed and ("/orders/7", "other scopes") not in allowed
     assert ("/me", "other scopes") in allowed and ("/me", "expired") not in allowed
     assert by_sidecar[("/me", "valid")][1]["x-authz-route"] == "GET /me"
+    _decision_lines_hold(offloaded, len(cases) - len(odd), cases)
     asked = _checks(offloaded)
     # Open and closed routes: Envoy answers as the sidecar does, deny body included.
     for method, target in (("GET", "/public"), ("POST", "/admin/users"), ("GET", "/admin/a/b")):
@@ -207,6 +208,25 @@ def test_offloaded_routes_decide_as_the_sidecar_does(
     # A route Envoy cannot decide still reaches the sidecar.
     assert offloaded.client.get("/limited").status_code == 401
     assert _checks(offloaded) == asked + 1
+
+
+def _decision_lines_hold(stack: Stack, per_target: int, cases: list[tuple[str, str | None]]) -> None:
+    """Envoy logs every request it judged, with the decision log's fields, and never a token."""
+    deadline = time.monotonic() + 10
+    lines: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:  # the access log is flushed on Envoy's own timer
+        text = stack.envoy.log_path.read_text(errors="replace")
+        lines = [json.loads(x) for x in text.splitlines() if x.startswith("{") and '"decided_by":"envoy"' in x]
+        if len(lines) >= per_target * len(TARGETS):
+            break
+        time.sleep(0.05)
+    assert len(lines) == per_target * len(TARGETS)
+    assert {line["route"] for line in lines} == {"GET /orders/{id}", "GET /me"}
+    valid = [line for line in lines if line["status"] == 200 and line["principal"] == "user-123"]
+    assert valid and all(line["authorizer"] == "corp" and line["path"] in TARGETS for line in valid)
+    assert any(line["reason"] == "Jwt is expired" and line["status"] == 401 for line in lines)
+    tokens = [header.split()[-1] for _, header in cases if header and "." in header]
+    assert not any(token in text for token in tokens if len(token) > 20), "a token reached the log"
 
 
 def _checks(stack: Stack) -> float:
