@@ -4,13 +4,14 @@ Why by hand: redis-py's asyncio client costs several times this reader's CPU per
 reader, a timeout per call; measured side by side in docs/performance.md, `python -m benchmarks.micro_redis`),
 and a Redis lookup sits on every cache-missing Check, a usage plan's script on every metered one. Here a command
 is one `transport.write`, and its reply is parsed in `data_received`: Redis answers in order, so one connection
-carries any number of commands at once, each bounded by the connection's one timer (no `asyncio.timeout`, so no
-Task, per call).
+carries any number of commands at once, each bounded by its own deadline on the connection's one timer (no
+`asyncio.timeout`, so no Task, per call).
 
 Scope: the decision cache's reads and the gates' scripts (`evalsha`), on plain `redis://host:port/db` URLs with
 an optional user and password (RESP2: no HELLO is sent). TLS (`rediss://`), unix sockets, URL options, Cluster
-and Sentinel, and the cache's writes stay on redis-py (`kv.redis_client` decides). A connection that times out,
-breaks or returns something unparsable is dropped; the next command opens a new one.
+and Sentinel, and the cache's writes stay on redis-py (`kv.redis_client` decides). A connection on which a
+command times out takes no more commands, and one that breaks or returns something unparsable is dropped; the
+next command opens a new one.
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ def _integer(line: bytes) -> int:
 class _Connection(asyncio.Protocol):
     """One connection: commands written in order, replies matched to waiters in order.
 
-    Timeouts are the connection's, not each command's: a single timer, armed while commands wait, drops the
-    connection when the oldest has waited `timeout` (which fails every waiter), instead of an `asyncio.timeout`
-    around each command (a timer created and cancelled per lookup).
+    Each command has its own deadline, `timeout` after it was sent, kept by a single timer armed while commands
+    wait, instead of an `asyncio.timeout` around each command (a timer created and cancelled per lookup). A
+    command past its deadline fails alone (its reply, if it ever comes, is read and dropped, so the ones after it
+    stay in step), and the connection is then `stalled`: it takes no new commands (the client opens a fresh
+    connection for them), its other commands keep their own deadlines, and it closes once none is waited for.
+    So a stall fails only what waited through it, as with a connection per command.
     """
 
     def __init__(self, timeout: float) -> None:
@@ -122,6 +126,8 @@ class _Connection(asyncio.Protocol):
         self.deadlines: deque[float] = deque()
         self.buffer = bytearray()
         self.lost = False
+        self.stalled = False
+        """A command timed out on it: new commands go to another connection."""
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,14 +188,19 @@ class _Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if not self.deadlines:
-            return
         loop = asyncio.get_running_loop()
-        late = self.deadlines[0] - loop.time()
-        if late <= 0:
-            self._fail(TimeoutError(f"redis did not answer within {self.timeout * 1000:g} ms"))
-        else:
-            self._timer = loop.call_later(late, self._on_timer)
+        now, waited = loop.time(), False
+        for waiter, deadline in zip(self.waiters, self.deadlines, strict=True):
+            if waiter.done():
+                continue
+            if deadline > now:  # the first command still in time (deadlines are in sending order)
+                self._timer = loop.call_later(deadline - now, self._on_timer)
+                waited = True
+                break
+            self.stalled = True
+            waiter.set_exception(TimeoutError(f"redis did not answer within {self.timeout * 1000:g} ms"))
+        if self.stalled and not waited:
+            self._fail(ConnectionError("redis connection stalled"))  # nobody waits on it any more
 
     def close(self) -> None:
         self._fail(ConnectionError("redis connection closed"))
@@ -261,14 +272,14 @@ class LeanReader:
         return await self.execute(b"EVAL", script, *tail)
 
     async def execute(self, *args: bytes) -> Any:
-        """Send one command and wait for its reply (or the connection's timeout). A caller that stops waiting
-        leaves its place in the queue: the reply is read and dropped, so the ones after it stay in step."""
+        """Send one command and wait for its reply (or its deadline, `timeout` after sending). A caller that stops
+        waiting leaves its place in the queue: the reply is read and dropped, so the ones after it stay in step."""
         connection = await self._open()
         return await connection.send(encode_command(args))
 
     async def _open(self) -> _Connection:
         connection = self._connection
-        if connection is not None and not connection.lost:
+        if connection is not None and not connection.lost and not connection.stalled:
             return connection
         if self._connecting is None or self._connecting.done():  # one connect however many reads wait for it
             self._connecting = asyncio.ensure_future(self._connect())

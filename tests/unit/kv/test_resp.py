@@ -183,3 +183,34 @@ async def test_an_unreachable_redis_is_a_miss_and_opens_the_breaker() -> None:
         assert await cache.get(b"key") is None
     assert cache.breaker.is_open
     await cache.close()
+
+
+async def test_a_command_past_its_deadline_fails_alone_and_stalls_its_connection() -> None:
+    """Each command keeps its own deadline: the late one fails with TimeoutError, the one behind it is still
+    answered (the late reply is read and dropped), no new command is sent on the stalled connection, and it closes
+    once nothing on it is waited for. Deadlines are moved by hand: no waiting on the clock."""
+    connection = _Connection(timeout=5)
+    connection.connection_made(_NullTransport())  # type: ignore[arg-type]
+    late, behind = connection.send(b"GET a"), connection.send(b"GET b")
+    connection.deadlines[0] -= 10  # `late` has waited its whole timeout
+    connection._on_timer()
+    assert isinstance(late.exception(), TimeoutError) and not behind.done()
+    assert connection.stalled and not connection.lost
+    connection.data_received(b"$1\r\na\r\n$1\r\nb\r\n")
+    assert await behind == b"b"
+    connection._on_timer()  # the timer armed for `behind` fires: nobody waits any more
+    assert connection.lost
+
+
+async def test_a_stalled_connection_takes_no_new_commands(redis_server: RedisServer) -> None:
+    reader = LeanReader.from_url(redis_server.url, 1.0)
+    assert reader is not None
+    try:
+        assert await reader.get("missing") is None
+        first = reader._connection
+        assert first is not None
+        first.stalled = True
+        assert await reader.get("missing") is None
+        assert reader._connection is not first and not reader._connection.stalled  # type: ignore[union-attr]
+    finally:
+        await reader.aclose()
