@@ -109,14 +109,16 @@ def request_scenario(key: str) -> Scenario:
 
 def sidecar_config(fx: Fixtures, redis_port: int, rate: float, burst: int) -> str:
     """An anonymous route requiring an API key, under a plan with only a throttle, counted in the Redis at
-    `redis_port`. Redis gets 1 s per command (not the shipped 5 ms): this measures the counting, and a slow
-    command on a busy machine would be decided by the fallback, which is reported but not what is asked."""
+    `redis_port`. The gates get 1 s per command (`limits.timeout_ms`, not the shipped 50 ms; the connection's
+    own `timeout_ms` is the decision cache's): this measures the counting, and a slow command on a busy machine
+    would be decided by the fallback, which is reported but not what is asked."""
     keys = fx.api_key_file(PLAN, {"bench": BENCH_KEY, "warm": WARM_KEY})
     config = {
         "listen": {"grpc": "127.0.0.1:9191", "admin": "127.0.0.1:9190"},
         "server": {"watch_config": False, "grace_period": 2},
         "decision_log": {"enabled": False},
         "redis": {"default": {"url": f"redis://127.0.0.1:{redis_port}/0", "timeout_ms": 1000}},
+        "limits": {"timeout_ms": 1000},
         "api_keys": {"file": str(keys)},
         "usage_plans": {PLAN: {"throttle": {"rate": rate, "burst": burst}}},
         "authorizers": {"open": {"type": "none"}},
