@@ -547,7 +547,8 @@ def apikey_plan_redis(fx: Fixtures) -> Scenario:
     the fallback, not of counting in Redis. Calls decided without Redis are still counted and reported
     (`RunResult.metered`)."""
     redis = {
-        "redis": {"default": {"url": f"redis://127.0.0.1:{fx.redis_port}/0", "timeout_ms": REDIS_METER_TIMEOUT_MS}}
+        "redis": {"default": {"url": f"redis://127.0.0.1:{fx.redis_port}/0", "timeout_ms": REDIS_METER_TIMEOUT_MS}},
+        "limits": {"timeout_ms": REDIS_METER_TIMEOUT_MS},  # the gates' own (the connection's is the cache's)
     }
     title = "JWT RS256 warm + API key + usage plan, counted in Redis"
     return _apikey_plan(fx, "apikey-plan-redis", title, "apikey-redis", redis, "up")
