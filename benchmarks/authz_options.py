@@ -25,7 +25,7 @@ import yaml
 from sidecar.harness.envoy import SHIPPED_WORKERS, EnvoyProcess, free_port, free_ports
 
 from . import procs, scenarios
-from .harness import envoy_config, envoy_ports, measured, precheck_envoy, sidecar
+from .harness import UDS_TEMPLATE, envoy_config, envoy_ports, measured, precheck_envoy, sidecar
 from .load import ensure_tools, run_wrk
 
 Cluster = dict[str, Any]
@@ -43,6 +43,8 @@ class Option:
     endpoints: int = 1
     per_worker: bool = False
     """`listen.grpc_per_worker`: the workers of one supervisor on ports + k, the cluster left as shipped."""
+    unix: bool = False
+    """The sidecar on a Unix socket per worker and Envoy the shipped envoy-uds.yaml (with `per_worker`)."""
     notes: str = ""
 
 
@@ -87,6 +89,8 @@ def shipped(cluster: Cluster, addresses: list[str]) -> None:
 OPTIONS = (
     Option("shipped: endpoint per worker", shipped, per_worker=True),
     Option("shipped, 1 worker", shipped, workers=1, per_worker=True),
+    Option("shipped over Unix sockets", shipped, per_worker=True, unix=True),
+    Option("shipped over Unix sockets, 1 worker", shipped, workers=1, per_worker=True, unix=True),
     Option("streams-1", streams(1), notes="shipped before"),
     Option("streams-4", streams(4)),
     Option("streams-100", streams(100)),
@@ -99,15 +103,18 @@ OPTIONS = (
 
 
 @contextlib.contextmanager
-def sidecars(config: str, option: Option) -> Iterator[tuple[list[int], list[str]]]:
-    """The sidecar processes of `option`: their pids (the workers when one supervisor) and gRPC addresses."""
+def sidecars(config: str, option: Option, tmp: Path) -> Iterator[tuple[list[int], list[str]]]:
+    """The sidecar processes of `option`: their pids (the workers when one supervisor) and gRPC addresses (a Unix
+    socket path with `{worker}`, for `unix`)."""
     with contextlib.ExitStack() as stack:
         addresses, pids = [], []
         for _ in range(option.endpoints):
             port = free_ports(SHIPPED_WORKERS)
-            side = stack.enter_context(sidecar(config, port, workers=option.workers if option.endpoints == 1 else 1))
+            sockets = Path(tempfile.mkdtemp(dir=tmp)) if option.unix else None
+            workers = option.workers if option.endpoints == 1 else 1
+            side = stack.enter_context(sidecar(config, port, workers=workers, sockets=sockets))
             assert side.proc is not None
-            addresses.append(f"127.0.0.1:{port}")
+            addresses.append(f"{sockets}/grpc-{{worker}}.sock" if sockets else f"127.0.0.1:{port}")
             workers = [w for w in procs.children(side.proc.pid) if "spawn_main" in procs.cmdline(w)]
             pids.extend(workers or [side.proc.pid])
         yield pids, addresses
@@ -115,8 +122,12 @@ def sidecars(config: str, option: Option) -> Iterator[tuple[list[int], list[str]
 
 def bootstrap(option: Option, listen_port: int, addresses: list[str]) -> tuple[str, int]:
     """The benchmark's bootstrap (shipped, answering itself) with `option`'s authz cluster; (yaml, admin port)."""
-    ports = envoy_ports(listen_port, int(addresses[0].rpartition(":")[2]))
-    doc = yaml.safe_load(envoy_config(ports))
+    if option.unix:
+        ports = envoy_ports(listen_port, 1, UDS_TEMPLATE, addresses[0])
+        doc = yaml.safe_load(envoy_config(ports, template=UDS_TEMPLATE))
+    else:
+        ports = envoy_ports(listen_port, int(addresses[0].rpartition(":")[2]))
+        doc = yaml.safe_load(envoy_config(ports))
     cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "authz")
     option.edit(cluster, addresses)
     return yaml.safe_dump(copy.deepcopy(doc), sort_keys=False), ports.admin_port
@@ -134,13 +145,13 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(option: Option, fixtures: scenarios.Fixtures, scenario: scenarios.Scenario) -> Iterator[Stack]:
+def stack(option: Option, tmp: Path, scenario: scenarios.Scenario) -> Iterator[Stack]:
     """Start `option`'s processes and check one request gets through."""
     listen = free_port()
     config = scenarios.sidecar_config([scenario])
     if not option.per_worker:  # every worker on the one port (SO_REUSEPORT)
         config = config.replace("grpc_per_worker: true", "grpc_per_worker: false")
-    with sidecars(config, option) as (pids, addresses):
+    with sidecars(config, option, tmp) as (pids, addresses):
         text, admin = bootstrap(option, listen, addresses)
         with EnvoyProcess(text, admin) as proxy:
             assert proxy.proc is not None
@@ -178,7 +189,7 @@ def measure(options: Sequence[Option], seconds: float, rounds: int, connections:
         fixtures = scenarios.Fixtures(Path(tmp), "127.0.0.1", 1)
         scenario = scenarios.jwt_warm(fixtures)
         headers = scenario.headers()
-        stacks = [running.enter_context(stack(option, fixtures, scenario)) for option in options]
+        stacks = [running.enter_context(stack(option, Path(tmp), scenario)) for option in options]
         for s in stacks:
             run_wrk(s.url, connections, 2, headers)  # warm-up
         for _ in range(rounds):

@@ -226,6 +226,8 @@ def _round(value: float | None) -> float | None:
 
 
 HTTP_TEMPLATE = "envoy-http.yaml"
+UDS_TEMPLATE = "envoy-uds.yaml"
+"""The shipped gRPC file over Unix sockets (envoy.yaml's template, its endpoints sockets)."""
 
 
 def envoy_config(ports: EnvoyPorts, ext_authz: bool = True, template: str = "envoy.yaml") -> str:
@@ -323,13 +325,30 @@ def redis_server(port: int, directory: Path) -> contextlib.AbstractContextManage
 
 @contextlib.contextmanager
 def sidecar(
-    config_text: str, grpc_port: int, workers: int = 1, http_port: int | None = None
+    config_text: str,
+    grpc_port: int,
+    workers: int = 1,
+    http_port: int | None = None,
+    sockets: Path | None = None,
 ) -> Iterator[SidecarProcess]:
-    """`authz-sidecar serve` (under the supervisor when workers > 1), waiting for /readyz."""
+    """`authz-sidecar serve` (under the supervisor when workers > 1), waiting for /readyz; with `sockets`, its gRPC
+    (a socket per worker) and HTTP listeners on Unix sockets in that directory instead of the ports."""
     admin = free_port()
     args = ("--workers", str(workers)) if workers > 1 else ()
-    with SidecarProcess(config_with_ports(config_text, grpc_port, admin, http_port), admin, args) as proc:
+    text = config_with_ports(config_text, grpc_port, admin, http_port)
+    if sockets is not None:
+        text = unix_listeners(text, sockets, http_port is not None)
+    with SidecarProcess(text, admin, args) as proc:
         yield proc
+
+
+def unix_listeners(config_text: str, sockets: Path, http: bool) -> str:
+    """The config with `listen.grpc` on `sockets`/grpc-{worker}.sock (and `listen.http` on http.sock)."""
+    data = yaml.safe_load(config_text)
+    data["listen"] |= {"grpc": f"unix:{sockets}/grpc-{{worker}}.sock", "grpc_per_worker": True}
+    if http:
+        data["listen"]["http"] = f"unix:{sockets}/http.sock"
+    return str(yaml.safe_dump(data, sort_keys=False))
 
 
 def gate_tallies(admin_port: int) -> dict[str, float]:
@@ -530,9 +549,9 @@ class Harness:
                     ):
                         self.scenario(scenario, proxy, server.pid, None)
             on_sidecar = [s for s in runnable if s.stack == "sidecar"]
-            groups: dict[tuple[str, str], list[Scenario]] = {}
+            groups: dict[tuple[str, str, bool], list[Scenario]] = {}
             for s in on_sidecar:
-                groups.setdefault((scenarios.settings_key(s), s.transport), []).append(s)
+                groups.setdefault((scenarios.settings_key(s), s.transport, s.unix), []).append(s)
             floor_stack = contextlib.ExitStack()
             if self.profile.floor_beside and on_sidecar and self.profile.rate:
                 floor_port, floor_listen = authz_ports(), free_port()
@@ -559,14 +578,21 @@ class Harness:
         return self.result
 
     def _sidecar_groups(
-        self, groups: dict[tuple[str, str], list[Scenario]], fixtures: scenarios.Fixtures, tmp: Path
+        self, groups: dict[tuple[str, str, bool], list[Scenario]], fixtures: scenarios.Fixtures, tmp: Path
     ) -> None:
-        """Every sidecar scenario, one sidecar process per group of scenarios that share their settings."""
-        for (_, transport), group in groups.items():
+        """Every sidecar scenario, one sidecar process per group of scenarios that share their settings (and
+        transport, and whether Envoy asks over Unix sockets)."""
+        for index, ((_, transport, unix), group) in enumerate(groups.items()):
             config = scenarios.sidecar_config(group)
             port = authz_ports()
             http_port = free_port() if transport == "envoy-http" else None
             template = HTTP_TEMPLATE if http_port else "envoy.yaml"
+            sockets = tmp / f"sockets-{index}" if unix else None
+            socket = ""
+            if sockets is not None:
+                sockets.mkdir(mode=0o750)
+                template = template if http_port else UDS_TEMPLATE
+                socket = f"{sockets}/http.sock" if http_port else f"{sockets}/grpc-{{worker}}.sock"
             with contextlib.ExitStack() as stack:
                 if http_port and self.profile.floor_beside:
                     floor_port, floor_listen = free_port(), free_port()
@@ -582,14 +608,14 @@ class Harness:
                     host = stack.enter_context(lambda_serve(served, fixtures.lambda_port, scenarios.LAMBDA_CONCURRENCY))
                     self._helper_pid = host.pid
                     stack.callback(setattr, self, "_helper_pid", None)
-                side = stack.enter_context(sidecar(config, port, http_port=http_port))
-                proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template=template))
+                side = stack.enter_context(sidecar(config, port, http_port=http_port, sockets=sockets))
+                proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template, socket))
                 assert side.proc is not None
                 for scenario in group:
                     if scenario.redis == "down" and redis is not None:
                         stop_process(redis)  # killed under a running sidecar, as in an outage
                     before = gate_tallies(side.admin_port) if scenario.metered else {}
-                    self.scenario(scenario, proxy, side.proc.pid, None if http_port else port)
+                    self.scenario(scenario, proxy, side.proc.pid, None if http_port or unix else port)
                     if scenario.metered:
                         self.result.metered[scenario.name] = tally_delta(before, gate_tallies(side.admin_port))
 

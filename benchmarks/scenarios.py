@@ -68,6 +68,9 @@ class Scenario:
     """For the "noop-grpc" stack: microseconds of pure-Python busy work per Check (a calibration row)."""
     module: str = "benchmarks.noop_grpc_authz"
     """For the "noop-grpc" stack: the no-op server's module."""
+    unix: bool = False
+    """Envoy asks the sidecar over Unix domain sockets (`deploy/envoy/envoy-uds.yaml`; HTTP mode: one socket)
+    instead of loopback TCP. Not straight at gRPC (h2load has no Unix sockets)."""
     lambda_serve: str = ""
     """A handler's import string: the harness runs `authz-sidecar lambda-serve` with it on `Fixtures.lambda_port`
     before starting this scenario's sidecar (its CPU is measured beside the sidecar's)."""
@@ -301,6 +304,19 @@ def jwt_warm(fx: Fixtures) -> Scenario:
         authorizers={"jwt_warm": _jwt_authorizer(fx, 10_000)},
         routes=({"match": "ANY /jwt/{proxy+}", "authorizer": "jwt_warm"},),
     )
+
+
+def jwt_warm_uds(fx: Fixtures) -> Scenario:
+    """Warm JWT with Envoy asking over a Unix domain socket per worker (the shipped envoy-uds.yaml)."""
+    return replace(
+        jwt_warm(fx), name="jwt-warm-uds", title="JWT RS256 warm, over Unix sockets", direct=False, unix=True
+    )
+
+
+def jwt_warm_http_uds(fx: Fixtures) -> Scenario:
+    """Warm JWT in HTTP mode over a Unix domain socket."""
+    title = "JWT RS256 warm, HTTP mode over a Unix socket"
+    return replace(jwt_warm_http(fx), name="jwt-warm-http-uds", title=title, unix=True)
 
 
 def jwt_warm_grpcio(fx: Fixtures) -> Scenario:
@@ -624,6 +640,7 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     anonymous,
     anonymous_no_decision_log,
     jwt_warm,
+    jwt_warm_uds,
     jwt_warm_grpcio,
     jwt_cold_rs256,
     jwt_cold_es256,
@@ -631,6 +648,7 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     policy_1000,
     anonymous_http,
     jwt_warm_http,
+    jwt_warm_http_uds,
     redis_l2_hit,
     redis_down,
     lambda_cached,

@@ -87,9 +87,9 @@ _WORKER = "{worker}"
 def _check_unix(value: str, per_worker: bool) -> str:
     path = value.removeprefix("unix:")
     if not path.startswith("/"):
-        raise ValueError(f"a Unix socket path must be absolute, e.g. unix:/run/authz-sidecar/grpc.sock, got {value!r}")
+        raise ValueError("a Unix socket path must be absolute, e.g. unix:/run/authz-sidecar/grpc.sock")
     if "\0" in path or path.endswith("/"):
-        raise ValueError(f"not a usable socket path: {value!r}")
+        raise ValueError("not a usable socket path (a NUL byte, or it names a directory)")
     if _WORKER in path and not per_worker:
         raise ValueError("{worker} names each worker's own socket: only in listen.grpc with grpc_per_worker: true")
     if per_worker and path.count(_WORKER) != 1:
@@ -106,7 +106,7 @@ def _socket_mode(value: object) -> object:
         try:
             return int(value, 8)
         except ValueError:
-            raise ValueError(f"expected an octal mode such as 0660, got {value!r}") from None
+            raise ValueError("expected an octal mode such as 0660") from None
     return value
 
 

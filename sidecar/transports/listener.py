@@ -114,24 +114,29 @@ def worker_address(address: str, worker: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SocketFile:
-    """A Unix socket file a process made (`path` None: a TCP socket, no file), with the inode it had: removed at
-    shutdown only if it is still that file (one another process has since put there is left alone)."""
+    """A Unix socket file a process made (`path` None: a TCP socket, no file), with the inode and change time it
+    had: removed at shutdown only if it is still that file (one another process has since put there, even on a
+    reused inode number, is left alone)."""
 
     path: str | None = None
-    inode: int = 0
+    identity: tuple[int, int, int] = (0, 0, 0)
 
     def remove(self) -> None:
         """Delete the socket file, unless it was replaced."""
         if self.path is None:
             return
         with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == self.inode:
+            if _identity(os.lstat(self.path)) == self.identity:
                 os.unlink(self.path)
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_ctime_ns)
 
 
 def socket_file(path: str) -> SocketFile:
     """The socket file at `path` as it is now."""
-    return SocketFile(path, os.stat(path).st_ino)
+    return SocketFile(path, _identity(os.lstat(path)))
 
 
 @dataclass(frozen=True, slots=True)
