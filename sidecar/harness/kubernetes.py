@@ -84,12 +84,17 @@ def helm_binary() -> str:
 
 
 def helm_template(
-    values: Sequence[str | Path] = (), args: Sequence[str] = (), release: str = RELEASE, namespace: str = NAMESPACE
+    values: Sequence[str | Path] = (),
+    args: Sequence[str] = (),
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    chart: Path = CHART,
 ) -> str:
-    """`helm template` of the chart with these values files (relative to the chart) and extra arguments."""
-    command = [helm_binary(), "template", release, str(CHART), "--namespace", namespace, "--skip-tests"]
+    """`helm template` of `chart` (this chart, or one that depends on it) with these values files (relative to
+    the chart) and extra arguments."""
+    command = [helm_binary(), "template", release, str(chart), "--namespace", namespace, "--skip-tests"]
     for path in values:
-        command += ["--values", str(CHART / path)]
+        command += ["--values", str(chart / path)]
     done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"helm template failed: {done.stderr.strip()}")

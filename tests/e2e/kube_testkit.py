@@ -7,6 +7,7 @@ fails the test that needs it with the command that installs it.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,12 +17,15 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from sidecar.harness.kubernetes import CHART, DEPLOY, helm_template
+from sidecar.harness.kubernetes import CHART, DEPLOY, helm_binary, helm_template
 from tests.conftest import REPO
 
 CI_VALUES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 KUBERNETES_VERSIONS = ("1.29.0", "1.35.0")
 """The oldest release the chart supports (native sidecars) and the newest the bundled helm/kubectl know."""
+
+EXAMPLE = DEPLOY / "helm" / "examples" / "my-app"
+"""A workload chart of its own that adds the sidecars with the chart's library templates (sidecar mode)."""
 
 CRDS = REPO / "tests" / "data" / "crds"
 SECRETS_DIR = "/etc/authz-sidecar/secrets"
@@ -37,12 +41,29 @@ def tool(name: str, *where: Path) -> str:
     return found
 
 
-def render(values: Sequence[str] = (), *args: str, tests: bool = False, **names: str) -> list[dict[str, Any]]:
+def render(
+    values: Sequence[str] = (), *args: str, tests: bool = False, chart: Path = CHART, **names: str
+) -> list[dict[str, Any]]:
     """The chart's objects for these ci/ values files and `helm template` arguments (`tests`: the test pod too;
-    `names`: release= and namespace=)."""
+    `chart`: another chart, e.g. `build_example`'s; `names`: release= and namespace=)."""
     extra = ("--skip-tests=false",) if tests else ()
-    text = helm_template(list(values), [*args, *extra], **names)
+    text = helm_template(list(values), [*args, *extra], chart=chart, **names)
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def build_example(root: Path) -> Path:
+    """The example workload chart, ready to render: deploy/helm copied under `root` (so the checkout gets no
+    charts/ or Chart.lock) and its dependency on the chart fetched by `helm dependency build`, as
+    docs/kubernetes.md says. Returns the copy's path."""
+    shutil.copytree(DEPLOY / "helm", root / "helm")
+    chart = root / "helm" / EXAMPLE.relative_to(DEPLOY / "helm")
+    done = subprocess.run(
+        [helm_binary(), "dependency", "build", str(chart)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["version"]
+    assert (chart / "charts" / f"authz-sidecar-{version}.tgz").is_file(), sorted((chart / "charts").iterdir())
+    return chart
 
 
 def only(docs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:

@@ -24,6 +24,7 @@ from tests.e2e.kube_testkit import (
     CI_VALUES,
     KUBERNETES_VERSIONS,
     SECRETS_DIR,
+    build_example,
     only,
     plain_files,
     pod_spec,
@@ -47,6 +48,12 @@ def _values(name: str) -> dict[str, Any]:
 def rendered() -> dict[str, list[dict[str, Any]]]:
     """Every ci/ values file's objects, the helm test pod included."""
     return {name: render([f"ci/{name}"], tests=True) for name in CI_VALUES}
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example workload chart (deploy/helm/examples/my-app) with its dependency built, in a copy."""
+    return build_example(tmp_path_factory.mktemp("example"))
 
 
 @pytest.mark.parametrize("values", CI_VALUES)
@@ -226,9 +233,12 @@ def test_network_policy_admits_the_door_and_prometheus(values: str, rendered: di
     assert prometheus == [dict(v["networkPolicy"]["prometheus"])]
 
 
-def test_checkov_finds_nothing_unjustified(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_checkov_finds_nothing_unjustified(
+    rendered: dict[str, list[dict[str, Any]]], example: Path, tmp_path: Path
+) -> None:
     for name, docs in rendered.items():
         (tmp_path / name).write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    (tmp_path / "example.yaml").write_text(yaml.safe_dump_all(render(chart=example, tests=True)), encoding="utf-8")
     for path in plain_files():
         (tmp_path / f"plain-{path.parent.name}-{path.name}").write_text(path.read_text(encoding="utf-8"))
     (tmp_path / "Dockerfile").write_text((REPO / "Dockerfile").read_text(encoding="utf-8"), encoding="utf-8")
@@ -276,3 +286,39 @@ def test_istio_objects() -> None:
     service = only(render(["ci/standalone-values.yaml"], release="authz", namespace="authz"), "Service")
     assert grpc["service"] == f"{service['metadata']['name']}.authz.svc.cluster.local"
     assert grpc["port"] == next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+
+
+def test_a_workload_of_its_own_gets_the_sidecars_from_the_library(example: Path) -> None:
+    """Sidecar mode in your own chart: deploy/helm/examples/my-app depends on the chart and builds its pod with
+    the library templates (`.Subcharts`). helm lints it; every object is valid; its pod holds the very sidecars,
+    volumes and security the chart's own example Deployment holds, the labels the chart's Service and
+    NetworkPolicy select, the checksums and the grace period for the stop sequence."""
+    done = subprocess.run(
+        [helm_binary(), "lint", "--strict", str(example)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = render(chart=example, tests=True)
+    for doc in docs:
+        for version in KUBERNETES_VERSIONS:
+            validate_object(doc, version)
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["ConfigMap", "ConfigMap", "Deployment", "NetworkPolicy", "Pod", "Secret", "Service", "ServiceAccount"]
+    )
+    template = only(docs, "Deployment")["spec"]["template"]
+    spec, own = template["spec"], pod_spec(render(["ci/sidecar-values.yaml"]))
+    assert spec["initContainers"] == own["initContainers"]
+    assert [c["name"] for c in spec["containers"]] == ["my-app"]
+    assert spec["volumes"][:3] == own["volumes"][:3] and spec["securityContext"] == own["securityContext"]
+    assert spec["serviceAccountName"] == only(docs, "ServiceAccount")["metadata"]["name"]
+    assert spec["automountServiceAccountToken"] is False
+    labels = template["metadata"]["labels"]
+    for selector in (only(docs, "Service")["spec"]["selector"], only(docs, "NetworkPolicy")["spec"]["podSelector"]):
+        selected = selector.get("matchLabels", selector)
+        assert selected and selected.items() <= labels.items(), (selected, labels)
+    assert spec["terminationGracePeriodSeconds"] == 5 + 5 + 2 + 10 + 2  # preStop, my-app, Envoy, grace, spare
+    before = template["metadata"]["annotations"]
+    changed = only(render([], "--set", "authz-sidecar.config.server.grace_period=12", chart=example), "Deployment")
+    after = changed["spec"]["template"]
+    assert after["metadata"]["annotations"]["checksum/config"] != before["checksum/config"]
+    assert after["metadata"]["annotations"]["checksum/secret"] == before["checksum/secret"]
+    assert after["spec"]["terminationGracePeriodSeconds"] == spec["terminationGracePeriodSeconds"] + 2

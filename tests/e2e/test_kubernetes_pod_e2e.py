@@ -30,7 +30,7 @@ from botocore.credentials import Credentials
 
 from sidecar.harness.envoy import free_port
 from tests.conftest import RedisServer
-from tests.e2e.kube_testkit import only, render
+from tests.e2e.kube_testkit import build_example, only, render
 from tests.e2e.pod_testkit import IMAGES, LocalPod, UnsupportedField, _image_repository
 from tests.unit.authorizers.jwt.jwt_testkit import Issuer, rsa_key
 
@@ -192,6 +192,31 @@ def test_sidecar_pod_runs_and_drains_as_rendered(local_pod: list[LocalPod], tmp_
     sent, steps = _stop_under_load(pod, url, "/public/hello.txt")
     assert list(steps) == ["preStop", "apps", "envoy", "authz-sidecar"]
     _assert_no_early_request_failed(sent, steps)
+
+
+def test_a_workload_of_its_own_runs_with_the_library_sidecars(local_pod: list[LocalPod], tmp_path: Path) -> None:
+    """deploy/helm/examples/my-app: a chart's own Deployment given the sidecars by the library templates runs as
+    rendered, answers through Envoy as its config says, passes the chart's helm test and stops in order."""
+    chart = build_example(tmp_path / "chart")
+    ports = _ports()
+    settings = [f"authz-sidecar.{s}" for s in [f"ports.{k}={v}" for k, v in ports.items()] + QUICK_STOP]
+    docs = render([], "--set", ",".join(settings), tests=True, chart=chart)
+    pod = _start(local_pod, docs, tmp_path / "pod")
+    assert [c.name for c in pod] == ["authz-sidecar", "envoy", "my-app"]
+    _runs_as_rendered(pod)
+    with httpx.Client(base_url=f"http://127.0.0.1:{ports['envoy']}", timeout=5.0) as client:
+        assert client.get("/public/nothing-here").status_code == 404  # allowed; my-app has no such file
+        assert client.get("/healthz").text == "ok\n"
+        assert client.get("/admin/x").status_code == 403
+        assert client.get("/elsewhere").status_code == 403
+    service = only(docs, "Service")
+    address = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    _run_helm_test(pod, docs, {address: f"127.0.0.1:{ports['envoy']}"})
+    steps: dict[str, float] = {}
+    codes = pod.terminate(lambda step: steps.setdefault(step, time.monotonic()))
+    assert list(steps) == ["preStop", "apps", "envoy", "authz-sidecar"]
+    assert codes["authz-sidecar"] == 0 and codes["envoy"] == 0, pod.logs()
+    assert not [c.name for c in pod if c.killed], pod.logs()
 
 
 def _wait_for_cache_entry(client: httpx.Client, issuer: Issuer, url: str, pod: LocalPod, timeout: float = 10.0) -> None:
