@@ -322,3 +322,18 @@ def test_a_workload_of_its_own_gets_the_sidecars_from_the_library(example: Path)
     assert after["metadata"]["annotations"]["checksum/config"] != before["checksum/config"]
     assert after["metadata"]["annotations"]["checksum/secret"] == before["checksum/secret"]
     assert after["spec"]["terminationGracePeriodSeconds"] == spec["terminationGracePeriodSeconds"] + 2
+
+
+def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
+    """The Dockerfile builds wheels in one stage and runs from a clean one, as the user the chart's
+    securityContext names (10001, whose group reads the Secret's files), with a HEALTHCHECK on /readyz; every
+    base names its release (no floating `latest`)."""
+    lines = [line.strip() for line in (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines()]
+    bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert len(bases) >= 2 and all(":" in b and not b.endswith(":latest") for b in bases), bases
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    (container,) = pod_spec(render(["ci/standalone-values.yaml"]))["containers"]
+    assert users == [str(container["securityContext"]["runAsUser"])] == ["10001"]
+    assert any(line.startswith("HEALTHCHECK ") for line in final)
+    assert "/readyz" in "\n".join(final)
