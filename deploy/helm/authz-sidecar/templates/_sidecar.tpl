@@ -1,19 +1,23 @@
 {{/*
-The sidecar library: add Envoy and authz-sidecar to any workload's pod template.
+The sidecar library: add Envoy and authz-sidecar to any workload's pod template. In a chart that lists this one
+as a dependency (with app.enabled: false), each template takes this chart's scope, not yours:
 
+  {{- $authz := index .Subcharts "authz-sidecar" }}
   spec:
     template:
       metadata:
-        annotations: {{- include "authz-sidecar.podAnnotations" . | nindent 10 }}
+        labels: {{- include "authz-sidecar.selectorLabels" $authz | nindent 10 }}   # and your own
+        annotations: {{- include "authz-sidecar.podAnnotations" $authz | nindent 10 }}
       spec:
-        {{- include "authz-sidecar.podSecurity" . | nindent 8 }}
-        terminationGracePeriodSeconds: {{ include "authz-sidecar.terminationGracePeriod" . }}
-        initContainers: {{- include "authz-sidecar.sidecars" . | nindent 10 }}   # nativeSidecars: true
+        {{- include "authz-sidecar.podSecurity" $authz | nindent 8 }}
+        terminationGracePeriodSeconds: {{ include "authz-sidecar.terminationGracePeriod" $authz }}
+        initContainers: {{- include "authz-sidecar.sidecars" $authz | nindent 10 }}   # nativeSidecars: true
         containers: [your app, listening on 127.0.0.1:ports.app]
-        volumes: {{- include "authz-sidecar.volumes" . | nindent 10 }}
+        volumes: {{- include "authz-sidecar.volumes" $authz | nindent 10 }}
 
 With nativeSidecars: false the two go into `containers` beside the app instead. The ConfigMap and Secret they
-mount come from this chart (configmap.yaml, secret.yaml). templates/deployment.yaml is the worked example.
+mount come from this chart (configmap.yaml, secret.yaml). deploy/helm/examples/my-app is that chart, worked out
+and tested; templates/deployment.yaml here is the chart's own example (with `.` as the scope).
 */}}
 
 {{- define "authz-sidecar.containerSecurity" -}}
