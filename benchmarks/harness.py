@@ -1,8 +1,10 @@
 """The load harness: starts every process itself on loopback, measures the floors and the scenarios in one run,
 and stops everything it started.
 
-Stacks, in order: Envoy alone (no ext_authz); Envoy + the no-op grpc.aio server; Envoy + the sidecar serving
-every scenario; and the sidecar under `--workers 2` to measure how Envoy's calls split over the workers.
+Stacks, in order: Envoy alone (no ext_authz); Envoy with its own jwt_authn filter (the native floors, cached
+and uncached); Envoy + the no-op grpc.aio server; Envoy + the sidecar serving every scenario (one scenario with
+Envoy running what `envoy-config --offload` renders); and the sidecar under `--workers 2` to measure how Envoy's
+calls split over the workers.
 Envoy is the shipped bootstrap (`render_envoy_config` with `SHIPPED`'s values, the authz cluster untouched: one
 endpoint per worker, health-checked) with its addresses on loopback and one change: its route answers with
 `direct_response`, so no upstream server sits in the measurement (`tests/unit/test_benchmark_envoy.py` holds it
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import statistics
 import subprocess
 import sys
@@ -111,6 +114,7 @@ PROFILES = {
                 "apikey-plan-redis",
                 "apikey-plan-local",
                 "jwt-warm",
+                "jwt-offload",
                 "mtls-warm",
             }
         ),
@@ -178,6 +182,12 @@ class Row:
     """Median over rounds of this row's throughput over the floor's measured right before it."""
     helper_cpu_us: float | None = None
     """CPU per Check of the process the scenario's sidecar calls (`lambda-serve`), when it has one."""
+    added_cpu_us: float | None = None
+    """Through Envoy: the CPU per request of Envoy, the authz server and its helper together, minus Envoy
+    alone's (the `envoy-only` row of the same mode): what authorizing the request costs (`add_added`)."""
+    added_vs_envoy: float | None = None
+    """`added_cpu_us` over Envoy alone's own CPU per request: a stable ratio (a native filter adds a few us,
+    too little to divide by)."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -196,6 +206,8 @@ class Row:
             "rounds": self.rounds,
             "floor_beside_p99_us": self.beside_p99_us,
             "floor_beside_rps": _round(self.beside_rps),
+            "added_cpu_us": _round(self.added_cpu_us),
+            "added_vs_envoy": None if self.added_vs_envoy is None else round(self.added_vs_envoy, 3),
         }
         if self.result is not None:
             out |= self.result.as_dict()
@@ -230,18 +242,6 @@ UDS_TEMPLATE = "envoy-uds.yaml"
 """The shipped gRPC file over Unix sockets (envoy.yaml's template, its endpoints sockets)."""
 
 
-def envoy_config(ports: EnvoyPorts, ext_authz: bool = True, template: str = "envoy.yaml") -> str:
-    """The shipped bootstrap, answering from Envoy itself (`direct_response`), optionally without ext_authz."""
-    doc = yaml.safe_load(render_envoy_config(ports, template))
-    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        route.pop("route", None)
-        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
-    if not ext_authz:
-        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"]
-    return str(yaml.safe_dump(doc, sort_keys=False))
-
-
 def envoy_ports(listen_port: int, authz_port: int, template: str = "envoy.yaml", socket: str = "") -> EnvoyPorts:
     """The shipped file's values (`SHIPPED[template]`: timeouts, body limit, one endpoint per worker) with every
     address on loopback: the authz endpoints `authz_port` + k (`authz_ports` reserves them), or `socket`'s
@@ -263,15 +263,81 @@ def authz_ports() -> int:
     return free_ports(SHIPPED_WORKERS)
 
 
+def answer_directly(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` (a bootstrap) with every route of its ingress listener answering from Envoy (`direct_response`)
+    instead of proxying: no upstream server sits in the measurement. Routes that already answer directly (a
+    closed route) and every per-route filter setting are kept."""
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        for route in vhost["routes"]:
+            if route.pop("route", None) is not None:
+                route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
+    return doc
+
+
+def envoy_config(ports: EnvoyPorts, ext_authz: bool = True, template: str = "envoy.yaml") -> str:
+    """The shipped bootstrap, answering from Envoy itself (`direct_response`), optionally without ext_authz."""
+    doc = answer_directly(yaml.safe_load(render_envoy_config(ports, template)))
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    if not ext_authz:
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"]
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+
+
+def native_jwt_config(ports: EnvoyPorts, jwks_file: Path, cached: bool) -> str:
+    """Envoy alone (`envoy_config` without ext_authz) with its own jwt_authn filter requiring the benchmark
+    issuer's tokens on every path: the native floor of a JWT route, with Envoy's JWT cache or without it."""
+    doc = yaml.safe_load(envoy_config(ports, ext_authz=False))
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    provider: dict[str, Any] = {
+        "issuer": scenarios.ISSUER,
+        "audiences": [scenarios.AUDIENCE],
+        "local_jwks": {"filename": str(jwks_file)},
+    }
+    if cached:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    jwt_authn = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": JWT_AUTHN,
+            "providers": {"bench": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+        },
+    }
+    hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, jwt_authn)  # before the router
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+def offload_config(config_text: str, ports: EnvoyPorts, directory: Path) -> str:
+    """What `authz-sidecar envoy-config --offload` renders for `config_text` (the gRPC bootstrap), answering from
+    Envoy itself (`answer_directly`)."""
+    from sidecar.config import load_config
+    from sidecar.harness.envoy_config import render
+    from sidecar.runtime import compile_runtime
+
+    path = directory / "offload-sidecar.yaml"
+    path.write_text(config_text)
+    runtime = compile_runtime(load_config(path), private_limits=True)
+    return str(yaml.safe_dump(answer_directly(yaml.safe_load(render(runtime, ports, offload=True))), sort_keys=False))
+
+
 @contextlib.contextmanager
 def envoy(
-    listen_port: int, authz_port: int | None, template: str = "envoy.yaml", socket: str = ""
+    listen_port: int,
+    authz_port: int | None,
+    template: str = "envoy.yaml",
+    socket: str = "",
+    fit: Callable[[EnvoyPorts], str] | None = None,
 ) -> Iterator[EnvoyProcess]:
     """A real Envoy (one worker thread) in front of `authz_port` (or `socket`), or with no ext_authz when both
-    are absent."""
+    are absent; `fit` renders its bootstrap from the ports instead (a native or offloaded stack)."""
     ports = envoy_ports(listen_port, authz_port or 1, template, socket)
     wanted = authz_port is not None or bool(socket)
-    with EnvoyProcess(envoy_config(ports, wanted, template), ports.admin_port) as proc:
+    text = fit(ports) if fit is not None else envoy_config(ports, wanted, template)
+    with EnvoyProcess(text, ports.admin_port) as proc:
         yield proc
 
 
@@ -534,6 +600,11 @@ class Harness:
                 if scenario.stack == "envoy-only":
                     with envoy(self.listen_port, None) as proxy:
                         self.scenario(scenario, proxy, None, None)
+                elif scenario.stack == "envoy-native":
+                    cached = scenario.native == "cached"
+                    fit = functools.partial(native_jwt_config, jwks_file=fixtures.jwks_file, cached=cached)
+                    with envoy(self.listen_port, None, fit=fit) as proxy:
+                        self.scenario(scenario, proxy, None, None)
                 elif scenario.stack == "noop-grpc":
                     port = authz_ports()
                     with (
@@ -549,9 +620,9 @@ class Harness:
                     ):
                         self.scenario(scenario, proxy, server.pid, None)
             on_sidecar = [s for s in runnable if s.stack == "sidecar"]
-            groups: dict[tuple[str, str, bool], list[Scenario]] = {}
+            groups: dict[tuple[str, str, bool, bool], list[Scenario]] = {}
             for s in on_sidecar:
-                groups.setdefault((scenarios.settings_key(s), s.transport, s.unix), []).append(s)
+                groups.setdefault((scenarios.settings_key(s), s.transport, s.unix, s.offload), []).append(s)
             floor_stack = contextlib.ExitStack()
             if self.profile.floor_beside and on_sidecar and self.profile.rate:
                 floor_port, floor_listen = authz_ports(), free_port()
@@ -575,14 +646,15 @@ class Harness:
             if self.profile.workers and anonymous is not None:
                 self.workers_split(scenarios.sidecar_config([anonymous]), anonymous)
         add_ratios(self.result.rows)
+        add_added(self.result.rows)
         return self.result
 
     def _sidecar_groups(
-        self, groups: dict[tuple[str, str, bool], list[Scenario]], fixtures: scenarios.Fixtures, tmp: Path
+        self, groups: dict[tuple[str, str, bool, bool], list[Scenario]], fixtures: scenarios.Fixtures, tmp: Path
     ) -> None:
         """Every sidecar scenario, one sidecar process per group of scenarios that share their settings (and
-        transport, and whether Envoy asks over Unix sockets)."""
-        for index, ((_, transport, unix), group) in enumerate(groups.items()):
+        transport, whether Envoy asks over Unix sockets, and whether Envoy runs the offloaded rendering)."""
+        for index, ((_, transport, unix, offload), group) in enumerate(groups.items()):
             config = scenarios.sidecar_config(group)
             port = authz_ports()
             http_port = free_port() if transport == "envoy-http" else None
@@ -609,7 +681,8 @@ class Harness:
                     self._helper_pid = host.pid
                     stack.callback(setattr, self, "_helper_pid", None)
                 side = stack.enter_context(sidecar(config, port, http_port=http_port, sockets=sockets))
-                proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template, socket))
+                fit = functools.partial(offload_config, config, directory=tmp) if offload else None
+                proxy = stack.enter_context(envoy(self.listen_port, http_port or port, template, socket, fit))
                 assert side.proc is not None
                 for scenario in group:
                     if scenario.redis == "down" and redis is not None:
@@ -907,6 +980,22 @@ def add_ratios(rows: list[Row]) -> None:
         if row.beside_rps_ratio is not None:
             ratios["rps_beside"] = row.beside_rps_ratio
         row.ratios = {k: round(v, 3) for k, v in ratios.items()}
+
+
+def add_added(rows: list[Row]) -> None:
+    """Each row through Envoy: what it adds over Envoy alone of the same mode (`Row.added_cpu_us`, and that over
+    Envoy alone's CPU, `Row.added_vs_envoy`). HTTP-mode rows are read against the same Envoy alone: without its
+    ext_authz filter the HTTP-mode bootstrap is the gRPC one."""
+    alone = {r.mode: r for r in rows if r.scenario == "envoy-only" and r.envoy_cpu_us}
+    for row in rows:
+        base = alone.get("saturation" if row.mode.startswith("workers") else row.mode)
+        if base is None or base.envoy_cpu_us is None or row.envoy_cpu_us is None or row is base:
+            continue
+        if row.transport not in ("envoy", "envoy-http"):
+            continue
+        total = row.envoy_cpu_us + (row.sidecar_cpu_us or 0.0) + (row.helper_cpu_us or 0.0)
+        row.added_cpu_us = total - base.envoy_cpu_us
+        row.added_vs_envoy = row.added_cpu_us / base.envoy_cpu_us
 
 
 def _better_floor(row: Row, result: LoadResult, best: Row, best_result: LoadResult) -> bool:

@@ -73,6 +73,30 @@ OVERHEAD_TARGETS = [
     ("lambda-uncached", "lambda-cached", 40.0, "saturation"),
     ("lambda-uncached-async", "lambda-cached", 40.0, "saturation"),
 ]
+# (scenario, limit, mode): what a row adds over Envoy alone, over Envoy alone's own CPU (`Row.added_vs_envoy`).
+# Issue 23: the shipped warm JWT route over ext_authz at most 3x, an offloaded warm JWT route at most 0.25x.
+ADDED_TARGETS = [("jwt-warm", 3.0, "saturation"), ("jwt-offload", 0.25, "saturation")]
+# (scenario, against, limit, mode): what one row adds over Envoy alone over what another adds. Issue 23: a cold
+# RS256 Check over ext_authz adds at most 1.5x what Envoy's own uncached jwt_authn adds.
+RELATIVE_ADDED_TARGETS = [("jwt-cold-rs256", "envoy-jwt-authn-cold", 1.5, "saturation")]
+ENVOY_SIDE_ROWS = (
+    "envoy-only",
+    "envoy-jwt-authn",
+    "envoy-jwt-authn-cold",
+    "noop-grpc",
+    "anonymous",
+    "anonymous-no-decision-log",
+    "jwt-warm",
+    "jwt-offload",
+    "jwt-warm-uds",
+    "jwt-warm-grpcio",
+    "jwt-cold-rs256",
+    "sigv4",
+    "anonymous-http",
+    "jwt-warm-http",
+    "jwt-warm-http-uds",
+)
+"""The rows of the Envoy-side table (issue 23), in this order, each at saturation through Envoy."""
 CUSTOM_ROWS = ("jwt-warm", "lambda-cached", "lambda-uncached", "lambda-uncached-async", "lambda-remote")
 """The custom-authorizer rows, beside the warm JWT row they are held against (`custom_table`)."""
 LIMITS_ROWS = (
@@ -217,6 +241,13 @@ def _targets(result: RunResult) -> list[str]:
         ratio = relative_cpu(index.get((scenario, mode, transport)), index.get((against, mode, transport)))
         where = mode if transport == "envoy" else f"{mode}, {transport}"
         lines.append(_verdict(f"{scenario}: sidecar CPU per Check vs {against} ({where})", ratio, limit))
+    for scenario, limit, mode in ADDED_TARGETS:
+        row = index.get((scenario, mode, "envoy"))
+        value = row.added_vs_envoy if row is not None else None
+        lines.append(_verdict(f"{scenario}: CPU added over Envoy alone, vs Envoy alone's ({mode})", value, limit))
+    for scenario, against, limit, mode in RELATIVE_ADDED_TARGETS:
+        ratio = added_over(index.get((scenario, mode, "envoy")), index.get((against, mode, "envoy")))
+        lines.append(_verdict(f"{scenario}: CPU added over Envoy alone vs what {against} adds ({mode})", ratio, limit))
     for scenario, against, limit_us, mode in OVERHEAD_TARGETS:
         extra = cpu_over(index.get((scenario, mode, "envoy")), index.get((against, mode, "envoy")))
         lines.append(
@@ -248,6 +279,60 @@ def cpu_over(row: Row | None, against: Row | None) -> float | None:
     if row is None or against is None or row.sidecar_cpu_us is None or against.sidecar_cpu_us is None:
         return None
     return row.sidecar_cpu_us - against.sidecar_cpu_us
+
+
+def added_over(row: Row | None, against: Row | None) -> float | None:
+    """What `row` adds over Envoy alone over what `against` adds, when both were measured."""
+    if row is None or against is None or row.added_cpu_us is None or not against.added_cpu_us:
+        return None
+    return row.added_cpu_us / against.added_cpu_us
+
+
+def envoy_side_table(result: RunResult) -> list[str]:
+    """Per row at saturation through Envoy (`ENVOY_SIDE_ROWS`): Envoy's CPU per request, the authz server's, what
+    both add over Envoy alone and that over Envoy alone's own CPU. Empty without the `envoy-only` row."""
+    index = _index(result)
+    alone = index.get(("envoy-only", "saturation", "envoy"))
+    if alone is None or alone.envoy_cpu_us is None:
+        return []
+    lines = [
+        "| row | rps | Envoy CPU us/req | authz server CPU us/req | added over Envoy alone, us/req"
+        " | added vs Envoy alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ENVOY_SIDE_ROWS:
+        for transport in ("envoy", "envoy-http"):
+            row = index.get((name, "saturation", transport))
+            if row is None or row.result is None:
+                continue
+            added = f"{row.added_cpu_us:.1f}" if row.added_cpu_us is not None else ("-" if row is alone else "")
+            ratio = f"{row.added_vs_envoy:.2f}x" if row.added_vs_envoy is not None else ""
+            server = row.sidecar_cpu_us if row.helper_cpu_us is None else (row.sidecar_cpu_us or 0) + row.helper_cpu_us
+            lines.append(
+                f"| {row.title} | {row.result.rps:.0f} | {_cpu(row.envoy_cpu_us)} | {_cpu(server)} | {added}"
+                f" | {ratio} |"
+            )
+    return lines
+
+
+def _envoy_side_section(result: RunResult) -> list[str]:
+    """The Envoy-side cost (issue 23): every row's CPU added over Envoy alone, and the native floors."""
+    table = envoy_side_table(result)
+    if not table:
+        return []
+    return [
+        "## What authorizing adds to Envoy (saturation, CPU per request)",
+        "",
+        "Added = Envoy's CPU per request plus the authz server's (and `lambda-serve`'s), minus Envoy alone's (the"
+        " `envoy-only` row, sent the warm JWT's bearer token); the last column divides that by Envoy alone's own"
+        " CPU per request. The native floors are Envoy's own jwt_authn filter (local JWKS) with and without its"
+        " JWT cache; `jwt-offload` is Envoy running `authz-sidecar envoy-config --offload`'s rendering of the warm"
+        " JWT route's config (jwt_authn + rbac decide it; the sidecar runs beside it, unasked). Every row's figures"
+        " are in results.json (`added_cpu_us`, `added_vs_envoy`).",
+        "",
+        *table,
+        "",
+    ]
 
 
 def custom_table(result: RunResult) -> list[str]:
@@ -508,9 +593,10 @@ def markdown(result: RunResult, host: dict[str, Any]) -> str:
             *custom,
             "",
         ]
+    out += _envoy_side_section(result)
     out += _limits_section(result)
     out += _mtls_section(result)
-    out += ["## Targets this run can check (issues 6, 8, 9, 20, 21, 22)", "", *_targets(result), ""]
+    out += ["## Targets this run can check (issues 6, 8, 9, 20, 21, 22, 23)", "", *_targets(result), ""]
     if result.pending:
         out += ["## Not measured yet", "", "| scenario | waiting for |", "|---|---|"]
         out += [f"| {p['title']} | {p['why']} |" for p in result.pending]

@@ -41,7 +41,7 @@ class Scenario:
 
     name: str
     title: str
-    stack: str  # "envoy-only" | "noop-grpc" | "noop-http" | "sidecar"
+    stack: str  # "envoy-only" | "envoy-native" | "noop-grpc" | "noop-http" | "sidecar"
     path: str = "/anon/item"
     headers: Callable[[], Headers] = lambda: ()
     rotation: Rotation | None = None
@@ -74,6 +74,13 @@ class Scenario:
     lambda_serve: str = ""
     """A handler's import string: the harness runs `authz-sidecar lambda-serve` with it on `Fixtures.lambda_port`
     before starting this scenario's sidecar (its CPU is measured beside the sidecar's)."""
+
+    native: str = ""
+    """For the "envoy-native" stack: Envoy's own jwt_authn filter instead of ext_authz, with its JWT cache
+    ("cached") or without it ("uncached")."""
+    offload: bool = False
+    """For a sidecar scenario: Envoy runs what `authz-sidecar envoy-config --offload` renders for the sidecar's
+    config (its routes decided by Envoy where they can be), instead of the shipped bootstrap."""
 
     @property
     def is_floor(self) -> bool:
@@ -114,6 +121,11 @@ class Fixtures:
     def pki(self) -> BenchPki:
         """The private CA of the mTLS rows (RSA 2048), made on first use."""
         return BenchPki(self.directory)
+
+    @cached_property
+    def warm_token(self) -> str:
+        """The one RS256 token of the warm JWT rows and of the floors sent the same request."""
+        return self.token("RS256", "warm-user")
 
     def token(self, alg: str, subject: str) -> str:
         """A valid JWT for the benchmark issuer, signed with the RSA (RS256) or EC (ES256) key."""
@@ -169,8 +181,43 @@ def _jwt_authorizer(fx: Fixtures, cache_size: int) -> dict[str, Any]:
     }
 
 
+def _bearer(token: str) -> Callable[[], Headers]:
+    return lambda: (("authorization", f"Bearer {token}"),)
+
+
 def envoy_only(fx: Fixtures) -> Scenario:
-    return Scenario("envoy-only", "floor: Envoy alone (no ext_authz)", "envoy-only", direct=False)
+    """Envoy alone, sent the warm JWT rows' bearer token (its ~700 bytes are work for Envoy too), so what a row
+    adds over it (`added_cpu_us`) is what authorizing costs, not the header."""
+    title = "floor: Envoy alone (no ext_authz; the warm JWT's bearer token sent)"
+    return Scenario("envoy-only", title, "envoy-only", path="/jwt/item", headers=_bearer(fx.warm_token), direct=False)
+
+
+def envoy_jwt_authn(fx: Fixtures) -> Scenario:
+    """The native floor of a warm JWT: Envoy's jwt_authn with its JWT cache, the same token every request."""
+    title = "floor: Envoy's own jwt_authn, its JWT cache on (the warm JWT every request)"
+    return Scenario(
+        "envoy-jwt-authn",
+        title,
+        "envoy-native",
+        path="/jwt/item",
+        headers=_bearer(fx.warm_token),
+        direct=False,
+        native="cached",
+    )
+
+
+def envoy_jwt_authn_cold(fx: Fixtures) -> Scenario:
+    """The native floor of a cold JWT: jwt_authn without its cache, a new RS256 token every request (as
+    `jwt-cold-rs256`), so Envoy verifies each one."""
+    return Scenario(
+        "envoy-jwt-authn-cold",
+        "floor: Envoy's own jwt_authn, no cache (a new RS256 token each request)",
+        "envoy-native",
+        path="/jwt-cold/item",
+        rotation=Rotation("Authorization", "Bearer ", fx.token_file("RS256")),
+        direct=False,
+        native="uncached",
+    )
 
 
 def noop_grpc(fx: Fixtures) -> Scenario:
@@ -294,16 +341,22 @@ def anonymous_no_decision_log(fx: Fixtures) -> Scenario:
 
 
 def jwt_warm(fx: Fixtures) -> Scenario:
-    token = fx.token("RS256", "warm-user")
     return Scenario(
         "jwt-warm",
         "JWT RS256, warm (token cache hit)",
         "sidecar",
         path="/jwt/item",
-        headers=lambda: (("authorization", f"Bearer {token}"),),
+        headers=_bearer(fx.warm_token),
         authorizers={"jwt_warm": _jwt_authorizer(fx, 10_000)},
         routes=({"match": "ANY /jwt/{proxy+}", "authorizer": "jwt_warm"},),
     )
+
+
+def jwt_offload(fx: Fixtures) -> Scenario:
+    """The warm JWT route offloaded: Envoy runs `envoy-config --offload`'s rendering of the same sidecar config,
+    so jwt_authn + rbac decide the route and the sidecar (still running, health-checked) is not asked."""
+    title = "JWT RS256 warm, offloaded (envoy-config --offload: Envoy decides, the sidecar is not asked)"
+    return replace(jwt_warm(fx), name="jwt-offload", title=title, direct=False, offload=True)
 
 
 def jwt_warm_uds(fx: Fixtures) -> Scenario:
@@ -633,6 +686,8 @@ def jwt_warm_client_cert(fx: Fixtures) -> Scenario:
 
 SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     envoy_only,
+    envoy_jwt_authn,
+    envoy_jwt_authn_cold,
     noop_grpc,
     noop_grpc_spin,
     noop_lean,
@@ -640,6 +695,7 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     anonymous,
     anonymous_no_decision_log,
     jwt_warm,
+    jwt_offload,
     jwt_warm_uds,
     jwt_warm_grpcio,
     jwt_cold_rs256,

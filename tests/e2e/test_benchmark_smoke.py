@@ -44,6 +44,9 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
         ("apikey-plan-local", "envoy", "fixed-rate"),
         ("jwt-warm", "grpc-direct", "saturation"),
         ("mtls-warm", "grpc-direct", "saturation"),  # a client certificate in source.certificate, straight at gRPC
+        ("envoy-jwt-authn", "envoy", "saturation"),  # the native floors: a 200 from Envoy's own jwt_authn
+        ("envoy-jwt-authn-cold", "envoy", "saturation"),
+        ("jwt-offload", "envoy", "saturation"),  # envoy-config --offload's rendering: Envoy decides the JWT route
     ]:
         assert key in rows, key
         assert rows[key]["requests"] > 0 and rows[key]["errors"] == 0, rows[key]
@@ -72,4 +75,10 @@ def test_smoke_run_writes_results(tmp_path: Path) -> None:
     assert "## Client certificates (mTLS)" in report
     assert "| mtls-warm: sidecar CPU per Check vs jwt-warm (saturation, grpc-direct) | <= 1.10x | " in report
     assert "| mtls-warm: sidecar CPU per Check vs jwt-warm (saturation, grpc-direct) | <= 1.10x | - |" not in report
+    for key in [("jwt-warm", "envoy", "saturation"), ("envoy-jwt-authn", "envoy", "fixed-rate")]:
+        assert rows[key]["added_cpu_us"] is not None and rows[key]["added_vs_envoy"] is not None, rows[key]
+    assert rows[("jwt-warm", "grpc-direct", "saturation")]["added_cpu_us"] is None  # no Envoy in that row
+    assert "## What authorizing adds to Envoy" in report
+    assert "| jwt-offload: CPU added over Envoy alone, vs Envoy alone's (saturation) | <= 0.25x | " in report
+    assert "| jwt-cold-rs256: CPU added over Envoy alone vs what envoy-jwt-authn-cold adds" in report
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,12 +4,16 @@ cluster least of all: the figures in docs/performance.md are of what users run."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from benchmarks.harness import envoy_config, envoy_ports
+from benchmarks import scenarios
+from benchmarks.harness import Row, add_added, envoy_config, envoy_ports, native_jwt_config, offload_config
+from benchmarks.load import LoadResult
+from sidecar.harness.envoy import validate_envoy_config
 from tests.conftest import REPO
 
 ADDRESS_KEYS = frozenset({"address", "port_value", "path", "uri"})
@@ -50,3 +54,54 @@ def test_the_authz_cluster_is_the_shipped_one() -> None:
     assert ports == [18100, 18101]
     assert cluster["lb_policy"] == "ROUND_ROBIN"
     assert cluster["health_checks"][0]["grpc_health_check"] == {}
+
+
+def test_the_native_and_offloaded_floors_are_valid_envoy_files(tmp_path: Path) -> None:
+    """The native jwt_authn floors and the offloaded rendering load in Envoy (`--mode validate`), and keep the
+    shipped listener answering from Envoy: the offloaded route decided by jwt_authn + rbac, without ext_authz."""
+    fx = scenarios.Fixtures(tmp_path, "127.0.0.1:18000", cold_tokens=1)
+    ports = envoy_ports(18000, 18100)
+    warm = scenarios.jwt_offload(fx)
+    texts = {
+        "cached": native_jwt_config(ports, fx.jwks_file, cached=True),
+        "uncached": native_jwt_config(ports, fx.jwks_file, cached=False),
+        "offload": offload_config(scenarios.sidecar_config([warm]), ports, tmp_path),
+    }
+    for name, text in texts.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        done = validate_envoy_config(path)
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
+        doc = yaml.safe_load(text)
+        hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        names = [f["name"] for f in hcm["http_filters"]]
+        assert "envoy.filters.http.jwt_authn" in names, name
+        routes = [r for v in hcm["route_config"]["virtual_hosts"] for r in v["routes"]]
+        assert all("route" not in r for r in routes), name  # nothing proxied: no upstream is measured
+    native = yaml.safe_load(texts["cached"])["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    jwt_authn = next(f for f in native["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn")
+    providers = jwt_authn["typed_config"]["providers"]
+    assert providers["bench"]["jwt_cache_config"] == {"jwt_cache_size": 100}
+    assert "jwt_cache_config" not in texts["uncached"]
+    offloaded = yaml.safe_load(texts["offload"])["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    jwt_route = next(
+        r for r in offloaded["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] if "/jwt" in repr(r["match"])
+    )
+    per_route = jwt_route["typed_per_filter_config"]
+    assert any(v.get("disabled") for k, v in per_route.items() if "ext_authz" in k), per_route
+
+
+def test_added_cpu_is_over_envoy_alone_of_the_same_mode() -> None:
+    """`added_cpu_us` sums Envoy's, the server's and its helper's CPU per request minus Envoy alone's; rows not
+    through Envoy get none."""
+    result = LoadResult(requests=100, seconds=1.0, errors=0, p50_us=1, p90_us=1, p99_us=1, max_us=1)
+    alone = Row("envoy-only", "", "envoy", "saturation", result, None, 20.0)
+    paced = Row("envoy-only", "", "envoy", "fixed-rate", result, None, 40.0)
+    jwt = Row("jwt-warm", "", "envoy", "saturation", result, 30.0, 50.0)
+    helped = Row("lambda-remote", "", "envoy", "fixed-rate", result, 10.0, 60.0, helper_cpu_us=10.0)
+    direct = Row("jwt-warm", "", "grpc-direct", "saturation", result, 25.0, None)
+    add_added([alone, paced, jwt, helped, direct])
+    assert (jwt.added_cpu_us, jwt.added_vs_envoy) == (60.0, 3.0)
+    assert (helped.added_cpu_us, helped.added_vs_envoy) == (40.0, 1.0)
+    assert direct.added_cpu_us is None and alone.added_cpu_us is None
+    assert jwt.as_dict()["added_cpu_us"] == 60.0 and jwt.as_dict()["added_vs_envoy"] == 3.0
