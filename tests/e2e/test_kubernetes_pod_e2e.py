@@ -263,6 +263,10 @@ def test_http_mode_pod_with_redis_and_secret_files(local_pod: list[LocalPod], tm
             assert client.get("/orders/1").status_code == 401
             bearer = client.get("/orders/1", headers={"authorization": f"Bearer {token}"})
             assert bearer.status_code == 404, bearer.text
+            # Allowed above because the Secret holds the test's JWKS (--set-file), not the values file's; what
+            # decides is the key: the same kid signed by another key is refused.
+            stranger = Issuer(keys={"pod-1": (rsa_key(2), "RS256")}).token(issuer.claims(now=time.time()))
+            assert client.get("/orders/1", headers={"authorization": f"Bearer {stranger}"}).status_code == 401
             _wait_for_cache_entry(client, issuer, server.url, pod)
         sent, steps = _stop_under_load(pod, url, "/public/hello.txt")
         _assert_no_early_request_failed(sent, steps)
