@@ -9,6 +9,7 @@ sidecar config it renders passes `authz-sidecar validate --strict` with the Secr
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from sidecar.harness.kubernetes import CHART, DEPLOY, TEMPLATES, helm_binary, ma
 from tests.conftest import REPO
 from tests.e2e.kube_testkit import (
     CI_VALUES,
+    EXAMPLE,
     KUBERNETES_VERSIONS,
     SECRETS_DIR,
     build_example,
@@ -32,6 +34,7 @@ from tests.e2e.kube_testkit import (
     tool,
     validate_object,
 )
+from tests.unit.test_docs import split_page
 
 pytestmark = pytest.mark.e2e
 
@@ -337,3 +340,44 @@ def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
     assert users == [str(container["securityContext"]["runAsUser"])] == ["10001"]
     assert any(line.startswith("HEALTHCHECK ") for line in final)
     assert "/readyz" in "\n".join(final)
+
+
+def _documented_commands() -> list[list[str]]:
+    """Every command of docs/kubernetes.md's ```sh blocks, in order (comments dropped)."""
+    _, blocks = split_page((REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8"))
+    lines = [line for block in blocks if block.language == "sh" for line in block.text.splitlines()]
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def _helm_template_of(install: list[str], example: Path) -> list[dict[str, Any]]:
+    """What a documented `helm install RELEASE CHART ...` installs: `helm template` with the same arguments, run
+    from the checkout (the example chart from its built copy)."""
+    assert install[:2] == ["helm", "install"], install
+    args = [str(example) if a == str(EXAMPLE.relative_to(REPO)) else a for a in install[2:]]
+    done = subprocess.run([helm_binary(), "template", *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def test_the_documented_install_is_real(example: Path) -> None:
+    """docs/kubernetes.md's five commands build the image the chart runs, install the chart with a values file
+    (rendered here by `helm template` with the same arguments), wait for the Deployment it makes and test that
+    release; every other documented `helm install` renders too; the page's config is the one the chart renders."""
+    commands = _documented_commands()
+    build, load, install, rollout, test = commands[:5]
+    image = _values("sidecar-values.yaml")["image"]
+    assert build == ["docker", "build", "-t", f"{image['repository']}:{image['tag']}", "."]
+    assert load == ["kind", "load", "docker-image", build[3]]
+    docs = _helm_template_of(install, example)
+    release, chart, namespace = install[2], install[3], install[install.index("--namespace") + 1]
+    assert (REPO / chart).resolve() == CHART and (REPO / install[install.index("--values") + 1]).is_file()
+    deployment = only(docs, "Deployment")["metadata"]["name"]
+    assert rollout == ["kubectl", "--namespace", namespace, "rollout", "status", f"deployment/{deployment}"]
+    assert test == ["helm", "test", release, "--namespace", namespace]
+    others = [c for c in commands[5:] if c[:2] == ["helm", "install"]]
+    assert len(others) == 2 and all(_helm_template_of(c, example) for c in others)
+    assert ["helm", "dependency", "build", str(EXAMPLE.relative_to(REPO))] in commands
+    _, blocks = split_page((REPO / "docs" / "kubernetes.md").read_text(encoding="utf-8"))
+    (config,) = [b.text for b in blocks if b.file == "config.yaml"]
+    rendered = only(docs, "ConfigMap", "-config")["data"]["config.yaml"]
+    assert yaml.safe_load(config) == yaml.safe_load(rendered)

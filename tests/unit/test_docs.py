@@ -45,6 +45,7 @@ EXAMPLE_PAGES = [
     "mtls.md",
     "private-apis.md",
     "envoy-config.md",
+    "kubernetes.md",
 ]
 """Pages whose `file=` blocks and console commands are run (each must have at least one command)."""
 
