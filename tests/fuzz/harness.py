@@ -33,14 +33,21 @@ class Target:
     """What is fuzzed and what the oracle asserts (printed by `make fuzz`, copied into docs/reliability.md)."""
     prepare: Callable[[], OneInput]
     seeds: Callable[[], Iterable[bytes]]
+    max_len: int = 4096
+    """The longest input the engine makes (libFuzzer's -max_len)."""
 
     def corpus(self) -> list[bytes]:
         """The built seeds, then the checked-in corpus and regressions (each an input the oracle must pass)."""
-        found = list(self.seeds())
-        for folder in (CORPUS / self.name, REGRESSIONS / self.name):
-            if folder.is_dir():
-                found += [path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()]
-        return found
+        return [*self.seeds(), *(path.read_bytes() for path in checked_in(self.name))]
+
+
+def checked_in(name: str) -> list[Path]:
+    """The files of `tests/fuzz/corpus/<name>/` and `tests/fuzz/regressions/<name>/`."""
+    found: list[Path] = []
+    for folder in (CORPUS / name, REGRESSIONS / name):
+        if folder.is_dir():
+            found += [path for path in sorted(folder.iterdir()) if path.is_file()]
+    return found
 
 
 def known_reasons() -> frozenset[str]:
@@ -51,7 +58,7 @@ def known_reasons() -> frozenset[str]:
     from sidecar.authorizers.sigv4 import errors as sigv4errors
 
     codes = {v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str) and not k.startswith("STATUS")}
-    return frozenset(codes | jwterrors.REASONS | sigv4errors.REASONS)
+    return frozenset(codes | set(jwterrors.REASONS) | set(sigv4errors.REASONS))
 
 
 class Loop:

@@ -30,13 +30,13 @@ from sidecar.config import parse_config
 from sidecar.pipeline import Pipeline
 from sidecar.runtime import RuntimeHolder, compile_runtime
 from sidecar.transports.ext_authz import AuthorizationService
-from tests.unit.authorizers.jwt.jwt_testkit import AUDIENCE, ISSUER, Issuer
+from tests.fuzz.world import config_text
+from tests.unit.authorizers.jwt.jwt_testkit import Issuer
 
 AKID = "AKIDFUZZEXAMPLE"
 SECRET = "fuzz/secret/key/0123456789abcdefghijklmn"
 HOST = "api.example.test"
 ISS = Issuer.default()
-ARN = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod"
 
 KNOWN_REASONS = (
     {v for k, v in vars(reasons).items() if k.isupper() and isinstance(v, str)}
@@ -46,45 +46,8 @@ KNOWN_REASONS = (
 
 
 def _config(tmp: Path) -> str:
-    (tmp / "jwks.json").write_text(json.dumps(ISS.jwks()))
-    (tmp / "credentials.yaml").write_text(
-        f"credentials:\n  - access_key_id: {AKID}\n    secret_access_key: {SECRET}\n"
-        "    principal_arn: arn:aws:iam::123456789012:user/alice\n"
-        "    policies:\n      - {Version: '2012-10-17', Statement: [{Effect: Allow, Action: '*', Resource: '*'}]}\n"
-    )
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke", "Resource": f"{ARN}/*"},
-            {
-                "Sid": "NoTen",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "execute-api:Invoke",
-                "Resource": f"{ARN}/*/open/private/*",
-                "Condition": {"NotIpAddress": {"aws:SourceIp": ["127.0.0.0/8", "::1/128"]}},
-            },
-        ],
-    }
-    (tmp / "policy.json").write_text(json.dumps(policy))
-    return f"""
-api: {{id: a1b2c3d4e5, stage: prod, account: "123456789012", region: us-east-1}}
-authorizers:
-  open: {{type: none}}
-  jwt:
-    type: jwt
-    issuer: {ISSUER}
-    audiences: [{AUDIENCE}]
-    algorithms: [RS256, ES256, EdDSA]
-    jwks_file: {tmp / "jwks.json"}
-    claim_to_headers: {{sub: x-user, scope: x-scope}}
-  iam: {{type: sigv4, credentials: {{file: {tmp / "credentials.yaml"}}}}}
-routes:
-  - {{match: "ANY /open/{{proxy+}}", authorizer: open}}
-  - {{match: "ANY /jwt/{{proxy+}}", authorizer: jwt, scopes: [orders.read]}}
-  - {{match: "ANY /iam/{{proxy+}}", authorizer: iam}}
-resource_policy: {tmp / "policy.json"}
-"""
+    """The fuzz world's config (`tests/fuzz/world.py`), with this module's issuer."""
+    return config_text(tmp, ISS)
 
 
 Service = tuple[AuthorizationService, asyncio.AbstractEventLoop]

@@ -1,0 +1,213 @@
+"""`python -m tests.fuzz`: run the coverage-guided fuzzers (`make fuzz FUZZ_SECONDS=N` calls `run`).
+
+    run [--seconds N] [--only a,b] [--work DIR]   every target N seconds, one process each; a table per target
+    child NAME --seconds N --work DIR             (internal) one target under atheris
+    minimize NAME CRASH OUT                       shrink a crashing input, keeping where it fails
+    compare [--seconds N] [--only a,b]            atheris vs hypothesis: sidecar lines reached in N seconds
+
+A crash is minimized into `tests/fuzz/regressions/<name>/` (replayed by `test_fuzzers.py` from then on) and the
+run exits 1. The run's own corpus grows under `--work` (default: a folder in the temp dir), outside git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import harness
+from .targets import NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+_STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)", re.MULTILINE)
+_STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.MULTILINE)
+_ARTIFACT = re.compile(r"Test unit written to (\S+)")
+
+
+@dataclass
+class Result:
+    """One target's run, as libFuzzer reported it."""
+
+    name: str
+    executions: int = 0
+    seconds: float = 0.0
+    coverage: int = 0
+    """libFuzzer's `cov`: edges of the instrumented code reached."""
+    features: int = 0
+    """libFuzzer's `ft`: edges and their hit counts, what it keeps new inputs for."""
+    corpus: int = 0
+    crashes: int = 0
+    regression: str = ""
+    error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.executions / self.seconds if self.seconds else 0.0
+
+
+def _child_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tests.fuzz", *args]
+
+
+def parse_log(name: str, log: str, seconds: float) -> Result:
+    """Executions, coverage (libFuzzer's `cov`: edges of the instrumented code) and features from the output."""
+    result = Result(name, seconds=seconds)
+    statuses = _STATUS.findall(log)
+    if statuses:
+        last = statuses[-1]
+        result.executions, result.coverage, result.features, result.corpus = map(int, last)
+    stats = dict(_STAT.findall(log))
+    if "number_of_executed_units" in stats:
+        result.executions = int(stats["number_of_executed_units"])
+    return result
+
+
+def run_one(name: str, seconds: int, work: Path) -> Result:
+    """Fuzz one target in its own process; on a crash, minimize it into the regressions folder."""
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "fuzz.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        code = subprocess.run(
+            _child_command("child", name, "--seconds", str(seconds), "--work", str(folder)),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=seconds + 600,
+            check=False,
+        ).returncode
+    text = log_path.read_text(errors="replace")
+    result = parse_log(name, text, time.monotonic() - started)
+    if code == 0:
+        return result
+    found = _ARTIFACT.findall(text)
+    if not found:
+        result.error = f"exit {code} without a crash file; see {log_path}"
+        return result
+    result.crashes = 1
+    crash = Path(found[-1])
+    out = harness.REGRESSIONS / name / crash.name
+    shrunk = subprocess.run(
+        _child_command("minimize", name, str(crash), str(out)), cwd=REPO, timeout=900, check=False
+    ).returncode
+    result.regression = str(out.relative_to(REPO)) if shrunk == 0 else f"{crash} (not reproduced: {log_path})"
+    return result
+
+
+def _table(results: list[Result]) -> str:
+    rows = [f"{'fuzzer':16} {'executions':>12} {'execs/s':>9} {'cov':>6} {'ft':>7} {'corpus':>7} {'crashes':>8}"]
+    for r in results:
+        rows.append(
+            f"{r.name:16} {r.executions:12d} {r.rate:9.0f} {r.coverage:6d} {r.features:7d} {r.corpus:7d} {r.crashes:8d}"
+            + (f"  {r.regression}" if r.regression else "")
+            + (f"  ERROR {r.error}" if r.error else "")
+        )
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = args.only.split(",") if args.only else list(NAMES)
+    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "authz-sidecar-fuzz"
+    results = []
+    for name in names:
+        result = run_one(name, args.seconds, work)
+        print(_table([result]).splitlines()[1], flush=True)
+        results.append(result)
+    print("\n" + _table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) | {"execs_per_s": r.rate} for r in results], indent=2))
+    return 1 if any(r.crashes or r.error for r in results) else 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Each engine `--seconds` on each target from the same seeds; lines reached, replayed the same way."""
+    from .engine import line_coverage
+
+    names = args.only.split(",") if args.only else ["resp", "jwt"]
+    work = Path(tempfile.mkdtemp(prefix="authz-fuzz-compare-"))
+    rows = []
+    for name in names:
+        atheris_work = work / "atheris" / name
+        atheris_work.mkdir(parents=True)
+        with (atheris_work / "fuzz.log").open("w") as log:
+            subprocess.run(
+                _child_command("child", name, "--seconds", str(args.seconds), "--work", str(atheris_work)),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        log_text = (atheris_work / "fuzz.log").read_text(errors="replace")
+        atheris_runs = parse_log(name, log_text, args.seconds).executions
+        hypothesis_out = work / "hypothesis" / name
+        subprocess.run(
+            _child_command("hypothesis", name, "--seconds", str(args.seconds), "--out", str(hypothesis_out)),
+            cwd=REPO,
+            check=True,
+        )
+        hypothesis_runs = len(list(hypothesis_out.iterdir()))
+        kept = [*sorted((atheris_work / "corpus").iterdir()), *sorted((atheris_work / "seeds").iterdir())]
+        kept += harness.checked_in(name)
+        a_lines, _ = line_coverage(name, kept)
+        h_lines, _ = line_coverage(name, sorted(hypothesis_out.iterdir()))
+        crashed = bool(_ARTIFACT.search(log_text))
+        rows.append((name, atheris_runs, a_lines, crashed, hypothesis_runs, h_lines))
+    print(f"{'target':12} {'atheris runs':>13} {'lines':>6} {'crash':>6} {'hypothesis runs':>16} {'lines':>6}")
+    for name, a_runs, a_lines, crashed, h_runs, h_lines in rows:
+        print(f"{name:12} {a_runs:13d} {a_lines:6d} {crashed!s:>6} {h_runs:16d} {h_lines:6d}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.fuzz")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "10")))
+    p_run.add_argument("--only", default="")
+    p_run.add_argument("--work", default="")
+    p_run.add_argument("--json", default="")
+    p_child = sub.add_parser("child")
+    p_child.add_argument("name")
+    p_child.add_argument("--seconds", type=int, required=True)
+    p_child.add_argument("--work", required=True)
+    p_min = sub.add_parser("minimize")
+    p_min.add_argument("name")
+    p_min.add_argument("crash")
+    p_min.add_argument("out")
+    p_hyp = sub.add_parser("hypothesis")
+    p_hyp.add_argument("name")
+    p_hyp.add_argument("--seconds", type=float, required=True)
+    p_hyp.add_argument("--out", required=True)
+    p_cmp = sub.add_parser("compare")
+    p_cmp.add_argument("--seconds", type=int, default=60)
+    p_cmp.add_argument("--only", default="")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    if args.command == "child":
+        from .engine import fuzz
+
+        fuzz(args.name, args.seconds, Path(args.work))
+        return 0
+    if args.command == "minimize":
+        from .engine import minimize
+
+        return 0 if minimize(args.name, Path(args.crash), Path(args.out)) else 1
+    if args.command == "hypothesis":
+        from .engine import hypothesis_run
+
+        hypothesis_run(args.name, args.seconds, Path(args.out))
+        return 0
+    return compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

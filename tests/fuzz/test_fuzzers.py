@@ -1,0 +1,52 @@
+"""The fuzzers' inputs as ordinary tests: every target's seeds and checked-in corpus pass its oracle, and each
+minimized crash in `tests/fuzz/regressions/<name>/` is a test of its own (named after the file), so a parser that
+regresses fails here on every run, with no fuzzing engine involved. The short coverage-guided run itself is
+`make fuzz` (`make test` runs it with a fixed budget per fuzzer)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+from .harness import REGRESSIONS, OneInput, checked_in
+from .targets import NAMES, load
+
+
+@cache
+def _one_input(name: str) -> OneInput:
+    return load(name).prepare()
+
+
+def _regressions() -> list[tuple[str, str]]:
+    return [
+        (name, path.name)
+        for name in NAMES
+        if (REGRESSIONS / name).is_dir()
+        for path in sorted((REGRESSIONS / name).iterdir())
+        if path.is_file()
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeds_and_corpus_pass_the_oracle(name: str) -> None:
+    target = load(name)
+    inputs = target.corpus()
+    assert inputs, f"{name} has no seeds"
+    one_input = _one_input(name)
+    for data in inputs:
+        one_input(data)
+
+
+@pytest.mark.parametrize(("name", "file"), _regressions())
+def test_regression(name: str, file: str) -> None:
+    _one_input(name)((REGRESSIONS / name / file).read_bytes())
+
+
+def test_every_target_is_documented() -> None:
+    """Each target names its parser family and its oracle (printed by `make fuzz`, in docs/reliability.md)."""
+    for name in NAMES:
+        target = load(name)
+        assert target.name == name and "oracle" in target.summary
+    assert {path.parent.name for path in REGRESSIONS.glob("*/*")} <= set(NAMES)
+    assert all(path in checked_in(path.parent.name) for path in REGRESSIONS.glob("*/*"))
