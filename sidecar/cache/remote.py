@@ -169,8 +169,10 @@ class SignedEntries:
 
     def _opened(self, name: str, blob: Any) -> bytes | None:
         """The payload of an entry read under `name`, or None (counted, and logged) when it is not ours: forged,
-        written with another signing key, or moved from another key."""
-        payload = self.signer.open(name, bytes(blob))
+        written with another signing key, or moved from another key. Only a bulk string can be an entry: a hostile
+        or confused server's integer, array or error reply is rejected as it is (`bytes(n)` would allocate n zero
+        bytes, and `bytes` of a list or an error raises)."""
+        payload = self.signer.open(name, bytes(blob)) if isinstance(blob, bytes | bytearray) else None
         if payload is None:
             self._rejected()
             log.warning("ignored a redis cache entry that failed its integrity check")
