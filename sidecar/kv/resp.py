@@ -24,6 +24,9 @@ from urllib.parse import unquote, urlsplit
 
 _INCOMPLETE: Any = object()
 _MAX_REPLY = 64 * 1024 * 1024
+_MAX_DEPTH = 8
+"""Arrays nest at most this deep (our replies nest two levels at most): a hostile server's `*1\r\n*1\r\n...` would
+otherwise recurse once per level until Python's RecursionError escaped `data_received`."""
 
 
 class RespError(Exception):
@@ -43,9 +46,10 @@ def encode_command(args: tuple[bytes, ...]) -> bytes:
     return b"*%d\r\n%b" % (len(args), b"".join(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args))
 
 
-def parse_reply(buffer: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
+def parse_reply(buffer: bytes | bytearray, pos: int = 0, depth: int = 0) -> tuple[Any, int]:
     """One RESP2 reply starting at `pos`: (value, position after it), or (`_INCOMPLETE`, pos) when more bytes are
-    needed. Bulk strings are bytes, nulls None, integers int, simple strings bytes, errors `RespError`."""
+    needed. Bulk strings are bytes, nulls None, integers int, simple strings bytes, errors `RespError`; arrays
+    nested deeper than `_MAX_DEPTH` are a `ProtocolError`."""
     end = buffer.find(b"\r\n", pos)
     if end < 0:
         if len(buffer) - pos > 65536:
@@ -71,9 +75,11 @@ def parse_reply(buffer: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
             return None, after
         if not 0 <= count <= 1_000_000:
             raise ProtocolError("an array of impossible size")
+        if depth >= _MAX_DEPTH:
+            raise ProtocolError("arrays nested too deep")
         items = []
         for _ in range(count):
-            item, after = parse_reply(buffer, after)
+            item, after = parse_reply(buffer, after, depth + 1)
             if item is _INCOMPLETE:
                 return _INCOMPLETE, pos
             items.append(item)
