@@ -574,6 +574,11 @@ class ServerSettings(_Frozen):
 
     grace_period: float = Field(default=10.0, ge=0, le=300)
     """Seconds in-flight Checks get to finish after SIGTERM."""
+    drain_delay: float = Field(default=0.0, ge=0, le=300)
+    """Seconds after SIGTERM during which the sidecar keeps accepting and deciding Checks while its health says
+    NOT_SERVING, before it stops accepting. Envoy's health check needs that long to take its endpoints out (the
+    shipped one: every 1 s, 0.5 s timeout); without it Envoy keeps sending until then and gets refused
+    connections (503s), even with another instance listed and healthy (measured by `benchmarks/soak.py`)."""
     watch_config: bool = True
     """Reload when the config file changes (SIGHUP always reloads)."""
     watch_interval: float = Field(default=2.0, gt=0, le=60)

@@ -453,6 +453,10 @@ class Sidecar:
         log.info("draining: finishing in-flight checks (grace %.1fs)", grace)
         for transport in self.transports.values():
             await transport.enter_graceful_shutdown()
+        delay = self.runtime.config.server.drain_delay
+        if delay:  # health says NOT_SERVING; keep deciding until Envoy's health check has moved traffic away
+            log.info("draining: NOT_SERVING, still accepting for %.1fs (server.drain_delay)", delay)
+            await asyncio.sleep(delay)
         await asyncio.gather(*(transport.shutdown(grace) for transport in self.transports.values()))
         self._remove_socket_files()
         if self.admin is not None:

@@ -471,7 +471,7 @@ def run_supervisor(config_path: Path | None, workers: int, log_level: str = "INF
         config_path,
         workers,
         config.listen.admin,
-        grace_period=config.server.grace_period,
+        grace_period=config.server.drain_delay + config.server.grace_period,
         log_level=log_level,
         sockets={name: b.sock for name, b in bound.items()},
     )

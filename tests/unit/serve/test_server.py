@@ -163,6 +163,32 @@ async def test_drain_flips_health(tmp_path: Path) -> None:
         await check(sidecar.grpc_port, "/open")
 
 
+async def test_drain_delay_keeps_deciding_while_not_serving(tmp_path: Path) -> None:
+    """`server.drain_delay`: after SIGTERM, health says NOT_SERVING at once (Envoy's health check takes the endpoint
+    out) but new Checks are still decided until the delay ends; only then is the port closed. Without it, Envoy's
+    Checks between the SIGTERM and its next health check were refused (503s in the soak's rolling restart)."""
+    path = tmp_path / "config.yaml"
+    write_config(path, free_port(), free_port())
+    path.write_text(path.read_text().replace("grace_period: 2,", "grace_period: 2, drain_delay: 3,"))
+    sidecar = Sidecar(load_config(path), path)
+    await sidecar.start()
+    await sidecar.runtime.wait_ready(5)
+    draining = asyncio.create_task(sidecar.drain_and_stop())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = asyncio.get_running_loop().time() + 2
+        while (await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)).status == SERVING:
+            assert asyncio.get_running_loop().time() < deadline, "health never said NOT_SERVING"
+    assert (await check(sidecar.grpc_port, "/open")).status.code == 0  # a new connection, still decided
+    assert not draining.done()
+    await asyncio.wait_for(draining, 10)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await check(sidecar.grpc_port, "/open")
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_reload_notices_a_secret_only_change(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     grpc_port, admin_port = free_port(), free_port()
