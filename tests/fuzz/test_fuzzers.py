@@ -11,6 +11,7 @@ import pytest
 
 from .harness import REGRESSIONS, OneInput, checked_in
 from .targets import NAMES, load
+from .world import shared_world
 
 
 @cache
@@ -36,6 +37,17 @@ def test_seeds_and_corpus_pass_the_oracle(name: str) -> None:
     one_input = _one_input(name)
     for data in inputs:
         one_input(data)
+
+
+@pytest.mark.parametrize(("name", "family"), [("jwt", "jwt"), ("sigv4", "iam")])
+def test_the_seeds_reach_real_allows(name: str, family: str) -> None:
+    """The oracle's allow branch is exercised: the built seeds carry credentials the pipeline accepts."""
+    world = shared_world()
+    before = world.allowed[family]
+    one_input = _one_input(name)
+    for data in load(name).seeds():
+        one_input(data)
+    assert world.allowed[family] > before
 
 
 @pytest.mark.parametrize(("name", "file"), _regressions())

@@ -10,14 +10,20 @@ whether a request carries exactly a credential this run minted.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import parse_qsl
 
-from botocore.auth import SigV4Auth
+from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
@@ -86,13 +92,63 @@ resource_policy: {folder / "policy.json"}
 """
 
 
-def sign(method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The headers botocore's SigV4 signer adds (lower-cased, `host` included)."""
-    request = AWSRequest(
-        method=method, url=f"https://{HOST}{path}", data=body, headers={"host": HOST, **(headers or {})}
+SIGNED_AT = 1_767_225_600.0
+"""2026-01-01T00:00:00Z: every signature is made at this instant and every request the targets build is stamped
+with it, so signatures are the same in every process (a corpus stays valid) and never go stale."""
+
+
+def _at(when: float) -> Any:
+    return mock.patch(
+        "botocore.auth.get_current_datetime", lambda: datetime.fromtimestamp(when, UTC).replace(tzinfo=None)
     )
-    SigV4Auth(Credentials(AKID, SECRET), "execute-api", "us-east-1").add_auth(request)
+
+
+def sign(method: str, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The headers botocore's SigV4 signer adds at `SIGNED_AT` (lower-cased, `host` included)."""
+    all_headers = {"host": HOST, **(headers or {})}
+    request = AWSRequest(method=method, url=f"https://{HOST}{path}", data=body, headers=all_headers)
+    with _at(SIGNED_AT):
+        SigV4Auth(Credentials(AKID, SECRET), "execute-api", "us-east-1").add_auth(request)
     return {k.lower(): v for k, v in request.headers.items()}
+
+
+def presign(path: str, expires: int = 3600) -> str:
+    """A path and query botocore presigned (GET, `host` signed) at `SIGNED_AT`."""
+    request = AWSRequest(method="GET", url=f"https://{HOST}{path}", headers={"host": HOST})
+    with _at(SIGNED_AT):
+        SigV4QueryAuth(Credentials(AKID, SECRET), "execute-api", "us-east-1", expires=expires).add_auth(request)
+    return str(request.url).split(HOST, 1)[1]
+
+
+_AUTH_PART = re.compile(r"(Credential|SignedHeaders|Signature)=([^,\s]*)")
+
+
+def botocore_agrees(request: Request) -> bool:
+    """Whether botocore, signing this very request (its method, host, path and query, body, and the headers its
+    `Authorization` names, at its `x-amz-date`) with the world's credential, makes the signature it carries."""
+    parts = dict(_AUTH_PART.findall(request.headers.get("authorization", "")))
+    amz_date = request.headers.get("x-amz-date", "")
+    names = parts.get("SignedHeaders", "").split(";")
+    if not parts.get("Signature") or len(amz_date) != 16 or "host" not in names:
+        return False
+    if parts.get("Credential") != f"{AKID}/{amz_date[:8]}/us-east-1/execute-api/aws4_request":
+        return False
+    sent = {**request.headers, "host": request.headers.get("host") or request.host}
+    if any(name not in sent for name in names):
+        return False
+    try:
+        copy = AWSRequest(
+            method=request.method,
+            url=f"https://{sent['host']}{request.raw_path}",
+            data=request.body,
+            headers={name: sent[name] for name in names},
+        )
+        copy.context["timestamp"] = amz_date
+        auth = SigV4Auth(Credentials(AKID, SECRET), "execute-api", "us-east-1")
+        signature = auth.signature(auth.string_to_sign(copy, auth.canonical_request(copy)), copy)
+    except Exception:  # botocore cannot even sign it (an unencodable URL, say): it did not sign it
+        return False
+    return bool(signature == parts["Signature"] and auth.signed_headers(auth.headers_to_sign(copy)) == ";".join(names))
 
 
 @dataclass(frozen=True)
@@ -117,6 +173,8 @@ class World:
         self.loop.run(self.runtime.start())
         self.pipeline = Pipeline(RuntimeHolder(self.runtime))
         self.reasons = known_reasons()
+        self.allowed: Counter[str] = Counter()
+        """Allows judged, by route family (`jwt`, `iam`, `open`): the seeds must reach the protected ones."""
         now = int(time.time())
         exp = now + 86_400
         claims = self.issuer.claims
@@ -124,6 +182,7 @@ class World:
         self.tokens.append(self.issuer.token(claims(now=now, exp=exp, sub="a\u00e9", scope=None, scp=["orders.read"])))
         self.unscoped = self.issuer.token(claims(now=now, exp=exp, scope="orders.write"))
         self.expired = self.issuer.token(claims(now=now - 7200, exp=now - 3600))
+        self.presigned = [presign("/iam/reports?x=1"), presign("/iam/a")]
         self.signed = [
             Signed("POST", SIGNED_PATH, SIGNED_BODY, sign("POST", SIGNED_PATH, SIGNED_BODY)),
             Signed("GET", "/iam/a/b", b"", sign("GET", "/iam/a/b", b"")),
@@ -137,17 +196,17 @@ class World:
         return any(minted.rpartition(".")[0] + "." in value for minted in self.tokens)
 
     def genuine_sigv4(self, request: Request) -> bool:
-        """The request is one botocore signed: method, path and query, body and every signed header as signed
-        (whitespace aside: SigV4 trims and collapses it, and HTTP never delivers it around a value)."""
-        for signed in self.signed:
-            if request.method != signed.method or request.raw_path != signed.path:
-                continue
-            if request.body != signed.body:
-                continue
-            sent = dict(request.headers)
-            sent.setdefault("host", request.host)
-            if all(_same(sent.get(name), value) for name, value in signed.headers.items()):
-                return True
+        """The request is one botocore signed: its `Authorization` signature is the one botocore makes for it
+        (`botocore_agrees`), or it is one of the world's presigned requests (query parameters as signed, in any
+        order: the signature covers their canonical, sorted form)."""
+        if "authorization" in request.headers:
+            return botocore_agrees(request)
+        query = sorted(pair for pair in parse_qsl(request.query_string, keep_blank_values=True))
+        for path in self.presigned:
+            signed_path, _, signed_query = path.partition("?")
+            same_query = query == sorted(parse_qsl(signed_query, keep_blank_values=True))
+            if request.method in ("GET", "HEAD") and request.path == signed_path and same_query:
+                return (request.headers.get("host") or request.host) == HOST
         return False
 
     def judge(self, request: Request, decision: Decision) -> None:
@@ -160,6 +219,7 @@ class World:
             return
         assert decision.status == 200
         route = decision.route
+        self.allowed[route.split("/")[1] if "/" in route else route] += 1
         if "/jwt/" in route:
             assert self.genuine_jwt(request), "JWT route allowed without a minted token"
             assert decision.principal is not None and decision.principal.id in ("user-123", "a\u00e9")
@@ -168,10 +228,6 @@ class World:
             assert decision.principal is not None and decision.principal.arn == USER_ARN
         else:
             assert "/open/" in route, route
-
-
-def _same(sent: str | None, signed: str) -> bool:
-    return sent is not None and " ".join(sent.split()) == " ".join(signed.split())
 
 
 @cache

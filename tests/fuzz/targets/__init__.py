@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 NAMES: tuple[str, ...] = (
     "jwt",
+    "sigv4",
     "resp",
 )
 """Every target, in the order `make fuzz` runs them."""
