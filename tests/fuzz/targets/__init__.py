@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..harness import Target
 
 NAMES: tuple[str, ...] = (
+    "check_request",
     "jwt",
     "sigv4",
     "resp",
