@@ -255,8 +255,17 @@ class Pipeline:
         return (await self._decide(request))[0]
 
     async def _decide(self, request: Request) -> tuple[Decision, str]:
-        """The decision and the cache layer that supplied it ("" when computed)."""
-        runtime = self.holder.current
+        """The decision and the cache layer that supplied it ("" when computed), on the runtime current when the
+        request arrived: a reload stops the one it replaces only once the decisions using it are done
+        (`RuntimeHolder.swap`)."""
+        runtime, users = self.holder.current, self.holder.users
+        users.count += 1
+        try:
+            return await self._decide_on(runtime, request)
+        finally:
+            users.leave()
+
+    async def _decide_on(self, runtime: Runtime, request: Request) -> tuple[Decision, str]:
         # Explaining (`check --explain`, never while serving): each stage that runs appends its step here.
         steps: list[Step] | None = [] if self.explain else None
         try:

@@ -9,6 +9,7 @@ started with and a bad config never replaces a good one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -431,16 +432,49 @@ def _load_endpoint_policies(config: Config, issues: list[ConfigIssue]) -> Endpoi
     return endpoints
 
 
+class Users:
+    """How many decisions are using one runtime right now (`Pipeline` enters and leaves around each)."""
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self, within: float) -> bool:
+        """Wait until no decision uses the runtime (at most `within` seconds); whether none does."""
+        if self.count:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), within)
+        return not self.count
+
+
 class RuntimeHolder:
-    """Holds the serving `Runtime`. Readers take `holder.current` once per request; `swap` replaces it."""
+    """Holds the serving `Runtime`. Readers take `holder.current` (and enter `holder.users`) once per request;
+    `swap` replaces it."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.current = runtime
+        self.users = Users()
         self.draining = False
 
     async def swap(self, new: Runtime) -> Runtime:
-        """Start `new`, make it current, then stop the old one. Returns the old runtime."""
+        """Start `new`, make it current, let the decisions still using the old one finish (within its grace
+        period), then stop the old one. Returns the old runtime.
+
+        Why wait: a decision takes the runtime once and may still await a gate's Redis call or the decision cache
+        when the swap happens; stopping the old runtime under it made its next step fail (a `lambda` handler's
+        pool already gone: 500 `AuthorizerConfigurationException`, found by the soak's config reloads)."""
         await new.start()
-        old, self.current = self.current, new
+        old, users = self.current, self.users
+        self.current, self.users = new, Users()
+        if not await users.idle(old.config.server.grace_period):
+            log.warning("reload: %d decisions still use the old config past its grace period; stopping it", users.count)
         await old.stop()
         return old
