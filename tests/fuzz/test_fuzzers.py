@@ -40,7 +40,15 @@ def test_seeds_and_corpus_pass_the_oracle(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "family"), [("jwt", "jwt"), ("sigv4", "iam"), ("check_request", "jwt"), ("check_request", "iam")]
+    ("name", "family"),
+    [
+        ("jwt", "jwt"),
+        ("sigv4", "iam"),
+        ("check_request", "jwt"),
+        ("check_request", "iam"),
+        ("http1", "jwt"),
+        ("http1", "iam"),
+    ],
 )
 def test_the_seeds_reach_real_allows(name: str, family: str) -> None:
     """The oracle's allow branch is exercised: the built seeds carry credentials the pipeline accepts."""

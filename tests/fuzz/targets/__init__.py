@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..harness import Target
 
 NAMES: tuple[str, ...] = (
+    "http1",
     "check_request",
     "jwt",
     "sigv4",
