@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo serve lint test bench-smoke bench clean
+.PHONY: setup demo serve lint test bench-smoke bench soak clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,11 @@ bench-smoke: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks run --quick
+
+SOAK_MINUTES ?= 10
+
+soak: setup
+	$(BIN)/python -m benchmarks.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -204,6 +204,8 @@ class Soak:
     expected_deaths: set[int] = field(default_factory=set)
     crashes: list[dict[str, Any]] = field(default_factory=list)
     origin: float = 0.0
+    logs: Path | None = None
+    """Where each instance's log (filtered: `keep_log`) is written at the end."""
     exits: ExitStack = field(default_factory=ExitStack)
 
     @property
@@ -245,7 +247,17 @@ class Soak:
         text = self.material.config(self.redis.port, self.jwks.port)
         instance = start_instance(name, text, port)
         self.exits.callback(instance.exits.close)
+        self.exits.callback(self.keep_log, instance)  # runs first: before the instance's files go
         return instance
+
+    def keep_log(self, instance: Instance) -> None:
+        """The instance's log without decision lines and key fetches (what went wrong, restarts, reloads)."""
+        if self.logs is None:
+            return
+        lines = instance.process.log(tail=None).splitlines()
+        kept = [line for line in lines if not line.startswith('{"time"') and " INFO httpx" not in line]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        (self.logs / f"sidecar-{instance.name}.log").write_text("\n".join(kept) + "\n")
 
     def envoy_text(self) -> tuple[str, int]:
         """The shipped mTLS bootstrap (Envoy terminating TLS, asking for client certificates) with its TLS files
@@ -592,7 +604,7 @@ def soak(minutes: float, rate: float, out: Path) -> dict[str, Any]:
     """One run; the results (also written to `out`)."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="authz-soak-") as directory:
-        run = Soak(Path(directory), minutes, rate)
+        run = Soak(Path(directory), minutes, rate, logs=out / "logs")
         run.started_utc = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         with run.exits:
             run.start()

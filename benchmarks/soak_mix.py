@@ -193,7 +193,9 @@ class Material:
         }
         data: dict[str, Any] = {
             "listen": {"grpc": "127.0.0.1:9191", "admin": "127.0.0.1:9190", "grpc_per_worker": True},
-            "server": {"watch_config": False, "grace_period": 5},
+            # drain_delay: NOT_SERVING but deciding for 2 s after SIGTERM, past Envoy's health check (1 s + 0.5 s),
+            # so the rolling restart's second instance takes over without refused Checks (docs/envoy.md).
+            "server": {"watch_config": False, "grace_period": 5, "drain_delay": 2},
             "redis": {"default": {"url": redis_url, "timeout_ms": REDIS_TIMEOUT_MS}},
             "limits": {"key_secret": KEY_SECRET, "timeout_ms": REDIS_TIMEOUT_MS},
             "cache": {"redis": {"url": redis_url, "signing_key": SIGNING_KEY}},

@@ -5,9 +5,9 @@ Categories of a request (`judge`):
 - `ok`: the answer its kind must get;
 - `expected_503`: 503 `KeysUnavailable` on a JWT route (docs/jwt.md: no keys, or keys older than
   `jwks_max_staleness`), the one documented 5xx;
-- `fail_closed`: Envoy's own 503 (`status_on_error`, no reason code) in a phase that takes a worker or the whole
-  sidecar away (`FAIL_CLOSED_PHASES`): the shipped Envoy fails closed while an endpoint is gone and its health
-  check has not yet said so. Counted and reported; never an allow;
+- `fail_closed`: Envoy's own 503 (`status_on_error`, no reason code) while a SIGKILLed worker's endpoint is gone
+  and Envoy's health check has not yet said so (`FAIL_CLOSED_PHASES`; docs/envoy.md's "sidecar down" row).
+  Counted and reported; never an allow;
 - `degraded`: a documented transient refusal of a valid request (a token of the new key refused `UnknownKey`
   during the rotation, before the refetch its `kid` triggers: docs/jwt.md);
 - `budget`: an allow of a kind a limit refuses, counted against the limit's allowance (`budgets`);
@@ -29,7 +29,9 @@ from .load import percentile
 from .soak_driver import Record
 from .soak_mix import RULE, TIGHT_PLAN, Kind
 
-FAIL_CLOSED_PHASES = frozenset({"worker-kill", "rolling-restart"})
+FAIL_CLOSED_PHASES = frozenset({"worker-kill"})
+"""A SIGKILLed worker cannot drain: Envoy's Checks on its endpoint fail until the health check takes it out. The
+rolling restart is not among them: with `server.drain_delay` it must lose nothing."""
 REDIS_FALLBACK_PHASES = frozenset({"redis-kill", "redis-pause", "redis-garbage"})
 """Phases in which the gates count in process (`on_redis_error: local`): each worker alone, from nothing."""
 REDIS_EMPTIED_PHASES = frozenset({"redis-kill", "redis-garbage"})
