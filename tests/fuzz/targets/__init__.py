@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 NAMES: tuple[str, ...] = (
     "http1",
+    "grpc_lean",
     "check_request",
     "jwt",
     "sigv4",
