@@ -18,6 +18,7 @@ NAMES: tuple[str, ...] = (
     "check_request",
     "jwt",
     "sigv4",
+    "policy",
     "resp",
 )
 """Every target, in the order `make fuzz` runs them."""
