@@ -48,7 +48,7 @@ def arn_problem(text: str) -> str | None:
     parts = text.split(":", _ARN_PARTS - 1)
     if len(parts) < _ARN_PARTS and not parts[-1].endswith("*"):
         return f"malformed ARN {text!r}: expected arn:partition:service:region:account:resource (6 parts)"
-    if not parts[1] or not parts[2]:
+    if len(parts) < 3 or not parts[1] or not parts[2]:  # `arn:*` has no service (an IndexError, found by fuzzing)
         return f"malformed ARN {text!r}: the partition and service must not be empty"
     return None
 
