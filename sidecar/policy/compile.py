@@ -266,7 +266,9 @@ class CompiledPolicy:
         self.reads_request = any(k in REQUEST_KEYS or k.startswith(HEADER_PREFIX) for k in self.context_keys)
         """Whether a verdict may depend on more of the request than its method and path (its source, a header, the
         clock): when not, it is a function of the principal and the resource alone, which the pipeline remembers."""
-        self.fingerprint = hashlib.sha256(document.text.encode()).hexdigest()[:16]
+        # surrogatepass: a custom authorizer's document may hold a lone surrogate (a JSON "\udcab" escape, dumped
+        # with ensure_ascii=False), which plain UTF-8 cannot encode (found by the policy fuzzer)
+        self.fingerprint = hashlib.sha256(document.text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         self.label = f"{self.kind} policy {self.source}"
         self._indexes: dict[str, _Index] = {}
         self._index_for(INVOKE)
