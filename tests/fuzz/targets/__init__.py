@@ -19,6 +19,7 @@ NAMES: tuple[str, ...] = (
     "jwt",
     "sigv4",
     "policy",
+    "config_yaml",
     "resp",
 )
 """Every target, in the order `make fuzz` runs them."""
