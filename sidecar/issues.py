@@ -115,7 +115,10 @@ class YamlLocator:
 
 def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocator]:
     """Parse YAML (or JSON) keeping the node tree for line numbers; syntax errors become a `ConfigError`."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids (NUL, most C0 controls): refused up front
+        raise ConfigError([_at_position(text, exc.position, file, f"invalid {what}: {exc.reason}")]) from None
     try:
         node = loader.get_single_node()
         duplicates = list(_duplicate_keys(node, file)) if node is not None else []
@@ -130,6 +133,8 @@ def parse_yaml(text: str, file: str, what: str = "YAML") -> tuple[Any, YamlLocat
         raise ConfigError([ConfigIssue(file, 0, 0, "", f"invalid {what}")]) from None
     except (ValueError, OverflowError):  # a timestamp that is no date (`2027-02-30`): YAML raises it bare
         raise ConfigError([_impossible_time(text, file, what)]) from None
+    except RecursionError:  # PyYAML composes and constructs recursively: `[[[[...` hundreds deep
+        raise ConfigError([_too_deep(text, file, what)]) from None
     finally:
         loader.dispose()
     locator = YamlLocator(file, node)
@@ -168,6 +173,29 @@ def _duplicate_keys(node: yaml.Node, file: str) -> Iterator[ConfigIssue]:
             stack.extend((item, (*path, index)) for index, item in enumerate(current.value))
 
 
+def _at_position(text: str, position: int, file: str, message: str) -> ConfigIssue:
+    """An issue at a character offset of `text` (1-based line and column)."""
+    line = text.count("\n", 0, position) + 1
+    return ConfigIssue(file, line, position - text.rfind("\n", 0, position), "", message)
+
+
+_MAX_DEPTH = 64
+
+
+def _too_deep(text: str, file: str, what: str) -> ConfigIssue:
+    """Where nesting first goes deeper than any config needs (PyYAML's parser streams events without recursing)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            mark = event.start_mark
+            if depth > _MAX_DEPTH and mark is not None:
+                return ConfigIssue(file, mark.line + 1, mark.column + 1, "", f"invalid {what}: nested too deeply")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return ConfigIssue(file, 1, 1, "", f"invalid {what}: nested too deeply")
+
+
 def _impossible_time(text: str, file: str, what: str) -> ConfigIssue:
     """Where the timestamp is that PyYAML could not build (a day, month or offset out of range: 2027-02-30)."""
     loader = yaml.SafeLoader(text)
@@ -202,21 +230,31 @@ def _scalar_nodes(
             yield from _scalar_nodes(value, (*loc, str(key.value)), seen)
 
 
-def _unpaired_surrogates(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
+def _unpaired_surrogates(
+    value: Any, path: tuple[str | int, ...], seen: set[int] | None = None
+) -> Iterator[tuple[str | int, ...]]:
     """Paths of strings (keys or values) that UTF-8 cannot encode: they could never be sent in a header, a
-    CheckResponse or a log line, so they are refused when the file is read."""
+    CheckResponse or a log line, so they are refused when the file is read. Each list or mapping is walked once:
+    aliases share them, and nine aliases of nine aliases of ... would otherwise be walked exponentially often."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             yield path
-    elif isinstance(value, dict):
+        return
+    if not isinstance(value, dict | list):
+        return
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, dict):
         for key, item in value.items():
-            yield from _unpaired_surrogates(key, path)
-            yield from _unpaired_surrogates(item, (*path, key))
-    elif isinstance(value, list):
+            yield from _unpaired_surrogates(key, path, seen)
+            yield from _unpaired_surrogates(item, (*path, key), seen)
+    else:
         for index, item in enumerate(value):
-            yield from _unpaired_surrogates(item, (*path, index))
+            yield from _unpaired_surrogates(item, (*path, index), seen)
 
 
 _Loc = tuple[str | int, ...]
