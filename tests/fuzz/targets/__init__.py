@@ -20,6 +20,7 @@ NAMES: tuple[str, ...] = (
     "sigv4",
     "policy",
     "config_yaml",
+    "mtls",
     "resp",
 )
 """Every target, in the order `make fuzz` runs them."""
