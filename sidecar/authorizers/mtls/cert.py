@@ -27,9 +27,10 @@ MAX_DER_BYTES = 16 * 1024
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-_PARSE_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+_PARSE_ERRORS = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, x509.InvalidVersion)
 """What `cryptography` raises for a certificate it cannot read, or an extension it cannot decode (extensions are
-decoded lazily, when first read)."""
+decoded lazily, when first read). `InvalidVersion` (a version field other than v1-v3) is no ValueError: the mtls
+fuzzer found it escaping from an XFCC chain."""
 
 
 class CertificateError(ValueError):

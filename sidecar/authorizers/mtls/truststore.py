@@ -95,7 +95,7 @@ def _read(path: Path, loc: tuple[str | int, ...], what: str) -> bytes:
 def _anchors(data: bytes) -> tuple[x509.Certificate, ...]:
     try:
         anchors = tuple(x509.load_pem_x509_certificates(data))
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise TrustFileError(("mtls", "truststore"), "the truststore holds no readable PEM certificate") from None
     return anchors
 
