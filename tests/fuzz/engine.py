@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from . import harness
-from .targets import INSTRUMENTED, load
+from .targets import instrumented, load
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def fuzz(name: str, seconds: int, work: Path, runs: int = -1) -> None:
     import atheris
 
     logging.getLogger().addHandler(logging.NullHandler())  # warnings about hostile input are expected, not news
-    with atheris.instrument_imports(include=list(INSTRUMENTED)):
+    with atheris.instrument_imports(include=list(instrumented(name))):
         target = load(name)
         one_input = target.prepare()
     write_inputs(work / "seeds", target.seeds())

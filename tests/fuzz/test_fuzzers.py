@@ -60,6 +60,16 @@ def test_the_seeds_reach_real_allows(name: str, family: str) -> None:
     assert world.allowed[family] > before
 
 
+def test_the_custom_authorizer_seeds_reach_allows() -> None:
+    from .targets import custom_response
+
+    one_input = _one_input("custom_response")
+    before = custom_response._custom().allowed
+    for data in custom_response.seeds():
+        one_input(data)
+    assert custom_response._custom().allowed >= before + 4
+
+
 @pytest.mark.parametrize(("name", "file"), _regressions())
 def test_regression(name: str, file: str) -> None:
     _one_input(name)((REGRESSIONS / name / file).read_bytes())
