@@ -30,6 +30,14 @@ test: setup
 	bash scripts/ensure-kube-tools.sh $(VENV)
 	$(MAKE) lint
 	$(BIN)/pytest
+	$(MAKE) fuzz FUZZ_SECONDS=8
+
+# Coverage-guided fuzzers (tests/fuzz/): every target FUZZ_SECONDS seconds (or FUZZ_RUNS inputs, whichever first);
+# a crash is minimized into tests/fuzz/regressions/<target>/ and fails the run.
+FUZZ_SECONDS ?= 10
+FUZZ_RUNS ?= -1
+fuzz: setup
+	$(BIN)/python -m tests.fuzz run --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)
 
 bench-smoke: setup
 	$(BIN)/python -m benchmarks run --smoke

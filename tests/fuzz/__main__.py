@@ -1,7 +1,8 @@
 """`python -m tests.fuzz`: run the coverage-guided fuzzers (`make fuzz FUZZ_SECONDS=N` calls `run`).
 
-    run [--seconds N] [--only a,b] [--work DIR]   every target N seconds, one process each; a table per target
-    child NAME --seconds N --work DIR             (internal) one target under atheris
+    run [--seconds N] [--runs R] [--only a,b]     every target N seconds (or R inputs, whichever first), one
+        [--work DIR] [--json FILE]                process each; a line per target, then the table
+    child NAME --seconds N [--runs R] --work DIR  (internal) one target under atheris
     minimize NAME CRASH OUT                       shrink a crashing input, keeping where it fails
     compare [--seconds N] [--only a,b]            atheris vs hypothesis: sidecar lines reached in N seconds
 
@@ -69,7 +70,7 @@ def parse_log(name: str, log: str, seconds: float) -> Result:
     return result
 
 
-def run_one(name: str, seconds: int, work: Path) -> Result:
+def run_one(name: str, seconds: int, work: Path, runs: int = -1) -> Result:
     """Fuzz one target in its own process; on a crash, minimize it into the regressions folder."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def run_one(name: str, seconds: int, work: Path) -> Result:
     started = time.monotonic()
     with log_path.open("w") as log:
         code = subprocess.run(
-            _child_command("child", name, "--seconds", str(seconds), "--work", str(folder)),
+            _child_command("child", name, "--seconds", str(seconds), "--runs", str(runs), "--work", str(folder)),
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -118,13 +119,15 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "authz-sidecar-fuzz"
     results = []
     for name in names:
-        result = run_one(name, args.seconds, work)
+        result = run_one(name, args.seconds, work, args.runs)
         print(_table([result]).splitlines()[1], flush=True)
         results.append(result)
     print("\n" + _table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) | {"execs_per_s": r.rate} for r in results], indent=2))
-    return 1 if any(r.crashes or r.error for r in results) else 0
+    failed = sum(1 for r in results if r.crashes or r.error)
+    print(f"fuzz: {len(results) - failed} passed, {failed} failed")  # the plain closing line CI reads
+    return 1 if failed else 0
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -171,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run")
     p_run.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "10")))
+    p_run.add_argument("--runs", type=int, default=int(os.environ.get("FUZZ_RUNS", "-1")))
     p_run.add_argument("--only", default="")
     p_run.add_argument("--work", default="")
     p_run.add_argument("--json", default="")
     p_child = sub.add_parser("child")
     p_child.add_argument("name")
     p_child.add_argument("--seconds", type=int, required=True)
+    p_child.add_argument("--runs", type=int, default=-1)
     p_child.add_argument("--work", required=True)
     p_min = sub.add_parser("minimize")
     p_min.add_argument("name")
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "child":
         from .engine import fuzz
 
-        fuzz(args.name, args.seconds, Path(args.work))
+        fuzz(args.name, args.seconds, Path(args.work), args.runs)
         return 0
     if args.command == "minimize":
         from .engine import minimize
