@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.harness.demo import SidecarProcess, config_with_ports
@@ -204,6 +205,9 @@ class Soak:
     expected_deaths: set[int] = field(default_factory=set)
     crashes: list[dict[str, Any]] = field(default_factory=list)
     origin: float = 0.0
+    authz_retries: int = 0
+    """Not the shipped bootstrap: ext_authz's gRPC service retries a Check this many times on a refused or reset
+    connection (`with_authz_retries`), to measure what that does to the SIGKILLed worker's 503s."""
     logs: Path | None = None
     """Where each instance's log (filtered: `keep_log`) is written at the end."""
     exits: ExitStack = field(default_factory=ExitStack)
@@ -266,6 +270,8 @@ class Soak:
         ports = envoy_ports(self.listen_port, self.first_grpc, "envoy-mtls.yaml")
         ports = dataclasses.replace(ports, authz_workers=2 * WORKERS, private_port=free_port())
         text = envoy_config(ports, True, "envoy-mtls.yaml").replace(f"{TLS_DIR}/", f"{self.directory}/")
+        if self.authz_retries:
+            text = with_authz_retries(text, self.authz_retries)
         return text, ports.admin_port
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -534,6 +540,7 @@ class Soak:
         growth = headline_growth(per_pid, self.spans[-1].end - warm)
         return {
             "started_utc": self.started_utc,
+            "authz_retries": self.authz_retries,
             "commit": _commit(),
             "minutes": self.minutes,
             "seconds": round(self.spans[-1].end, 1),
@@ -559,6 +566,22 @@ class Soak:
         }
 
     started_utc: str = ""
+
+
+AUTHZ_RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
+
+
+def with_authz_retries(text: str, retries: int) -> str:
+    """The bootstrap with a retry policy on ext_authz's gRPC service (another endpoint is tried, round robin)."""
+    doc = yaml.safe_load(text)
+    for listener in doc["static_resources"]["listeners"]:
+        for f in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+            if f["name"] == "envoy.filters.http.ext_authz":
+                policy = {"retry_on": AUTHZ_RETRY_ON, "num_retries": retries}
+                f["typed_config"]["grpc_service"]["retry_policy"] = policy | {
+                    "retry_back_off": {"base_interval": "0.01s"}
+                }
+    return str(yaml.safe_dump(doc, sort_keys=False))
 
 
 def write_partially(path: Path, text: str) -> None:
@@ -600,11 +623,11 @@ def passed(results: dict[str, Any]) -> bool:
     )
 
 
-def soak(minutes: float, rate: float, out: Path) -> dict[str, Any]:
+def soak(minutes: float, rate: float, out: Path, authz_retries: int = 0) -> dict[str, Any]:
     """One run; the results (also written to `out`)."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="authz-soak-") as directory:
-        run = Soak(Path(directory), minutes, rate, logs=out / "logs")
+        run = Soak(Path(directory), minutes, rate, authz_retries=authz_retries, logs=out / "logs")
         run.started_utc = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         with run.exits:
             run.start()
@@ -622,8 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=120.0, help="requests per second of the mix")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--authz-retries", type=int, default=0, help="not shipped: ext_authz gRPC retries (0: none)")
     args = parser.parse_args(argv)
-    results = soak(args.minutes, args.rate, args.out)
+    results = soak(args.minutes, args.rate, args.out, args.authz_retries)
     keys = ("requests", "wrong_allows", "wrong_denies", "reason_mismatches", "errors_5xx", "expected_503")
     print(json.dumps({k: results[k] for k in (*keys, "fail_closed_503", "crashes", "rss_growth_pct")}))
     return 0 if passed(results) else 1
