@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import subprocess
@@ -130,42 +131,58 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _timed(command: list[str], log: Path) -> tuple[float, str]:
+    """Run a child, its output to `log`; (wall seconds, the output)."""
+    started = time.monotonic()
+    with log.open("w") as out:
+        subprocess.run(command, cwd=Path.cwd(), stdout=out, stderr=subprocess.STDOUT, check=False)
+    return time.monotonic() - started, log.read_text(errors="replace")
+
+
 def compare(args: argparse.Namespace) -> int:
-    """Each engine `--seconds` on each target from the same seeds; lines reached, replayed the same way."""
+    """Each engine `--seconds` on each target from the same seeds: executions, sidecar lines reached (the inputs
+    replayed under one tracer afterwards), and the wall time to the first failure if there was one."""
     from .engine import line_coverage
 
-    names = args.only.split(",") if args.only else ["resp", "jwt"]
+    names = args.only.split(",") if args.only else ["resp", "policy"]
     work = Path(tempfile.mkdtemp(prefix="authz-fuzz-compare-"))
     rows = []
     for name in names:
-        atheris_work = work / "atheris" / name
-        atheris_work.mkdir(parents=True)
-        with (atheris_work / "fuzz.log").open("w") as log:
-            subprocess.run(
-                _child_command("child", name, "--seconds", str(args.seconds), "--work", str(atheris_work)),
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        log_text = (atheris_work / "fuzz.log").read_text(errors="replace")
-        atheris_runs = parse_log(name, log_text, args.seconds).executions
-        hypothesis_out = work / "hypothesis" / name
-        subprocess.run(
-            _child_command("hypothesis", name, "--seconds", str(args.seconds), "--out", str(hypothesis_out)),
-            cwd=REPO,
-            check=True,
+        a_work = work / "atheris" / name
+        a_work.mkdir(parents=True)
+        a_time, a_log = _timed(
+            _child_command("child", name, "--seconds", str(args.seconds), "--work", str(a_work)), a_work / "log"
         )
-        hypothesis_runs = len(list(hypothesis_out.iterdir()))
-        kept = [*sorted((atheris_work / "corpus").iterdir()), *sorted((atheris_work / "seeds").iterdir())]
-        kept += harness.checked_in(name)
+        a_runs = parse_log(name, a_log, a_time).executions
+        a_crash = bool(_ARTIFACT.search(a_log))
+        h_out = work / "hypothesis" / name
+        h_time, h_log = _timed(
+            _child_command("hypothesis", name, "--seconds", str(args.seconds), "--out", str(h_out)),
+            work / f"{name}.hypothesis.log",
+        )
+        h_runs, h_crash = json.loads(h_log.strip().splitlines()[-1])
+        kept = [
+            *sorted((a_work / "corpus").iterdir()),
+            *sorted((a_work / "seeds").iterdir()),
+            *harness.checked_in(name),
+        ]
         a_lines, _ = line_coverage(name, kept)
-        h_lines, _ = line_coverage(name, sorted(hypothesis_out.iterdir()))
-        crashed = bool(_ARTIFACT.search(log_text))
-        rows.append((name, atheris_runs, a_lines, crashed, hypothesis_runs, h_lines))
-    print(f"{'target':12} {'atheris runs':>13} {'lines':>6} {'crash':>6} {'hypothesis runs':>16} {'lines':>6}")
-    for name, a_runs, a_lines, crashed, h_runs, h_lines in rows:
-        print(f"{name:12} {a_runs:13d} {a_lines:6d} {crashed!s:>6} {h_runs:16d} {h_lines:6d}")
+        h_lines, _ = line_coverage(name, sorted(h_out.iterdir()))
+        rows.append(
+            (
+                name,
+                a_runs,
+                a_lines,
+                f"{a_time:.0f}s" if a_crash else "-",
+                h_runs,
+                h_lines,
+                f"{h_time:.0f}s" if h_crash else "-",
+            )
+        )
+    head = ("target", "atheris execs", "lines", "crash at", "hypothesis execs", "lines", "crash at")
+    print("| " + " | ".join(head) + " |")
+    for row in rows:
+        print("| " + " | ".join(map(str, row)) + " |")
     return 0
 
 
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--seconds", type=int, default=60)
     p_cmp.add_argument("--only", default="")
     args = parser.parse_args(argv)
+    logging.getLogger().addHandler(logging.NullHandler())  # hostile input's warnings are expected, not news
     if args.command == "run":
         return run(args)
     if args.command == "child":
@@ -209,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hypothesis":
         from .engine import hypothesis_run
 
-        hypothesis_run(args.name, args.seconds, Path(args.out))
+        print(json.dumps(hypothesis_run(args.name, args.seconds, Path(args.out))))
         return 0
     return compare(args)
 

@@ -111,18 +111,21 @@ def minimize(name: str, crash: Path, out: Path, budget: float = 120.0) -> bool:
     return True
 
 
-def hypothesis_run(name: str, seconds: float, out: Path) -> int:
-    """The comparison's other engine: hypothesis drawing `st.binary` for the same one-input function for
-    `seconds`, the built seeds given as explicit examples; every input it ran is written to `out`."""
+def hypothesis_run(name: str, seconds: float, out: Path) -> tuple[int, bool]:
+    """The comparison's other engine: hypothesis drawing `st.binary` for the same one-input function for `seconds`
+    (batches of 2000 examples, generation only, no database), after the same seeds atheris starts from. Every
+    input it ran is written to `out`; (executions, whether one failed: it stops at the first, as libFuzzer does)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
     target = load(name)
     one_input = target.prepare()
-    seen: list[bytes] = list(target.corpus())
-    for seed in seen:
-        one_input(seed)
+    seen: list[bytes] = []
     deadline = time.monotonic() + seconds
+
+    def run(data: bytes) -> None:
+        seen.append(data)
+        one_input(data)
 
     @settings(
         max_examples=2000,
@@ -133,14 +136,19 @@ def hypothesis_run(name: str, seconds: float, out: Path) -> int:
     )
     @given(st.binary(max_size=target.max_len))
     def batch(data: bytes) -> None:
-        if time.monotonic() >= deadline:
-            return
-        seen.append(data)
-        one_input(data)
+        if time.monotonic() < deadline:
+            run(data)
 
-    while time.monotonic() < deadline:
-        batch()
-    return write_inputs(out, seen)
+    failed = False
+    try:
+        for seed in target.corpus():
+            run(seed)
+        while time.monotonic() < deadline:
+            batch()
+    except Exception:
+        failed = True
+    write_inputs(out, seen)
+    return len(seen), failed
 
 
 def line_coverage(name: str, inputs: Iterable[Path]) -> tuple[int, int]:
