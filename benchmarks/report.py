@@ -85,7 +85,7 @@ ENVOY_SIDE_ROWS = (
     "envoy-jwt-authn-cold",
     "noop-grpc",
     "anonymous",
-    "anonymous-no-decision-log",
+    "anonymous-nolog",
     "jwt-warm",
     "jwt-offload",
     "jwt-warm-uds",
