@@ -82,3 +82,22 @@ def test_every_target_is_documented() -> None:
         assert target.name == name and "oracle" in target.summary
     assert {path.parent.name for path in REGRESSIONS.glob("*/*")} <= set(NAMES)
     assert all(path in checked_in(path.parent.name) for path in REGRESSIONS.glob("*/*"))
+
+
+LOG = """INFO: Seed: 1
+#2\tINITED cov: 10 ft: 11 corp: 1/1b exec/s: 0 rss: 40Mb
+#4096\tpulse  cov: 120 ft: 300 corp: 12/300b lim: 40 exec/s: 2048 rss: 60Mb
+#9000\tDONE   cov: 130 ft: 333 corp: 14/310b lim: 80 exec/s: 3000 rss: 61Mb
+stat::number_of_executed_units: 9001
+stat::average_exec_per_sec:     3000
+"""
+
+
+def test_the_runner_reads_libfuzzers_last_status_and_final_stats() -> None:
+    from .__main__ import parse_log
+
+    result = parse_log("x", LOG, 3.0)
+    assert (result.executions, result.coverage, result.features, result.corpus) == (9001, 130, 333, 14)
+    assert round(result.rate) == 3000
+    crashed = parse_log("x", LOG.replace("DONE  ", "NEW   ").split("stat::")[0], 3.0)
+    assert crashed.executions == 9000 and crashed.coverage == 130
