@@ -301,6 +301,7 @@ class Soak:
         after = await asyncio.to_thread(envoy_counters, self.envoy)
         span.envoy = {k: v - span.envoy.get(k, 0) for k, v in after.items() if v - span.envoy.get(k, 0)}
         span.end = self.now()
+        span.notes["load_1m"] = procs.load_average()  # the machine's: p99 on a shared box moves with it
         print(f"[{span.end:7.1f}s] {name:<20} {json.dumps(span.notes)}", flush=True)
 
     async def watch(self, stop: asyncio.Event) -> None:
