@@ -295,12 +295,15 @@ class Soak:
     async def phase_run(self, name: str) -> None:
         span = PhaseSpan(name, self.now())
         span.envoy = await asyncio.to_thread(envoy_counters, self.envoy)
+        fallbacks = await asyncio.to_thread(self.all_fallbacks)
         self.spans.append(span)
         action: Callable[[PhaseSpan, float], Awaitable[None]] = getattr(self, "phase_" + name.replace("-", "_"))
         await action(span, self.phase_seconds)
         after = await asyncio.to_thread(envoy_counters, self.envoy)
         span.envoy = {k: v - span.envoy.get(k, 0) for k, v in after.items() if v - span.envoy.get(k, 0)}
         span.end = self.now()
+        after_fallbacks = await asyncio.to_thread(self.all_fallbacks)
+        span.fallbacks = int(sum(max(0.0, n - fallbacks.get(k, 0.0)) for k, n in after_fallbacks.items()))
         span.notes["load_1m"] = procs.load_average()  # the machine's: p99 on a shared box moves with it
         print(f"[{span.end:7.1f}s] {name:<20} {json.dumps(span.notes)}", flush=True)
 
@@ -339,6 +342,12 @@ class Soak:
     async def hold(self, seconds: float) -> None:
         """The schedule itself: a phase lasts this long (the driver keeps sending meanwhile)."""
         await asyncio.sleep(max(0.0, seconds))
+
+    def all_fallbacks(self) -> dict[str, float]:
+        """Gate decisions taken without Redis so far, per running instance (any phase may have some: a busy loop
+        outlasts the 50 ms timeout too)."""
+        running = [i for i in self.instances if i.process.proc is not None and i.process.proc.poll() is None]
+        return {i.name: metric_sum(i, "authz_limit_fallbacks_total") for i in running}
 
     def fallbacks(self) -> float:
         return metric_sum(self.current, "authz_limit_fallbacks_total")

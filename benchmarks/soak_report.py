@@ -32,8 +32,6 @@ from .soak_mix import RULE, TIGHT_PLAN, Kind
 FAIL_CLOSED_PHASES = frozenset({"worker-kill"})
 """A SIGKILLed worker cannot drain: Envoy's Checks on its endpoint fail until the health check takes it out. The
 rolling restart is not among them: with `server.drain_delay` it must lose nothing."""
-REDIS_FALLBACK_PHASES = frozenset({"redis-kill", "redis-pause", "redis-garbage"})
-"""Phases in which the gates count in process (`on_redis_error: local`): each worker alone, from nothing."""
 REDIS_EMPTIED_PHASES = frozenset({"redis-kill", "redis-garbage"})
 """Phases after which Redis comes back empty (its counts gone)."""
 OWN_WARMUP = 10.0
@@ -49,6 +47,8 @@ class PhaseSpan:
     end: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
     envoy: dict[str, int] = field(default_factory=dict)
+    fallbacks: int = 0
+    """Gate decisions the sidecar took without Redis in this phase (`authz_limit_fallbacks_total`)."""
 
 
 def judge(record: Record, kind: Kind) -> str:
@@ -74,12 +74,13 @@ def judge(record: Record, kind: Kind) -> str:
 def budgets(phases: Sequence[PhaseSpan], workers: int) -> dict[str, float]:
     """How many allows each limit may give over the run, by docs/limits.md: the throttle's burst and rate (the
     rule's limit) counted once in Redis; the burst (limit) again each time Redis comes back empty; and, in each
-    phase the gates decide without Redis, a whole burst plus that phase's rate (the whole limit) per worker."""
+    phase in which the gates decided without Redis (`on_redis_error: local`: each worker counts alone, from
+    nothing), a whole burst plus that phase's rate (the whole limit) per worker."""
     run = phases[-1].end - phases[0].start
     burst, rate = float(TIGHT_PLAN["throttle"]["burst"]), float(TIGHT_PLAN["throttle"]["rate"])
     limit = float(RULE["limit"])  # type: ignore[arg-type]
     emptied = sum(1 for p in phases if p.name in REDIS_EMPTIED_PHASES)
-    fallback = [p for p in phases if p.name in REDIS_FALLBACK_PHASES]
+    fallback = [p for p in phases if p.fallbacks]
     throttle = burst * (1 + emptied) + rate * run + sum(workers * (burst + rate * (p.end - p.start)) for p in fallback)
     rule = limit * (1 + emptied) + workers * limit * len(fallback)
     return {"throttle": throttle, "rule": rule}
@@ -125,6 +126,7 @@ def summarize(records: Sequence[Record], kinds: dict[str, Kind], phases: Sequenc
                 "unexplained_5xx": c["unexplained_5xx"],
                 "degraded": c["degraded"],
                 "limit_allows": c["budget"],
+                "gate_fallbacks": span.fallbacks,
                 "notes": span.notes,
                 "envoy": span.envoy,
             }
