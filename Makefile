@@ -30,7 +30,7 @@ test: setup
 	bash scripts/ensure-kube-tools.sh $(VENV)
 	$(MAKE) lint
 	$(BIN)/pytest
-	$(MAKE) fuzz FUZZ_SECONDS=8
+	$(MAKE) fuzz FUZZ_SECONDS=5
 
 # Coverage-guided fuzzers (tests/fuzz/): every target FUZZ_SECONDS seconds (or FUZZ_RUNS inputs, whichever first);
 # a crash is minimized into tests/fuzz/regressions/<target>/ and fails the run.
