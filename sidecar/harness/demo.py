@@ -44,11 +44,15 @@ class _EchoHandler(BaseHTTPRequestHandler):
     def _echo(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():  # a repeated header shows every value, joined as HTTP would
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         payload = json.dumps(
             {
                 "method": self.command,
                 "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "headers": headers,
                 "body_bytes": len(body),
             }
         ).encode()

@@ -39,12 +39,14 @@ from ..transports.ext_authz import deny_body
 from .envoy import SHIPPED, EnvoyPorts, render_envoy_config
 from .envoy_routes import EnvoyRoute, envoy_routes
 from .offload import (
+    CLIENT_ID_HEADER,
     JWT_AUTHN,
     RBAC,
     Flow,
     decision_log,
     eligibility,
     jwks_cluster,
+    principal_fallback,
     provider,
     rbac_per_route,
     refusal_mappers,
@@ -279,7 +281,11 @@ def _add_token_filters(
         "requirement_map": {name: {"provider_name": name} for name in providers},
     }
     rbac = {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}
-    filters[at:at] = [{"name": JWT_AUTHN, "typed_config": jwt}, {"name": RBAC, "typed_config": rbac}]
+    added = [{"name": JWT_AUTHN, "typed_config": jwt}, {"name": RBAC, "typed_config": rbac}]
+    principal = runtime.upstream_headers.principal
+    if principal is not None:
+        added.insert(1, principal_fallback(principal))
+    filters[at:at] = added
     hcm["local_reply_config"] = {"mappers": refusal_mappers()}
     hcm.setdefault("access_log", []).append(decision_log())
 
@@ -333,7 +339,8 @@ def _remove_identity_headers(filters: list[dict[str, Any]], runtime: Runtime) ->
     mutation = next(f for f in filters if f["name"] == "envoy.filters.http.header_mutation")
     removals = mutation["typed_config"]["mutations"]["request_mutations"]
     present = {r.get("remove") for r in removals}
-    removals += [{"remove": name} for name in sorted(runtime.identity_headers) if name not in present]
+    names = {*runtime.identity_headers, CLIENT_ID_HEADER}
+    removals += [{"remove": name} for name in sorted(names) if name not in present]
 
 
 def _ingress_hcm(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,6 +361,10 @@ def _filter(original: Mapping[str, Any], profile: Profile, named: frozenset[str]
     else:
         names = sorted(named | (set(HTTP_ADDED) if http is not None else set()))
         config["allowed_headers"] = {"patterns": [{"exact": name} for name in names]}
+        if http is not None and "authorization" not in named:
+            # Envoy's HTTP mode sends Authorization whatever `allowed_headers` says: a token no route reads
+            # would still cross the hop.
+            config["disallowed_headers"] = {"patterns": [{"exact": "authorization"}]}
     if http is not None:
         request = http.get("authorization_request", {})
         added = request.get("headers_to_add", [])

@@ -38,6 +38,13 @@ SEGMENT = rf"{_PLAIN_OR_DOT}*{_PLAIN}{_PLAIN_OR_DOT}*"
 _PLAIN_LITERAL = re.compile(rf"{SEGMENT}\Z")
 _SAMPLE_METHOD = "SAMPLE"
 """A method no route names, to sample an `ANY` route with."""
+ANY_METHOD = r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*$"
+TOO_LONG_METHOD = r"(?s).{33}.*"
+"""What an `ANY` route matches on `:method`: the methods the sidecar judges (`request._UPPER_TOKEN`: an upper-case
+token of at most 32 characters, said as a token and a length, each small enough for Envoy's regex program-size
+limit). Any other spelling (HTTP/2 passes `delete` through) falls to the catch-all, so the sidecar refuses it
+(400), instead of an `ANY` route taking what an explicit-method route above it did not (`delete` past
+`DELETE`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +59,22 @@ class EnvoyRoute(Generic[T]):
 
     def match(self) -> dict[str, Any]:
         """The Envoy `RouteMatch`."""
-        out: dict[str, Any] = {"safe_regex": {"regex": self.regex}}
+        methods: list[dict[str, Any]]
         if self.methods is not None:
-            pattern = "|".join(self.methods)
-            out["headers"] = [{"name": ":method", "string_match": {"safe_regex": {"regex": f"^(?:{pattern})$"}}}]
-        return out
+            pattern = f"^(?:{'|'.join(self.methods)})$"
+            methods = [{"name": ":method", "string_match": {"safe_regex": {"regex": pattern}}}]
+        else:
+            methods = [
+                {"name": ":method", "string_match": {"safe_regex": {"regex": ANY_METHOD}}},
+                {"name": ":method", "string_match": {"safe_regex": {"regex": TOO_LONG_METHOD}}, "invert_match": True},
+            ]
+        return {"safe_regex": {"regex": self.regex}, "headers": methods}
 
     def accepts(self, method: str, path: str) -> bool:
         """Whether Envoy would file (method, path) under this route (Python's `re` agrees with RE2 here)."""
         if self.methods is not None and method not in self.methods:
+            return False
+        if self.methods is None and (re.fullmatch(ANY_METHOD, method) is None or re.fullmatch(TOO_LONG_METHOD, method)):
             return False
         return re.fullmatch(self.regex, path) is not None
 

@@ -23,11 +23,12 @@ refusal, decision logs, metrics) is in docs/envoy-config.md.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..hop import NotOffloadable, OffloadRules, TokenRules
+from ..hop import NotOffloadable, OffloadRules, OpenRoute, TokenRules
 from ..runtime import CompiledRoute, Runtime
 from .cel import Builder, Expr
 
@@ -55,6 +56,8 @@ def eligibility(runtime: Runtime, route: CompiledRoute) -> OffloadRules | NotOff
         names = ", ".join(getattr(g, "name", type(g).__name__) for g in (*route.admit_gates, *route.meter_gates))
         return NotOffloadable(f"gates run on this route ({names})")
     rules = route.authorizer.offload_rules()
+    if isinstance(rules, OpenRoute) and route.scopes:
+        return NotOffloadable("scopes on an anonymous route: the sidecar refuses every request (no token, no scope)")
     if isinstance(rules, TokenRules):
         odd = [claim for claim, _ in rules.claim_to_headers if claim not in _STRINGS]
         if odd:
@@ -84,13 +87,39 @@ def provider(name: str, rules: TokenRules, upstream_principal: str | None) -> di
             "cache_duration": "300s",
             "async_fetch": {"fast_listener": False},
         }
-    # Set in this order, the later overwriting: the principal is `sub`, else `client_id` (claims.principal_id).
+    # The principal is `sub`, else `client_id` (claims.principal_id). jwt_authn appends, so `sub` goes to the
+    # principal header and `client_id` to `CLIENT_ID_HEADER`, which `principal_fallback` moves over only when
+    # the token had no `sub`.
     heads = [{"header_name": h, "claim_name": c} for c, h in rules.claim_to_headers]
     if upstream_principal is not None:
-        heads += [{"header_name": upstream_principal, "claim_name": c} for c in ("client_id", "sub")]
+        heads += [
+            {"header_name": upstream_principal, "claim_name": "sub"},
+            {"header_name": CLIENT_ID_HEADER, "claim_name": "client_id"},
+        ]
     if heads:
         out["claim_to_headers"] = heads
     return out
+
+
+CLIENT_ID_HEADER = "x-authz-offload-client-id"
+"""Where jwt_authn puts `client_id` for the principal header's fallback: removed from client requests before
+jwt_authn runs, and after it (`principal_fallback`), so it never reaches the upstream."""
+
+
+def principal_fallback(upstream_principal: str) -> dict[str, Any]:
+    """A header_mutation after jwt_authn: the principal header from `client_id` when jwt_authn set none from
+    `sub`, then `CLIENT_ID_HEADER` removed (one principal header, as the sidecar sends)."""
+    added = {
+        "header": {"key": upstream_principal, "value": f"%REQ({CLIENT_ID_HEADER})%"},
+        "append_action": "ADD_IF_ABSENT",
+    }
+    return {
+        "name": "envoy.filters.http.header_mutation.principal",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"append": added}, {"remove": CLIENT_ID_HEADER}]},
+        },
+    }
 
 
 def jwks_cluster_name(authorizer: str) -> str:
@@ -121,9 +150,29 @@ def jwks_cluster(authorizer: str, uri: str) -> dict[str, Any]:
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "sni": host,
+                "common_tls_context": {"validation_context": _verified(host)},
             },
         }
     return cluster
+
+
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+"""The CA bundle Envoy checks an https JWKS server's certificate against: Debian's (the image's `ca-certificates`),
+as the sidecar's own client checks it against its trust store. Without it Envoy would take keys from anyone
+who can answer for the issuer's host, and verify tokens they signed."""
+
+
+def _verified(host: str) -> dict[str, Any]:
+    """A validation context: the system CAs, and the certificate must name `host` (DNS or IP address SAN)."""
+    try:
+        ipaddress.ip_address(host)
+        san_type = "IP_ADDRESS"
+    except ValueError:
+        san_type = "DNS"
+    return {
+        "trusted_ca": {"filename": SYSTEM_CAS},
+        "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": host}}],
+    }
 
 
 def condition(rules: TokenRules, scopes: frozenset[str]) -> Expr:

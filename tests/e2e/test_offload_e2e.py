@@ -107,6 +107,7 @@ def tokens(issuer: Issuer) -> list[tuple[str, str | None]]:
         ("client_id instead of aud", f"Bearer {t(aud=None, client_id=AUDIENCE)}"),
         ("neither aud nor client_id", f"Bearer {t(aud=None)}"),
         ("client_id as principal", f"Bearer {t(sub=None, client_id=AUDIENCE)}"),
+        ("sub and client_id", f"Bearer {t(client_id='svc-1')}"),  # one principal header: sub's
         ("no sub nor client_id", f"Bearer {t(sub=None)}"),
         ("numeric sub", f"Bearer {t(sub=123)}"),
         ("sub with a control character", f"Bearer {t(sub='a' + chr(1) + 'b')}"),

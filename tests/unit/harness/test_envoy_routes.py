@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.harness.envoy_routes import envoy_routes, first_match, path_regex
-from sidecar.request import judged_method
+from sidecar.request import is_canonical_method, judged_method
 from sidecar.routes import AmbiguousPath, RouteTable, parse_match
 
 LITERALS = ["a", "b", "pets", "v1", "x.json", "%41", "caf\u00e9"]
@@ -40,10 +40,14 @@ PATH_SEGMENTS = [*LITERALS, "A", "c", "42", ".", "..", "", "%2F", "a;b", "%61", 
 def requests(draw: st.DrawFn) -> tuple[str, str]:
     segments = draw(st.lists(st.sampled_from(PATH_SEGMENTS), max_size=5))
     path = "/" + "/".join(segments) + draw(st.sampled_from(["", "", "/"]))
-    return draw(st.sampled_from(["GET", "HEAD", "POST", "DELETE", "PATCH"])), path
+    return draw(st.sampled_from(["GET", "HEAD", "POST", "DELETE", "PATCH", "delete", "Get", "get", "M-SEARCH"])), path
 
 
 def sidecar_pick(table: RouteTable[str], method: str, path: str) -> str | None:
+    """The route the sidecar judges (method, path) under; None when it routes it nowhere or refuses the request
+    first (a method that is not an upper-case token: 400)."""
+    if not is_canonical_method(method):
+        return None
     try:
         found = table.match(judged_method(method), path)
     except AmbiguousPath:
@@ -98,3 +102,18 @@ def test_matchers_refuse_what_the_sidecar_reads_otherwise() -> None:
         assert re.fullmatch(regex, path) is None, path
     assert re.fullmatch(regex, "/files/...x") and re.fullmatch(regex, "/files/x.json")
     assert path_regex(parse_match("GET /caf\u00e9")) is None  # not plain: left to the catch-all
+
+
+def test_a_method_the_sidecar_refuses_is_filed_under_no_route() -> None:
+    """HTTP/2 passes a lower-case method through: `delete` must not miss `DELETE /items/{id}` and land on the
+    `ANY` route below it (open, or offloaded), but reach the catch-all, so the sidecar refuses it."""
+    table = RouteTable([(k, k) for k in ("DELETE /items/{id}", "ANY /items/{id}")])
+    routes, _ = envoy_routes(table)
+    assert first_match(routes, "DELETE", "/items/1").key == "DELETE /items/{id}"
+    assert first_match(routes, "PATCH", "/items/1").key == "ANY /items/{id}"
+    for method in ("delete", "Delete", "patch", "GET ", "X" * 40):
+        assert first_match(routes, method, "/items/1") is None, method
+    assert first_match(routes, "X" * 32, "/items/1").key == "ANY /items/{id}"  # the sidecar's longest method
+    any_route = next(r for r in routes if r.key == "ANY /items/{id}")
+    token, length = any_route.match()["headers"]
+    assert token["name"] == length["name"] == ":method" and length["invert_match"] is True

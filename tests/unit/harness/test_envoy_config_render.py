@@ -1,0 +1,98 @@
+"""What `envoy-config` renders for the cases a security review found wrong: each assertion is of the rendered
+bootstrap (the e2e tests drive real Envoys through the same renderer)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.config import load_config
+from sidecar.harness.envoy_config import explain, render
+from sidecar.harness.offload import CLIENT_ID_HEADER, SYSTEM_CAS
+from sidecar.runtime import compile_runtime
+
+CONFIG = """\
+server: {watch_config: false}
+authorizers:
+  corp:
+    type: jwt
+    issuer: "https://issuer.example"
+    jwks_uri: "https://issuer.example/jwks.json"
+    audiences: [api]
+    algorithms: [RS256]
+    identity_source: header.x-token
+  public: {type: none}
+routes:
+  - {match: "GET /orders/{id}", authorizer: corp}
+  - {match: "GET /open", authorizer: public}
+  - {match: "GET /admin-panel", authorizer: public, scopes: [admin]}
+"""
+
+
+def rendered(tmp_path: Path, text: str = CONFIG, template: str = "envoy.yaml", offload: bool = True) -> Any:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(textwrap.dedent(text))
+    runtime = compile_runtime(load_config(path), private_limits=True)
+    return yaml.safe_load(render(runtime, template=template, offload=offload)), runtime
+
+
+def hcm(doc: Any) -> Any:
+    listener = next(x for x in doc["static_resources"]["listeners"] if x["name"] == "ingress")
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_an_https_jwks_server_must_present_a_certificate_for_its_host(tmp_path: Path) -> None:
+    doc, _ = rendered(tmp_path)
+    cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "jwks_corp")
+    tls = cluster["transport_socket"]["typed_config"]
+    validation = tls["common_tls_context"]["validation_context"]
+    assert tls["sni"] == "issuer.example"
+    assert validation["trusted_ca"] == {"filename": SYSTEM_CAS}
+    assert validation["match_typed_subject_alt_names"] == [{"san_type": "DNS", "matcher": {"exact": "issuer.example"}}]
+
+
+def test_an_anonymous_route_with_scopes_stays_on_ext_authz(tmp_path: Path) -> None:
+    """The sidecar refuses every request there (403 InsufficientScope); an open Envoy route would allow them."""
+    doc, runtime = rendered(tmp_path)
+    routes = {r["name"]: r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]}
+    assert "direct_response" not in routes["GET /admin-panel"]
+    assert "request_headers_to_add" not in routes["GET /admin-panel"]  # no principal of an open route
+    assert "request_headers_to_add" in routes["GET /open"]  # the plain anonymous route is offloaded
+    assert "scopes on an anonymous route" in explain(runtime, offload=True)
+
+
+def test_http_mode_keeps_an_unread_authorization_header_in_envoy(tmp_path: Path) -> None:
+    """Envoy's http_service sends Authorization whatever allowed_headers says; no route reads it here."""
+    doc, _ = rendered(tmp_path, template="envoy-http.yaml", offload=False)
+    filters = [f for f in hcm(doc)["http_filters"] if f["name"].startswith("envoy.filters.http.ext_authz")]
+    named = [f["typed_config"] for f in filters if "allowed_headers" in f["typed_config"]]
+    assert named and all(c["disallowed_headers"] == {"patterns": [{"exact": "authorization"}]} for c in named)
+    reading = CONFIG.replace("    identity_source: header.x-token\n", "")  # the token in Authorization: it must cross
+    doc, _ = rendered(tmp_path, reading, template="envoy-http.yaml", offload=False)
+    configs = [f["typed_config"] for f in hcm(doc)["http_filters"] if f["name"].startswith("envoy.filters.http.ext")]
+    assert not any("disallowed_headers" in c for c in configs)
+
+
+def test_one_principal_header_sub_first_then_client_id(tmp_path: Path) -> None:
+    """jwt_authn appends claim headers: `sub` to the principal header, `client_id` to a header of its own that a
+    mutation moves over only when there was no `sub`, then removes; client copies of both are removed first."""
+    text = CONFIG + "upstream_headers: {principal: x-authz-principal}\n"
+    doc, _ = rendered(tmp_path, text)
+    filters = hcm(doc)["http_filters"]
+    names = [f["name"] for f in filters]
+    jwt_at = names.index("envoy.filters.http.jwt_authn")
+    assert names[jwt_at + 1] == "envoy.filters.http.header_mutation.principal"
+    provider = filters[jwt_at]["typed_config"]["providers"]["corp"]
+    assert provider["claim_to_headers"] == [
+        {"header_name": "x-authz-principal", "claim_name": "sub"},
+        {"header_name": CLIENT_ID_HEADER, "claim_name": "client_id"},
+    ]
+    first, second = filters[jwt_at + 1]["typed_config"]["mutations"]["request_mutations"]
+    assert first["append"]["append_action"] == "ADD_IF_ABSENT"
+    assert first["append"]["header"] == {"key": "x-authz-principal", "value": f"%REQ({CLIENT_ID_HEADER})%"}
+    assert second == {"remove": CLIENT_ID_HEADER}
+    stripped = {m.get("remove") for m in filters[0]["typed_config"]["mutations"]["request_mutations"]}
+    assert {"x-authz-principal", CLIENT_ID_HEADER} <= stripped
