@@ -94,8 +94,8 @@ def test_envoy_without_normalization_never_serves_a_path_we_did_not_judge(
 
 
 @pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
-def test_shipped_envoy_judges_the_path_it_forwards(authz_stack: StackFactory, template: str) -> None:
-    stack = authz_stack(PATH_CONFIG, template=template)
+def test_shipped_envoy_judges_the_path_it_forwards(shared_authz_stack: StackFactory, template: str) -> None:
+    stack = shared_authz_stack(PATH_CONFIG, template=template)
     for path in BYPASS_PATHS:
         status, body = raw_request(port_of(stack), path)
         # Envoy normalizes first: whatever it lets through, the upstream serves the very path we judged.
@@ -135,9 +135,9 @@ def nghttp_status(port: int, path: str, method: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
-def test_lower_case_method_over_http2_is_refused(authz_stack: StackFactory, template: str) -> None:
+def test_lower_case_method_over_http2_is_refused(shared_authz_stack: StackFactory, template: str) -> None:
     """Finding 3: `delete` must not dodge the closed `DELETE /items/{id}` by landing on the open `ANY` route."""
-    stack = authz_stack(PATH_CONFIG, template=template)
+    stack = shared_authz_stack(PATH_CONFIG, template=template)
     status, output = nghttp_status(port_of(stack), "/items/1", "delete")
     assert status == 400, output
     upper, output = nghttp_status(port_of(stack), "/items/1", "DELETE")
@@ -147,9 +147,9 @@ def test_lower_case_method_over_http2_is_refused(authz_stack: StackFactory, temp
 
 
 @pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
-def test_full_match_beats_a_greedy_route(authz_stack: StackFactory, template: str) -> None:
+def test_full_match_beats_a_greedy_route(shared_authz_stack: StackFactory, template: str) -> None:
     """Finding 6: `GET /users/public/profile` is the closed full match, not the open `{proxy+}` route."""
-    stack = authz_stack(PATH_CONFIG, template=template)
+    stack = shared_authz_stack(PATH_CONFIG, template=template)
     status, body = raw_request(port_of(stack), "/users/public/profile")
     assert status == 403, body
     status, body = raw_request(port_of(stack), "/users/public/other")

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("engine", ["lean", "grpcio"])
-def test_allow_reaches_upstream_with_identity_headers(authz_stack: StackFactory, engine: str) -> None:
+def test_allow_reaches_upstream_with_identity_headers(shared_authz_stack: StackFactory, engine: str) -> None:
     """Both gRPC engines (`server.grpc_engine`) behind the same Envoy; every other e2e test runs on the default."""
-    stack = authz_stack(default_config_text() + f"server: {{grpc_engine: {engine}}}\n")
+    stack = shared_authz_stack(default_config_text() + f"server: {{grpc_engine: {engine}}}\n")
     response = stack.client.post("/public/orders?x=1", content=b"payload", headers={"x-authz-principal": "spoofed"})
     assert response.status_code == 200
     seen = response.json()
@@ -40,8 +40,8 @@ def test_allow_reaches_upstream_with_identity_headers(authz_stack: StackFactory,
 
 
 @pytest.mark.parametrize("engine", ["lean", "grpcio"])
-def test_denials_carry_status_and_reason(authz_stack: StackFactory, engine: str) -> None:
-    stack = authz_stack(default_config_text() + f"server: {{grpc_engine: {engine}}}\n")
+def test_denials_carry_status_and_reason(shared_authz_stack: StackFactory, engine: str) -> None:
+    stack = shared_authz_stack(default_config_text() + f"server: {{grpc_engine: {engine}}}\n")
     closed = stack.client.get("/admin/users")
     assert closed.status_code == 403
     assert closed.headers["content-type"] == "application/json"
@@ -177,9 +177,9 @@ CASES = [
 
 @pytest.mark.parametrize(("method", "path", "body"), CASES)
 def test_check_cli_agrees_with_server(
-    authz_stack: StackFactory, tmp_path: Path, method: str, path: str, body: bytes
+    shared_authz_stack: StackFactory, tmp_path: Path, method: str, path: str, body: bytes
 ) -> None:
-    stack = authz_stack(default_config_text())
+    stack = shared_authz_stack(default_config_text())
     served = stack.client.request(method, path, content=body or None)
     raw = f"{method} {path} HTTP/1.1\r\nHost: example.com\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     req = tmp_path / "request.req"
@@ -252,8 +252,8 @@ TRANSPORT_CASES = [
 
 
 @pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
-def test_both_transports_decide_alike(authz_stack: StackFactory, template: str) -> None:
-    stack = authz_stack(default_config_text(), template=template)
+def test_both_transports_decide_alike(shared_authz_stack: StackFactory, template: str) -> None:
+    stack = shared_authz_stack(default_config_text(), template=template)
     for method, path, status, reason in TRANSPORT_CASES:
         response = stack.client.request(method, path, content=b"x" if method == "POST" else None)
         assert response.status_code == status, (template, path, response.text)
@@ -267,8 +267,8 @@ def test_both_transports_decide_alike(authz_stack: StackFactory, template: str) 
 
 
 @pytest.mark.parametrize("template", ["envoy.yaml", "envoy-http.yaml"])
-def test_encoded_separators_never_reach_the_upstream(authz_stack: StackFactory, template: str) -> None:
-    stack = authz_stack(default_config_text(), template=template)
+def test_encoded_separators_never_reach_the_upstream(shared_authz_stack: StackFactory, template: str) -> None:
+    stack = shared_authz_stack(default_config_text(), template=template)
     for path in ("/admin/x%2F..%2F..%2Fpublic/a", "/public/a%5C..%5C..%5Cadmin", "/public/%2e%2e/admin/x"):
         response = stack.client.get(path)
         assert response.status_code in (400, 403), (path, response.status_code)

@@ -113,9 +113,11 @@ TARGETS = [
 ]
 
 
-@pytest.fixture
-def stack(authz_stack: StackFactory, tmp_path: Path) -> Stack:
-    return authz_stack(sigv4_config(tmp_path))
+@pytest.fixture(scope="module")
+def stack(module_authz_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """One stack for the module: every test signs its own requests, and the one replay-guarded route is sent
+    only by the replay test."""
+    return module_authz_stack(sigv4_config(tmp_path_factory.mktemp("sigv4")))
 
 
 def test_a_signed_path_with_a_raw_semicolon_is_refused_as_ambiguous(stack: Stack) -> None:
