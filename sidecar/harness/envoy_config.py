@@ -286,6 +286,10 @@ def _add_token_filters(
     if principal is not None:
         added.insert(1, principal_fallback(principal))
     filters[at:at] = added
+    # The canonical-token matcher (`CANONICAL_BEARER`) compiles to ~150 RE2 instructions, over Envoy's default
+    # limit of 100 for a route's regex; every regex here is the renderer's own, none a user's.
+    layers = doc.setdefault("layered_runtime", {"layers": []})["layers"]
+    layers.append({"name": "envoy-config", "static_layer": {"re2.max_program_size.error_level": REGEX_PROGRAM_LIMIT}})
     hcm["local_reply_config"] = {"mappers": refusal_mappers()}
     hcm.setdefault("access_log", []).append(decision_log())
 
@@ -321,11 +325,20 @@ def _offloaded_route(route: dict[str, Any], rp: RoutePlan, runtime: Runtime, ext
         ]
 
 
-CANONICAL_BEARER = r"^Bearer [A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$"
+_B64 = "[A-Za-z0-9_-]"
+_CANONICAL_SEGMENT = f"(?:{_B64}{{4}})*(?:{_B64}[AQgw]|{_B64}{{2}}[AEIMQUYcgkosw048])?"
+"""Canonical unpadded base64url: a last group of 2 or 3 characters leaves its unused low bits zero (the sidecar
+refuses any other spelling as malformed; absl's decoder, jwt_authn's, ignores those bits, so one token would
+have many spellings)."""
+CANONICAL_BEARER = f"^Bearer {_CANONICAL_SEGMENT}\\.{_CANONICAL_SEGMENT}\\.{_CANONICAL_SEGMENT}$"
 """The one spelling jwt_authn reads as the sidecar does: its `value_prefix` is case-sensitive and it cannot also
 take a bare token (a second, empty prefix would read `Bearer x` as a token of its own, and every token must
-verify). The sidecar's other spellings (`bearer`, a bare token, extra spaces) skip the offloaded route and reach
-the sidecar through the route's ext_authz twin below it."""
+verify); each segment canonical base64url. The sidecar's other spellings (`bearer`, a bare token, extra spaces,
+non-canonical base64url) skip the offloaded route and reach the sidecar through the route's ext_authz twin below
+it."""
+
+
+REGEX_PROGRAM_LIMIT = 400
 
 
 def _canonical_token(match: Mapping[str, Any], rules: TokenRules) -> dict[str, Any]:

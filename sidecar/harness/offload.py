@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..authorizers.jwt.token import UNTRUSTED_HEADERS
 from ..hop import NotOffloadable, OffloadRules, OpenRoute, TokenRules
 from ..runtime import CompiledRoute, Runtime
 from .cel import Builder, Expr
@@ -192,10 +193,29 @@ def condition(rules: TokenRules, scopes: frozenset[str]) -> Expr:
     def safe(value: Expr) -> Expr:
         return b.not_(b.matches(value, _UNSAFE))
 
+    def header() -> Expr:
+        return b.index(meta, HEADER)
+
+    def at_most(value: Expr, bound: Expr) -> Expr:
+        return b.call("_<=_", value, bound)
+
     epoch = b.call("timestamp", b.string("1970-01-01T00:00:00Z"))
+    # `now` is whole seconds, at most the true time: each clock rule below is stated so that it holds only if
+    # the sidecar's rule holds at the true time (stricter by under a second, never looser).
     now = b.call("double", b.call("getSeconds", target=b.call("_-_", b.field(b.ident("request"), "time"), epoch)))
+    leeway = b.number(rules.leeway)
     terms = [
-        b.within(b.index(b.index(meta, HEADER), "alg"), b.strings(sorted(rules.algorithms))),
+        b.within(b.index(header(), "alg"), b.strings(sorted(rules.algorithms))),
+        # jwt_authn ignores these header parameters; the sidecar refuses a token that carries any (token.py)
+        *(b.not_(b.within(b.string(name), header())) for name in ("crit", *UNTRUSTED_HEADERS)),
+        # exp (required and an integer: jwt_authn): within the sidecar's date range, and the true time before
+        # exp + leeway (jwt_authn's own check truncates the time and compares with `>`: a second looser)
+        at_most(claim("exp"), b.number(_MAX_DATE)),
+        at_most(b.call("_+_", now, b.number(1.0)), b.call("_+_", claim("exp"), leeway)),
+        b.or_(
+            b.not_(has("nbf")),
+            b.and_(at_most(claim("nbf"), b.call("_+_", now, leeway)), at_most(claim("nbf"), b.number(_MAX_DATE))),
+        ),
         b.call("_<=_", b.call("size", b.index(b.field(b.ident("request"), "headers"), rules.header)),
                b.number(rules.max_token_bytes + len("Bearer "))),
     ]  # fmt: skip

@@ -79,6 +79,14 @@ def tamper(token: str) -> str:
     return f"{head}.{raw}.{sig}"
 
 
+def noncanonical(token: str) -> str:
+    """`token` with its signature's unused low bits set: the same bytes to a lenient decoder, malformed to ours."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    assert len(token.rsplit(".", 1)[1]) % 4 in (2, 3) and last % 4 == 0, "a signature with unused bits"
+    return token[:-1] + alphabet[last + 1]
+
+
 def tokens(issuer: Issuer) -> list[tuple[str, str | None]]:
     """(what the token is, the Authorization header) for every case."""
     now = time.time()
@@ -130,6 +138,11 @@ def tokens(issuer: Issuer) -> list[tuple[str, str | None]]:
         ("PS256 with the RSA key", f"Bearer {issuer.token(issuer.claims(now), alg='PS256')}"),
         ("alg none", "Bearer " + unsigned({"alg": "none", "kid": "rsa"}, issuer.claims(now)) + ""),
         ("garbage", "Bearer not.a.token"),
+        ("crit in the header", f"Bearer {issuer.token(issuer.claims(now), crit=['exp'])}"),
+        ("jku in the header", f"Bearer {issuer.token(issuer.claims(now), jku='https://evil.example/jwks')}"),
+        ("exp beyond 2^53", f"Bearer {t(exp=10**18)}"),
+        ("nbf beyond 2^53", f"Bearer {t(nbf=10**18)}"),
+        ("non-canonical signature", f"Bearer {noncanonical(good)}"),
     ]
     return cases
 
@@ -180,9 +193,16 @@ def test_offloaded_routes_decide_as_the_sidecar_does(
     differences = {k: (by_sidecar[k], by_envoy[k]) for k in by_sidecar if by_sidecar[k] != by_envoy[k]}
     assert not differences, json.dumps({f"{t} {n}": v for (t, n), v in differences.items()}, default=str)
     # Only the spellings jwt_authn cannot read as the sidecar does reach it (a lower-case scheme, a bare token,
-    # another scheme, no token): every canonical `Bearer` token was decided by Envoy alone.
+    # another scheme, no token, non-canonical base64url): every canonical `Bearer` token was decided by Envoy alone.
     odd = [name for name, header in cases if header is None or not re.fullmatch(CANONICAL_BEARER, header)]
-    assert set(odd) == {"lower-case scheme", "bare token", "missing", "other scheme"}
+    assert set(odd) == {
+        "lower-case scheme",
+        "bare token",
+        "missing",
+        "other scheme",
+        "non-canonical signature",
+        "garbage",
+    }
     assert _checks(offloaded) == checks_before + len(odd) * len(TARGETS), "an offloaded route asked the sidecar"
     for key in [(target, name) for target in TARGETS for name in SAME_REFUSAL]:
         assert fitted_told[key] == told[key], (key, told[key], fitted_told[key])
