@@ -153,10 +153,12 @@ def _refusal(response: httpx.Response) -> tuple[int, str, str]:
     return response.status_code, answer["reason"], answer["message"]
 
 
-@pytest.fixture
-def stack(authz_stack: StackFactory, tmp_path: Path) -> tuple[Stack, int, int]:
+@pytest.fixture(scope="module")
+def stack(module_authz_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory) -> tuple[Stack, int, int]:
+    """One stack for the three listener tests: they only send requests, which leave nothing behind."""
     private_port, nlb_port = free_port(), free_port()
-    started = authz_stack(_config(tmp_path), envoy_edit=_with_origin_listeners(private_port, nlb_port))
+    config = _config(tmp_path_factory.mktemp("private-api"))
+    started = module_authz_stack(config, envoy_edit=_with_origin_listeners(private_port, nlb_port))
     return started, private_port, nlb_port
 
 
