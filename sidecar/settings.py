@@ -79,6 +79,15 @@ def _check_hostport(value: str | None) -> str | None:
     return value
 
 
+def redis_url(value: SecretStr | None) -> SecretStr | None:
+    """A Redis URL redis-py can open (`redis://`, `rediss://`, `unix://`), checked when the config is read: else
+    the config validated and compiling it raised redis-py's bare ValueError (found by the config fuzzer). The
+    message never repeats the URL, which may carry a password."""
+    if value is not None and value.get_secret_value().partition("://")[0] not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
 _UNIX_PATH_MAX = 107
 """Bytes of a Unix socket path (sun_path holds 108 with its terminating NUL on Linux)."""
 _WORKER = "{worker}"
@@ -184,6 +193,7 @@ class RedisSettings(_Frozen):
     """One Redis connection (the top-level `redis:` map names them). `url` may carry a password and `rediss://`."""
 
     url: SecretStr
+    _url = field_validator("url")(lambda cls, v: redis_url(v))
     timeout_ms: float = Field(default=5.0, gt=0, le=1000)
     """Per-operation limit; a slower Redis counts as a failure."""
     max_connections: int = Field(default=32, ge=1, le=1024)
@@ -205,6 +215,7 @@ class RedisCacheSettings(_Frozen):
 
     connection: str | None = None
     url: SecretStr | None = None
+    _url = field_validator("url")(lambda cls, v: redis_url(v))
     signing_key: SecretStr | None = None
     """HMAC key every replica shares, so entries are trusted only if a replica wrote them."""
     signing_key_file: str | None = None

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ...settings import RedisSettings
+from ...settings import RedisSettings, redis_url
 from ..base import Authorizer, AuthorizerSettings, BuildContext
 from .authorizer import SigV4Authorizer
 from .credentials import DEFAULT_SIGNING_KEY_CACHE, FileCredentialStore
@@ -64,6 +64,7 @@ class SigV4Settings(AuthorizerSettings):
     replay_guard: bool = False
     """Deny a signature seen before while it is still valid (beyond API Gateway; off by default)."""
     replay_redis_url: SecretStr | None = None
+    _replay_url = field_validator("replay_redis_url")(lambda cls, v: redis_url(v))
     """Share the replay guard between sidecars through this Redis (`SET NX PX`): the inline short form of
     `replay_redis`. With neither, the guard uses the config's `redis.default` when there is one, else it stays in
     the process."""
