@@ -20,7 +20,9 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -37,7 +39,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.harness.demo import SidecarProcess, config_with_ports
-from sidecar.harness.envoy import TLS_DIR, EnvoyProcess, free_port, free_ports
+from sidecar.harness.envoy import TLS_DIR, EnvoyProcess, free_port
 
 from . import procs
 from .harness import REPO, envoy_config, envoy_ports, sidecar
@@ -114,6 +116,25 @@ def start_instance(name: str, config_text: str, grpc_port: int) -> Instance:
     exits = ExitStack()
     process = exits.enter_context(sidecar(config_text, grpc_port, workers=WORKERS))
     return Instance(name, grpc_port, exits, process)
+
+
+def stable_ports(count: int, attempts: int = 200) -> int:
+    """The first of `count` consecutive ports free now and below the kernel's ephemeral range, for what the soak
+    binds again minutes later (Redis and the JWKS issuer after their faults, instance B's workers): a port of the
+    ephemeral range can meanwhile become some client connection's local port (it did: B's worker could not
+    bind)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(attempts):
+        first = random.randrange(max(1024, low - 12_000), low - count)
+        with ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return first
+    raise OSError(f"no {count} consecutive free ports below {low}")
 
 
 def get_json(url: str) -> dict[str, Any]:
@@ -234,18 +255,19 @@ class Soak:
 
     def start(self) -> None:
         self.material = Material(self.directory)
-        self.redis = RedisControl(free_port(), self.directory)
+        self.redis = RedisControl(stable_ports(1), self.directory)
         self.redis.start()
         self.exits.callback(self.redis.close)
-        self.jwks = JwksIssuer(self.material.jwks(rotated=False))
+        self.jwks = JwksIssuer(self.material.jwks(rotated=False), stable_ports(1))
         self.jwks.up()
         self.exits.callback(self.jwks.down)
-        self.first_grpc = free_ports(2 * WORKERS)  # instance A on the first two, B on the next two
+        self.first_grpc = stable_ports(2 * WORKERS)  # instance A on the first two, B on the next two
         self.instances.append(self.new_instance("A", self.first_grpc))
         self.listen_port = free_port()
         text, admin_port = self.envoy_text()
         self.envoy = self.exits.enter_context(EnvoyProcess(text, admin_port))
-        assert _wait_sync(lambda: self.current.ports <= healthy_ports(self.envoy), 30), "Envoy never saw A healthy"
+        if not _wait_sync(lambda: self.current.ports <= healthy_ports(self.envoy), 30):
+            raise RuntimeError(f"Envoy's health check never saw instance A's workers:\n{self.envoy.log()}")
 
     def new_instance(self, name: str, port: int) -> Instance:
         text = self.material.config(self.redis.port, self.jwks.port)
@@ -521,7 +543,13 @@ class Soak:
         while the mix keeps coming. The first must drain and exit 0."""
         old = self.current
         began = time.monotonic()
-        new = await asyncio.to_thread(self.new_instance, "B", self.first_grpc + WORKERS)
+        try:
+            new = await asyncio.to_thread(self.new_instance, "B", self.first_grpc + WORKERS)
+        except RuntimeError as exc:  # B never ready: A keeps serving; the phase (and the run's checks) say so
+            span.notes["second_start_error"] = str(exc)[-2000:]
+            span.notes["envoy_sees_second_s"] = None
+            await self.hold(length - (time.monotonic() - began))
+            return
         self.instances.append(new)
         span.notes["second_ready_s"] = round(time.monotonic() - began, 2)
         seen = await poll(lambda: new.ports <= healthy_ports(self.envoy), 15)
@@ -565,6 +593,7 @@ class Soak:
             "transport_errors": total["error"],
             "degraded": total["degraded"],
             "crashes": len(self.crashes),
+            "faults_not_felt": faults_not_felt(self.spans),
             "crash_details": self.crashes,
             "limit_allows": summary["allowed"],
             "allowances": {k: round(v, 1) for k, v in allowances.items()},
@@ -630,7 +659,23 @@ def passed(results: dict[str, Any]) -> bool:
         and results["transport_errors"] == 0
         and results["crashes"] == 0
         and results["rss_growth_pct"] <= RSS_LIMIT_PCT
+        and not results["faults_not_felt"]
     )
+
+
+FELT = ("fault_felt", "redis_back", "recovered", "half_file_rejected", "whole_file_loaded", "restarted_s")
+FELT_TOO = ("envoy_healthy_again_s", "envoy_sees_second_s")
+
+
+def faults_not_felt(spans: list[PhaseSpan]) -> list[str]:
+    """Phases whose fault (or recovery from it) the sidecar never showed: the run proves nothing about them."""
+    out = []
+    for span in spans:
+        notes = span.notes
+        missing = [k for k in (*FELT, *FELT_TOO) if k in notes and notes[k] in (False, None)]
+        if missing or "second_start_error" in notes or span.notes.get("first_exit_code", 0) != 0:
+            out.append(span.name)
+    return out
 
 
 def soak(minutes: float, rate: float, out: Path, authz_retries: int = 0) -> dict[str, Any]:

@@ -69,18 +69,17 @@ class JwksIssuer:
     """The JWKS endpoint on a fixed loopback port: `mode` changes how it answers, `down()` / `up()` close and
     reopen the port (connections refused meanwhile)."""
 
-    def __init__(self, document: bytes) -> None:
+    def __init__(self, document: bytes, port: int) -> None:
         self.document = document
         self.mode = "ok"
         self.fetches = 0
-        self.port = 0
+        self.port = port
         self._server: _JwksHttp | None = None
         self._thread: threading.Thread | None = None
 
     def up(self) -> None:
         server = _JwksHttp(("127.0.0.1", self.port), _JwksHandler)
         server.owner = self
-        self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="soak-jwks", daemon=True)
         self._thread.start()

@@ -44,6 +44,7 @@ def test_nothing_wrongly_decided_nothing_crashed(soaked: Soaked) -> None:
     ]
     assert results["transport_errors"] == 0
     assert results["crashes"] == 0, results["crash_details"]
+    assert results["faults_not_felt"] == []
     assert results["limit_allows_over_allowance"] == {"throttle": 0, "rule": 0}
     assert results["requests"] >= 60 * 50  # a minute at 60 rps, and the flood beside it
     assert results["rss_growth_pct"] <= 5.0, results["rss_per_worker"]
