@@ -98,8 +98,8 @@ def offline(target: str) -> tuple[int, str]:
     return (200, result.path) if decision.allowed else (decision.status, "")
 
 
-def test_check_judges_the_path_the_shipped_envoy_forwards(authz_stack: StackFactory) -> None:
-    stack = authz_stack(CONFIG)
+def test_check_judges_the_path_the_shipped_envoy_forwards(shared_authz_stack: StackFactory) -> None:
+    stack = shared_authz_stack(CONFIG)
     corpus = list(dict.fromkeys(HAND + generated(150)))
     mismatches = []
     for target in corpus:
@@ -207,8 +207,8 @@ FRAMING = [
 """Framing Envoy's codec refuses (or accepts) before anything is asked: the smuggling shapes."""
 
 
-def test_check_refuses_the_framing_the_shipped_envoy_refuses(authz_stack: StackFactory) -> None:
-    stack = authz_stack(CONFIG)
+def test_check_refuses_the_framing_the_shipped_envoy_refuses(shared_authz_stack: StackFactory) -> None:
+    stack = shared_authz_stack(CONFIG)
     config = parse_config(CONFIG)
     for raw in FRAMING:
         served = asyncio.run(send_raw(stack.ports.listen_port, raw))

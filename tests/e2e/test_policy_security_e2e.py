@@ -83,11 +83,15 @@ def balancer(stack: Stack, address: str) -> httpx.Client:
 # --- trusted_proxy_hops ----------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def deny_list_stack(module_authz_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """The deny-list stack behind one trusted hop, shared by both balancer addresses (requests only)."""
+    return module_authz_stack(open_config(deny_client_policy(tmp_path_factory.mktemp("deny-list")), hops=1))
+
+
 @pytest.mark.parametrize("balancer_address", ["127.0.0.1", "127.0.0.2"])
-def test_ip_deny_list_matches_the_client_behind_one_balancer(
-    authz_stack: StackFactory, tmp_path: Path, balancer_address: str
-) -> None:
-    stack = authz_stack(open_config(deny_client_policy(tmp_path), hops=1))
+def test_ip_deny_list_matches_the_client_behind_one_balancer(deny_list_stack: Stack, balancer_address: str) -> None:
+    stack = deny_list_stack
     lb = balancer(stack, balancer_address)
     # The client wrote FORGED, the balancer appended the client's real address.
     denied = lb.get("/orders/1", headers={"x-forwarded-for": f"{FORGED}, {REAL_CLIENT}"})
