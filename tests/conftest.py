@@ -8,7 +8,9 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,18 @@ DATA = Path(__file__).resolve().parent / "data"
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def run_processes(commands: Sequence[Sequence[str]], **options: Any) -> list[subprocess.CompletedProcess[str]]:
+    """`subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, **options)` for each
+    command, all started at once (each is a Python start-up, CPU a serial suite leaves idle on a second core):
+    the results in the commands' order. Only for commands that do not depend on each other's effects."""
+
+    def one(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, **options)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(commands))) as pool:
+        return list(pool.map(one, commands))
 
 
 class RedisServer:

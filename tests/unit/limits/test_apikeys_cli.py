@@ -6,15 +6,27 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from sidecar.limits.apikeys import ApiKeySet, check_key, digest_of, load_api_keys
+from tests.conftest import run_processes
+
+
+def _command(args: tuple[str | Path, ...]) -> list[str]:
+    return [sys.executable, "-m", "sidecar", "--log-level", "DEBUG", "api-keys", *map(str, args)]
 
 
 def api_keys(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """One `api-keys` command; logs at DEBUG, so whatever it logs is on stderr to look at."""
-    command = [sys.executable, "-m", "sidecar", "--log-level", "DEBUG", "api-keys", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+    return subprocess.run(_command(args), capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+
+
+def api_keys_at_once(
+    cases: Sequence[tuple[str | Path, ...]], cwd: Path
+) -> list[tuple[tuple[str | Path, ...], subprocess.CompletedProcess[str]]]:
+    """`api_keys` for each case, run at the same time (refusals: none of them writes)."""
+    return list(zip(cases, run_processes([_command(args) for args in cases], cwd=cwd), strict=True))
 
 
 def add(path: Path, *args: str) -> str:
@@ -104,8 +116,7 @@ def test_refusals_are_exit_2_and_say_where(tmp_path: Path) -> None:
         (("list", "--file", tmp_path / "absent.yaml"), "cannot read api key file"),
         (("add", "--file", path), "the following arguments are required: --name"),
     ]
-    for args, words in cases:
-        result = api_keys(*args, cwd=tmp_path)
+    for (args, result), (_, words) in zip(api_keys_at_once([a for a, _ in cases], tmp_path), cases, strict=True):
         assert result.returncode == 2 and words in result.stderr, (args, result.stderr)
         assert result.stdout == "" and value not in result.stderr
     assert path.read_text() == before
@@ -117,8 +128,7 @@ def test_refusals_are_exit_2_and_say_where(tmp_path: Path) -> None:
         ("add", "--file", bad, "--name", "B"),
         ("disable", "--file", bad, "--id", "a"),
     )
-    for args in every_verb:
-        result = api_keys(*args, cwd=tmp_path)
-        assert result.returncode == 2 and f"{bad}:3:11: [0].sha256: expected" in result.stderr
+    for args, result in api_keys_at_once(every_verb, tmp_path):
+        assert result.returncode == 2 and f"{bad}:3:11: [0].sha256: expected" in result.stderr, args
         assert value not in result.stdout + result.stderr
     assert bad.read_text() == f"- id: a\n  name: A\n  sha256: {value}\n"

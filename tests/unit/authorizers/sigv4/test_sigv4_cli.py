@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sigv4_testkit import CRT
+
+from tests.conftest import run_processes
 
 CASES = [
     ("v4", "post-x-www-form-urlencoded", "header"),
@@ -19,29 +21,13 @@ CASES = [
 ]
 
 
-def run_check(config: Path, request: Path, at: str) -> dict[str, object]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "check",
-            "--config",
-            str(config),
-            "--http",
-            str(request),
-            "--at",
-            at,
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode in (0, 1), result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+def run_checks(config: Path, request: Path, *times: str) -> list[dict[str, Any]]:
+    """`check --at` for each time, the processes run at once; each one's JSON answer."""
+    base = [sys.executable, "-m", "sidecar", "check", "--config", str(config), "--http", str(request)]
+    results = run_processes([[*base, "--at", at, "--output", "json"] for at in times])
+    for result in results:
+        assert result.returncode in (0, 1), result.stderr
+    return [json.loads(result.stdout) for result in results]
 
 
 @pytest.mark.parametrize(("variant", "name", "form"), CASES)
@@ -74,7 +60,6 @@ def test_check_at_the_vector_time(tmp_path: Path, variant: str, name: str, form:
         )
     )
     request = CRT / variant / name / f"{form}-signed-request.txt"
-    allowed = run_check(config, request, "2015-08-30T12:36:00Z")
+    allowed, late = run_checks(config, request, "2015-08-30T12:36:00Z", "2015-08-30T13:36:01Z")
     assert (allowed["decision"], allowed["reason"]) == ("allow", "Allowed"), allowed
-    late = run_check(config, request, "2015-08-30T13:36:01Z")
     assert (late["decision"], late["reason"]) == ("deny", "SignatureExpired"), late
