@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar.cli import main as sidecar_main
 from sidecar.harness.envoy import render_envoy_config, validate_envoy_config
 from sidecar.harness.kubernetes import CHART, DEPLOY, TEMPLATES, helm_binary, main, pod_envoy_ports
 from tests.conftest import REPO
@@ -167,15 +168,14 @@ def _write_pod_files(docs: list[dict[str, Any]], root: Path) -> Path:
 
 
 @pytest.mark.parametrize("values", CI_VALUES)
-def test_sidecar_config_validates(values: str, rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_sidecar_config_validates(
+    values: str, rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`authz-sidecar validate --strict` (in this process: the command's own code, without a Python start-up)."""
     config = _write_pod_files(rendered[values], tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "sidecar", "validate", "--strict", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    code = sidecar_main(["validate", "--strict", str(config)])
+    out = capsys.readouterr()
+    assert code == 0 and f"{config}: valid" in out.out + out.err, out.out + out.err
     listen = yaml.safe_load(config.read_text(encoding="utf-8"))["listen"]
     standalone = _values(values)["mode"] == "standalone"
     assert listen["admin"].startswith("0.0.0.0:")
