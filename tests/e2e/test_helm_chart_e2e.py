@@ -381,3 +381,28 @@ def test_the_documented_install_is_real(example: Path) -> None:
     (config,) = [b.text for b in blocks if b.file == "config.yaml"]
     rendered = only(docs, "ConfigMap", "-config")["data"]["config.yaml"]
     assert yaml.safe_load(config) == yaml.safe_load(rendered)
+
+
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_install_notes_name_what_was_installed(values: str) -> None:
+    """NOTES.txt renders for every mode (`helm install --dry-run=client`, no cluster) and names this release's
+    Service, ports and `helm test` command."""
+    install = [helm_binary(), "install", "authz-demo", str(CHART), "--namespace", "authz", "--dry-run=client"]
+    done = subprocess.run(
+        [*install, "--values", str(CHART / "ci" / values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.partition("\nNOTES:\n")[2]
+    v, service = _values(values), only(render([f"ci/{values}"]), "Service")
+    name = service["metadata"]["name"]
+    assert "helm test authz-demo -n authz" in notes and f"/readyz on port {v['ports']['admin']}" in notes
+    if v["mode"] == "standalone":
+        assert f"{name}.authz.svc.cluster.local:{v['ports']['grpc']} (gRPC ext_authz)" in notes, notes
+    else:
+        assert f"port-forward svc/{name} 8000:{service['spec']['ports'][0]['port']}" in notes, notes
+        assert f"runs Envoy (port {v['ports']['envoy']}" in notes
+        assert ("both native sidecars" if v["nativeSidecars"] else "plain containers") in notes
