@@ -118,14 +118,14 @@ def shared_authz_stack(module_authz_stack: StackFactory) -> StackFactory:
     """`authz_stack`, but a call with the same arguments as an earlier one in the module returns that stack
     (callables compared by identity): parametrized tests that start the same stack share it. Only for tests
     that leave nothing behind that changes another's answers (no counters, no replay guard, no reload)."""
-    started: dict[str, Stack] = {}
+    started: dict[str, tuple[Stack, dict[str, object]]] = {}
 
     def start(config_text: str, template: str = "envoy.yaml", **options: object) -> Stack:
         named = sorted((k, id(v) if callable(v) else v) for k, v in options.items())
         key = repr((config_text, template, named))
-        if key not in started:
-            started[key] = module_authz_stack(config_text, template=template, **options)
-        return started[key]
+        if key not in started:  # the options kept with the stack: a callable's id is not reused while it lives
+            started[key] = (module_authz_stack(config_text, template=template, **options), options)
+        return started[key][0]
 
     return start
 
