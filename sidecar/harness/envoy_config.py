@@ -11,10 +11,12 @@ hop (`sidecar.hop`): a token the sidecar never reads, or a body no route verifie
   per-route `with_request_body` as text, ignoring its `pack_as_bytes` (seen in the e2e test), and SigV4 must
   hash the exact bytes. The catch-all gets the body if any route does.
 - **Profiles.** Envoy sets `allowed_headers` and `include_peer_certificate` per filter, not per route, so the
-  filter is repeated once per distinct need (every header or the named ones; with or without the certificate)
-  and each route enables exactly one (`ExtAuthzPerRoute.disabled` on the others). The named set is the same for
-  every profile: the union of every header any part of the config names, so a request Envoy files under one route
-  still carries every header another route's policy or rate rule reads.
+  filter is repeated once per distinct need (every header or a named set; with or without the certificate)
+  and each route enables exactly one (`ExtAuthzPerRoute.disabled` on the others). A route's named set is what
+  every request needs (`config_needs`: the base headers, the policies' and the rate rules' and API keys') and
+  what its own authorizer and gates read: Envoy files a request under a route only when the sidecar picks that
+  route too (`envoy_routes`), so no other route's authorizer judges it, and a token another route reads stays in
+  Envoy. The catch-all gets the union.
 - What every request needs (`BASE_HEADERS`): the forwarded chain and scheme Envoy writes and the request id.
 
 The renderer changes only the ext_authz filters and the route list of the template's `ingress` listener, and
@@ -24,6 +26,7 @@ writes YAML without the template's comments; `explain` says, route by route, wha
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,15 +67,26 @@ _KEY_HEADERS = {"aws:referer": "referer", "aws:useragent": "user-agent"}
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """One ext_authz filter instance: every header or the named ones, with or without the peer certificate."""
+    """One ext_authz filter instance: every header or a named set, with or without the peer certificate."""
 
-    all_headers: bool
+    headers: frozenset[str] | None
+    """The headers that cross (None: every header)."""
     peer_cert: bool
 
     @property
+    def all_headers(self) -> bool:
+        return self.headers is None
+
+    @property
     def name(self) -> str:
-        """The filter's name (what routes key their per-route settings by)."""
-        return f"{EXT_AUTHZ}.{'all' if self.all_headers else 'named'}{'.cert' if self.peer_cert else ''}"
+        """The filter's name (what routes key their per-route settings by): `.all`, or `.named-` and a digest of
+        the set (one filter per distinct set), and `.cert` when the certificate crosses."""
+        if self.headers is None:
+            kind = "all"
+        else:
+            digest = hashlib.sha256("\n".join(sorted(self.headers)).encode()).hexdigest()[:8]
+            kind = f"named-{digest}"
+        return f"{EXT_AUTHZ}.{kind}{'.cert' if self.peer_cert else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +196,7 @@ def _route_plan(
 ) -> RoutePlan:
     verdict = eligibility(runtime, route) if offload and runtime is not None and route is not None else None
     name, scopes = (route.authorizer.name, route.scopes) if route is not None else ("", frozenset())
-    return RoutePlan(key, needs, Profile(needs.all_headers, needs.peer_cert), verdict, name, scopes)
+    return RoutePlan(key, needs, Profile(needs.headers, needs.peer_cert), verdict, name, scopes)
 
 
 def render(
@@ -198,7 +212,7 @@ def render(
     original = filters[index]["typed_config"]
     plans = [rp for _, rp in built.routes] + [built.catch_all]
     buffering = {rp.profile for rp in plans if rp.needs.body}
-    filters[index : index + 1] = [_filter(original, p, built.named, p in buffering) for p in built.profiles]
+    filters[index : index + 1] = [_filter(original, p, p in buffering) for p in built.profiles]
     vhost = hcm["route_config"]["virtual_hosts"][0]
     action = vhost["routes"][-1]["route"]
     names = [p.name for p in built.profiles]
@@ -362,12 +376,13 @@ def _ingress_hcm(doc: Mapping[str, Any]) -> dict[str, Any]:
     return manager
 
 
-def _filter(original: Mapping[str, Any], profile: Profile, named: frozenset[str], body: bool) -> dict[str, Any]:
+def _filter(original: Mapping[str, Any], profile: Profile, body: bool) -> dict[str, Any]:
     config = copy.deepcopy(dict(original))
     if not body:
         config.pop("with_request_body", None)
     http = config.get("http_service")
-    if profile.all_headers:
+    named = profile.headers
+    if named is None:
         config.pop("allowed_headers", None)
         if http is not None:  # Envoy's HTTP mode sends a fixed few unless told otherwise
             config["allowed_headers"] = {"patterns": [{"safe_regex": {"regex": ".*"}}]}
@@ -416,7 +431,8 @@ def explain(runtime: Runtime, offload: bool = False) -> str:
     Envoy decides itself and why the others cannot be."""
     built = plan(runtime, offload)
     base = config_needs(runtime).why
-    lines = [f"named headers ({len(built.named)}): {', '.join(sorted(built.named))}"]
+    common = config_needs(runtime).headers or frozenset()
+    lines = [f"headers every route gets ({len(common)}): {', '.join(sorted(common))}"]
     lines += [f"   because {why}" for why in base]
     for position, (matcher, rp) in enumerate(built.routes, 1):
         lines.append(f"{position}. {matcher.key}  path ~ {matcher.regex}  -> {_summary(rp)}")
@@ -436,7 +452,8 @@ def _summary(rp: RoutePlan) -> str:
         return f"decided by Envoy itself ({how[TokenRules]}) for a 'Bearer <jws>' token; other spellings: {twin}"
     if rp.offloaded is not None:
         return f"decided by Envoy itself ({how[type(rp.offloaded)]}): nothing crosses the hop"
-    headers = "every header" if rp.needs.all_headers else "the named headers"
+    named = rp.profile.headers
+    headers = "every header" if named is None else f"the named headers ({len(named)})"
     extras = [x for x, on in (("the body", rp.needs.body), ("the peer certificate", rp.needs.peer_cert)) if on]
     return f"{headers}{''.join(', ' + x for x in extras)} (filter {rp.profile.name})"
 

@@ -73,7 +73,25 @@ def test_http_mode_keeps_an_unread_authorization_header_in_envoy(tmp_path: Path)
     reading = CONFIG.replace("    identity_source: header.x-token\n", "")  # the token in Authorization: it must cross
     doc, _ = rendered(tmp_path, reading, template="envoy-http.yaml", offload=False)
     configs = [f["typed_config"] for f in hcm(doc)["http_filters"] if f["name"].startswith("envoy.filters.http.ext")]
-    assert not any("disallowed_headers" in c for c in configs)
+    reads = [c for c in configs if {"exact": "authorization"} in c.get("allowed_headers", {}).get("patterns", [])]
+    assert reads and not any("disallowed_headers" in c for c in reads)  # the JWT route's filter sends it
+    assert any("disallowed_headers" in c for c in configs if c not in reads)  # the anonymous route's does not
+
+
+def test_a_token_crosses_only_to_routes_whose_authorizer_reads_it(tmp_path: Path) -> None:
+    """Each route's filter names what every request needs and what its own authorizer reads: the anonymous
+    route's CheckRequest carries no x-token, the JWT route's does, the catch-all's (any route) does."""
+    doc, _ = rendered(tmp_path, offload=False)
+    filters = {f["name"]: f["typed_config"] for f in hcm(doc)["http_filters"] if "ext_authz" in f["name"]}
+    routes = {r["name"]: r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]}
+
+    def sent(route: str) -> set[str]:
+        per_route = routes[route].get("typed_per_filter_config", {})
+        (enabled,) = [name for name in filters if not per_route.get(name, {}).get("disabled")]
+        return {p["exact"] for p in filters[enabled]["allowed_headers"]["patterns"]}
+
+    assert "x-token" in sent("GET /orders/{id}") and "x-token" not in sent("GET /open")
+    assert "x-token" in sent("(catch-all)") and "x-forwarded-for" in sent("GET /open")
 
 
 def test_one_principal_header_sub_first_then_client_id(tmp_path: Path) -> None:
