@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..authorizers.jwt.keys import parse_jwks_file
 from ..authorizers.jwt.token import UNTRUSTED_HEADERS
 from ..hop import NotOffloadable, OffloadRules, OpenRoute, TokenRules
+from ..issues import ConfigError
 from ..runtime import CompiledRoute, Runtime
 from .cel import Builder, Expr
 
@@ -64,7 +67,37 @@ def eligibility(runtime: Runtime, route: CompiledRoute) -> OffloadRules | NotOff
         odd = [claim for claim, _ in rules.claim_to_headers if claim not in _STRINGS]
         if odd:
             return NotOffloadable(f"claim_to_headers of {', '.join(odd)}: Envoy renders non-string claims its own way")
+        if rules.jwks_file is not None:
+            problem = _jwks_file_problem(rules.jwks_file)
+            if problem:
+                return NotOffloadable(problem)
     return rules
+
+
+def _jwks_file_problem(path: str) -> str:
+    """Why Envoy would pick keys from this JWKS file the sidecar does not ('' when none): keys the sidecar skips
+    (weak, not for signing, unsupported) or keys without a `kid` (jwt_authn tries those for any token's `kid`)."""
+    try:
+        keyset, _ = parse_jwks_file(Path(path).read_bytes(), path)
+    except (OSError, ConfigError):
+        return f"the JWKS file {path} cannot be read as the sidecar reads it"
+    if keyset.skipped:
+        return f"the JWKS file {path} holds keys the sidecar skips, which Envoy would use"
+    if any(key.kid is None for key in keyset.keys):
+        return f"the JWKS file {path} holds a key without a kid, which Envoy would try for any token"
+    return ""
+
+
+def _needs_kid(rules: TokenRules) -> bool:
+    """Whether the token must name its key: unless the route's keys are one local key, jwt_authn would try every
+    key for a token without a `kid`, where the sidecar refuses one that several keys could verify."""
+    if rules.jwks_file is None:
+        return True
+    try:
+        keyset, _ = parse_jwks_file(Path(rules.jwks_file).read_bytes(), rules.jwks_file)
+    except (OSError, ConfigError):
+        return True
+    return len(keyset.keys) > 1
 
 
 def provider(name: str, rules: TokenRules, upstream_principal: str | None) -> dict[str, Any]:
@@ -242,6 +275,7 @@ def principals(rules: TokenRules, scopes: frozenset[str]) -> Matcher:
     exact = [_exact(a) for a in sorted(rules.audiences)]
     ids = [
         _header("alg", _one_of([_exact(a) for a in sorted(rules.algorithms)])),
+        *([_header("kid", _regex("(?s).*"))] if _needs_kid(rules) else []),
         _claim("exp", _DATE),
         *(_any([_absent(name), _claim(name, _DATE)]) for name in ("nbf", "iat")),
         _any(

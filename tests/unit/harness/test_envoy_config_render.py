@@ -114,3 +114,50 @@ def test_one_principal_header_sub_first_then_client_id(tmp_path: Path) -> None:
     assert second == {"remove": CLIENT_ID_HEADER}
     stripped = {m.get("remove") for m in filters[0]["typed_config"]["mutations"]["request_mutations"]}
     assert {"x-authz-principal", CLIENT_ID_HEADER} <= stripped
+
+
+def _jwks(tmp_path: Path, *kids: str | None) -> Path:
+    """A JWKS file of RSA keys (2048 bits, what the sidecar takes), one per `kids` entry (None: no kid)."""
+    import json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    keys = []
+    for kid in kids:
+        public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))
+        keys.append({**jwk, "alg": "RS256", "use": "sig", **({"kid": kid} if kid else {})})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": keys}))
+    return path
+
+
+def _local(tmp_path: Path, jwks: Path) -> str:
+    return CONFIG.replace('    jwks_uri: "https://issuer.example/jwks.json"\n', f'    jwks_file: "{jwks}"\n')
+
+
+def _kid_required(doc: Any) -> bool:
+    routes = hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
+    (rbac,) = [r["typed_per_filter_config"]["envoy.filters.http.rbac"] for r in routes if "rbac" in json_text(r)]
+    return '"kid"' in json_text(rbac["rbac"]["rules"]["policies"]["sidecar-rules"]["principals"])
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def test_keys_envoy_would_use_and_the_sidecar_would_not_keep_the_route_on_ext_authz(tmp_path: Path) -> None:
+    """A JWK without a kid is tried by jwt_authn for any token's kid; the sidecar matches kids exactly."""
+    doc, runtime = rendered(tmp_path, _local(tmp_path, _jwks(tmp_path, "a", None)))
+    assert "envoy.filters.http.rbac" not in json_text(hcm(doc)["route_config"])
+    assert "a key without a kid" in explain(runtime, offload=True)
+
+
+def test_a_token_must_name_its_key_unless_there_is_one_local_key(tmp_path: Path) -> None:
+    """jwt_authn tries every key for a token without a kid; the sidecar refuses one that several keys fit."""
+    assert _kid_required(rendered(tmp_path)[0])  # remote keys: any number
+    assert _kid_required(rendered(tmp_path, _local(tmp_path, _jwks(tmp_path, "a", "b")))[0])
+    assert not _kid_required(rendered(tmp_path, _local(tmp_path, _jwks(tmp_path, "a")))[0])
