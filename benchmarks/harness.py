@@ -396,6 +396,7 @@ def sidecar(
     workers: int = 1,
     http_port: int | None = None,
     sockets: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[SidecarProcess]:
     """`authz-sidecar serve` (under the supervisor when workers > 1), waiting for /readyz; with `sockets`, its gRPC
     (a socket per worker) and HTTP listeners on Unix sockets in that directory instead of the ports."""
@@ -404,7 +405,7 @@ def sidecar(
     text = config_with_ports(config_text, grpc_port, admin, http_port)
     if sockets is not None:
         text = unix_listeners(text, sockets, http_port is not None)
-    with SidecarProcess(text, admin, args) as proc:
+    with SidecarProcess(text, admin, args, env=env) as proc:
         yield proc
 
 

@@ -45,6 +45,7 @@ from . import procs
 from .harness import REPO, envoy_config, envoy_ports, sidecar
 from .soak_driver import Driver, Record
 from .soak_faults import JwksIssuer, RedisControl, Slowloris, port_accepts
+from .soak_heap import HeapTrace
 from .soak_mix import Kind, Material, State, schedule
 from .soak_report import PhaseSpan, budgets, headline_growth, plot, rss_growth, summarize, write_markdown
 
@@ -112,9 +113,9 @@ class Instance:
         return {self.grpc_port + k for k in range(WORKERS)}
 
 
-def start_instance(name: str, config_text: str, grpc_port: int) -> Instance:
+def start_instance(name: str, config_text: str, grpc_port: int, env: dict[str, str] | None = None) -> Instance:
     exits = ExitStack()
-    process = exits.enter_context(sidecar(config_text, grpc_port, workers=WORKERS))
+    process = exits.enter_context(sidecar(config_text, grpc_port, workers=WORKERS, env=env))
     return Instance(name, grpc_port, exits, process)
 
 
@@ -230,6 +231,9 @@ class Soak:
     """Not the shipped bootstrap: ext_authz's gRPC service retries a Check this many times on a refused or reset
     connection (`with_authz_retries`), to measure what that does to the SIGKILLed worker's 503s."""
     logs: Path | None = None
+    heap: HeapTrace | None = None
+    """Allocation tracing in the workers, and the diff between the warm-up's end and the rolling restart
+    (`soak_heap.py`); None: not traced."""
     """Where each instance's log (filtered: `keep_log`) is written at the end."""
     exits: ExitStack = field(default_factory=ExitStack)
 
@@ -271,7 +275,7 @@ class Soak:
 
     def new_instance(self, name: str, port: int) -> Instance:
         text = self.material.config(self.redis.port, self.jwks.port)
-        instance = start_instance(name, text, port)
+        instance = start_instance(name, text, port, self.heap.env if self.heap is not None else None)
         self.exits.callback(instance.exits.close)
         self.exits.callback(self.keep_log, instance)  # runs first: before the instance's files go
         return instance
@@ -306,8 +310,12 @@ class Soak:
         driving = asyncio.create_task(driver.run(stop, self.origin))
         watching = asyncio.create_task(self.watch(stop))
         try:
-            for name in PHASES:
+            for index, name in enumerate(PHASES):
+                if name == "rolling-restart" and self.heap is not None:  # the long-lived workers' last moment
+                    self.heap.last = await asyncio.to_thread(self.heap.snapshot, self.heap.first)
                 await self.phase_run(name)
+                if index == 0 and self.heap is not None:  # the warm-up's end
+                    self.heap.first = await asyncio.to_thread(self.heap.snapshot, self.worker_pids())
         finally:
             stop.set()
             await driving
@@ -336,6 +344,11 @@ class Soak:
             await asyncio.to_thread(self.observe, known)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+
+    def worker_pids(self) -> list[int]:
+        """Every live instance's workers."""
+        live = [instance for instance in self.instances if instance.pid not in self.expected_deaths]
+        return [pid for instance in live for pid in workers_of(instance)]
 
     def observe(self, known: dict[int, str]) -> None:
         """Each instance's supervisor alive and its workers' RSS; a supervisor or worker gone that the soak did not
@@ -602,6 +615,7 @@ class Soak:
             "rss_per_worker": {str(k): v for k, v in per_pid.items()},
             "phases": summary["phases"],
             "examples": summary["examples"],
+            "tracemalloc_growth": self.heap.growth() if self.heap is not None else None,
         }
 
     started_utc: str = ""
@@ -678,11 +692,12 @@ def faults_not_felt(spans: list[PhaseSpan]) -> list[str]:
     return out
 
 
-def soak(minutes: float, rate: float, out: Path, authz_retries: int = 0) -> dict[str, Any]:
+def soak(minutes: float, rate: float, out: Path, authz_retries: int = 0, trace: bool = False) -> dict[str, Any]:
     """One run; the results (also written to `out`)."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="authz-soak-") as directory:
-        run = Soak(Path(directory), minutes, rate, authz_retries=authz_retries, logs=out / "logs")
+        heap = HeapTrace(Path(directory) / "tracemalloc") if trace else None
+        run = Soak(Path(directory), minutes, rate, authz_retries=authz_retries, logs=out / "logs", heap=heap)
         run.started_utc = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         with run.exits:
             run.start()
@@ -701,10 +716,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=120.0, help="requests per second of the mix")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--authz-retries", type=int, default=0, help="not shipped: ext_authz gRPC retries (0: none)")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="workers trace allocations and the results say where memory grew (slower workers: a leak hunt)",
+    )
     args = parser.parse_args(argv)
-    results = soak(args.minutes, args.rate, args.out, args.authz_retries)
+    results = soak(args.minutes, args.rate, args.out, args.authz_retries, trace=args.tracemalloc)
     keys = ("requests", "wrong_allows", "wrong_denies", "reason_mismatches", "errors_5xx", "expected_503")
     print(json.dumps({k: results[k] for k in (*keys, "fail_closed_503", "crashes", "rss_growth_pct")}))
+    if results["rss_growth_pct"] > RSS_LIMIT_PCT and results["tracemalloc_growth"] is None:
+        print("RSS grew past the limit: run again with --tracemalloc to see where (results.md lists the lines)")
     return 0 if passed(results) else 1
 
 

@@ -196,7 +196,19 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines += ["", "Envoy's counters per phase (deltas, non-zero):", ""]
     for p in results["phases"]:
         lines.append(f"- {p['name']}: " + ", ".join(f"{k} {v}" for k, v in p["envoy"].items()))
+    lines += heap_lines(results.get("tracemalloc_growth"))
     path.write_text("\n".join(lines) + "\n")
+
+
+def heap_lines(growth: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    """Where traced memory grew most per long-lived worker, between the warm-up's end and the rolling restart."""
+    if not growth:
+        return []
+    out = ["", "Traced allocations that grew most per long-lived worker, warm-up's end to the rolling restart", ""]
+    for pid, stats in growth.items():
+        shown = "; ".join(f"{s['where']} +{s['size_diff_kb']} KiB ({s['count_diff']:+d} blocks)" for s in stats[:3])
+        out.append(f"- worker {pid}: {shown or 'nothing grew'}")
+    return out
 
 
 def plot(path: Path, records: Sequence[Record], phases: Sequence[PhaseSpan], bucket: float) -> None:

@@ -10,9 +10,15 @@ before and after are in docs/performance.md). The thresholds stay Python's unles
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import itertools
 import logging
+import os
+import signal
 import time
+import tracemalloc
+from pathlib import Path
 
 from ..settings import ServerSettings
 
@@ -35,3 +41,30 @@ def settle(settings: ServerSettings, reloading: bool = False) -> None:
     gc.collect()
     gc.freeze()
     log.debug("froze %d objects in %.1f ms", gc.get_freeze_count(), (time.perf_counter() - start) * 1e3)
+
+
+TRACEMALLOC_DIR = "AUTHZ_SIDECAR_TRACEMALLOC_DIR"
+"""An environment variable: when set (a directory), each server process traces its allocations from start-up
+and writes a `tracemalloc` snapshot there on every SIGUSR2 (`<pid>-<n>.tracemalloc`), for a leak hunt: two
+snapshots, then `Snapshot.compare_to` (what `benchmarks/soak.py` does when a worker's RSS grows). Tracing costs
+CPU and memory, so it is off unless asked for."""
+TRACEMALLOC_FRAMES = 10
+
+
+def trace_allocations_if_asked() -> None:
+    """Start tracing and install the SIGUSR2 dump when `TRACEMALLOC_DIR` is set (call once, on the loop)."""
+    directory = os.environ.get(TRACEMALLOC_DIR)
+    if not directory:
+        return
+    tracemalloc.start(TRACEMALLOC_FRAMES)
+    taken = itertools.count(1)
+
+    def dump() -> None:
+        path = Path(directory) / f"{os.getpid()}-{next(taken)}.tracemalloc"
+        partial = path.with_suffix(".partial")
+        tracemalloc.take_snapshot().dump(str(partial))
+        partial.rename(path)  # whole or absent: a reader polling for the file never sees half of it
+        log.info("tracemalloc snapshot written to %s", path)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump)
+    log.info("tracing allocations (%s): SIGUSR2 writes a snapshot to %s", TRACEMALLOC_DIR, directory)

@@ -41,7 +41,7 @@ from ..transports.listener import (
     worker_address,
 )
 from .admin import AdminResponse, AdminServer, json_response, usage_handler
-from .heap import settle
+from .heap import settle, trace_allocations_if_asked
 
 log = logging.getLogger(__name__)
 
@@ -537,6 +537,7 @@ async def start_sidecar(
         await sidecar.drain_and_stop()
         return None
     sidecar.install_signal_handlers()
+    trace_allocations_if_asked()
     settle(sidecar.runtime.config.server)
     await _log_warnings(sidecar.runtime)
     return sidecar
