@@ -227,6 +227,7 @@ def _scalar_nodes(
             yield from _scalar_nodes(item, (*loc, index), seen)
     elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            yield from _scalar_nodes(key, loc, seen)  # a key can be a timestamp too (`{2027-02-30: x}`)
             yield from _scalar_nodes(value, (*loc, str(key.value)), seen)
 
 
