@@ -48,6 +48,8 @@ def test_seeds_and_corpus_pass_the_oracle(name: str) -> None:
         ("check_request", "iam"),
         ("http1", "jwt"),
         ("http1", "iam"),
+        ("grpc_lean", "jwt"),
+        ("grpc_lean", "iam"),
     ],
 )
 def test_the_seeds_reach_real_allows(name: str, family: str) -> None:

@@ -16,7 +16,7 @@ from sidecar.request import Request
 from tests.unit.authorizers.jwt.jwt_testkit import b64, unsigned
 
 from ..harness import OneInput, Target, text
-from ..world import HOST, shared_world
+from ..world import HOST, SIGNED_AT, shared_world
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "jose"
 
@@ -30,7 +30,7 @@ def _request(data: bytes) -> Request:
         path += "?access_token=" + text(data[1:]).replace("#", "%23")
     else:
         headers["authorization"] = text(data)
-    return Request(method="GET", raw_path=path, path=path.partition("?")[0], headers=headers, host=HOST)
+    return Request(method="GET", raw_path=path, path=path.partition("?")[0], headers=headers, host=HOST, time=SIGNED_AT)
 
 
 def prepare() -> OneInput:
