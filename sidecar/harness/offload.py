@@ -24,10 +24,13 @@ refusal, decision logs, metrics) is in docs/envoy-config.md.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
 
 from ..authorizers.jwt.keys import parse_jwks_file
 from ..authorizers.jwt.token import UNTRUSTED_HEADERS
@@ -67,24 +70,51 @@ def eligibility(runtime: Runtime, route: CompiledRoute) -> OffloadRules | NotOff
         odd = [claim for claim, _ in rules.claim_to_headers if claim not in _STRINGS]
         if odd:
             return NotOffloadable(f"claim_to_headers of {', '.join(odd)}: Envoy renders non-string claims its own way")
-        if rules.jwks_file is not None:
-            problem = _jwks_file_problem(rules.jwks_file)
-            if problem:
-                return NotOffloadable(problem)
+        reserved = {CLIENT_ID_HEADER} & {h for _, h in rules.claim_to_headers}
+        if reserved:
+            return NotOffloadable(f"claim_to_headers names {CLIENT_ID_HEADER}, the header offloading uses itself")
+        problem = _key_problem(*_keys_of(rules))
+        if problem:
+            return NotOffloadable(problem)
     return rules
 
 
-def _jwks_file_problem(path: str) -> str:
-    """Why Envoy would pick keys from this JWKS file the sidecar does not ('' when none): keys the sidecar skips
-    (weak, not for signing, unsupported) or keys without a `kid` (jwt_authn tries those for any token's `kid`)."""
+def fetch_jwks(uri: str) -> bytes:
+    """The issuer's JWKS as `envoy-config` sees it when rendering (raises `httpx.HTTPError`)."""
+    response = httpx.get(uri, timeout=5.0, follow_redirects=False)
+    response.raise_for_status()
+    return response.content
+
+
+def _keys_of(rules: TokenRules) -> tuple[bytes | None, str]:
+    """The route's key set as bytes (the file, or fetched from `jwks_uri` now), or None, and where it is."""
+    where = rules.jwks_file or rules.jwks_uri or ""
     try:
-        keyset, _ = parse_jwks_file(Path(path).read_bytes(), path)
-    except (OSError, ConfigError):
-        return f"the JWKS file {path} cannot be read as the sidecar reads it"
+        if rules.jwks_file is not None:
+            return Path(rules.jwks_file).read_bytes(), where
+        return fetch_jwks(where), where
+    except (OSError, httpx.HTTPError):
+        return None, where
+
+
+def _key_problem(data: bytes | None, where: str) -> str:
+    """Why Envoy would verify with keys at `where` that the sidecar does not use ('' when none). jwt_authn takes
+    every key of the set as it stands: one the sidecar skips (weak or ROCA RSA, not for signing, unsupported), one
+    without a `kid` (tried for any token's `kid`), or an EC key without an `alg` (the sidecar binds it to its
+    curve's algorithm, jwt_authn does not). Checked when rendering: a key set changed later is not (docs)."""
+    if data is None:
+        return f"the keys at {where} could not be read to check them"
+    try:
+        keyset, _ = parse_jwks_file(data, where)
+        raw = json.loads(data)
+    except (ConfigError, ValueError):
+        return f"the keys at {where} are not a key set the sidecar reads"
     if keyset.skipped:
-        return f"the JWKS file {path} holds keys the sidecar skips, which Envoy would use"
+        return f"the keys at {where} include keys the sidecar skips, which Envoy would use"
     if any(key.kid is None for key in keyset.keys):
-        return f"the JWKS file {path} holds a key without a kid, which Envoy would try for any token"
+        return f"the keys at {where} include a key without a kid, which Envoy would try for any token"
+    if any(isinstance(k, dict) and k.get("kty") == "EC" and "alg" not in k for k in raw.get("keys", [])):
+        return f"the keys at {where} include an EC key without an alg, which Envoy would not bind to its curve"
     return ""
 
 
@@ -262,20 +292,23 @@ _SAFE_EDGE = r"[^\x00-\x1f\x7f-\x{9f} ]"
 _SAFE = f"{_SAFE_EDGE}(?:{_SAFE_CHAR}*{_SAFE_EDGE})?"
 """A non-empty value `header_safe` accepts (no control character, no space at either end), as a full match."""
 _PRESENT: Matcher = {"present_match": True}
-_DATE: Matcher = {"double_match": {"range": {"start": -1.7976931348623157e308, "end": _MAX_DATE + 2}}}
-"""A JSON number the sidecar takes as a date: at most 2^53 (the range's end is exclusive; 2^53 + 1 is no double)."""
+_DATE: Matcher = {"double_match": {"range": {"start": -1.7976931348623157e308, "end": _MAX_DATE}}}
+"""A JSON number the sidecar takes as a date: below 2^53. The sidecar takes 2^53 itself too, but an integer just
+above it (2^53 + 1, which it refuses) parses to the same double: Envoy refuses both (one value stricter)."""
 
 
 def principals(rules: TokenRules, scopes: frozenset[str]) -> Matcher:
     """The route's rules as RBAC's native matchers over jwt_authn's dynamic metadata (the verified header and
     payload): the algorithm list, the dates' range, `aud` any-of or else `client_id`, the principal and
-    claim headers that can travel, the scopes. Only what a native matcher can say exactly is here: a matcher on
-    a path that holds a list or an object sees no value, so "absent" is used only for claims jwt_authn types
-    itself (`sub`, `iss`, the dates), or together with a CEL type check (`condition`)."""
+    claim headers that can travel, the scopes. Only what a native matcher can say exactly is here; the JSON
+    types of the claims jwt_authn does not type itself are CEL's (`condition`)."""
     exact = [_exact(a) for a in sorted(rules.audiences)]
     ids = [
         _header("alg", _one_of([_exact(a) for a in sorted(rules.algorithms)])),
-        *([_header("kid", _regex("(?s).*"))] if _needs_kid(rules) else []),
+        # a kid, non-empty (jwt_authn reads "" as none): required unless the keys are one local key
+        _header("kid", _regex("(?s).+"))
+        if _needs_kid(rules)
+        else _any([_absent_header("kid"), _header("kid", _regex("(?s).+"))]),
         _claim("exp", _DATE),
         *(_any([_absent(name), _claim(name, _DATE)]) for name in ("nbf", "iat")),
         _any(
@@ -298,7 +331,10 @@ def principals(rules: TokenRules, scopes: frozenset[str]) -> Matcher:
 
 
 def _scope(scope: str) -> Matcher:
-    """`scope` is among the space-separated `scope`, or in `scp` (a list, or a space-separated string)."""
+    """`scope` is among the space-separated `scope`, or in `scp` (a list, or a space-separated string). A scope
+    that is empty or holds white space can only be an `scp` list's entry (the sidecar splits the strings)."""
+    if not scope or any(c.isspace() for c in scope):
+        return _claim("scp", {"list_match": {"one_of": _exact(scope)}})
     word = _regex(r"(?s)(?:|.*\s)" + "".join(f"\\x{{{ord(c):x}}}" for c in scope) + r"(?:|\s.*)")
     return _any([_claim("scope", word), _claim("scp", _one_of([word, {"list_match": {"one_of": _exact(scope)}}]))])
 
@@ -317,6 +353,10 @@ def _header(name: str, value: Matcher) -> Matcher:
 
 def _absent(name: str) -> Matcher:
     return {"not_id": _claim(name, _PRESENT)}
+
+
+def _absent_header(name: str) -> Matcher:
+    return {"not_id": _header(name, _PRESENT)}
 
 
 def _exact(value: str) -> Matcher:

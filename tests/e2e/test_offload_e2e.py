@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 
 from sidecar.authorizers.jwt import errors as jwt_errors
@@ -141,6 +142,8 @@ def tokens(issuer: Issuer) -> list[tuple[str, str | None]]:
         ("crit in the header", f"Bearer {issuer.token(issuer.claims(now), crit=['exp'])}"),
         ("jku in the header", f"Bearer {issuer.token(issuer.claims(now), jku='https://evil.example/jwks')}"),
         ("exp beyond 2^53", f"Bearer {t(exp=10**18)}"),
+        ("exp 2^53 + 1", f"Bearer {t(exp=2**53 + 1)}"),  # parses to the double 2^53
+        ("empty kid", "Bearer " + pyjwt.encode(issuer.claims(now), issuer.keys["rsa"][0], "RS256", {"kid": ""})),
         ("nbf beyond 2^53", f"Bearer {t(nbf=10**18)}"),
         ("non-canonical signature", f"Bearer {noncanonical(good)}"),
     ]

@@ -7,9 +7,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import yaml
 
 from sidecar.config import load_config
+from sidecar.harness import offload
 from sidecar.harness.envoy_config import explain, render
 from sidecar.harness.offload import CLIENT_ID_HEADER, SYSTEM_CAS
 from sidecar.runtime import compile_runtime
@@ -30,6 +33,13 @@ routes:
   - {match: "GET /open", authorizer: public}
   - {match: "GET /admin-panel", authorizer: public, scopes: [admin]}
 """
+
+
+@pytest.fixture(autouse=True)
+def _issuer_keys(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """https://issuer.example serves one good key when `envoy-config` fetches it to check it."""
+    good = _jwks(tmp_path_factory.mktemp("issuer"), "k1").read_bytes()
+    monkeypatch.setattr(offload, "fetch_jwks", lambda uri: good)
 
 
 def rendered(tmp_path: Path, text: str = CONFIG, template: str = "envoy.yaml", offload: bool = True) -> Any:
@@ -140,7 +150,8 @@ def _local(tmp_path: Path, jwks: Path) -> str:
 def _kid_required(doc: Any) -> bool:
     routes = hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
     (rbac,) = [r["typed_per_filter_config"]["envoy.filters.http.rbac"] for r in routes if "rbac" in json_text(r)]
-    return '"kid"' in json_text(rbac["rbac"]["rules"]["policies"]["sidecar-rules"]["principals"])
+    matchers = json_text(rbac["rbac"]["rules"]["policies"]["sidecar-rules"]["principals"])
+    return matchers.count('{"key": "kid"}') == 1  # required; optional is "absent, or non-empty": two
 
 
 def json_text(value: Any) -> str:
@@ -161,3 +172,53 @@ def test_a_token_must_name_its_key_unless_there_is_one_local_key(tmp_path: Path)
     assert _kid_required(rendered(tmp_path)[0])  # remote keys: any number
     assert _kid_required(rendered(tmp_path, _local(tmp_path, _jwks(tmp_path, "a", "b")))[0])
     assert not _kid_required(rendered(tmp_path, _local(tmp_path, _jwks(tmp_path, "a")))[0])
+
+
+def test_remote_keys_are_checked_when_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jwt_authn uses every key of the issuer's set; a set with a key the sidecar skips, or one that cannot be
+    fetched to check it, keeps the route on ext_authz."""
+    weak = _jwks(tmp_path, "a", None).read_bytes()  # a kid-less key
+    monkeypatch.setattr(offload, "fetch_jwks", lambda uri: weak)
+    doc, runtime = rendered(tmp_path)
+    assert "envoy.filters.http.rbac" not in json_text(hcm(doc)["route_config"])
+    assert "without a kid" in explain(runtime, offload=True)
+
+    def down(uri: str) -> bytes:
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(offload, "fetch_jwks", down)
+    _, runtime = rendered(tmp_path)
+    assert "could not be read to check them" in explain(runtime, offload=True)
+
+
+def test_an_ec_key_without_alg_is_not_left_to_jwt_authn() -> None:
+    """The sidecar binds a P-384 key to ES384; jwt_authn would take an ES256 signature from it."""
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    jwk = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key()))
+    data = json.dumps({"keys": [{**jwk, "kid": "p384", "use": "sig"}]}).encode()
+    assert "EC key without an alg" in offload._key_problem(data, "keys.json")
+    with_alg = json.dumps({"keys": [{**jwk, "kid": "p384", "use": "sig", "alg": "ES384"}]}).encode()
+    assert offload._key_problem(with_alg, "keys.json") == ""
+
+
+def test_a_scope_with_white_space_can_only_be_an_scp_entry(tmp_path: Path) -> None:
+    text = CONFIG.replace(
+        'GET /orders/{id}", authorizer: corp}', 'GET /orders/{id}", authorizer: corp, scopes: ["a b", ""]}'
+    )
+    doc, _ = rendered(tmp_path, text)
+    (rbac,) = [r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"] if "rbac" in json_text(r)]
+    scopes = json_text(rbac).split('"key": "scp"')
+    assert '"key": "scope"' not in json_text(rbac).split("or_ids")[-1]  # no match on the scope string for them
+    assert len(scopes) == 3  # one scp list match each
+
+
+def test_the_internal_client_id_header_cannot_be_a_claim_header(tmp_path: Path) -> None:
+    text = CONFIG.replace(
+        "    identity_source: header.x-token\n", f"    claim_to_headers: {{scope: {CLIENT_ID_HEADER}}}\n"
+    )
+    _, runtime = rendered(tmp_path, text)
+    assert f"claim_to_headers names {CLIENT_ID_HEADER}" in explain(runtime, offload=True)
