@@ -24,6 +24,8 @@ from sidecar.transports.grpc_lean import LeanSettings, wire
 from sidecar.transports.grpc_lean.protocol import LeanGrpcProtocol, _Shared
 from sidecar.transports.grpc_lean.wire import frame
 
+from .targets.grpc_lean import walk_frames as parse_frames
+
 ECHO = "/test.Echo/Echo"
 SUSPEND = "/test.Echo/Suspend"
 LIMIT = 4
@@ -60,19 +62,6 @@ class FakeTransport:
 
     def resume_reading(self) -> None:
         pass
-
-
-def parse_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    frames = []
-    pos = 0
-    while pos < len(data):
-        assert len(data) - pos >= 9, "a partial frame header was written"
-        high, low, kind, flags, stream = struct.unpack_from(">HBBBL", data, pos)
-        length = (high << 8) | low
-        assert len(data) - pos - 9 >= length, "a partial frame was written"
-        frames.append((kind, flags, stream, data[pos + 9 : pos + 9 + length]))
-        pos += 9 + length
-    return frames
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sidecar.request import Decision, Request
 from sidecar.settings import HttpModeSettings
 from sidecar.transports.http import flavors, render
 from sidecar.transports.http.protocol import HttpAuthzProtocol, _Shared
 
 from ..harness import FakeTransport, OneInput, Target, chunks
-from ..world import HOST, SIGNED_AT, World, shared_world
+from ..world import HOST, SIGNED_AT, shared_world
+from .check_request import Recording
 
 FLAVORS = ("envoy", "nginx", "traefik")
 STATUSES = frozenset({100, 200, 400, 401, 403, 404, 408, 413, 429, 431, 500, 503})
@@ -36,19 +36,6 @@ class _SigningClock:
     @staticmethod
     def time() -> float:
         return SIGNED_AT
-
-
-class Recording:
-    """The pipeline's `check`, remembering each request and decision in order."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.seen: list[tuple[Request, Decision]] = []
-
-    async def check(self, request: Request) -> Decision:
-        decision = await self.world.pipeline.check(request)
-        self.seen.append((request, decision))
-        return decision
 
 
 def parse_responses(wire: bytes) -> list[tuple[int, dict[str, str], bytes]]:
