@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from redis.connection import parse_url
 
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _API_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -83,8 +84,15 @@ def redis_url(value: SecretStr | None) -> SecretStr | None:
     """A Redis URL redis-py can open (`redis://`, `rediss://`, `unix://`), checked when the config is read: else
     the config validated and compiling it raised redis-py's bare ValueError (found by the config fuzzer). The
     message never repeats the URL, which may carry a password."""
-    if value is not None and value.get_secret_value().partition("://")[0] not in ("redis", "rediss", "unix"):
+    if value is None:
+        return value
+    url = value.get_secret_value()
+    if url.partition("://")[0] not in ("redis", "rediss", "unix"):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading: a bad host or port fails here
+    except ValueError:
+        raise ValueError("not a Redis URL redis-py can open (its host, port or database)") from None
     return value
 
 
