@@ -359,6 +359,22 @@ def jwt_offload(fx: Fixtures) -> Scenario:
     return replace(jwt_warm(fx), name="jwt-offload", title=title, direct=False, offload=True)
 
 
+def jwt_offload_nolog(fx: Fixtures) -> Scenario:
+    """The offloaded warm JWT route with the sidecar's decision log off, which the rendering follows (no access log):
+    what Envoy's decision-log line costs an offloaded route."""
+    title = "JWT RS256 warm, offloaded, decision_log off (no access log)"
+    return replace(
+        jwt_offload(fx), name="jwt-offload-nolog", title=title, settings={"decision_log": {"enabled": False}}
+    )
+
+
+def jwt_offload_cold(fx: Fixtures) -> Scenario:
+    """The cold RS256 route offloaded: a new token each request, verified by Envoy's jwt_authn (no JWT cache, as the
+    sidecar's token cache is off) and judged by the rendered rbac; against `envoy-jwt-authn-cold`."""
+    title = "JWT RS256 cold, offloaded (a new token each request; Envoy verifies, the sidecar is not asked)"
+    return replace(jwt_cold_rs256(fx), name="jwt-offload-cold", title=title, direct=False, offload=True)
+
+
 def jwt_warm_uds(fx: Fixtures) -> Scenario:
     """Warm JWT with Envoy asking over a Unix domain socket per worker (the shipped envoy-uds.yaml)."""
     return replace(
@@ -696,6 +712,8 @@ SCENARIOS: list[Callable[[Fixtures], Scenario]] = [
     anonymous_no_decision_log,
     jwt_warm,
     jwt_offload,
+    jwt_offload_nolog,
+    jwt_offload_cold,
     jwt_warm_uds,
     jwt_warm_grpcio,
     jwt_cold_rs256,

@@ -305,7 +305,9 @@ def _add_token_filters(
     layers = doc.setdefault("layered_runtime", {"layers": []})["layers"]
     layers.append({"name": "envoy-config", "static_layer": {"re2.max_program_size.error_level": REGEX_PROGRAM_LIMIT}})
     hcm["local_reply_config"] = {"mappers": refusal_mappers()}
-    hcm.setdefault("access_log", []).append(decision_log())
+    log = decision_log(runtime.config.decision_log)
+    if log is not None:
+        hcm.setdefault("access_log", []).append(log)
 
 
 def _offloaded_route(route: dict[str, Any], rp: RoutePlan, runtime: Runtime, ext_authz: list[str]) -> None:

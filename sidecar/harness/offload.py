@@ -6,13 +6,14 @@ and nothing else on the route judges the request (no resource or endpoint policy
 rate rules, API keys, client certificates). Everything else stays on ext_authz, and `--explain` says why.
 
 An offloaded route gets, instead of ext_authz:
-- `jwt_authn`: the signature, `iss`, `exp` and `nbf` (with the leeway as clock skew), the keys (remote JWKS through
-  a cluster of its own, or the local file), and the identity headers (`claim_to_headers`; the principal header
-  from `sub`, else `client_id`);
-- `rbac` with a CEL condition over the verified header and payload (`condition`) restating the rest of the
-  sidecar's rules (claims.py): the algorithm list, `iat` not in the future, the JSON types of the claims it reads,
-  `aud` any-of or else `client_id`, a principal id and claim headers that can travel as they are, the token's size,
-  and the route's scopes (any one of, from `scope` and `scp`);
+- `jwt_authn`: the signature, `iss`, `exp` and `nbf` (with a clock skew that makes its clock rules the sidecar's:
+  `clock_skew`), the keys (remote JWKS through a cluster of its own, or the local file), and the identity headers
+  (`claim_to_headers`; the principal header from `sub`, else `client_id`);
+- `rbac` over the verified header and payload restating the rest of the sidecar's rules (claims.py, token.py):
+  native metadata matchers (`principals`: the algorithm list, no `crit`/`jku`/`x5u`/`jwk`, the JSON types of the
+  claims it reads, the dates' range, `aud` any-of or else `client_id`, a principal id and claim headers that can
+  travel as they are, the route's scopes, any one of, from `scope` and `scp`) and a small CEL condition for what
+  no matcher can say (`condition`: the token's size, `iat` not in the future, an `scp` list of strings);
 - the authorizer and route headers as route `request_headers_to_add`.
 
 `tests/e2e/test_offload_e2e.py` sends one corpus (valid, expired, early, future-issued, wrong issuer, audience,
@@ -37,6 +38,7 @@ from ..authorizers.jwt.token import UNTRUSTED_HEADERS
 from ..hop import NotOffloadable, OffloadRules, OpenRoute, TokenRules
 from ..issues import ConfigError
 from ..runtime import CompiledRoute, Runtime
+from ..settings import DecisionLogSettings
 from .cel import Builder, Expr
 
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
@@ -130,6 +132,17 @@ def _needs_kid(rules: TokenRules) -> bool:
     return len(keyset.keys) > 1
 
 
+def clock_skew(rules: TokenRules) -> int:
+    """jwt_authn's clock skew for the sidecar's leeway `L` (whole seconds). jwt_authn truncates the clock to whole
+    seconds `t` and refuses when `t > exp + skew` or `t + skew < nbf`; the sidecar refuses when `now >= exp + L` or
+    `nbf > now + L` on the true time. With skew `L - 1` the expiry rule is the sidecar's exactly for an integer
+    `exp` (an integer is above the true time iff it is above its whole seconds), and never looser for a
+    fractional one (jwt_authn truncates it); the nbf rule is at most a second stricter. So with a leeway of a
+    second or more, Envoy's own clock check is the sidecar's and no CEL restates it (`condition`); with no leeway
+    the skew is 0 and CEL restates both (a skew of 0 would be a second looser on expiry)."""
+    return max(0, int(rules.leeway) - 1)
+
+
 def provider(name: str, rules: TokenRules, upstream_principal: str | None) -> dict[str, Any]:
     """One `jwt_authn` provider for authorizer `name`."""
     out: dict[str, Any] = {
@@ -137,12 +150,13 @@ def provider(name: str, rules: TokenRules, upstream_principal: str | None) -> di
         "from_headers": [{"name": rules.header, "value_prefix": "Bearer "}],
         "forward": True,
         "require_expiration": True,
-        "clock_skew_seconds": int(rules.leeway),
+        "clock_skew_seconds": clock_skew(rules),
         "payload_in_metadata": PAYLOAD,
         "header_in_metadata": HEADER,
         "failed_status_in_metadata": FAILURE,
-        "jwt_cache_config": {"jwt_cache_size": max(1, rules.token_cache_size)},
     }
+    if rules.token_cache_size > 0:  # as the sidecar: no token cache when its size is 0 (jwt_authn: no config, none)
+        out["jwt_cache_config"] = {"jwt_cache_size": rules.token_cache_size}
     if rules.jwks_file is not None:
         out["local_jwks"] = {"filename": rules.jwks_file}
     else:
@@ -241,10 +255,11 @@ def _verified(host: str) -> dict[str, Any]:
 
 
 def condition(rules: TokenRules) -> Expr:
-    """The CEL part of the route's rules (see the module's docstring): what RBAC's native matchers cannot say
-    (`principals` says the rest, far cheaper: Envoy's CEL walks the metadata from its root for every claim it
-    reads, ~1.5 us a walk). The clock rules, the token's size, the header parameters (`crit` is a list, and a
-    native matcher cannot see a list or an object), and the type of the claims jwt_authn does not type itself."""
+    """The CEL part of the route's rules (see the module's docstring): what neither jwt_authn nor RBAC's native
+    matchers can say (`principals` says the rest, far cheaper: Envoy's CEL walks the metadata from its root for
+    every claim it reads, ~1.5 us a walk). The token's size, `iat` against the clock, the clock rules when the
+    leeway is 0 (`clock_skew`), and that an `scp` list holds only strings (a native list matcher matches when any
+    one element does)."""
     b = Builder()
     meta = b.index(b.field(b.ident("metadata"), "filter_metadata"), JWT_AUTHN)
 
@@ -257,30 +272,27 @@ def condition(rules: TokenRules) -> Expr:
     def has(name: str) -> Expr:
         return b.within(b.string(name), payload())
 
-    def header() -> Expr:
-        return b.index(meta, HEADER)
-
     def at_most(value: Expr, bound: Expr) -> Expr:
         return b.call("_<=_", value, bound)
 
-    epoch = b.call("timestamp", b.string("1970-01-01T00:00:00Z"))
-    # `now` is whole seconds, at most the true time: each clock rule below is stated so that it holds only if
-    # the sidecar's rule holds at the true time (stricter by under a second, never looser).
-    now = b.call("double", b.call("getSeconds", target=b.call("_-_", b.field(b.ident("request"), "time"), epoch)))
+    def now() -> Expr:
+        # whole seconds since the epoch, at most the true time: each clock rule below is stated so that it holds
+        # only if the sidecar's rule holds at the true time (stricter by under a second, never looser)
+        return b.call("double", b.call("int", b.field(b.ident("request"), "time")))
+
     leeway = b.number(rules.leeway)
     terms = [
         b.call("_<=_", b.call("size", b.index(b.field(b.ident("request"), "headers"), rules.header)),
                b.number(rules.max_token_bytes + len("Bearer "))),
-        # jwt_authn ignores these header parameters; the sidecar refuses a token that carries any (token.py)
-        *(b.not_(b.within(b.string(name), header())) for name in ("crit", *UNTRUSTED_HEADERS)),
-        # exp (required, an integer: jwt_authn; in range: `principals`): the true time before exp + leeway
-        # (jwt_authn's own check truncates the time and compares with `>`: a second looser)
-        at_most(b.call("_+_", now, b.number(1.0)), b.call("_+_", claim("exp"), leeway)),
-        b.or_(b.not_(has("nbf")), at_most(claim("nbf"), b.call("_+_", now, leeway))),
-        b.or_(b.not_(has("iat")), at_most(claim("iat"), b.call("_+_", now, leeway))),
+        b.or_(b.not_(has("iat")), at_most(claim("iat"), b.call("_+_", now(), leeway))),
     ]  # fmt: skip
-    for name in _UNTYPED:
-        terms.append(b.or_(b.not_(has(name)), b.is_type(claim(name), "string")))
+    if clock_skew(rules) != int(rules.leeway) - 1:
+        # no leeway: jwt_authn's skew of 0 is a second looser on expiry and truncates a fractional nbf
+        terms += [
+            # exp (required, an integer: jwt_authn; in range: `principals`): the true time before exp + leeway
+            at_most(b.call("_+_", now(), b.number(1.0)), b.call("_+_", claim("exp"), leeway)),
+            b.or_(b.not_(has("nbf")), at_most(claim("nbf"), b.call("_+_", now(), leeway))),
+        ]
     for name in _STRINGS_OR_LISTS:
         terms.append(b.or_(b.not_(has(name)), b.is_type(claim(name), "string"), _string_list(b, claim)(name)))
     return b.and_(*terms)
@@ -292,6 +304,8 @@ _SAFE_EDGE = r"[^\x00-\x1f\x7f-\x{9f} ]"
 _SAFE = f"{_SAFE_EDGE}(?:{_SAFE_CHAR}*{_SAFE_EDGE})?"
 """A non-empty value `header_safe` accepts (no control character, no space at either end), as a full match."""
 _PRESENT: Matcher = {"present_match": True}
+_STRING: Matcher = {"string_match": {"safe_regex": {"regex": "(?s).*"}}}
+"""Any JSON string (a string matcher sees only string values)."""
 _DATE: Matcher = {"double_match": {"range": {"start": -1.7976931348623157e308, "end": _MAX_DATE}}}
 """A JSON number the sidecar takes as a date: below 2^53. The sidecar takes 2^53 itself too, but an integer just
 above it (2^53 + 1, which it refuses) parses to the same double: Envoy refuses both (one value stricter)."""
@@ -299,9 +313,10 @@ above it (2^53 + 1, which it refuses) parses to the same double: Envoy refuses b
 
 def principals(rules: TokenRules, scopes: frozenset[str]) -> Matcher:
     """The route's rules as RBAC's native matchers over jwt_authn's dynamic metadata (the verified header and
-    payload): the algorithm list, the dates' range, `aud` any-of or else `client_id`, the principal and
-    claim headers that can travel, the scopes. Only what a native matcher can say exactly is here; the JSON
-    types of the claims jwt_authn does not type itself are CEL's (`condition`)."""
+    payload): the algorithm list, no `crit`/`jku`/`x5u`/`jwk` (a presence matcher sees a value of any JSON type),
+    the string claims jwt_authn does not type itself, the dates' range, `aud` any-of or else `client_id`, the
+    principal and claim headers that can travel, the scopes. Only what a native matcher can say exactly is here;
+    the rest is CEL's (`condition`)."""
     exact = [_exact(a) for a in sorted(rules.audiences)]
     ids = [
         _header("alg", _one_of([_exact(a) for a in sorted(rules.algorithms)])),
@@ -309,6 +324,10 @@ def principals(rules: TokenRules, scopes: frozenset[str]) -> Matcher:
         _header("kid", _regex("(?s).+"))
         if _needs_kid(rules)
         else _any([_absent_header("kid"), _header("kid", _regex("(?s).+"))]),
+        # jwt_authn ignores these header parameters; the sidecar refuses a token that carries any (token.py)
+        *(_absent_header(name) for name in ("crit", *UNTRUSTED_HEADERS)),
+        # jwt_authn types `iss` and `sub` itself (and `aud`: a string or a list), not these
+        *(_any([_absent(name), _claim(name, _STRING)]) for name in _UNTYPED),
         _claim("exp", _DATE),
         *(_any([_absent(name), _claim(name, _DATE)]) for name in ("nbf", "iat")),
         _any(
@@ -412,6 +431,14 @@ other failure is `TokenMalformed`."""
 _INVALID_TOKEN = 'Bearer error="invalid_token"'
 
 
+_RBAC_STATUS: dict[str, Any] = {
+    "status_code_filter": {
+        "comparison": {"op": "EQ", "value": {"default_value": 403, "runtime_key": "authz_sidecar.offload.rbac_status"}}
+    }
+}
+"""A 403: how an RBAC refusal shows in a local-reply or access-log filter."""
+
+
 def refusal_mappers() -> list[dict[str, Any]]:
     """`local_reply_config` mappers giving an offloaded route's refusals the sidecar's JSON body and reason code
     (`{"message": ..., "reason": ...}`) as far as Envoy can tell them apart: jwt_authn's failures by their message,
@@ -443,27 +470,24 @@ def refusal_mappers() -> list[dict[str, Any]]:
         {"filter": failure({"present_match": True}), **reply("TokenMalformed", "the token is malformed", True)}
     )
     verified = {"filter": JWT_AUTHN, "path": [{"key": PAYLOAD}], "value": {"present_match": True}}
-    refused = {
-        "status_code_filter": {
-            "comparison": {
-                "op": "EQ",
-                "value": {"default_value": 403, "runtime_key": "authz_sidecar.offload.rbac_status"},
-            }
-        }
-    }
     mappers.append(
         {
-            "filter": {"and_filter": {"filters": [refused, _metadata(verified)]}},
+            "filter": {"and_filter": {"filters": [_RBAC_STATUS, _metadata(verified)]}},
             **reply("AccessDenied", "the token does not meet this route's claim rules or scopes", False),
         }
     )
     return mappers
 
 
-def decision_log() -> dict[str, Any]:
+def decision_log(settings: DecisionLogSettings) -> dict[str, Any] | None:
     """An access log of offloaded token routes' requests, one JSON line each on stdout with the decision log's field
     names where Envoy knows the value (`sidecar/logs.py`; never a header value but the identity ones, never the
-    query). Only requests jwt_authn judged are logged: the sidecar logs its own."""
+    query). Only requests jwt_authn judged are logged: the sidecar logs its own. It follows the sidecar's own
+    `decision_log` settings: none when they are off (the line costs Envoy ~10-20 us a request,
+    docs/performance.md), and allows sampled at `allow_sample_rate` (refusals always: jwt_authn's, and every 403
+    of a verified token, which an upstream's own 403 also is)."""
+    if not settings.enabled:
+        return None
     meta = f"%DYNAMIC_METADATA({JWT_AUTHN}"
     fields = {
         "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
@@ -486,6 +510,19 @@ def decision_log() -> dict[str, Any]:
             ]
         }
     }
+    if settings.allow_sample_rate < 1.0:
+        refused = _metadata({"filter": JWT_AUTHN, "path": [{"key": FAILURE}], "value": {"present_match": True}})
+        sampled = {
+            "runtime_filter": {
+                "runtime_key": "authz_sidecar.offload.allow_sample",
+                "percent_sampled": {
+                    "numerator": round(settings.allow_sample_rate * 1_000_000),
+                    "denominator": "MILLION",
+                },
+                "use_independent_randomness": True,
+            }
+        }
+        judged = {"and_filter": {"filters": [judged, {"or_filter": {"filters": [refused, _RBAC_STATUS, sampled]}}]}}
     return {
         "name": "envoy.access_loggers.stdout",
         "filter": judged,

@@ -105,6 +105,7 @@ def tokens(issuer: Issuer) -> list[tuple[str, str | None]]:
         ("other scheme", f"Basic {good}"),
         ("expired", f"Bearer {t(exp=int(now) - 3600)}"),
         ("expired within leeway", f"Bearer {t(exp=int(now) - 30)}"),
+        ("nbf a second inside the leeway", f"Bearer {t(nbf=int(now) + 59)}"),
         ("not yet valid", f"Bearer {t(nbf=int(now) + 3600)}"),
         ("nbf within leeway", f"Bearer {t(nbf=int(now) + 30)}"),
         ("issued in the future", f"Bearer {t(iat=int(now) + 3600)}"),
@@ -232,6 +233,11 @@ def test_offloaded_routes_decide_as_the_sidecar_does(
     # A route Envoy cannot decide still reaches the sidecar.
     assert offloaded.client.get("/limited").status_code == 401
     assert _checks(offloaded) == asked + 1
+    # The leeway's edge (60 s), minted as it is sent, so almost always judged within the second it names: refused
+    # from exp + leeway on. A jwt_authn clock skew of the whole leeway would let it through for that second.
+    for stack in (sidecar, offloaded):
+        edge = issuer.token(issuer.claims(time.time(), exp=int(time.time()) - 60))
+        assert stack.client.get("/me", headers={"authorization": f"Bearer {edge}"}).status_code == 401
 
 
 def _decision_lines_hold(stack: Stack, per_target: int, cases: list[tuple[str, str | None]]) -> None:

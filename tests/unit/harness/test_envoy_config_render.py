@@ -222,3 +222,55 @@ def test_the_internal_client_id_header_cannot_be_a_claim_header(tmp_path: Path) 
     )
     _, runtime = rendered(tmp_path, text)
     assert f"claim_to_headers names {CLIENT_ID_HEADER}" in explain(runtime, offload=True)
+
+
+def _provider(doc: Any) -> Any:
+    jwt = next(f for f in hcm(doc)["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn")
+    return jwt["typed_config"]["providers"]["corp"]
+
+
+def _condition(doc: Any) -> str:
+    (route,) = [r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"] if "rbac" in json_text(r)]
+    policy = route["typed_per_filter_config"]["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"]["sidecar-rules"]
+    return json_text(policy["condition"])
+
+
+def test_the_clock_rules_are_jwt_authns_with_a_skew_of_the_leeway_less_a_second(tmp_path: Path) -> None:
+    """jwt_authn refuses at `t > exp + skew` on whole seconds: with skew `leeway - 1` that is the sidecar's
+    `now >= exp + leeway` exactly, so no CEL restates exp or nbf; with no leeway CEL must (a skew of 0 is looser)."""
+    doc, _ = rendered(tmp_path)  # the default leeway, 60 s
+    assert _provider(doc)["clock_skew_seconds"] == 59
+    assert '"exp"' not in _condition(doc) and '"nbf"' not in _condition(doc)
+    assert '"iat"' in _condition(doc)  # jwt_authn never reads iat
+    doc, _ = rendered(tmp_path, CONFIG.replace("    algorithms: [RS256]\n", "    algorithms: [RS256]\n    leeway: 0\n"))
+    assert _provider(doc)["clock_skew_seconds"] == 0
+    assert '"exp"' in _condition(doc) and '"nbf"' in _condition(doc)
+
+
+def test_header_parameters_and_claim_types_are_native_matchers_not_cel(tmp_path: Path) -> None:
+    """A CEL walk of the metadata costs ~1.5 us; a presence matcher sees a value of any JSON type (crit is a list)."""
+    doc, _ = rendered(tmp_path)
+    (route,) = [r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"] if "rbac" in json_text(r)]
+    policy = route["typed_per_filter_config"]["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"]["sidecar-rules"]
+    principals = json_text(policy["principals"])
+    for name in ("crit", "jku", "x5u", "jwk", "client_id", "scope"):
+        assert f'"key": "{name}"' in principals, name
+    for name in ("crit", "jku", "x5u", "jwk", "client_id"):
+        assert f'"{name}"' not in _condition(doc), name
+
+
+def test_the_access_log_follows_the_sidecars_decision_log_settings(tmp_path: Path) -> None:
+    def logs(text: str) -> list[Any]:
+        return list(hcm(rendered(tmp_path, text)[0]).get("access_log", []))
+
+    assert len(logs(CONFIG)) == 1
+    assert logs(CONFIG + "decision_log: {enabled: false}\n") == []
+    (sampled,) = logs(CONFIG + "decision_log: {allow_sample_rate: 0.25}\n")
+    assert '"numerator": 250000' in json_text(sampled["filter"])
+    assert '"jwt_failure"' in json_text(sampled["filter"])  # refusals are always logged
+
+
+def test_no_jwt_cache_when_the_sidecars_token_cache_is_off(tmp_path: Path) -> None:
+    assert _provider(rendered(tmp_path)[0])["jwt_cache_config"]["jwt_cache_size"] > 0
+    text = CONFIG.replace("    algorithms: [RS256]\n", "    algorithms: [RS256]\n    token_cache_size: 0\n")
+    assert "jwt_cache_config" not in _provider(rendered(tmp_path, text)[0])
