@@ -150,7 +150,8 @@ def _local(tmp_path: Path, jwks: Path) -> str:
 def _kid_required(doc: Any) -> bool:
     routes = hcm(doc)["route_config"]["virtual_hosts"][0]["routes"]
     (rbac,) = [r["typed_per_filter_config"]["envoy.filters.http.rbac"] for r in routes if "rbac" in json_text(r)]
-    matchers = json_text(rbac["rbac"]["rules"]["policies"]["sidecar-rules"]["principals"])
+    (principal,) = rbac["rbac"]["rules"]["policies"]["sidecar-rules-1-iat"]["principals"]
+    matchers = json_text(principal["and_ids"]["ids"][-1])  # the route's rules, after the token shape
     return matchers.count('{"key": "kid"}') == 1  # required; optional is "absent, or non-empty": two
 
 
@@ -210,7 +211,8 @@ def test_a_scope_with_white_space_can_only_be_an_scp_entry(tmp_path: Path) -> No
         'GET /orders/{id}", authorizer: corp}', 'GET /orders/{id}", authorizer: corp, scopes: ["a b", ""]}'
     )
     doc, _ = rendered(tmp_path, text)
-    (rbac,) = [r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"] if "rbac" in json_text(r)]
+    (principal,) = _policies(doc)["sidecar-rules-1-iat"]["principals"]
+    rbac = principal["and_ids"]["ids"][-1]  # the route's rules, after the token shape
     scopes = json_text(rbac).split('"key": "scp"')
     assert '"key": "scope"' not in json_text(rbac).split("or_ids")[-1]  # no match on the scope string for them
     assert len(scopes) == 3  # one scp list match each
@@ -229,10 +231,14 @@ def _provider(doc: Any) -> Any:
     return jwt["typed_config"]["providers"]["corp"]
 
 
-def _condition(doc: Any) -> str:
+def _policies(doc: Any) -> dict[str, Any]:
     (route,) = [r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"] if "rbac" in json_text(r)]
-    policy = route["typed_per_filter_config"]["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"]["sidecar-rules"]
-    return json_text(policy["condition"])
+    policies: dict[str, Any] = route["typed_per_filter_config"]["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"]
+    return policies
+
+
+def _condition(doc: Any) -> str:
+    return json_text([policy["condition"] for policy in _policies(doc).values()])
 
 
 def test_the_clock_rules_are_jwt_authns_with_a_skew_of_the_leeway_less_a_second(tmp_path: Path) -> None:
@@ -250,9 +256,7 @@ def test_the_clock_rules_are_jwt_authns_with_a_skew_of_the_leeway_less_a_second(
 def test_header_parameters_and_claim_types_are_native_matchers_not_cel(tmp_path: Path) -> None:
     """A CEL walk of the metadata costs ~1.5 us; a presence matcher sees a value of any JSON type (crit is a list)."""
     doc, _ = rendered(tmp_path)
-    (route,) = [r for r in hcm(doc)["route_config"]["virtual_hosts"][0]["routes"] if "rbac" in json_text(r)]
-    policy = route["typed_per_filter_config"]["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"]["sidecar-rules"]
-    principals = json_text(policy["principals"])
+    principals = json_text([policy["principals"] for policy in _policies(doc).values()])
     for name in ("crit", "jku", "x5u", "jwk", "client_id", "scope"):
         assert f'"key": "{name}"' in principals, name
     for name in ("crit", "jku", "x5u", "jwk", "client_id"):
@@ -274,3 +278,12 @@ def test_no_jwt_cache_when_the_sidecars_token_cache_is_off(tmp_path: Path) -> No
     assert _provider(rendered(tmp_path)[0])["jwt_cache_config"]["jwt_cache_size"] > 0
     text = CONFIG.replace("    algorithms: [RS256]\n", "    algorithms: [RS256]\n    token_cache_size: 0\n")
     assert "jwt_cache_config" not in _provider(rendered(tmp_path, text)[0])
+
+
+def test_the_common_token_costs_one_metadata_walk(tmp_path: Path) -> None:
+    """One policy per token shape, told apart by native matchers, so the common token's condition reads the
+    metadata once (iat) and one without iat or an scp list not at all."""
+    policies = _policies(rendered(tmp_path)[0])
+    assert sorted(policies) == ["sidecar-rules-1-iat", "sidecar-rules-2-no-iat", "sidecar-rules-3-scp-list"]
+    walks = {name: json_text(p["condition"]).count('"jwt_payload"') for name, p in policies.items()}
+    assert walks["sidecar-rules-1-iat"] == 1 and walks["sidecar-rules-2-no-iat"] == 0
