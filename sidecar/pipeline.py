@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from . import reasons
 from .authorizers.base import Authorizer, IdentitySide
 from .explanation import ADMIT, AUTHENTICATE, DENY, METER, PASS, POLICY, ROUTE, SCOPES, Step, listed, shown_value, when
-from .limits import AdmitGate
+from .limits import AdmitGate, MeterGate
 from .logs import DecisionLogger
 from .memo import BoundedMemo
 from .metrics import RECORDER, Recorder
@@ -312,7 +312,10 @@ class Pipeline:
                 decision = await self._compute(runtime, route, request)
                 cache.put(key, decision, plan)
         if route.meter_gates and decision.allowed:
-            decision = await self._meter(route, request, decision, steps)
+            if route.meter_now:
+                decision = self._meter_now(route, request, decision, steps)
+            else:
+                decision = await self._meter(route, request, decision, steps)
         if counted:
             decision = replace(decision, gate=_joined(counted, decision.gate))
         return (decision if steps is None else _explained(decision, steps)), layer
@@ -374,14 +377,27 @@ class Pipeline:
             except Exception:
                 log.exception("meter gate %s failed on route %s; denying", gate.name, route.key)
                 refused = reasons.INTERNAL
-            if steps is not None:
-                steps.append(_gate_step(METER, gate.name, refused))
-            if refused is not None:
-                if refused.allowed:  # a count-mode rule over its limit: noted, the allow stands
-                    decision = replace(decision, gate=_joined(decision.gate, refused.gate))
-                    continue
-                self.recorder.stage("meter", perf_counter() - start)
-                return _metered(refused, allowed.route, allowed.authorizer, allowed.principal)
+            decision, done = _gated(decision, allowed, gate, refused, steps)
+            if done:
+                break
+        self.recorder.stage("meter", perf_counter() - start)
+        return decision
+
+    def _meter_now(
+        self, route: CompiledRoute, request: Request, allowed: Decision, steps: list[Step] | None = None
+    ) -> Decision:
+        """`_meter` when every gate is `synchronous` (in-process counters): no coroutine per Check."""
+        start = perf_counter()
+        decision = allowed
+        for gate in route.meter_gates:
+            try:
+                refused = gate.meter_now(request, route.key, allowed)
+            except Exception:
+                log.exception("meter gate %s failed on route %s; denying", gate.name, route.key)
+                refused = reasons.INTERNAL
+            decision, done = _gated(decision, allowed, gate, refused, steps)
+            if done:
+                break
         self.recorder.stage("meter", perf_counter() - start)
         return decision
 
@@ -601,6 +617,21 @@ def _route_step(request: Request, route: CompiledRoute, runtime: Runtime) -> Ste
 
 def _named(authorizer: Authorizer) -> str:
     return f"{authorizer.name} (type {authorizer.kind})" if authorizer.kind else authorizer.name
+
+
+def _gated(
+    decision: Decision, allowed: Decision, gate: MeterGate, refused: Decision | None, steps: list[Step] | None
+) -> tuple[Decision, bool]:
+    """One meter gate's answer applied to the decision so far: (the decision, whether metering is over). A
+    refusal replaces the allow and keeps the allowed caller (`principal`), so its decision log line says who was
+    throttled; a count-mode rule over its limit is noted and the allow stands."""
+    if steps is not None:
+        steps.append(_gate_step(METER, gate.name, refused))
+    if refused is None:
+        return decision, False
+    if refused.allowed:
+        return replace(decision, gate=_joined(decision.gate, refused.gate)), False
+    return _metered(refused, allowed.route, allowed.authorizer, allowed.principal), True
 
 
 def _gate_step(stage: str, gate: str, refused: Decision | None) -> Step:

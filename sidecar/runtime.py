@@ -54,6 +54,8 @@ class CompiledRoute:
     """Run before authentication on every request of this route (rate-based rules)."""
     meter_gates: tuple[MeterGate, ...] = ()
     """Run after every allow of this route, cached or not (usage plans)."""
+    meter_now: bool = False
+    """Every meter gate is `synchronous`: the pipeline meters without awaiting."""
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -343,6 +345,7 @@ def _compile_route(
     key = route.match.strip()
     names = config.upstream_headers
     constant = ((names.authorizer, authorizer.name), (names.route, key))
+    meters = gates.meter.get(key, ()) if gates is not None else ()
     return CompiledRoute(
         key=key,
         authorizer=authorizer,
@@ -353,7 +356,8 @@ def _compile_route(
             *((cert_gate,) if cert_gate is not None and route.require_client_cert else ()),
             *(gates.admit.get(key, ()) if gates is not None else ()),
         ),
-        meter_gates=gates.meter.get(key, ()) if gates is not None else (),
+        meter_gates=meters,
+        meter_now=bool(meters) and all(gate.synchronous for gate in meters),
     )
 
 

@@ -25,9 +25,17 @@ class MeterGate(abc.ABC):
 
     name: str = ""
 
+    synchronous: bool = False
+    """True when `meter_now` answers what `meter` would, without waiting (in-process counters): the pipeline then
+    meters without a coroutine."""
+
     @abc.abstractmethod
     async def meter(self, request: Request, route: str, allowed: Decision) -> Decision | None:
         """None to keep the allow, or the deny that replaces it (the request is then not counted as served)."""
+
+    def meter_now(self, request: Request, route: str, allowed: Decision) -> Decision | None:
+        """`meter`, for a gate that is `synchronous`."""
+        raise NotImplementedError(f"meter gate {self.name} waits: call meter")
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,7 @@ class UsagePlanGate(MeterGate):
         """Each plan's `ok` tally, found with one lookup on the common allow."""
         self._refusal = counters.refusal if isinstance(counters, LocalCounters) else None
         """The in-process counters' synchronous meter, which builds an `Admission` only for a refusal."""
+        self.synchronous = self._refusal is not None
 
     def presented(self, request: Request, principal: Principal | None) -> str | None:
         """The key value this request presents: its header, or the Lambda authorizer's `usageIdentifierKey`."""
@@ -132,6 +133,37 @@ class UsagePlanGate(MeterGate):
         return request.headers.get(self.header)
 
     async def meter(self, request: Request, route: str, allowed: Decision) -> Decision | None:
+        if self._refusal is not None:
+            return self.meter_now(request, route, allowed)
+        found = self._limits(request, route, allowed)
+        if not isinstance(found, tuple):
+            return found
+        key, plan, limits = found
+        admission = await self.counters.meter(f"{plan.name}:{key.id}", limits.throttle, limits.quota, limits.bucket)
+        return self._judged(plan, key, admission)
+
+    def meter_now(self, request: Request, route: str, allowed: Decision) -> Decision | None:
+        """`meter` on the in-process counters: nothing to wait for, and an allow builds nothing."""
+        assert self._refusal is not None, "meter_now needs the in-process counters"
+        found = self._limits(request, route, allowed)
+        if not isinstance(found, tuple):
+            return found
+        key, plan, limits = found
+        admission = self._refusal(f"{plan.name}:{key.id}", limits.throttle, limits.quota, limits.bucket)
+        if admission is not None:
+            return self._judged(plan, key, admission)
+        admitted = self._admitted.get(plan.name)
+        if admitted is None or self.key_id_labels:
+            self._ok(plan.name, key.id)
+        else:
+            admitted.n += 1  # `_ok`, inline: Tally.inc
+        return None
+
+    def _limits(
+        self, request: Request, route: str, allowed: Decision
+    ) -> tuple[ApiKey, CompiledPlan, PlanLimits] | Decision | None:
+        """The request's key, plan and the plan's limits on `route`; or the 403 of a key that cannot be used, or
+        None for a plan that limits nothing here (counted as admitted)."""
         value = self.presented(request, allowed.principal) if self.from_authorizer else request.headers.get(self.header)
         key = self.keys.current().find(value) if value else None
         plan = self.plans.get(key.plan) if key is not None and key.plan is not None else None
@@ -142,18 +174,10 @@ class UsagePlanGate(MeterGate):
         if limits.throttle is None and limits.quota is None:
             self._ok(plan.name, key.id)
             return None
-        name = f"{plan.name}:{key.id}"
-        if self._refusal is not None:  # in process: nothing to wait for, and an allow builds nothing
-            admission = self._refusal(name, limits.throttle, limits.quota, limits.bucket)
-            if admission is None:
-                admitted = self._admitted.get(plan.name)
-                if admitted is None or self.key_id_labels:
-                    self._ok(plan.name, key.id)
-                else:
-                    admitted.n += 1  # `_ok`, inline: Tally.inc
-                return None
-        else:
-            admission = await self.counters.meter(name, limits.throttle, limits.quota, limits.bucket)
+        return key, plan, limits
+
+    def _judged(self, plan: CompiledPlan, key: ApiKey, admission: Admission) -> Decision | None:
+        """Count a metered request; None when admitted, else its 429."""
         self._count(plan.name, key.id, admission.reason)
         if admission.allowed:
             return None
