@@ -375,8 +375,7 @@ class Pipeline:
             try:
                 refused = await gate.meter(request, route.key, allowed)
             except Exception:
-                log.exception("meter gate %s failed on route %s; denying", gate.name, route.key)
-                refused = reasons.INTERNAL
+                refused = _gate_failed(gate, route)
             decision, done = _gated(decision, allowed, gate, refused, steps)
             if done:
                 break
@@ -387,14 +386,12 @@ class Pipeline:
         self, route: CompiledRoute, request: Request, allowed: Decision, steps: list[Step] | None = None
     ) -> Decision:
         """`_meter` when every gate is `synchronous` (in-process counters): no coroutine per Check."""
-        start = perf_counter()
-        decision = allowed
+        start, decision = perf_counter(), allowed
         for gate in route.meter_gates:
             try:
                 refused = gate.meter_now(request, route.key, allowed)
             except Exception:
-                log.exception("meter gate %s failed on route %s; denying", gate.name, route.key)
-                refused = reasons.INTERNAL
+                refused = _gate_failed(gate, route)
             decision, done = _gated(decision, allowed, gate, refused, steps)
             if done:
                 break
@@ -617,6 +614,12 @@ def _route_step(request: Request, route: CompiledRoute, runtime: Runtime) -> Ste
 
 def _named(authorizer: Authorizer) -> str:
     return f"{authorizer.name} (type {authorizer.kind})" if authorizer.kind else authorizer.name
+
+
+def _gate_failed(gate: MeterGate, route: CompiledRoute) -> Decision:
+    """A meter gate that raised: logged, and a deny (fail closed)."""
+    log.exception("meter gate %s failed on route %s; denying", gate.name, route.key)
+    return reasons.INTERNAL
 
 
 def _gated(
