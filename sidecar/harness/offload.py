@@ -13,7 +13,7 @@ An offloaded route gets, instead of ext_authz:
   native metadata matchers (`principals`: the algorithm list, no `crit`/`jku`/`x5u`/`jwk`, the JSON types of the
   claims it reads, the dates' range, `aud` any-of or else `client_id`, a principal id and claim headers that can
   travel as they are, the route's scopes, any one of, from `scope` and `scp`) and a small CEL condition for what
-  no matcher can say (`condition`: the token's size, `iat` not in the future, an `scp` list of strings);
+  no matcher can say (`condition`: the token's size, `exp` and `iat` against the clock, an `scp` list of strings);
 - the authorizer and route headers as route `request_headers_to_add`.
 
 `tests/e2e/test_offload_e2e.py` sends one corpus (valid, expired, early, future-issued, wrong issuer, audience,
@@ -257,8 +257,8 @@ def _verified(host: str) -> dict[str, Any]:
 def condition(rules: TokenRules, iat: bool | None = None, scp_list: bool | None = None) -> Expr:
     """The CEL part of the route's rules (see the module's docstring): what neither jwt_authn nor RBAC's native
     matchers can say (`principals` says the rest, far cheaper: Envoy's CEL walks the metadata from its root for
-    every claim it reads, several us a walk). The token's size, `iat` against the clock, the clock rules when the
-    leeway is 0 (`clock_skew`), and that an `scp` list holds only strings (a native list matcher matches when any
+    every claim it reads, several us a walk). The token's size, `exp` and `iat` against the clock (`exp` because
+    jwt_authn's cache answers without the skew), `nbf` when the leeway is 0 (`clock_skew`), and that an `scp` list holds only strings (a native list matcher matches when any
     one element does). `iat` and `scp_list` say what the policy's native matchers already know (`rbac_per_route`):
     that the token has an `iat` (True) or none (False), that its `scp` is present and not a string (True) or absent
     or a string (False); None: unknown, so the condition asks (one more walk each)."""
@@ -290,13 +290,13 @@ def condition(rules: TokenRules, iat: bool | None = None, scp_list: bool | None 
     if iat is not False:
         issued = at_most(claim("iat"), b.call("_+_", now(), leeway))
         terms.append(issued if iat else b.or_(b.not_(has("iat")), issued))
+    # exp (required, an integer: jwt_authn; in range: `principals`): the true time before exp + leeway, on every
+    # request: jwt_authn's JWT cache answers a token it verified without its clock skew (a cached token passed
+    # its exp by under a minute was let through: tests/e2e/test_offload_e2e.py)
+    terms.append(at_most(b.call("_+_", now(), b.number(1.0)), b.call("_+_", claim("exp"), leeway)))
     if clock_skew(rules) != int(rules.leeway) - 1:
-        # no leeway: jwt_authn's skew of 0 is a second looser on expiry and truncates a fractional nbf
-        terms += [
-            # exp (required, an integer: jwt_authn; in range: `principals`): the true time before exp + leeway
-            at_most(b.call("_+_", now(), b.number(1.0)), b.call("_+_", claim("exp"), leeway)),
-            b.or_(b.not_(has("nbf")), at_most(claim("nbf"), b.call("_+_", now(), leeway))),
-        ]
+        # no leeway: jwt_authn's skew of 0 truncates a fractional nbf (a cached token was past its nbf already)
+        terms.append(b.or_(b.not_(has("nbf")), at_most(claim("nbf"), b.call("_+_", now(), leeway))))
     for name in _STRINGS_OR_LISTS:
         if scp_list:
             terms.append(_string_list(b, claim)(name))
@@ -549,8 +549,8 @@ def _metadata(matcher: dict[str, Any]) -> dict[str, Any]:
 def rbac_per_route(rules: TokenRules, scopes: frozenset[str]) -> dict[str, Any]:
     """The route's `RBACPerRoute`: allow only when the native matchers and the condition hold. The rules are three
     policies, one per shape of token, so that the condition need not ask the metadata what a native matcher already
-    told (each CEL walk costs several us; a matcher far less): an `iat` and no `scp` list (the common token: one walk,
-    for `iat`), no `iat` and no `scp` list (none), an `scp` list. Each policy's first matcher tells the shapes
+    told (each CEL walk costs several us; a matcher far less): an `iat` and no `scp` list (the common token: two walks,
+    `exp` and `iat`), no `iat` and no `scp` list (one), an `scp` list. Each policy's first matcher tells the shapes
     apart, so the policies a token does not fit fail at once; RBAC tries them in name order, the first that matches
     allows, and exactly one can."""
     rules_ = principals(rules, scopes)

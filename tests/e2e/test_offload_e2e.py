@@ -276,3 +276,26 @@ def test_explain_says_why_a_route_stays(setup: tuple[Issuer, str, Path]) -> None
     assert "stays on ext_authz: gates run on this route (rate_limit:per-ip)" in text
     assert "GET /public  path ~ ^/public$  -> decided by Envoy itself (open)" in text
     assert "decided by Envoy itself (closed)" in text
+
+
+def test_a_token_jwt_authn_cached_is_refused_once_it_expires(
+    authz_stack: StackFactory, setup: tuple[Issuer, str, Path], tmp_path: Path
+) -> None:
+    """jwt_authn's JWT cache answers a token it verified without the clock skew, so the clock skew alone would let
+    a cached token through past exp + leeway: the CEL exp rule must hold on every request (leeway 1 s here, so
+    the wait is short; it waits for the clock, not for another process)."""
+    issuer, text, _ = setup
+    text = text.replace("    max_token_bytes: 2048\n", "    max_token_bytes: 2048\n    leeway: 1\n")
+    assert "leeway: 1" in text
+    path = tmp_path / "leeway.yaml"
+    path.write_text(text)
+    offloaded = authz_stack(text, envoy_render=fitted(path))
+    exp = int(time.time()) + 1
+    header = {"authorization": f"Bearer {issuer.token(issuer.claims(time.time(), exp=exp))}"}
+    assert offloaded.client.get("/me", headers=header).status_code == 200  # verified, now in jwt_authn's cache
+    while time.time() < exp + 1.2:  # bounded: about 3 s
+        time.sleep(0.1)
+    refused = offloaded.client.get("/me", headers=header)
+    # refused by the rbac condition's exp rule (jwt_authn's cache let it by): 403 AccessDenied, where the sidecar
+    # says 401 TokenExpired (docs/envoy-config.md)
+    assert (refused.status_code, refused.json()["reason"]) == (403, "AccessDenied")

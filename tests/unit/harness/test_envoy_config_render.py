@@ -243,10 +243,12 @@ def _condition(doc: Any) -> str:
 
 def test_the_clock_rules_are_jwt_authns_with_a_skew_of_the_leeway_less_a_second(tmp_path: Path) -> None:
     """jwt_authn refuses at `t > exp + skew` on whole seconds: with skew `leeway - 1` that is the sidecar's
-    `now >= exp + leeway` exactly, so no CEL restates exp or nbf; with no leeway CEL must (a skew of 0 is looser)."""
+    `now >= exp + leeway` exactly and no CEL restates nbf; with no leeway CEL must. exp is CEL's on every request
+    all the same: jwt_authn's JWT cache answers without the skew."""
     doc, _ = rendered(tmp_path)  # the default leeway, 60 s
     assert _provider(doc)["clock_skew_seconds"] == 59
-    assert '"exp"' not in _condition(doc) and '"nbf"' not in _condition(doc)
+    assert '"nbf"' not in _condition(doc)
+    assert '"exp"' in _condition(doc)  # jwt_authn's cache answers without its skew: CEL checks exp every request
     assert '"iat"' in _condition(doc)  # jwt_authn never reads iat
     doc, _ = rendered(tmp_path, CONFIG.replace("    algorithms: [RS256]\n", "    algorithms: [RS256]\n    leeway: 0\n"))
     assert _provider(doc)["clock_skew_seconds"] == 0
@@ -280,10 +282,10 @@ def test_no_jwt_cache_when_the_sidecars_token_cache_is_off(tmp_path: Path) -> No
     assert "jwt_cache_config" not in _provider(rendered(tmp_path, text)[0])
 
 
-def test_the_common_token_costs_one_metadata_walk(tmp_path: Path) -> None:
+def test_the_common_token_costs_two_metadata_walks(tmp_path: Path) -> None:
     """One policy per token shape, told apart by native matchers, so the common token's condition reads the
-    metadata once (iat) and one without iat or an scp list not at all."""
+    metadata twice (exp, iat) and one without iat or an scp list once."""
     policies = _policies(rendered(tmp_path)[0])
     assert sorted(policies) == ["sidecar-rules-1-iat", "sidecar-rules-2-no-iat", "sidecar-rules-3-scp-list"]
     walks = {name: json_text(p["condition"]).count('"jwt_payload"') for name, p in policies.items()}
-    assert walks["sidecar-rules-1-iat"] == 1 and walks["sidecar-rules-2-no-iat"] == 0
+    assert walks["sidecar-rules-1-iat"] == 2 and walks["sidecar-rules-2-no-iat"] == 1  # exp (and iat)
