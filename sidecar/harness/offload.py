@@ -258,10 +258,11 @@ def condition(rules: TokenRules, iat: bool | None = None, scp_list: bool | None 
     """The CEL part of the route's rules (see the module's docstring): what neither jwt_authn nor RBAC's native
     matchers can say (`principals` says the rest, far cheaper: Envoy's CEL walks the metadata from its root for
     every claim it reads, several us a walk). The token's size, `exp` and `iat` against the clock (`exp` because
-    jwt_authn's cache answers without the skew), `nbf` when the leeway is 0 (`clock_skew`), and that an `scp` list holds only strings (a native list matcher matches when any
-    one element does). `iat` and `scp_list` say what the policy's native matchers already know (`rbac_per_route`):
-    that the token has an `iat` (True) or none (False), that its `scp` is present and not a string (True) or absent
-    or a string (False); None: unknown, so the condition asks (one more walk each)."""
+    jwt_authn's cache answers without the skew), `nbf` when the leeway is 0 (`clock_skew`), and that an `scp`
+    list holds only strings (a native list matcher matches when any one element does). `iat` and `scp_list` say
+    what the policy's native matchers already know (`rbac_per_route`): that the token has an `iat` (True) or
+    none (False), that its `scp` is present and not a string (True) or absent or a string (False); None:
+    unknown, so the condition asks (one more walk each)."""
     b = Builder()
     meta = b.index(b.field(b.ident("metadata"), "filter_metadata"), JWT_AUTHN)
 
