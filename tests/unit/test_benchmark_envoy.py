@@ -105,3 +105,30 @@ def test_added_cpu_is_over_envoy_alone_of_the_same_mode() -> None:
     assert (helped.added_cpu_us, helped.added_vs_envoy) == (40.0, 1.0)
     assert direct.added_cpu_us is None and alone.added_cpu_us is None
     assert jwt.as_dict()["added_cpu_us"] == 60.0 and jwt.as_dict()["added_vs_envoy"] == 3.0
+
+
+def test_the_hop_cost_variants_are_valid_envoy_files(tmp_path: Path) -> None:
+    """`benchmarks.hop_cost` measures Envoy files that load (`--mode validate`): the first is exactly the bootstrap
+    the `jwt-warm` row runs, every variant keeps ext_authz but Envoy alone, and each single change touches what
+    its name says."""
+    from benchmarks import hop_cost
+
+    fx = scenarios.Fixtures(tmp_path, "127.0.0.1:18000", cold_tokens=1)
+    ports = envoy_ports(18000, 18100)
+    found = hop_cost.variants(scenarios.sidecar_config([scenarios.jwt_warm(fx)]), ports, tmp_path)
+    names = [name for name, _ in found]
+    assert found[0][1] == yaml.safe_load(envoy_config(ports))
+    assert len(names) == len(set(names)) == 2 + len(hop_cost.ALTERNATIVES) + len(hop_cost.STEPS) + 1
+    for index, (name, doc) in enumerate(found):
+        path = tmp_path / f"variant-{index}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        done = validate_envoy_config(path)
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
+        filters = [f["name"] for f in hop_cost._hcm(doc)["http_filters"]]
+        assert any("ext_authz" in f for f in filters) == (name != names[-1]), name
+    by_name = dict(found)
+    skip = hop_cost._ext_authz(by_name[hop_cost.ALTERNATIVES[0][0]])[0]
+    assert skip["grpc_service"]["envoy_grpc"]["skip_envoy_headers"] is True
+    trimmed = hop_cost._ext_authz(found[-2][1])[0]
+    assert trimmed["allowed_headers"] == {"patterns": [{"exact": "authorization"}]}
+    assert "with_request_body" not in trimmed and "include_peer_certificate" not in trimmed

@@ -1,0 +1,182 @@
+"""`python -m benchmarks.hop_cost [--rounds N]`: where Envoy's CPU goes on a warm JWT route over ext_authz.
+
+Why: on the warm JWT row most of what authorizing adds is Envoy's, not the sidecar's (docs/performance.md,
+"Envoy's side of the hop"), so the shipped bootstrap is taken apart one piece at a time, each step keeping the
+removals before it: the shipped file as the `jwt-warm` row runs it; what `authz-sidecar envoy-config` renders
+for that config (the per-route CheckRequest trimming); then, from the shipped file, the request body, the peer
+certificate, the identity-header removal, the connection manager's hardening (path normalisation, the
+underscore and header-timeout rules, `use_remote_address`), every header but `authorization` kept off the
+CheckRequest; then Envoy alone. One sidecar (`serve`, one process, the warm JWT config) serves every variant;
+each variant is its own Envoy (one worker) answering `direct_response`, loaded by wrk with the warm token for a
+few seconds; per variant Envoy's and the sidecar's CPU per request, the lowest over rounds (the variants run in
+turn, so a drift of the machine touches them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.harness.envoy import EnvoyProcess, free_port
+
+from . import procs, scenarios
+from .harness import answer_directly, envoy_config, envoy_ports, sidecar
+from .load import run_wrk
+
+Doc = dict[str, Any]
+
+
+def _hcm(doc: Doc) -> Doc:
+    hcm: Doc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
+def _ext_authz(doc: Doc) -> list[Doc]:
+    return [f["typed_config"] for f in _hcm(doc)["http_filters"] if "ext_authz" in f["name"]]
+
+
+def _no_body(doc: Doc) -> None:
+    for config in _ext_authz(doc):
+        config.pop("with_request_body", None)
+
+
+def _no_peer_certificate(doc: Doc) -> None:
+    for config in _ext_authz(doc):
+        config.pop("include_peer_certificate", None)
+
+
+def _no_header_mutation(doc: Doc) -> None:
+    _hcm(doc)["http_filters"] = [f for f in _hcm(doc)["http_filters"] if "header_mutation" not in f["name"]]
+
+
+def _no_hardening(doc: Doc) -> None:
+    for key in (
+        "use_remote_address",
+        "normalize_path",
+        "merge_slashes",
+        "path_with_escaped_slashes_action",
+        "common_http_protocol_options",
+        "request_headers_timeout",
+    ):
+        _hcm(doc).pop(key, None)
+
+
+def _no_normalisation(doc: Doc) -> None:
+    for key in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
+        _hcm(doc).pop(key, None)
+
+
+def _authorization_only(doc: Doc) -> None:
+    for config in _ext_authz(doc):
+        config["allowed_headers"] = {"patterns": [{"exact": "authorization"}]}
+
+
+STEPS: list[tuple[str, Callable[[Doc], None]]] = [
+    ("- request body", _no_body),
+    ("- peer certificate", _no_peer_certificate),
+    ("- identity-header removal (header_mutation)", _no_header_mutation),
+    ("- connection-manager hardening", _no_hardening),
+    ("- every header but authorization", _authorization_only),
+]
+
+
+def _skip_envoy_headers(doc: Doc) -> None:
+    for config in _ext_authz(doc):
+        config["grpc_service"]["envoy_grpc"]["skip_envoy_headers"] = True
+
+
+def _raw_headers(doc: Doc) -> None:
+    for config in _ext_authz(doc):
+        config["encode_raw_headers"] = True
+
+
+ALTERNATIVES: list[tuple[str, Callable[[Doc], None]]] = [
+    ("shipped + skip_envoy_headers (no x-envoy-* on the Check)", _skip_envoy_headers),
+    ("shipped + encode_raw_headers (header_map)", _raw_headers),
+    ("shipped - use_remote_address", lambda d: _hcm(d).pop("use_remote_address", None)),
+    ("shipped - request_headers_timeout", lambda d: _hcm(d).pop("request_headers_timeout", None)),
+    ("shipped - path normalisation", _no_normalisation),
+    ("shipped - the underscore rule", lambda d: _hcm(d).pop("common_http_protocol_options", None)),
+]
+"""Single changes to the shipped file, each on its own."""
+
+
+def variants(config_text: str, ports: Any, directory: Path, steps: bool = True) -> list[tuple[str, Doc]]:
+    """The shipped file, envoy-config's rendering, each step's (cumulative, from the shipped file), Envoy alone."""
+    from sidecar.config import load_config
+    from sidecar.harness.envoy_config import render
+    from sidecar.runtime import compile_runtime
+
+    shipped = yaml.safe_load(envoy_config(ports))
+    out = [("shipped envoy.yaml (the jwt-warm row)", copy.deepcopy(shipped))]
+    path = directory / "hop-cost-sidecar.yaml"
+    path.write_text(config_text)
+    rendered = answer_directly(yaml.safe_load(render(compile_runtime(load_config(path)), ports)))
+    out.append(("envoy-config's rendering of the route's config", rendered))
+    for name, change in ALTERNATIVES:
+        alternative = copy.deepcopy(shipped)
+        change(alternative)
+        out.append((name, alternative))
+    for name, step in STEPS if steps else ():
+        step(shipped)
+        out.append((name, copy.deepcopy(shipped)))
+    out.append(("Envoy alone (no ext_authz)", yaml.safe_load(envoy_config(ports, ext_authz=False))))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.hop_cost", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-steps", action="store_true", help="only the shipped file's single changes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="authz-hop-cost-") as tmp:
+        listen, grpc_port = free_port(), free_port()
+        fx = scenarios.Fixtures(Path(tmp), f"127.0.0.1:{listen}", cold_tokens=1)
+        warm = scenarios.jwt_warm(fx)
+        config = scenarios.sidecar_config([warm])
+        ports = envoy_ports(listen, grpc_port)
+        steps = variants(config, ports, Path(tmp), not args.no_steps)
+        url = f"http://127.0.0.1:{listen}{warm.path}"
+        spent: dict[str, list[tuple[float, float]]] = {}
+        with sidecar(config, grpc_port) as side:
+            assert side.proc is not None
+            for _ in range(args.rounds):
+                for name, doc in steps:
+                    text = yaml.safe_dump(doc, sort_keys=False, width=1 << 30)
+                    with EnvoyProcess(text, ports.admin_port) as proxy:
+                        assert proxy.proc is not None
+                        run_wrk(url, 32, 1, warm.headers())  # warm-up: the connections, the health check
+                        envoy_before = sum(procs.tree_cpu(proxy.proc.pid).values())
+                        side_before = sum(procs.tree_cpu(side.proc.pid).values())
+                        result = run_wrk(url, 32, args.seconds, warm.headers())
+                        envoy_cpu = sum(procs.tree_cpu(proxy.proc.pid).values()) - envoy_before
+                        side_cpu = sum(procs.tree_cpu(side.proc.pid).values()) - side_before
+                        if result.errors:
+                            raise SystemExit(f"{name}: {result.errors} errors (every request must get the 200)")
+                        per = 1e6 / max(result.requests, 1)
+                        spent.setdefault(name, []).append((envoy_cpu * per, side_cpu * per))
+    report(spent)
+
+
+def report(spent: dict[str, list[tuple[float, float]]]) -> None:
+    """Per variant: the lowest Envoy and sidecar CPU over rounds, and the median over rounds of Envoy + sidecar
+    against the shipped file's in the same round (paired, so a drift of the machine between rounds cancels)."""
+    first = next(iter(spent.values()))
+    print("| Envoy bootstrap | Envoy CPU us/req | sidecar CPU us/req | both | both vs shipped, paired median |")
+    print("|---|---|---|---|---|")
+    for name, values in spent.items():
+        envoy_us, side_us = min(v[0] for v in values), min(v[1] for v in values)
+        paired = statistics.median((v[0] + v[1]) / (f[0] + f[1]) for v, f in zip(values, first, strict=True))
+        print(f"| {name} | {envoy_us:.1f} | {side_us:.1f} | {envoy_us + side_us:.1f} | {paired:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
