@@ -8,14 +8,16 @@ certificate, the identity-header removal, the connection manager's hardening (pa
 underscore and header-timeout rules, `use_remote_address`), every header but `authorization` kept off the
 CheckRequest; then Envoy alone. One sidecar (`serve`, one process, the warm JWT config) serves every variant;
 each variant is its own Envoy (one worker) answering `direct_response`, loaded by wrk with the warm token for a
-few seconds; per variant Envoy's and the sidecar's CPU per request, the lowest over rounds (the variants run in
-turn, so a drift of the machine touches them all).
+few seconds; beside them the shipped file in front of a no-op server on our transport (`NOOP`); per variant
+Envoy's and the authz server's CPU per request, the lowest over rounds (the variants run in
+turn, in a new order each round, so a drift of the machine touches them all).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -27,7 +29,7 @@ import yaml
 from sidecar.harness.envoy import EnvoyProcess, free_port
 
 from . import procs, scenarios
-from .harness import answer_directly, envoy_config, envoy_ports, sidecar
+from .harness import answer_directly, envoy_config, envoy_ports, noop_grpc_server, sidecar
 from .load import run_wrk
 
 Doc = dict[str, Any]
@@ -108,6 +110,12 @@ ALTERNATIVES: list[tuple[str, Callable[[Doc], None]]] = [
 """Single changes to the shipped file, each on its own."""
 
 
+SHIPPED = "shipped envoy.yaml (the jwt-warm row)"
+NOOP = "shipped envoy.yaml in front of a no-op server on our transport"
+"""The same file asking `benchmarks.noop_lean_grpc` (OK to every Check, the request not even parsed): what Envoy's
+ext_authz client and our HTTP/2 transport cost with no authorizing at all."""
+
+
 def variants(config_text: str, ports: Any, directory: Path, steps: bool = True) -> list[tuple[str, Doc]]:
     """The shipped file, envoy-config's rendering, each step's (cumulative, from the shipped file), Envoy alone."""
     from sidecar.config import load_config
@@ -115,7 +123,7 @@ def variants(config_text: str, ports: Any, directory: Path, steps: bool = True) 
     from sidecar.runtime import compile_runtime
 
     shipped = yaml.safe_load(envoy_config(ports))
-    out = [("shipped envoy.yaml (the jwt-warm row)", copy.deepcopy(shipped))]
+    out = [(SHIPPED, copy.deepcopy(shipped))]
     path = directory / "hop-cost-sidecar.yaml"
     path.write_text(config_text)
     rendered = answer_directly(yaml.safe_load(render(compile_runtime(load_config(path)), ports)))
@@ -146,31 +154,37 @@ def main() -> None:
         steps = variants(config, ports, Path(tmp), not args.no_steps)
         url = f"http://127.0.0.1:{listen}{warm.path}"
         spent: dict[str, list[tuple[float, float]]] = {}
-        with sidecar(config, grpc_port) as side:
+        noop_port = free_port()
+        noop_doc = yaml.safe_load(envoy_config(envoy_ports(listen, noop_port)))
+        noop_doc["admin"] = steps[0][1]["admin"]
+        steps.insert(1, (NOOP, noop_doc))
+        with sidecar(config, grpc_port) as side, noop_grpc_server(noop_port, "benchmarks.noop_lean_grpc") as noop:
             assert side.proc is not None
-            for _ in range(args.rounds):
-                for name, doc in steps:
+            for round_ in range(args.rounds):
+                # a new order each round: the variant after an idle spell (Envoy alone) must not always be the same
+                for name, doc in random.Random(round_).sample(steps, len(steps)):
+                    server = noop.pid if name == NOOP else side.proc.pid
                     text = yaml.safe_dump(doc, sort_keys=False, width=1 << 30)
                     with EnvoyProcess(text, ports.admin_port) as proxy:
                         assert proxy.proc is not None
                         run_wrk(url, 32, 1, warm.headers())  # warm-up: the connections, the health check
                         envoy_before = sum(procs.tree_cpu(proxy.proc.pid).values())
-                        side_before = sum(procs.tree_cpu(side.proc.pid).values())
+                        server_before = sum(procs.tree_cpu(server).values())
                         result = run_wrk(url, 32, args.seconds, warm.headers())
                         envoy_cpu = sum(procs.tree_cpu(proxy.proc.pid).values()) - envoy_before
-                        side_cpu = sum(procs.tree_cpu(side.proc.pid).values()) - side_before
+                        server_cpu = sum(procs.tree_cpu(server).values()) - server_before
                         if result.errors:
                             raise SystemExit(f"{name}: {result.errors} errors (every request must get the 200)")
                         per = 1e6 / max(result.requests, 1)
-                        spent.setdefault(name, []).append((envoy_cpu * per, side_cpu * per))
-    report(spent)
+                        spent.setdefault(name, []).append((envoy_cpu * per, server_cpu * per))
+    report({name: spent[name] for name, _ in steps})
 
 
 def report(spent: dict[str, list[tuple[float, float]]]) -> None:
     """Per variant: the lowest Envoy and sidecar CPU over rounds, and the median over rounds of Envoy + sidecar
     against the shipped file's in the same round (paired, so a drift of the machine between rounds cancels)."""
-    first = next(iter(spent.values()))
-    print("| Envoy bootstrap | Envoy CPU us/req | sidecar CPU us/req | both | both vs shipped, paired median |")
+    first = spent[SHIPPED]
+    print("| Envoy bootstrap | Envoy CPU us/req | authz server CPU us/req | both | both vs shipped, paired median |")
     print("|---|---|---|---|---|")
     for name, values in spent.items():
         envoy_us, side_us = min(v[0] for v in values), min(v[1] for v in values)
