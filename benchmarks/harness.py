@@ -367,11 +367,21 @@ def listening_child(args: list[str], port: int) -> Iterator[subprocess.Popen[byt
 
 
 def noop_grpc_server(
-    port: int, module: str = "benchmarks.noop_grpc_authz", spin_us: float = 0.0
+    port: int, module: str = "benchmarks.noop_grpc_authz", spin_us: float = 0.0, response: Path | None = None
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process."""
+    """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process; `response`: a
+    file of CheckResponse bytes `benchmarks.noop_lean_grpc` answers with instead of a bare OK."""
     spin = ["--spin-us", str(spin_us)] if spin_us else []
-    return listening_child([sys.executable, "-m", module, "--port", str(port), *spin], port)
+    answer = ["--response", str(response)] if response is not None else []
+    return listening_child([sys.executable, "-m", module, "--port", str(port), *spin, *answer], port)
+
+
+def grpc_answer(port: int, message: bytes) -> bytes:
+    """The serialized CheckResponse the server on `port` answers `message` (a serialized CheckRequest) with."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(CHECK_PATH, request_serializer=None, response_deserializer=None)
+        answer: bytes = call(message, timeout=5)
+    return answer
 
 
 def lambda_serve(

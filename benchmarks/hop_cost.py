@@ -16,6 +16,7 @@ turn, in a new order each round, so a drift of the machine touches them all).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import random
 import statistics
@@ -29,7 +30,7 @@ import yaml
 from sidecar.harness.envoy import EnvoyProcess, free_port
 
 from . import procs, scenarios
-from .harness import answer_directly, envoy_config, envoy_ports, noop_grpc_server, sidecar
+from .harness import answer_directly, check_request, envoy_config, envoy_ports, grpc_answer, noop_grpc_server, sidecar
 from .load import run_wrk
 
 Doc = dict[str, Any]
@@ -114,6 +115,9 @@ SHIPPED = "shipped envoy.yaml (the jwt-warm row)"
 NOOP = "shipped envoy.yaml in front of a no-op server on our transport"
 """The same file asking `benchmarks.noop_lean_grpc` (OK to every Check, the request not even parsed): what Envoy's
 ext_authz client and our HTTP/2 transport cost with no authorizing at all."""
+NOOP_SAME = "shipped envoy.yaml in front of a no-op server answering the sidecar's own bytes"
+"""A no-op server answering every Check with the bytes the sidecar answers this route with (its identity headers
+and dynamic metadata): what Envoy pays for applying the answer, apart from how long the sidecar takes."""
 
 
 def variants(config_text: str, ports: Any, directory: Path, steps: bool = True) -> list[tuple[str, Doc]]:
@@ -154,16 +158,23 @@ def main() -> None:
         steps = variants(config, ports, Path(tmp), not args.no_steps)
         url = f"http://127.0.0.1:{listen}{warm.path}"
         spent: dict[str, list[tuple[float, float]]] = {}
-        noop_port = free_port()
-        noop_doc = yaml.safe_load(envoy_config(envoy_ports(listen, noop_port)))
-        noop_doc["admin"] = steps[0][1]["admin"]
-        steps.insert(1, (NOOP, noop_doc))
-        with sidecar(config, grpc_port) as side, noop_grpc_server(noop_port, "benchmarks.noop_lean_grpc") as noop:
+        noop_port, same_port = free_port(), free_port()
+        extra = {NOOP: noop_port, NOOP_SAME: same_port}
+        for offset, (name, port) in enumerate(extra.items(), start=1):
+            doc = yaml.safe_load(envoy_config(envoy_ports(listen, port)))
+            doc["admin"] = steps[0][1]["admin"]
+            steps.insert(offset, (name, doc))
+        answer = Path(tmp) / "answer.bin"
+        with contextlib.ExitStack() as stack:
+            side = stack.enter_context(sidecar(config, grpc_port))
+            answer.write_bytes(grpc_answer(grpc_port, check_request(warm, f"127.0.0.1:{listen}")))
+            noop = stack.enter_context(noop_grpc_server(noop_port, "benchmarks.noop_lean_grpc"))
+            same = stack.enter_context(noop_grpc_server(same_port, "benchmarks.noop_lean_grpc", response=answer))
             assert side.proc is not None
             for round_ in range(args.rounds):
                 # a new order each round: the variant after an idle spell (Envoy alone) must not always be the same
                 for name, doc in random.Random(round_).sample(steps, len(steps)):
-                    server = noop.pid if name == NOOP else side.proc.pid
+                    server = {NOOP: noop.pid, NOOP_SAME: same.pid}.get(name, side.proc.pid)
                     text = yaml.safe_dump(doc, sort_keys=False, width=1 << 30)
                     with EnvoyProcess(text, ports.admin_port) as proxy:
                         assert proxy.proc is not None

@@ -132,3 +132,24 @@ def test_the_hop_cost_variants_are_valid_envoy_files(tmp_path: Path) -> None:
     trimmed = hop_cost._ext_authz(found[-2][1])[0]
     assert trimmed["allowed_headers"] == {"patterns": [{"exact": "authorization"}]}
     assert "with_request_body" not in trimmed and "include_peer_certificate" not in trimmed
+
+
+def test_the_no_op_lean_server_answers_the_given_bytes(tmp_path: Path) -> None:
+    """`noop_lean_grpc --response FILE` (hop_cost's no-op answering the sidecar's own bytes) answers every Check with
+    exactly those bytes, and a bare OK without it."""
+    from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+
+    from benchmarks.harness import grpc_answer, noop_grpc_server
+    from benchmarks.noop_grpc_authz import OK_RESPONSE
+    from sidecar.harness.envoy import free_port
+
+    answer = CheckResponse()
+    answer.status.code = 0
+    header = answer.ok_response.headers.add().header
+    header.key, header.value = "x-authz-principal", "someone"
+    path = tmp_path / "answer.bin"
+    path.write_bytes(answer.SerializeToString())
+    for response, expected in ((path, path.read_bytes()), (None, OK_RESPONSE)):
+        port = free_port()
+        with noop_grpc_server(port, "benchmarks.noop_lean_grpc", response=response):
+            assert grpc_answer(port, b"") == expected
