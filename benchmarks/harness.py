@@ -371,6 +371,8 @@ def noop_grpc_server(
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process; `response`: a
     file of CheckResponse bytes `benchmarks.noop_lean_grpc` answers with instead of a bare OK."""
+    if response is not None and module != "benchmarks.noop_lean_grpc":
+        raise ValueError(f"{module} has no --response: only benchmarks.noop_lean_grpc answers with given bytes")
     spin = ["--spin-us", str(spin_us)] if spin_us else []
     answer = ["--response", str(response)] if response is not None else []
     return listening_child([sys.executable, "-m", module, "--port", str(port), *spin, *answer], port)

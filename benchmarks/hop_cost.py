@@ -1,16 +1,16 @@
 """`python -m benchmarks.hop_cost [--rounds N]`: where Envoy's CPU goes on a warm JWT route over ext_authz.
 
 Why: on the warm JWT row most of what authorizing adds is Envoy's, not the sidecar's (docs/performance.md,
-"Envoy's side of the hop"), so the shipped bootstrap is taken apart one piece at a time, each step keeping the
-removals before it: the shipped file as the `jwt-warm` row runs it; what `authz-sidecar envoy-config` renders
-for that config (the per-route CheckRequest trimming); then, from the shipped file, the request body, the peer
-certificate, the identity-header removal, the connection manager's hardening (path normalisation, the
-underscore and header-timeout rules, `use_remote_address`), every header but `authorization` kept off the
-CheckRequest; then Envoy alone. One sidecar (`serve`, one process, the warm JWT config) serves every variant;
-each variant is its own Envoy (one worker) answering `direct_response`, loaded by wrk with the warm token for a
-few seconds; beside them the shipped file in front of a no-op server on our transport (`NOOP`); per variant
-Envoy's and the authz server's CPU per request, the lowest over rounds (the variants run in
-turn, in a new order each round, so a drift of the machine touches them all).
+"Envoy's side of the hop"), so the shipped bootstrap is measured beside variants of it: what `authz-sidecar
+envoy-config` renders for the route's config (the per-route CheckRequest trimming); single changes
+(`ALTERNATIVES`); cumulative steps (`STEPS`: the request body, the peer certificate, the identity-header
+removal, the connection manager's hardening, every header but `authorization` kept off the CheckRequest); the
+shipped file in front of a no-op server on our own transport, answering a bare OK (`NOOP`) or the sidecar's own
+response bytes (`NOOP_SAME`); and Envoy alone. One sidecar (`serve`, one process, the warm JWT config) serves
+every variant but the no-ops; each variant is its own Envoy (one worker) answering `direct_response`, loaded by
+wrk with the warm token for a few seconds, in a new order each round. Reported per variant: Envoy's and the
+authz server's CPU per request and their sum, each the lowest over rounds, and the median over rounds of the
+sum against the shipped file's in the same round (paired: single readings move by 20-30% between rounds here).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import random
 import statistics
 import tempfile
@@ -26,11 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
-from sidecar.harness.envoy import EnvoyProcess, free_port
+from sidecar.harness.envoy import SHIPPED_WORKERS, EnvoyPorts, EnvoyProcess, free_port
 
 from . import procs, scenarios
-from .harness import answer_directly, check_request, envoy_config, envoy_ports, grpc_answer, noop_grpc_server, sidecar
+from .harness import (
+    answer_directly,
+    authz_ports,
+    check_request,
+    envoy_config,
+    envoy_ports,
+    grpc_answer,
+    noop_grpc_server,
+    sidecar,
+)
 from .load import run_wrk
 
 Doc = dict[str, Any]
@@ -60,12 +71,12 @@ def _no_header_mutation(doc: Doc) -> None:
 
 
 def _no_hardening(doc: Doc) -> None:
+    _hcm(doc).get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
     for key in (
         "use_remote_address",
         "normalize_path",
         "merge_slashes",
         "path_with_escaped_slashes_action",
-        "common_http_protocol_options",
         "request_headers_timeout",
     ):
         _hcm(doc).pop(key, None)
@@ -106,12 +117,16 @@ ALTERNATIVES: list[tuple[str, Callable[[Doc], None]]] = [
     ("shipped - use_remote_address", lambda d: _hcm(d).pop("use_remote_address", None)),
     ("shipped - request_headers_timeout", lambda d: _hcm(d).pop("request_headers_timeout", None)),
     ("shipped - path normalisation", _no_normalisation),
-    ("shipped - the underscore rule", lambda d: _hcm(d).pop("common_http_protocol_options", None)),
+    (
+        "shipped - the underscore rule",
+        lambda d: _hcm(d)["common_http_protocol_options"].pop("headers_with_underscores_action"),
+    ),
 ]
 """Single changes to the shipped file, each on its own."""
 
 
 SHIPPED = "shipped envoy.yaml (the jwt-warm row)"
+"""The bootstrap the harness's `jwt-warm` row runs: every other variant is read against it."""
 NOOP = "shipped envoy.yaml in front of a no-op server on our transport"
 """The same file asking `benchmarks.noop_lean_grpc` (OK to every Check, the request not even parsed): what Envoy's
 ext_authz client and our HTTP/2 transport cost with no authorizing at all."""
@@ -120,8 +135,9 @@ NOOP_SAME = "shipped envoy.yaml in front of a no-op server answering the sidecar
 and dynamic metadata): what Envoy pays for applying the answer, apart from how long the sidecar takes."""
 
 
-def variants(config_text: str, ports: Any, directory: Path, steps: bool = True) -> list[tuple[str, Doc]]:
-    """The shipped file, envoy-config's rendering, each step's (cumulative, from the shipped file), Envoy alone."""
+def variants(config_text: str, ports: EnvoyPorts, directory: Path, steps: bool = True) -> list[tuple[str, Doc]]:
+    """The shipped file, envoy-config's rendering, the single changes, each step's (cumulative, from the shipped
+    file; left out without `steps`), Envoy alone. The no-op variants are `noop_variant`'s."""
     from sidecar.config import load_config
     from sidecar.harness.envoy_config import render
     from sidecar.runtime import compile_runtime
@@ -143,37 +159,43 @@ def variants(config_text: str, ports: Any, directory: Path, steps: bool = True) 
     return out
 
 
+def noop_variant(ports: EnvoyPorts, authz_port: int) -> Doc:
+    """The shipped file with its authz endpoints at `authz_port` (+ k): the same Envoy in front of another server."""
+    return dict(yaml.safe_load(envoy_config(dataclasses.replace(ports, authz_port=authz_port))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hop_cost", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--no-steps", action="store_true", help="only the shipped file's single changes")
+    parser.add_argument("--no-steps", action="store_true", help="leave the cumulative steps out")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="authz-hop-cost-") as tmp:
-        listen, grpc_port = free_port(), free_port()
+        listen, grpc_port, noop_port, same_port = free_port(), authz_ports(), authz_ports(), authz_ports()
+        endpoints = [set(range(p, p + SHIPPED_WORKERS)) for p in (grpc_port, noop_port, same_port)]
+        if len(set().union(*endpoints) | {listen}) != 1 + SHIPPED_WORKERS * len(endpoints):
+            raise SystemExit("the servers' endpoint ports overlap: run again")  # each server must get its own Checks
         fx = scenarios.Fixtures(Path(tmp), f"127.0.0.1:{listen}", cold_tokens=1)
         warm = scenarios.jwt_warm(fx)
         config = scenarios.sidecar_config([warm])
         ports = envoy_ports(listen, grpc_port)
-        steps = variants(config, ports, Path(tmp), not args.no_steps)
+        measured = variants(config, ports, Path(tmp), not args.no_steps)
+        measured[1:1] = [(NOOP, noop_variant(ports, noop_port)), (NOOP_SAME, noop_variant(ports, same_port))]
         url = f"http://127.0.0.1:{listen}{warm.path}"
         spent: dict[str, list[tuple[float, float]]] = {}
-        noop_port, same_port = free_port(), free_port()
-        extra = {NOOP: noop_port, NOOP_SAME: same_port}
-        for offset, (name, port) in enumerate(extra.items(), start=1):
-            doc = yaml.safe_load(envoy_config(envoy_ports(listen, port)))
-            doc["admin"] = steps[0][1]["admin"]
-            steps.insert(offset, (name, doc))
         answer = Path(tmp) / "answer.bin"
         with contextlib.ExitStack() as stack:
             side = stack.enter_context(sidecar(config, grpc_port))
             answer.write_bytes(grpc_answer(grpc_port, check_request(warm, f"127.0.0.1:{listen}")))
+            if CheckResponse.FromString(answer.read_bytes()).status.code != 0:
+                raise SystemExit("the sidecar did not allow the warm JWT request straight at its port")
             noop = stack.enter_context(noop_grpc_server(noop_port, "benchmarks.noop_lean_grpc"))
             same = stack.enter_context(noop_grpc_server(same_port, "benchmarks.noop_lean_grpc", response=answer))
             assert side.proc is not None
             for round_ in range(args.rounds):
-                # a new order each round: the variant after an idle spell (Envoy alone) must not always be the same
-                for name, doc in random.Random(round_).sample(steps, len(steps)):
+                # a new order each round (the same orders every run, seeded by the round): the variant after an
+                # idle spell (Envoy alone) must not always be the same
+                for name, doc in random.Random(round_).sample(measured, len(measured)):
                     server = {NOOP: noop.pid, NOOP_SAME: same.pid}.get(name, side.proc.pid)
                     text = yaml.safe_dump(doc, sort_keys=False, width=1 << 30)
                     with EnvoyProcess(text, ports.admin_port) as proxy:
@@ -188,19 +210,21 @@ def main() -> None:
                             raise SystemExit(f"{name}: {result.errors} errors (every request must get the 200)")
                         per = 1e6 / max(result.requests, 1)
                         spent.setdefault(name, []).append((envoy_cpu * per, server_cpu * per))
-    report({name: spent[name] for name, _ in steps})
+    report({name: spent[name] for name, _ in measured})
 
 
 def report(spent: dict[str, list[tuple[float, float]]]) -> None:
-    """Per variant: the lowest Envoy and sidecar CPU over rounds, and the median over rounds of Envoy + sidecar
-    against the shipped file's in the same round (paired, so a drift of the machine between rounds cancels)."""
+    """Per variant: the lowest Envoy CPU, the lowest authz-server CPU and the lowest of their sums over rounds,
+    and the median over rounds of the sum against the shipped file's in the same round (paired, so a drift of
+    the machine between rounds cancels)."""
     first = spent[SHIPPED]
     print("| Envoy bootstrap | Envoy CPU us/req | authz server CPU us/req | both | both vs shipped, paired median |")
     print("|---|---|---|---|---|")
     for name, values in spent.items():
-        envoy_us, side_us = min(v[0] for v in values), min(v[1] for v in values)
+        envoy_us, server_us = min(v[0] for v in values), min(v[1] for v in values)
+        both = min(v[0] + v[1] for v in values)
         paired = statistics.median((v[0] + v[1]) / (f[0] + f[1]) for v, f in zip(values, first, strict=True))
-        print(f"| {name} | {envoy_us:.1f} | {side_us:.1f} | {envoy_us + side_us:.1f} | {paired:.2f}x |")
+        print(f"| {name} | {envoy_us:.1f} | {server_us:.1f} | {both:.1f} | {paired:.2f}x |")
 
 
 if __name__ == "__main__":

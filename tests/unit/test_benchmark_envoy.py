@@ -4,6 +4,7 @@ cluster least of all: the figures in docs/performance.md are of what users run."
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -109,29 +110,36 @@ def test_added_cpu_is_over_envoy_alone_of_the_same_mode() -> None:
 
 def test_the_hop_cost_variants_are_valid_envoy_files(tmp_path: Path) -> None:
     """`benchmarks.hop_cost` measures Envoy files that load (`--mode validate`): the first is exactly the bootstrap
-    the `jwt-warm` row runs, every variant keeps ext_authz but Envoy alone, and each single change touches what
-    its name says."""
+    the `jwt-warm` row runs, every variant keeps ext_authz but Envoy alone, each single change differs from the
+    shipped file and each step from the one before (a misspelt key would measure the shipped file twice), and a
+    no-op variant is the shipped file but for its authz endpoints."""
     from benchmarks import hop_cost
 
     fx = scenarios.Fixtures(tmp_path, "127.0.0.1:18000", cold_tokens=1)
     ports = envoy_ports(18000, 18100)
     found = hop_cost.variants(scenarios.sidecar_config([scenarios.jwt_warm(fx)]), ports, tmp_path)
+    noop = hop_cost.noop_variant(ports, 18200)
     names = [name for name, _ in found]
-    assert found[0][1] == yaml.safe_load(envoy_config(ports))
+    shipped = yaml.safe_load(envoy_config(ports))
+    assert found[0] == (hop_cost.SHIPPED, shipped)
     assert len(names) == len(set(names)) == 2 + len(hop_cost.ALTERNATIVES) + len(hop_cost.STEPS) + 1
-    for index, (name, doc) in enumerate(found):
+    for index, (name, doc) in enumerate([*found, (hop_cost.NOOP, noop)]):
         path = tmp_path / f"variant-{index}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         done = validate_envoy_config(path)
         assert done.returncode == 0, (name, done.stdout + done.stderr)
         filters = [f["name"] for f in hop_cost._hcm(doc)["http_filters"]]
         assert any("ext_authz" in f for f in filters) == (name != names[-1]), name
-    by_name = dict(found)
-    skip = hop_cost._ext_authz(by_name[hop_cost.ALTERNATIVES[0][0]])[0]
+    alternatives = found[2 : 2 + len(hop_cost.ALTERNATIVES)]
+    assert all(doc != shipped for _, doc in alternatives)
+    steps = [shipped] + [doc for _, doc in found[2 + len(hop_cost.ALTERNATIVES) : -1]]
+    assert all(after != before for before, after in itertools.pairwise(steps))
+    skip = hop_cost._ext_authz(alternatives[0][1])[0]
     assert skip["grpc_service"]["envoy_grpc"]["skip_envoy_headers"] is True
     trimmed = hop_cost._ext_authz(found[-2][1])[0]
     assert trimmed["allowed_headers"] == {"patterns": [{"exact": "authorization"}]}
     assert "with_request_body" not in trimmed and "include_peer_certificate" not in trimmed
+    assert normalized(noop) == normalized(shipped) and noop != shipped
 
 
 def test_the_no_op_lean_server_answers_the_given_bytes(tmp_path: Path) -> None:
