@@ -43,17 +43,13 @@ from .harness import (
     sidecar,
 )
 from .load import run_wrk
+from .offload_cost import hcm, without_filter
 
 Doc = dict[str, Any]
 
 
-def _hcm(doc: Doc) -> Doc:
-    hcm: Doc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return hcm
-
-
 def _ext_authz(doc: Doc) -> list[Doc]:
-    return [f["typed_config"] for f in _hcm(doc)["http_filters"] if "ext_authz" in f["name"]]
+    return [f["typed_config"] for f in hcm(doc)["http_filters"] if "ext_authz" in f["name"]]
 
 
 def _no_body(doc: Doc) -> None:
@@ -67,11 +63,11 @@ def _no_peer_certificate(doc: Doc) -> None:
 
 
 def _no_header_mutation(doc: Doc) -> None:
-    _hcm(doc)["http_filters"] = [f for f in _hcm(doc)["http_filters"] if "header_mutation" not in f["name"]]
+    without_filter(doc, "header_mutation")
 
 
 def _no_hardening(doc: Doc) -> None:
-    _hcm(doc).get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
+    hcm(doc).get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
     for key in (
         "use_remote_address",
         "normalize_path",
@@ -79,12 +75,12 @@ def _no_hardening(doc: Doc) -> None:
         "path_with_escaped_slashes_action",
         "request_headers_timeout",
     ):
-        _hcm(doc).pop(key, None)
+        hcm(doc).pop(key, None)
 
 
 def _no_normalisation(doc: Doc) -> None:
     for key in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
-        _hcm(doc).pop(key, None)
+        hcm(doc).pop(key, None)
 
 
 def _authorization_only(doc: Doc) -> None:
@@ -114,12 +110,12 @@ def _raw_headers(doc: Doc) -> None:
 ALTERNATIVES: list[tuple[str, Callable[[Doc], None]]] = [
     ("shipped + skip_envoy_headers (no x-envoy-* on the Check)", _skip_envoy_headers),
     ("shipped + encode_raw_headers (header_map)", _raw_headers),
-    ("shipped - use_remote_address", lambda d: _hcm(d).pop("use_remote_address", None)),
-    ("shipped - request_headers_timeout", lambda d: _hcm(d).pop("request_headers_timeout", None)),
+    ("shipped - use_remote_address", lambda d: hcm(d).pop("use_remote_address", None)),
+    ("shipped - request_headers_timeout", lambda d: hcm(d).pop("request_headers_timeout", None)),
     ("shipped - path normalisation", _no_normalisation),
     (
         "shipped - the underscore rule",
-        lambda d: _hcm(d)["common_http_protocol_options"].pop("headers_with_underscores_action"),
+        lambda d: hcm(d)["common_http_protocol_options"].pop("headers_with_underscores_action"),
     ),
 ]
 """Single changes to the shipped file, each on its own."""

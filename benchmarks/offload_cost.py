@@ -29,22 +29,23 @@ from .load import run_wrk
 Doc = dict[str, Any]
 
 
-def _hcm(doc: Doc) -> Doc:
-    hcm: Doc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    return hcm
+def hcm(doc: Doc) -> Doc:
+    """The ingress listener's HTTP connection manager config (the benchmark bootstraps have one listener)."""
+    found: Doc = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return found
 
 
 def _routes(doc: Doc) -> list[Doc]:
-    return [route for vhost in _hcm(doc)["route_config"]["virtual_hosts"] for route in vhost["routes"]]
+    return [route for vhost in hcm(doc)["route_config"]["virtual_hosts"] for route in vhost["routes"]]
 
 
-def _without_filter(doc: Doc, part: str) -> None:
+def without_filter(doc: Doc, part: str) -> None:
     """Drop every HTTP filter whose name holds `part`, and its per-route settings."""
     for route in _routes(doc):
         per_route = route.get("typed_per_filter_config") or {}
         for name in [name for name in per_route if part in name]:
             del per_route[name]
-    _hcm(doc)["http_filters"] = [f for f in _hcm(doc)["http_filters"] if part not in f["name"]]
+    hcm(doc)["http_filters"] = [f for f in hcm(doc)["http_filters"] if part not in f["name"]]
 
 
 def _plain_match(doc: Doc) -> None:
@@ -53,18 +54,18 @@ def _plain_match(doc: Doc) -> None:
 
 
 def _bare_provider(doc: Doc) -> None:
-    jwt_authn = next(f for f in _hcm(doc)["http_filters"] if "jwt_authn" in f["name"])
+    jwt_authn = next(f for f in hcm(doc)["http_filters"] if "jwt_authn" in f["name"])
     for provider in jwt_authn["typed_config"]["providers"].values():
         for key in ("payload_in_metadata", "header_in_metadata", "failed_status_in_metadata", "claim_to_headers"):
             provider.pop(key, None)
 
 
 STEPS: list[tuple[str, Callable[[Doc], None]]] = [
-    ("- access log", lambda d: _hcm(d).pop("access_log", None)),
-    ("- local-reply mappers", lambda d: _hcm(d).pop("local_reply_config", None)),
-    ("- rbac (the CEL condition)", lambda d: _without_filter(d, "rbac")),
-    ("- header mutation", lambda d: _without_filter(d, "header_mutation")),
-    ("- ext_authz (disabled on the route)", lambda d: _without_filter(d, "ext_authz")),
+    ("- access log", lambda d: hcm(d).pop("access_log", None)),
+    ("- local-reply mappers", lambda d: hcm(d).pop("local_reply_config", None)),
+    ("- rbac (the CEL condition)", lambda d: without_filter(d, "rbac")),
+    ("- header mutation", lambda d: without_filter(d, "header_mutation")),
+    ("- ext_authz (disabled on the route)", lambda d: without_filter(d, "ext_authz")),
     ("- canonical-token header regex", _plain_match),
     ("- jwt_authn metadata and claim headers", _bare_provider),
 ]

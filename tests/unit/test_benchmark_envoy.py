@@ -128,7 +128,7 @@ def test_the_hop_cost_variants_are_valid_envoy_files(tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         done = validate_envoy_config(path)
         assert done.returncode == 0, (name, done.stdout + done.stderr)
-        filters = [f["name"] for f in hop_cost._hcm(doc)["http_filters"]]
+        filters = [f["name"] for f in hop_cost.hcm(doc)["http_filters"]]
         assert any("ext_authz" in f for f in filters) == (name != names[-1]), name
     alternatives = found[2 : 2 + len(hop_cost.ALTERNATIVES)]
     assert all(doc != shipped for _, doc in alternatives)
