@@ -292,8 +292,8 @@ def condition(rules: TokenRules, iat: bool | None = None, scp_list: bool | None 
         issued = at_most(claim("iat"), b.call("_+_", now(), leeway))
         terms.append(issued if iat else b.or_(b.not_(has("iat")), issued))
     # exp (required, an integer: jwt_authn; in range: `principals`): the true time before exp + leeway, on every
-    # request: jwt_authn's JWT cache answers a token it verified without its clock skew (a cached token passed
-    # its exp by under a minute was let through: tests/e2e/test_offload_e2e.py)
+    # request: jwt_authn's JWT cache judges a hit by the JWT library's fixed 60 s skew, not the configured one (a
+    # cached token passed its exp by under a minute was let through: tests/e2e/test_offload_e2e.py)
     terms.append(at_most(b.call("_+_", now(), b.number(1.0)), b.call("_+_", claim("exp"), leeway)))
     if clock_skew(rules) != int(rules.leeway) - 1:
         # no leeway: jwt_authn's skew of 0 truncates a fractional nbf (a cached token was past its nbf already)
