@@ -66,21 +66,35 @@ def _no_header_mutation(doc: Doc) -> None:
     without_filter(doc, "header_mutation")
 
 
-def _no_hardening(doc: Doc) -> None:
-    hcm(doc).get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
-    for key in (
-        "use_remote_address",
-        "normalize_path",
-        "merge_slashes",
-        "path_with_escaped_slashes_action",
-        "request_headers_timeout",
-    ):
-        hcm(doc).pop(key, None)
+def _no_remote_address(doc: Doc) -> None:
+    hcm(doc).pop("use_remote_address", None)
+
+
+def _no_headers_timeout(doc: Doc) -> None:
+    hcm(doc).pop("request_headers_timeout", None)
 
 
 def _no_normalisation(doc: Doc) -> None:
     for key in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action"):
         hcm(doc).pop(key, None)
+
+
+def _no_underscore_rule(doc: Doc) -> None:
+    hcm(doc).get("common_http_protocol_options", {}).pop("headers_with_underscores_action", None)
+
+
+HARDENING: list[tuple[str, Callable[[Doc], None]]] = [
+    ("shipped - use_remote_address", _no_remote_address),
+    ("shipped - request_headers_timeout", _no_headers_timeout),
+    ("shipped - path normalisation", _no_normalisation),
+    ("shipped - the underscore rule", _no_underscore_rule),
+]
+"""The connection manager's hardening, one option at a time (`ALTERNATIVES`) or all at once (`STEPS`)."""
+
+
+def _no_hardening(doc: Doc) -> None:
+    for _, change in HARDENING:
+        change(doc)
 
 
 def _authorization_only(doc: Doc) -> None:
@@ -110,13 +124,7 @@ def _raw_headers(doc: Doc) -> None:
 ALTERNATIVES: list[tuple[str, Callable[[Doc], None]]] = [
     ("shipped + skip_envoy_headers (no x-envoy-* on the Check)", _skip_envoy_headers),
     ("shipped + encode_raw_headers (header_map)", _raw_headers),
-    ("shipped - use_remote_address", lambda d: hcm(d).pop("use_remote_address", None)),
-    ("shipped - request_headers_timeout", lambda d: hcm(d).pop("request_headers_timeout", None)),
-    ("shipped - path normalisation", _no_normalisation),
-    (
-        "shipped - the underscore rule",
-        lambda d: hcm(d)["common_http_protocol_options"].pop("headers_with_underscores_action"),
-    ),
+    *HARDENING,
 ]
 """Single changes to the shipped file, each on its own."""
 
