@@ -392,5 +392,6 @@ def test_chunked_client_bodies_and_upgrade_headers_pass_through(http_stack: Http
     upgrade = client.get("/socket", headers={"connection": "upgrade", "upgrade": "websocket"})
     assert upgrade.status_code in (200, 403)  # without upgrade_configs Envoy refuses it (403) before asking us
     after = client.get("/after")
-    assert after.status_code == 200
+    # a 502 here was seen once in CI (not reproduced in 15 runs): the upgrade's answer and Envoy's log say why
+    assert after.status_code == 200, (upgrade.status_code, after.text, stack.proxy.log())
     assert stack.sidecar.seen[-1].path == "/after"
