@@ -367,15 +367,23 @@ def listening_child(args: list[str], port: int) -> Iterator[subprocess.Popen[byt
 
 
 def noop_grpc_server(
-    port: int, module: str = "benchmarks.noop_grpc_authz", spin_us: float = 0.0, response: Path | None = None
+    port: int,
+    module: str = "benchmarks.noop_grpc_authz",
+    spin_us: float = 0.0,
+    response: Path | None = None,
+    delay_us: float = 0.0,
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """A no-op floor server (gRPC by default, or `benchmarks.noop_http_authz`) in a child process; `response`: a
-    file of CheckResponse bytes `benchmarks.noop_lean_grpc` answers with instead of a bare OK."""
-    if response is not None and module != "benchmarks.noop_lean_grpc":
-        raise ValueError(f"{module} has no --response: only benchmarks.noop_lean_grpc answers with given bytes")
+    file of CheckResponse bytes `benchmarks.noop_lean_grpc` answers with instead of a bare OK, after `delay_us`
+    of waiting (lean only)."""
+    lean_only = {"--response": response is not None, "--delay-us": bool(delay_us)}
+    for option, given in lean_only.items():
+        if given and module != "benchmarks.noop_lean_grpc":
+            raise ValueError(f"{module} has no {option}: only benchmarks.noop_lean_grpc takes it")
     spin = ["--spin-us", str(spin_us)] if spin_us else []
     answer = ["--response", str(response)] if response is not None else []
-    return listening_child([sys.executable, "-m", module, "--port", str(port), *spin, *answer], port)
+    delay = ["--delay-us", str(delay_us)] if delay_us else []
+    return listening_child([sys.executable, "-m", module, "--port", str(port), *spin, *answer, *delay], port)
 
 
 def grpc_answer(port: int, message: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.hop_cost [--rounds N]`: where Envoy's CPU goes on a warm JWT route over ext_authz.
+"""`python -m benchmarks.hop_cost [--rounds N] [--calibrate]`: where Envoy's CPU goes on a warm JWT route.
 
 Why: on the warm JWT row most of what authorizing adds is Envoy's, not the sidecar's (docs/performance.md,
 "Envoy's side of the hop"), so the shipped bootstrap is measured beside variants of it: what `authz-sidecar
@@ -6,7 +6,8 @@ envoy-config` renders for the route's config (the per-route CheckRequest trimmin
 (`ALTERNATIVES`); cumulative steps (`STEPS`: the request body, the peer certificate, the identity-header
 removal, the connection manager's hardening, every header but `authorization` kept off the CheckRequest); the
 shipped file in front of a no-op server on our own transport, answering a bare OK (`NOOP`) or the sidecar's own
-response bytes (`NOOP_SAME`); and Envoy alone. One sidecar (`serve`, one process, the warm JWT config) serves
+response bytes (`NOOP_SAME`), and with `--calibrate` no-ops that burn CPU (`NOOP_SPIN`) or wait (`NOOP_DELAY`) per
+Check; and Envoy alone. One sidecar (`serve`, one process, the warm JWT config) serves
 every variant but the no-ops; each variant is its own Envoy (one worker) answering `direct_response`, loaded by
 wrk with the warm token for a few seconds, in a new order each round. Reported per variant: Envoy's and the
 authz server's CPU per request and their sum, each the lowest over rounds, and the median over rounds of the
@@ -137,6 +138,31 @@ ext_authz client and our HTTP/2 transport cost with no authorizing at all."""
 NOOP_SAME = "shipped envoy.yaml in front of a no-op server answering the sidecar's own bytes"
 """A no-op server answering every Check with the bytes the sidecar answers this route with (its identity headers
 and dynamic metadata): what Envoy pays for applying the answer, apart from how long the sidecar takes."""
+SPIN_US = 30.0
+"""The calibration no-op's CPU per Check: about what the sidecar spends on a warm Check beyond the no-op's own."""
+DELAY_US = 300.0
+"""The calibration no-op's wait per Check (a timer, no CPU): longer than the sidecar takes to answer under load."""
+NOOP_SPIN = f"shipped envoy.yaml in front of a no-op burning {SPIN_US:.0f} us of CPU per Check"
+"""Calibration (`--calibrate`): what the authz server's CPU alone costs Envoy, on a machine whose cores Envoy, the
+server and the load generator share (a busier server delays Envoy's worker and cools its caches)."""
+NOOP_DELAY = f"shipped envoy.yaml in front of a no-op waiting {DELAY_US:.0f} us per Check"
+"""Calibration (`--calibrate`): what the authz server's latency alone costs Envoy (more Checks in flight, fewer
+answers per wake-up), with no CPU spent on it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOp:
+    """A no-op server variant: `benchmarks.noop_lean_grpc` with these options, on its own endpoint ports."""
+
+    name: str
+    response: bool = False
+    """Answer with the sidecar's own bytes for the route (else a bare OK)."""
+    spin_us: float = 0.0
+    delay_us: float = 0.0
+
+
+NOOPS = (NoOp(NOOP), NoOp(NOOP_SAME, response=True))
+CALIBRATIONS = (NoOp(NOOP_SPIN, spin_us=SPIN_US), NoOp(NOOP_DELAY, delay_us=DELAY_US))
 
 
 def variants(config_text: str, ports: EnvoyPorts, directory: Path, steps: bool = True) -> list[tuple[str, Doc]]:
@@ -173,10 +199,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--no-steps", action="store_true", help="leave the cumulative steps out")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="add no-ops that burn CPU or wait per Check (NOOP_SPIN, NOOP_DELAY)"
+    )
     args = parser.parse_args()
+    noops = NOOPS + (CALIBRATIONS if args.calibrate else ())
     with tempfile.TemporaryDirectory(prefix="authz-hop-cost-") as tmp:
-        listen, grpc_port, noop_port, same_port = free_port(), authz_ports(), authz_ports(), authz_ports()
-        endpoints = [set(range(p, p + SHIPPED_WORKERS)) for p in (grpc_port, noop_port, same_port)]
+        listen, grpc_port = free_port(), authz_ports()
+        noop_ports = [authz_ports() for _ in noops]
+        endpoints = [set(range(p, p + SHIPPED_WORKERS)) for p in (grpc_port, *noop_ports)]
         if len(set().union(*endpoints) | {listen}) != 1 + SHIPPED_WORKERS * len(endpoints):
             raise SystemExit("the servers' endpoint ports overlap: run again")  # each server must get its own Checks
         fx = scenarios.Fixtures(Path(tmp), f"127.0.0.1:{listen}", cold_tokens=1)
@@ -184,7 +215,7 @@ def main() -> None:
         config = scenarios.sidecar_config([warm])
         ports = envoy_ports(listen, grpc_port)
         measured = variants(config, ports, Path(tmp), not args.no_steps)
-        measured[1:1] = [(NOOP, noop_variant(ports, noop_port)), (NOOP_SAME, noop_variant(ports, same_port))]
+        measured[1:1] = [(noop.name, noop_variant(ports, port)) for noop, port in zip(noops, noop_ports, strict=True)]
         url = f"http://127.0.0.1:{listen}{warm.path}"
         spent: dict[str, list[tuple[float, float]]] = {}
         answer = Path(tmp) / "answer.bin"
@@ -193,14 +224,24 @@ def main() -> None:
             answer.write_bytes(grpc_answer(grpc_port, check_request(warm, f"127.0.0.1:{listen}")))
             if CheckResponse.FromString(answer.read_bytes()).status.code != 0:
                 raise SystemExit("the sidecar did not allow the warm JWT request straight at its port")
-            noop = stack.enter_context(noop_grpc_server(noop_port, "benchmarks.noop_lean_grpc"))
-            same = stack.enter_context(noop_grpc_server(same_port, "benchmarks.noop_lean_grpc", response=answer))
             assert side.proc is not None
+            servers = {
+                noop.name: stack.enter_context(
+                    noop_grpc_server(
+                        port,
+                        "benchmarks.noop_lean_grpc",
+                        spin_us=noop.spin_us,
+                        response=answer if noop.response else None,
+                        delay_us=noop.delay_us,
+                    )
+                ).pid
+                for noop, port in zip(noops, noop_ports, strict=True)
+            }
             for round_ in range(args.rounds):
                 # a new order each round (the same orders every run, seeded by the round): the variant after an
                 # idle spell (Envoy alone) must not always be the same
                 for name, doc in random.Random(round_).sample(measured, len(measured)):
-                    server = {NOOP: noop.pid, NOOP_SAME: same.pid}.get(name, side.proc.pid)
+                    server = servers.get(name, side.proc.pid)
                     text = yaml.safe_dump(doc, sort_keys=False, width=1 << 30)
                     with EnvoyProcess(text, ports.admin_port) as proxy:
                         assert proxy.proc is not None

@@ -7,7 +7,8 @@ it show how much of what remains is ours.
 
 It answers `grpc.health.v1.Health/Check` with SERVING too: the shipped bootstrap health-checks its endpoints.
 
-Run: `python -m benchmarks.noop_lean_grpc --port 9191 [--reuse-port] [--response FILE]`; SIGTERM/SIGINT stop it.
+Run: `python -m benchmarks.noop_lean_grpc --port 9191 [--reuse-port] [--response FILE] [--spin-us N]
+[--delay-us N]`; SIGTERM/SIGINT stop it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,20 @@ from sidecar.transports.grpc_lean import start_lean_grpc
 from .noop_grpc_authz import CHECK_METHOD, OK_RESPONSE, SERVICE
 
 
-def _answering(response: bytes) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
+def _answering(
+    response: bytes, spin_us: float = 0.0, delay_us: float = 0.0
+) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
+    """The Check handler: `spin_us` of CPU burnt, then `delay_us` of waiting (a timer, no CPU) before answering:
+    calibrations telling what the authz server's CPU and its latency each cost Envoy."""
+    spin, delay = spin_us / 1e6, delay_us / 1e6
+
     async def check(request: bytes) -> bytes:
+        if spin:
+            end = time.perf_counter() + spin
+            while time.perf_counter() < end:
+                pass
+        if delay:
+            await asyncio.sleep(delay)
         return response
 
     return check
@@ -41,9 +55,17 @@ async def _health(request: bytes) -> bytes:
     return SERVING
 
 
-async def serve(host: str, port: int, reuse_port: bool = False, response: bytes = OK_RESPONSE) -> None:
+async def serve(
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    response: bytes = OK_RESPONSE,
+    spin_us: float = 0.0,
+    delay_us: float = 0.0,
+) -> None:
     """Serve until SIGTERM/SIGINT, answering every Check with `response` (a serialized CheckResponse)."""
-    handlers = {f"/{SERVICE}/{CHECK_METHOD}": _answering(response), "/grpc.health.v1.Health/Check": _health}
+    check = _answering(response, spin_us, delay_us)
+    handlers = {f"/{SERVICE}/{CHECK_METHOD}": check, "/grpc.health.v1.Health/Check": _health}
     server = await start_lean_grpc(host, port, handlers, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -62,9 +84,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--response", type=Path, help="a file of CheckResponse bytes to answer with (default: a bare OK)"
     )
+    parser.add_argument("--spin-us", type=float, default=0.0, help="CPU to burn per Check before answering")
+    parser.add_argument("--delay-us", type=float, default=0.0, help="time to wait per Check (no CPU) before answering")
     args = parser.parse_args(argv)
     response = args.response.read_bytes() if args.response else OK_RESPONSE
-    uvloop.run(serve(args.host, args.port, args.reuse_port, response))
+    uvloop.run(serve(args.host, args.port, args.reuse_port, response, args.spin_us, args.delay_us))
 
 
 if __name__ == "__main__":

@@ -161,3 +161,34 @@ def test_the_no_op_lean_server_answers_the_given_bytes(tmp_path: Path) -> None:
         port = free_port()
         with noop_grpc_server(port, "benchmarks.noop_lean_grpc", response=response):
             assert grpc_answer(port, b"") == expected
+
+
+def test_the_calibration_no_ops_burn_cpu_or_wait_before_answering() -> None:
+    """hop_cost's calibrations: `--spin-us` spends that much CPU in the server per Check, `--delay-us` that much
+    time without CPU; both still answer OK, and only the lean no-op takes `--delay-us`."""
+    import time
+
+    from benchmarks import procs
+    from benchmarks.harness import grpc_answer, noop_grpc_server
+    from benchmarks.hop_cost import CALIBRATIONS, NOOPS
+    from benchmarks.noop_grpc_authz import OK_RESPONSE
+    from sidecar.harness.envoy import free_port
+
+    assert len({noop.name for noop in NOOPS + CALIBRATIONS}) == len(NOOPS + CALIBRATIONS)
+    calls = 20
+    for spin_us, delay_us in ((20_000.0, 0.0), (0.0, 20_000.0)):
+        port = free_port()
+        with noop_grpc_server(port, "benchmarks.noop_lean_grpc", spin_us=spin_us, delay_us=delay_us) as server:
+            assert grpc_answer(port, b"") == OK_RESPONSE  # connected and warm
+            cpu_before, started = sum(procs.tree_cpu(server.pid).values()), time.monotonic()
+            for _ in range(calls):
+                assert grpc_answer(port, b"") == OK_RESPONSE
+            cpu = sum(procs.tree_cpu(server.pid).values()) - cpu_before
+            elapsed = time.monotonic() - started
+        assert elapsed >= calls * 0.02  # each answer came no sooner than 20 ms after its Check
+        if spin_us:
+            assert cpu >= calls * 0.02 * 0.9  # the wait was spent on the CPU
+        else:
+            assert cpu < calls * 0.02 / 2  # the wait was a timer
+    with pytest.raises(ValueError, match="--delay-us"):
+        noop_grpc_server(free_port(), "benchmarks.noop_grpc_authz", delay_us=1.0)
