@@ -591,7 +591,9 @@ class LocalCounters:
                 return meter_admission(meter_reply(1, gcra(stored, now, throttle), None, now), throttle, quota)
         if quota is not None:
             count = state.quotas.get(quota.period) or state.count(quota.period)
-            if not count.start_us <= now < count.end_us:  # a new period: its bounds worked out once
+            # Only forward: a clock stepped back (an NTP step, a restored VM) keeps counting in the period already
+            # counted, never starts an earlier one at 0 (that would refund the quota; Redis keys periods by start).
+            if now >= count.end_us:  # a new period: its bounds worked out once
                 count.roll(quota.period, now)
                 state.expires = max(state.expires, count.marker_until)
             limit = quota.initial_limit if count.initial == count.start else quota.limit
@@ -641,12 +643,13 @@ class LocalCounters:
 
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
         now = self.now_us()
-        start, _ = period_bounds(quota.period, now // MICROS)
         state = self.plans.keys.get(key)
         count = state.quotas.get(quota.period) if state is not None else None
         if count is None:
             return 0, quota.initial_limit  # never metered: this period would be its initial one
-        used = count.used if count.start == start and now < count.end_us else 0
+        current = now < count.end_us  # the counted period (or a clock stepped back into it: see `_judge`)
+        start = count.start if current else period_bounds(quota.period, now // MICROS)[0]
+        used = count.used if current else 0
         initial = count.initial if count.marker_until > now else start  # no live record: as if never metered
         return used, max(0, quota.applies(initial == start) - used)
 

@@ -171,6 +171,22 @@ async def test_quotas_roll_over_at_the_utc_period_boundary(
     assert await counters.usage("k", quota) == (1, 2)
 
 
+async def test_a_clock_stepped_back_across_a_period_boundary_refunds_no_quota() -> None:
+    """An NTP step or a restored VM moving the wall clock into the previous day keeps counting in the day already
+    counted: starting that earlier day at 0, then this one again at 0, would hand out the quota twice (the Redis
+    backend keys each period by its start, so it cannot)."""
+    clock = Clock(utc(2024, 5, 15, 0, 0, 30).timestamp())
+    counters, quota = LocalCounters(clock), Quota(3, "DAY")
+    assert sum([(await counters.meter("k", None, quota)).allowed for _ in range(5)]) == 3
+    clock.at(utc(2024, 5, 14, 23, 59, 50))  # stepped back across midnight
+    assert sum([(await counters.meter("k", None, quota)).allowed for _ in range(5)]) == 0
+    assert await counters.usage("k", quota) == (3, 0)
+    clock.at(utc(2024, 5, 15, 0, 1))  # and forward again
+    assert sum([(await counters.meter("k", None, quota)).allowed for _ in range(5)]) == 0
+    clock.at(utc(2024, 5, 16))  # the next day is a new period, as always
+    assert sum([(await counters.meter("k", None, quota)).allowed for _ in range(5)]) == 3
+
+
 async def test_the_offset_applies_only_in_the_period_the_key_was_first_metered() -> None:
     clock = Clock(utc(2024, 5, 15, 8).timestamp())
     counters, quota = LocalCounters(clock), Quota(10, "DAY", offset=4)
