@@ -37,6 +37,7 @@ from .settings import (
     ListenSettings,
     LocalCacheSettings,
     PolicySettings,
+    RateLimitSettings,
     RedisCacheSettings,
     RedisSettings,
     RouteSettings,
@@ -346,6 +347,8 @@ def _limit_issues(config: Config, parts: _Parts, locator: YamlLocator) -> list[C
                 unknown_route(("rate_limits", index, "routes", at), key)
         if "api_key" in rule.key and config.api_keys is None:
             issues.append(locator.issue(("rate_limits", index, "key"), "the api_key part needs `api_keys:`"))
+        elif "api_key" in rule.key and config.api_keys is not None and config.api_keys.source == "authorizer":
+            issues.extend(_keyless_rule_issues(rule, parts, locator, index))
     for index, route in parts.routes:
         if route.api_key_required:
             issues.extend(_api_key_route_issues(config, parts, locator, index, route))
@@ -365,12 +368,31 @@ def _api_key_route_issues(
     if config.api_keys is None:
         return [locator.issue(where, "api_key_required needs `api_keys:` (the key file and where keys are read)")]
     authorizer = parts.authorizers.valid.get(route.authorizer)
-    if config.api_keys.source == "authorizer" and authorizer is not None and not authorizer.names_usage_keys:
+    gap = authorizer.usage_key_gap() if authorizer is not None else None
+    if config.api_keys.source == "authorizer" and gap is not None:
         message = (
-            f"api_keys.source is authorizer (the authorizer's usageIdentifierKey), but {route.authorizer!r} is"
-            f" {authorizer.type}, which names no API keys"
+            f"api_keys.source is authorizer (the authorizer's usageIdentifierKey), but {route.authorizer!r} is {gap}"
         )
         return [locator.issue(where, message)]
+    return []
+
+
+def _keyless_rule_issues(rule: RateLimitSettings, parts: _Parts, locator: YamlLocator, index: int) -> list[ConfigIssue]:
+    """A rule counting by `api_key` under `api_keys.source: authorizer` on a route whose authorizer never names a
+    key would count nothing there (a request missing a part is not counted): refused, as `api_key_required` is."""
+    scope = {key.strip() for key in rule.routes}
+    for _, route in parts.routes:
+        if scope and route.match.strip() not in scope:
+            continue
+        authorizer = parts.authorizers.valid.get(route.authorizer)
+        gap = authorizer.usage_key_gap() if authorizer is not None else None
+        if gap is not None:
+            message = (
+                f"the api_key part reads the authorizer's usageIdentifierKey (api_keys.source: authorizer), but"
+                f" route {route.match.strip()!r} is in this rule's scope and its authorizer {route.authorizer!r}"
+                f" is {gap}: the rule would never count it (scope the rule with `routes`)"
+            )
+            return [locator.issue(("rate_limits", index, "key"), message)]
     return []
 
 

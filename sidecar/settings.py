@@ -31,7 +31,11 @@ class AuthorizerSettings(BaseModel):
 
     names_usage_keys: ClassVar[bool] = False
     """Whether the built authorizer names its callers' API keys (a Lambda authorizer's `usageIdentifierKey`), as
-    `api_keys.source: authorizer` needs of every route requiring a key."""
+    `api_keys.source: authorizer` needs of every route requiring a key or counted by a rule's `api_key` part."""
+
+    def usage_key_gap(self) -> str | None:
+        """Why these settings' authorizer never names an API key (None when it can), for the config's errors."""
+        return None if self.names_usage_keys else f"{self.type}, which names no API keys"
 
     route_options: ClassVar[frozenset[str]] = frozenset()
     """The per-route options (keys of a `routes[]` entry) that routes naming this type may set, e.g. SigV4's

@@ -107,6 +107,39 @@ def test_an_api_key_rule_part_needs_api_keys() -> None:
     assert any("rate_limits[0].key: the api_key part needs `api_keys:`" in e for e in _errors(text))
 
 
+AUTHORIZER_KEYS = """\
+authorizers:
+  corp: {type: none}
+  custom: {type: lambda, handler: "sidecar.examples.lambda_authorizer:handler"}
+  simple:
+    {type: lambda, handler: sidecar.examples.lambda_authorizer:handler, event_format: http-2.0, simple_responses: true}
+api_keys: {file: k.yaml, source: authorizer}
+routes:
+  - {match: "ANY /pets/{proxy+}", authorizer: custom}
+  - {match: "ANY /login", authorizer: corp}
+  - {match: "ANY /simple", authorizer: simple}
+"""
+
+
+def test_an_api_key_rule_part_from_the_authorizer_covers_only_routes_whose_authorizer_names_keys() -> None:
+    """Under `api_keys.source: authorizer` a rule counting by `api_key` on a route whose authorizer names no key
+    would count nothing there, so it is refused unless `routes` leaves such routes out (a review found it inert)."""
+    rule = "rate_limits: [{name: r, key: [api_key], limit: 10%s}]\n"
+    errors = _errors(AUTHORIZER_KEYS + rule % "")
+    assert any("rate_limits[0].key: the api_key part reads the authorizer's usageIdentifierKey" in e for e in errors)
+    assert any("route 'ANY /login'" in e and "'corp' is none, which names no API keys" in e for e in errors), errors
+    simple = _errors(AUTHORIZER_KEYS + rule % ', routes: ["ANY /simple"]')
+    assert any("route 'ANY /simple'" in e and "simple_responses" in e for e in simple), simple
+    loaded = parse_config(AUTHORIZER_KEYS + rule % ', routes: ["ANY /pets/{proxy+}"]', "cfg.yaml")
+    assert loaded.rate_limits[0].routes == ("ANY /pets/{proxy+}",)
+
+
+def test_a_lambda_with_simple_responses_cannot_supply_the_key_a_route_requires() -> None:
+    text = AUTHORIZER_KEYS.replace("authorizer: simple}", "authorizer: simple, api_key_required: true}")
+    errors = _errors(text)
+    assert any("routes[2].api_key_required" in e and "simple_responses" in e for e in errors), errors
+
+
 def test_a_route_requiring_a_client_cert_needs_mtls() -> None:
     text = BASE.replace("api_key_required: true", "require_client_cert: true")
     assert any("routes[0].require_client_cert: require_client_cert needs `mtls:`" in e for e in _errors(text))

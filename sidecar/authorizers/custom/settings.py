@@ -65,6 +65,11 @@ class LambdaSettings(AuthorizerSettings):
 
     names_usage_keys: ClassVar[bool] = True  # its responses' usageIdentifierKey (`api_keys.source: authorizer`)
 
+    def usage_key_gap(self) -> str | None:
+        if self.simple_responses:  # {"isAuthorized": ...} (HTTP APIs, which have no usage plans) carries no key
+            return "lambda with simple_responses, whose answers carry no usageIdentifierKey"
+        return None
+
     type: Literal["lambda"]
     handler: str | None = None
     """`package.module:function`, imported once per config load."""
