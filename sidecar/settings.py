@@ -441,13 +441,25 @@ class ApiKeySettings(_Frozen):
 class ForwardedIpSettings(_Frozen):
     """WAF's forwarded IP configuration for the `forwarded_ip` key: the address `trusted_hops` entries left of
     the peer in `header` (0: the peer Envoy saw, so a client's own entries never count); `fallback` when the
-    header has no valid address there: `MATCH` counts the request under one shared key, `NO_MATCH` skips it."""
+    header has no valid address there: `MATCH` counts the request under one shared key, `NO_MATCH` skips it.
+    A header other than `x-forwarded-for` (which Envoy extends with the peer) needs `trusted_hops` of at least
+    1: its last entry is what the nearest trusted proxy wrote, and with 0 the rule would read the peer and
+    ignore the header, or (as it once did) read an entry any client can write."""
 
     header: str = "x-forwarded-for"
     trusted_hops: int = Field(default=0, ge=0, le=10)
     fallback: Literal["MATCH", "NO_MATCH"] = "MATCH"
 
     _header = field_validator("header")(lambda cls, v: _header_name(v))
+
+    @model_validator(mode="after")
+    def _hops_for_another_header(self) -> ForwardedIpSettings:
+        if self.header != "x-forwarded-for" and self.trusted_hops < 1:
+            raise ValueError(
+                f"trusted_hops must be at least 1 with header {self.header!r}: the proxies in front of Envoy that"
+                " write it (its last entry is the nearest one's); with 0 a client could write the counted address"
+            )
+        return self
 
 
 class RateLimitSettings(_Frozen):

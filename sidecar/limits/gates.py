@@ -228,8 +228,10 @@ None when the request lacks it (then the rule does not count the request, as WAF
 def _forwarded(settings: ForwardedIpSettings, context: ContextSettings) -> Part:
     """WAF's forwarded IP. `X-Forwarded-For` is read as `aws:SourceIp` is, with this rule's own hops: the address
     `trusted_hops` entries left of the peer (0: the peer, so a client's own entries never count). Another header
-    (`x-real-ip`) is a list a trusted proxy wrote: its entry `trusted_hops` from the right. A missing header (with
-    hops to trust) or an entry that is no address takes WAF's fallback: MATCH counts it under one shared value."""
+    (`x-real-ip`) is read alike, as if the peer followed its entries (Envoy appends the peer to X-Forwarded-For
+    only): `trusted_hops` (at least 1, `ForwardedIpSettings`) 1 is its last entry, the nearest trusted proxy's.
+    A missing header (with hops to trust) or an entry that is no address takes WAF's fallback: MATCH counts it
+    under one shared value."""
     header, trusted = settings.header, settings.trusted_hops
     hops = replace(context, trusted_proxy_hops=trusted)
     fallback = NO_FORWARDED_IP if settings.fallback == "MATCH" else None
@@ -240,8 +242,10 @@ def _forwarded(settings: ForwardedIpSettings, context: ContextSettings) -> Part:
                 return fallback
             address = client_address(request, hops)
         else:
-            chain = [entry.strip() for entry in request.headers.get(header, "").split(",") if entry.strip()]
-            address = chain[-trusted - 1] if len(chain) > trusted else ""
+            if header not in request.headers:
+                return fallback
+            chain = [entry.strip() for entry in request.headers[header].split(",") if entry.strip()]
+            address = chain[-trusted] if len(chain) >= trusted else ""  # trusted >= 1: never the peer itself
         return address if address and parse_ip(address) is not None else fallback
 
     return read

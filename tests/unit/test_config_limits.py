@@ -140,6 +140,17 @@ def test_a_lambda_with_simple_responses_cannot_supply_the_key_a_route_requires()
     assert any("routes[2].api_key_required" in e and "simple_responses" in e for e in errors), errors
 
 
+def test_a_forwarded_ip_header_other_than_xff_needs_a_trusted_hop() -> None:
+    """With 0 hops a custom header's last entry is whatever the client wrote (a fresh counter per request): refused
+    (a review found it); 1 reads what the nearest trusted proxy wrote."""
+    rule = "rate_limits: [{name: r, key: [forwarded_ip], limit: 10, forwarded_ip: {header: x-real-ip%s}}]\n"
+    text = BASE.replace(", api_key_required: true", "") + rule
+    errors = _errors(text % "")
+    assert any("rate_limits[0].forwarded_ip" in e and "trusted_hops must be at least 1" in e for e in errors), errors
+    loaded = parse_config(text % ", trusted_hops: 1", "cfg.yaml")
+    assert loaded.rate_limits[0].forwarded_ip.trusted_hops == 1
+
+
 def test_a_route_requiring_a_client_cert_needs_mtls() -> None:
     text = BASE.replace("api_key_required: true", "require_client_cert: true")
     assert any("routes[0].require_client_cert: require_client_cert needs `mtls:`" in e for e in _errors(text))

@@ -275,7 +275,7 @@ WATCH_ALL = (
 rate_limits:
   - {name: everywhere, key: [ip], window: 60, limit: 10}
   - {name: real-ip, key: [forwarded_ip], window: 60, limit: 10, routes: ["ANY /orders/{proxy+}"],
-     forwarded_ip: {header: x-real-ip, fallback: NO_MATCH}}
+     forwarded_ip: {header: x-real-ip, trusted_hops: 1, fallback: NO_MATCH}}
 """
 )
 
@@ -295,9 +295,10 @@ async def test_a_forwarded_ip_header_other_than_xff_is_read_from_the_right_and_s
 ) -> None:
     pipe = _pipeline(tmp_path, WATCH_ALL, Clock())
     statuses = []
-    for index in range(11):  # one client behind the proxy that writes x-real-ip, from ever-changing peers
-        peer = f"198.51.100.{index}"
-        request = _request("/orders/1", GOLD, headers={"x-real-ip": "192.0.2.77"}, source_address=peer)
+    for index in range(11):  # one client behind the proxy that appends x-real-ip, from ever-changing peers,
+        peer = f"198.51.100.{index}"  # writing a new address of its own before the proxy's each time
+        real_ip = f"203.0.113.{index}, 192.0.2.77"
+        request = _request("/orders/1", GOLD, headers={"x-real-ip": real_ip}, source_address=peer)
         statuses.append((await pipe.check(request)).reason)
     assert statuses[-1] == "RateLimited" and "RateLimited" not in statuses[:10]
     for index in range(12):  # no x-real-ip: NO_MATCH, not counted (the everywhere rule sees fresh peers)
