@@ -9,8 +9,10 @@ Three kinds of limit, each exact:
 - **Quota** (`{limit, period, offset}`): a counter per UTC calendar period (DAY from 00:00, WEEK from Sunday
   00:00 as API Gateway counts, MONTH from the 1st), expiring after the period ends; `offset` requests are
   subtracted from the limit in the initial period, the one in which the key was first metered.
-- **Window** (a WAF rate-based rule): a sliding-window estimate over two fixed buckets,
-  `previous * (1 - elapsed / window) + current`, without the 2x burst a fixed window allows at its edge.
+- **Window** (a WAF rate-based rule): the requests of the trailing window, counted in `WINDOW_SLOTS` slots of a
+  tenth of it each plus the current slot: never more than the limit in any trailing window (a fixed window lets
+  2x through at its edge, and so did the two-bucket estimate `previous * (1 - elapsed/window) + current` this
+  replaced), at the price of refusing up to one slot (a tenth of the window) longer than an exact log would.
 
 Time is integer microseconds (windows: milliseconds) so that every comparison is exact: T is rounded *up* to a
 whole microsecond (a rate is never exceeded; rates up to 1,000,000/s). The same arithmetic runs in Lua inside
@@ -33,7 +35,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import islice
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 from ..metrics import LIMIT_EVICTIONS
 
@@ -169,7 +171,7 @@ class Counters(Protocol):
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
         """One request of a rate-based rule's aggregation key: always counted (WAF counts every matching
-        request), refused when the sliding-window estimate is over the limit (never with `count_only`)."""
+        request), refused when the window's slots hold more than the limit with it (never with `count_only`)."""
         ...
 
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
@@ -233,9 +235,15 @@ def period_bounds(period: Period, now_s: int) -> tuple[int, int]:
 _EPOCH = date(1970, 1, 1)
 
 
+WINDOW_SLOTS = 10
+"""Whole slots a rate rule's window is counted in, besides the current one: a request is judged against every
+request of the last `WINDOW_SLOTS` slots and of the slot it falls in, which cover the trailing window and at most
+one slot (a tenth of it) more. Every window (60, 120, 300, 600 s) is a whole number of seconds per slot."""
+
+
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """A sliding window's state after a hit, in milliseconds."""
+    """A window's state after a hit, in milliseconds."""
 
     exceeded: bool
     remaining: int
@@ -243,30 +251,29 @@ class Estimate:
     retry: int
 
 
-def sliding_window(previous: int, current: int, elapsed: int, span: int, limit: int) -> Estimate:
-    """The estimate `previous * (1 - elapsed/span) + current` against `limit`, in integers (everything times
-    `span`, so it is exact); `current` includes the request just counted, `elapsed` is ms into the current bucket.
+def sliding_window(counts: Sequence[int], elapsed: int, slot: int, limit: int) -> Estimate:
+    """The window's verdict from its slots' counts, oldest first, the current slot's last (including the request
+    just counted); `elapsed` is ms into the current slot, `slot` its length (ms).
 
-    `retry` (when over) is how long until one more request would be under the limit if nothing else arrives:
-    while the previous bucket fades, or else once the current one has become the previous and faded enough."""
-    weighted = previous * (span - elapsed) + current * span
-    exceeded = weighted > limit * span
-    remaining = max(0, (limit * span - weighted) // span)
-    reset = 2 * span - elapsed if current else (span - elapsed if previous else 0)
+    Every counted request is within the window and one slot, so the sum never undercounts the trailing window:
+    no trailing window ever admits more than `limit`. The oldest slot leaves the count at the next slot
+    boundary, the next one a slot later, and so on: `retry` (when over) is the first boundary after which one
+    more request would be within the limit, `reset` the one after which nothing counted now is left."""
+    counted = sum(counts)
+    exceeded = counted > limit
+    reset = len(counts) * slot - elapsed
     return Estimate(
-        exceeded, remaining, reset, _window_retry(previous, current, elapsed, span, limit) if exceeded else 0
+        exceeded, max(0, limit - counted), reset, _window_retry(counts, elapsed, slot, limit) if exceeded else 0
     )
 
 
-def _window_retry(previous: int, current: int, elapsed: int, span: int, limit: int) -> int:
-    left = span - elapsed
-    room = limit - 1 - current  # what the previous bucket's share must fall to, for one more request to pass
-    if room >= 0 and previous > 0:
-        wait = left - (room * span) // previous
-        if wait < left:
-            return max(wait, 1)
-    fade = span - ((limit - 1) * span) // current if current > limit - 1 else 0
-    return left + fade
+def _window_retry(counts: Sequence[int], elapsed: int, slot: int, limit: int) -> int:
+    left = sum(counts)
+    for index, count in enumerate(counts):  # the oldest slot leaves first, at the next slot boundary
+        left -= count
+        if left <= limit - 1:
+            return max((index + 1) * slot - elapsed, 1)
+    return len(counts) * slot - elapsed  # unreachable: with every slot gone nothing is counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +326,7 @@ def meter_admission(reply: Sequence[int], throttle: Throttle | None, quota: Quot
 
 
 def window_admission(estimate: Estimate, window: Window, count_only: bool) -> Admission:
-    """The Admission of a `hit` from its sliding-window estimate (ms)."""
+    """The Admission of a `hit` from its window's estimate (ms)."""
     refused = estimate.exceeded and not count_only
     return Admission(
         not refused,
@@ -349,7 +356,36 @@ SWEEP_FLOOR = 1024
 """A store first sweeps out expired entries at this size (or at its bound, if smaller)."""
 
 
-class ExpiringStore:
+class Slots:
+    """One key's counts in a rule's window (`WINDOW_SLOTS` + 1 slots, the current last), mutated in place: one
+    store entry per key and window, however many slots."""
+
+    __slots__ = ("bucket", "counts")
+
+    def __init__(self, bucket: int) -> None:
+        self.bucket = bucket
+        """The current slot's number (epoch ms // slot length)."""
+        self.counts = [0] * (WINDOW_SLOTS + 1)
+
+    def move_to(self, bucket: int) -> None:
+        """Make `bucket` the current slot, dropping the slots that left the window. A clock stepped back keeps
+        counting in the latest slot (nothing counted is forgotten early)."""
+        gap = bucket - self.bucket
+        if gap <= 0:
+            return
+        counts = self.counts
+        if gap > WINDOW_SLOTS:
+            counts[:] = [0] * (WINDOW_SLOTS + 1)
+        else:
+            del counts[:gap]
+            counts.extend([0] * gap)
+        self.bucket = bucket
+
+
+V = TypeVar("V")
+
+
+class ExpiringStore(Generic[V]):
     """A dict whose values carry an expiry (µs), bounded to `max_entries`: what the Redis backend keeps in Redis.
 
     Expired entries are swept out whenever the store has doubled since the last sweep (amortized O(1) a write,
@@ -365,19 +401,19 @@ class ExpiringStore:
         self.evicted = evicted
         self.latest = 0
         """The latest expiry written (µs): once it has passed, every entry has expired."""
-        self._items: dict[Hashable, tuple[int, int]] = {}
+        self._items: dict[Hashable, tuple[int, V]] = {}
         self._sweep_at = min(max_entries, SWEEP_FLOOR)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: Hashable, now: int) -> int | None:
+    def get(self, key: Hashable, now: int) -> V | None:
         item = self._items.get(key)
         if item is None or item[0] <= now:
             return None
         return item[1]
 
-    def put(self, key: Hashable, value: int, expires: int, now: int) -> None:
+    def put(self, key: Hashable, value: V, expires: int, now: int) -> None:
         items = self._items
         if items.pop(key, None) is None and len(items) >= self._sweep_at:
             self._make_room(now)
@@ -533,7 +569,7 @@ class LocalCounters:
         self.clock = clock
         self.plans = PlanStore(max_plan_entries, _evictions("usage_plan", warn=True))
         self.max_rule_entries = max_rule_entries
-        self.rules: dict[str, ExpiringStore] = {}
+        self.rules: dict[str, ExpiringStore[Slots]] = {}
 
     @property
     def entries(self) -> int:
@@ -544,7 +580,7 @@ class LocalCounters:
     def now_us(self) -> int:
         return round(self.clock() * MICROS)
 
-    def rule_store(self, key: str, now: int) -> ExpiringStore:
+    def rule_store(self, key: str, now: int) -> ExpiringStore[Slots]:
         """The store of the rule counting `key` (made on its first hit)."""
         rule = key.partition(":")[0]
         store = self.rules.get(rule)
@@ -632,13 +668,18 @@ class LocalCounters:
     def hit_now(self, key: str, window: Window, count_only: bool = False) -> Admission:
         """`hit`, synchronously."""
         now = self.now_us()
-        now_ms, span = now // 1000, window.seconds * 1000
-        bucket, store = now_ms // span, self.rule_store(key, now)
-        name = (key, window.seconds, bucket)
-        current = (store.get(name, now) or 0) + 1
-        store.put(name, current, (bucket + 2) * span * 1000, now)
-        previous = store.get((key, window.seconds, bucket - 1), now) or 0
-        estimate = sliding_window(previous, current, now_ms - bucket * span, span, window.limit)
+        now_ms, slot = now // 1000, window.seconds * 1000 // WINDOW_SLOTS
+        bucket, store = now_ms // slot, self.rule_store(key, now)
+        name = (key, window.seconds)
+        slots = store.get(name, now)
+        if slots is None:
+            slots = Slots(bucket)
+        else:
+            slots.move_to(bucket)
+        slots.counts[-1] += 1
+        store.put(name, slots, (slots.bucket + WINDOW_SLOTS + 1) * slot * 1000, now)
+        elapsed = max(0, now_ms - slots.bucket * slot)  # 0 while a clock stepped back is behind the latest slot
+        estimate = sliding_window(slots.counts, elapsed, slot, window.limit)
         return window_admission(estimate, window, count_only)
 
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:

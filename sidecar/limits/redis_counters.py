@@ -46,6 +46,7 @@ from .counters import (
     MICROS,
     QUOTA_MARGIN_SECONDS,
     UNLIMITED,
+    WINDOW_SLOTS,
     Admission,
     LocalCounters,
     Quota,
@@ -159,15 +160,23 @@ return {0, t_remaining, t_reset, 0, q_limit, q_remaining, q_reset, q_length}
 """
 
 _HIT = """
--- KEYS: window bucket prefix.  ARGV: now ('' = TIME), bucket span ms
+-- KEYS: window slot prefix.  ARGV: now ('' = TIME), slot length ms, whole slots counted before the current one.
+-- Reply: each slot's count, oldest first, the current one (this hit included) last, then ms into the current slot.
 local now_ms = math.floor(now_us() / 1000)
-local span = tonumber(ARGV[2])
-local bucket = math.floor(now_ms / span)
+local slot = tonumber(ARGV[2])
+local slots = tonumber(ARGV[3])
+local bucket = math.floor(now_ms / slot)
 local current_key = KEYS[1] .. int(bucket)
 local current = redis.call('INCR', current_key)
-if current == 1 then redis.call('PEXPIRE', current_key, (bucket + 2) * span - now_ms) end
-local previous = tonumber(redis.call('GET', KEYS[1] .. int(bucket - 1)) or '0')
-return {previous, current, now_ms - bucket * span}
+if current == 1 then redis.call('PEXPIRE', current_key, (bucket + slots + 1) * slot - now_ms) end
+local names = {}
+for back = slots, 1, -1 do names[#names + 1] = KEYS[1] .. int(bucket - back) end
+local found = redis.call('MGET', unpack(names))
+local reply = {}
+for i = 1, slots do reply[i] = tonumber(found[i] or '0') end
+reply[slots + 1] = current
+reply[slots + 2] = now_ms - bucket * slot
+return reply
 """
 
 _USAGE = """
@@ -290,10 +299,10 @@ class RedisCounters:
         return meter_admission(reply, throttle, quota)
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
-        span = window.seconds * 1000
-        reply = await self._run(HIT, (f"{self.base(key)}:w{window.seconds}:",), (span,), 3)
-        previous, current, elapsed = reply
-        return window_admission(sliding_window(previous, current, elapsed, span, window.limit), window, count_only)
+        slot = window.seconds * 1000 // WINDOW_SLOTS
+        reply = await self._run(HIT, (f"{self.base(key)}:w{window.seconds}:",), (slot, WINDOW_SLOTS), WINDOW_SLOTS + 2)
+        counts, elapsed = reply[:-1], reply[-1]
+        return window_admission(sliding_window(counts, elapsed, slot, window.limit), window, count_only)
 
     async def usage(self, key: str, quota: Quota) -> tuple[int, int]:
         base = self.base(key)

@@ -13,6 +13,7 @@ from sidecar.limits.counters import (
     MICROS,
     RULE_ENTRIES,
     UNLIMITED,
+    WINDOW_SLOTS,
     Admission,
     ExpiringStore,
     Gcra,
@@ -201,41 +202,78 @@ async def test_the_offset_applies_only_in_the_period_the_key_was_first_metered()
     assert sum([(await counters.meter("all-used", None, Quota(3, "DAY", offset=5))).allowed for _ in range(3)]) == 0
 
 
-async def test_the_sliding_window_weighs_the_previous_bucket() -> None:
-    clock = Clock(1_800_000_000.0 - 1_800_000_000.0 % 60)  # a bucket start
+async def test_the_window_counts_its_slots_and_lets_them_go_one_by_one() -> None:
+    clock = Clock(1_800_000_000.0 - 1_800_000_000.0 % 60)  # a slot start (6 s slots of a 60 s window)
     counters, window = LocalCounters(clock), Window(60, 10)
     verdicts = [await counters.hit("ip", window) for _ in range(11)]
     assert all(v.allowed for v in verdicts[:10]) and verdicts[9].remaining == 0
     blocked = verdicts[10]
     assert (blocked.allowed, blocked.reason, blocked.limit, blocked.exceeded) == (False, "blocked", 10, True)
-    assert blocked.retry_after == pytest.approx(60 + 60 * (1 - 9 / 11), abs=0.001) and blocked.window == 60  # to the ms
-    clock.now += 90  # half-way into the next bucket: 11 * 0.5 + 1 = 6.5
-    half = await counters.hit("ip", window)
-    assert half.allowed and half.remaining == 3 and half.reset == 90  # the current bucket fades by the one after
-    clock.now += 60  # the 11 are gone: 1 * 0.5 + 1
-    assert (await counters.hit("ip", window)).remaining == 8
+    assert blocked.retry_after == 66 and blocked.reset == 66 and blocked.window == 60  # the window and its slot
+    clock.now += 65.999  # the 11 are still within the window and its slot: refused (and counted)
+    assert not (await counters.hit("ip", window)).allowed
+    clock.now += 0.002  # their slot has left; the one just refused is still counted
+    fresh = await counters.hit("ip", window)
+    assert fresh.allowed and fresh.remaining == 8 and fresh.reset == pytest.approx(66 - 0.001)
+
+
+async def test_no_trailing_window_admits_more_than_the_limit_at_a_slot_edge() -> None:
+    """A review's case against the two-bucket estimate it replaced: a burst at the very end of one bucket and
+    another at the end of the next admitted 199 in 60 s against a limit of 100. Now both bursts are in one count."""
+    boundary = 1_800_000_000.0 - 1_800_000_000.0 % 60 + 60
+    clock = Clock(boundary - 0.001)
+    counters, window = LocalCounters(clock), Window(60, 100)
+    first = sum([(await counters.hit("ip", window)).allowed for _ in range(150)])
+    clock.now = boundary + 59.99
+    second = sum([(await counters.hit("ip", window)).allowed for _ in range(150)])
+    assert (first, second) == (100, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_any_trailing_window_admits_at_most_the_limit_and_refuses_only_within_a_slot_more(seed: int) -> None:
+    """Random arrivals over several windows: every trailing 60 s holds at most `limit` admitted requests, and a
+    request is refused only when the window and one slot before it already hold `limit` counted ones."""
+    rnd = random.Random(seed)
+    start = 1_800_000_000.0 - 1_800_000_000.0 % 60
+    clock = Clock(start)
+    counters, window, limit = LocalCounters(clock), Window(60, 10), 10
+    times = sorted(start + rnd.uniform(0, 300) for _ in range(400))
+    admitted: list[float] = []
+    counted: list[float] = []
+    for at in times:
+        clock.now = at
+        verdict = await counters.hit("ip", window)
+        if verdict.allowed:
+            admitted.append(at)
+        else:  # refused: the window plus the slot before it held `limit` counted requests
+            assert sum(1 for c in counted if c > at - 66) >= limit
+        counted.append(at)
+    for index, at in enumerate(admitted):
+        assert sum(1 for other in admitted[: index + 1] if other > at - 60) <= limit
 
 
 def test_retry_after_is_the_first_millisecond_one_more_request_passes() -> None:
-    def passes(prev: int, cur: int, elapsed: int, span: int, limit: int, wait: int) -> bool:
-        at = elapsed + wait
-        if at < span:
-            return prev * (span - at) + (cur + 1) * span <= limit * span
-        return cur * (2 * span - at) + span <= limit * span if at < 2 * span else True
+    def passes(counts: list[int], elapsed: int, slot: int, limit: int, wait: int) -> bool:
+        gone = (elapsed + wait) // slot  # slots that have left, oldest first
+        return sum(counts[gone:]) + 1 <= limit
 
     rnd = random.Random(7)
-    span = 60_000
+    slot = 6_000
     checked = 0
     for _ in range(3000):
         limit = rnd.randint(10, 50)
-        prev, cur, elapsed = rnd.randint(0, 3 * limit), rnd.randint(1, 3 * limit), rnd.randrange(span)
-        estimate = sliding_window(prev, cur, elapsed, span, limit)
+        counts = [rnd.randint(0, limit // 3) for _ in range(WINDOW_SLOTS)] + [rnd.randint(1, 2 * limit)]
+        elapsed = rnd.randrange(slot)
+        estimate = sliding_window(counts, elapsed, slot, limit)
+        assert estimate.exceeded == (sum(counts) > limit)
+        assert estimate.reset == (WINDOW_SLOTS + 1) * slot - elapsed
         if not estimate.exceeded:
+            assert estimate.remaining == limit - sum(counts)
             continue
         checked += 1
         assert estimate.retry >= 1 and estimate.remaining == 0
-        assert passes(prev, cur, elapsed, span, limit, estimate.retry), (prev, cur, elapsed, limit)
-        assert not passes(prev, cur, elapsed, span, limit, estimate.retry - 1), (prev, cur, elapsed, limit)
+        assert passes(counts, elapsed, slot, limit, estimate.retry), (counts, elapsed, limit)
+        assert not passes(counts, elapsed, slot, limit, estimate.retry - 1), (counts, elapsed, limit)
     assert checked > 1000
 
 
