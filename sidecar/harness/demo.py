@@ -42,8 +42,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _echo(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._body()
         headers: dict[str, str] = {}
         for name, value in self.headers.items():  # a repeated header shows every value, joined as HTTP would
             key = name.lower()
@@ -61,6 +60,24 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _body(self) -> bytes:
+        """The request body, by its length or in chunks: Envoy passes a chunked client body on chunked, and one left
+        unread on a keep-alive connection would be parsed as the next request (a 400 and a closed connection,
+        which Envoy can answer its next request on with a 502)."""
+        if "chunked" not in self.headers.get("transfer-encoding", "").lower():
+            length = int(self.headers.get("content-length") or 0)
+            return self.rfile.read(length) if length else b""
+        parts = []
+        while True:
+            size = int(self.rfile.readline(1024).split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(16)  # the CRLF after the chunk
+        while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):  # trailers, up to the blank line
+            pass
+        return b"".join(parts)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _echo
 
