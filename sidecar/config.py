@@ -26,6 +26,7 @@ from .issues import (
     suggestion,
     validate_located,
 )
+from .request import judged_method
 from .settings import (
     GATE_NAME,
     MTLS_SECTION,
@@ -384,8 +385,13 @@ def _keyless_rule_issues(rule: RateLimitSettings, parts: _Parts, locator: YamlLo
     for _, route in parts.routes:
         if scope and route.match.strip() not in scope:
             continue
+        method = route.match.split(None, 1)[0].upper()
+        if rule.methods and method not in ("ANY", "$DEFAULT") and judged_method(method) not in rule.methods:
+            continue  # the rule never sees this route's requests
         authorizer = parts.authorizers.valid.get(route.authorizer)
-        gap = authorizer.usage_key_gap() if authorizer is not None else None
+        if authorizer is None or authorizer.type == "deny":
+            continue  # nothing is allowed there, so nothing is metered
+        gap = authorizer.usage_key_gap()
         if gap is not None:
             message = (
                 f"the api_key part reads the authorizer's usageIdentifierKey (api_keys.source: authorizer), but"

@@ -146,8 +146,8 @@ class Admission:
     remaining: int
     """Requests left right now (>= 0)."""
     reset: float
-    """Seconds until `remaining` is back to `limit`: the bucket full again, the period's end, a window's estimate
-    down to nothing."""
+    """Seconds until `remaining` is back to `limit`: the bucket full again, the period's end, every request a
+    window counts now gone from it."""
     retry_after: float
     """Seconds until the next request could pass: 0 when allowed, never 0 when refused."""
     window: float
@@ -326,7 +326,7 @@ def meter_admission(reply: Sequence[int], throttle: Throttle | None, quota: Quot
 
 
 def window_admission(estimate: Estimate, window: Window, count_only: bool) -> Admission:
-    """The Admission of a `hit` from its window's estimate (ms)."""
+    """The Admission of a `hit` from its window's verdict (`sliding_window`, ms)."""
     refused = estimate.exceeded and not count_only
     return Admission(
         not refused,
@@ -678,7 +678,8 @@ class LocalCounters:
             slots.move_to(bucket)
         slots.counts[-1] += 1
         store.put(name, slots, (slots.bucket + WINDOW_SLOTS + 1) * slot * 1000, now)
-        elapsed = max(0, now_ms - slots.bucket * slot)  # 0 while a clock stepped back is behind the latest slot
+        # 0 while a clock stepped back is behind the latest slot (Retry-After then errs early: a retry is refused)
+        elapsed = max(0, now_ms - slots.bucket * slot)
         estimate = sliding_window(slots.counts, elapsed, slot, window.limit)
         return window_admission(estimate, window, count_only)
 

@@ -242,7 +242,7 @@ def _forwarded(settings: ForwardedIpSettings, context: ContextSettings) -> Part:
                 return fallback
             address = client_address(request, hops)
         else:
-            if header not in request.headers:
+            if header not in request.headers or trusted < 1:  # 0 is refused by the config: never the client's entry
                 return fallback
             chain = [entry.strip() for entry in request.headers[header].split(",") if entry.strip()]
             address = chain[-trusted] if len(chain) >= trusted else ""  # trusted >= 1: never the peer itself

@@ -14,7 +14,8 @@ built inside the script from a declared prefix with that same tag:
 - `...:tat`: the throttle's theoretical arrival time (integer µs), expiring when the bucket is full again;
 - `...:q:<PERIOD>:<period start>`: the requests of one quota period, expiring a minute after the period;
 - `...:q0:<PERIOD>`: the start of the key's initial period (for the offset), renewed with every new period;
-- `...:w<seconds>:<bucket>`: a rate rule's count in one fixed bucket, expiring after the following bucket.
+- `...:w<seconds>:<slot>`: a rate rule's count in one slot (a tenth of its window), expiring when the slot has left
+  the window; `...:w<seconds>:latest`, the latest slot counted (a clock stepped back counts on in it).
 
 `FallbackCounters`: Redis with the shared circuit breaker, and what to do without it (`on_redis_error`): decide
 with this process's counters (`local`, API Gateway's failing open made per-replica), admit (`allow`) or refuse
@@ -166,16 +167,25 @@ local now_ms = math.floor(now_us() / 1000)
 local slot = tonumber(ARGV[2])
 local slots = tonumber(ARGV[3])
 local bucket = math.floor(now_ms / slot)
+-- A clock stepped back (a failover to a replica behind) keeps counting in the latest slot, as in process: never
+-- in an earlier one, whose window would leave out what the later slots counted.
+local latest_key = KEYS[1] .. 'latest'
+local latest = tonumber(redis.call('GET', latest_key) or '0')
+if latest > bucket then
+  bucket = latest
+else
+  redis.call('SET', latest_key, int(bucket), 'PX', (bucket + slots + 1) * slot - now_ms)
+end
 local current_key = KEYS[1] .. int(bucket)
 local current = redis.call('INCR', current_key)
-if current == 1 then redis.call('PEXPIRE', current_key, (bucket + slots + 1) * slot - now_ms) end
+if current == 1 then redis.call('PEXPIRE', current_key, math.max(1, (bucket + slots + 1) * slot - now_ms)) end
 local names = {}
 for back = slots, 1, -1 do names[#names + 1] = KEYS[1] .. int(bucket - back) end
 local found = redis.call('MGET', unpack(names))
 local reply = {}
 for i = 1, slots do reply[i] = tonumber(found[i] or '0') end
 reply[slots + 1] = current
-reply[slots + 2] = now_ms - bucket * slot
+reply[slots + 2] = math.max(0, now_ms - bucket * slot)
 return reply
 """
 

@@ -132,6 +132,16 @@ def test_an_api_key_rule_part_from_the_authorizer_covers_only_routes_whose_autho
     assert any("route 'ANY /simple'" in e and "simple_responses" in e for e in simple), simple
     loaded = parse_config(AUTHORIZER_KEYS + rule % ', routes: ["ANY /pets/{proxy+}"]', "cfg.yaml")
     assert loaded.rate_limits[0].routes == ("ANY /pets/{proxy+}",)
+    # routes the rule never meters are no reason to refuse it: a closed route, one of another method
+    closed = AUTHORIZER_KEYS.replace("  corp: {type: none}", "  corp: {type: deny}").replace(
+        '  - {match: "ANY /simple", authorizer: simple}\n', ""
+    )
+    assert parse_config(closed + rule % "", "cfg.yaml").rate_limits[0].key == ("api_key",)
+    other_method = AUTHORIZER_KEYS.replace('"ANY /login", authorizer: corp', '"GET /login", authorizer: corp').replace(
+        '"ANY /simple", authorizer: simple', '"GET /simple", authorizer: simple'
+    )
+    assert parse_config(other_method + rule % ", methods: [POST]", "cfg.yaml").rate_limits[0].methods == ("POST",)
+    assert any("route 'GET /login'" in e for e in _errors(other_method + rule % ", methods: [GET]"))
 
 
 def test_a_lambda_with_simple_responses_cannot_supply_the_key_a_route_requires() -> None:

@@ -237,7 +237,9 @@ async def test_any_trailing_window_admits_at_most_the_limit_and_refuses_only_wit
     start = 1_800_000_000.0 - 1_800_000_000.0 % 60
     clock = Clock(start)
     counters, window, limit = LocalCounters(clock), Window(60, 10), 10
-    times = sorted(start + rnd.uniform(0, 300) for _ in range(400))
+    # bursts just before slot and window edges (what the two-bucket estimate admitted ~2x on), among random ones
+    edges = [start + 60 * rnd.randint(1, 5) - rnd.choice([0.001, 0.5, 3, 30]) for _ in range(200)]
+    times = sorted([start + rnd.uniform(0, 300) for _ in range(200)] + edges)
     admitted: list[float] = []
     counted: list[float] = []
     for at in times:
