@@ -389,9 +389,7 @@ def _keyless_rule_issues(rule: RateLimitSettings, parts: _Parts, locator: YamlLo
         if rule.methods and method not in ("ANY", "$DEFAULT") and judged_method(method) not in rule.methods:
             continue  # the rule never sees this route's requests
         authorizer = parts.authorizers.valid.get(route.authorizer)
-        if authorizer is None or authorizer.type == "deny":
-            continue  # nothing is allowed there, so nothing is metered
-        gap = authorizer.usage_key_gap()
+        gap = None if authorizer is None else authorizer.usage_key_gap()
         if gap is not None:
             message = (
                 f"the api_key part reads the authorizer's usageIdentifierKey (api_keys.source: authorizer), but"

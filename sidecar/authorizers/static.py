@@ -29,6 +29,10 @@ class DenySettings(AuthorizerSettings):
 
     message: str = "Forbidden"
 
+    def usage_key_gap(self) -> str | None:
+        """None: a closed route allows nothing, so nothing there is metered and no key needs naming."""
+        return None
+
 
 class NoneAuthorizer(Authorizer):
     """Lets everyone in as the anonymous principal."""
