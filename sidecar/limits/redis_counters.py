@@ -14,8 +14,9 @@ built inside the script from a declared prefix with that same tag:
 - `...:tat`: the throttle's theoretical arrival time (integer µs), expiring when the bucket is full again;
 - `...:q:<PERIOD>:<period start>`: the requests of one quota period, expiring a minute after the period;
 - `...:q0:<PERIOD>`: the start of the key's initial period (for the offset), renewed with every new period;
-- `...:w<seconds>:<slot>`: a rate rule's count in one slot (a tenth of its window), expiring when the slot has left
-  the window; `...:w<seconds>:latest`, the latest slot counted (a clock stepped back counts on in it).
+- `...:w<seconds>`: a rate rule's window, a hash of its slots' counts (a slot is a tenth of the window; a field
+  leaves when a later slot begins after it has left the window), expiring when its latest slot has left the window;
+  its latest slot is the one counted in (a clock stepped back counts on in it).
 
 `FallbackCounters`: Redis with the shared circuit breaker, and what to do without it (`on_redis_error`): decide
 with this process's counters (`local`, API Gateway's failing open made per-replica), admit (`allow`) or refuse
@@ -161,29 +162,34 @@ return {0, t_remaining, t_reset, 0, q_limit, q_remaining, q_reset, q_length}
 """
 
 _HIT = """
--- KEYS: window slot prefix.  ARGV: now ('' = TIME), slot length ms, whole slots counted before the current one.
+-- KEYS: the window's hash (a field per slot: its start, epoch ms // the slot length; the value, its count).
+-- ARGV: now ('' = TIME), slot length ms, whole slots counted before the current one.
 -- Reply: each slot's count, oldest first, the current one (this hit included) last, then ms into the current slot.
+-- One hash read whole costs Redis less CPU than a key per slot read by MGET (docs/performance.md).
 local now_ms = math.floor(now_us() / 1000)
 local slot = tonumber(ARGV[2])
 local slots = tonumber(ARGV[3])
 local bucket = math.floor(now_ms / slot)
--- A clock stepped back (a failover to a replica behind) keeps counting in the latest slot, as in process: never
--- in an earlier one, whose window would leave out what the later slots counted.
-local latest_key = KEYS[1] .. 'latest'
-local latest = tonumber(redis.call('GET', latest_key) or '0')
-if latest > bucket then
-  bucket = latest
-else
-  redis.call('SET', latest_key, int(bucket), 'PX', (bucket + slots + 1) * slot - now_ms)
+local flat = redis.call('HGETALL', KEYS[1])
+local counts = {}
+for i = 1, #flat, 2 do
+  local start = tonumber(flat[i])
+  counts[start] = tonumber(flat[i + 1])
+  -- A clock stepped back (a failover to a replica behind) keeps counting in the latest slot, as in process: never
+  -- in an earlier one, whose window would leave out what the later slots counted.
+  if start > bucket then bucket = start end
 end
-local current_key = KEYS[1] .. int(bucket)
-local current = redis.call('INCR', current_key)
-if current == 1 then redis.call('PEXPIRE', current_key, math.max(1, (bucket + slots + 1) * slot - now_ms)) end
-local names = {}
-for back = slots, 1, -1 do names[#names + 1] = KEYS[1] .. int(bucket - back) end
-local found = redis.call('MGET', unpack(names))
+local current = redis.call('HINCRBY', KEYS[1], int(bucket), 1)
+if current == 1 then
+  local stale = {}
+  for start in pairs(counts) do
+    if start < bucket - slots then stale[#stale + 1] = int(start) end
+  end
+  if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
+  redis.call('PEXPIRE', KEYS[1], math.max(1, (bucket + slots + 1) * slot - now_ms))
+end
 local reply = {}
-for i = 1, slots do reply[i] = tonumber(found[i] or '0') end
+for back = slots, 1, -1 do reply[#reply + 1] = counts[bucket - back] or 0 end
 reply[slots + 1] = current
 reply[slots + 2] = math.max(0, now_ms - bucket * slot)
 return reply
@@ -310,7 +316,7 @@ class RedisCounters:
 
     async def hit(self, key: str, window: Window, count_only: bool = False) -> Admission:
         slot = window.seconds * 1000 // WINDOW_SLOTS
-        reply = await self._run(HIT, (f"{self.base(key)}:w{window.seconds}:",), (slot, WINDOW_SLOTS), WINDOW_SLOTS + 2)
+        reply = await self._run(HIT, (f"{self.base(key)}:w{window.seconds}",), (slot, WINDOW_SLOTS), WINDOW_SLOTS + 2)
         counts, elapsed = reply[:-1], reply[-1]
         return window_admission(sliding_window(counts, elapsed, slot, window.limit), window, count_only)
 

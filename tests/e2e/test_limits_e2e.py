@@ -280,7 +280,7 @@ def test_redis_killed_mid_stream_falls_back_without_a_5xx_and_returns_to_redis(
     for _ in range(5):
         assert stack.client.get("/pets/1", headers=keys.header("k-live")).status_code == 200
     assert int(raw.get(counter) or 0) == before + 5
-    assert raw.keys("authz:l:{per-ip:*}:w60:*")  # the rule counts there too
+    assert raw.keys("authz:l:{per-ip:*}:w60")  # the rule counts there too (its window, a hash of slots)
     raw.close()
     log = stack.sidecar.log(tail=None)
     assert "rate limits: Redis unavailable" in log and "rate limits: Redis answers again" in log

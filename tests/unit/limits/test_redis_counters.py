@@ -125,6 +125,30 @@ async def test_a_window_counts_on_in_its_latest_slot_when_the_clock_steps_back(b
         await redis.close()
 
 
+async def test_a_window_is_one_hash_that_keeps_only_the_slots_it_still_counts(backend: Backend) -> None:
+    """A rule's window is one hash of its slots' counts: fields that have left the window go when a later slot
+    begins, so it holds at most the window's slots plus the current one, and the hash expires when its latest
+    slot has left the window."""
+    now = [1_800_000_000.0]
+    counters, local = shared(*backend, clock=lambda: now[0]), LocalCounters(lambda: now[0])
+    ip, window = fresh("rule:r:ip"), Window(60, 1000)
+    name = f"{counters.base(ip)}:w60"
+    try:
+        sizes = []
+        for _ in range(40):  # one hit in each of 40 slots of 6 s
+            now[0] += 6
+            verdict = await counters.hit(ip, window)
+            assert verdict.allowed and verdict == await local.hit(ip, window)
+            sizes.append(await counters.redis.hlen(name))
+        assert sizes[:11] == list(range(1, 12)) and set(sizes[11:]) == {11}
+        assert 0 < await counters.redis.pttl(name) <= 11 * 6000
+        now[0] += 600  # a long gap: the next slot's hit drops every field the window has left
+        assert await counters.hit(ip, window) == await local.hit(ip, window)
+        assert await counters.redis.hlen(name) == 1
+    finally:
+        await counters.close()
+
+
 async def test_a_burst_passes_then_retry_after_is_timed_by_redis(backend: Backend) -> None:
     counters, throttle = shared(*backend), Throttle(rate=1, burst=20)
     key = fresh("plan:p:key:burst")
@@ -260,8 +284,7 @@ async def test_every_key_of_a_call_carries_one_hash_tag(backend: Backend) -> Non
                 "q0",
                 "tat",
                 "w120",
-                "w120",
-            ]  # a slot, the latest slot
+            ]  # the window's hash of slots
             assert len({key_slot(n.encode()) for n in ours}) == 1
             assert all(n.startswith("authz:l:{" + key + "}:") for n in ours)
     finally:
