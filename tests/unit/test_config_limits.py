@@ -142,6 +142,20 @@ def test_an_api_key_rule_part_from_the_authorizer_covers_only_routes_whose_autho
     )
     assert parse_config(other_method + rule % ", methods: [POST]", "cfg.yaml").rate_limits[0].methods == ("POST",)
     assert any("route 'GET /login'" in e for e in _errors(other_method + rule % ", methods: [GET]"))
+    # ANY and $default routes take every method, so a rule of any methods meters them
+    assert any("route 'ANY /login'" in e for e in _errors(AUTHORIZER_KEYS + rule % ", methods: [POST]"))
+    default = AUTHORIZER_KEYS.replace('"ANY /login", authorizer: corp', '"$default", authorizer: corp')
+    assert any("route '$default'" in e for e in _errors(default + rule % ", methods: [POST]"))
+
+
+def test_a_closed_route_may_require_a_key_the_authorizer_never_names() -> None:
+    """`type: deny` allows nothing, so the meter (which runs after an allow) never asks it for a key: closing a
+    route that required one under `api_keys.source: authorizer` is not refused."""
+    text = AUTHORIZER_KEYS.replace("  corp: {type: none}", "  corp: {type: deny}").replace(
+        "authorizer: corp}", "authorizer: corp, api_key_required: true}"
+    )
+    assert parse_config(text, "cfg.yaml").routes[1].api_key_required
+    assert any("routes[1].api_key_required" in e for e in _errors(text.replace("{type: deny}", "{type: none}")))
 
 
 def test_a_lambda_with_simple_responses_cannot_supply_the_key_a_route_requires() -> None:

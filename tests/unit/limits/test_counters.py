@@ -229,6 +229,19 @@ async def test_no_trailing_window_admits_more_than_the_limit_at_a_slot_edge() ->
     assert (first, second) == (100, 0)
 
 
+async def test_a_burst_mid_way_through_the_next_window_finds_the_late_one_still_counted() -> None:
+    """A review's second case: ten requests late in one window, ten more 35 s later. The two-bucket estimate
+    weighed the first ten down and admitted five of the second while the trailing 60 s already held ten."""
+    start = 1_800_000_000.0 - 1_800_000_000.0 % 60
+    clock = Clock(start)
+    counters, window = LocalCounters(clock), Window(60, 10)
+    admitted = []
+    for at in [start + 55 + 0.4 * i for i in range(10)] + [start + 90 + 0.1 * i for i in range(10)]:
+        clock.now = at
+        admitted.append((await counters.hit("ip", window)).allowed)
+    assert admitted == [True] * 10 + [False] * 10
+
+
 @pytest.mark.parametrize("seed", range(4))
 async def test_any_trailing_window_admits_at_most_the_limit_and_refuses_only_within_a_slot_more(seed: int) -> None:
     """Random arrivals over several windows: every trailing 60 s holds at most `limit` admitted requests, and a
@@ -237,9 +250,13 @@ async def test_any_trailing_window_admits_at_most_the_limit_and_refuses_only_wit
     start = 1_800_000_000.0 - 1_800_000_000.0 % 60
     clock = Clock(start)
     counters, window, limit = LocalCounters(clock), Window(60, 10), 10
-    # bursts just before slot and window edges (what the two-bucket estimate admitted ~2x on), among random ones
-    edges = [start + 60 * rnd.randint(1, 5) - rnd.choice([0.001, 0.5, 3, 30]) for _ in range(200)]
-    times = sorted([start + rnd.uniform(0, 300) for _ in range(200)] + edges)
+    # A burst late in one window and another mid-way through the next (the two-bucket estimate admitted 15 of
+    # these 20 against a limit of 10), bursts just before slot and window edges, and random arrivals; sparse
+    # enough that the window drains between them (refused requests count too).
+    shift = 120 * rnd.randint(0, 2)
+    late = [start + shift + 55 + 0.4 * i for i in range(10)] + [start + shift + 90 + 0.1 * i for i in range(10)]
+    edges = [start + 60 * rnd.randint(1, 5) - rnd.choice([0.001, 0.5, 3, 30]) for _ in range(15)]
+    times = sorted(late + edges + [start + rnd.uniform(0, 360) for _ in range(25)])
     admitted: list[float] = []
     counted: list[float] = []
     for at in times:
